@@ -1,0 +1,70 @@
+//! The store's errors. Each variant carries what the caller needs to act on it.
+
+use std::path::PathBuf;
+
+use uuid::Uuid;
+
+use crate::types::ExpectedVersion;
+
+/// Everything that can go wrong in the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// An expected version did not match; nothing of the append was written.
+    #[error("wrong expected version on stream {stream}: expected {expected}, actual {actual}")]
+    WrongExpectedVersion { stream: String, expected: ExpectedVersion, actual: u64 },
+
+    /// The idempotency key was used before for a different request.
+    #[error("idempotency key was already used for a different request")]
+    IdempotencyKeyReused,
+
+    /// One encoded record is over the cap (see [`crate::RECORD_LEN_MAX`]).
+    #[error("event {event_type} on stream {stream} is {len} bytes stored, over the cap of {max}")]
+    RecordTooLarge { stream: String, event_type: String, len: usize, max: usize },
+
+    /// The append is malformed (no events, a bad stream name, a stream twice…).
+    #[error("invalid append: {reason}")]
+    InvalidAppend { reason: String },
+
+    /// An event names a data subject that was forgotten; its data cannot be sealed again.
+    #[error("subject {subject} was forgotten")]
+    SubjectForgotten { subject: Uuid },
+
+    /// Another process holds the data directory.
+    #[error("data directory {} is in use by another process (a running server?)", path.display())]
+    Locked { path: PathBuf },
+
+    /// Making this batch durable failed, so it was not acknowledged; the store
+    /// accepts no more appends until it is reopened.
+    #[error("the log could not make the append durable: {reason}")]
+    Durability { reason: String },
+
+    /// The store refuses appends since an earlier durability failure, or is shut down.
+    #[error("the log is not accepting appends: {reason}")]
+    Unavailable { reason: String },
+
+    /// The stored data is damaged at `position` (0 when not tied to one event).
+    #[error("log corrupt at position {position}: {reason}")]
+    Corrupt { position: u64, reason: String },
+
+    /// An error from sled or the file system.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(error: sled::Error) -> Self {
+        StoreError::Storage(error.to_string())
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(error: std::io::Error) -> Self {
+        StoreError::Storage(error.to_string())
+    }
+}
+
+impl StoreError {
+    pub(crate) fn corrupt(position: u64, reason: impl Into<String>) -> Self {
+        StoreError::Corrupt { position, reason: reason.into() }
+    }
+}

@@ -1,0 +1,36 @@
+//! The event log: the only source of truth of shoplog.
+//!
+//! [`EventLog`] appends events to streams in one global, gap-free order and
+//! acknowledges an append only once it is durable (sled flush, then `fdatasync` of
+//! sled's log file). One writer thread owns all appends and commits whatever is
+//! queued as one batch (group commit). Each record carries a blake3 hash chained to
+//! the one before it; [`EventLog::verify`] walks the chain and the indexes. Payloads
+//! that hold personal data are sealed under their subject's key, and
+//! [`EventLog::forget`] deletes that key (crypto-shredding) without rewriting the log.
+//!
+//! The store knows nothing of the shop: it deals in streams, positions, envelopes
+//! and bytes. It never acknowledges an append before the fsync, never retries a
+//! failed fsync into an acknowledgement, and never shows a reader an event that is
+//! not yet durable.
+
+pub mod codec;
+mod error;
+mod log;
+mod record;
+mod seal;
+mod trees;
+mod types;
+mod upcast;
+mod writer;
+
+pub use error::StoreError;
+pub use log::{EventLog, Options, Subscription};
+pub use types::{
+    AppendRequest, AppendResult, CommitStats, ExpectedVersion, Idempotency, Metadata, NewEvent, Payload, RecordedEvent,
+    STREAM_NAME_LEN_MAX, StreamAppend, StreamVersion, VerifyReport,
+};
+pub use upcast::{UpcastFn, Upcasters};
+
+/// The largest stored record, in bytes (envelope, sealing and payload). It keeps
+/// sled from ever writing a record as a blob, which sled does not fsync.
+pub const RECORD_LEN_MAX: usize = 64 * 1024;

@@ -1,0 +1,514 @@
+//! [`EventLog`]: the handle to the log. Appends go to the single writer; reads go
+//! straight to sled but never past the durable head, so a reader never sees an event
+//! that was not acknowledged as durable.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+
+use chrono::DateTime;
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::record::{self, FORMAT_V1, GENESIS_HASH, StoredRecord};
+use crate::seal;
+use crate::trees::{self, Trees, be_u64};
+use crate::types::{AppendRequest, AppendResult, CommitStats, Payload, RecordedEvent, VerifyReport};
+use crate::upcast::Upcasters;
+use crate::writer::{Counters, Health, Job, Tail, Writer};
+
+/// sled's segment size for a new log. Its blob threshold is a quarter of it (2 MiB),
+/// and sled never fsyncs blobs; with records capped at [`crate::RECORD_LEN_MAX`], a full
+/// leaf node (at most 17 records before it splits) stays far below that threshold.
+const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
+
+/// How the log is opened.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The most appends one batch (one transaction, one fsync) takes.
+    pub batch_len_max: usize,
+    /// The most appends waiting for the writer; appenders beyond it wait for room.
+    pub queue_len_max: usize,
+    /// sled's page cache, in bytes.
+    pub cache_capacity_bytes: u64,
+    pub upcasters: Upcasters,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            batch_len_max: 1024,
+            queue_len_max: 4096,
+            cache_capacity_bytes: 256 * 1024 * 1024,
+            upcasters: Upcasters::new(),
+        }
+    }
+}
+
+/// The event log. Cheap to clone; the writer stops when the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct EventLog {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    trees: Trees,
+    jobs: Option<mpsc::Sender<Job>>,
+    durable: watch::Receiver<u64>,
+    health: Arc<Health>,
+    counters: Arc<Counters>,
+    upcasters: Upcasters,
+    writer: Option<JoinHandle<()>>,
+    // Dropped last, after the writer has stopped.
+    db: sled::Db,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the queue stops the writer once it has answered what it holds;
+        // joining it means the directory's lock is free when the last handle is gone.
+        self.jobs.take();
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!("the log writer panicked");
+        }
+    }
+}
+
+impl EventLog {
+    /// Open (or create) the log in `dir` with default options.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(dir, Options::default())
+    }
+
+    /// Open (or create) the log in `dir`.
+    pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Self, StoreError> {
+        let path = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&path)?;
+        let db = sled::Config::new()
+            .path(&path)
+            .segment_size(SEGMENT_SIZE)
+            .cache_capacity(options.cache_capacity_bytes)
+            .mode(sled::Mode::HighThroughput)
+            // We flush and fsync ourselves after every batch.
+            .flush_every_ms(None)
+            .open()
+            .map_err(|error| open_error(&path, error))?;
+        // sled's log file and the directory entries it just created must survive a power cut too.
+        let db_file = File::open(path.join("db"))?;
+        db_file.sync_all()?;
+        File::open(&path)?.sync_all()?;
+
+        let trees = Trees::open(&db)?;
+        let tail = read_tail(&trees)?;
+        if trees.meta.get(trees::META_FORMAT)?.is_none() {
+            trees.meta.insert(trees::META_FORMAT, &[FORMAT_V1])?;
+        }
+
+        let (jobs_sender, jobs) = mpsc::channel(options.queue_len_max.max(1));
+        let (durable_sender, durable) = watch::channel(tail.head);
+        let health = Arc::new(Health::default());
+        let counters = Arc::new(Counters::default());
+        let writer = Writer {
+            db: db.clone(),
+            trees: trees.clone(),
+            db_file,
+            jobs,
+            durable: durable_sender,
+            health: Arc::clone(&health),
+            counters: Arc::clone(&counters),
+            tail,
+            batch_len_max: options.batch_len_max.max(1),
+        };
+        let writer = std::thread::Builder::new().name("shoplog-writer".to_owned()).spawn(move || writer.run())?;
+        Ok(EventLog {
+            inner: Arc::new(Inner {
+                path,
+                trees,
+                jobs: Some(jobs_sender),
+                durable,
+                health,
+                counters,
+                upcasters: options.upcasters,
+                writer: Some(writer),
+                db,
+            }),
+        })
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Append atomically; returns once the events are durable.
+    #[tracing::instrument(skip_all, fields(streams = request.streams.len()))]
+    pub async fn append(&self, request: AppendRequest) -> Result<AppendResult, StoreError> {
+        self.submit(request, None).await
+    }
+
+    /// Crypto-shred `subject` (DESIGN §3.9): delete its key and append `request` (the
+    /// event that records the forgetting) in one transaction. From then on every
+    /// event sealed under `subject` reads as [`Payload::Forgotten`], and appending a
+    /// new one for it is refused.
+    pub async fn forget(&self, subject: Uuid, request: AppendRequest) -> Result<AppendResult, StoreError> {
+        self.submit(request, Some(subject)).await
+    }
+
+    async fn submit(&self, request: AppendRequest, forget: Option<Uuid>) -> Result<AppendResult, StoreError> {
+        if let Some(reason) = self.inner.health.failure() {
+            return Err(StoreError::Unavailable { reason });
+        }
+        let closed = || StoreError::Unavailable { reason: "the log is shut down".to_owned() };
+        let jobs = self.inner.jobs.as_ref().ok_or_else(closed)?;
+        let (reply, answer) = oneshot::channel();
+        jobs.send(Job { request, forget, reply }).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    /// The last durable position (0 for an empty log).
+    pub fn head(&self) -> u64 {
+        *self.inner.durable.borrow()
+    }
+
+    /// Why the log refuses appends, if it does (after a failed fsync).
+    pub fn failure(&self) -> Option<String> {
+        self.inner.health.failure()
+    }
+
+    /// What the writer has committed since the log was opened.
+    pub fn commit_stats(&self) -> CommitStats {
+        let counters = &self.inner.counters;
+        CommitStats {
+            batches: counters.batches.load(Ordering::Relaxed),
+            appends: counters.appends.load(Ordering::Relaxed),
+            events: counters.events.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The data directory's size on disk, as sled counts it.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.db.size_on_disk()?)
+    }
+
+    /// Up to `limit` events of the whole log from `from` on, in position order.
+    pub fn read_all(&self, from: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let head = self.head();
+        let from = from.max(1);
+        if from > head || limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Reading the log in order checks the hash chain again on the way (paired
+        // with the check on write), starting from the record before `from`.
+        let mut previous_hash = match from {
+            1 => GENESIS_HASH,
+            _ => self.stored_hash(from - 1)?,
+        };
+        let mut events = Vec::with_capacity(limit.min(1024));
+        for item in self.inner.trees.events.range(from.to_be_bytes()..=head.to_be_bytes()).take(limit) {
+            let (key, bytes) = item?;
+            let position = be_u64(&key).ok_or_else(|| StoreError::corrupt(0, "event key is not a position"))?;
+            if position != from + events.len() as u64 {
+                return Err(StoreError::corrupt(from + events.len() as u64, "missing from the log"));
+            }
+            let record = record::parse(&bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
+            if record::chain_hash(&previous_hash, record.body) != record.hash {
+                return Err(StoreError::corrupt(position, "hash does not match the record and the previous hash"));
+            }
+            previous_hash = record.hash;
+            events.push(self.decode_record(position, record)?);
+        }
+        Ok(events)
+    }
+
+    /// Up to `limit` events of `stream` from `from_version` on (versions start at 1).
+    pub fn read_stream(&self, stream: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let head = self.head();
+        let start = trees::stream_key(stream, from_version.max(1));
+        let end = trees::stream_key(stream, u64::MAX);
+        let mut events = Vec::new();
+        for item in self.inner.trees.streams.range(start..=end).take(limit) {
+            let (_, position) = item?;
+            let position = be_u64(&position)
+                .ok_or_else(|| StoreError::corrupt(0, format!("index of stream {stream} is damaged")))?;
+            if position > head {
+                break;
+            }
+            events.push(self.read_position(position)?);
+        }
+        Ok(events)
+    }
+
+    /// The stream's durable version (0 when it has no events).
+    pub fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
+        let head = self.head();
+        let start = trees::stream_key(stream, 1);
+        let end = trees::stream_key(stream, u64::MAX);
+        for item in self.inner.trees.streams.range(start..=end).rev() {
+            let (key, position) = item?;
+            if be_u64(&position).is_some_and(|position| position <= head) {
+                return be_u64(&key[key.len() - 8..])
+                    .ok_or_else(|| StoreError::corrupt(0, format!("index of stream {stream} is damaged")));
+            }
+        }
+        Ok(0)
+    }
+
+    fn stored_hash(&self, position: u64) -> Result<[u8; 32], StoreError> {
+        let bytes = self
+            .inner
+            .trees
+            .events
+            .get(position.to_be_bytes())?
+            .ok_or_else(|| StoreError::corrupt(position, "missing from the log"))?;
+        Ok(record::parse(&bytes).map_err(|reason| StoreError::corrupt(position, reason))?.hash)
+    }
+
+    fn read_position(&self, position: u64) -> Result<RecordedEvent, StoreError> {
+        let bytes = self
+            .inner
+            .trees
+            .events
+            .get(position.to_be_bytes())?
+            .ok_or_else(|| StoreError::corrupt(position, "indexed event is missing"))?;
+        self.decode(position, &bytes)
+    }
+
+    /// Parse a record, open its seal and upcast its payload.
+    fn decode(&self, position: u64, bytes: &[u8]) -> Result<RecordedEvent, StoreError> {
+        let record = record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
+        self.decode_record(position, record)
+    }
+
+    fn decode_record(&self, position: u64, record: StoredRecord<'_>) -> Result<RecordedEvent, StoreError> {
+        let header = record.header;
+        if header.position != position {
+            return Err(StoreError::corrupt(position, format!("record says position {}", header.position)));
+        }
+        let payload = match header.subject {
+            None => Payload::Plain(record.payload.to_vec()),
+            Some(subject) => match trees::read_subject_key(&self.inner.trees, subject)? {
+                Some(Some(key)) => Payload::Plain(
+                    seal::open(&key, header.event_id, record.payload)
+                        .map_err(|reason| StoreError::corrupt(position, reason))?,
+                ),
+                // Forgotten, or restored without its key: either way the data is gone.
+                Some(None) | None => Payload::Forgotten,
+            },
+        };
+        let (schema_version, payload) = match payload {
+            Payload::Plain(bytes) => {
+                let (version, bytes) = self
+                    .inner
+                    .upcasters
+                    .apply(&header.event_type, header.schema_version, bytes)
+                    .map_err(|reason| StoreError::corrupt(position, reason))?;
+                (version, Payload::Plain(bytes))
+            }
+            Payload::Forgotten => (header.schema_version, Payload::Forgotten),
+        };
+        let recorded_at = DateTime::from_timestamp_micros(header.recorded_at_micros)
+            .ok_or_else(|| StoreError::corrupt(position, "recorded time out of range"))?;
+        Ok(RecordedEvent {
+            position,
+            stream: header.stream,
+            version: header.version,
+            event_id: header.event_id,
+            event_type: header.event_type,
+            schema_version,
+            recorded_at,
+            actor: header.actor,
+            correlation_id: header.correlation_id,
+            causation_id: header.causation_id,
+            subject: header.subject,
+            payload,
+            hash: record.hash,
+        })
+    }
+
+    /// Every event from `from` on: first those already in the log, then each new
+    /// one as it becomes durable, in position order, with no gap and no repeat.
+    pub fn subscribe(&self, from: u64) -> Subscription {
+        Subscription {
+            log: self.clone(),
+            next: from.max(1),
+            buffer: VecDeque::new(),
+            durable: self.inner.durable.clone(),
+        }
+    }
+
+    /// Walk the whole log: the hash chain, every record's position, the stream
+    /// index, the stream heads and the stored tail. The first problem found is an
+    /// error naming its position.
+    pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let trees = &self.inner.trees;
+        let mut previous_hash = GENESIS_HASH;
+        let mut expected_position = 1;
+        let mut stream_versions: HashMap<String, u64> = HashMap::new();
+        for item in trees.events.iter() {
+            let (key, bytes) = item?;
+            let position =
+                be_u64(&key).ok_or_else(|| StoreError::corrupt(expected_position, "event key is not a position"))?;
+            if position != expected_position {
+                return Err(StoreError::corrupt(
+                    expected_position,
+                    format!("missing: the next stored position is {position}"),
+                ));
+            }
+            let record = record::parse(&bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
+            if record.header.position != position {
+                return Err(StoreError::corrupt(position, format!("record says position {}", record.header.position)));
+            }
+            if record::chain_hash(&previous_hash, record.body) != record.hash {
+                return Err(StoreError::corrupt(position, "hash does not match the record and the previous hash"));
+            }
+            let version = stream_versions.entry(record.header.stream.clone()).or_insert(0);
+            *version += 1;
+            if record.header.version != *version {
+                return Err(StoreError::corrupt(
+                    position,
+                    format!(
+                        "stream {} jumps to version {} after {}",
+                        record.header.stream,
+                        record.header.version,
+                        *version - 1
+                    ),
+                ));
+            }
+            let indexed = trees.streams.get(trees::stream_key(&record.header.stream, *version))?;
+            if indexed.as_deref().and_then(be_u64) != Some(position) {
+                return Err(StoreError::corrupt(
+                    position,
+                    format!("stream index of {} version {} does not point here", record.header.stream, *version),
+                ));
+            }
+            previous_hash = record.hash;
+            expected_position += 1;
+        }
+        let head = expected_position - 1;
+        let index_len = trees.streams.len() as u64;
+        if index_len != head {
+            return Err(StoreError::corrupt(head, format!("stream index has {index_len} entries for {head} events")));
+        }
+        for item in trees.heads.iter() {
+            let (stream, version) = item?;
+            let stream = String::from_utf8_lossy(&stream).into_owned();
+            let stored = be_u64(&version);
+            if stored != stream_versions.get(&stream).copied() {
+                return Err(StoreError::corrupt(
+                    head,
+                    format!("head of stream {stream} is {stored:?}, the log says otherwise"),
+                ));
+            }
+        }
+        if trees.heads.len() != stream_versions.len() {
+            return Err(StoreError::corrupt(head, "a stream with events has no head"));
+        }
+        let tail = read_tail(trees)?;
+        if tail.head != head || tail.last_hash != previous_hash {
+            return Err(StoreError::corrupt(head, format!("stored tail says head {} and another hash", tail.head)));
+        }
+        Ok(VerifyReport { events: head, head, streams: stream_versions.len() as u64, last_hash: previous_hash })
+    }
+}
+
+/// Events in position order from a starting position: catch-up, then live.
+#[derive(Debug)]
+pub struct Subscription {
+    log: EventLog,
+    next: u64,
+    buffer: VecDeque<RecordedEvent>,
+    durable: watch::Receiver<u64>,
+}
+
+/// How many events a subscription reads from disk at a time.
+const SUBSCRIPTION_CHUNK_LEN: usize = 512;
+
+impl Subscription {
+    /// The next event, waiting for it to be committed if need be.
+    pub async fn next(&mut self) -> Result<RecordedEvent, StoreError> {
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                return Ok(event);
+            }
+            if self.next <= *self.durable.borrow_and_update() {
+                let events = self.log.read_all(self.next, SUBSCRIPTION_CHUNK_LEN)?;
+                if let Some(last) = events.last() {
+                    self.next = last.position + 1;
+                }
+                self.buffer.extend(events);
+                continue;
+            }
+            self.durable
+                .changed()
+                .await
+                .map_err(|_| StoreError::Unavailable { reason: "the log is shut down".to_owned() })?;
+        }
+    }
+
+    /// The position of the next event this subscription will deliver.
+    pub fn next_position(&self) -> u64 {
+        self.next - self.buffer.len() as u64
+    }
+}
+
+fn open_error(path: &Path, error: sled::Error) -> StoreError {
+    match &error {
+        sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("could not acquire lock") =>
+        {
+            StoreError::Locked { path: path.to_path_buf() }
+        }
+        _ => StoreError::Storage(format!("opening {}: {error}", path.display())),
+    }
+}
+
+/// The stored tail, checked against the last record.
+fn read_tail(trees: &Trees) -> Result<Tail, StoreError> {
+    let meta = |key: &[u8]| trees.meta.get(key);
+    let head = match meta(trees::META_HEAD)? {
+        None => 0,
+        Some(bytes) => be_u64(&bytes).ok_or_else(|| StoreError::corrupt(0, "stored head is not a u64"))?,
+    };
+    let last_hash = match meta(trees::META_LAST_HASH)? {
+        None => GENESIS_HASH,
+        Some(bytes) => <[u8; 32]>::try_from(bytes.as_ref())
+            .map_err(|_| StoreError::corrupt(head, "stored last hash is not 32 bytes"))?,
+    };
+    let last_recorded_micros = match meta(trees::META_LAST_RECORDED_AT)? {
+        None => 0,
+        Some(bytes) => be_u64(&bytes)
+            .map(|micros| micros as i64)
+            .ok_or_else(|| StoreError::corrupt(head, "stored time is not 8 bytes"))?,
+    };
+    if let Some(format) = meta(trees::META_FORMAT)?
+        && format.as_ref() != [FORMAT_V1]
+    {
+        return Err(StoreError::corrupt(0, format!("unknown log format {:?}", format.as_ref())));
+    }
+    match trees.events.last()? {
+        None if head == 0 => {}
+        None => return Err(StoreError::corrupt(head, "the stored head has no event")),
+        Some((key, bytes)) => {
+            let last = be_u64(&key).ok_or_else(|| StoreError::corrupt(head, "event key is not a position"))?;
+            if last != head {
+                return Err(StoreError::corrupt(
+                    head,
+                    format!("the stored head is {head} but the last event is {last}"),
+                ));
+            }
+            let record = record::parse(&bytes).map_err(|reason| StoreError::corrupt(head, reason))?;
+            if record.hash != last_hash {
+                return Err(StoreError::corrupt(head, "the last event's hash is not the stored last hash"));
+            }
+        }
+    }
+    Ok(Tail { head, last_hash, last_recorded_micros })
+}

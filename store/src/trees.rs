@@ -1,0 +1,90 @@
+//! The sled trees of the log and their key layouts.
+//!
+//! - `events`: position (u64 BE) → record
+//! - `streams`: stream ‖ 0x00 ‖ version (u64 BE) → position (u64 BE)
+//! - `heads`: stream → last version (u64 BE)
+//! - `idempotency`: blake3(key) → stored result
+//! - `keys`: subject (16 bytes) → 32-byte key, or empty once forgotten
+//! - `meta`: head position, last hash, last recorded time, format
+
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::seal::SubjectKey;
+
+pub(crate) const EVENTS: usize = 0;
+pub(crate) const STREAMS: usize = 1;
+pub(crate) const HEADS: usize = 2;
+pub(crate) const IDEMPOTENCY: usize = 3;
+pub(crate) const KEYS: usize = 4;
+pub(crate) const META: usize = 5;
+
+pub(crate) const META_HEAD: &[u8] = b"head";
+pub(crate) const META_LAST_HASH: &[u8] = b"last_hash";
+pub(crate) const META_LAST_RECORDED_AT: &[u8] = b"last_recorded_at";
+pub(crate) const META_FORMAT: &[u8] = b"format";
+
+#[derive(Debug, Clone)]
+pub(crate) struct Trees {
+    pub events: sled::Tree,
+    pub streams: sled::Tree,
+    pub heads: sled::Tree,
+    pub idempotency: sled::Tree,
+    pub keys: sled::Tree,
+    pub meta: sled::Tree,
+}
+
+impl Trees {
+    pub fn open(db: &sled::Db) -> Result<Self, StoreError> {
+        Ok(Trees {
+            events: db.open_tree("events")?,
+            streams: db.open_tree("streams")?,
+            heads: db.open_tree("heads")?,
+            idempotency: db.open_tree("idempotency")?,
+            keys: db.open_tree("keys")?,
+            meta: db.open_tree("meta")?,
+        })
+    }
+
+    /// All trees, in the order of the index constants, for one transaction.
+    pub fn all(&self) -> [&sled::Tree; 6] {
+        [&self.events, &self.streams, &self.heads, &self.idempotency, &self.keys, &self.meta]
+    }
+}
+
+/// The key of `version` of `stream` in the `streams` tree.
+pub(crate) fn stream_key(stream: &str, version: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(stream.len() + 9);
+    key.extend_from_slice(stream.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+/// Read a big-endian u64 stored by the log.
+pub(crate) fn be_u64(bytes: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
+}
+
+/// The stream's last version as stored (0 when it has no events).
+pub(crate) fn read_stream_head(trees: &Trees, stream: &str) -> Result<u64, StoreError> {
+    match trees.heads.get(stream.as_bytes())? {
+        None => Ok(0),
+        Some(bytes) => {
+            be_u64(&bytes).ok_or_else(|| StoreError::corrupt(0, format!("head of stream {stream} is not a u64")))
+        }
+    }
+}
+
+/// The subject's key: `None` when it never had one, `Some(None)` once forgotten.
+pub(crate) fn read_subject_key(trees: &Trees, subject: Uuid) -> Result<Option<Option<SubjectKey>>, StoreError> {
+    let Some(bytes) = trees.keys.get(subject.as_bytes())? else {
+        return Ok(None);
+    };
+    if bytes.is_empty() {
+        return Ok(Some(None));
+    }
+    let key = SubjectKey::try_from(bytes.as_ref())
+        .map_err(|_| StoreError::corrupt(0, format!("key of subject {subject} has {} bytes", bytes.len())))?;
+    Ok(Some(Some(key)))
+}

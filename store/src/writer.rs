@@ -1,0 +1,397 @@
+//! The single writer: it owns every append. It drains the queue into one batch,
+//! stages each request against the log and the batch so far (expected versions,
+//! idempotency, sealing, positions, the hash chain), writes the whole batch in one
+//! sled transaction, flushes, `fdatasync`s sled's log file, and only then answers
+//! the waiting appenders and moves the durable head that readers see.
+//!
+//! A failed flush or fsync is never retried into an acknowledgement: every appender
+//! of the batch gets an error and the log refuses appends until it is reopened.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use sled::Transactional;
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::record::{self, Header};
+use crate::seal::{self, SubjectKey};
+use crate::trees::{self, Trees};
+use crate::types::{AppendRequest, AppendResult, STREAM_NAME_LEN_MAX, StreamVersion};
+use crate::{RECORD_LEN_MAX, codec};
+
+/// One request for the writer.
+pub(crate) struct Job {
+    pub request: AppendRequest,
+    /// Forget this subject (delete its key) in the same transaction as the append.
+    pub forget: Option<Uuid>,
+    pub reply: oneshot::Sender<Result<AppendResult, StoreError>>,
+}
+
+/// Why the log stopped accepting appends, shared by the writer and the handles.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    failure: Mutex<Option<String>>,
+}
+
+impl Health {
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().map(|failure| failure.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    fn fail(&self, reason: String) {
+        let mut failure = self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        failure.get_or_insert(reason);
+    }
+}
+
+/// What the writer has committed since the log was opened, for metrics and for
+/// showing that appends are grouped.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub batches: AtomicU64,
+    pub appends: AtomicU64,
+    pub events: AtomicU64,
+}
+
+/// The tail of the log as the writer knows it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tail {
+    pub head: u64,
+    pub last_hash: [u8; 32],
+    pub last_recorded_micros: i64,
+}
+
+pub(crate) struct Writer {
+    pub db: sled::Db,
+    pub trees: Trees,
+    /// Our own handle to sled's log file, to `fdatasync` it after sled's flush.
+    pub db_file: File,
+    pub jobs: mpsc::Receiver<Job>,
+    pub durable: watch::Sender<u64>,
+    pub health: Arc<Health>,
+    pub counters: Arc<Counters>,
+    pub tail: Tail,
+    pub batch_len_max: usize,
+}
+
+impl Writer {
+    pub fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.batch_len_max);
+        while let Some(first) = self.jobs.blocking_recv() {
+            batch.push(first);
+            while batch.len() < self.batch_len_max {
+                match self.jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut batch);
+        }
+    }
+
+    fn commit(&mut self, batch: &mut Vec<Job>) {
+        if let Some(reason) = self.health.failure() {
+            for job in batch.drain(..) {
+                let _ = job.reply.send(Err(StoreError::Unavailable { reason: reason.clone() }));
+            }
+            return;
+        }
+        let mut staged = Staged::new(self.tail);
+        let outcomes: Vec<_> = batch
+            .drain(..)
+            .map(|job| {
+                let outcome = staged.stage(&self.trees, &job.request, job.forget);
+                (job.reply, outcome)
+            })
+            .collect();
+
+        if staged.written > 0 {
+            if let Err(reason) = self.write(&staged) {
+                tracing::error!(%reason, "append batch not durable; refusing appends from now on");
+                self.health.fail(reason.clone());
+                for (reply, _) in outcomes {
+                    let _ = reply.send(Err(StoreError::Durability { reason: reason.clone() }));
+                }
+                return;
+            }
+            self.counters.batches.fetch_add(1, Ordering::Relaxed);
+            self.counters.appends.fetch_add(staged.appends, Ordering::Relaxed);
+            self.counters.events.fetch_add(staged.written as u64, Ordering::Relaxed);
+            self.tail = staged.tail;
+            self.durable.send_replace(self.tail.head);
+        }
+        for (reply, outcome) in outcomes {
+            // An appender that gave up waiting is no reason to stop.
+            let _ = reply.send(outcome);
+        }
+    }
+
+    /// One transaction, one flush, one fdatasync.
+    fn write(&self, staged: &Staged) -> Result<(), String> {
+        let trees = self.trees.all();
+        let tail = staged.tail;
+        let written: Result<(), sled::transaction::TransactionError<()>> = trees.as_slice().transaction(|tx| {
+            tx[trees::EVENTS].apply_batch(&staged.events)?;
+            tx[trees::STREAMS].apply_batch(&staged.streams)?;
+            tx[trees::HEADS].apply_batch(&staged.heads)?;
+            tx[trees::IDEMPOTENCY].apply_batch(&staged.idempotency)?;
+            tx[trees::KEYS].apply_batch(&staged.keys)?;
+            tx[trees::META].insert(trees::META_HEAD, &tail.head.to_be_bytes())?;
+            tx[trees::META].insert(trees::META_LAST_HASH, &tail.last_hash)?;
+            tx[trees::META].insert(trees::META_LAST_RECORDED_AT, &tail.last_recorded_micros.to_be_bytes())?;
+            Ok(())
+        });
+        written.map_err(|error| format!("transaction failed: {error:?}"))?;
+        self.db.flush().map_err(|error| format!("flush failed: {error}"))?;
+        self.db_file.sync_data().map_err(|error| format!("fdatasync failed: {error}"))?;
+        Ok(())
+    }
+}
+
+/// What a subject's key is, in the batch or on disk.
+#[derive(Debug, Clone, Copy)]
+enum KeyState {
+    Active(SubjectKey),
+    Forgotten,
+}
+
+/// The stored answer for an idempotency key.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredIdempotency {
+    request_hash: [u8; 32],
+    result: AppendResult,
+}
+
+/// A batch being built: the writes for each tree, and overlays so that later
+/// requests in the batch see what earlier ones staged.
+struct Staged {
+    tail: Tail,
+    events: sled::Batch,
+    streams: sled::Batch,
+    heads: sled::Batch,
+    idempotency: sled::Batch,
+    keys: sled::Batch,
+    stream_heads: HashMap<String, u64>,
+    subject_keys: HashMap<Uuid, KeyState>,
+    idempotency_keys: HashMap<[u8; 32], ([u8; 32], AppendResult)>,
+    /// Events and appends staged for writing.
+    written: usize,
+    appends: u64,
+}
+
+impl Staged {
+    fn new(tail: Tail) -> Self {
+        Staged {
+            tail,
+            events: sled::Batch::default(),
+            streams: sled::Batch::default(),
+            heads: sled::Batch::default(),
+            idempotency: sled::Batch::default(),
+            keys: sled::Batch::default(),
+            stream_heads: HashMap::new(),
+            subject_keys: HashMap::new(),
+            idempotency_keys: HashMap::new(),
+            written: 0,
+            appends: 0,
+        }
+    }
+
+    /// Stage one request, all or nothing: nothing is added to the batch unless
+    /// every check passes.
+    fn stage(
+        &mut self,
+        trees: &Trees,
+        request: &AppendRequest,
+        forget: Option<Uuid>,
+    ) -> Result<AppendResult, StoreError> {
+        validate(request)?;
+
+        let idempotency_key =
+            request.idempotency.as_ref().map(|idempotency| *blake3::hash(idempotency.key.as_bytes()).as_bytes());
+        if let (Some(key), Some(idempotency)) = (idempotency_key, &request.idempotency)
+            && let Some((request_hash, result)) = self.idempotent_result(trees, &key)?
+        {
+            return if request_hash == idempotency.request_hash {
+                Ok(AppendResult { duplicate: true, ..result })
+            } else {
+                Err(StoreError::IdempotencyKeyReused)
+            };
+        }
+
+        let mut current_versions = Vec::with_capacity(request.streams.len());
+        for stream in &request.streams {
+            let actual = self.stream_head(trees, &stream.stream)?;
+            if !stream.expected.matches(actual) {
+                return Err(StoreError::WrongExpectedVersion {
+                    stream: stream.stream.clone(),
+                    expected: stream.expected,
+                    actual,
+                });
+            }
+            current_versions.push(actual);
+        }
+
+        if let Some(subject) = forget
+            && let Some(KeyState::Forgotten) = self.subject_key(trees, subject)?
+        {
+            return Err(StoreError::SubjectForgotten { subject });
+        }
+
+        let micros =
+            request.recorded_at.unwrap_or_else(Utc::now).timestamp_micros().max(self.tail.last_recorded_micros);
+        let mut new_keys: HashMap<Uuid, SubjectKey> = HashMap::new();
+        let mut records = Vec::with_capacity(request.event_count());
+        let mut tail = Tail { last_recorded_micros: micros, ..self.tail };
+        let mut versions = Vec::with_capacity(request.streams.len());
+        for (stream, current) in request.streams.iter().zip(current_versions) {
+            let mut version = current;
+            for event in &stream.events {
+                tail.head += 1;
+                version += 1;
+                let payload = match event.subject {
+                    None => event.payload.clone(),
+                    Some(subject) => {
+                        if forget == Some(subject) {
+                            return Err(StoreError::SubjectForgotten { subject });
+                        }
+                        let key = match new_keys.get(&subject) {
+                            Some(key) => *key,
+                            None => match self.subject_key(trees, subject)? {
+                                Some(KeyState::Active(key)) => key,
+                                Some(KeyState::Forgotten) => return Err(StoreError::SubjectForgotten { subject }),
+                                None => *new_keys.entry(subject).or_insert_with(seal::new_key),
+                            },
+                        };
+                        seal::seal(&key, event.event_id, &event.payload).map_err(StoreError::Storage)?
+                    }
+                };
+                let header = Header {
+                    position: tail.head,
+                    stream: stream.stream.clone(),
+                    version,
+                    event_id: event.event_id,
+                    event_type: event.event_type.clone(),
+                    schema_version: event.schema_version,
+                    recorded_at_micros: micros,
+                    actor: request.metadata.actor.clone(),
+                    correlation_id: request.metadata.correlation_id,
+                    causation_id: request.metadata.causation_id,
+                    subject: event.subject,
+                };
+                let (bytes, hash) = record::encode(&header, &payload, &tail.last_hash)
+                    .map_err(|error| StoreError::Storage(format!("encoding a record: {error}")))?;
+                if bytes.len() > RECORD_LEN_MAX {
+                    return Err(StoreError::RecordTooLarge {
+                        stream: stream.stream.clone(),
+                        event_type: event.event_type.clone(),
+                        len: bytes.len(),
+                        max: RECORD_LEN_MAX,
+                    });
+                }
+                tail.last_hash = hash;
+                records.push((header.position, stream.stream.as_str(), version, bytes));
+            }
+            versions.push(StreamVersion { stream: stream.stream.clone(), version });
+        }
+
+        // Every check passed: add it all to the batch.
+        for (position, stream, version, bytes) in records {
+            self.events.insert(&position.to_be_bytes(), bytes);
+            self.streams.insert(trees::stream_key(stream, version), &position.to_be_bytes());
+        }
+        for stream in &versions {
+            self.heads.insert(stream.stream.as_bytes(), &stream.version.to_be_bytes());
+            self.stream_heads.insert(stream.stream.clone(), stream.version);
+        }
+        for (subject, key) in new_keys {
+            self.keys.insert(subject.as_bytes(), &key);
+            self.subject_keys.insert(subject, KeyState::Active(key));
+        }
+        if let Some(subject) = forget {
+            // An empty value is the tombstone: the subject's data cannot be read or sealed again.
+            self.keys.insert(subject.as_bytes(), &[]);
+            self.subject_keys.insert(subject, KeyState::Forgotten);
+        }
+        let result = AppendResult {
+            first_position: self.tail.head + 1,
+            last_position: tail.head,
+            streams: versions,
+            duplicate: false,
+        };
+        if let (Some(key), Some(idempotency)) = (idempotency_key, &request.idempotency) {
+            let stored = StoredIdempotency { request_hash: idempotency.request_hash, result: result.clone() };
+            let bytes = codec::encode(&stored).map_err(|error| StoreError::Storage(error.to_string()))?;
+            self.idempotency.insert(&key, bytes);
+            self.idempotency_keys.insert(key, (idempotency.request_hash, result.clone()));
+        }
+        self.tail = tail;
+        self.written += records_len(&result);
+        self.appends += 1;
+        Ok(result)
+    }
+
+    fn stream_head(&self, trees: &Trees, stream: &str) -> Result<u64, StoreError> {
+        if let Some(version) = self.stream_heads.get(stream) {
+            return Ok(*version);
+        }
+        trees::read_stream_head(trees, stream)
+    }
+
+    fn subject_key(&self, trees: &Trees, subject: Uuid) -> Result<Option<KeyState>, StoreError> {
+        if let Some(state) = self.subject_keys.get(&subject) {
+            return Ok(Some(*state));
+        }
+        Ok(trees::read_subject_key(trees, subject)?.map(|key| match key {
+            Some(key) => KeyState::Active(key),
+            None => KeyState::Forgotten,
+        }))
+    }
+
+    fn idempotent_result(&self, trees: &Trees, key: &[u8; 32]) -> Result<Option<([u8; 32], AppendResult)>, StoreError> {
+        if let Some(stored) = self.idempotency_keys.get(key) {
+            return Ok(Some(stored.clone()));
+        }
+        let Some(bytes) = trees.idempotency.get(key)? else {
+            return Ok(None);
+        };
+        let stored: StoredIdempotency =
+            codec::decode(&bytes).map_err(|error| StoreError::corrupt(0, format!("idempotency entry: {error}")))?;
+        Ok(Some((stored.request_hash, stored.result)))
+    }
+}
+
+fn records_len(result: &AppendResult) -> usize {
+    // Positions are contiguous within one append.
+    usize::try_from(result.last_position + 1 - result.first_position).unwrap_or(usize::MAX)
+}
+
+fn validate(request: &AppendRequest) -> Result<(), StoreError> {
+    let invalid = |reason: String| Err(StoreError::InvalidAppend { reason });
+    if request.event_count() == 0 {
+        return invalid("no events".to_owned());
+    }
+    for (index, stream) in request.streams.iter().enumerate() {
+        let name = &stream.stream;
+        if name.is_empty() || name.len() > STREAM_NAME_LEN_MAX || name.contains('\0') {
+            return invalid(format!(
+                "stream name must be 1 to {STREAM_NAME_LEN_MAX} bytes without NUL, got {} bytes",
+                name.len()
+            ));
+        }
+        if stream.events.is_empty() {
+            return invalid(format!("stream {name} has no events"));
+        }
+        if request.streams[..index].iter().any(|earlier| earlier.stream == *name) {
+            return invalid(format!("stream {name} appears twice"));
+        }
+        if let Some(event) = stream.events.iter().find(|event| event.event_type.is_empty()) {
+            return invalid(format!("event {} on stream {name} has no type", event.event_id));
+        }
+    }
+    Ok(())
+}

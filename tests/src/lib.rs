@@ -1,0 +1,59 @@
+//! Support for shoplog's black-box tests: builders for appends, temp data dirs, and
+//! the helper processes the crash and fault tests run.
+
+use store::{AppendRequest, ExpectedVersion, Metadata, NewEvent, StreamAppend};
+use uuid::Uuid;
+
+/// An event of `event_type` carrying `payload`, with a fresh id.
+pub fn event(event_type: &str, payload: &[u8]) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: event_type.to_owned(),
+        schema_version: 1,
+        subject: None,
+        payload: payload.to_vec(),
+    }
+}
+
+/// An event whose payload is personal data of `subject`.
+pub fn sealed_event(event_type: &str, subject: Uuid, payload: &[u8]) -> NewEvent {
+    NewEvent { subject: Some(subject), ..event(event_type, payload) }
+}
+
+/// Metadata for a test append.
+pub fn metadata() -> Metadata {
+    let correlation_id = Uuid::now_v7();
+    Metadata { actor: "test".to_owned(), correlation_id, causation_id: correlation_id }
+}
+
+/// One append of `events` to `stream`.
+pub fn append(stream: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> AppendRequest {
+    AppendRequest::single(stream, expected, events, metadata())
+}
+
+/// One atomic append to several streams.
+pub fn append_many(streams: Vec<(&str, ExpectedVersion, Vec<NewEvent>)>) -> AppendRequest {
+    AppendRequest {
+        streams: streams
+            .into_iter()
+            .map(|(stream, expected, events)| StreamAppend { stream: stream.to_owned(), expected, events })
+            .collect(),
+        metadata: metadata(),
+        idempotency: None,
+        recorded_at: None,
+    }
+}
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("shoplog-test-").tempdir().expect("a temp dir can be created")
+}
+
+/// The seed for a randomized test: `SHOPLOG_SEED` if set, else fresh. Printed, so a
+/// failure can be replayed.
+pub fn seed(test: &str) -> u64 {
+    let seed =
+        std::env::var("SHOPLOG_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or_else(rand::random::<u64>);
+    eprintln!("{test}: seed {seed} (rerun with SHOPLOG_SEED={seed})");
+    seed
+}

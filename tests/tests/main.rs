@@ -1,0 +1,3 @@
+//! shoplog's one integration-test binary. One module per area.
+
+mod store;

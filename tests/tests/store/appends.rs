@@ -1,0 +1,241 @@
+//! Durable acks, positions and versions, expected versions, atomic multi-stream
+//! appends, idempotency, size caps, the directory lock.
+
+use store::{EventLog, ExpectedVersion, Payload, RECORD_LEN_MAX, StoreError};
+use tests::{append, append_many, event, temp_dir};
+
+#[tokio::test]
+async fn acknowledged_events_are_there_after_reopening() {
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    let first = log
+        .append(append("cart-1", ExpectedVersion::NoStream, vec![event("A", b"one"), event("B", b"two")]))
+        .await
+        .expect("appends");
+    let second =
+        log.append(append("cart-2", ExpectedVersion::NoStream, vec![event("C", b"three")])).await.expect("appends");
+    assert_eq!((first.first_position, first.last_position), (1, 2));
+    assert_eq!((second.first_position, second.last_position), (3, 3));
+    drop(log);
+
+    let log = EventLog::open(dir.path()).expect("reopens");
+    assert_eq!(log.head(), 3);
+    let events = log.read_all(1, 10).expect("reads");
+    let payloads: Vec<_> = events.iter().map(|event| event.payload.clone()).collect();
+    assert_eq!(
+        payloads,
+        vec![Payload::Plain(b"one".to_vec()), Payload::Plain(b"two".to_vec()), Payload::Plain(b"three".to_vec())]
+    );
+    let next = log
+        .append(append("cart-1", ExpectedVersion::Exact(2), vec![event("D", b"four")]))
+        .await
+        .expect("appends after reopen");
+    assert_eq!(next.first_position, 4);
+    assert_eq!(next.streams[0].version, 3);
+    log.verify().expect("the reopened log verifies");
+}
+
+#[tokio::test]
+async fn positions_are_global_and_versions_count_per_stream() {
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    for round in 0..3u8 {
+        for stream in ["a", "b"] {
+            log.append(append(stream, ExpectedVersion::Any, vec![event("E", &[round])])).await.expect("appends");
+        }
+    }
+    let events = log.read_all(1, 100).expect("reads");
+    let positions: Vec<_> = events.iter().map(|event| event.position).collect();
+    assert_eq!(positions, (1..=6).collect::<Vec<_>>());
+    let versions_of_b: Vec<_> =
+        log.read_stream("b", 1, 100).expect("reads").iter().map(|event| (event.version, event.position)).collect();
+    assert_eq!(versions_of_b, vec![(1, 2), (2, 4), (3, 6)]);
+    assert_eq!(log.stream_version("a").expect("reads"), 3);
+    assert_eq!(log.stream_version("nothing").expect("reads"), 0);
+}
+
+#[tokio::test]
+async fn each_expected_version_is_checked() {
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    let write = |expected| log.append(append("s", expected, vec![event("E", b"")]));
+
+    let refused = write(ExpectedVersion::StreamExists).await.expect_err("no stream yet");
+    assert_eq!(
+        refused,
+        StoreError::WrongExpectedVersion { stream: "s".into(), expected: ExpectedVersion::StreamExists, actual: 0 }
+    );
+    let refused = write(ExpectedVersion::Exact(1)).await.expect_err("no stream yet");
+    assert_eq!(
+        refused,
+        StoreError::WrongExpectedVersion { stream: "s".into(), expected: ExpectedVersion::Exact(1), actual: 0 }
+    );
+    write(ExpectedVersion::NoStream).await.expect("first event");
+    let refused = write(ExpectedVersion::NoStream).await.expect_err("stream exists");
+    assert_eq!(refused.to_string(), "wrong expected version on stream s: expected no stream, actual 1");
+    write(ExpectedVersion::StreamExists).await.expect("exists");
+    write(ExpectedVersion::Exact(2)).await.expect("exact");
+    let refused = write(ExpectedVersion::Exact(2)).await.expect_err("stale");
+    assert_eq!(
+        refused,
+        StoreError::WrongExpectedVersion { stream: "s".into(), expected: ExpectedVersion::Exact(2), actual: 3 }
+    );
+    write(ExpectedVersion::Any).await.expect("any");
+    assert_eq!(log.stream_version("s").expect("reads"), 4);
+    assert_eq!(log.head(), 4, "refused appends wrote nothing");
+}
+
+#[tokio::test]
+async fn a_multi_stream_append_is_all_or_nothing() {
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    log.append(append("product-a", ExpectedVersion::NoStream, vec![event("Created", b"a")])).await.expect("appends");
+
+    let checkout = |product_version| {
+        append_many(vec![
+            ("order-1", ExpectedVersion::NoStream, vec![event("OrderPlaced", b"o")]),
+            ("product-a", ExpectedVersion::Exact(product_version), vec![event("StockReserved", b"r")]),
+            ("cart-1", ExpectedVersion::Any, vec![event("CartCheckedOut", b"c")]),
+        ])
+    };
+    let refused = log.append(checkout(7)).await.expect_err("product version is stale");
+    assert!(
+        matches!(refused, StoreError::WrongExpectedVersion { ref stream, actual: 1, .. } if stream == "product-a"),
+        "{refused:?}"
+    );
+    assert_eq!(log.head(), 1);
+    assert_eq!(log.stream_version("order-1").expect("reads"), 0, "no part of the refused append was written");
+    assert_eq!(log.stream_version("cart-1").expect("reads"), 0);
+
+    let written = log.append(checkout(1)).await.expect("appends");
+    assert_eq!((written.first_position, written.last_position), (2, 4));
+    let streams: Vec<_> = written.streams.iter().map(|stream| (stream.stream.as_str(), stream.version)).collect();
+    assert_eq!(streams, vec![("order-1", 1), ("product-a", 2), ("cart-1", 1)]);
+    let types: Vec<_> = log.read_all(2, 10).expect("reads").into_iter().map(|event| event.event_type).collect();
+    assert_eq!(types, vec!["OrderPlaced", "StockReserved", "CartCheckedOut"]);
+}
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_returns_the_first_result_and_writes_nothing() {
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    let request =
+        || append("cart-9", ExpectedVersion::Any, vec![event("ItemAdded", b"x")]).with_idempotency("key-1", [1; 32]);
+    let first = log.append(request()).await.expect("appends");
+    assert!(!first.duplicate);
+    let again = log.append(request()).await.expect("repeat is fine");
+    assert!(again.duplicate);
+    assert_eq!(
+        (again.first_position, again.last_position, again.streams.clone()),
+        (first.first_position, first.last_position, first.streams.clone())
+    );
+    assert_eq!(log.head(), 1, "the repeat wrote nothing");
+
+    let other_body =
+        append("cart-9", ExpectedVersion::Any, vec![event("ItemAdded", b"y")]).with_idempotency("key-1", [2; 32]);
+    assert_eq!(log.append(other_body).await.expect_err("other request"), StoreError::IdempotencyKeyReused);
+    drop(log);
+
+    let log = EventLog::open(dir.path()).expect("reopens");
+    let after_restart = log.append(request()).await.expect("repeat after restart");
+    assert!(after_restart.duplicate);
+    assert_eq!(after_restart.first_position, first.first_position);
+    assert_eq!(log.head(), 1);
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_sent_concurrently_writes_once() {
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                log.append(
+                    append("cart-5", ExpectedVersion::Any, vec![event("ItemAdded", b"x")])
+                        .with_idempotency("same", [7; 32]),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut originals = 0;
+    for task in tasks {
+        let result = task.await.expect("task ends").expect("appends");
+        assert_eq!(result.first_position, 1);
+        originals += usize::from(!result.duplicate);
+    }
+    assert_eq!(originals, 1);
+    assert_eq!(log.head(), 1);
+}
+
+#[tokio::test]
+async fn records_over_the_cap_are_refused_and_big_ones_never_become_sled_blobs() {
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    let refused = log
+        .append(append("big", ExpectedVersion::Any, vec![event("Big", &vec![7; RECORD_LEN_MAX])]))
+        .await
+        .expect_err("over the cap");
+    assert!(matches!(refused, StoreError::RecordTooLarge { max: RECORD_LEN_MAX, .. }), "{refused:?}");
+    assert_eq!(log.head(), 0);
+
+    // Records just under the cap, enough to fill and split many leaf nodes.
+    let payload = vec![7; RECORD_LEN_MAX - 200];
+    for _ in 0..60 {
+        log.append(append("big", ExpectedVersion::Any, vec![event("Big", &payload)]))
+            .await
+            .expect("fits under the cap");
+    }
+    drop(log);
+    let log = EventLog::open(dir.path()).expect("reopens");
+    assert_eq!(log.head(), 60);
+    log.verify().expect("verifies");
+    let blobs = std::fs::read_dir(dir.path().join("blobs")).map(|entries| entries.count()).unwrap_or(0);
+    assert_eq!(blobs, 0, "sled wrote blobs, which it never fsyncs");
+}
+
+#[tokio::test]
+async fn malformed_appends_are_refused_and_change_nothing() {
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    let cases = [
+        append("s", ExpectedVersion::Any, vec![]),
+        append("", ExpectedVersion::Any, vec![event("E", b"")]),
+        append("a\0b", ExpectedVersion::Any, vec![event("E", b"")]),
+        append(&"x".repeat(257), ExpectedVersion::Any, vec![event("E", b"")]),
+        append("s", ExpectedVersion::Any, vec![event("", b"")]),
+        append_many(vec![
+            ("s", ExpectedVersion::Any, vec![event("E", b"")]),
+            ("s", ExpectedVersion::Any, vec![event("E", b"")]),
+        ]),
+    ];
+    for request in cases {
+        let refused = log.append(request.clone()).await.expect_err("malformed");
+        assert!(matches!(refused, StoreError::InvalidAppend { .. }), "{request:?} gave {refused:?}");
+    }
+    assert_eq!(log.head(), 0);
+}
+
+#[tokio::test]
+async fn a_second_open_of_a_directory_in_use_says_it_is_locked() {
+    let dir = temp_dir();
+    let _log = EventLog::open(dir.path()).expect("opens");
+    let refused = EventLog::open(dir.path()).expect_err("in use");
+    assert_eq!(refused, StoreError::Locked { path: dir.path().to_path_buf() });
+    assert!(refused.to_string().contains("in use by another process"), "{refused}");
+}
+
+#[tokio::test]
+async fn recorded_times_never_go_back_along_the_log() {
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    let later = chrono::Utc::now() + chrono::Duration::days(1);
+    let mut imported = append("s", ExpectedVersion::Any, vec![event("E", b"")]);
+    imported.recorded_at = Some(later);
+    log.append(imported).await.expect("appends");
+    log.append(append("s", ExpectedVersion::Any, vec![event("E", b"")])).await.expect("appends");
+    let times: Vec<_> = log.read_all(1, 10).expect("reads").iter().map(|event| event.recorded_at).collect();
+    assert_eq!(times[0].timestamp_micros(), later.timestamp_micros());
+    assert!(times[1] >= times[0]);
+}

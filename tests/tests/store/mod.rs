@@ -1,0 +1,9 @@
+//! The event log's guarantees (DESIGN §3), each against a real sled directory.
+
+mod appends;
+mod concurrency;
+mod crash;
+mod faults;
+mod reads;
+mod sealing;
+mod verify;

@@ -1,0 +1,141 @@
+//! Reads of one stream and of the whole log, subscriptions, and upcasting.
+
+use std::time::Duration;
+
+use store::{EventLog, ExpectedVersion, Options, Payload, Upcasters, codec};
+use tests::{append, event, temp_dir};
+
+#[tokio::test]
+async fn the_global_log_reads_from_a_position_with_a_limit() {
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    for index in 0..10u8 {
+        log.append(append(&format!("s-{}", index % 3), ExpectedVersion::Any, vec![event("E", &[index])]))
+            .await
+            .expect("appends");
+    }
+    let page: Vec<_> = log.read_all(4, 3).expect("reads").iter().map(|event| event.position).collect();
+    assert_eq!(page, vec![4, 5, 6]);
+    assert_eq!(log.read_all(0, 2).expect("reads")[0].position, 1, "position 0 reads from the start");
+    assert!(log.read_all(11, 5).expect("reads").is_empty());
+    assert_eq!(log.read_all(9, 100).expect("reads").len(), 2);
+}
+
+#[tokio::test]
+async fn one_stream_reads_from_a_version_with_its_envelope() {
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    let mut request =
+        append("order-7", ExpectedVersion::NoStream, vec![event("OrderPlaced", b"p"), event("OrderPaid", b"q")]);
+    request.metadata.actor = "customer:7".to_owned();
+    let event_ids: Vec<_> = request.streams[0].events.iter().map(|event| event.event_id).collect();
+    log.append(request.clone()).await.expect("appends");
+    log.append(append("other", ExpectedVersion::Any, vec![event("X", b"")])).await.expect("appends");
+    log.append(append("order-7", ExpectedVersion::Exact(2), vec![event("OrderShipped", b"s")])).await.expect("appends");
+
+    let events = log.read_stream("order-7", 2, 10).expect("reads");
+    assert_eq!(events.iter().map(|event| (event.version, event.position)).collect::<Vec<_>>(), vec![(2, 2), (3, 4)]);
+    let paid = &events[0];
+    assert_eq!(paid.stream, "order-7");
+    assert_eq!(paid.event_id, event_ids[1]);
+    assert_eq!(paid.event_type, "OrderPaid");
+    assert_eq!(paid.schema_version, 1);
+    assert_eq!(paid.actor, "customer:7");
+    assert_eq!(paid.correlation_id, request.metadata.correlation_id);
+    assert_eq!(paid.causation_id, request.metadata.causation_id);
+    assert_eq!(paid.subject, None);
+    assert_eq!(paid.payload, Payload::Plain(b"q".to_vec()));
+    assert_eq!(log.read_stream("order-7", 1, 1).expect("reads").len(), 1);
+    assert!(log.read_stream("order-", 1, 10).expect("reads").is_empty(), "a prefix of a name is another stream");
+}
+
+#[tokio::test]
+async fn a_subscription_delivers_catch_up_then_live_events_in_order_without_gaps_or_repeats() {
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    for index in 0..700u32 {
+        log.append(append("before", ExpectedVersion::Any, vec![event("E", &index.to_be_bytes())]))
+            .await
+            .expect("appends");
+    }
+    let mut subscription = log.subscribe(1);
+    let writers: Vec<_> = (0..8)
+        .map(|writer| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for _ in 0..100 {
+                    let stream = format!("live-{writer}");
+                    log.append(append(&stream, ExpectedVersion::Any, vec![event("E", b""), event("F", b"")]))
+                        .await
+                        .expect("appends");
+                }
+            })
+        })
+        .collect();
+    let total = 700 + 8 * 100 * 2;
+    for expected in 1..=total {
+        let event = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("arrives in time")
+            .expect("reads");
+        assert_eq!(event.position, expected);
+    }
+    for writer in writers {
+        writer.await.expect("writer ends");
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), subscription.next()).await.is_err(),
+        "nothing beyond the head"
+    );
+
+    let mut late = log.subscribe(total - 1);
+    assert_eq!(late.next().await.expect("reads").position, total - 1);
+    assert_eq!(late.next().await.expect("reads").position, total);
+}
+
+/// Version 1 of an event held a price in whole dollars; version 2 holds cents.
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+struct PriceV1 {
+    dollars: u32,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+struct PriceV2 {
+    cents: u64,
+    currency: String,
+}
+
+fn price_v1_to_v2(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let old: PriceV1 = codec::decode(bytes).map_err(|error| error.to_string())?;
+    codec::encode(&PriceV2 { cents: u64::from(old.dollars) * 100, currency: "USD".to_owned() })
+        .map_err(|error| error.to_string())
+}
+
+#[tokio::test]
+async fn old_schema_versions_are_upcast_on_read_and_the_chain_still_verifies() {
+    let dir = temp_dir();
+    let old = codec::encode(&PriceV1 { dollars: 12 }).expect("encodes");
+    {
+        let log = EventLog::open(dir.path()).expect("opens");
+        log.append(append("product-x", ExpectedVersion::Any, vec![event("PriceSet", &old)])).await.expect("appends");
+    }
+    let options = Options { upcasters: Upcasters::new().register("PriceSet", 1, price_v1_to_v2), ..Options::default() };
+    let log = EventLog::open_with(dir.path(), options).expect("reopens");
+    let mut new =
+        tests::event("PriceSet", &codec::encode(&PriceV2 { cents: 5, currency: "EUR".into() }).expect("encodes"));
+    new.schema_version = 2;
+    log.append(append("product-x", ExpectedVersion::Any, vec![new])).await.expect("appends");
+
+    let events = log.read_stream("product-x", 1, 10).expect("reads");
+    let prices: Vec<(u16, PriceV2)> = events
+        .iter()
+        .map(|event| {
+            (event.schema_version, codec::decode(event.payload.bytes().expect("not sealed")).expect("decodes as v2"))
+        })
+        .collect();
+    assert_eq!(
+        prices,
+        vec![(2, PriceV2 { cents: 1200, currency: "USD".into() }), (2, PriceV2 { cents: 5, currency: "EUR".into() })]
+    );
+    log.verify().expect("upcasting changes no stored byte");
+}
