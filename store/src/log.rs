@@ -19,12 +19,15 @@ use crate::seal;
 use crate::trees::{self, Trees, be_u64};
 use crate::types::{AppendRequest, AppendResult, CommitStats, Payload, RecordedEvent, VerifyReport};
 use crate::upcast::Upcasters;
-use crate::writer::{Counters, Health, Job, Tail, Writer};
+use crate::writer::{Counters, Health, Job, Syncer, Tail, Writer};
 
 /// sled's segment size for a new log. Its blob threshold is a quarter of it (2 MiB),
 /// and sled never fsyncs blobs; with records capped at [`crate::RECORD_LEN_MAX`], a full
 /// leaf node (at most 17 records before it splits) stays far below that threshold.
 const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
+
+const LOCK_ATTEMPTS: u32 = 10;
+const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(30);
 
 /// How the log is opened.
 #[derive(Debug, Clone)]
@@ -92,15 +95,25 @@ impl EventLog {
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Self, StoreError> {
         let path = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&path)?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&path)
             .segment_size(SEGMENT_SIZE)
             .cache_capacity(options.cache_capacity_bytes)
             .mode(sled::Mode::HighThroughput)
             // We flush and fsync ourselves after every batch.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|error| open_error(&path, error))?;
+            .flush_every_ms(None);
+        // sled's background IO threads may hold the directory's lock for a moment
+        // after this process closed the log; a lock that stays held is another process's.
+        let mut attempts = 0;
+        let db = loop {
+            match config.open().map_err(|error| open_error(&path, error)) {
+                Err(StoreError::Locked { .. }) if attempts < LOCK_ATTEMPTS => {
+                    attempts += 1;
+                    std::thread::sleep(LOCK_RETRY_PAUSE);
+                }
+                opened => break opened?,
+            }
+        };
         // sled's log file and the directory entries it just created must survive a power cut too.
         let db_file = File::open(path.join("db"))?;
         db_file.sync_all()?;
@@ -117,15 +130,19 @@ impl EventLog {
         let health = Arc::new(Health::default());
         let counters = Arc::new(Counters::default());
         let writer = Writer {
-            db: db.clone(),
             trees: trees.clone(),
-            db_file,
             jobs,
-            durable: durable_sender,
             health: Arc::clone(&health),
-            counters: Arc::clone(&counters),
             tail,
             batch_len_max: options.batch_len_max.max(1),
+            syncer: Some(Syncer {
+                db: db.clone(),
+                db_file,
+                durable: durable_sender,
+                health: Arc::clone(&health),
+                counters: Arc::clone(&counters),
+                batch_len_max: options.batch_len_max.max(1) as u64,
+            }),
         };
         let writer = std::thread::Builder::new().name("shoplog-writer".to_owned()).spawn(move || writer.run())?;
         Ok(EventLog {
@@ -249,9 +266,14 @@ impl EventLog {
     /// The stream's durable version (0 when it has no events).
     pub fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
         let head = self.head();
+        let (version, position) = trees::read_stream_head(&self.inner.trees, stream)?;
+        if position <= head {
+            return Ok(version);
+        }
+        // The last entry is not durable yet: the durable version is the newest one
+        // at or below the head.
         let start = trees::stream_key(stream, 1);
-        let end = trees::stream_key(stream, u64::MAX);
-        for item in self.inner.trees.streams.range(start..=end).rev() {
+        for item in self.inner.trees.streams.range(start..trees::stream_key(stream, version)).rev() {
             let (key, position) = item?;
             if be_u64(&position).is_some_and(|position| position <= head) {
                 return be_u64(&key[key.len() - 8..])
@@ -345,7 +367,7 @@ impl EventLog {
     }
 
     /// Walk the whole log: the hash chain, every record's position, the stream
-    /// index, the stream heads and the stored tail. The first problem found is an
+    /// index (each event indexed at its version, nothing else in it) and the stored tail. The first problem found is an
     /// error naming its position.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
         let trees = &self.inner.trees;
@@ -396,20 +418,6 @@ impl EventLog {
         let index_len = trees.streams.len() as u64;
         if index_len != head {
             return Err(StoreError::corrupt(head, format!("stream index has {index_len} entries for {head} events")));
-        }
-        for item in trees.heads.iter() {
-            let (stream, version) = item?;
-            let stream = String::from_utf8_lossy(&stream).into_owned();
-            let stored = be_u64(&version);
-            if stored != stream_versions.get(&stream).copied() {
-                return Err(StoreError::corrupt(
-                    head,
-                    format!("head of stream {stream} is {stored:?}, the log says otherwise"),
-                ));
-            }
-        }
-        if trees.heads.len() != stream_versions.len() {
-            return Err(StoreError::corrupt(head, "a stream with events has no head"));
         }
         let tail = read_tail(trees)?;
         if tail.head != head || tail.last_hash != previous_hash {

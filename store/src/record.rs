@@ -126,6 +126,29 @@ mod tests {
         assert_ne!(first, second);
     }
 
+    /// The envelope is a contract with every stored log and backup, like the
+    /// payloads: its frozen bytes must keep parsing to the same record.
+    #[test]
+    fn the_frozen_v1_record_still_parses_with_its_hash() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/records/v1.bin");
+        let (encoded, hash) = encode(&header(), b"payload", &GENESIS_HASH).expect("encodes");
+        if !path.exists() {
+            assert!(
+                std::env::var("SHOPLOG_WRITE_FIXTURES").is_ok_and(|value| value == "1"),
+                "no frozen record at {}: run with SHOPLOG_WRITE_FIXTURES=1 once",
+                path.display()
+            );
+            std::fs::write(&path, &encoded).expect("writes the fixture");
+        }
+        let frozen = std::fs::read(&path).expect("reads the fixture");
+        let record = parse(&frozen).expect("the frozen record parses");
+        assert_eq!(record.header, header());
+        assert_eq!(record.payload, b"payload");
+        assert_eq!(record.hash, hash);
+        assert_eq!(chain_hash(&GENESIS_HASH, record.body), record.hash);
+        assert_eq!(encoded, frozen, "records are now encoded differently from the frozen v1 bytes");
+    }
+
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(parse(&[]).is_err());

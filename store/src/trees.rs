@@ -1,8 +1,8 @@
 //! The sled trees of the log and their key layouts.
 //!
 //! - `events`: position (u64 BE) → record
-//! - `streams`: stream ‖ 0x00 ‖ version (u64 BE) → position (u64 BE)
-//! - `heads`: stream → last version (u64 BE)
+//! - `streams`: stream ‖ 0x00 ‖ version (u64 BE) → position (u64 BE); a stream's
+//!   head is its last entry, so no separate heads tree costs an insert per append
 //! - `idempotency`: blake3(key) → stored result
 //! - `keys`: subject (16 bytes) → 32-byte key, or empty once forgotten
 //! - `meta`: head position, last hash, last recorded time, format
@@ -14,10 +14,9 @@ use crate::seal::SubjectKey;
 
 pub(crate) const EVENTS: usize = 0;
 pub(crate) const STREAMS: usize = 1;
-pub(crate) const HEADS: usize = 2;
-pub(crate) const IDEMPOTENCY: usize = 3;
-pub(crate) const KEYS: usize = 4;
-pub(crate) const META: usize = 5;
+pub(crate) const IDEMPOTENCY: usize = 2;
+pub(crate) const KEYS: usize = 3;
+pub(crate) const META: usize = 4;
 
 pub(crate) const META_HEAD: &[u8] = b"head";
 pub(crate) const META_LAST_HASH: &[u8] = b"last_hash";
@@ -28,7 +27,6 @@ pub(crate) const META_FORMAT: &[u8] = b"format";
 pub(crate) struct Trees {
     pub events: sled::Tree,
     pub streams: sled::Tree,
-    pub heads: sled::Tree,
     pub idempotency: sled::Tree,
     pub keys: sled::Tree,
     pub meta: sled::Tree,
@@ -39,7 +37,6 @@ impl Trees {
         Ok(Trees {
             events: db.open_tree("events")?,
             streams: db.open_tree("streams")?,
-            heads: db.open_tree("heads")?,
             idempotency: db.open_tree("idempotency")?,
             keys: db.open_tree("keys")?,
             meta: db.open_tree("meta")?,
@@ -47,8 +44,8 @@ impl Trees {
     }
 
     /// All trees, in the order of the index constants, for one transaction.
-    pub fn all(&self) -> [&sled::Tree; 6] {
-        [&self.events, &self.streams, &self.heads, &self.idempotency, &self.keys, &self.meta]
+    pub fn all(&self) -> [&sled::Tree; 5] {
+        [&self.events, &self.streams, &self.idempotency, &self.keys, &self.meta]
     }
 }
 
@@ -66,14 +63,17 @@ pub(crate) fn be_u64(bytes: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
 }
 
-/// The stream's last version as stored (0 when it has no events).
-pub(crate) fn read_stream_head(trees: &Trees, stream: &str) -> Result<u64, StoreError> {
-    match trees.heads.get(stream.as_bytes())? {
-        None => Ok(0),
-        Some(bytes) => {
-            be_u64(&bytes).ok_or_else(|| StoreError::corrupt(0, format!("head of stream {stream} is not a u64")))
-        }
-    }
+/// The stream's last version as stored (0 when it has no events), with the
+/// position of that version.
+pub(crate) fn read_stream_head(trees: &Trees, stream: &str) -> Result<(u64, u64), StoreError> {
+    let last = trees.streams.range(stream_key(stream, 1)..=stream_key(stream, u64::MAX)).next_back();
+    let Some(entry) = last else {
+        return Ok((0, 0));
+    };
+    let (key, position) = entry?;
+    let damaged = || StoreError::corrupt(0, format!("index of stream {stream} is damaged"));
+    let version = be_u64(&key[key.len().saturating_sub(8)..]).ok_or_else(damaged)?;
+    Ok((version, be_u64(&position).ok_or_else(damaged)?))
 }
 
 /// The subject's key: `None` when it never had one, `Some(None)` once forgotten.

@@ -43,7 +43,7 @@ impl Health {
         self.failure.lock().map(|failure| failure.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
-    fn fail(&self, reason: String) {
+    pub fn fail(&self, reason: String) {
         let mut failure = self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         failure.get_or_insert(reason);
     }
@@ -67,20 +67,47 @@ pub(crate) struct Tail {
 }
 
 pub(crate) struct Writer {
-    pub db: sled::Db,
     pub trees: Trees,
-    /// Our own handle to sled's log file, to `fdatasync` it after sled's flush.
-    pub db_file: File,
     pub jobs: mpsc::Receiver<Job>,
-    pub durable: watch::Sender<u64>,
     pub health: Arc<Health>,
-    pub counters: Arc<Counters>,
     pub tail: Tail,
     pub batch_len_max: usize,
+    /// The second stage, handed to its own thread when the writer starts.
+    pub syncer: Option<Syncer>,
 }
 
+/// A batch written to sled, waiting for the flush and fsync that make it durable.
+struct Written {
+    outcomes: Vec<(Reply, Result<AppendResult, StoreError>)>,
+    head: u64,
+    appends: u64,
+    events: u64,
+}
+
+type Reply = oneshot::Sender<Result<AppendResult, StoreError>>;
+
+/// How many written batches may wait for the syncer.
+const WRITTEN_QUEUE_LEN_MAX: usize = 4;
+
 impl Writer {
+    /// Two stages: this thread stages batches and writes them to sled; a syncer
+    /// thread flushes, fsyncs and answers, so the next batch is written while the
+    /// last one is being made durable. sled recovers a prefix of its log, so a batch
+    /// is never durable without the batches before it.
     pub fn run(mut self) {
+        let (written, to_sync) = std::sync::mpsc::sync_channel(WRITTEN_QUEUE_LEN_MAX);
+        let Some(syncer) = self.syncer.take() else {
+            self.health.fail("the writer has no syncer".to_owned());
+            return;
+        };
+        let syncer = std::thread::Builder::new().name("shoplog-syncer".to_owned()).spawn(move || syncer.run(to_sync));
+        let syncer = match syncer {
+            Ok(syncer) => syncer,
+            Err(error) => {
+                self.health.fail(format!("cannot start the syncer thread: {error}"));
+                return;
+            }
+        };
         let mut batch = Vec::with_capacity(self.batch_len_max);
         while let Some(first) = self.jobs.blocking_recv() {
             batch.push(first);
@@ -90,55 +117,51 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(&mut batch);
+            if written.send(self.write(&mut batch)).is_err() {
+                break;
+            }
+        }
+        drop(written);
+        if syncer.join().is_err() {
+            tracing::error!("the log syncer panicked");
         }
     }
 
-    fn commit(&mut self, batch: &mut Vec<Job>) {
-        if let Some(reason) = self.health.failure() {
-            for job in batch.drain(..) {
-                let _ = job.reply.send(Err(StoreError::Unavailable { reason: reason.clone() }));
-            }
-            return;
-        }
+    /// Stage every job of the batch and write what passed in one transaction.
+    fn write(&mut self, batch: &mut Vec<Job>) -> Written {
         let mut staged = Staged::new(self.tail);
+        let failure = self.health.failure();
         let outcomes: Vec<_> = batch
             .drain(..)
             .map(|job| {
-                let outcome = staged.stage(&self.trees, &job.request, job.forget);
+                let outcome = match &failure {
+                    Some(reason) => Err(StoreError::Unavailable { reason: reason.clone() }),
+                    None => staged.stage(&self.trees, &job.request, job.forget),
+                };
                 (job.reply, outcome)
             })
             .collect();
-
         if staged.written > 0 {
-            if let Err(reason) = self.write(&staged) {
-                tracing::error!(%reason, "append batch not durable; refusing appends from now on");
+            if let Err(reason) = self.transact(&staged) {
                 self.health.fail(reason.clone());
-                for (reply, _) in outcomes {
-                    let _ = reply.send(Err(StoreError::Durability { reason: reason.clone() }));
-                }
-                return;
+                let outcomes = outcomes
+                    .into_iter()
+                    .map(|(reply, _)| (reply, Err(StoreError::Durability { reason: reason.clone() })))
+                    .collect();
+                return Written { outcomes, head: self.tail.head, appends: 0, events: 0 };
             }
-            self.counters.batches.fetch_add(1, Ordering::Relaxed);
-            self.counters.appends.fetch_add(staged.appends, Ordering::Relaxed);
-            self.counters.events.fetch_add(staged.written as u64, Ordering::Relaxed);
             self.tail = staged.tail;
-            self.durable.send_replace(self.tail.head);
         }
-        for (reply, outcome) in outcomes {
-            // An appender that gave up waiting is no reason to stop.
-            let _ = reply.send(outcome);
-        }
+        Written { outcomes, head: self.tail.head, appends: staged.appends, events: staged.written as u64 }
     }
 
-    /// One transaction, one flush, one fdatasync.
-    fn write(&self, staged: &Staged) -> Result<(), String> {
+    /// The batch's writes to every tree, in one sled transaction.
+    fn transact(&self, staged: &Staged) -> Result<(), String> {
         let trees = self.trees.all();
         let tail = staged.tail;
         let written: Result<(), sled::transaction::TransactionError<()>> = trees.as_slice().transaction(|tx| {
             tx[trees::EVENTS].apply_batch(&staged.events)?;
             tx[trees::STREAMS].apply_batch(&staged.streams)?;
-            tx[trees::HEADS].apply_batch(&staged.heads)?;
             tx[trees::IDEMPOTENCY].apply_batch(&staged.idempotency)?;
             tx[trees::KEYS].apply_batch(&staged.keys)?;
             tx[trees::META].insert(trees::META_HEAD, &tail.head.to_be_bytes())?;
@@ -146,10 +169,84 @@ impl Writer {
             tx[trees::META].insert(trees::META_LAST_RECORDED_AT, &tail.last_recorded_micros.to_be_bytes())?;
             Ok(())
         });
-        written.map_err(|error| format!("transaction failed: {error:?}"))?;
+        written.map_err(|error| format!("transaction failed: {error:?}"))
+    }
+}
+
+/// The second stage: makes written batches durable, then answers their appenders
+/// and moves the durable head, strictly in order.
+pub(crate) struct Syncer {
+    pub db: sled::Db,
+    /// Our own handle to sled's log file, to `fdatasync` it after sled's flush.
+    pub db_file: File,
+    pub durable: watch::Sender<u64>,
+    pub health: Arc<Health>,
+    pub counters: Arc<Counters>,
+    /// The most appends one fsync covers.
+    pub batch_len_max: u64,
+}
+
+impl Syncer {
+    fn run(self, to_sync: std::sync::mpsc::Receiver<Written>) {
+        let mut carried = None;
+        loop {
+            let Some(first) = carried.take().or_else(|| to_sync.recv().ok()) else {
+                break;
+            };
+            // Whatever else is written by now rides on the same fsync, up to a
+            // batch's worth of appends.
+            let mut appends = first.appends;
+            let mut pending = vec![first];
+            while appends < self.batch_len_max {
+                let Ok(next) = to_sync.try_recv() else { break };
+                if appends + next.appends > self.batch_len_max {
+                    carried = Some(next);
+                    break;
+                }
+                appends += next.appends;
+                pending.push(next);
+            }
+            let synced = match self.health.failure() {
+                Some(reason) => Err(reason),
+                None if appends == 0 => Ok(()),
+                None => self.sync(),
+            };
+            match synced {
+                Ok(()) => {
+                    if appends > 0 {
+                        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+                        self.counters.appends.fetch_add(appends, Ordering::Relaxed);
+                        let events = pending.iter().map(|written| written.events).sum();
+                        self.counters.events.fetch_add(events, Ordering::Relaxed);
+                    }
+                    if let Some(last) = pending.last() {
+                        self.durable.send_if_modified(|head| std::mem::replace(head, last.head) != last.head);
+                    }
+                    for (reply, outcome) in pending.into_iter().flat_map(|written| written.outcomes) {
+                        // An appender that gave up waiting is no reason to stop.
+                        let _ = reply.send(outcome);
+                    }
+                }
+                Err(reason) => {
+                    tracing::error!(%reason, "append batch not durable; refusing appends from now on");
+                    self.health.fail(reason.clone());
+                    for (reply, outcome) in pending.into_iter().flat_map(|written| written.outcomes) {
+                        let error = match outcome {
+                            Err(StoreError::Unavailable { reason }) => StoreError::Unavailable { reason },
+                            _ => StoreError::Durability { reason: reason.clone() },
+                        };
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One flush, one fdatasync. Never retried: a failed fsync may have dropped
+    /// dirty pages, so a second try could succeed without the data being there.
+    fn sync(&self) -> Result<(), String> {
         self.db.flush().map_err(|error| format!("flush failed: {error}"))?;
-        self.db_file.sync_data().map_err(|error| format!("fdatasync failed: {error}"))?;
-        Ok(())
+        self.db_file.sync_data().map_err(|error| format!("fdatasync failed: {error}"))
     }
 }
 
@@ -173,7 +270,6 @@ struct Staged {
     tail: Tail,
     events: sled::Batch,
     streams: sled::Batch,
-    heads: sled::Batch,
     idempotency: sled::Batch,
     keys: sled::Batch,
     stream_heads: HashMap<String, u64>,
@@ -190,7 +286,6 @@ impl Staged {
             tail,
             events: sled::Batch::default(),
             streams: sled::Batch::default(),
-            heads: sled::Batch::default(),
             idempotency: sled::Batch::default(),
             keys: sled::Batch::default(),
             stream_heads: HashMap::new(),
@@ -305,7 +400,6 @@ impl Staged {
             self.streams.insert(trees::stream_key(stream, version), &position.to_be_bytes());
         }
         for stream in &versions {
-            self.heads.insert(stream.stream.as_bytes(), &stream.version.to_be_bytes());
             self.stream_heads.insert(stream.stream.clone(), stream.version);
         }
         for (subject, key) in new_keys {
@@ -339,7 +433,7 @@ impl Staged {
         if let Some(version) = self.stream_heads.get(stream) {
             return Ok(*version);
         }
-        trees::read_stream_head(trees, stream)
+        Ok(trees::read_stream_head(trees, stream)?.0)
     }
 
     fn subject_key(&self, trees: &Trees, subject: Uuid) -> Result<Option<KeyState>, StoreError> {

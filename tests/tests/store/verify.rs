@@ -123,12 +123,16 @@ async fn a_stream_index_entry_pointing_elsewhere_is_found() {
 }
 
 #[tokio::test]
-async fn a_wrong_stream_head_is_found() {
+async fn a_stream_index_entry_for_an_event_never_written_is_found() {
     let dir = temp_dir();
     log_with_five_events(dir.path()).await;
     tamper(dir.path(), |db| {
-        db.open_tree("heads").expect("tree").insert(b"even", &9u64.to_be_bytes()).expect("writes");
+        let mut key = b"even".to_vec();
+        key.push(0);
+        key.extend_from_slice(&4u64.to_be_bytes());
+        db.open_tree("streams").expect("tree").insert(key, &6u64.to_be_bytes()).expect("writes");
     });
-    let (_, reason) = corrupt_position(dir.path());
-    assert!(reason.contains("head of stream even"), "{reason}");
+    let (position, reason) = corrupt_position(dir.path());
+    assert_eq!(position, 5, "{reason}");
+    assert!(reason.contains("stream index has 6 entries for 5 events"), "{reason}");
 }

@@ -1,0 +1,141 @@
+//! Appends per second, in one run on one machine (DESIGN §8 compares within a run):
+//!
+//! - group commit (the real writer) at 1 and 64 concurrent writers;
+//! - flush-per-append: the same writer with batches of one, so every append pays
+//!   its own flush and fdatasync, at 64 writers;
+//! - sled's own no-flush insert rate for records of the same size, the ceiling.
+//!
+//! `cargo bench -p store --bench append` (add `-- --appends 50000` for a longer run).
+//! Every phase is bounded in count and in time (20 s).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use store::{AppendRequest, EventLog, ExpectedVersion, Metadata, NewEvent, Options};
+use uuid::Uuid;
+
+const PHASE_TIME_MAX: Duration = Duration::from_secs(20);
+const PAYLOAD_LEN: usize = 120;
+
+fn request(writer: usize) -> AppendRequest {
+    let correlation_id = Uuid::now_v7();
+    AppendRequest::single(
+        format!("cart-{writer}"),
+        ExpectedVersion::Any,
+        vec![NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: "CartItemAdded".to_owned(),
+            schema_version: 1,
+            subject: None,
+            payload: vec![7; PAYLOAD_LEN],
+        }],
+        Metadata { actor: "bench".to_owned(), correlation_id, causation_id: correlation_id },
+    )
+}
+
+struct Measured {
+    appends: u64,
+    seconds: f64,
+    batches: u64,
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.appends as f64 / self.seconds
+    }
+}
+
+fn measure_log(runtime: &tokio::runtime::Runtime, writers: usize, appends: usize, batch_len_max: usize) -> Measured {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = EventLog::open_with(dir.path(), Options { batch_len_max, ..Options::default() }).expect("opens");
+    let per_writer = appends.div_ceil(writers);
+    let started = Instant::now();
+    runtime.block_on(async {
+        let tasks: Vec<_> = (0..writers)
+            .map(|writer| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut done = 0u64;
+                    for _ in 0..per_writer {
+                        if started.elapsed() > PHASE_TIME_MAX {
+                            break;
+                        }
+                        log.append(request(writer)).await.expect("appends");
+                        done += 1;
+                    }
+                    done
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for task in tasks {
+            total += task.await.expect("writer ends");
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        Measured { appends: total, seconds, batches: log.commit_stats().batches }
+    })
+}
+
+/// sled alone: the same number of records of the same size, inserted with no
+/// flush at all. What no durable log can beat.
+fn measure_sled_no_flush(writers: usize, appends: usize) -> Measured {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = Arc::new(sled::Config::new().path(dir.path()).flush_every_ms(None).open().expect("opens"));
+    let tree = db.open_tree("events").expect("tree");
+    let record = vec![7u8; PAYLOAD_LEN + 110];
+    let per_writer = appends.div_ceil(writers);
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..writers.min(8) {
+            let (tree, next, record) = (tree.clone(), Arc::clone(&next), record.clone());
+            scope.spawn(move || {
+                for _ in 0..per_writer * writers / writers.min(8) {
+                    let position = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tree.insert(position.to_be_bytes(), record.as_slice()).expect("inserts");
+                }
+            });
+        }
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    Measured { appends: next.load(std::sync::atomic::Ordering::Relaxed) - 1, seconds, batches: 0 }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let appends: usize = args
+        .iter()
+        .position(|arg| arg == "--appends")
+        .and_then(|index| args.get(index + 1))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(20_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+
+    let one = measure_log(&runtime, 1, appends / 10, 1024);
+    let grouped = measure_log(&runtime, 64, appends, 1024);
+    let per_append = measure_log(&runtime, 64, appends / 10, 1);
+    let sled = measure_sled_no_flush(64, appends);
+
+    println!("| case | appends | seconds | appends/s | appends per fsync |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, measured) in [
+        ("group commit, 1 writer", &one),
+        ("group commit, 64 writers", &grouped),
+        ("flush-per-append, 64 writers", &per_append),
+    ] {
+        println!(
+            "| {name} | {} | {:.2} | {:.0} | {:.1} |",
+            measured.appends,
+            measured.seconds,
+            measured.rate(),
+            measured.appends as f64 / measured.batches.max(1) as f64
+        );
+    }
+    println!("| sled insert, no flush (ceiling) | {} | {:.2} | {:.0} | - |", sled.appends, sled.seconds, sled.rate());
+    println!();
+    println!(
+        "group commit / flush-per-append at 64 writers: {:.1}x (target >= 20x)",
+        grouped.rate() / per_append.rate()
+    );
+    println!("group commit / sled no-flush: {:.0} % (target >= 70 %)", 100.0 * grouped.rate() / sled.rate());
+}
