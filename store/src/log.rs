@@ -200,6 +200,40 @@ impl EventLog {
         self.inner.health.failure()
     }
 
+    /// A random 32-byte secret stored under `name` in the data dir, made (and made
+    /// durable) on first use. The log uses none itself; the shell keys email hashes
+    /// and signs tokens with them. Backups carry them with the log.
+    pub fn secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
+        let key = [trees::META_SECRET_PREFIX, name.as_bytes()].concat();
+        let fresh = seal::new_key();
+        let stored = match self.inner.trees.meta.compare_and_swap(&key, None as Option<&[u8]>, Some(&fresh[..]))? {
+            Ok(()) => {
+                self.make_durable()?;
+                fresh
+            }
+            Err(existing) => existing
+                .current
+                .as_deref()
+                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                .ok_or_else(|| StoreError::corrupt(0, format!("secret {name} is not 32 bytes")))?,
+        };
+        Ok(stored)
+    }
+
+    /// A tree of the caller's own in the log's database (read models, checkpoints),
+    /// so that its writes can share one sled transaction. Names cannot collide with
+    /// the log's trees.
+    pub fn open_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.inner.db.open_tree(format!("x:{name}"))?)
+    }
+
+    /// Flush everything written to the database so far, and fsync it.
+    pub fn make_durable(&self) -> Result<(), StoreError> {
+        self.inner.db.flush()?;
+        File::open(self.inner.path.join("db"))?.sync_data()?;
+        Ok(())
+    }
+
     /// What the writer has committed since the log was opened.
     pub fn commit_stats(&self) -> CommitStats {
         let counters = &self.inner.counters;

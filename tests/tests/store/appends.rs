@@ -239,3 +239,16 @@ async fn recorded_times_never_go_back_along_the_log() {
     assert_eq!(times[0].timestamp_micros(), later.timestamp_micros());
     assert!(times[1] >= times[0]);
 }
+
+#[tokio::test]
+async fn a_named_secret_is_made_once_and_kept_across_restarts() {
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    let first = log.secret("email-key").expect("made");
+    assert_eq!(log.secret("email-key").expect("read"), first);
+    assert_ne!(log.secret("token").expect("made"), first, "each name has its own secret");
+    drop(log);
+    let log = EventLog::open(dir.path()).expect("reopens");
+    assert_eq!(log.secret("email-key").expect("read"), first);
+    log.verify().expect("secrets are not part of the chain");
+}
