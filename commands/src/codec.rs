@@ -1,0 +1,66 @@
+//! The glue between the shop's [`Event`]s and the log's envelopes, in one place
+//! for every crate that writes or reads events: the command side here, the
+//! projections and the API's event views alike.
+//!
+//! Writing: [`to_new_event`] turns an event into a [`NewEvent`] (a fresh v7 id, the
+//! stored type name and schema version, the data subject, the bincode payload).
+//! Reading: [`decode`] turns a [`RecordedEvent`] back into an [`Event`], or into
+//! `None` when its payload was crypto-shredded ([`Payload::Forgotten`]: a
+//! `CustomerRegistered` whose customer was forgotten). A fold skips such an event;
+//! the `CustomerForgotten` after it ends the customer in `Forgotten`.
+
+use domain::{Event, EventSeed};
+use store::{NewEvent, Payload, RecordedEvent};
+use uuid::Uuid;
+
+/// An event could not be encoded (never expected: stored event types are plain).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot encode event {event_type}: {reason}")]
+pub struct EncodeError {
+    pub event_type: &'static str,
+    pub reason: String,
+}
+
+/// A stored event could not be read back as a shop event: an unknown type or
+/// version (an upcaster is missing), bytes that do not decode, or an event on a
+/// stream it does not belong to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot decode event {event_type} v{schema_version} at position {position}: {reason}")]
+pub struct DecodeError {
+    pub position: u64,
+    pub event_type: String,
+    pub schema_version: u16,
+    pub reason: String,
+}
+
+/// The event as the log takes it: a fresh uuid v7, its stored type name and
+/// schema version, its data subject (the store seals the payload under it) and
+/// its payload in the store's codec.
+pub fn to_new_event(event: &Event) -> Result<NewEvent, EncodeError> {
+    let payload = store::codec::encode(event)
+        .map_err(|error| EncodeError { event_type: event.event_type(), reason: error.to_string() })?;
+    Ok(NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: event.event_type().to_owned(),
+        schema_version: event.schema_version(),
+        subject: event.subject(),
+        payload,
+    })
+}
+
+/// The shop event a recorded event holds, or `None` when its payload was
+/// forgotten (crypto-shredded): folds skip those.
+pub fn decode(recorded: &RecordedEvent) -> Result<Option<Event>, DecodeError> {
+    match &recorded.payload {
+        Payload::Forgotten => Ok(None),
+        Payload::Plain(bytes) => {
+            let seed = EventSeed { event_type: &recorded.event_type, schema_version: recorded.schema_version };
+            store::codec::decode_seed(seed, bytes).map(Some).map_err(|error| DecodeError {
+                position: recorded.position,
+                event_type: recorded.event_type.clone(),
+                schema_version: recorded.schema_version,
+                reason: error.to_string(),
+            })
+        }
+    }
+}

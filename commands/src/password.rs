@@ -1,0 +1,73 @@
+//! Passwords: argon2id hashes (PHC strings, default parameters, a fresh salt each),
+//! computed and verified on tokio's blocking pool, a bounded number at a time.
+
+use std::sync::Arc;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use domain::{Password, PasswordHash};
+use tokio::sync::Semaphore;
+
+use crate::error::CommandError;
+
+/// Hashes and verifies passwords. Each hash takes tens of milliseconds and 19 MiB,
+/// so at most `parallel_max` run at once; the rest wait their turn.
+#[derive(Debug, Clone)]
+pub(crate) struct Hasher {
+    permits: Arc<Semaphore>,
+    /// A hash of a password no one has, verified when a login names an unknown
+    /// email so that the answer takes as long as for a known one.
+    dummy: Arc<str>,
+}
+
+impl Hasher {
+    /// Computes the dummy hash on the calling thread (one hash).
+    pub(crate) fn new(parallel_max: usize) -> Result<Self, CommandError> {
+        let dummy = hash(b"no-one's password, for timing")?;
+        Ok(Hasher { permits: Arc::new(Semaphore::new(parallel_max.max(1))), dummy: dummy.into() })
+    }
+
+    /// A fresh argon2id hash of `password`.
+    pub(crate) async fn hash(&self, password: Password) -> Result<PasswordHash, CommandError> {
+        let phc = self.blocking(move || hash(password.as_str().as_bytes())).await??;
+        PasswordHash::new(phc).map_err(|error| CommandError::Hasher { reason: error.to_string() })
+    }
+
+    /// Whether `password` matches `stored`; `None` verifies against the dummy hash
+    /// (and answers false), taking the same time.
+    pub(crate) async fn verify(&self, password: Password, stored: Option<PasswordHash>) -> Result<bool, CommandError> {
+        let known = stored.is_some();
+        let phc = stored.map_or_else(|| self.dummy.to_string(), |stored| stored.as_str().to_owned());
+        let matches = self
+            .blocking(move || match Argon2::default().verify_password(password.as_str().as_bytes(), phc.as_str()) {
+                Ok(()) => true,
+                Err(argon2::password_hash::Error::PasswordInvalid) => false,
+                Err(error) => {
+                    tracing::error!(%error, "a stored password hash cannot be verified");
+                    false
+                }
+            })
+            .await?;
+        Ok(known && matches)
+    }
+
+    /// Run `work` on the blocking pool inside the caller's span, once a permit is free.
+    async fn blocking<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, CommandError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| CommandError::Hasher { reason: "the hasher is shut down".to_owned() })?;
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(work))
+            .await
+            .map_err(|error| CommandError::Hasher { reason: error.to_string() })
+    }
+}
+
+fn hash(password: &[u8]) -> Result<String, CommandError> {
+    Argon2::default()
+        .hash_password(password)
+        .map(|hash| hash.to_string())
+        .map_err(|error| CommandError::Hasher { reason: error.to_string() })
+}

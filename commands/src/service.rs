@@ -1,0 +1,763 @@
+//! [`CommandService`]: load → decide → append, retried on conflict.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::{
+    AddCartItem, Cart, Cents, Checkout, Customer, CustomerCommand, CustomerId, CustomerName, Email, EmailClaim,
+    EmailKey, Event, ForgetCustomer, Order, OrderCommand, OrderId, Password, PriceCents, Product, ProductCommand,
+    ProductName, Quantity, RegisterCustomer, RemoveCartItem, RestockQuantity, Sku, Stock, StreamId,
+};
+use store::{AppendRequest, AppendResult, EventLog, ExpectedVersion, NewEvent, StoreError, StreamAppend};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::cache::{Aggregate, CacheStats, Counters, StateCache};
+use crate::codec::{self, DecodeError};
+use crate::error::CommandError;
+use crate::outcome::{CommandContext, CommandOutcome};
+use crate::password::Hasher;
+
+/// How many events a load reads from the log at a time.
+const PAGE_LEN: usize = 512;
+
+/// The name of the log secret that keys email hashes (DESIGN §5).
+const EMAIL_KEY_SECRET: &str = "email-key";
+
+/// How the service behaves; [`Options::default`] suits a server.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The most streams whose folded state is kept in memory.
+    pub cache_streams_max: NonZeroUsize,
+    /// The most attempts of one command under contention (the first included).
+    pub attempts_max: u32,
+    /// How long a command keeps retrying under contention, from its start.
+    pub retry_deadline: Duration,
+    /// The longest pause between two attempts (each pause is random, below a
+    /// bound that doubles per attempt up to this).
+    pub backoff_max: Duration,
+    /// The most password hashes computed at once.
+    pub hashes_parallel_max: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            cache_streams_max: NonZeroUsize::new(10_000).expect("10,000 is not zero"),
+            attempts_max: 50,
+            retry_deadline: Duration::from_secs(3),
+            backoff_max: Duration::from_millis(10),
+            hashes_parallel_max: std::thread::available_parallelism().map_or(2, NonZeroUsize::get),
+        }
+    }
+}
+
+/// The write side of shoplog. Cheap to clone: clones share the log, the cache and
+/// the hasher.
+#[derive(Debug, Clone)]
+pub struct CommandService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    log: EventLog,
+    cache: StateCache,
+    hasher: Hasher,
+    email_secret: Secret,
+    options: Options,
+}
+
+/// The key of email hashes; `Debug` never shows it.
+struct Secret([u8; 32]);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A state as loaded, with the stream version it is folded to (0: no events).
+struct Loaded<A> {
+    state: Arc<A>,
+    version: u64,
+}
+
+/// What one attempt decided: the events, and the version of each stream it read
+/// (each stream written is appended with that version expected).
+struct Decision {
+    events: Vec<Event>,
+    read: BTreeMap<String, ExpectedVersion>,
+    /// Crypto-shred this subject in the same append.
+    forget: Option<Uuid>,
+}
+
+impl Decision {
+    fn new(events: Vec<Event>) -> Self {
+        Decision { events, read: BTreeMap::new(), forget: None }
+    }
+
+    /// The decision read `stream` at `version`: append it expecting exactly that.
+    fn read<A>(mut self, stream: &str, loaded: &Loaded<A>) -> Self {
+        let expected = match loaded.version {
+            0 => ExpectedVersion::NoStream,
+            version => ExpectedVersion::Exact(version),
+        };
+        self.read.insert(stream.to_owned(), expected);
+        self
+    }
+
+    /// The decision does not depend on `stream`'s state: append it with `Any`.
+    fn blind(mut self, stream: &str) -> Self {
+        self.read.insert(stream.to_owned(), ExpectedVersion::Any);
+        self
+    }
+}
+
+/// The events of one stream within an append.
+struct Group {
+    stream: String,
+    expected: ExpectedVersion,
+    events: Vec<Event>,
+}
+
+impl CommandService {
+    /// A service over `log` with default options. Reads the email-key secret and
+    /// computes one password hash (the dummy for unknown logins) on this thread.
+    pub fn new(log: EventLog) -> Result<Self, CommandError> {
+        Self::with_options(log, Options::default())
+    }
+
+    pub fn with_options(log: EventLog, options: Options) -> Result<Self, CommandError> {
+        let email_secret = Secret(log.secret(EMAIL_KEY_SECRET)?);
+        let hasher = Hasher::new(options.hashes_parallel_max)?;
+        let cache = StateCache::new(options.cache_streams_max);
+        Ok(CommandService { inner: Arc::new(Inner { log, cache, hasher, email_secret, options }) })
+    }
+
+    /// The log the service writes to.
+    pub fn log(&self) -> &EventLog {
+        &self.inner.log
+    }
+
+    /// What the state cache did so far.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.inner.cache.stats()
+    }
+
+    /// The name of `email`'s claim stream key: the keyed blake3 hash of the
+    /// lowercased address, in hex. No address ever sits in a stream name.
+    pub fn email_key(&self, email: &Email) -> EmailKey {
+        let hash = blake3::keyed_hash(&self.inner.email_secret.0, email.normalized().as_bytes());
+        EmailKey::parse(hash.to_hex().as_str())
+            .expect("a blake3 hash in hex is 64 lowercase hex characters, which is an email key's rule")
+    }
+
+    // Products --------------------------------------------------------------------------------
+
+    /// Create a product (`product-<sku>` must not exist: appended with `NoStream`).
+    pub async fn create_product(
+        &self,
+        ctx: &CommandContext,
+        sku: Sku,
+        name: ProductName,
+        price_cents: PriceCents,
+        initial_stock: Option<Stock>,
+        expected: Option<u64>,
+    ) -> Result<CommandOutcome, CommandError> {
+        let initial_stock = initial_stock.unwrap_or(Stock::ZERO);
+        self.product_command(ctx, ProductCommand::Create { sku, name, price_cents, initial_stock }, expected).await
+    }
+
+    pub async fn change_price(
+        &self,
+        ctx: &CommandContext,
+        sku: Sku,
+        price_cents: PriceCents,
+        expected: Option<u64>,
+    ) -> Result<CommandOutcome, CommandError> {
+        self.product_command(ctx, ProductCommand::ChangePrice { sku, price_cents }, expected).await
+    }
+
+    pub async fn restock(
+        &self,
+        ctx: &CommandContext,
+        sku: Sku,
+        quantity: RestockQuantity,
+        expected: Option<u64>,
+    ) -> Result<CommandOutcome, CommandError> {
+        self.product_command(ctx, ProductCommand::Restock { sku, quantity }, expected).await
+    }
+
+    pub async fn discontinue(
+        &self,
+        ctx: &CommandContext,
+        sku: Sku,
+        expected: Option<u64>,
+    ) -> Result<CommandOutcome, CommandError> {
+        self.product_command(ctx, ProductCommand::Discontinue { sku }, expected).await
+    }
+
+    async fn product_command(
+        &self,
+        ctx: &CommandContext,
+        command: ProductCommand,
+        expected: Option<u64>,
+    ) -> Result<CommandOutcome, CommandError> {
+        let stream = StreamId::Product(command.sku().clone()).to_string();
+        self.execute(ctx, product_command_name(&command), &stream, expected, |service| {
+            let product = service.load::<Product>(&stream)?;
+            let events = domain::product::decide(&product.state, &command)?;
+            Ok(Decision::new(events).read(&stream, &product))
+        })
+        .await
+    }
+
+    // Customers -------------------------------------------------------------------------------
+
+    /// Register a customer: `CustomerRegistered` on a new `customer-<uuid>` and
+    /// `EmailClaimed` on the email's claim stream, in one append with the claim's
+    /// expected version, so of two racing registrations of one address (in any
+    /// case) exactly one wins. The main stream is the customer's; the new id is
+    /// [`CommandOutcome::customer_id`].
+    pub async fn register_customer(
+        &self,
+        ctx: &CommandContext,
+        email: Email,
+        name: CustomerName,
+        password: Password,
+        expected: Option<u64>,
+    ) -> Result<CommandOutcome, CommandError> {
+        let customer_id = CustomerId::new(Uuid::now_v7());
+        let password_hash = self.inner.hasher.hash(password).await?;
+        let email_key = self.email_key(&email);
+        let customer_stream = StreamId::Customer(customer_id).to_string();
+        let email_stream = StreamId::Email(email_key.clone()).to_string();
+        let command =
+            CustomerCommand::Register(RegisterCustomer { customer_id, email, email_key, name, password_hash });
+        self.execute(ctx, "register customer", &customer_stream, expected, |service| {
+            let customer = service.load::<Customer>(&customer_stream)?;
+            let claim = service.load::<EmailClaim>(&email_stream)?;
+            let events = domain::customer::decide(&customer.state, &claim.state, &command)?;
+            Ok(Decision::new(events).read(&customer_stream, &customer).read(&email_stream, &claim))
+        })
+        .await
+    }
+
+    /// The customer whose email and password these are, or
+    /// [`CommandError::InvalidCredentials`]. An unknown email costs one hash
+    /// verification too, so the answer's timing does not tell which emails exist.
+    #[tracing::instrument(skip_all)]
+    pub async fn login(&self, email: &Email, password: &Password) -> Result<CustomerId, CommandError> {
+        let email_stream = StreamId::Email(self.email_key(email)).to_string();
+        let claim = self.load::<EmailClaim>(&email_stream)?;
+        let registered = match claim.state.claimed_by() {
+            None => None,
+            Some(customer_id) => match &*self.load::<Customer>(&StreamId::Customer(customer_id).to_string())?.state {
+                Customer::Registered(profile) => Some((customer_id, profile.password_hash.clone())),
+                Customer::Unregistered | Customer::Forgotten { .. } => None,
+            },
+        };
+        let (customer_id, stored) = registered.unzip();
+        match (customer_id, self.inner.hasher.verify(password.clone(), stored).await?) {
+            (Some(customer_id), true) => Ok(customer_id),
+            _ => Err(CommandError::InvalidCredentials),
+        }
+    }
+
+    /// Crypto-shred a customer (DESIGN §3.9): `CustomerForgotten`, and
+    /// `EmailReleased` when the customer still holds the claim, appended through
+    /// [`EventLog::forget`], which deletes the customer's key in the same
+    /// transaction. The claim stream's key comes from the email in the customer's
+    /// state, read before the key is gone. The address can be registered again.
+    pub async fn forget_customer(
+        &self,
+        ctx: &CommandContext,
+        customer_id: CustomerId,
+        expected: Option<u64>,
+    ) -> Result<CommandOutcome, CommandError> {
+        let customer_stream = StreamId::Customer(customer_id).to_string();
+        self.execute(ctx, "forget customer", &customer_stream, expected, |service| {
+            let customer = service.load::<Customer>(&customer_stream)?;
+            let Customer::Registered(profile) = &*customer.state else {
+                // Unregistered or forgotten already: the domain refuses before it
+                // looks at the claim, so any key will do.
+                let email_key = EmailKey::parse(&"0".repeat(domain::value::EMAIL_KEY_LEN))
+                    .expect("64 zeros are 64 lowercase hex characters");
+                let command = CustomerCommand::Forget(ForgetCustomer { customer_id, email_key });
+                let events = domain::customer::decide(&customer.state, &EmailClaim::Unclaimed, &command)?;
+                return Ok(Decision::new(events).read(&customer_stream, &customer));
+            };
+            let email_key = service.email_key(&profile.email);
+            let email_stream = StreamId::Email(email_key.clone()).to_string();
+            let claim = service.load::<EmailClaim>(&email_stream)?;
+            let command = CustomerCommand::Forget(ForgetCustomer { customer_id, email_key });
+            let events = domain::customer::decide(&customer.state, &claim.state, &command)?;
+            let mut decision = Decision::new(events).read(&customer_stream, &customer).read(&email_stream, &claim);
+            decision.forget = Some(customer_id.get());
+            Ok(decision)
+        })
+        .await
+    }
+
+    // Carts -----------------------------------------------------------------------------------
+
+    /// Add `quantity` of `sku` to the customer's cart (the product must be active;
+    /// the product's stream is read, not written).
+    pub async fn add_cart_item(
+        &self,
+        ctx: &CommandContext,
+        customer_id: CustomerId,
+        sku: Sku,
+        quantity: Quantity,
+        expected: Option<u64>,
+    ) -> Result<CommandOutcome, CommandError> {
+        let cart_stream = StreamId::Cart(customer_id).to_string();
+        let product_stream = StreamId::Product(sku.clone()).to_string();
+        let command = AddCartItem { customer_id, sku, quantity };
+        self.execute(ctx, "add cart item", &cart_stream, expected, |service| {
+            let cart = service.load::<Cart>(&cart_stream)?;
+            let product = service.load::<Product>(&product_stream)?;
+            let events = domain::cart::add_item(&cart.state, &product.state, &command)?;
+            Ok(Decision::new(events).read(&cart_stream, &cart))
+        })
+        .await
+    }
+
+    pub async fn remove_cart_item(
+        &self,
+        ctx: &CommandContext,
+        customer_id: CustomerId,
+        sku: Sku,
+        expected: Option<u64>,
+    ) -> Result<CommandOutcome, CommandError> {
+        let cart_stream = StreamId::Cart(customer_id).to_string();
+        let command = RemoveCartItem { customer_id, sku };
+        self.execute(ctx, "remove cart item", &cart_stream, expected, |service| {
+            let cart = service.load::<Cart>(&cart_stream)?;
+            let events = domain::cart::remove_item(&cart.state, &command)?;
+            Ok(Decision::new(events).read(&cart_stream, &cart))
+        })
+        .await
+    }
+
+    /// Turn the customer's cart into an order: `OrderPlaced` on a new
+    /// `order-<uuid>` (`NoStream`), `StockReserved` on every product (each at the
+    /// version its stock was read), `CartCheckedOut` on the cart, in one append. The
+    /// main stream (for `expected`) is the cart; the order is
+    /// [`CommandOutcome::order_placed`].
+    pub async fn checkout(
+        &self,
+        ctx: &CommandContext,
+        customer_id: CustomerId,
+        expected: Option<u64>,
+    ) -> Result<CommandOutcome, CommandError> {
+        let cart_stream = StreamId::Cart(customer_id).to_string();
+        let command = Checkout { order_id: OrderId::new(Uuid::now_v7()), customer_id };
+        self.execute(ctx, "checkout", &cart_stream, expected, |service| {
+            let cart = service.load::<Cart>(&cart_stream)?;
+            let mut products = BTreeMap::new();
+            let mut decision = Decision::new(Vec::new()).read(&cart_stream, &cart);
+            for sku in cart.state.lines().keys() {
+                let stream = StreamId::Product(sku.clone()).to_string();
+                let product = service.load::<Product>(&stream)?;
+                decision = decision.read(&stream, &product);
+                products.insert(sku.clone(), Product::clone(&product.state));
+            }
+            // The order stream is new: not read, so appended with `NoStream`.
+            decision.events = domain::checkout::decide(&cart.state, &products, &command)?;
+            Ok(decision)
+        })
+        .await
+    }
+
+    // Orders ----------------------------------------------------------------------------------
+
+    /// Pay an order in full; only its customer may.
+    pub async fn pay_order(
+        &self,
+        ctx: &CommandContext,
+        customer_id: CustomerId,
+        order_id: OrderId,
+        amount_cents: Cents,
+        expected: Option<u64>,
+    ) -> Result<CommandOutcome, CommandError> {
+        self.order_command(ctx, Some(customer_id), OrderCommand::Pay { order_id, amount_cents }, expected).await
+    }
+
+    /// Cancel an order (placed or paid); only its customer may. Its stock comes
+    /// back: `StockReleased` on every product, in the same append. The product
+    /// streams are appended with `Any`: a release is right whatever the product's
+    /// state, and the order stream's expected version already stops a second
+    /// cancel, so product traffic never makes a cancel retry.
+    pub async fn cancel_order(
+        &self,
+        ctx: &CommandContext,
+        customer_id: CustomerId,
+        order_id: OrderId,
+        expected: Option<u64>,
+    ) -> Result<CommandOutcome, CommandError> {
+        self.order_command(ctx, Some(customer_id), OrderCommand::Cancel { order_id }, expected).await
+    }
+
+    /// Ship an order: an operator's action, so no owner check.
+    pub async fn ship_order(
+        &self,
+        ctx: &CommandContext,
+        order_id: OrderId,
+        expected: Option<u64>,
+    ) -> Result<CommandOutcome, CommandError> {
+        self.order_command(ctx, None, OrderCommand::Ship { order_id }, expected).await
+    }
+
+    async fn order_command(
+        &self,
+        ctx: &CommandContext,
+        owner: Option<CustomerId>,
+        command: OrderCommand,
+        expected: Option<u64>,
+    ) -> Result<CommandOutcome, CommandError> {
+        let order_id = command.order_id();
+        let order_stream = StreamId::Order(order_id).to_string();
+        let name = match command {
+            OrderCommand::Pay { .. } => "pay order",
+            OrderCommand::Cancel { .. } => "cancel order",
+            OrderCommand::Ship { .. } => "ship order",
+        };
+        self.execute(ctx, name, &order_stream, expected, |service| {
+            let order = service.load::<Order>(&order_stream)?;
+            if let (Some(owner), Some(info)) = (owner, order.state.info())
+                && info.customer_id != owner
+            {
+                return Err(CommandError::NotYours { order_id });
+            }
+            let events = domain::order::decide(&order.state, &command)?;
+            let mut decision = Decision::new(Vec::new()).read(&order_stream, &order);
+            for event in &events {
+                if let Event::Product(_) = event {
+                    decision = decision.blind(&event.stream().to_string());
+                }
+            }
+            decision.events = events;
+            Ok(decision)
+        })
+        .await
+    }
+
+    // Reads -----------------------------------------------------------------------------------
+
+    /// A product's state and its stream's version, if it exists. Served from the
+    /// cache (folding only newer events), like every read here; each touches sled
+    /// on the calling thread.
+    pub fn product(&self, sku: &Sku) -> Result<Option<(Product, u64)>, CommandError> {
+        let loaded = self.load::<Product>(&StreamId::Product(sku.clone()).to_string())?;
+        Ok((loaded.version > 0).then(|| (Product::clone(&loaded.state), loaded.version)))
+    }
+
+    /// A customer's state (registered or forgotten) and version, if any.
+    pub fn customer(&self, customer_id: CustomerId) -> Result<Option<(Customer, u64)>, CommandError> {
+        let loaded = self.load::<Customer>(&StreamId::Customer(customer_id).to_string())?;
+        Ok((loaded.version > 0).then(|| (Customer::clone(&loaded.state), loaded.version)))
+    }
+
+    /// A customer's cart and its version; a customer who never added anything has
+    /// an empty cart at version 0.
+    pub fn cart(&self, customer_id: CustomerId) -> Result<(Cart, u64), CommandError> {
+        let loaded = self.load::<Cart>(&StreamId::Cart(customer_id).to_string())?;
+        Ok((Cart::clone(&loaded.state), loaded.version))
+    }
+
+    /// An order's state and version, if it exists (whoever owns it: the caller
+    /// checks `info().customer_id`).
+    pub fn order(&self, order_id: OrderId) -> Result<Option<(Order, u64)>, CommandError> {
+        let loaded = self.load::<Order>(&StreamId::Order(order_id).to_string())?;
+        Ok((loaded.version > 0).then(|| (Order::clone(&loaded.state), loaded.version)))
+    }
+
+    // The shell -------------------------------------------------------------------------------
+
+    /// The stream's state at its durable version: the cached state if it is at that
+    /// version, else the cached state with the newer events folded in, else a fold
+    /// from the first event; read in pages of [`PAGE_LEN`].
+    fn load<A: Aggregate>(&self, stream: &str) -> Result<Loaded<A>, CommandError> {
+        let cache = &self.inner.cache;
+        let counters = &cache.counters;
+        let durable = self.inner.log.stream_version(stream)?;
+        let cached = cache.get(stream).and_then(|(version, cached)| Some((version, A::from_cached(&cached)?)));
+        let (mut version, state) = match cached {
+            Some((version, state)) if version == durable => {
+                Counters::add(&counters.hits, 1);
+                return Ok(Loaded { state, version });
+            }
+            Some((version, state)) if version < durable => {
+                Counters::add(&counters.partial_hits, 1);
+                (version, state)
+            }
+            _ => {
+                if durable == 0 {
+                    // Nothing to fold, and nothing worth a cache entry.
+                    return Ok(Loaded { state: Arc::new(A::default()), version: 0 });
+                }
+                Counters::add(&counters.misses, 1);
+                (0, Arc::new(A::default()))
+            }
+        };
+        let mut state = Arc::unwrap_or_clone(state);
+        while version < durable {
+            let page = self.inner.log.read_stream(stream, version + 1, PAGE_LEN)?;
+            if page.is_empty() {
+                return Err(StoreError::Corrupt {
+                    position: 0,
+                    reason: format!("stream {stream} is at version {durable} but has no event {}", version + 1),
+                }
+                .into());
+            }
+            for recorded in &page {
+                if recorded.version != version + 1 {
+                    return Err(StoreError::Corrupt {
+                        position: recorded.position,
+                        reason: format!("stream {stream} jumps from version {version} to {}", recorded.version),
+                    }
+                    .into());
+                }
+                if let Some(event) = codec::decode(recorded)? {
+                    state = state.evolve_with(&event).map_err(|_| DecodeError {
+                        position: recorded.position,
+                        event_type: recorded.event_type.clone(),
+                        schema_version: recorded.schema_version,
+                        reason: format!("the event does not belong on stream {stream}"),
+                    })?;
+                }
+                version = recorded.version;
+            }
+            Counters::add(&counters.events_folded, page.len() as u64);
+        }
+        let state = Arc::new(state);
+        cache.put(stream, version, A::into_cached(Arc::clone(&state)));
+        Ok(Loaded { state, version })
+    }
+
+    /// Decide and append until it works, a refusal comes back, or the retries run out.
+    ///
+    /// `main` is the stream `expected` refers to. With `expected` given, the main
+    /// stream is appended with exactly that version and a mismatch is
+    /// [`CommandError::PreconditionFailed`] at once; otherwise every stream is
+    /// appended at the version its state was read (a stream not read is created:
+    /// `NoStream`), and a conflict on any stream reloads and decides again, with a
+    /// short random pause, until [`Options::attempts_max`] or
+    /// [`Options::retry_deadline`].
+    #[tracing::instrument(
+        name = "command",
+        skip_all,
+        fields(
+            command = name,
+            stream = %main,
+            expected_version = ?expected,
+            correlation_id = %ctx.correlation_id,
+            position = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+        )
+    )]
+    async fn execute(
+        &self,
+        ctx: &CommandContext,
+        name: &'static str,
+        main: &str,
+        expected: Option<u64>,
+        mut decide: impl FnMut(&Self) -> Result<Decision, CommandError>,
+    ) -> Result<CommandOutcome, CommandError> {
+        let options = &self.inner.options;
+        let deadline = Instant::now() + options.retry_deadline;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            tracing::Span::current().record("attempts", attempts);
+            if let Some(expected) = expected {
+                let actual = self.inner.log.stream_version(main)?;
+                if actual != expected {
+                    let refusal = CommandError::PreconditionFailed { stream: main.to_owned(), expected, actual };
+                    return self.refuse(ctx, main, refusal, attempts).await;
+                }
+            }
+            let decision = match decide(self) {
+                Ok(decision) => decision,
+                Err(refusal @ CommandError::Domain(_)) => return self.refuse(ctx, main, refusal, attempts).await,
+                Err(error) => return Err(error),
+            };
+            let forget = decision.forget;
+            let groups = group(main, expected, decision);
+            let request = AppendRequest {
+                streams: groups
+                    .iter()
+                    .map(|group| {
+                        Ok(StreamAppend {
+                            stream: group.stream.clone(),
+                            expected: group.expected,
+                            events: group.events.iter().map(codec::to_new_event).collect::<Result<_, _>>()?,
+                        })
+                    })
+                    .collect::<Result<_, CommandError>>()?,
+                metadata: ctx.metadata(),
+                idempotency: ctx.idempotency.clone(),
+                recorded_at: None,
+            };
+            let appended = match forget {
+                Some(subject) => self.inner.log.forget(subject, request).await,
+                None => self.inner.log.append(request).await,
+            };
+            match appended {
+                Ok(result) => {
+                    tracing::Span::current().record("position", result.last_position);
+                    return match result.duplicate {
+                        true => self.outcome_from_log(main, result, attempts),
+                        false => Ok(self.remember(main, result, groups, attempts)),
+                    };
+                }
+                // The store checks idempotency before versions: this key is new.
+                Err(StoreError::WrongExpectedVersion { stream, actual, .. }) => {
+                    if let Some(expected) = expected
+                        && stream == main
+                    {
+                        return Err(CommandError::PreconditionFailed { stream, expected, actual });
+                    }
+                    if attempts >= options.attempts_max || Instant::now() >= deadline {
+                        tracing::warn!(%stream, attempts, "command gave up under contention");
+                        return Err(CommandError::Contention { stream, attempts });
+                    }
+                    tracing::debug!(%stream, attempts, "version conflict; deciding again");
+                    tokio::time::sleep(self.backoff(attempts)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// A random pause below a bound that doubles per attempt (100 µs, 200 µs, …)
+    /// up to [`Options::backoff_max`], so racing commands spread out.
+    fn backoff(&self, attempts: u32) -> Duration {
+        let bound = Duration::from_micros(100u64 << attempts.min(16)).min(self.inner.options.backoff_max);
+        let micros = u64::try_from(bound.as_micros()).unwrap_or(u64::MAX);
+        Duration::from_micros(rand::random_range(0..=micros))
+    }
+
+    /// A command was refused. If it carries an idempotency key that an earlier,
+    /// successful command used, it is a repeat of that one (which is why the
+    /// state now refuses it: the cart is checked out, the order paid): answer
+    /// with the first outcome. Otherwise the refusal stands.
+    ///
+    /// The store answers for idempotency keys only inside an append, and checks
+    /// them before any version: so the question is an append that cannot be
+    /// written, to `main` at a version no stream reaches.
+    async fn refuse(
+        &self,
+        ctx: &CommandContext,
+        main: &str,
+        refusal: CommandError,
+        attempts: u32,
+    ) -> Result<CommandOutcome, CommandError> {
+        let Some(idempotency) = &ctx.idempotency else { return Err(refusal) };
+        let probe = AppendRequest {
+            streams: vec![StreamAppend {
+                stream: main.to_owned(),
+                expected: ExpectedVersion::Exact(u64::MAX),
+                events: vec![NewEvent {
+                    event_id: Uuid::now_v7(),
+                    event_type: "IdempotencyProbe".to_owned(),
+                    schema_version: 1,
+                    subject: None,
+                    payload: Vec::new(),
+                }],
+            }],
+            metadata: ctx.metadata(),
+            idempotency: Some(idempotency.clone()),
+            recorded_at: None,
+        };
+        match self.inner.log.append(probe).await {
+            Ok(result) if result.duplicate => self.outcome_from_log(main, result, attempts),
+            Ok(result) => panic!(
+                "an append expecting version u64::MAX of {main} was written at position {}",
+                result.first_position
+            ),
+            Err(StoreError::WrongExpectedVersion { .. }) => Err(refusal),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// The outcome of an append this command wrote; the cache learns the new states.
+    fn remember(&self, main: &str, result: AppendResult, groups: Vec<Group>, attempts: u32) -> CommandOutcome {
+        let written: usize = groups.iter().map(|group| group.events.len()).sum();
+        assert_eq!(
+            result.last_position + 1 - result.first_position,
+            written as u64,
+            "an append's positions are contiguous and one per event"
+        );
+        let mut events = Vec::with_capacity(written);
+        for (group, version) in groups.into_iter().zip(&result.streams) {
+            assert_eq!(group.stream, version.stream, "the log reports streams in request order");
+            let from_version = version.version - group.events.len() as u64;
+            self.inner.cache.advance(&group.stream, from_version, &group.events, version.version);
+            events.extend(group.events);
+        }
+        CommandOutcome {
+            main_stream: main.to_owned(),
+            first_position: result.first_position,
+            last_position: result.last_position,
+            streams: result.streams,
+            events,
+            duplicate: false,
+            attempts,
+        }
+    }
+
+    /// The outcome of an earlier append (an idempotent repeat), from its events in the log.
+    fn outcome_from_log(
+        &self,
+        main: &str,
+        result: AppendResult,
+        attempts: u32,
+    ) -> Result<CommandOutcome, CommandError> {
+        let count = usize::try_from(result.last_position + 1 - result.first_position).unwrap_or(usize::MAX);
+        let recorded = self.inner.log.read_all(result.first_position, count)?;
+        let events = recorded.iter().map(codec::decode).filter_map(Result::transpose).collect::<Result<_, _>>()?;
+        Ok(CommandOutcome {
+            main_stream: main.to_owned(),
+            first_position: result.first_position,
+            last_position: result.last_position,
+            streams: result.streams,
+            events,
+            duplicate: true,
+            attempts,
+        })
+    }
+}
+
+fn product_command_name(command: &ProductCommand) -> &'static str {
+    match command {
+        ProductCommand::Create { .. } => "create product",
+        ProductCommand::ChangePrice { .. } => "change price",
+        ProductCommand::Restock { .. } => "restock",
+        ProductCommand::Discontinue { .. } => "discontinue",
+    }
+}
+
+/// The decision's events by stream, streams in the order their first event was
+/// emitted, each with its expected version.
+fn group(main: &str, expected: Option<u64>, decision: Decision) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for event in decision.events {
+        let stream = event.stream().to_string();
+        match groups.iter_mut().find(|group| group.stream == stream) {
+            Some(group) => group.events.push(event),
+            None => {
+                let expected = match expected {
+                    Some(version) if stream == main => ExpectedVersion::Exact(version),
+                    _ => decision.read.get(&stream).copied().unwrap_or(ExpectedVersion::NoStream),
+                };
+                groups.push(Group { stream, expected, events: vec![event] });
+            }
+        }
+    }
+    groups
+}
