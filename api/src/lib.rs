@@ -1,0 +1,93 @@
+//! The HTTP surface of shoplog and the `shoplog` binary.
+//!
+//! [`app`] builds the one axum `Router` that `main` and the tests both serve:
+//! commands under `/api/v1` go through [`commands::CommandService`], the audit
+//! routes read the log directly, and every error is RFC 9457 problem+json
+//! ([`error::ApiError`]). The handlers document themselves: `GET /openapi.json`
+//! and Swagger UI at `GET /docs` ([`openapi`]). [`server::serve`] binds, runs with a header-read timeout
+//! and a request timeout, and shuts down gracefully on SIGTERM or Ctrl-C.
+//!
+//! This is the only crate that knows HTTP, JSON field names, auth and
+//! problem+json. It never decides a shop rule itself and never writes to the
+//! log except through `CommandService`.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+mod extract;
+mod json;
+pub mod metrics;
+mod openapi;
+mod routes;
+pub mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use config::Config;
+
+/// The largest request body, in bytes (413 above it).
+pub const BODY_LEN_MAX: usize = 64 * 1024;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub log: store::EventLog,
+    pub service: commands::CommandService,
+    pub tokens: Arc<auth::Tokens>,
+    pub login_by_email: Arc<auth::RateLimiter>,
+    pub login_by_address: Arc<auth::RateLimiter>,
+}
+
+impl AppState {
+    pub fn new(
+        log: store::EventLog,
+        service: commands::CommandService,
+        tokens: auth::Tokens,
+        login_attempts_per_minute: u32,
+    ) -> Self {
+        let limiter = |attempts| Arc::new(auth::RateLimiter::new(attempts, Duration::from_secs(60)));
+        // One address may stand for many people (a NAT, an office): it gets ten
+        // times the attempts of one email.
+        let by_address = login_attempts_per_minute.saturating_mul(10);
+        AppState {
+            log,
+            service,
+            tokens: Arc::new(tokens),
+            login_by_email: limiter(login_attempts_per_minute),
+            login_by_address: limiter(by_address),
+        }
+    }
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole HTTP app, for `serve` and for tests.
+pub fn app(state: AppState, request_timeout: Duration) -> Router {
+    // Install the recorder before the first request is counted.
+    let _ = metrics::handle();
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+            let request_id = request.headers().get(REQUEST_ID).and_then(|value| value.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", %request_id, method = %request.method(), path = %request.uri().path())
+        }))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(axum::middleware::from_fn(metrics::track))
+        .layer(axum::middleware::from_fn(error::problems_for_bare_errors))
+        .layer(CatchPanicLayer::custom(error::panic_response))
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, request_timeout))
+        .layer(DefaultBodyLimit::max(BODY_LEN_MAX));
+    let (router, spec) = routes::router().split_for_parts();
+    router.merge(openapi::docs(spec)).with_state(state).layer(layers)
+}

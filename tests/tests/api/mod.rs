@@ -1,0 +1,195 @@
+//! The HTTP write path, black-box: the real app served on a random loopback port
+//! over a real sled dir, spoken to only through HTTP.
+
+mod commands;
+mod errors;
+mod openapi;
+mod races;
+mod serving;
+
+use std::net::SocketAddr;
+
+use api::config::{Config, Secret};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub const ADMIN: &str = "admin-token-for-tests-0001";
+pub const VIEWER: &str = "viewer-token-for-tests-001";
+
+/// A running shoplog on a random port, with typed helpers.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    running: Option<api::server::Running>,
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn content_type(&self) -> &str {
+        self.headers.get("content-type").and_then(|value| value.to_str().ok()).unwrap_or("")
+    }
+
+    /// Assert this is a problem+json answer with `status`, and return its body.
+    pub fn problem(&self, status: u16) -> &Value {
+        assert_eq!(self.status.as_u16(), status, "{self:?}");
+        assert!(self.content_type().starts_with("application/problem+json"), "{self:?}");
+        assert_eq!(self.body["status"], status, "{self:?}");
+        assert!(
+            self.body["title"].is_string() && self.body["type"].is_string() && self.body["detail"].is_string(),
+            "{self:?}"
+        );
+        &self.body
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Spawn with some settings changed.
+    pub async fn spawn_with(change: impl FnOnce(&mut Config)) -> TestApp {
+        let dir = tests::temp_dir();
+        let mut config = Config {
+            data: dir.path().to_path_buf(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_token: Some(Secret::new(ADMIN)),
+            viewer_token: Some(Secret::new(VIEWER)),
+            ..Config::default()
+        };
+        change(&mut config);
+        let running = api::server::start(&config).await.expect("the server starts");
+        TestApp {
+            base: format!("http://{}", running.address),
+            client: reqwest::Client::new(),
+            dir,
+            running: Some(running),
+        }
+    }
+
+    /// The log's durable head, to prove a refused request wrote nothing.
+    pub fn head(&self) -> u64 {
+        self.running.as_ref().map(|running| running.state.log.head()).unwrap_or(0)
+    }
+
+    pub fn log(&self) -> &store::EventLog {
+        &self.running.as_ref().expect("running").state.log
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("the server answers");
+        let (status, headers) = (response.status(), response.headers().clone());
+        let bytes = response.bytes().await.expect("reads the body");
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Reply { status, headers, body }
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.request(Method::POST, path, token, Some(body), &[]).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        self.request(Method::GET, path, token, None, &[]).await
+    }
+
+    pub async fn create_product(&self, sku: &str, price_cents: i64, stock: u32) -> Reply {
+        let reply = self
+            .post("/api/v1/products", Some(ADMIN), json!({"sku": sku, "name": format!("Product {sku}"), "price_cents": price_cents, "initial_stock": stock}))
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+        reply
+    }
+
+    pub async fn register(&self, email: &str) -> String {
+        let reply = self
+            .post(
+                "/api/v1/customers",
+                None,
+                json!({"email": email, "name": "Test Customer", "password": "correct horse"}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+        reply.body["customer_id"].as_str().expect("customer id").to_owned()
+    }
+
+    pub async fn login(&self, email: &str) -> String {
+        let reply = self.post("/api/v1/sessions", None, json!({"email": email, "password": "correct horse"})).await;
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        reply.body["token"].as_str().expect("token").to_owned()
+    }
+
+    /// A registered, logged-in customer's token.
+    pub async fn customer(&self, email: &str) -> String {
+        self.register(email).await;
+        self.login(email).await
+    }
+
+    pub async fn add_to_cart(&self, token: &str, sku: &str, quantity: u32) -> Reply {
+        self.post("/api/v1/cart/items", Some(token), json!({"sku": sku, "quantity": quantity})).await
+    }
+
+    pub async fn checkout(&self, token: &str) -> Reply {
+        self.post("/api/v1/cart/checkout", Some(token), json!({})).await
+    }
+
+    /// The product's stock, folded from its stream through the audit route.
+    pub async fn events_of(&self, stream: &str) -> Vec<Value> {
+        let reply = self.get(&format!("/api/v1/streams/{stream}/events?limit=1000"), Some(ADMIN)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        reply.body["events"].as_array().expect("events").clone()
+    }
+
+    /// The address the server listens on.
+    pub fn address(&self) -> SocketAddr {
+        self.running.as_ref().expect("running").address
+    }
+
+    /// Stop, and start again on the same data dir.
+    pub async fn restart(mut self) -> TestApp {
+        let running = self.running.take().expect("running");
+        running.stop().await.expect("stops cleanly");
+        let config = Config {
+            data: self.dir.path().to_path_buf(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_token: Some(Secret::new(ADMIN)),
+            viewer_token: Some(Secret::new(VIEWER)),
+            ..Config::default()
+        };
+        let running = api::server::start(&config).await.expect("the server starts again");
+        self.base = format!("http://{}", running.address);
+        self.running = Some(running);
+        self
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await.expect("stops cleanly");
+        }
+    }
+}

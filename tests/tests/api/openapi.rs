@@ -1,0 +1,162 @@
+//! The API describes itself: `/openapi.json` names every route the router serves,
+//! with its security and its problem responses, and `/docs` renders offline.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::{ADMIN, TestApp};
+
+/// Every route the router serves, and the bearer scheme each needs (`None`: public).
+const ROUTES: &[(&str, &str, Option<&str>)] = &[
+    ("get", "/healthz", None),
+    ("get", "/readyz", None),
+    ("get", "/metrics", None),
+    ("get", "/openapi.json", None),
+    ("get", "/docs", None),
+    ("post", "/api/v1/products", Some("admin")),
+    ("post", "/api/v1/products/{sku}/price", Some("admin")),
+    ("post", "/api/v1/products/{sku}/restock", Some("admin")),
+    ("post", "/api/v1/products/{sku}/discontinue", Some("admin")),
+    ("post", "/api/v1/customers", None),
+    ("post", "/api/v1/sessions", None),
+    ("post", "/api/v1/cart/items", Some("customer")),
+    ("delete", "/api/v1/cart/items/{sku}", Some("customer")),
+    ("post", "/api/v1/cart/checkout", Some("customer")),
+    ("post", "/api/v1/orders/{order_id}/pay", Some("customer")),
+    ("post", "/api/v1/orders/{order_id}/cancel", Some("customer")),
+    ("post", "/api/v1/orders/{order_id}/ship", Some("admin")),
+    ("get", "/api/v1/streams/{stream}/events", Some("admin")),
+    ("get", "/api/v1/events", Some("admin")),
+];
+
+const METHODS: &[&str] = &["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+
+/// `value`, or what its `$ref` (`#/components/...`) points at.
+fn resolve<'a>(document: &'a Value, value: &'a Value) -> &'a Value {
+    match value["$ref"].as_str().and_then(|reference| reference.strip_prefix('#')) {
+        Some(pointer) => document.pointer(pointer).unwrap_or_else(|| panic!("dangling $ref {pointer}")),
+        None => value,
+    }
+}
+
+#[tokio::test]
+async fn the_document_names_every_served_route_with_its_security_and_problems() {
+    let app = TestApp::spawn().await;
+    let reply = app.get("/openapi.json", None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let document = &reply.body;
+    assert!(document["openapi"].as_str().is_some_and(|version| version.starts_with("3.1")), "{}", document["openapi"]);
+    assert_eq!(document["info"]["license"]["name"], "MIT");
+
+    let mut documented: Vec<(String, String)> = document["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .flat_map(|(path, item)| {
+            METHODS
+                .iter()
+                .filter(|method| item.get(**method).is_some())
+                .map(|method| (method.to_string(), path.clone()))
+        })
+        .collect();
+    documented.sort();
+    let mut served: Vec<(String, String)> =
+        ROUTES.iter().map(|(method, path, _)| (method.to_string(), path.to_string())).collect();
+    served.sort();
+    assert_eq!(documented, served, "the document names exactly the routes served");
+
+    for scheme in ["admin", "viewer", "customer"] {
+        let declared = &document["components"]["securitySchemes"][scheme];
+        assert_eq!(
+            (&declared["type"], &declared["scheme"]),
+            (&json!("http"), &json!("bearer")),
+            "{scheme}: {declared}"
+        );
+    }
+    for (method, path, scheme) in ROUTES {
+        let operation = &document["paths"][path][method];
+        let responses = operation["responses"].as_object().expect("responses");
+        match scheme {
+            Some(scheme) => {
+                assert_eq!(operation["security"], json!([{ *scheme: [] }]), "{method} {path}");
+                assert!(responses.contains_key("401") && responses.contains_key("403"), "{method} {path}");
+            }
+            None => assert!(operation.get("security").is_none(), "{method} {path} is public"),
+        }
+        if path.starts_with("/api/") {
+            for status in ["408", "500"] {
+                assert!(responses.contains_key(status), "{method} {path} documents {status}");
+            }
+        }
+        if *method != "get" && *path != "/api/v1/sessions" {
+            let headers: Vec<&str> = operation["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|parameter| parameter["in"] == "header")
+                .filter_map(|parameter| parameter["name"].as_str())
+                .collect();
+            assert!(headers.contains(&"Idempotency-Key"), "{method} {path}: {headers:?}");
+            if *path != "/api/v1/customers" {
+                assert!(headers.contains(&"If-Match"), "{method} {path}: {headers:?}");
+            }
+            for status in ["400", "413", "415", "422"] {
+                assert!(responses.contains_key(status), "{method} {path} documents {status}");
+            }
+        }
+        for (status, response) in responses {
+            if status.starts_with('4') || status.starts_with('5') {
+                let schema = &resolve(document, response)["content"]["application/problem+json"]["schema"];
+                assert_eq!(schema["$ref"], "#/components/schemas/Problem", "{method} {path} {status}");
+            }
+        }
+    }
+    let login = &document["paths"]["/api/v1/sessions"]["post"]["responses"];
+    assert!(resolve(document, &login["429"])["headers"].get("Retry-After").is_some());
+
+    // Each route is really served: the router's fallback ("no such route") and
+    // 405 never answer a documented method and path.
+    for (method, path, _) in ROUTES {
+        let concrete = path
+            .replace("{sku}", "mug-1")
+            .replace("{order_id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{stream}", "product-mug-1");
+        let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("a method");
+        let body = (method != Method::GET).then(|| json!({}));
+        let reply = app.request(method.clone(), &concrete, Some(ADMIN), body, &[]).await;
+        assert_ne!(reply.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {concrete}: {reply:?}");
+        assert_ne!(reply.body["detail"], "no such route", "{method} {concrete}: {reply:?}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_docs_page_renders_from_this_server_alone() {
+    let app = TestApp::spawn().await;
+    let page = app.get("/docs", None).await;
+    assert_eq!(page.status, StatusCode::OK, "{page:?}");
+    assert!(page.content_type().starts_with("text/html"), "{page:?}");
+    let html = page.body.as_str().expect("an HTML page");
+    assert!(html.contains("swagger-ui"), "{html}");
+    assert!(!html.contains("http://") && !html.contains("https://"), "the page references no other host: {html}");
+
+    // Every asset the page loads comes from here too, and the initializer points at
+    // our document, with no validator badge fetched from validator.swagger.io.
+    let assets: Vec<&str> = html
+        .split(['"', '\''])
+        .filter(|part| part.ends_with(".js") || part.ends_with(".css") || part.ends_with(".png"))
+        .collect();
+    assert!(assets.len() >= 4, "{assets:?}");
+    for asset in assets {
+        let path = format!("/docs/{}", asset.trim_start_matches("./"));
+        let reply = app.get(&path, None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}");
+        if path.ends_with("swagger-initializer.js") {
+            let script = reply.body.as_str().expect("a script");
+            assert!(script.contains("\"url\": \"/openapi.json\""), "{script}");
+            assert!(script.contains("\"validatorUrl\": \"none\""), "{script}");
+            assert!(!script.contains("http://") && !script.contains("https://"), "{script}");
+        }
+    }
+    app.stop().await;
+}
