@@ -1,5 +1,7 @@
 //! shoplog's one integration-test binary. One module per area.
 
+mod api;
+mod cli;
 mod commands;
 mod fixtures;
 mod store;

@@ -1,0 +1,266 @@
+//! Who is calling: admin and viewer tokens from config (compared in constant time),
+//! customer tokens signed with HMAC-SHA256 over the customer id and expiry (24 h).
+//! Extractors turn the `Authorization: Bearer` header into the role a route needs:
+//! 401 without valid credentials, 403 with the wrong role.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use chrono::{DateTime, Utc};
+use domain::CustomerId;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::config::Secret;
+use crate::error::ApiError;
+
+/// How long a customer token lives.
+pub const CUSTOMER_TOKEN_TTL: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+
+const TOKEN_VERSION: &str = "v1";
+
+/// An authenticated caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    Admin,
+    Viewer,
+    Customer(CustomerId),
+}
+
+impl Principal {
+    /// The actor recorded in the events this caller causes.
+    pub fn actor(&self) -> String {
+        match self {
+            Principal::Admin => "admin".to_owned(),
+            Principal::Viewer => "viewer".to_owned(),
+            Principal::Customer(id) => format!("customer:{id}"),
+        }
+    }
+}
+
+/// The configured tokens and the customer-token key.
+#[derive(Debug)]
+pub struct Tokens {
+    admin: Secret,
+    viewer: Secret,
+    signing_key: Secret,
+}
+
+impl Tokens {
+    pub fn new(admin: Secret, viewer: Secret, signing_key: Secret) -> Self {
+        Tokens { admin, viewer, signing_key }
+    }
+
+    fn mac(&self, message: &str) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.signing_key.expose().as_bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(message.as_bytes());
+        mac
+    }
+
+    /// A token for `customer`, valid until the returned time.
+    pub fn issue(&self, customer: CustomerId, now: DateTime<Utc>) -> (String, DateTime<Utc>) {
+        let expires_at = now + CUSTOMER_TOKEN_TTL;
+        let message = format!("{TOKEN_VERSION}.{}.{}", customer.get().simple(), expires_at.timestamp());
+        let signature = hex::encode(self.mac(&message).finalize().into_bytes());
+        (format!("{message}.{signature}"), expires_at)
+    }
+
+    /// The principal a bearer token stands for, if any.
+    pub fn authenticate(&self, token: &str, now: DateTime<Utc>) -> Option<Principal> {
+        if constant_time_eq(token, self.admin.expose()) {
+            return Some(Principal::Admin);
+        }
+        if constant_time_eq(token, self.viewer.expose()) {
+            return Some(Principal::Viewer);
+        }
+        let (message, signature) = token.rsplit_once('.')?;
+        let signature = hex::decode(signature).ok()?;
+        self.mac(message).verify_slice(&signature).ok()?;
+        let mut parts = message.split('.');
+        let (Some(TOKEN_VERSION), Some(customer), Some(expiry), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let customer = Uuid::parse_str(customer).ok()?;
+        let expiry = DateTime::from_timestamp(expiry.parse().ok()?, 0)?;
+        (now < expiry).then_some(Principal::Customer(CustomerId::new(customer)))
+    }
+}
+
+fn constant_time_eq(given: &str, expected: &str) -> bool {
+    given.len() == expected.len() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+}
+
+/// The caller, if the request carries valid credentials; anonymous otherwise.
+/// A header that is present but invalid is still a 401.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller(pub Option<Principal>);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if parts.headers.get(AUTHORIZATION).is_none() {
+            return Ok(Caller(None));
+        }
+        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        state
+            .tokens
+            .authenticate(token, Utc::now())
+            .map(|principal| Caller(Some(principal)))
+            .ok_or(ApiError::Unauthorized)
+    }
+}
+
+async fn principal(parts: &mut Parts, state: &AppState) -> Result<Principal, ApiError> {
+    Caller::from_request_parts(parts, state).await?.0.ok_or(ApiError::Unauthorized)
+}
+
+/// The admin.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match principal(parts, state).await? {
+            Principal::Admin => Ok(Admin),
+            _ => Err(ApiError::Forbidden("this needs the admin token".to_owned())),
+        }
+    }
+}
+
+/// The admin or a viewer (read-only dashboards).
+#[derive(Debug, Clone, Copy)]
+pub struct Reader(pub Principal);
+
+impl FromRequestParts<AppState> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match principal(parts, state).await? {
+            principal @ (Principal::Admin | Principal::Viewer) => Ok(Reader(principal)),
+            Principal::Customer(_) => Err(ApiError::Forbidden("this needs the admin or viewer token".to_owned())),
+        }
+    }
+}
+
+/// A logged-in customer.
+#[derive(Debug, Clone, Copy)]
+pub struct Customer(pub CustomerId);
+
+impl FromRequestParts<AppState> for Customer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match principal(parts, state).await? {
+            Principal::Customer(id) => Ok(Customer(id)),
+            _ => Err(ApiError::Forbidden("this needs a customer token (POST /api/v1/sessions)".to_owned())),
+        }
+    }
+}
+
+/// A fixed-window limiter per key (an email, a client address), bounded in size.
+#[derive(Debug)]
+pub struct RateLimiter {
+    window: Duration,
+    attempts_max: u32,
+    entries: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+/// The most keys a limiter tracks; past it, expired entries are dropped first.
+const LIMITER_KEYS_MAX: usize = 100_000;
+
+impl RateLimiter {
+    pub fn new(attempts_max: u32, window: Duration) -> Self {
+        RateLimiter { window, attempts_max, entries: Mutex::new(HashMap::new()) }
+    }
+
+    /// Count one attempt for `key`; `Err(seconds)` to wait when over the limit.
+    pub fn check(&self, key: &str) -> Result<(), u64> {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if entries.len() >= LIMITER_KEYS_MAX {
+            entries.retain(|_, (started, _)| now.duration_since(*started) < self.window);
+            if entries.len() >= LIMITER_KEYS_MAX {
+                entries.clear();
+            }
+        }
+        let entry = entries.entry(key.to_owned()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= self.window {
+            *entry = (now, 0);
+        }
+        if entry.1 >= self.attempts_max {
+            let left = self.window.saturating_sub(now.duration_since(entry.0));
+            return Err(left.as_secs().max(1));
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> Tokens {
+        Tokens::new(
+            Secret::new("admin-token-0123456789"),
+            Secret::new("viewer-token-0123456789"),
+            Secret::new("k".repeat(32)),
+        )
+    }
+
+    #[test]
+    fn a_customer_token_stands_for_its_customer_until_it_expires() {
+        let tokens = tokens();
+        let customer = CustomerId::new(Uuid::now_v7());
+        let now = Utc::now();
+        let (token, expires_at) = tokens.issue(customer, now);
+        assert_eq!(expires_at - now, CUSTOMER_TOKEN_TTL);
+        assert_eq!(tokens.authenticate(&token, now), Some(Principal::Customer(customer)));
+        assert_eq!(tokens.authenticate(&token, expires_at), None);
+    }
+
+    #[test]
+    fn a_tampered_or_foreign_token_is_refused() {
+        let tokens = tokens();
+        let (token, _) = tokens.issue(CustomerId::new(Uuid::now_v7()), Utc::now());
+        let other = CustomerId::new(Uuid::now_v7()).get().simple().to_string();
+        let mut parts: Vec<&str> = token.split('.').collect();
+        parts[1] = &other;
+        assert_eq!(tokens.authenticate(&parts.join("."), Utc::now()), None);
+        let foreign =
+            Tokens::new(Secret::new("a".repeat(16)), Secret::new("b".repeat(16)), Secret::new("z".repeat(32)));
+        assert_eq!(foreign.authenticate(&token, Utc::now()), None);
+        assert_eq!(tokens.authenticate("", Utc::now()), None);
+        assert_eq!(tokens.authenticate("admin-token-012345678", Utc::now()), None);
+        assert_eq!(tokens.authenticate("admin-token-0123456789", Utc::now()), Some(Principal::Admin));
+    }
+
+    #[test]
+    fn the_limiter_refuses_past_the_limit_and_says_when_to_retry() {
+        let limiter = RateLimiter::new(2, Duration::from_secs(60));
+        assert_eq!(limiter.check("a"), Ok(()));
+        assert_eq!(limiter.check("a"), Ok(()));
+        let wait = limiter.check("a").expect_err("third attempt");
+        assert!((1..=60).contains(&wait));
+        assert_eq!(limiter.check("b"), Ok(()), "keys are counted apart");
+    }
+}

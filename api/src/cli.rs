@@ -1,0 +1,131 @@
+//! The `shoplog` command line (DESIGN §7). Every failure is one line on stderr and
+//! exit code 2; `verify` exits 1 when the log is damaged.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::config::{Config, Secret};
+
+#[derive(Debug, Parser)]
+#[command(name = "shoplog", version, about = "An event-sourced shop backend")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole backend: the HTTP API over the event log in --data.
+    Serve(ServeArgs),
+    /// Walk the hash chain and the indexes of the log in --data (server stopped).
+    Verify {
+        #[arg(long, env = "SHOPLOG_DATA", default_value = "./data")]
+        data: PathBuf,
+    },
+}
+
+/// Flags of `serve`; each also reads `SHOPLOG_<NAME>` and the config file.
+#[derive(Debug, clap::Args, Serialize)]
+struct ServeArgs {
+    /// A TOML file with any of the settings below.
+    #[arg(long, env = "SHOPLOG_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// The data directory [default: ./data]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<PathBuf>,
+    /// The address to listen on [default: 127.0.0.1:8080]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<String>,
+    /// The admin's bearer token [default: generated into <data>/admin-token]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_token: Option<Secret>,
+    /// The dashboards' read-only token [default: generated into <data>/viewer-token]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    viewer_token: Option<Secret>,
+    /// The key that signs customer tokens [default: generated into the data dir]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_secret: Option<Secret>,
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Secret::new(text))
+    }
+}
+
+/// Parse, run, and turn any error into one line and exit code 2.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("shoplog: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config =
+                Config::load(args.config.as_deref(), &args).map_err(|error| anyhow::anyhow!("bad setting: {error}"))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(crate::server::serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { data } => {
+            anyhow::ensure!(data.is_dir(), "data directory {} does not exist", data.display());
+            let log = store::EventLog::open(&data).map_err(|error| match error {
+                store::StoreError::Locked { path } => {
+                    anyhow::anyhow!("data directory {} is in use by a running server; stop it first", path.display())
+                }
+                other => anyhow::Error::new(other),
+            })?;
+            match log.verify() {
+                Ok(report) => {
+                    println!(
+                        "ok: {} events in {} streams, head {}, last hash {}",
+                        report.events,
+                        report.streams,
+                        report.head,
+                        hex::encode(report.last_hash)
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(store::StoreError::Corrupt { position, reason }) => {
+                    println!("corrupt at position {position}: {reason}");
+                    Ok(ExitCode::from(1))
+                }
+                Err(other) => Err(other.into()),
+            }
+        }
+    }
+}
+
+/// The one place the tracing subscriber is built: logs to stderr, `RUST_LOG`
+/// filters (default `info`), `SHOPLOG_LOG_FORMAT=json` for JSON lines.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let installed = if std::env::var("SHOPLOG_LOG_FORMAT").is_ok_and(|format| format == "json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    // A second call (tests) keeps the first subscriber.
+    drop(installed);
+}

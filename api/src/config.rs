@@ -1,0 +1,202 @@
+//! One typed [`Config`], loaded once: embedded defaults, then an optional TOML file
+//! (`--config` / `SHOPLOG_CONFIG`), then `SHOPLOG_*` environment variables, then
+//! command-line flags. A bad value names its key and where it came from.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// A secret: its `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Everything `shoplog serve` reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The data directory (the log and the read models).
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    /// The admin's bearer token; generated into `<data>/admin-token` when unset.
+    pub admin_token: Option<Secret>,
+    /// The dashboards' read-only token; generated into `<data>/viewer-token` when unset.
+    pub viewer_token: Option<Secret>,
+    /// Signs customer tokens; generated into the data dir when unset, so a read
+    /// replica given the same value accepts the same tokens.
+    pub token_secret: Option<Secret>,
+    /// How long a request may take in all.
+    pub request_timeout_ms: u64,
+    /// How long a client may take to send its request headers (slow-loris guard).
+    pub header_read_timeout_ms: u64,
+    /// How long a graceful shutdown waits for requests in flight.
+    pub shutdown_timeout_ms: u64,
+    /// Login attempts allowed per email per minute (ten times as many per client address).
+    pub login_attempts_per_minute: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data: PathBuf::from("./data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_token: None,
+            viewer_token: None,
+            token_secret: None,
+            request_timeout_ms: 10_000,
+            header_read_timeout_ms: 5_000,
+            shutdown_timeout_ms: 10_000,
+            login_attempts_per_minute: 10,
+        }
+    }
+}
+
+/// The keys read from `SHOPLOG_<KEY>`.
+const ENV_KEYS: [&str; 9] = [
+    "data",
+    "listen",
+    "admin_token",
+    "viewer_token",
+    "token_secret",
+    "request_timeout_ms",
+    "header_read_timeout_ms",
+    "shutdown_timeout_ms",
+    "login_attempts_per_minute",
+];
+
+impl Config {
+    /// Layer the sources; `flags` holds only what was given on the command line.
+    pub fn load(file: Option<&std::path::Path>, flags: impl Serialize) -> Result<Config, String> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(format!("config file {} does not exist", file.display()));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("SHOPLOG_").only(&ENV_KEYS)).merge(Serialized::defaults(flags));
+        let config: Config = figment.extract().map_err(|error| one_line(&error))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("shutdown_timeout_ms", self.shutdown_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(format!("{key} must be above 0"));
+            }
+        }
+        if self.login_attempts_per_minute == 0 {
+            return Err("login_attempts_per_minute must be above 0".to_owned());
+        }
+        for (key, token) in [("admin_token", &self.admin_token), ("viewer_token", &self.viewer_token)] {
+            if token.as_ref().is_some_and(|token| token.expose().len() < 16) {
+                return Err(format!("{key} must be at least 16 characters"));
+            }
+        }
+        if self.token_secret.as_ref().is_some_and(|secret| secret.expose().len() < 32) {
+            return Err("token_secret must be at least 32 characters".to_owned());
+        }
+        Ok(())
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+/// figment's error on one line, naming the key and its source.
+fn one_line(error: &figment::Error) -> String {
+    let mut parts = Vec::new();
+    for error in error.clone() {
+        let key = if error.path.is_empty() { String::new() } else { format!("{}: ", error.path.join(".")) };
+        let source = error.metadata.as_ref().map(|metadata| format!(" (from {})", metadata.name)).unwrap_or_default();
+        parts.push(format!("{key}{}{source}", error.kind));
+    }
+    parts.join("; ")
+}
+
+#[cfg(test)]
+// figment::Jail's closures must return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct NoFlags {}
+
+    #[test]
+    fn defaults_run_without_any_setting() {
+        figment::Jail::expect_with(|_| {
+            let config = Config::load(None, NoFlags {}).expect("defaults load");
+            assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+            assert!(config.admin_token.is_none());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key_and_source() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SHOPLOG_LISTEN", "not-an-address");
+            let error = Config::load(None, NoFlags {}).expect_err("bad listen");
+            assert!(error.contains("listen"), "{error}");
+            assert!(error.contains("SHOPLOG_"), "{error}");
+            assert!(!error.contains('\n'));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_file_is_overridden_by_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("shoplog.toml", "listen = \"127.0.0.1:9000\"\nrequest_timeout_ms = 5\n")?;
+            jail.set_env("SHOPLOG_REQUEST_TIMEOUT_MS", "7");
+            let config = Config::load(Some(std::path::Path::new("shoplog.toml")), NoFlags {}).expect("loads");
+            assert_eq!(config.listen.port(), 9000);
+            assert_eq!(config.request_timeout_ms, 7);
+            jail.create_file("bad.toml", "colour = \"blue\"\n")?;
+            let error = Config::load(Some(std::path::Path::new("bad.toml")), NoFlags {}).expect_err("unknown key");
+            assert!(error.contains("colour"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2hunter2hunter2")), "[redacted]");
+    }
+}

@@ -1,0 +1,266 @@
+//! [`ApiError`]: every error the API answers, rendered as RFC 9457
+//! `application/problem+json`. Every status is chosen in one `match`
+//! ([`ApiError::status`]); a 5xx body reveals nothing internal, and its cause is
+//! logged once, here, inside the request's span.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use commands::CommandError;
+use domain::{DomainError, ErrorKind};
+use serde::Serialize;
+
+/// The media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// One field's validation failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+/// Everything the API can answer instead of success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or invalid credentials")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{detail}")]
+    Conflict { detail: String, skus: Vec<String> },
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("request body is over {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("the request has invalid fields")]
+    Validation(Vec<FieldError>),
+    #[error("too many attempts; retry in {retry_after_seconds} s")]
+    TooManyRequests { retry_after_seconds: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("the request took too long")]
+    Timeout,
+    /// Anything else: logged with its cause, answered as a bare 500.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Validation(vec![FieldError { field: field.into(), message: message.into() }])
+    }
+
+    pub fn internal(error: impl Into<anyhow::Error>) -> Self {
+        ApiError::Internal(error.into())
+    }
+
+    /// The one place statuses are chosen.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// The problem document.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skus: Option<Vec<String>>,
+}
+
+/// A problem response for a bare status, with a detail.
+pub fn problem_response(status: StatusCode, detail: String) -> Response {
+    render(status, detail, None, None, None)
+}
+
+fn render(
+    status: StatusCode,
+    detail: String,
+    errors: Option<Vec<FieldError>>,
+    skus: Option<Vec<String>>,
+    retry_after_seconds: Option<u64>,
+) -> Response {
+    let title = status.canonical_reason().unwrap_or("Error").to_owned();
+    let slug = title.to_lowercase().replace(' ', "-");
+    let problem = Problem { kind: format!("/problems/{slug}"), title, status: status.as_u16(), detail, errors, skus };
+    let body = serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if let Some(seconds) = retry_after_seconds {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(error = format!("{cause:#}"), "internal error");
+        }
+        let detail = self.to_string();
+        match self {
+            ApiError::Validation(errors) => render(status, detail, Some(errors), None, None),
+            ApiError::Conflict { skus, .. } if !skus.is_empty() => render(status, detail, None, Some(skus), None),
+            ApiError::TooManyRequests { retry_after_seconds } => {
+                render(status, detail, None, None, Some(retry_after_seconds))
+            }
+            _ => render(status, detail, None, None, None),
+        }
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(error: DomainError) -> Self {
+        let detail = error.to_string();
+        match error.kind() {
+            ErrorKind::Validation => ApiError::Validation(
+                error
+                    .field_errors()
+                    .iter()
+                    .map(|field| FieldError { field: field.field.to_owned(), message: field.message.clone() })
+                    .collect(),
+            ),
+            ErrorKind::NotFound => ApiError::NotFound(detail),
+            ErrorKind::Conflict => {
+                let skus = match &error {
+                    DomainError::OutOfStock { skus } => skus.iter().map(ToString::to_string).collect(),
+                    _ => Vec::new(),
+                };
+                ApiError::Conflict { detail, skus }
+            }
+        }
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(error: CommandError) -> Self {
+        commands_error(error)
+    }
+}
+
+impl From<store::StoreError> for ApiError {
+    fn from(error: store::StoreError) -> Self {
+        match error {
+            store::StoreError::Unavailable { .. } | store::StoreError::Durability { .. } => {
+                ApiError::Unavailable("the event log is not accepting writes".to_owned())
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::JsonDataError(error) => ApiError::validation("body", error.body_text()),
+            JsonRejection::JsonSyntaxError(error) => ApiError::BadRequest(error.body_text()),
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+            JsonRejection::BytesRejection(error) if error.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::PayloadTooLarge(crate::BODY_LEN_MAX)
+            }
+            other => ApiError::BadRequest(other.body_text()),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::NotFound(rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::validation("query", rejection.body_text())
+    }
+}
+
+/// Turn any error response that is not problem+json yet (axum's 404 for unknown
+/// routes and 405 for wrong methods, a layer's 408 or 413) into one.
+pub async fn problems_for_bare_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if !status.is_client_error() && !status.is_server_error() || is_problem {
+        return response;
+    }
+    let detail = match status {
+        StatusCode::NOT_FOUND => "no such route".to_owned(),
+        StatusCode::METHOD_NOT_ALLOWED => "this route does not take that method".to_owned(),
+        StatusCode::REQUEST_TIMEOUT => "the request took too long".to_owned(),
+        StatusCode::PAYLOAD_TOO_LARGE => format!("request body is over {} bytes", crate::BODY_LEN_MAX),
+        _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    let mut problem = problem_response(status, detail);
+    if let Some(allow) = response.headers().get(header::ALLOW) {
+        problem.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    problem
+}
+
+/// A handler panicked: log it, answer a bare 500.
+pub fn panic_response(cause: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = cause
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| cause.downcast_ref::<&str>().map(|text| (*text).to_owned()))
+        .unwrap_or_default();
+    tracing::error!(panic = %message, "handler panicked");
+    problem_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
+}
+
+fn commands_error(error: CommandError) -> ApiError {
+    match error {
+        CommandError::Domain(error) => error.into(),
+        error @ CommandError::PreconditionFailed { .. } => ApiError::PreconditionFailed(error.to_string()),
+        // Not "403": telling a customer that someone else's order exists leaks it.
+        CommandError::NotYours { order_id } => ApiError::NotFound(format!("order {order_id} not found")),
+        CommandError::InvalidCredentials => ApiError::Unauthorized,
+        error @ (CommandError::IdempotencyKeyReused | CommandError::Contention { .. }) => {
+            ApiError::Conflict { detail: error.to_string(), skus: Vec::new() }
+        }
+        CommandError::Unavailable(_) => ApiError::Unavailable("the event log is not accepting writes".to_owned()),
+        error @ (CommandError::Hasher { .. }
+        | CommandError::Encode(_)
+        | CommandError::Decode(_)
+        | CommandError::Store(_)) => ApiError::internal(error),
+    }
+}

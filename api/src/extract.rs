@@ -1,0 +1,137 @@
+//! Our own extractors, so a bad request gets problem+json like everything else.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{HeaderMap, header};
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// `axum::extract::Path` with our rejection (404 for a path that does not parse).
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// `axum::extract::Query` with our rejection (422 naming the query).
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// The largest accepted `Idempotency-Key`.
+const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
+
+/// A command's request: the JSON body (an empty body reads as `{}`), its
+/// `Idempotency-Key` and `If-Match` headers, and a hash of what was asked, so a
+/// repeated key can be told from a reused one.
+#[derive(Debug)]
+pub struct CommandInput<T> {
+    pub body: T,
+    pub idempotency_key: Option<String>,
+    pub if_match: Option<u64>,
+    pub request_hash: [u8; 32],
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for CommandInput<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = request.into_parts();
+        let idempotency_key = idempotency_key(&parts.headers)?;
+        let if_match = if_match(&parts.headers)?;
+        let request_hash = {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(parts.method.as_str().as_bytes());
+            hasher.update(&[0]);
+            hasher.update(parts.uri.path().as_bytes());
+            hasher.update(&[0]);
+            hasher
+        };
+        let headers = parts.headers.clone();
+        let bytes = Bytes::from_request(Request::from_parts(parts, body), state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(crate::BODY_LEN_MAX)
+            } else {
+                ApiError::BadRequest(rejection.body_text())
+            }
+        })?;
+        let body = if bytes.iter().all(u8::is_ascii_whitespace) {
+            serde_json::Value::Object(serde_json::Map::new())
+        } else {
+            if !is_json(&headers) {
+                return Err(ApiError::UnsupportedMediaType);
+            }
+            serde_json::from_slice(&bytes).map_err(|error| match error.classify() {
+                serde_json::error::Category::Data => ApiError::validation("body", error.to_string()),
+                _ => ApiError::BadRequest(format!("malformed JSON: {error}")),
+            })?
+        };
+        // serde would read a struct from an array too, by position; the API takes objects only.
+        if !body.is_object() {
+            return Err(ApiError::validation("body", "must be a JSON object"));
+        }
+        let body = serde_json::from_value(integral_floats_as_integers(body))
+            .map_err(|error| ApiError::validation("body", error.to_string()))?;
+        let mut hasher = request_hash;
+        hasher.update(&bytes);
+        Ok(CommandInput { body, idempotency_key, if_match, request_hash: *hasher.finalize().as_bytes() })
+    }
+}
+
+/// JSON has one number type, and JSON Schema counts `81.0` as the integer 81: so
+/// do we, for any float with no fraction that fits an `i64` or `u64`.
+fn integral_floats_as_integers(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Number(number) if number.is_f64() => {
+            let float = number.as_f64().unwrap_or(f64::NAN);
+            // Both bounds are powers of two, exact as f64; `as` is exact inside them.
+            let integral = float.fract() == 0.0;
+            if integral && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&float) {
+                Value::from(float as i64)
+            } else if integral && (0.0..18_446_744_073_709_551_616.0).contains(&float) {
+                Value::from(float as u64)
+            } else {
+                Value::Number(number)
+            }
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(integral_floats_as_integers).collect()),
+        Value::Object(fields) => {
+            Value::Object(fields.into_iter().map(|(name, value)| (name, integral_floats_as_integers(value))).collect())
+        }
+        other => other,
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| {
+            let media = media.trim().to_ascii_lowercase();
+            media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+        })
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".to_owned()))?;
+    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_LEN_MAX {
+        return Err(ApiError::BadRequest(format!("Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_LEN_MAX} characters")));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// `If-Match: "<version>"` (a weak `W/` prefix is accepted too).
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let bad = || ApiError::BadRequest("If-Match must be an ETag from this API, like \"3\"".to_owned());
+    let text = value.to_str().map_err(|_| bad())?.trim();
+    let text = text.strip_prefix("W/").unwrap_or(text);
+    let version = text.strip_prefix('"').and_then(|text| text.strip_suffix('"')).unwrap_or(text);
+    version.parse().map(Some).map_err(|_| bad())
+}

@@ -1,0 +1,53 @@
+//! The JSON form of a stored event (DESIGN §6), with secrets redacted.
+
+use serde::Serialize;
+use store::RecordedEvent;
+
+use crate::error::ApiError;
+
+/// `{position, stream, version, event_id, type, schema_version, recorded_at, actor,
+/// correlation_id, causation_id, data, hash}`. `data` is `null` for an event whose
+/// personal data was forgotten.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventJson {
+    pub position: u64,
+    pub stream: String,
+    pub version: u64,
+    pub event_id: uuid::Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub schema_version: u16,
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
+    pub actor: String,
+    pub correlation_id: uuid::Uuid,
+    pub causation_id: uuid::Uuid,
+    pub data: Option<serde_json::Value>,
+    pub forgotten: bool,
+    pub hash: String,
+}
+
+impl EventJson {
+    pub fn from_recorded(event: RecordedEvent) -> Result<Self, ApiError> {
+        let decoded = commands::codec::decode(&event).map_err(ApiError::internal)?;
+        let forgotten = decoded.is_none();
+        let data = decoded
+            .map(|event| serde_json::to_value(event.without_secrets()))
+            .transpose()
+            .map_err(ApiError::internal)?;
+        Ok(EventJson {
+            position: event.position,
+            stream: event.stream,
+            version: event.version,
+            event_id: event.event_id,
+            event_type: event.event_type,
+            schema_version: event.schema_version,
+            recorded_at: event.recorded_at,
+            actor: event.actor,
+            correlation_id: event.correlation_id,
+            causation_id: event.causation_id,
+            data,
+            forgotten,
+            hash: hex::encode(event.hash),
+        })
+    }
+}

@@ -1,0 +1,184 @@
+//! Serving: open the log, resolve the tokens, bind, and run the app with a
+//! header-read timeout (slow-loris clients), per-request timeouts (in the app) and a
+//! graceful shutdown on SIGTERM or Ctrl-C that gives up after a deadline.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+use crate::auth::Tokens;
+use crate::config::{Config, Secret};
+use crate::{AppState, app};
+
+/// A running server: where it listens, and how to stop it.
+#[derive(Debug)]
+pub struct Running {
+    pub address: SocketAddr,
+    pub state: AppState,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stop accepting, let requests in flight finish (bounded), and wait for it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await.context("the server task failed")?.context("the server failed")
+    }
+}
+
+/// Open everything `config` names and start serving in the background.
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    let state = open_state(config)?;
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let router = app(state.clone(), config.request_timeout());
+    let task = tokio::spawn(run(listener, router, config.header_read_timeout(), config.shutdown_timeout(), async {
+        let _ = stopped.await;
+    }));
+    Ok(Running { address, state, stop, task })
+}
+
+/// Serve until SIGTERM or Ctrl-C.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let state = open_state(&config)?;
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    println!("shoplog listening on http://{address} (data in {})", config.data.display());
+    let router = app(state, config.request_timeout());
+    run(listener, router, config.header_read_timeout(), config.shutdown_timeout(), shutdown_signal()).await?;
+    println!("shoplog stopped");
+    Ok(())
+}
+
+fn open_state(config: &Config) -> anyhow::Result<AppState> {
+    let log = store::EventLog::open(&config.data).map_err(|error| match error {
+        store::StoreError::Locked { path } => anyhow::anyhow!(
+            "data directory {} is in use by another shoplog process; stop it or use another --data",
+            path.display()
+        ),
+        other => anyhow::Error::new(other).context(format!("cannot open the log in {}", config.data.display())),
+    })?;
+    let admin = configured_or_generated(&config.admin_token, &config.data, "admin-token", "SHOPLOG_ADMIN_TOKEN")?;
+    let viewer = configured_or_generated(&config.viewer_token, &config.data, "viewer-token", "SHOPLOG_VIEWER_TOKEN")?;
+    let signing_key = match &config.token_secret {
+        Some(secret) => secret.clone(),
+        None => Secret::new(hex::encode(log.secret("customer-token")?)),
+    };
+    let service = commands::CommandService::new(log.clone()).context("cannot start the command service")?;
+    Ok(AppState::new(log, service, Tokens::new(admin, viewer, signing_key), config.login_attempts_per_minute))
+}
+
+/// A configured token, or the one generated into `<data>/<file>` on first start.
+fn configured_or_generated(
+    configured: &Option<Secret>,
+    data: &Path,
+    file: &str,
+    variable: &str,
+) -> anyhow::Result<Secret> {
+    if let Some(token) = configured {
+        return Ok(token.clone());
+    }
+    let path = data.join(file);
+    let token = match std::fs::read_to_string(&path) {
+        Ok(token) => token.trim().to_owned(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+            write_private(&path, &token).with_context(|| format!("cannot write {}", path.display()))?;
+            token
+        }
+        Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
+    };
+    anyhow::ensure!(token.len() >= 16, "{} holds a token under 16 characters", path.display());
+    println!("{file}: in {} (set {variable} to choose your own)", path.display());
+    Ok(Secret::new(token))
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}
+
+/// Accept connections until `shutdown` completes, then drain them for at most `grace`.
+pub async fn run(
+    listener: TcpListener,
+    router: Router,
+    header_read_timeout: Duration,
+    grace: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off, don't spin.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = router.clone().map_request(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(remote));
+            request
+        });
+        let connection =
+            builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => tracing::warn!("shutdown deadline passed with requests still in flight"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,197 @@
+//! Durable commands per second through HTTP against a trivial axum JSON echo, under
+//! the same `wrk` load (64 connections, 2 threads), in one run (DESIGN §8).
+//!
+//! `cargo bench -p tests --bench http` (needs `wrk`: `apt-get install -y wrk`;
+//! `-- --seconds 20` for a longer run). Both servers run in this process, each in
+//! turn, on loopback; wrk runs as a separate process. The shoplog mix: half product
+//! restocks by the admin over 100 products, half cart adds by 200 logged-in
+//! customers over 50 products each; every 2xx is an fsynced append.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::process::Command;
+
+use axum::Json;
+use axum::routing::post;
+use serde_json::{Value, json};
+
+const ADMIN: &str = "bench-admin-token-000001";
+const PRODUCTS: usize = 100;
+const CUSTOMERS: usize = 200;
+const CART_SKUS: usize = 50;
+
+#[derive(Debug, Default)]
+struct WrkResult {
+    requests_per_second: f64,
+    p50: String,
+    p99: String,
+    non_2xx: u64,
+    requests: u64,
+}
+
+fn wrk(url: &str, script: &std::path::Path, seconds: u64) -> WrkResult {
+    let output = Command::new("wrk")
+        .args(["-t2", "-c64", &format!("-d{seconds}s"), "--latency", "-s"])
+        .arg(script)
+        .arg(url)
+        .output()
+        .expect("wrk runs (apt-get install -y wrk)");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mut result = WrkResult::default();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Requests/sec:", rate] => result.requests_per_second = rate.parse().unwrap_or(0.0),
+            ["50%", latency] => result.p50 = (*latency).to_owned(),
+            ["99%", latency] => result.p99 = (*latency).to_owned(),
+            ["Non-2xx", "or", "3xx", "responses:", count] => result.non_2xx = count.parse().unwrap_or(0),
+            [count, "requests", "in", ..] => result.requests = count.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    assert!(
+        result.requests_per_second > 0.0,
+        "wrk printed no rate:\n{text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    result
+}
+
+fn lua_string(text: &str) -> String {
+    format!("{text:?}")
+}
+
+/// A wrk script that cycles through prepared requests, each thread from its own offset.
+fn write_script(path: &std::path::Path, requests: &[(String, String, Option<String>)]) {
+    let mut script = String::from("local requests = {}\n");
+    for (path, body, token) in requests {
+        let auth = token
+            .as_ref()
+            .map(|token| format!(", [\"Authorization\"] = {}", lua_string(&format!("Bearer {token}"))))
+            .unwrap_or_default();
+        let _ = writeln!(
+            script,
+            "requests[#requests + 1] = wrk.format(\"POST\", {}, {{[\"Content-Type\"] = \"application/json\"{auth}}}, {})",
+            lua_string(path),
+            lua_string(body)
+        );
+    }
+    script.push_str(
+        "local counter = 0\nlocal threads = 0\nfunction setup(thread) threads = threads + 1; thread:set(\"offset\", threads * 7919) end\n\
+         function init(args) counter = offset or 0 end\n\
+         function request() counter = counter + 1; return requests[(counter % #requests) + 1] end\n",
+    );
+    std::fs::write(path, script).expect("writes the script");
+}
+
+async fn echo(Json(body): Json<Value>) -> Json<Value> {
+    Json(body)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let seconds: u64 = args
+        .iter()
+        .position(|arg| arg == "--seconds")
+        .and_then(|index| args.get(index + 1))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(10);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let work = tempfile::tempdir().expect("temp dir");
+
+    // The baseline: a trivial axum JSON echo.
+    let echo_result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let address = listener.local_addr().expect("address");
+        let server =
+            tokio::spawn(async move { axum::serve(listener, axum::Router::new().route("/echo", post(echo))).await });
+        let script = work.path().join("echo.lua");
+        write_script(&script, &[("/echo".to_owned(), "{\"sku\":\"mug-1\",\"quantity\":1}".to_owned(), None)]);
+        let result = tokio::task::spawn_blocking(move || wrk(&format!("http://{address}"), &script, seconds))
+            .await
+            .expect("wrk ends");
+        server.abort();
+        result
+    });
+
+    // shoplog, with real fsyncs.
+    let (shop_result, stats) = runtime.block_on(async {
+        let config = api::Config {
+            data: work.path().join("data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_token: Some(api::config::Secret::new(ADMIN)),
+            viewer_token: Some(api::config::Secret::new("bench-viewer-token-00001")),
+            login_attempts_per_minute: 1_000_000,
+            ..api::Config::default()
+        };
+        let running = api::server::start(&config).await.expect("starts");
+        let base = format!("http://{}", running.address);
+        let client = reqwest::Client::new();
+        for product in 0..PRODUCTS {
+            let reply = client
+                .post(format!("{base}/api/v1/products"))
+                .bearer_auth(ADMIN)
+                .json(&json!({"sku": format!("p{product}"), "name": format!("Product {product}"), "price_cents": 100 + product, "initial_stock": 1000}))
+                .send()
+                .await
+                .expect("seeds");
+            assert_eq!(reply.status(), 201);
+        }
+        let mut tokens = Vec::new();
+        for customer in 0..CUSTOMERS {
+            let email = format!("bench{customer}@example.com");
+            let registered = client
+                .post(format!("{base}/api/v1/customers"))
+                .json(&json!({"email": email, "name": "Bench", "password": "bench-password"}))
+                .send()
+                .await
+                .expect("registers");
+            assert_eq!(registered.status(), 201);
+            let session: Value = client
+                .post(format!("{base}/api/v1/sessions"))
+                .json(&json!({"email": email, "password": "bench-password"}))
+                .send()
+                .await
+                .expect("logs in")
+                .json()
+                .await
+                .expect("json");
+            tokens.push(session["token"].as_str().expect("token").to_owned());
+        }
+        let mut requests = Vec::new();
+        for index in 0..(CUSTOMERS * CART_SKUS) {
+            let customer = index % CUSTOMERS;
+            let sku = (index / CUSTOMERS) % CART_SKUS;
+            requests.push(("/api/v1/cart/items".to_owned(), format!("{{\"sku\":\"p{sku}\",\"quantity\":1}}"), Some(tokens[customer].clone())));
+            requests.push((format!("/api/v1/products/p{}/restock", index % PRODUCTS), "{\"quantity\":1}".to_owned(), Some(ADMIN.to_owned())));
+        }
+        let script = work.path().join("shop.lua");
+        write_script(&script, &requests);
+        let before = running.state.log.commit_stats();
+        let result = tokio::task::spawn_blocking(move || wrk(&base, &script, seconds)).await.expect("wrk ends");
+        let after = running.state.log.commit_stats();
+        running.state.log.verify().expect("the log verifies after the load");
+        running.stop().await.expect("stops");
+        (result, (after.appends - before.appends, after.batches - before.batches))
+    });
+
+    println!("| server | requests/s | p50 | p99 | non-2xx | requests |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, result) in [("axum JSON echo", &echo_result), ("shoplog durable commands", &shop_result)] {
+        println!(
+            "| {name} | {:.0} | {} | {} | {} | {} |",
+            result.requests_per_second, result.p50, result.p99, result.non_2xx, result.requests
+        );
+    }
+    println!();
+    println!(
+        "shoplog / echo: {:.0} % (target >= 50 %)",
+        100.0 * shop_result.requests_per_second / echo_result.requests_per_second
+    );
+    println!(
+        "appends {} in {} fsyncs: mean batch {:.1} appends per fsync",
+        stats.0,
+        stats.1,
+        stats.0 as f64 / stats.1.max(1) as f64
+    );
+}

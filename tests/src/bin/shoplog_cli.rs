@@ -1,0 +1,6 @@
+//! The `shoplog` command line, built inside the tests package so that the CLI tests
+//! can run the real binary (`CARGO_BIN_EXE_shoplog_cli`); it is `api`'s `main`.
+
+fn main() -> std::process::ExitCode {
+    api::cli::main()
+}

@@ -1,0 +1,224 @@
+//! Every command route's happy path, ETags and If-Match, idempotency, and what
+//! the log holds afterwards.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use super::{ADMIN, TestApp};
+
+#[tokio::test]
+async fn a_customer_buys_pays_and_gets_shipped_through_every_command_route() {
+    let app = TestApp::spawn().await;
+    let created = app.create_product("mug-1", 1299, 5).await;
+    assert_eq!(created.body["stream"], "product-mug-1");
+    assert_eq!(created.body["version"], 1);
+    assert_eq!(created.headers["etag"], "\"1\"");
+    assert_eq!(created.body["sku"], "mug-1");
+
+    let priced = app.post("/api/v1/products/mug-1/price", Some(ADMIN), json!({"price_cents": 1500})).await;
+    assert_eq!((priced.status, priced.body["version"].clone()), (StatusCode::OK, json!(2)), "{priced:?}");
+    let restocked = app.post("/api/v1/products/mug-1/restock", Some(ADMIN), json!({"quantity": 10})).await;
+    assert_eq!(restocked.status, StatusCode::OK, "{restocked:?}");
+    app.create_product("tea-1", 250, 3).await;
+    let discontinued = app.request(Method::POST, "/api/v1/products/tea-1/discontinue", Some(ADMIN), None, &[]).await;
+    assert_eq!(discontinued.status, StatusCode::OK, "an empty body reads as {{}}: {discontinued:?}");
+
+    let token = app.customer("ada@example.com").await;
+    assert_eq!(app.add_to_cart(&token, "mug-1", 2).await.status, StatusCode::OK);
+    app.create_product("pen-1", 100, 9).await;
+    assert_eq!(app.add_to_cart(&token, "pen-1", 1).await.status, StatusCode::OK);
+    let removed = app.request(Method::DELETE, "/api/v1/cart/items/pen-1", Some(&token), None, &[]).await;
+    assert_eq!(removed.status, StatusCode::OK, "{removed:?}");
+
+    let placed = app.checkout(&token).await;
+    assert_eq!(placed.status, StatusCode::CREATED, "{placed:?}");
+    assert_eq!(placed.body["total_cents"], 3499, "2 × 1500 plus 499 shipping under 5000");
+    let order_id = placed.body["order_id"].as_str().expect("order id").to_owned();
+
+    let paid = app.post(&format!("/api/v1/orders/{order_id}/pay"), Some(&token), json!({"amount_cents": 3499})).await;
+    assert_eq!(paid.status, StatusCode::OK, "{paid:?}");
+    let shipped = app.post(&format!("/api/v1/orders/{order_id}/ship"), Some(ADMIN), json!({})).await;
+    assert_eq!(shipped.status, StatusCode::OK, "{shipped:?}");
+    assert_eq!(shipped.body["stream"], format!("order-{order_id}"));
+    assert_eq!(shipped.body["version"], 3);
+
+    let types: Vec<String> = app
+        .events_of(&format!("order-{order_id}"))
+        .await
+        .iter()
+        .map(|event| event["type"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(types, ["OrderPlaced", "OrderPaid", "OrderShipped"]);
+    app.log().verify().expect("the log verifies");
+    app.stop().await;
+}
+
+fn stock_of(events: &[serde_json::Value]) -> i64 {
+    events
+        .iter()
+        .map(|event| {
+            let data = &event["data"];
+            match event["type"].as_str().unwrap_or("") {
+                "ProductCreated" => data["initial_stock"].as_i64().unwrap_or(0),
+                "ProductRestocked" | "StockReleased" => data["quantity"].as_i64().unwrap_or(0),
+                "StockReserved" => -data["quantity"].as_i64().unwrap_or(0),
+                _ => 0,
+            }
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn cancelling_an_order_releases_its_stock() {
+    let app = TestApp::spawn().await;
+    app.create_product("cup", 500, 4).await;
+    let token = app.customer("bob@example.com").await;
+    app.add_to_cart(&token, "cup", 3).await;
+    let order_id = app.checkout(&token).await.body["order_id"].as_str().expect("order").to_owned();
+    assert_eq!(stock_of(&app.events_of("product-cup").await), 1);
+    let cancelled = app.post(&format!("/api/v1/orders/{order_id}/cancel"), Some(&token), json!({})).await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{cancelled:?}");
+    assert_eq!(stock_of(&app.events_of("product-cup").await), 4);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn if_match_makes_the_version_expected() {
+    let app = TestApp::spawn().await;
+    app.create_product("lamp", 900, 1).await;
+    let stale = app
+        .request(
+            Method::POST,
+            "/api/v1/products/lamp/restock",
+            Some(ADMIN),
+            Some(json!({"quantity": 1})),
+            &[("If-Match", "\"7\"")],
+        )
+        .await;
+    stale.problem(412);
+    let head = app.head();
+    let fresh = app
+        .request(
+            Method::POST,
+            "/api/v1/products/lamp/restock",
+            Some(ADMIN),
+            Some(json!({"quantity": 1})),
+            &[("If-Match", "\"1\"")],
+        )
+        .await;
+    assert_eq!(fresh.status, StatusCode::OK, "{fresh:?}");
+    assert_eq!(fresh.headers["etag"], "\"2\"");
+    assert_eq!(app.head(), head + 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_gives_the_first_response_and_writes_nothing() {
+    let app = TestApp::spawn().await;
+    app.create_product("book", 2000, 5).await;
+    let token = app.customer("cy@example.com").await;
+    app.add_to_cart(&token, "book", 1).await;
+    let key = [("Idempotency-Key", "checkout-1")];
+    let first = app.request(Method::POST, "/api/v1/cart/checkout", Some(&token), Some(json!({})), &key).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
+    let head = app.head();
+    let again = app.request(Method::POST, "/api/v1/cart/checkout", Some(&token), Some(json!({})), &key).await;
+    assert_eq!(again.status, StatusCode::CREATED, "{again:?}");
+    assert_eq!(again.body["order_id"], first.body["order_id"]);
+    assert_eq!(again.body["total_cents"], first.body["total_cents"]);
+    assert_eq!(again.body["position"], first.body["position"]);
+    assert_eq!(app.head(), head, "the repeat wrote nothing");
+
+    let other_body = app
+        .request(
+            Method::POST,
+            "/api/v1/cart/items",
+            Some(&token),
+            Some(json!({"sku": "book", "quantity": 2})),
+            &[("Idempotency-Key", "checkout-1")],
+        )
+        .await;
+    other_body.problem(409);
+    assert_eq!(app.head(), head, "a reused key wrote nothing");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_audit_routes_page_through_the_log_and_redact_secrets() {
+    let app = TestApp::spawn().await;
+    app.create_product("p1", 100, 1).await;
+    let customer_id = app.register("dee@example.com").await;
+    let page = app.get("/api/v1/events?from=1&limit=2", Some(ADMIN)).await;
+    assert_eq!(page.status, StatusCode::OK, "{page:?}");
+    let events = page.body["events"].as_array().expect("events");
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["position"], 1);
+    assert_eq!(events[0]["type"], "ProductCreated");
+    assert_eq!(events[0]["data"]["sku"], "p1");
+    assert_eq!(events[0]["hash"].as_str().map(str::len), Some(64));
+    assert_eq!(page.body["next"], 3);
+    let customer = app.events_of(&format!("customer-{customer_id}")).await;
+    assert_eq!(customer[0]["type"], "CustomerRegistered");
+    assert_eq!(customer[0]["data"]["email"], "dee@example.com");
+    assert_eq!(customer[0]["data"]["password_hash"], "[redacted]", "{customer:?}");
+    app.stop().await;
+}
+
+/// Every file under `dir`, searched for `needle`.
+fn files_contain(dir: &std::path::Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|entry| {
+        let path = entry.path();
+        if path.is_dir() {
+            files_contain(&path, needle)
+        } else {
+            std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|window| window == needle))
+        }
+    })
+}
+
+#[tokio::test]
+async fn the_data_dir_holds_no_email_name_or_password_hash_in_clear() {
+    let app = TestApp::spawn().await;
+    let reply = app
+        .post(
+            "/api/v1/customers",
+            None,
+            json!({"email": "Grace.Hopper@Example.com", "name": "Grace Brewster Hopper", "password": "cobol-forever"}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+    app.create_product("visible-marker-sku", 100, 1).await;
+    let dir = app.dir.path().to_path_buf();
+    app.log().make_durable().expect("flushes");
+    assert!(files_contain(&dir, b"visible-marker-sku"), "the search sees what is in clear");
+    for secret in
+        [&b"Grace.Hopper@Example.com"[..], b"grace.hopper@example.com", b"Grace Brewster Hopper", b"$argon2id$"]
+    {
+        assert!(!files_contain(&dir, secret), "{} is on disk in clear", String::from_utf8_lossy(secret));
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_and_customer_tokens_survive_a_restart() {
+    let app = TestApp::spawn().await;
+    app.create_product("vase", 4000, 2).await;
+    let token = app.customer("kim@example.com").await;
+    let key = [("Idempotency-Key", "add-vase-once")];
+    let first = app
+        .request(Method::POST, "/api/v1/cart/items", Some(&token), Some(json!({"sku": "vase", "quantity": 1})), &key)
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{first:?}");
+    let app = app.restart().await;
+    let head = app.head();
+    let again = app
+        .request(Method::POST, "/api/v1/cart/items", Some(&token), Some(json!({"sku": "vase", "quantity": 1})), &key)
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "the token still works and the repeat is answered: {again:?}");
+    assert_eq!(
+        (again.body["position"].clone(), again.body["version"].clone()),
+        (first.body["position"].clone(), first.body["version"].clone())
+    );
+    assert_eq!(app.head(), head, "the repeat after a restart wrote nothing");
+    app.stop().await;
+}

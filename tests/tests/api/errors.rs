@@ -1,0 +1,174 @@
+//! Every error is RFC 9457 problem+json with the right status, and no bad input
+//! changes the log.
+
+use reqwest::Method;
+use serde_json::json;
+
+use super::{ADMIN, TestApp, VIEWER};
+
+#[tokio::test]
+async fn malformed_unauthorized_forbidden_and_unsupported_requests_are_problems_and_write_nothing() {
+    let app = TestApp::spawn().await;
+    app.create_product("mug", 1000, 1).await;
+    let token = app.customer("eve@example.com").await;
+    let head = app.head();
+
+    let malformed = app
+        .client
+        .post(format!("{}/api/v1/products", app.base))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .body("{\"sku\": ")
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(malformed.status(), 400);
+    assert_eq!(malformed.headers()["content-type"], "application/problem+json");
+
+    let not_json = app
+        .client
+        .post(format!("{}/api/v1/products", app.base))
+        .bearer_auth(ADMIN)
+        .header("content-type", "text/plain")
+        .body("sku=mug")
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(not_json.status(), 415);
+
+    let body = json!({"sku": "new", "name": "New", "price_cents": 100});
+    let anonymous = app.post("/api/v1/products", None, body.clone()).await;
+    anonymous.problem(401);
+    assert_eq!(anonymous.headers["www-authenticate"], "Bearer");
+    app.post("/api/v1/products", Some("not-a-token"), body.clone()).await.problem(401);
+    app.post("/api/v1/products", Some(VIEWER), body.clone()).await.problem(403);
+    app.post("/api/v1/products", Some(&token), body.clone()).await.problem(403);
+    app.post("/api/v1/cart/items", Some(ADMIN), json!({"sku": "mug", "quantity": 1})).await.problem(403);
+    app.post("/api/v1/cart/items", None, json!({"sku": "mug", "quantity": 1})).await.problem(401);
+    app.get("/api/v1/events", Some(&token)).await.problem(403);
+
+    assert_eq!(app.head(), head, "no refused request wrote anything");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn validation_errors_name_every_bad_field() {
+    let app = TestApp::spawn().await;
+    let head = app.head();
+    let reply =
+        app.post("/api/v1/products", Some(ADMIN), json!({"sku": "bad sku!", "name": "", "price_cents": 0})).await;
+    let problem = reply.problem(422);
+    let fields: Vec<&str> =
+        problem["errors"].as_array().expect("errors").iter().filter_map(|error| error["field"].as_str()).collect();
+    assert_eq!(fields, ["sku", "name", "price_cents"], "{problem}");
+    assert!(problem["errors"][0]["message"].is_string());
+
+    let wrong_type =
+        app.post("/api/v1/products", Some(ADMIN), json!({"sku": "ok", "name": "Ok", "price_cents": "ten"})).await;
+    wrong_type.problem(422);
+    let unknown_field = app
+        .post("/api/v1/products", Some(ADMIN), json!({"sku": "ok", "name": "Ok", "price_cents": 10, "colour": 1}))
+        .await;
+    unknown_field.problem(422);
+    let short_password =
+        app.post("/api/v1/customers", None, json!({"email": "a@b.co", "name": "A", "password": "short"})).await;
+    assert_eq!(short_password.problem(422)["errors"][0]["field"], "password");
+    assert_eq!(app.head(), head);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_wrong_methods_and_missing_things_are_problems() {
+    let app = TestApp::spawn().await;
+    app.get("/api/v1/nothing-here", None).await.problem(404);
+    let wrong_method = app.request(Method::PUT, "/api/v1/products", Some(ADMIN), Some(json!({})), &[]).await;
+    wrong_method.problem(405);
+    assert!(wrong_method.headers.contains_key("allow"));
+    app.post("/api/v1/products/ghost/restock", Some(ADMIN), json!({"quantity": 1})).await.problem(404);
+    let token = app.customer("fay@example.com").await;
+    app.post("/api/v1/orders/not-a-uuid/pay", Some(&token), json!({"amount_cents": 1})).await.problem(404);
+    app.post(&format!("/api/v1/orders/{}/pay", uuid::Uuid::now_v7()), Some(&token), json!({"amount_cents": 1}))
+        .await
+        .problem(404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rule_conflicts_are_409_and_out_of_stock_names_the_skus() {
+    let app = TestApp::spawn().await;
+    app.create_product("a-1", 100, 1).await;
+    app.create_product("b-2", 100, 5).await;
+    app.post("/api/v1/products", Some(ADMIN), json!({"sku": "a-1", "name": "Again", "price_cents": 100}))
+        .await
+        .problem(409);
+    let token = app.customer("gus@example.com").await;
+    app.add_to_cart(&token, "a-1", 2).await;
+    app.add_to_cart(&token, "b-2", 1).await;
+    let head = app.head();
+    let short = app.checkout(&token).await;
+    assert_eq!(short.problem(409)["skus"], json!(["a-1"]));
+    assert_eq!(app.head(), head);
+
+    let empty = app.customer("hal@example.com").await;
+    app.checkout(&empty).await.problem(422);
+    app.post(
+        "/api/v1/customers",
+        None,
+        json!({"email": "GUS@example.com", "name": "Gus", "password": "correct horse"}),
+    )
+    .await
+    .problem(409);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_over_64_kib_is_refused_with_413() {
+    let app = TestApp::spawn().await;
+    let head = app.head();
+    let name = "x".repeat(70 * 1024);
+    let reply = app.post("/api/v1/products", Some(ADMIN), json!({"sku": "big", "name": name, "price_cents": 1})).await;
+    reply.problem(413);
+    assert_eq!(app.head(), head);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn login_is_rate_limited_with_retry_after() {
+    let app = TestApp::spawn().await;
+    app.register("ivy@example.com").await;
+    let mut limited = None;
+    for _ in 0..12 {
+        let reply =
+            app.post("/api/v1/sessions", None, json!({"email": "ivy@example.com", "password": "wrong password"})).await;
+        if reply.status == 429 {
+            limited = Some(reply);
+            break;
+        }
+        reply.problem(401);
+    }
+    let limited = limited.expect("the 11th attempt within a minute is limited");
+    limited.problem(429);
+    let retry_after: u64 = limited.headers["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+    assert!((1..=60).contains(&retry_after));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_answer() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.get("/healthz", None).await.status, 200);
+    let ready = app.get("/readyz", None).await;
+    assert_eq!(ready.status, 200);
+    app.create_product("m", 1, 1).await;
+    let metrics = app.get("/metrics", None).await;
+    let text = metrics.body.as_str().expect("text");
+    assert!(text.contains("http_requests_total"), "{text}");
+    assert!(text.contains("log_fsync_batches"), "{text}");
+    let echoed = app.request(Method::GET, "/healthz", None, None, &[("x-request-id", "abc-123")]).await;
+    assert_eq!(echoed.headers["x-request-id"], "abc-123");
+    assert!(
+        app.get("/healthz", None).await.headers.contains_key("x-request-id"),
+        "a request id is made when none is sent"
+    );
+    app.stop().await;
+}

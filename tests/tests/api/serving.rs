@@ -1,0 +1,58 @@
+//! The server itself: slow clients are cut off, shutdown cannot hang, and the data
+//! dir of a running server cannot be opened twice.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::TestApp;
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let app = TestApp::spawn_with(|config| config.header_read_timeout_ms = 300).await;
+    let mut stream = TcpStream::connect(app.address()).await.expect("connects");
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: shoplog\r\nX-Slow: ").await.expect("writes");
+    let started = Instant::now();
+    let mut buffer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buffer)).await;
+    assert!(read.is_ok(), "the connection was still open after 5 s");
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(250), "cut off before the timeout: {elapsed:?}");
+    let text = String::from_utf8_lossy(&buffer);
+    assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_within_its_deadline_even_with_a_stuck_client() {
+    let app = TestApp::spawn_with(|config| {
+        config.shutdown_timeout_ms = 500;
+        config.header_read_timeout_ms = 60_000;
+    })
+    .await;
+    let mut stuck = TcpStream::connect(app.address()).await.expect("connects");
+    stuck.write_all(b"GET /healthz HTTP/1.1\r\nHost: shoplog\r\n").await.expect("writes");
+    // A served keep-alive connection, idle, as well.
+    let idle = app.get("/healthz", None).await;
+    assert_eq!(idle.status, 200);
+    let address = app.address();
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), app.stop()).await.expect("shutdown returned within 5 s");
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(TcpStream::connect(address).await.is_err(), "still accepting after shutdown");
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_dir_is_refused_with_a_clear_error() {
+    let app = TestApp::spawn().await;
+    let config = api::Config {
+        data: app.dir.path().to_path_buf(),
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..api::Config::default()
+    };
+    let refused = api::server::start(&config).await.expect_err("the dir is in use");
+    let message = format!("{refused:#}");
+    assert!(message.contains("in use by another shoplog process"), "{message}");
+    app.stop().await;
+}
