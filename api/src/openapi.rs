@@ -149,6 +149,31 @@ problems! {
         "Allow": String = "The methods the route takes";
 }
 
+/// The problems every authenticated command route can answer, listed once:
+/// `responses((status = 200, …), CommandProblems)`.
+#[derive(Debug)]
+pub struct CommandProblems;
+
+impl utoipa::IntoResponses for CommandProblems {
+    fn responses() -> std::collections::BTreeMap<String, RefOr<Response>> {
+        [
+            ("400", "BadRequest"),
+            ("401", "Unauthorized"),
+            ("403", "Forbidden"),
+            ("404", "NotFound"),
+            ("409", "Conflict"),
+            ("412", "PreconditionFailed"),
+            ("413", "PayloadTooLarge"),
+            ("415", "UnsupportedMediaType"),
+            ("422", "Unprocessable"),
+            ("503", "Unavailable"),
+        ]
+        .into_iter()
+        .map(|(status, name)| (status.to_owned(), Ref::from_response_name(name).into()))
+        .collect()
+    }
+}
+
 /// A header parameter of every command.
 fn header(name: &str, description: &str, schema: ObjectBuilder) -> Parameter {
     ParameterBuilder::new()

@@ -308,16 +308,7 @@ struct ChangePrice {
     request_body = ChangePrice,
     responses(
         (status = 200, description = "Changed", body = Committed, headers(("ETag" = String, description = "The product stream's version, quoted"))),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 409, response = Conflict),
-        (status = 412, response = PreconditionFailed),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = Unprocessable),
-        (status = 503, response = Unavailable),
+        openapi::CommandProblems,
     )
 )]
 async fn change_price(
@@ -350,16 +341,7 @@ struct Restock {
     request_body = Restock,
     responses(
         (status = 200, description = "Restocked", body = Committed, headers(("ETag" = String, description = "The product stream's version, quoted"))),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 409, response = Conflict),
-        (status = 412, response = PreconditionFailed),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = Unprocessable),
-        (status = 503, response = Unavailable),
+        openapi::CommandProblems,
     )
 )]
 async fn restock(
@@ -390,16 +372,7 @@ struct Empty {}
     request_body = Option<Empty>,
     responses(
         (status = 200, description = "Discontinued", body = Committed, headers(("ETag" = String, description = "The product stream's version, quoted"))),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 409, response = Conflict),
-        (status = 412, response = PreconditionFailed),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = Unprocessable),
-        (status = 503, response = Unavailable),
+        openapi::CommandProblems,
     )
 )]
 async fn discontinue(
@@ -549,16 +522,7 @@ struct AddItem {
                 ("Checkout" = (operation_id = "checkout")),
             )
         ),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 409, response = Conflict),
-        (status = 412, response = PreconditionFailed),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = Unprocessable),
-        (status = 503, response = Unavailable),
+        openapi::CommandProblems,
     )
 )]
 async fn add_cart_item(
@@ -585,16 +549,7 @@ async fn add_cart_item(
     request_body = Option<Empty>,
     responses(
         (status = 200, description = "Removed", body = Committed, headers(("ETag" = String, description = "The cart stream's version, quoted"))),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 409, response = Conflict),
-        (status = 412, response = PreconditionFailed),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = Unprocessable),
-        (status = 503, response = Unavailable),
+        openapi::CommandProblems,
     )
 )]
 async fn remove_cart_item(
@@ -632,16 +587,7 @@ async fn remove_cart_item(
                 ("Cancel" = (operation_id = "cancel", parameters(("order_id" = "$response.body#/order_id")))),
             )
         ),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 409, response = Conflict),
-        (status = 412, response = PreconditionFailed),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = Unprocessable),
-        (status = 503, response = Unavailable),
+        openapi::CommandProblems,
     )
 )]
 async fn checkout(
@@ -689,16 +635,7 @@ struct Pay {
                 ("Cancel" = (operation_id = "cancel", parameters(("order_id" = "$response.body#/order_id")))),
             )
         ),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 409, response = Conflict),
-        (status = 412, response = PreconditionFailed),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = Unprocessable),
-        (status = 503, response = Unavailable),
+        openapi::CommandProblems,
     )
 )]
 async fn pay(
@@ -728,16 +665,7 @@ async fn pay(
     request_body = Option<Empty>,
     responses(
         (status = 200, description = "Cancelled", body = OrderReply, headers(("ETag" = String, description = "The order stream's version, quoted"))),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 409, response = Conflict),
-        (status = 412, response = PreconditionFailed),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = Unprocessable),
-        (status = 503, response = Unavailable),
+        openapi::CommandProblems,
     )
 )]
 async fn cancel(
@@ -766,16 +694,7 @@ async fn cancel(
     request_body = Option<Empty>,
     responses(
         (status = 200, description = "Shipped", body = OrderReply, headers(("ETag" = String, description = "The order stream's version, quoted"))),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 409, response = Conflict),
-        (status = 412, response = PreconditionFailed),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = Unprocessable),
-        (status = 503, response = Unavailable),
+        openapi::CommandProblems,
     )
 )]
 async fn ship(

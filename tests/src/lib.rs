@@ -44,6 +44,20 @@ pub fn append_many(streams: Vec<(&str, ExpectedVersion, Vec<NewEvent>)>) -> Appe
     }
 }
 
+/// Whether any file under `dir` holds `needle`: the tests grep data dirs for
+/// personal data that must never be there in clear.
+pub fn files_contain(dir: &std::path::Path, needle: &[u8]) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    entries.flatten().any(|entry| {
+        let path = entry.path();
+        if path.is_dir() {
+            files_contain(&path, needle)
+        } else {
+            std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|window| window == needle))
+        }
+    })
+}
+
 /// A fresh temporary directory for one test.
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("shoplog-test-").tempdir().expect("a temp dir can be created")

@@ -87,19 +87,6 @@ fn stock_in_log(log: &EventLog, sku_text: &str) -> u32 {
     product.info().expect("the product exists").stock
 }
 
-/// Whether any file under `dir` holds `needle`.
-fn files_contain(dir: &Path, needle: &[u8]) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else { return false };
-    entries.flatten().any(|entry| {
-        let path = entry.path();
-        if path.is_dir() {
-            files_contain(&path, needle)
-        } else {
-            std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|window| window == needle))
-        }
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forty_customers_checking_out_the_last_ten_units_at_once_get_exactly_ten_orders() {
     const CUSTOMERS: usize = 40;
@@ -320,9 +307,9 @@ async fn login_takes_the_right_password_only_and_the_log_holds_no_personal_data_
         stored_hash = profile.password_hash.as_str().to_owned();
     }
     for needle in [address, &address.to_lowercase(), full_name, secret, &stored_hash] {
-        assert!(!files_contain(dir.path(), needle.as_bytes()), "{needle:?} is on disk in clear");
+        assert!(!tests::files_contain(dir.path(), needle.as_bytes()), "{needle:?} is on disk in clear");
     }
-    assert!(files_contain(dir.path(), b"CustomerRegistered"), "the search finds what is on disk in clear");
+    assert!(tests::files_contain(dir.path(), b"CustomerRegistered"), "the search finds what is on disk in clear");
 }
 
 #[tokio::test]

@@ -164,18 +164,6 @@ async fn the_audit_routes_page_through_the_log_and_redact_secrets() {
     app.stop().await;
 }
 
-/// Every file under `dir`, searched for `needle`.
-fn files_contain(dir: &std::path::Path, needle: &[u8]) -> bool {
-    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|entry| {
-        let path = entry.path();
-        if path.is_dir() {
-            files_contain(&path, needle)
-        } else {
-            std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|window| window == needle))
-        }
-    })
-}
-
 #[tokio::test]
 async fn the_data_dir_holds_no_email_name_or_password_hash_in_clear() {
     let app = TestApp::spawn().await;
@@ -190,11 +178,11 @@ async fn the_data_dir_holds_no_email_name_or_password_hash_in_clear() {
     app.create_product("visible-marker-sku", 100, 1).await;
     let dir = app.dir.path().to_path_buf();
     app.log().make_durable().expect("flushes");
-    assert!(files_contain(&dir, b"visible-marker-sku"), "the search sees what is in clear");
+    assert!(tests::files_contain(&dir, b"visible-marker-sku"), "the search sees what is in clear");
     for secret in
         [&b"Grace.Hopper@Example.com"[..], b"grace.hopper@example.com", b"Grace Brewster Hopper", b"$argon2id$"]
     {
-        assert!(!files_contain(&dir, secret), "{} is on disk in clear", String::from_utf8_lossy(secret));
+        assert!(!tests::files_contain(&dir, secret), "{} is on disk in clear", String::from_utf8_lossy(secret));
     }
     app.stop().await;
 }

@@ -1,23 +1,8 @@
 //! Personal data is sealed under its subject's key and can be forgotten (DESIGN §3.9).
 
-use std::path::Path;
-
 use store::{EventLog, ExpectedVersion, Payload, StoreError};
 use tests::{append, event, sealed_event, temp_dir};
 use uuid::Uuid;
-
-/// Every byte under `dir`, file by file.
-fn files_contain(dir: &Path, needle: &[u8]) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else { return false };
-    entries.flatten().any(|entry| {
-        let path = entry.path();
-        if path.is_dir() {
-            files_contain(&path, needle)
-        } else {
-            std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|window| window == needle))
-        }
-    })
-}
 
 #[tokio::test]
 async fn sealed_payloads_never_reach_the_disk_in_clear_but_read_back_in_clear() {
@@ -39,8 +24,8 @@ async fn sealed_payloads_never_reach_the_disk_in_clear_but_read_back_in_clear() 
         assert_eq!(events[0].subject, Some(subject));
         assert_eq!(events[0].payload, Payload::Plain(secret.to_vec()));
     }
-    assert!(files_contain(dir.path(), plain_marker), "the search finds what is on disk in clear");
-    assert!(!files_contain(dir.path(), secret), "personal data is on disk in clear");
+    assert!(tests::files_contain(dir.path(), plain_marker), "the search finds what is on disk in clear");
+    assert!(!tests::files_contain(dir.path(), secret), "personal data is on disk in clear");
     let log = EventLog::open(dir.path()).expect("reopens");
     assert_eq!(log.read_all(1, 1).expect("reads")[0].payload, Payload::Plain(secret.to_vec()));
 }
