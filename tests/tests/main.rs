@@ -4,4 +4,5 @@ mod api;
 mod cli;
 mod commands;
 mod fixtures;
+mod projections;
 mod store;

@@ -1,0 +1,150 @@
+//! Carts: per customer the lines (sku, quantity) and the totals of DESIGN §5 at
+//! the current prices.
+//!
+//! Decision: the model keeps its own copy of each product's current price and
+//! status (from the product events), so a cart's totals are those of one log
+//! position, the one the answer carries, and never mix two models' positions.
+//! A forgotten customer's cart is dropped (nobody can use it any more); their
+//! orders stay in the orders model.
+//!
+//! Keys: `c:<customer id>` → lines; `p:<sku>` → price and status.
+
+use std::collections::BTreeMap;
+
+use domain::{CartEvent, Cents, CustomerEvent, CustomerId, Event, PriceCents, ProductEvent, Quantity, Sku, Totals};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ProjectionError;
+use crate::records::{self, Changes, Envelope, Records, key};
+use crate::runtime::{Answer, Slot};
+
+pub(crate) const NAME: &str = "carts";
+const CART: &[u8] = b"c:";
+const PRICE: &[u8] = b"p:";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredPrice {
+    price_cents: PriceCents,
+    discontinued: bool,
+}
+
+/// One line of a cart at the current price.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CartLineView {
+    pub sku: Sku,
+    pub quantity: Quantity,
+    /// The product's current price (`None` only if the product is unknown, which
+    /// the domain never lets into a cart).
+    pub unit_price_cents: Option<PriceCents>,
+    pub line_total_cents: Cents,
+    /// A discontinued product cannot be checked out.
+    pub discontinued: bool,
+}
+
+/// A customer's cart; every customer has one, empty until they add to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CartView {
+    pub customer_id: CustomerId,
+    /// In sku order.
+    pub lines: Vec<CartLineView>,
+    pub subtotal_cents: Cents,
+    pub shipping_cents: Cents,
+    pub total_cents: Cents,
+}
+
+fn cart_key(customer_id: CustomerId) -> Vec<u8> {
+    key(CART, &[customer_id.get().as_bytes()])
+}
+
+fn price_key(sku: &Sku) -> Vec<u8> {
+    key(PRICE, &[sku.as_str().as_bytes()])
+}
+
+type Lines = BTreeMap<Sku, Quantity>;
+
+/// The carts' changes for one event. Pure: reads the model's records, writes nothing.
+pub fn apply(records: &dyn Records, _envelope: &Envelope, event: &Event) -> Result<Changes, ProjectionError> {
+    let mut changes = Changes::default();
+    let price = |sku: &Sku| records::get::<StoredPrice>(records, NAME, &price_key(sku));
+    let lines = |customer_id| records::get::<Lines>(records, NAME, &cart_key(customer_id));
+    match event {
+        Event::Product(ProductEvent::Created(created)) => {
+            let stored = StoredPrice { price_cents: created.price_cents, discontinued: false };
+            changes.put(price_key(&created.sku), &stored)?;
+        }
+        Event::Product(ProductEvent::PriceChanged(changed)) => {
+            if let Some(mut stored) = price(&changed.sku)? {
+                stored.price_cents = changed.price_cents;
+                changes.put(price_key(&changed.sku), &stored)?;
+            }
+        }
+        Event::Product(ProductEvent::Discontinued(discontinued)) => {
+            if let Some(mut stored) = price(&discontinued.sku)? {
+                stored.discontinued = true;
+                changes.put(price_key(&discontinued.sku), &stored)?;
+            }
+        }
+        Event::Cart(CartEvent::ItemAdded(added)) => {
+            let mut held = lines(added.customer_id)?.unwrap_or_default();
+            let quantity = match held.get(&added.sku) {
+                // The domain keeps a line at 99 at most; saturate like its evolve.
+                Some(before) => Quantity::new(before.get() + added.quantity.get()).unwrap_or(Quantity::MAX),
+                None => added.quantity,
+            };
+            held.insert(added.sku.clone(), quantity);
+            changes.put(cart_key(added.customer_id), &held)?;
+        }
+        Event::Cart(CartEvent::ItemRemoved(removed)) => {
+            let mut held = lines(removed.customer_id)?.unwrap_or_default();
+            held.remove(&removed.sku);
+            if held.is_empty() {
+                changes.delete(cart_key(removed.customer_id));
+            } else {
+                changes.put(cart_key(removed.customer_id), &held)?;
+            }
+        }
+        Event::Cart(CartEvent::CheckedOut(checked_out)) => changes.delete(cart_key(checked_out.customer_id)),
+        Event::Customer(CustomerEvent::Forgotten(forgotten)) => changes.delete(cart_key(forgotten.customer_id)),
+        _ => {}
+    }
+    Ok(changes)
+}
+
+/// The carts' queries. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Carts {
+    pub(crate) slot: std::sync::Arc<Slot>,
+}
+
+impl Carts {
+    /// The customer's cart with its totals at the current prices.
+    pub fn get(&self, customer_id: CustomerId) -> Result<Answer<CartView>, ProjectionError> {
+        self.slot.read(|tree| {
+            let held: Lines = records::get(tree, NAME, &cart_key(customer_id))?.unwrap_or_default();
+            let mut lines = Vec::with_capacity(held.len());
+            for (sku, quantity) in held {
+                let stored: Option<StoredPrice> = records::get(tree, NAME, &price_key(&sku))?;
+                let unit_price_cents = stored.as_ref().map(|stored| stored.price_cents);
+                lines.push(CartLineView {
+                    line_total_cents: unit_price_cents.map_or(Cents::ZERO, |price| price.times(quantity)),
+                    unit_price_cents,
+                    discontinued: stored.is_some_and(|stored| stored.discontinued),
+                    sku,
+                    quantity,
+                });
+            }
+            let totals = Totals::of_lines(
+                lines.iter().filter_map(|line| line.unit_price_cents.map(|price| (line.quantity, price))),
+            );
+            Ok(CartView {
+                customer_id,
+                lines,
+                subtotal_cents: totals.subtotal_cents,
+                shipping_cents: totals.shipping_cents,
+                total_cents: totals.total_cents,
+            })
+        })
+    }
+}
+
+crate::runtime::common_queries!(Carts);

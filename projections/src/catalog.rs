@@ -1,0 +1,214 @@
+//! The catalog: per sku its name, price, stock and status, listed in sku order.
+//!
+//! Stock, decided here because DESIGN names the fields but not their meaning:
+//! - `available`: units that can be checked out now, the product stream's own
+//!   stock (initial + restocks − reservations + releases);
+//! - `reserved`: units held by orders that are placed or paid, neither shipped
+//!   nor cancelled (a reservation ends with `StockReleased` on cancel, or when
+//!   the order ships);
+//! - `on_hand`: units in the warehouse, `available + reserved` (shipping takes
+//!   the reserved units out).
+//!
+//! To know what an `OrderShipped` takes out, the model keeps each open order's
+//! reserved lines (from its `StockReserved` events) until the order ships or all
+//! of them are released.
+//!
+//! Keys: `p:<sku>` → product; `r:<order id>` → the order's reserved lines.
+
+use domain::{Event, OrderEvent, OrderId, PriceCents, ProductEvent, ProductName, Sku};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ProjectionError;
+use crate::records::{self, Changes, Envelope, Records, key, prefix_end};
+use crate::runtime::{Answer, Page, Slot, clamp_limit};
+
+pub(crate) const NAME: &str = "catalog";
+const PRODUCT: &[u8] = b"p:";
+const RESERVATION: &[u8] = b"r:";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredProduct {
+    name: ProductName,
+    price_cents: PriceCents,
+    available: u32,
+    reserved: u32,
+    discontinued: bool,
+}
+
+/// Whether a product can still be sold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProductStatus {
+    Active,
+    Discontinued,
+}
+
+impl ProductStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProductStatus::Active => "active",
+            ProductStatus::Discontinued => "discontinued",
+        }
+    }
+}
+
+/// One product as the catalog shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductView {
+    pub sku: Sku,
+    pub name: ProductName,
+    pub price_cents: PriceCents,
+    /// Units in the warehouse: `available + reserved`.
+    pub on_hand: u32,
+    /// Units held by placed or paid orders.
+    pub reserved: u32,
+    /// Units that can be checked out now.
+    pub available: u32,
+    pub status: ProductStatus,
+}
+
+fn product_key(sku: &Sku) -> Vec<u8> {
+    key(PRODUCT, &[sku.as_str().as_bytes()])
+}
+
+fn reservation_key(order_id: OrderId) -> Vec<u8> {
+    key(RESERVATION, &[order_id.get().as_bytes()])
+}
+
+/// The catalog's changes for one event. Pure: reads the model's records, writes nothing.
+pub fn apply(records: &dyn Records, _envelope: &Envelope, event: &Event) -> Result<Changes, ProjectionError> {
+    let mut changes = Changes::default();
+    let product = |sku: &Sku| records::get::<StoredProduct>(records, NAME, &product_key(sku));
+    match event {
+        Event::Product(ProductEvent::Created(created)) => {
+            let stored = StoredProduct {
+                name: created.name.clone(),
+                price_cents: created.price_cents,
+                available: created.initial_stock.get(),
+                reserved: 0,
+                discontinued: false,
+            };
+            changes.put(product_key(&created.sku), &stored)?;
+        }
+        Event::Product(ProductEvent::PriceChanged(changed)) => {
+            if let Some(mut stored) = product(&changed.sku)? {
+                stored.price_cents = changed.price_cents;
+                changes.put(product_key(&changed.sku), &stored)?;
+            }
+        }
+        Event::Product(ProductEvent::Restocked(restocked)) => {
+            if let Some(mut stored) = product(&restocked.sku)? {
+                stored.available = stored.available.saturating_add(restocked.quantity.get());
+                changes.put(product_key(&restocked.sku), &stored)?;
+            }
+        }
+        Event::Product(ProductEvent::Discontinued(discontinued)) => {
+            if let Some(mut stored) = product(&discontinued.sku)? {
+                stored.discontinued = true;
+                changes.put(product_key(&discontinued.sku), &stored)?;
+            }
+        }
+        Event::Product(ProductEvent::StockReserved(reserved)) => {
+            let quantity = reserved.quantity.get();
+            if let Some(mut stored) = product(&reserved.sku)? {
+                stored.available = stored.available.saturating_sub(quantity);
+                stored.reserved = stored.reserved.saturating_add(quantity);
+                changes.put(product_key(&reserved.sku), &stored)?;
+            }
+            let reservation = reservation_key(reserved.order_id);
+            let mut lines: Vec<(Sku, u32)> = records::get(records, NAME, &reservation)?.unwrap_or_default();
+            lines.push((reserved.sku.clone(), quantity));
+            changes.put(reservation, &lines)?;
+        }
+        Event::Product(ProductEvent::StockReleased(released)) => {
+            let quantity = released.quantity.get();
+            if let Some(mut stored) = product(&released.sku)? {
+                stored.available = stored.available.saturating_add(quantity);
+                stored.reserved = stored.reserved.saturating_sub(quantity);
+                changes.put(product_key(&released.sku), &stored)?;
+            }
+            let reservation = reservation_key(released.order_id);
+            let mut lines: Vec<(Sku, u32)> = records::get(records, NAME, &reservation)?.unwrap_or_default();
+            if let Some(index) = lines.iter().position(|(sku, _)| *sku == released.sku) {
+                lines.remove(index);
+            }
+            if lines.is_empty() {
+                changes.delete(reservation);
+            } else {
+                changes.put(reservation, &lines)?;
+            }
+        }
+        Event::Order(OrderEvent::Shipped(shipped)) => {
+            let reservation = reservation_key(shipped.order_id);
+            let lines: Vec<(Sku, u32)> = records::get(records, NAME, &reservation)?.unwrap_or_default();
+            // An order's lines name distinct skus, so each product is read and
+            // written once for this event.
+            for (sku, quantity) in lines {
+                if let Some(mut stored) = product(&sku)? {
+                    stored.reserved = stored.reserved.saturating_sub(quantity);
+                    changes.put(product_key(&sku), &stored)?;
+                }
+            }
+            changes.delete(reservation);
+        }
+        _ => {}
+    }
+    Ok(changes)
+}
+
+fn view(sku: Sku, stored: StoredProduct) -> ProductView {
+    ProductView {
+        sku,
+        name: stored.name,
+        price_cents: stored.price_cents,
+        on_hand: stored.available.saturating_add(stored.reserved),
+        reserved: stored.reserved,
+        available: stored.available,
+        status: if stored.discontinued { ProductStatus::Discontinued } else { ProductStatus::Active },
+    }
+}
+
+/// The catalog's queries. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pub(crate) slot: std::sync::Arc<Slot>,
+}
+
+impl Catalog {
+    /// One product, if the catalog has it (discontinued ones included).
+    pub fn get(&self, sku: &Sku) -> Result<Answer<Option<ProductView>>, ProjectionError> {
+        self.slot.read(|tree| {
+            let stored: Option<StoredProduct> = records::get(tree, NAME, &product_key(sku))?;
+            Ok(stored.map(|stored| view(sku.clone(), stored)))
+        })
+    }
+
+    /// Up to `limit` products in sku order, after the sku `after` (the cursor: the
+    /// last sku of the previous page). `next` is the cursor of the next page.
+    pub fn page(&self, after: Option<&Sku>, limit: usize) -> Result<Answer<Page<ProductView, Sku>>, ProjectionError> {
+        let limit = clamp_limit(limit);
+        self.slot.read(|tree| {
+            let start = match after {
+                Some(sku) => key(PRODUCT, &[sku.as_str().as_bytes(), &[0]]),
+                None => PRODUCT.to_vec(),
+            };
+            let mut items = Vec::with_capacity(limit.min(256));
+            let mut more = false;
+            for entry in tree.range(start..prefix_end(PRODUCT)) {
+                let (key, bytes) = entry?;
+                if items.len() == limit {
+                    more = true;
+                    break;
+                }
+                let sku =
+                    std::str::from_utf8(&key[PRODUCT.len()..]).ok().and_then(|text| Sku::parse(text).ok()).ok_or_else(
+                        || ProjectionError::Corrupt { model: NAME, reason: "a product key is not a sku".into() },
+                    )?;
+                items.push(view(sku, records::decode(NAME, &bytes)?));
+            }
+            let next = if more { items.last().map(|item: &ProductView| item.sku.clone()) } else { None };
+            Ok(Page { items, next })
+        })
+    }
+}
+
+crate::runtime::common_queries!(Catalog);

@@ -1,0 +1,381 @@
+//! The sales dashboard: revenue, orders by status, orders and revenue by day,
+//! top products and low stock.
+//!
+//! Decisions where DESIGN names only the figures:
+//! - revenue is the total of every order that was paid and not cancelled after
+//!   (paid and shipped orders); a cancelled paid order takes its total back out;
+//! - orders by status counts each order once, in its current status;
+//! - by day (UTC date of the event): `orders` counts orders placed that day
+//!   (cancelled later or not), `revenue_cents` the payments made that day that
+//!   were not cancelled later;
+//! - top products rank skus by units in paid and shipped orders;
+//! - low stock lists active products whose available units (see [`crate::catalog`])
+//!   are below a threshold chosen at query time.
+//!
+//! Keys: `s` → summary; `d:<YYYY-MM-DD>` → day; `o:<order id>` → an order not yet
+//! shipped or cancelled; `p:<sku>` → product; `a:<available BE><sku>` (active
+//! products by available units) and `t:<!units BE><sku>` (skus by units sold,
+//! most first) are indexes with empty values.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use domain::{Cents, Event, OrderEvent, OrderId, ProductEvent, ProductName, Sku};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ProjectionError;
+use crate::records::{self, Changes, Envelope, Records, key, prefix_end};
+use crate::runtime::{Answer, Slot};
+
+pub(crate) const NAME: &str = "dashboard";
+const SUMMARY: &[u8] = b"s";
+const DAY: &[u8] = b"d:";
+const ORDER: &[u8] = b"o:";
+const PRODUCT: &[u8] = b"p:";
+const BY_AVAILABLE: &[u8] = b"a:";
+const BY_UNITS: &[u8] = b"t:";
+const DATE_FORMAT: &str = "%Y-%m-%d";
+
+/// The default threshold of [`SalesQuery::low_stock_below`].
+pub const LOW_STOCK_BELOW: u32 = 5;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Summary {
+    revenue_cents: i64,
+    placed: u64,
+    paid: u64,
+    shipped: u64,
+    cancelled: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Day {
+    orders: u64,
+    revenue_cents: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct OpenOrder {
+    paid_on: Option<NaiveDate>,
+    total_cents: i64,
+    lines: Vec<(Sku, u32)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredProduct {
+    name: ProductName,
+    available: u32,
+    discontinued: bool,
+    units_sold: u64,
+}
+
+/// Orders counted by their current status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OrdersByStatus {
+    pub placed: u64,
+    pub paid: u64,
+    pub shipped: u64,
+    pub cancelled: u64,
+}
+
+/// One UTC day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DayView {
+    pub date: NaiveDate,
+    /// Orders placed that day.
+    pub orders: u64,
+    /// Payments made that day, less those cancelled since.
+    pub revenue_cents: Cents,
+}
+
+/// A product by units sold in paid and shipped orders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopProduct {
+    pub sku: Sku,
+    pub name: ProductName,
+    pub units_sold: u64,
+}
+
+/// An active product running low.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LowStock {
+    pub sku: Sku,
+    pub name: ProductName,
+    pub available: u32,
+}
+
+/// What the dashboard shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SalesView {
+    pub revenue_cents: Cents,
+    pub orders_by_status: OrdersByStatus,
+    /// The most recent days with any order or payment, oldest first.
+    pub by_day: Vec<DayView>,
+    /// Most units first; ties in sku order. Only skus that sold.
+    pub top_products: Vec<TopProduct>,
+    /// Fewest available first; ties in sku order.
+    pub low_stock: Vec<LowStock>,
+}
+
+/// How much of the dashboard to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SalesQuery {
+    /// How many of the most recent days.
+    pub days: usize,
+    /// How many top products.
+    pub top: usize,
+    /// Low stock: available units below this.
+    pub low_stock_below: u32,
+    /// The most low-stock products listed.
+    pub low_stock_len_max: usize,
+}
+
+impl Default for SalesQuery {
+    fn default() -> Self {
+        SalesQuery { days: 30, top: 10, low_stock_below: LOW_STOCK_BELOW, low_stock_len_max: 100 }
+    }
+}
+
+fn day_key(date: NaiveDate) -> Vec<u8> {
+    key(DAY, &[date.format(DATE_FORMAT).to_string().as_bytes()])
+}
+
+fn order_key(order_id: OrderId) -> Vec<u8> {
+    key(ORDER, &[order_id.get().as_bytes()])
+}
+
+fn product_key(sku: &Sku) -> Vec<u8> {
+    key(PRODUCT, &[sku.as_str().as_bytes()])
+}
+
+fn available_key(available: u32, sku: &Sku) -> Vec<u8> {
+    key(BY_AVAILABLE, &[&available.to_be_bytes(), sku.as_str().as_bytes()])
+}
+
+fn units_key(units: u64, sku: &Sku) -> Vec<u8> {
+    key(BY_UNITS, &[&(u64::MAX - units).to_be_bytes(), sku.as_str().as_bytes()])
+}
+
+fn date_of(at: DateTime<Utc>) -> NaiveDate {
+    at.date_naive()
+}
+
+/// Writes a product and keeps both indexes in step with it.
+fn put_product(
+    changes: &mut Changes,
+    sku: &Sku,
+    before: Option<&StoredProduct>,
+    after: &StoredProduct,
+) -> Result<(), ProjectionError> {
+    if let Some(before) = before {
+        if !before.discontinued {
+            changes.delete(available_key(before.available, sku));
+        }
+        if before.units_sold > 0 {
+            changes.delete(units_key(before.units_sold, sku));
+        }
+    }
+    if !after.discontinued {
+        changes.mark(available_key(after.available, sku));
+    }
+    if after.units_sold > 0 {
+        changes.mark(units_key(after.units_sold, sku));
+    }
+    changes.put(product_key(sku), after)
+}
+
+/// The dashboard's changes for one event. Pure: reads the model's records, writes nothing.
+pub fn apply(records: &dyn Records, envelope: &Envelope, event: &Event) -> Result<Changes, ProjectionError> {
+    let mut changes = Changes::default();
+    let product = |sku: &Sku| records::get::<StoredProduct>(records, NAME, &product_key(sku));
+    let change_product = |changes: &mut Changes, sku: &Sku, change: &dyn Fn(&mut StoredProduct)| {
+        if let Some(before) = product(sku)? {
+            let mut after = before.clone();
+            change(&mut after);
+            put_product(changes, sku, Some(&before), &after)?;
+        }
+        Ok::<(), ProjectionError>(())
+    };
+    let summary = || Ok::<Summary, ProjectionError>(records::get(records, NAME, SUMMARY)?.unwrap_or_default());
+    let day = |date| Ok::<Day, ProjectionError>(records::get(records, NAME, &day_key(date))?.unwrap_or_default());
+    match event {
+        Event::Product(ProductEvent::Created(created)) => {
+            let stored = StoredProduct {
+                name: created.name.clone(),
+                available: created.initial_stock.get(),
+                discontinued: false,
+                units_sold: 0,
+            };
+            put_product(&mut changes, &created.sku, None, &stored)?;
+        }
+        Event::Product(ProductEvent::Restocked(restocked)) => {
+            let quantity = restocked.quantity.get();
+            change_product(&mut changes, &restocked.sku, &|stored| {
+                stored.available = stored.available.saturating_add(quantity)
+            })?;
+        }
+        Event::Product(ProductEvent::StockReserved(reserved)) => {
+            let quantity = reserved.quantity.get();
+            change_product(&mut changes, &reserved.sku, &|stored| {
+                stored.available = stored.available.saturating_sub(quantity)
+            })?;
+        }
+        Event::Product(ProductEvent::StockReleased(released)) => {
+            let quantity = released.quantity.get();
+            change_product(&mut changes, &released.sku, &|stored| {
+                stored.available = stored.available.saturating_add(quantity)
+            })?;
+        }
+        Event::Product(ProductEvent::Discontinued(discontinued)) => {
+            change_product(&mut changes, &discontinued.sku, &|stored| stored.discontinued = true)?;
+        }
+        Event::Order(OrderEvent::Placed(placed)) => {
+            let open = OpenOrder {
+                paid_on: None,
+                total_cents: placed.total_cents.get(),
+                lines: placed.lines.iter().map(|line| (line.sku.clone(), line.quantity.get())).collect(),
+            };
+            changes.put(order_key(placed.order_id), &open)?;
+            let mut summary = summary()?;
+            summary.placed += 1;
+            changes.put(SUMMARY.to_vec(), &summary)?;
+            let date = date_of(envelope.recorded_at);
+            let mut day = day(date)?;
+            day.orders += 1;
+            changes.put(day_key(date), &day)?;
+        }
+        Event::Order(OrderEvent::Paid(paid)) => {
+            let Some(mut open) = records::get::<OpenOrder>(records, NAME, &order_key(paid.order_id))? else {
+                return Ok(changes);
+            };
+            if open.paid_on.is_some() {
+                return Ok(changes);
+            }
+            let date = date_of(envelope.recorded_at);
+            open.paid_on = Some(date);
+            changes.put(order_key(paid.order_id), &open)?;
+            let mut summary = summary()?;
+            summary.placed = summary.placed.saturating_sub(1);
+            summary.paid += 1;
+            summary.revenue_cents = summary.revenue_cents.saturating_add(open.total_cents);
+            changes.put(SUMMARY.to_vec(), &summary)?;
+            let mut day = day(date)?;
+            day.revenue_cents = day.revenue_cents.saturating_add(open.total_cents);
+            changes.put(day_key(date), &day)?;
+            for (sku, quantity) in &open.lines {
+                let units = u64::from(*quantity);
+                change_product(&mut changes, sku, &|stored| {
+                    stored.units_sold = stored.units_sold.saturating_add(units)
+                })?;
+            }
+        }
+        Event::Order(OrderEvent::Shipped(shipped)) => {
+            let Some(open) = records::get::<OpenOrder>(records, NAME, &order_key(shipped.order_id))? else {
+                return Ok(changes);
+            };
+            if open.paid_on.is_none() {
+                return Ok(changes);
+            }
+            changes.delete(order_key(shipped.order_id));
+            let mut summary = summary()?;
+            summary.paid = summary.paid.saturating_sub(1);
+            summary.shipped += 1;
+            changes.put(SUMMARY.to_vec(), &summary)?;
+        }
+        Event::Order(OrderEvent::Cancelled(cancelled)) => {
+            let Some(open) = records::get::<OpenOrder>(records, NAME, &order_key(cancelled.order_id))? else {
+                return Ok(changes);
+            };
+            changes.delete(order_key(cancelled.order_id));
+            let mut summary = summary()?;
+            summary.cancelled += 1;
+            match open.paid_on {
+                None => summary.placed = summary.placed.saturating_sub(1),
+                Some(paid_on) => {
+                    summary.paid = summary.paid.saturating_sub(1);
+                    summary.revenue_cents = summary.revenue_cents.saturating_sub(open.total_cents);
+                    let mut day = day(paid_on)?;
+                    day.revenue_cents = day.revenue_cents.saturating_sub(open.total_cents);
+                    changes.put(day_key(paid_on), &day)?;
+                    for (sku, quantity) in &open.lines {
+                        let units = u64::from(*quantity);
+                        change_product(&mut changes, sku, &|stored| {
+                            stored.units_sold = stored.units_sold.saturating_sub(units)
+                        })?;
+                    }
+                }
+            }
+            changes.put(SUMMARY.to_vec(), &summary)?;
+        }
+        _ => {}
+    }
+    Ok(changes)
+}
+
+fn corrupt(reason: &str) -> ProjectionError {
+    ProjectionError::Corrupt { model: NAME, reason: reason.to_owned() }
+}
+
+fn sku_of(bytes: &[u8]) -> Result<Sku, ProjectionError> {
+    std::str::from_utf8(bytes).ok().and_then(|text| Sku::parse(text).ok()).ok_or_else(|| corrupt("a key holds no sku"))
+}
+
+/// The dashboard's queries. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Dashboard {
+    pub(crate) slot: std::sync::Arc<Slot>,
+}
+
+impl Dashboard {
+    /// The sales figures with the default [`SalesQuery`].
+    pub fn sales(&self) -> Result<Answer<SalesView>, ProjectionError> {
+        self.sales_with(SalesQuery::default())
+    }
+
+    pub fn sales_with(&self, query: SalesQuery) -> Result<Answer<SalesView>, ProjectionError> {
+        self.slot.read(|tree| {
+            let summary: Summary = records::get(tree, NAME, SUMMARY)?.unwrap_or_default();
+            let mut by_day = Vec::with_capacity(query.days.min(366));
+            for entry in tree.range(DAY.to_vec()..prefix_end(DAY)).rev().take(query.days) {
+                let (key, bytes) = entry?;
+                let date = std::str::from_utf8(&key[DAY.len()..])
+                    .ok()
+                    .and_then(|text| NaiveDate::parse_from_str(text, DATE_FORMAT).ok())
+                    .ok_or_else(|| corrupt("a day key holds no date"))?;
+                let day: Day = records::decode(NAME, &bytes)?;
+                by_day.push(DayView { date, orders: day.orders, revenue_cents: Cents::new(day.revenue_cents) });
+            }
+            by_day.reverse();
+            let name_of = |sku: &Sku| -> Result<StoredProduct, ProjectionError> {
+                records::get(tree, NAME, &product_key(sku))?.ok_or_else(|| corrupt("an indexed product is missing"))
+            };
+            let mut top_products = Vec::with_capacity(query.top.min(256));
+            for entry in tree.range(BY_UNITS.to_vec()..prefix_end(BY_UNITS)).take(query.top) {
+                let (key, _) = entry?;
+                let sku = sku_of(key.get(BY_UNITS.len() + 8..).unwrap_or_default())?;
+                let stored = name_of(&sku)?;
+                top_products.push(TopProduct { sku, name: stored.name, units_sold: stored.units_sold });
+            }
+            let mut low_stock = Vec::new();
+            let end = key(BY_AVAILABLE, &[&query.low_stock_below.to_be_bytes()]);
+            for entry in tree.range(BY_AVAILABLE.to_vec()..end).take(query.low_stock_len_max) {
+                let (key, _) = entry?;
+                let sku = sku_of(key.get(BY_AVAILABLE.len() + 4..).unwrap_or_default())?;
+                let stored = name_of(&sku)?;
+                low_stock.push(LowStock { sku, name: stored.name, available: stored.available });
+            }
+            Ok(SalesView {
+                revenue_cents: Cents::new(summary.revenue_cents),
+                orders_by_status: OrdersByStatus {
+                    placed: summary.placed,
+                    paid: summary.paid,
+                    shipped: summary.shipped,
+                    cancelled: summary.cancelled,
+                },
+                by_day,
+                top_products,
+                low_stock,
+            })
+        })
+    }
+}
+
+crate::runtime::common_queries!(Dashboard);

@@ -1,0 +1,56 @@
+//! The read side of shoplog: read models built from the log, and the runtime
+//! that keeps them up to date.
+//!
+//! Each read model is a pure `apply(records, envelope, event) -> Changes` (its
+//! current records in, the writes for one event out) plus typed queries:
+//!
+//! | model | queries |
+//! |---|---|
+//! | [`catalog`] | [`Catalog::get`], [`Catalog::page`] (sku order, cursor = last sku) |
+//! | [`carts`] | [`Carts::get`] (lines and totals at current prices) |
+//! | [`orders`] | [`Orders::get`], [`Orders::page_for`], [`Orders::page_all`] (newest first) |
+//! | [`dashboard`] | [`Dashboard::sales`], [`Dashboard::sales_with`] |
+//!
+//! [`Projections::start`] spawns one worker per model on the current tokio
+//! runtime. A worker subscribes to the log after its checkpoint, applies what is
+//! committed in batches and writes each batch's changes and the new checkpoint in
+//! one sled transaction, so a crash never applies an event twice or skips one.
+//! Every query answers an [`Answer`] with the position the model had reached (for
+//! `X-Projection-Position`); `wait_for(P, timeout)` on a model's handle, or on
+//! [`Projections`] for all of them, waits for `?min_position=P`.
+//! [`Projections::rebuild`] builds a model again from position 0 into a new
+//! generation of trees while the old one serves, and switches once caught up.
+//! [`Projections::status`] gives each model's checkpoint, lag and rebuild.
+//!
+//! ```no_run
+//! # async fn example(log: store::EventLog, sku: domain::Sku) -> Result<(), projections::ProjectionError> {
+//! use std::time::Duration;
+//! let projections = projections::Projections::start(log)?;
+//! projections.catalog().wait_for(42, Duration::from_secs(5)).await?;
+//! let answer = projections.catalog().get(&sku)?; // answer.position >= 42
+//! projections.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! This crate never writes to the log, never holds the whole log in memory
+//! (workers read it in bounded chunks and batches), never lets a query see a
+//! position the log has not made durable, and never applies events out of order:
+//! an event it cannot decode stops the model, with the error in its status.
+
+pub mod carts;
+pub mod catalog;
+pub mod dashboard;
+mod error;
+pub mod orders;
+pub mod records;
+mod runtime;
+
+pub use carts::{CartLineView, CartView, Carts};
+pub use catalog::{Catalog, ProductStatus, ProductView};
+pub use dashboard::{Dashboard, DayView, LowStock, OrdersByStatus, SalesQuery, SalesView, TopProduct};
+pub use error::ProjectionError;
+pub use orders::{OrderView, Orders};
+pub use records::{Changes, Envelope, MemoryRecords, Records};
+pub use runtime::{
+    Answer, ApplyFn, Dump, MODELS, Options, PAGE_LEN_MAX, Page, ProjectionStatus, Projections, RebuildStatus,
+};

@@ -1,0 +1,670 @@
+//! The projection runtime: one worker task per read model that tails the log from
+//! the model's checkpoint, applies events in batches and writes each batch's
+//! changes and the new checkpoint in one sled transaction; rebuilds into a fresh
+//! generation of trees while the old one keeps serving.
+//!
+//! Trees (through [`EventLog::open_tree`]): `<model>.g<n>` holds generation `n`
+//! of a model; `checkpoints` maps `<model>.g<n>` to the last position applied
+//! (u64 BE); `projections` maps `<model>` to the active generation and
+//! `<model>.building` to a generation being rebuilt.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use domain::Event;
+use sled::Transactional;
+use store::{EventLog, RecordedEvent};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::carts::Carts;
+use crate::catalog::Catalog;
+use crate::dashboard::Dashboard;
+use crate::error::ProjectionError;
+use crate::orders::Orders;
+use crate::records::{Changes, Envelope, Overlay, Records, be_u64};
+use crate::{carts, catalog, dashboard, orders};
+
+/// The most items one page holds, whatever the caller asks.
+pub const PAGE_LEN_MAX: usize = 1000;
+
+const CHECKPOINTS_TREE: &str = "checkpoints";
+const META_TREE: &str = "projections";
+
+/// A pure read model: its changes for one event, given its current records.
+pub type ApplyFn = fn(&dyn Records, &Envelope, &Event) -> Result<Changes, ProjectionError>;
+
+/// Every read model, by name.
+pub const MODELS: &[(&str, ApplyFn)] = &[
+    (catalog::NAME, catalog::apply),
+    (carts::NAME, carts::apply),
+    (orders::NAME, orders::apply),
+    (dashboard::NAME, dashboard::apply),
+];
+
+/// A query's answer with the position the model had reached when it was asked
+/// (a lower bound: the answer reflects at least every event up to it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer<T> {
+    pub position: u64,
+    pub value: T,
+}
+
+/// A model's records in key order: (key, value) pairs, for comparing models.
+pub type Dump = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// One page of a listing; `next` is the cursor of the following page, `None` on the last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T, C> {
+    pub items: Vec<T>,
+    pub next: Option<C>,
+}
+
+pub(crate) fn clamp_limit(limit: usize) -> usize {
+    limit.min(PAGE_LEN_MAX)
+}
+
+/// How the runtime runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The most events applied in one transaction.
+    pub batch_len_max: usize,
+    /// A pause between a rebuild's batches, so a rebuild leaves room to the live
+    /// workers and the writer on a small machine (`None`: as fast as it goes).
+    pub rebuild_batch_pause: Option<Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { batch_len_max: 4096, rebuild_batch_pause: None }
+    }
+}
+
+/// Where one read model stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectionStatus {
+    pub name: &'static str,
+    /// The generation queries read.
+    pub generation: u64,
+    /// The last position the serving generation applied.
+    pub checkpoint: u64,
+    pub head: u64,
+    /// `head - checkpoint`.
+    pub lag: u64,
+    pub rebuild: Option<RebuildStatus>,
+    /// Why the worker stopped, if it did.
+    pub failure: Option<String>,
+}
+
+/// A rebuild under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildStatus {
+    pub generation: u64,
+    pub checkpoint: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    log: EventLog,
+    checkpoints: sled::Tree,
+    meta: sled::Tree,
+    options: Options,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+/// One generation of one model: its tree and its checkpoint.
+#[derive(Debug)]
+pub(crate) struct Generation {
+    number: u64,
+    tree_name: String,
+    tree: sled::Tree,
+    checkpoints: sled::Tree,
+    checkpoint: AtomicU64,
+    stop: watch::Sender<bool>,
+    retired: AtomicBool,
+}
+
+impl Generation {
+    fn open(shared: &Shared, model: &str, number: u64) -> Result<Generation, ProjectionError> {
+        let tree_name = format!("{model}.g{number}");
+        let tree = shared.log.open_tree(&tree_name)?;
+        let checkpoint = match shared.checkpoints.get(tree_name.as_bytes())? {
+            None => 0,
+            Some(bytes) => be_u64(&bytes).ok_or_else(|| ProjectionError::Corrupt {
+                model: "checkpoints",
+                reason: format!("checkpoint of {tree_name} is not a u64"),
+            })?,
+        };
+        Ok(Generation {
+            number,
+            tree_name,
+            tree,
+            checkpoints: shared.checkpoints.clone(),
+            checkpoint: AtomicU64::new(checkpoint),
+            stop: watch::Sender::new(false),
+            retired: AtomicBool::new(false),
+        })
+    }
+
+    fn checkpoint(&self) -> u64 {
+        self.checkpoint.load(Ordering::Acquire)
+    }
+
+    /// Empty the tree and forget the checkpoint.
+    fn clear(&self) -> Result<(), ProjectionError> {
+        self.tree.clear()?;
+        self.checkpoints.remove(self.tree_name.as_bytes())?;
+        self.checkpoint.store(0, Ordering::Release);
+        Ok(())
+    }
+
+    /// Stop its worker; the trees are emptied once the last holder (a query in
+    /// flight, the worker) lets go.
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.stop.send_replace(true);
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        if self.retired.load(Ordering::Acquire)
+            && let Err(error) = self.clear()
+        {
+            tracing::warn!(tree = self.tree_name, %error, "could not empty a retired read-model tree");
+        }
+    }
+}
+
+/// One read model: the generation that serves, the one being rebuilt, and the
+/// position queries can rely on.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    name: &'static str,
+    apply: ApplyFn,
+    shared: Arc<Shared>,
+    active: RwLock<Arc<Generation>>,
+    /// The serving generation's checkpoint; never goes back, not even across a switch.
+    position: watch::Sender<u64>,
+    /// The serving generation's number.
+    generation: watch::Sender<u64>,
+    building: Mutex<Option<Arc<Generation>>>,
+    failure: Mutex<Option<String>>,
+}
+
+impl Slot {
+    fn active(&self) -> Arc<Generation> {
+        Arc::clone(&self.active.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Run a query on the serving generation, with the position it had reached.
+    pub(crate) fn read<T>(
+        &self,
+        query: impl FnOnce(&sled::Tree) -> Result<T, ProjectionError>,
+    ) -> Result<Answer<T>, ProjectionError> {
+        let (generation, position) = {
+            let active = self.active.read().unwrap_or_else(PoisonError::into_inner);
+            (Arc::clone(&active), *self.position.borrow())
+        };
+        let value = query(&generation.tree)?;
+        Ok(Answer { position, value })
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub(crate) fn position(&self) -> u64 {
+        *self.position.borrow()
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    pub(crate) async fn wait_for(&self, position: u64, timeout: Duration) -> Result<u64, ProjectionError> {
+        let mut receiver = self.position.subscribe();
+        let reached = tokio::time::timeout(timeout, receiver.wait_for(|reached| *reached >= position)).await;
+        match reached {
+            Ok(Ok(reached)) => Ok(*reached),
+            _ => Err(ProjectionError::Timeout { model: self.name, position, reached: self.position() }),
+        }
+    }
+
+    pub(crate) async fn wait_for_generation(&self, generation: u64, timeout: Duration) -> Result<(), ProjectionError> {
+        let mut receiver = self.generation.subscribe();
+        match tokio::time::timeout(timeout, receiver.wait_for(|active| *active >= generation)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ProjectionError::Stopped {
+                model: self.name,
+                reason: format!("generation {generation} is not serving in time (still {})", self.generation()),
+            }),
+        }
+    }
+
+    /// Everything in the serving generation, key by key: for comparing models in
+    /// tests and tools. It holds the whole model in memory.
+    pub(crate) fn dump(&self) -> Result<Answer<Dump>, ProjectionError> {
+        self.read(|tree| {
+            tree.iter()
+                .map(|entry| entry.map(|(key, value)| (key.to_vec(), value.to_vec())).map_err(ProjectionError::from))
+                .collect()
+        })
+    }
+
+    fn status(&self) -> ProjectionStatus {
+        let head = self.shared.log.head();
+        let checkpoint = self.position();
+        let rebuild = self
+            .building
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|building| RebuildStatus { generation: building.number, checkpoint: building.checkpoint() });
+        ProjectionStatus {
+            name: self.name,
+            generation: self.generation(),
+            checkpoint,
+            head,
+            lag: head.saturating_sub(checkpoint),
+            rebuild,
+            failure: self.failure.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+        }
+    }
+
+    /// The serving generation reached `checkpoint`.
+    fn publish(&self, generation: &Arc<Generation>, checkpoint: u64) {
+        let active = self.active.read().unwrap_or_else(PoisonError::into_inner);
+        if Arc::ptr_eq(&active, generation) {
+            self.position.send_modify(|position| *position = (*position).max(checkpoint));
+        }
+    }
+
+    /// Make the rebuilt `generation` the serving one: recorded durably first, so
+    /// the old trees are emptied only once no restart can go back to them.
+    fn switch_to(&self, generation: &Arc<Generation>) -> Result<(), ProjectionError> {
+        let mut active = self.active.write().unwrap_or_else(PoisonError::into_inner);
+        let mut batch = sled::Batch::default();
+        batch.insert(self.name.as_bytes(), &generation.number.to_be_bytes());
+        batch.remove(building_key(self.name));
+        self.shared.meta.apply_batch(batch)?;
+        self.shared.log.make_durable()?;
+        let old = std::mem::replace(&mut *active, Arc::clone(generation));
+        old.retire();
+        self.position.send_modify(|position| *position = (*position).max(generation.checkpoint()));
+        self.generation.send_replace(generation.number);
+        *self.building.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        tracing::info!(model = self.name, generation = generation.number, "rebuilt read model now serving");
+        Ok(())
+    }
+
+    fn fail(&self, generation: &Arc<Generation>, error: &ProjectionError) {
+        tracing::error!(model = self.name, generation = generation.number, %error, "projection stopped");
+        let mut building = self.building.lock().unwrap_or_else(PoisonError::into_inner);
+        if building.as_ref().is_some_and(|building| Arc::ptr_eq(building, generation)) {
+            // A failed rebuild is abandoned; the serving generation goes on.
+            *building = None;
+            generation.retire();
+            if let Err(error) = self.shared.meta.remove(building_key(self.name)) {
+                tracing::warn!(model = self.name, %error, "could not forget the abandoned rebuild");
+            }
+        }
+        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
+    }
+}
+
+fn building_key(name: &str) -> Vec<u8> {
+    format!("{name}.building").into_bytes()
+}
+
+/// Apply `events` (the next ones after the generation's checkpoint) and write the
+/// changes with the new checkpoint in one transaction.
+fn commit(slot: &Slot, generation: &Generation, events: &[RecordedEvent]) -> Result<u64, ProjectionError> {
+    let mut position = generation.checkpoint();
+    let mut overlay = Overlay::new(&generation.tree);
+    for recorded in events {
+        if recorded.position != position + 1 {
+            return Err(ProjectionError::Corrupt {
+                model: slot.name,
+                reason: format!("expected position {} next, got {}", position + 1, recorded.position),
+            });
+        }
+        // A forgotten payload (`None`) holds nothing any read model uses.
+        if let Some(event) = commands::codec::decode(recorded)? {
+            let changes = (slot.apply)(&overlay, &Envelope::of(recorded), &event)?;
+            overlay.absorb(changes);
+        }
+        position = recorded.position;
+    }
+    let mut batch = sled::Batch::default();
+    for (key, value) in overlay.into_dirty() {
+        match value {
+            Some(value) => batch.insert(key, value),
+            None => batch.remove(key),
+        }
+    }
+    let written: Result<(), sled::transaction::TransactionError<()>> = (&generation.tree, &generation.checkpoints)
+        .transaction(|(tree, checkpoints)| {
+            tree.apply_batch(&batch)?;
+            checkpoints.insert(generation.tree_name.as_bytes(), &position.to_be_bytes())?;
+            Ok(())
+        });
+    written.map_err(|error| ProjectionError::Storage(format!("writing {}: {error:?}", generation.tree_name)))?;
+    generation.checkpoint.store(position, Ordering::Release);
+    Ok(position)
+}
+
+/// After a batch: publish it, or, for a rebuild that reached the head, switch.
+/// Returns whether the generation serves now.
+fn settle(slot: &Slot, generation: &Arc<Generation>, serving: bool) -> Result<bool, ProjectionError> {
+    let checkpoint = generation.checkpoint();
+    if serving {
+        slot.publish(generation, checkpoint);
+        return Ok(true);
+    }
+    if checkpoint >= slot.shared.log.head() {
+        slot.switch_to(generation)?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+fn join_error(slot: &Slot, error: tokio::task::JoinError) -> ProjectionError {
+    ProjectionError::Stopped { model: slot.name, reason: format!("a batch task failed: {error}") }
+}
+
+async fn run_worker(slot: Arc<Slot>, generation: Arc<Generation>, serving: bool) {
+    if let Err(error) = project(&slot, &generation, serving).await {
+        slot.fail(&generation, &error);
+    }
+}
+
+async fn project(slot: &Arc<Slot>, generation: &Arc<Generation>, mut serving: bool) -> Result<(), ProjectionError> {
+    let log = &slot.shared.log;
+    let options = &slot.shared.options;
+    let batch_len_max = options.batch_len_max.max(1);
+    let mut subscription = log.subscribe(generation.checkpoint() + 1);
+    let mut stop = generation.stop.subscribe();
+    loop {
+        if *stop.borrow_and_update() {
+            return Ok(());
+        }
+        if !serving && generation.checkpoint() >= log.head() {
+            let (slot, generation) = (Arc::clone(slot), Arc::clone(generation));
+            serving = tokio::task::spawn_blocking(move || settle(&slot, &generation, false))
+                .await
+                .map_err(|error| ProjectionError::Stopped { model: "rebuild", reason: error.to_string() })??;
+            continue;
+        }
+        let first = tokio::select! {
+            event = subscription.next() => event?,
+            _ = stop.changed() => continue,
+        };
+        let mut batch = Vec::with_capacity(batch_len_max.min(1024));
+        batch.push(first);
+        // Take what is already committed, without waiting for more.
+        while batch.len() < batch_len_max {
+            tokio::select! {
+                biased;
+                event = subscription.next() => batch.push(event?),
+                () = std::future::ready(()) => break,
+            }
+        }
+        let task = {
+            let (slot, generation) = (Arc::clone(slot), Arc::clone(generation));
+            tokio::task::spawn_blocking(move || {
+                commit(&slot, &generation, &batch)?;
+                settle(&slot, &generation, serving)
+            })
+        };
+        serving = task.await.map_err(|error| join_error(slot, error))??;
+        if !serving && let Some(pause) = options.rebuild_batch_pause {
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+}
+
+/// The projection runtime and the handle to every read model's queries.
+#[derive(Debug)]
+pub struct Projections {
+    shared: Arc<Shared>,
+    catalog: Catalog,
+    carts: Carts,
+    orders: Orders,
+    dashboard: Dashboard,
+}
+
+impl Projections {
+    /// Start a worker per read model on the current tokio runtime, each from its
+    /// checkpoint, with default options.
+    pub fn start(log: EventLog) -> Result<Projections, ProjectionError> {
+        Self::start_with(log, Options::default())
+    }
+
+    /// Start with `options`. A rebuild a crash interrupted is abandoned (its trees
+    /// emptied); the generation that served goes on serving.
+    pub fn start_with(log: EventLog, options: Options) -> Result<Projections, ProjectionError> {
+        let shared = Arc::new(Shared {
+            checkpoints: log.open_tree(CHECKPOINTS_TREE)?,
+            meta: log.open_tree(META_TREE)?,
+            log,
+            options,
+            workers: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+        });
+        let mut slots = Vec::with_capacity(MODELS.len());
+        for (name, apply) in MODELS {
+            slots.push(open_slot(&shared, name, *apply)?);
+        }
+        for slot in &slots {
+            let generation = slot.active();
+            spawn(&shared, Arc::clone(slot), generation, true);
+        }
+        let mut slots = slots.into_iter();
+        let mut next = || {
+            slots
+                .next()
+                .ok_or_else(|| ProjectionError::Stopped { model: "runtime", reason: "a model is missing".into() })
+        };
+        Ok(Projections {
+            catalog: Catalog { slot: next()? },
+            carts: Carts { slot: next()? },
+            orders: Orders { slot: next()? },
+            dashboard: Dashboard { slot: next()? },
+            shared,
+        })
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn carts(&self) -> &Carts {
+        &self.carts
+    }
+
+    pub fn orders(&self) -> &Orders {
+        &self.orders
+    }
+
+    pub fn dashboard(&self) -> &Dashboard {
+        &self.dashboard
+    }
+
+    fn slots(&self) -> [&Arc<Slot>; 4] {
+        [&self.catalog.slot, &self.carts.slot, &self.orders.slot, &self.dashboard.slot]
+    }
+
+    fn slot(&self, name: &str) -> Result<&Arc<Slot>, ProjectionError> {
+        self.slots()
+            .into_iter()
+            .find(|slot| slot.name == name)
+            .ok_or_else(|| ProjectionError::UnknownModel { name: name.to_owned() })
+    }
+
+    /// The read models' names.
+    pub fn names(&self) -> [&'static str; 4] {
+        self.slots().map(|slot| slot.name)
+    }
+
+    /// Where every read model stands.
+    pub fn status(&self) -> Vec<ProjectionStatus> {
+        self.slots().iter().map(|slot| slot.status()).collect()
+    }
+
+    /// Wait until every read model reached `position`, within `timeout` in all.
+    pub async fn wait_for(&self, position: u64, timeout: Duration) -> Result<(), ProjectionError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for slot in self.slots() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            slot.wait_for(position, left).await?;
+        }
+        Ok(())
+    }
+
+    /// Rebuild the model `name` from position 0 into a fresh generation while the
+    /// current one keeps serving; once the new one has caught up with the head it
+    /// serves instead and the old trees are emptied. Returns the new generation's
+    /// number (see `wait_for_generation` on the model's handle).
+    pub fn rebuild(&self, name: &str) -> Result<u64, ProjectionError> {
+        let slot = self.slot(name)?;
+        let mut building = slot.building.lock().unwrap_or_else(PoisonError::into_inner);
+        if building.is_some() {
+            return Err(ProjectionError::RebuildRunning { model: slot.name });
+        }
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(ProjectionError::Stopped { model: slot.name, reason: "the runtime is shut down".into() });
+        }
+        let number = slot.active().number + 1;
+        self.shared.meta.insert(building_key(slot.name), &number.to_be_bytes())?;
+        let generation = Arc::new(Generation::open(&self.shared, slot.name, number)?);
+        generation.clear()?;
+        *building = Some(Arc::clone(&generation));
+        *slot.failure.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        drop(building);
+        spawn(&self.shared, Arc::clone(slot), generation, false);
+        Ok(number)
+    }
+
+    /// Stop every worker and wait for them: after this the log may be closed.
+    pub async fn shutdown(self) {
+        self.stop_all();
+        loop {
+            let workers = std::mem::take(&mut *self.shared.workers.lock().unwrap_or_else(PoisonError::into_inner));
+            if workers.is_empty() {
+                break;
+            }
+            for worker in workers {
+                if let Err(error) = worker.await {
+                    tracing::error!(%error, "a projection worker panicked");
+                }
+            }
+        }
+    }
+
+    fn stop_all(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        for slot in self.slots() {
+            slot.active().stop.send_replace(true);
+            if let Some(building) = slot.building.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+                building.stop.send_replace(true);
+            }
+        }
+    }
+}
+
+impl Drop for Projections {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+fn open_slot(shared: &Arc<Shared>, name: &'static str, apply: ApplyFn) -> Result<Arc<Slot>, ProjectionError> {
+    let bad = |what: &str| ProjectionError::Corrupt { model: "projections", reason: format!("{what} of {name}") };
+    let active_number = match shared.meta.get(name.as_bytes())? {
+        Some(bytes) => be_u64(&bytes).ok_or_else(|| bad("the active generation"))?,
+        None => {
+            shared.meta.insert(name.as_bytes(), &1u64.to_be_bytes())?;
+            1
+        }
+    };
+    if let Some(bytes) = shared.meta.get(building_key(name))? {
+        let abandoned = be_u64(&bytes).ok_or_else(|| bad("the generation being rebuilt"))?;
+        if abandoned != active_number {
+            Generation::open(shared, name, abandoned)?.clear()?;
+        }
+        shared.meta.remove(building_key(name))?;
+    }
+    let generation = Arc::new(Generation::open(shared, name, active_number)?);
+    Ok(Arc::new(Slot {
+        name,
+        apply,
+        shared: Arc::clone(shared),
+        position: watch::Sender::new(generation.checkpoint()),
+        generation: watch::Sender::new(generation.number),
+        active: RwLock::new(generation),
+        building: Mutex::new(None),
+        failure: Mutex::new(None),
+    }))
+}
+
+fn spawn(shared: &Shared, slot: Arc<Slot>, generation: Arc<Generation>, serving: bool) {
+    let worker = tokio::spawn(run_worker(slot, generation, serving));
+    let mut workers = shared.workers.lock().unwrap_or_else(PoisonError::into_inner);
+    workers.retain(|worker| !worker.is_finished());
+    workers.push(worker);
+}
+
+/// The queries every model's handle has: its name, position, generation, waiting
+/// and a dump.
+macro_rules! common_queries {
+    ($handle:ty) => {
+        impl $handle {
+            /// The model's name (`catalog`, `carts`, `orders`, `dashboard`).
+            pub fn name(&self) -> &'static str {
+                self.slot.name()
+            }
+
+            /// The last position the serving generation applied.
+            pub fn position(&self) -> u64 {
+                self.slot.position()
+            }
+
+            /// The serving generation's number.
+            pub fn generation(&self) -> u64 {
+                self.slot.generation()
+            }
+
+            /// Wait until the model reached `position` (read-your-writes); returns the
+            /// position reached, or [`crate::ProjectionError::Timeout`].
+            pub async fn wait_for(
+                &self,
+                position: u64,
+                timeout: std::time::Duration,
+            ) -> Result<u64, crate::ProjectionError> {
+                self.slot.wait_for(position, timeout).await
+            }
+
+            /// Wait until generation `generation` (or a later one) serves.
+            pub async fn wait_for_generation(
+                &self,
+                generation: u64,
+                timeout: std::time::Duration,
+            ) -> Result<(), crate::ProjectionError> {
+                self.slot.wait_for_generation(generation, timeout).await
+            }
+
+            /// Every record of the serving generation, in key order (for comparing
+            /// models; holds the whole model in memory).
+            pub fn dump(&self) -> Result<crate::Answer<crate::Dump>, crate::ProjectionError> {
+                self.slot.dump()
+            }
+        }
+    };
+}
+pub(crate) use common_queries;

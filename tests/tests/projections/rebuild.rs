@@ -1,0 +1,139 @@
+//! Rebuilds: a rebuilt model equals the live one after thousands of random
+//! commands, and a rebuild runs while the old generation keeps answering.
+
+use std::time::Duration;
+
+use commands::CommandService;
+use projections::{Dump, Options, Projections};
+use store::EventLog;
+
+use super::WAIT;
+use super::random::RandomShop;
+
+/// Every model's records, by name.
+pub(crate) fn dumps(projections: &Projections) -> Vec<(String, Dump)> {
+    let models = [
+        projections.catalog().dump(),
+        projections.carts().dump(),
+        projections.orders().dump(),
+        projections.dashboard().dump(),
+    ];
+    projections.names().iter().zip(models).map(|(name, dump)| (name.to_string(), dump.expect("dumps").value)).collect()
+}
+
+/// Rebuild every model and wait until the new generations serve.
+pub(crate) async fn rebuild_all(projections: &Projections) {
+    let mut generations = Vec::new();
+    for name in projections.names() {
+        generations.push(projections.rebuild(name).expect("a rebuild starts"));
+    }
+    let handles = [
+        projections.catalog().wait_for_generation(generations[0], WAIT * 6).await,
+        projections.carts().wait_for_generation(generations[1], WAIT * 6).await,
+        projections.orders().wait_for_generation(generations[2], WAIT * 6).await,
+        projections.dashboard().wait_for_generation(generations[3], WAIT * 6).await,
+    ];
+    for handle in handles {
+        handle.expect("the rebuilt generation serves");
+    }
+}
+
+pub(crate) fn assert_same(live: &[(String, Dump)], rebuilt: &[(String, Dump)]) {
+    for ((name, live), (_, rebuilt)) in live.iter().zip(rebuilt) {
+        assert!(!live.is_empty() || name == "carts", "the {name} model is empty");
+        assert_eq!(live.len(), rebuilt.len(), "{name}: {} records live, {} rebuilt", live.len(), rebuilt.len());
+        for (index, (live, rebuilt)) in live.iter().zip(rebuilt).enumerate() {
+            assert_eq!(live, rebuilt, "{name}: record {index} differs");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_model_equals_the_live_one_after_thousands_of_random_commands() {
+    let seed = tests::seed("projections rebuild");
+    let dir = tests::temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    let projections = Projections::start(log.clone()).expect("starts");
+    let mut shop = RandomShop::new(CommandService::new(log.clone()).expect("builds"), seed, true);
+    let mut taken = 0;
+    for _ in 0..3000 {
+        taken += usize::from(shop.step().await.is_some());
+    }
+    assert!(taken > 1000, "seed {seed}: only {taken} commands were taken");
+    projections.wait_for(log.head(), WAIT).await.expect("the live models catch up");
+    let live = dumps(&projections);
+    rebuild_all(&projections).await;
+    let rebuilt = dumps(&projections);
+    assert_same(&live, &rebuilt);
+    for status in projections.status() {
+        assert_eq!(
+            (status.generation, status.lag, status.rebuild, status.failure.as_deref()),
+            (2, 0, None, None),
+            "{status:?}"
+        );
+    }
+    projections.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_answer_from_the_old_generation_until_the_rebuild_has_caught_up() {
+    let seed = tests::seed("projections rebuild while serving");
+    let dir = tests::temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    let options = Options { batch_len_max: 32, rebuild_batch_pause: Some(Duration::from_millis(2)) };
+    let projections = Projections::start_with(log.clone(), options).expect("starts");
+    let service = CommandService::new(log.clone()).expect("builds");
+    let mut shop = RandomShop::new(service.clone(), seed, false);
+    for _ in 0..800 {
+        shop.step().await;
+    }
+    let head = log.head();
+    projections.wait_for(head, WAIT).await.expect("the live models catch up");
+    let dashboard = projections.dashboard();
+    let before = dashboard.sales().expect("queries");
+    let records_before = dashboard.dump().expect("dumps").value;
+
+    let generation = projections.rebuild("dashboard").expect("a rebuild starts");
+    assert_eq!(generation, 2);
+    assert!(matches!(projections.rebuild("dashboard"), Err(projections::ProjectionError::RebuildRunning { .. })));
+    let mut seen_partway = false;
+    let deadline = std::time::Instant::now() + WAIT * 6;
+    while dashboard.generation() == 1 {
+        assert!(std::time::Instant::now() < deadline, "seed {seed}: the rebuild never switched");
+        let status = projections.status().into_iter().find(|status| status.name == "dashboard").expect("listed");
+        let answer = dashboard.sales().expect("queries during the rebuild");
+        if dashboard.generation() == 1 {
+            assert_eq!(answer, before, "the old generation answers, unchanged, during the rebuild");
+        }
+        if let Some(rebuild) = status.rebuild {
+            assert_eq!(rebuild.generation, 2);
+            seen_partway |= rebuild.checkpoint > 0 && rebuild.checkpoint < head;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(seen_partway, "seed {seed}: the rebuild was seen part way through");
+    assert!(dashboard.position() >= head, "the new generation switched in only once caught up");
+    assert_eq!(dashboard.sales().expect("queries").value, before.value);
+    assert_eq!(dashboard.dump().expect("dumps").value, records_before);
+
+    // The new generation goes on live, and the old trees are emptied.
+    let mut taken = None;
+    while taken.is_none() {
+        taken = shop.step().await;
+    }
+    let position = taken.unwrap_or_default();
+    dashboard.wait_for(position, WAIT).await.expect("the new generation follows the log");
+    let old = log.open_tree("dashboard.g1").expect("opens");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !old.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the old generation's tree was never emptied");
+        tokio::task::yield_now().await;
+    }
+    projections.shutdown().await;
+
+    // A restart serves the rebuilt generation from its checkpoint.
+    let projections = Projections::start(log.clone()).expect("restarts");
+    assert_eq!(projections.dashboard().generation(), 2);
+    projections.wait_for(log.head(), WAIT).await.expect("catches up");
+    projections.shutdown().await;
+}
