@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 mod extract;
 mod json;
+mod live;
 pub mod metrics;
 mod openapi;
 mod routes;
@@ -47,6 +48,9 @@ pub struct AppState {
     pub tokens: Arc<auth::Tokens>,
     pub login_by_email: Arc<auth::RateLimiter>,
     pub login_by_address: Arc<auth::RateLimiter>,
+    /// Set when the server starts shutting down, so long-lived responses (the live
+    /// event feed) end instead of holding the shutdown until its deadline.
+    pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -66,6 +70,7 @@ impl AppState {
             tokens: Arc::new(tokens),
             login_by_email: limiter(login_attempts_per_minute),
             login_by_address: limiter(by_address),
+            stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
     }
 }

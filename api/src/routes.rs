@@ -48,6 +48,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(ship))
         .routes(routes!(stream_events))
         .routes(routes!(events))
+        .routes(routes!(crate::live::live_events))
         .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
 }
 

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -46,9 +47,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let address = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = app(state.clone(), config.request_timeout());
-    let task = tokio::spawn(run(listener, router, config.header_read_timeout(), config.shutdown_timeout(), async {
-        let _ = stopped.await;
-    }));
+    let stopping = Arc::clone(&state.stopping);
+    let task =
+        tokio::spawn(run(listener, router, config.header_read_timeout(), config.shutdown_timeout(), async move {
+            let _ = stopped.await;
+            stopping.send_replace(true);
+        }));
     Ok(Running { address, state, stop, task })
 }
 
@@ -59,8 +63,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     println!("shoplog listening on http://{address} (data in {})", config.data.display());
+    let stopping = Arc::clone(&state.stopping);
     let router = app(state, config.request_timeout());
-    run(listener, router, config.header_read_timeout(), config.shutdown_timeout(), shutdown_signal()).await?;
+    let shutdown = async move {
+        shutdown_signal().await;
+        stopping.send_replace(true);
+    };
+    run(listener, router, config.header_read_timeout(), config.shutdown_timeout(), shutdown).await?;
     println!("shoplog stopped");
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod commands;
 mod errors;
+mod live;
 mod openapi;
 mod races;
 mod serving;
