@@ -132,6 +132,10 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let bad = || ApiError::BadRequest("If-Match must be an ETag from this API, like \"3\"".to_owned());
     let text = value.to_str().map_err(|_| bad())?.trim();
     let text = text.strip_prefix("W/").unwrap_or(text);
+    // An entity tag is quoted (RFC 9110); a bare version is taken too, leniently.
     let version = text.strip_prefix('"').and_then(|text| text.strip_suffix('"')).unwrap_or(text);
+    if version.is_empty() || !version.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(bad());
+    }
     version.parse().map(Some).map_err(|_| bad())
 }

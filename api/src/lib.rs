@@ -20,6 +20,7 @@ mod json;
 mod live;
 pub mod metrics;
 mod openapi;
+mod queries;
 mod routes;
 pub mod server;
 
@@ -45,6 +46,7 @@ pub const BODY_LEN_MAX: usize = 64 * 1024;
 pub struct AppState {
     pub log: store::EventLog,
     pub service: commands::CommandService,
+    pub projections: Arc<projections::Projections>,
     pub tokens: Arc<auth::Tokens>,
     pub login_by_email: Arc<auth::RateLimiter>,
     pub login_by_address: Arc<auth::RateLimiter>,
@@ -57,6 +59,7 @@ impl AppState {
     pub fn new(
         log: store::EventLog,
         service: commands::CommandService,
+        projections: projections::Projections,
         tokens: auth::Tokens,
         login_attempts_per_minute: u32,
     ) -> Self {
@@ -67,6 +70,7 @@ impl AppState {
         AppState {
             log,
             service,
+            projections: Arc::new(projections),
             tokens: Arc::new(tokens),
             login_by_email: limiter(login_attempts_per_minute),
             login_by_address: limiter(by_address),

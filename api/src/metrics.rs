@@ -36,8 +36,13 @@ pub async fn track(request: Request, next: Next) -> Response {
     response
 }
 
-/// The text exposition, with the log's counters brought up to date.
-pub fn render(log: &store::EventLog) -> String {
+/// The text exposition, with the log's counters and the read models' lag brought
+/// up to date.
+pub fn render(log: &store::EventLog, projections: &projections::Projections) -> String {
+    for status in projections.status() {
+        metrics::gauge!("projection_lag_events", "projection" => status.name).set(status.lag as f64);
+        metrics::gauge!("projection_checkpoint_position", "projection" => status.name).set(status.checkpoint as f64);
+    }
     let stats = log.commit_stats();
     metrics::gauge!("log_head_position").set(log.head() as f64);
     metrics::gauge!("log_committed_appends").set(stats.appends as f64);

@@ -209,7 +209,7 @@ pub struct IfMatch;
 
 impl IntoParams for IfMatch {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
-        let schema = ObjectBuilder::new().pattern(Some("^(W/)?\"[0-9]{1,19}\"$")).examples(["\"3\""]);
+        let schema = ObjectBuilder::new().pattern(Some("^(W/)?(\"[0-9]{1,19}\"|[0-9]{1,19})$")).examples(["\"3\""]);
         vec![header(
             "If-Match",
             "Makes the given version of the command's main stream expected (412 if it is at another).",

@@ -49,6 +49,14 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(stream_events))
         .routes(routes!(events))
         .routes(routes!(crate::live::live_events))
+        .routes(routes!(crate::queries::products))
+        .routes(routes!(crate::queries::product))
+        .routes(routes!(crate::queries::cart))
+        .routes(routes!(crate::queries::orders))
+        .routes(routes!(crate::queries::order))
+        .routes(routes!(crate::queries::sales))
+        .routes(routes!(crate::queries::projection_status))
+        .routes(routes!(crate::queries::rebuild))
         .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
 }
 
@@ -99,7 +107,7 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4";
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"))
 )]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], crate::metrics::render(&state.log))
+    ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], crate::metrics::render(&state.log, &state.projections))
 }
 
 // ---- commands ----
@@ -616,7 +624,7 @@ fn order_id(text: &str) -> Result<OrderId, ApiError> {
 #[serde(deny_unknown_fields)]
 struct Pay {
     /// The order's whole total (409 otherwise).
-    #[schema(example = 3499)]
+    #[schema(example = 3499, minimum = 1)]
     amount_cents: i64,
 }
 
@@ -645,6 +653,9 @@ async fn pay(
     ApiPath(order): ApiPath<String>,
     input: CommandInput<Pay>,
 ) -> Result<Response, ApiError> {
+    if input.body.amount_cents < 1 {
+        return Err(ApiError::validation("amount_cents", "must be at least 1"));
+    }
     let order = order_id(&order)?;
     let ctx = context(Some(Principal::Customer(customer)), &input);
     let amount = domain::Cents::new(input.body.amount_cents);

@@ -35,7 +35,9 @@ impl Running {
     /// Stop accepting, let requests in flight finish (bounded), and wait for it.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
-        self.task.await.context("the server task failed")?.context("the server failed")
+        let served = self.task.await.context("the server task failed")?.context("the server failed");
+        close(self.state).await;
+        served
     }
 }
 
@@ -64,14 +66,26 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     println!("shoplog listening on http://{address} (data in {})", config.data.display());
     let stopping = Arc::clone(&state.stopping);
-    let router = app(state, config.request_timeout());
+    let router = app(state.clone(), config.request_timeout());
     let shutdown = async move {
         shutdown_signal().await;
         stopping.send_replace(true);
     };
     run(listener, router, config.header_read_timeout(), config.shutdown_timeout(), shutdown).await?;
+    close(state).await;
     println!("shoplog stopped");
     Ok(())
+}
+
+/// Stop the read models' workers and wait for them, so the log closes (and its
+/// directory lock is free) once the last handle is gone.
+async fn close(state: AppState) {
+    match Arc::try_unwrap(state.projections) {
+        Ok(projections) => projections.shutdown().await,
+        // A connection past the shutdown deadline still holds the state: dropping
+        // the last handle stops the workers anyway.
+        Err(_) => tracing::warn!("read models still in use at shutdown"),
+    }
 }
 
 fn open_state(config: &Config) -> anyhow::Result<AppState> {
@@ -89,7 +103,14 @@ fn open_state(config: &Config) -> anyhow::Result<AppState> {
         None => Secret::new(hex::encode(log.secret("customer-token")?)),
     };
     let service = commands::CommandService::new(log.clone()).context("cannot start the command service")?;
-    Ok(AppState::new(log, service, Tokens::new(admin, viewer, signing_key), config.login_attempts_per_minute))
+    let projections = projections::Projections::start(log.clone()).context("cannot start the read models")?;
+    Ok(AppState::new(
+        log,
+        service,
+        projections,
+        Tokens::new(admin, viewer, signing_key),
+        config.login_attempts_per_minute,
+    ))
 }
 
 /// A configured token, or the one generated into `<data>/<file>` on first start.

@@ -172,3 +172,44 @@ async fn health_readiness_and_metrics_answer() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_if_match_that_is_not_a_version_is_a_bad_request() {
+    let app = TestApp::spawn().await;
+    app.create_product("tag", 100, 1).await;
+    let head = app.head();
+    for bad in ["one", "\"one\"", "\"\"", "\"+1\"", "\"1"] {
+        let reply = app
+            .request(
+                Method::POST,
+                "/api/v1/products/tag/restock",
+                Some(ADMIN),
+                Some(json!({"quantity": 1})),
+                &[("If-Match", bad)],
+            )
+            .await;
+        reply.problem(400);
+    }
+    let weak = app
+        .request(
+            Method::POST,
+            "/api/v1/products/tag/restock",
+            Some(ADMIN),
+            Some(json!({"quantity": 1})),
+            &[("If-Match", "W/\"1\"")],
+        )
+        .await;
+    assert_eq!(weak.status, 200, "{weak:?}");
+    let bare = app
+        .request(
+            Method::POST,
+            "/api/v1/products/tag/restock",
+            Some(ADMIN),
+            Some(json!({"quantity": 1})),
+            &[("If-Match", "2")],
+        )
+        .await;
+    assert_eq!(bare.status, 200, "a bare version is taken too: {bare:?}");
+    assert_eq!(app.head(), head + 2);
+    app.stop().await;
+}

@@ -5,6 +5,7 @@ mod commands;
 mod errors;
 mod live;
 mod openapi;
+mod queries;
 mod races;
 mod serving;
 

@@ -1,0 +1,605 @@
+//! The read side over HTTP: queries answered from the read models (never from the
+//! log), each with `X-Projection-Position`; `?min_position=P` waits up to 5 s for
+//! the model to reach P (read-your-writes: a command's response carries the
+//! position to pass), else 503. And the projection admin routes.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, NaiveDate, Utc};
+use domain::{OrderId, OrderStatus, Sku};
+use projections::{ProjectionError, ProjectionStatus};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::{Admin, Caller, Customer, Principal, Reader};
+use crate::error::ApiError;
+use crate::extract::{ApiPath, ApiQuery};
+use crate::openapi;
+
+/// How long `?min_position=` waits.
+pub const MIN_POSITION_WAIT: Duration = Duration::from_secs(5);
+
+/// The header that says which log position a query's answer reflects.
+pub const PROJECTION_POSITION: &str = "x-projection-position";
+
+impl From<ProjectionError> for ApiError {
+    fn from(error: ProjectionError) -> Self {
+        match error {
+            error @ ProjectionError::Timeout { .. } => ApiError::Unavailable(error.to_string()),
+            error @ ProjectionError::UnknownModel { .. } => ApiError::NotFound(error.to_string()),
+            error @ ProjectionError::RebuildRunning { .. } => {
+                ApiError::Conflict { detail: error.to_string(), skus: Vec::new() }
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// A query's answer: the body and the position it reflects.
+fn answered<T: Serialize>(position: u64, body: T) -> Response {
+    let mut response = Json(body).into_response();
+    response.headers_mut().insert(PROJECTION_POSITION, HeaderValue::from(position));
+    response
+}
+
+/// Wait for `min_position`, if one was asked for.
+async fn reach(
+    wait: impl std::future::Future<Output = Result<u64, ProjectionError>>,
+    min_position: Option<u64>,
+) -> Result<(), ApiError> {
+    if min_position.is_some() {
+        wait.await?;
+    }
+    Ok(())
+}
+
+/// A position a client can ask to wait for: one the log has. Every position this
+/// server hands out is durable when it does, so one past the head is a mistake
+/// (422 at once); a model still behind a real position is the 503 after waiting.
+fn check_min_position(state: &AppState, min_position: Option<u64>) -> Result<u64, ApiError> {
+    let head = state.log.head();
+    match min_position {
+        Some(position) if position > head => {
+            Err(ApiError::validation("min_position", format!("position {position} is past the log's head ({head})")))
+        }
+        position => Ok(position.unwrap_or(0)),
+    }
+}
+
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit.unwrap_or(50) {
+        0 => Err(ApiError::validation("limit", "must be at least 1")),
+        limit if limit > 1000 => Err(ApiError::validation("limit", "must be at most 1000")),
+        limit => Ok(limit),
+    }
+}
+
+// ---- catalog ----
+
+/// A product as the catalog shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProductJson {
+    sku: String,
+    name: String,
+    price_cents: i64,
+    /// Units in the shop: available plus reserved.
+    on_hand: u32,
+    /// Units held by placed or paid orders.
+    reserved: u32,
+    /// Units that can still be ordered.
+    available: u32,
+    /// `active` or `discontinued`.
+    status: String,
+}
+
+impl From<projections::ProductView> for ProductJson {
+    fn from(view: projections::ProductView) -> Self {
+        ProductJson {
+            sku: view.sku.to_string(),
+            name: view.name.to_string(),
+            price_cents: view.price_cents.get(),
+            on_hand: view.on_hand,
+            reserved: view.reserved,
+            available: view.available,
+            status: view.status.as_str().to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProductPage {
+    items: Vec<ProductJson>,
+    /// Pass as `after` for the next page; absent on the last.
+    next: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ProductsQuery {
+    /// The last sku of the previous page.
+    #[param(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
+    after: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+    /// Wait (up to 5 s) until the catalog reflects this log position.
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
+    min_position: Option<u64>,
+}
+
+/// The catalog, in sku order, a page at a time.
+#[utoipa::path(
+    get, path = "/api/v1/products", tag = "catalog", params(ProductsQuery),
+    responses(
+        (status = 200, description = "A page of products", body = ProductPage, headers(("X-Projection-Position" = u64, description = "The log position the answer reflects"))),
+        (status = 422, response = openapi::Unprocessable),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+pub async fn products(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ProductsQuery>,
+) -> Result<Response, ApiError> {
+    let min_position = check_min_position(&state, query.min_position)?;
+    let limit = page_limit(query.limit)?;
+    let after = query
+        .after
+        .as_deref()
+        .map(Sku::parse)
+        .transpose()
+        .map_err(|error| ApiError::validation("after", error.message))?;
+    let catalog = state.projections.catalog();
+    reach(catalog.wait_for(min_position, MIN_POSITION_WAIT), query.min_position).await?;
+    let answer = catalog.page(after.as_ref(), limit)?;
+    let page = ProductPage {
+        items: answer.value.items.into_iter().map(ProductJson::from).collect(),
+        next: answer.value.next.map(|sku| sku.to_string()),
+    };
+    Ok(answered(answer.position, page))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct Consistency {
+    /// Wait (up to 5 s) until the read model reflects this log position.
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
+    min_position: Option<u64>,
+}
+
+/// One product.
+#[utoipa::path(
+    get, path = "/api/v1/products/{sku}", tag = "catalog",
+    params(("sku" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$"), Consistency),
+    responses(
+        (status = 200, description = "The product", body = ProductJson, headers(("X-Projection-Position" = u64, description = "The log position the answer reflects"))),
+        (status = 404, response = openapi::NotFound),
+        (status = 422, response = openapi::Unprocessable),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+pub async fn product(
+    State(state): State<AppState>,
+    ApiPath(sku): ApiPath<String>,
+    ApiQuery(query): ApiQuery<Consistency>,
+) -> Result<Response, ApiError> {
+    let min_position = check_min_position(&state, query.min_position)?;
+    let sku = Sku::parse(&sku).map_err(|_| ApiError::NotFound(format!("product {sku} not found")))?;
+    let catalog = state.projections.catalog();
+    reach(catalog.wait_for(min_position, MIN_POSITION_WAIT), query.min_position).await?;
+    let answer = catalog.get(&sku)?;
+    let product = answer.value.ok_or_else(|| ApiError::NotFound(format!("product {sku} not found")))?;
+    Ok(answered(answer.position, ProductJson::from(product)))
+}
+
+// ---- cart ----
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CartLineJson {
+    sku: String,
+    quantity: u32,
+    /// Absent when the product is unknown to the catalog.
+    unit_price_cents: Option<i64>,
+    line_total_cents: i64,
+    discontinued: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CartJson {
+    customer_id: Uuid,
+    lines: Vec<CartLineJson>,
+    subtotal_cents: i64,
+    /// 499 when 0 < subtotal < 5000, else 0.
+    shipping_cents: i64,
+    total_cents: i64,
+}
+
+/// The caller's cart with its totals.
+#[utoipa::path(
+    get, path = "/api/v1/cart", tag = "cart", security(("customer" = [])), params(Consistency),
+    responses(
+        (status = 200, description = "The cart", body = CartJson, headers(("X-Projection-Position" = u64, description = "The log position the answer reflects"))),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+        (status = 422, response = openapi::Unprocessable),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+pub async fn cart(
+    State(state): State<AppState>,
+    Customer(customer): Customer,
+    ApiQuery(query): ApiQuery<Consistency>,
+) -> Result<Response, ApiError> {
+    let min_position = check_min_position(&state, query.min_position)?;
+    let carts = state.projections.carts();
+    reach(carts.wait_for(min_position, MIN_POSITION_WAIT), query.min_position).await?;
+    let answer = carts.get(customer)?;
+    let view = answer.value;
+    let cart = CartJson {
+        customer_id: view.customer_id.get(),
+        lines: view
+            .lines
+            .into_iter()
+            .map(|line| CartLineJson {
+                sku: line.sku.to_string(),
+                quantity: line.quantity.get(),
+                unit_price_cents: line.unit_price_cents.map(|price| price.get()),
+                line_total_cents: line.line_total_cents.get(),
+                discontinued: line.discontinued,
+            })
+            .collect(),
+        subtotal_cents: view.subtotal_cents.get(),
+        shipping_cents: view.shipping_cents.get(),
+        total_cents: view.total_cents.get(),
+    };
+    Ok(answered(answer.position, cart))
+}
+
+// ---- orders ----
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderLineJson {
+    sku: String,
+    quantity: u32,
+    unit_price_cents: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderJson {
+    order_id: Uuid,
+    customer_id: Uuid,
+    lines: Vec<OrderLineJson>,
+    subtotal_cents: i64,
+    shipping_cents: i64,
+    total_cents: i64,
+    /// `placed`, `paid`, `shipped` or `cancelled`.
+    status: String,
+    placed_at: DateTime<Utc>,
+    paid_at: Option<DateTime<Utc>>,
+    shipped_at: Option<DateTime<Utc>>,
+    cancelled_at: Option<DateTime<Utc>>,
+}
+
+fn status_name(status: OrderStatus) -> &'static str {
+    match status {
+        OrderStatus::Placed => "placed",
+        OrderStatus::Paid => "paid",
+        OrderStatus::Shipped => "shipped",
+        OrderStatus::Cancelled => "cancelled",
+    }
+}
+
+impl From<projections::OrderView> for OrderJson {
+    fn from(view: projections::OrderView) -> Self {
+        OrderJson {
+            order_id: view.order_id.get(),
+            customer_id: view.customer_id.get(),
+            lines: view
+                .lines
+                .into_iter()
+                .map(|line| OrderLineJson {
+                    sku: line.sku.to_string(),
+                    quantity: line.quantity.get(),
+                    unit_price_cents: line.unit_price_cents.get(),
+                })
+                .collect(),
+            subtotal_cents: view.subtotal_cents.get(),
+            shipping_cents: view.shipping_cents.get(),
+            total_cents: view.total_cents.get(),
+            status: status_name(view.status).to_owned(),
+            placed_at: view.placed_at,
+            paid_at: view.paid_at,
+            shipped_at: view.shipped_at,
+            cancelled_at: view.cancelled_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderPage {
+    items: Vec<OrderJson>,
+    /// Pass as `before` for the next (older) page; absent on the last.
+    next: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct OrdersQuery {
+    /// The `next` of the previous page.
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
+    before: Option<u64>,
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+    /// Wait (up to 5 s) until the orders model reflects this log position.
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
+    min_position: Option<u64>,
+}
+
+/// Orders, newest first: a customer's own, or every order for the admin.
+#[utoipa::path(
+    get, path = "/api/v1/orders", tag = "orders", security(("customer" = []), ("admin" = [])), params(OrdersQuery),
+    responses(
+        (status = 200, description = "A page of orders", body = OrderPage, headers(("X-Projection-Position" = u64, description = "The log position the answer reflects"))),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+        (status = 422, response = openapi::Unprocessable),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+pub async fn orders(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    ApiQuery(query): ApiQuery<OrdersQuery>,
+) -> Result<Response, ApiError> {
+    let principal = caller.ok_or(ApiError::Unauthorized)?;
+    let min_position = check_min_position(&state, query.min_position)?;
+    let limit = page_limit(query.limit)?;
+    if query.before.is_some_and(|before| before > i64::MAX as u64) {
+        return Err(ApiError::validation("before", "must fit in an int64"));
+    }
+    let orders = state.projections.orders();
+    reach(orders.wait_for(min_position, MIN_POSITION_WAIT), query.min_position).await?;
+    let answer = match principal {
+        Principal::Admin => orders.page_all(query.before, limit)?,
+        Principal::Customer(customer) => orders.page_for(customer, query.before, limit)?,
+        Principal::Viewer => return Err(ApiError::Forbidden("orders are for their customer or the admin".to_owned())),
+    };
+    let page =
+        OrderPage { items: answer.value.items.into_iter().map(OrderJson::from).collect(), next: answer.value.next };
+    Ok(answered(answer.position, page))
+}
+
+/// One order: the caller's own, or any for the admin (another customer's is 404).
+#[utoipa::path(
+    get, path = "/api/v1/orders/{order_id}", tag = "orders", security(("customer" = []), ("admin" = [])),
+    params(("order_id" = Uuid, Path), Consistency),
+    responses(
+        (status = 200, description = "The order", body = OrderJson, headers(("X-Projection-Position" = u64, description = "The log position the answer reflects"))),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 422, response = openapi::Unprocessable),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+pub async fn order(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    ApiPath(order_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<Consistency>,
+) -> Result<Response, ApiError> {
+    let principal = caller.ok_or(ApiError::Unauthorized)?;
+    if principal == Principal::Viewer {
+        return Err(ApiError::Forbidden("orders are for their customer or the admin".to_owned()));
+    }
+    let min_position = check_min_position(&state, query.min_position)?;
+    let not_found = || ApiError::NotFound(format!("order {order_id} not found"));
+    let id = OrderId::parse(&order_id).map_err(|_| not_found())?;
+    let orders = state.projections.orders();
+    reach(orders.wait_for(min_position, MIN_POSITION_WAIT), query.min_position).await?;
+    let answer = orders.get(id)?;
+    let view = answer.value.ok_or_else(not_found)?;
+    if let Principal::Customer(customer) = principal
+        && view.customer_id != customer
+    {
+        return Err(not_found());
+    }
+    Ok(answered(answer.position, OrderJson::from(view)))
+}
+
+// ---- dashboard ----
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrdersByStatusJson {
+    placed: u64,
+    paid: u64,
+    shipped: u64,
+    cancelled: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DayJson {
+    date: NaiveDate,
+    orders: u64,
+    revenue_cents: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopProductJson {
+    sku: String,
+    name: String,
+    units_sold: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LowStockJson {
+    sku: String,
+    name: String,
+    available: u32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SalesJson {
+    /// From paid and shipped orders (an order cancelled after payment no longer counts).
+    revenue_cents: i64,
+    orders_by_status: OrdersByStatusJson,
+    by_day: Vec<DayJson>,
+    top_products: Vec<TopProductJson>,
+    low_stock: Vec<LowStockJson>,
+}
+
+/// The sales dashboard (admin or viewer).
+#[utoipa::path(
+    get, path = "/api/v1/dashboard/sales", tag = "dashboard", security(("admin" = []), ("viewer" = [])), params(Consistency),
+    responses(
+        (status = 200, description = "Revenue, orders by status and by day, top products, low stock", body = SalesJson, headers(("X-Projection-Position" = u64, description = "The log position the answer reflects"))),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+        (status = 422, response = openapi::Unprocessable),
+        (status = 503, response = openapi::Unavailable),
+    )
+)]
+pub async fn sales(
+    State(state): State<AppState>,
+    _: Reader,
+    ApiQuery(query): ApiQuery<Consistency>,
+) -> Result<Response, ApiError> {
+    let min_position = check_min_position(&state, query.min_position)?;
+    let dashboard = state.projections.dashboard();
+    reach(dashboard.wait_for(min_position, MIN_POSITION_WAIT), query.min_position).await?;
+    let answer = dashboard.sales()?;
+    let view = answer.value;
+    let sales = SalesJson {
+        revenue_cents: view.revenue_cents.get(),
+        orders_by_status: OrdersByStatusJson {
+            placed: view.orders_by_status.placed,
+            paid: view.orders_by_status.paid,
+            shipped: view.orders_by_status.shipped,
+            cancelled: view.orders_by_status.cancelled,
+        },
+        by_day: view
+            .by_day
+            .into_iter()
+            .map(|day| DayJson { date: day.date, orders: day.orders, revenue_cents: day.revenue_cents.get() })
+            .collect(),
+        top_products: view
+            .top_products
+            .into_iter()
+            .map(|top| TopProductJson {
+                sku: top.sku.to_string(),
+                name: top.name.to_string(),
+                units_sold: top.units_sold,
+            })
+            .collect(),
+        low_stock: view
+            .low_stock
+            .into_iter()
+            .map(|low| LowStockJson { sku: low.sku.to_string(), name: low.name.to_string(), available: low.available })
+            .collect(),
+    };
+    Ok(answered(answer.position, sales))
+}
+
+// ---- projection admin ----
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RebuildJson {
+    generation: u64,
+    checkpoint: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProjectionJson {
+    name: String,
+    /// The generation queries read.
+    generation: u64,
+    /// The last log position the serving generation applied.
+    checkpoint: u64,
+    head: u64,
+    /// `head - checkpoint`, in events.
+    lag: u64,
+    /// A rebuild under way, if any.
+    rebuild: Option<RebuildJson>,
+    /// Why the projection stopped, if it did.
+    failure: Option<String>,
+}
+
+impl From<ProjectionStatus> for ProjectionJson {
+    fn from(status: ProjectionStatus) -> Self {
+        ProjectionJson {
+            name: status.name.to_owned(),
+            generation: status.generation,
+            checkpoint: status.checkpoint,
+            head: status.head,
+            lag: status.lag,
+            rebuild: status
+                .rebuild
+                .map(|rebuild| RebuildJson { generation: rebuild.generation, checkpoint: rebuild.checkpoint }),
+            failure: status.failure,
+        }
+    }
+}
+
+/// Every read model: generation, checkpoint, lag, rebuild under way.
+#[utoipa::path(
+    get, path = "/admin/projections", tag = "admin", security(("admin" = [])),
+    responses(
+        (status = 200, description = "The read models", body = Vec<ProjectionJson>),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+    )
+)]
+pub async fn projection_status(State(state): State<AppState>, _: Admin) -> Json<Vec<ProjectionJson>> {
+    Json(state.projections.status().into_iter().map(ProjectionJson::from).collect())
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RebuildStarted {
+    name: String,
+    /// The generation being built; it serves once it has caught up with the log.
+    generation: u64,
+}
+
+/// Rebuild one read model from position 0 while the old one keeps serving.
+#[utoipa::path(
+    post, path = "/admin/projections/{name}/rebuild", tag = "admin", security(("admin" = [])),
+    params(("name" = String, Path, description = "`catalog`, `carts`, `orders` or `dashboard`")),
+    responses(
+        (status = 202, description = "Rebuild started", body = RebuildStarted),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+        (status = 404, response = openapi::NotFound),
+        (status = 409, response = openapi::Conflict),
+    )
+)]
+pub async fn rebuild(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiPath(name): ApiPath<String>,
+) -> Result<(StatusCode, Json<RebuildStarted>), ApiError> {
+    let generation = state.projections.rebuild(&name)?;
+    Ok((StatusCode::ACCEPTED, Json(RebuildStarted { name, generation })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_that_did_not_catch_up_in_time_is_503_and_an_unknown_one_404() {
+        let timeout = ProjectionError::Timeout { model: "catalog", position: 9, reached: 3 };
+        assert_eq!(ApiError::from(timeout).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            ApiError::from(ProjectionError::UnknownModel { name: "x".to_owned() }).status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(ApiError::from(ProjectionError::RebuildRunning { model: "carts" }).status(), StatusCode::CONFLICT);
+    }
+}

@@ -1,0 +1,156 @@
+//! The read side through HTTP: read-your-writes with `min_position` (no sleeps),
+//! paging, who may see what, the dashboard, and the projection admin routes.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use super::{ADMIN, Reply, TestApp, VIEWER};
+
+fn position_of(reply: &Reply) -> u64 {
+    reply.body["position"].as_u64().expect("command responses carry the position")
+}
+
+fn projection_position(reply: &Reply) -> u64 {
+    reply.headers["x-projection-position"].to_str().expect("ascii").parse().expect("a position")
+}
+
+#[tokio::test]
+async fn a_query_with_min_position_reads_its_own_write() {
+    let app = TestApp::spawn().await;
+    let created = app.create_product("mug-7", 1299, 5).await;
+    let position = position_of(&created);
+    let product = app.get(&format!("/api/v1/products/mug-7?min_position={position}"), None).await;
+    assert_eq!(product.status, StatusCode::OK, "{product:?}");
+    assert!(projection_position(&product) >= position);
+    assert_eq!(
+        product.body,
+        json!({"sku": "mug-7", "name": "Product mug-7", "price_cents": 1299, "on_hand": 5, "reserved": 0, "available": 5, "status": "active"})
+    );
+
+    let restocked = app.post("/api/v1/products/mug-7/restock", Some(ADMIN), json!({"quantity": 3})).await;
+    let after = app.get(&format!("/api/v1/products/mug-7?min_position={}", position_of(&restocked)), None).await;
+    assert_eq!(after.body["available"], 8);
+    app.get("/api/v1/products/ghost", None).await.problem(404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_position_past_the_head_is_refused_at_once() {
+    let app = TestApp::spawn().await;
+    let head = position_of(&app.create_product("one", 100, 1).await);
+    let started = Instant::now();
+    let refused = app.get(&format!("/api/v1/products?min_position={}", head + 1), None).await;
+    assert_eq!(refused.problem(422)["errors"][0]["field"], "min_position");
+    assert!(started.elapsed() < Duration::from_secs(2), "no waiting for a position that does not exist");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_catalog_pages_in_sku_order() {
+    let app = TestApp::spawn().await;
+    let mut last = None;
+    for sku in ["c", "a", "b"] {
+        last = Some(position_of(&app.create_product(sku, 100, 1).await));
+    }
+    let first = app.get(&format!("/api/v1/products?limit=2&min_position={}", last.unwrap_or(0)), None).await;
+    let skus: Vec<&str> =
+        first.body["items"].as_array().expect("items").iter().filter_map(|item| item["sku"].as_str()).collect();
+    assert_eq!(skus, ["a", "b"]);
+    assert_eq!(first.body["next"], "b");
+    let second = app.get("/api/v1/products?limit=2&after=b", None).await;
+    assert_eq!(second.body["items"][0]["sku"], "c");
+    assert!(second.body["next"].is_null());
+    app.get("/api/v1/products?limit=0", None).await.problem(422);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn carts_orders_and_the_dashboard_follow_the_commands() {
+    let app = TestApp::spawn().await;
+    app.create_product("tea", 1200, 10).await;
+    let ann = app.customer("ann@example.com").await;
+    let ben = app.customer("ben@example.com").await;
+    let added = app.add_to_cart(&ann, "tea", 2).await;
+    let cart = app.get(&format!("/api/v1/cart?min_position={}", position_of(&added)), Some(&ann)).await;
+    assert_eq!(cart.status, StatusCode::OK, "{cart:?}");
+    assert_eq!(
+        (cart.body["subtotal_cents"].clone(), cart.body["shipping_cents"].clone(), cart.body["total_cents"].clone()),
+        (json!(2400), json!(499), json!(2899))
+    );
+    assert_eq!(cart.body["lines"][0]["quantity"], 2);
+
+    let placed = app.checkout(&ann).await;
+    let order_id = placed.body["order_id"].as_str().expect("order id").to_owned();
+    let paid = app.post(&format!("/api/v1/orders/{order_id}/pay"), Some(&ann), json!({"amount_cents": 2899})).await;
+    assert_eq!(paid.status, StatusCode::OK, "{paid:?}");
+    let at = position_of(&paid);
+
+    let own = app.get(&format!("/api/v1/orders?min_position={at}"), Some(&ann)).await;
+    assert_eq!(own.body["items"][0]["order_id"], order_id.as_str());
+    assert_eq!(own.body["items"][0]["status"], "paid");
+    let others = app.get(&format!("/api/v1/orders?min_position={at}"), Some(&ben)).await;
+    assert_eq!(others.body["items"], json!([]), "ben sees none of ann's orders");
+    app.get(&format!("/api/v1/orders/{order_id}"), Some(&ben)).await.problem(404);
+    app.get(&format!("/api/v1/orders/{order_id}"), Some(VIEWER)).await.problem(403);
+    let as_admin = app.get(&format!("/api/v1/orders/{order_id}?min_position={at}"), Some(ADMIN)).await;
+    assert_eq!(as_admin.body["total_cents"], 2899);
+    let emptied = app.get(&format!("/api/v1/cart?min_position={at}"), Some(&ann)).await;
+    assert_eq!(emptied.body["lines"], json!([]), "checkout empties the cart");
+
+    let sales = app.get(&format!("/api/v1/dashboard/sales?min_position={at}"), Some(VIEWER)).await;
+    assert_eq!(sales.status, StatusCode::OK, "{sales:?}");
+    assert_eq!(sales.body["revenue_cents"], 2899);
+    assert_eq!(sales.body["orders_by_status"]["paid"], 1);
+    assert_eq!(sales.body["top_products"][0]["sku"], "tea");
+    app.get("/api/v1/dashboard/sales", Some(&ann)).await.problem(403);
+    app.get("/api/v1/cart", Some(ADMIN)).await.problem(403);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_sees_projection_lag_and_rebuilds_a_model_while_it_serves() {
+    let app = TestApp::spawn().await;
+    let mut last = 0;
+    for index in 0..20 {
+        last = position_of(&app.create_product(&format!("r{index}"), 100, 1).await);
+    }
+    let status = app.get("/admin/projections", Some(ADMIN)).await;
+    let names: Vec<&str> =
+        status.body.as_array().expect("a list").iter().filter_map(|model| model["name"].as_str()).collect();
+    assert_eq!(names.len(), 4, "{status:?}");
+    assert!(names.contains(&"catalog") && names.contains(&"dashboard"));
+    app.get("/admin/projections", Some(VIEWER)).await.problem(403);
+
+    let started = app.post("/admin/projections/catalog/rebuild", Some(ADMIN), json!({})).await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{started:?}");
+    let generation = started.body["generation"].as_u64().expect("a generation");
+    // Queries keep answering during the rebuild.
+    let during = app.get(&format!("/api/v1/products?min_position={last}&limit=100"), None).await;
+    assert_eq!(during.body["items"].as_array().map(Vec::len), Some(20));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = app.get("/admin/projections", Some(ADMIN)).await;
+        let catalog = status
+            .body
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|model| model["name"] == "catalog")
+            .cloned()
+            .expect("catalog");
+        if catalog["generation"] == generation && catalog["rebuild"].is_null() {
+            assert_eq!(catalog["lag"], 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rebuild did not finish: {catalog}");
+        tokio::task::yield_now().await;
+    }
+    let after = app.get("/api/v1/products?limit=100", None).await;
+    assert_eq!(after.body["items"].as_array().map(Vec::len), Some(20), "the rebuilt model answers the same");
+    app.post("/admin/projections/nothing/rebuild", Some(ADMIN), json!({})).await.problem(404);
+    let metrics = app.get("/metrics", None).await;
+    assert!(metrics.body.as_str().is_some_and(|text| text.contains("projection_lag_events")), "{metrics:?}");
+    app.stop().await;
+}
