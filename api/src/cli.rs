@@ -54,6 +54,10 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     token_secret: Option<Secret>,
+    /// Seed a small shop (products, customers, orders) into an empty data dir
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    demo: bool,
 }
 
 impl std::str::FromStr for Secret {

@@ -54,6 +54,9 @@ pub struct Config {
     pub shutdown_timeout_ms: u64,
     /// Login attempts allowed per email per minute (ten times as many per client address).
     pub login_attempts_per_minute: u32,
+    /// Seed a demo shop into an empty log on start (`serve --demo`); a log that
+    /// holds events is left as it is.
+    pub demo: bool,
 }
 
 impl Default for Config {
@@ -68,12 +71,13 @@ impl Default for Config {
             header_read_timeout_ms: 5_000,
             shutdown_timeout_ms: 10_000,
             login_attempts_per_minute: 10,
+            demo: false,
         }
     }
 }
 
 /// The keys read from `SHOPLOG_<KEY>`.
-const ENV_KEYS: [&str; 9] = [
+const ENV_KEYS: [&str; 10] = [
     "data",
     "listen",
     "admin_token",
@@ -83,6 +87,7 @@ const ENV_KEYS: [&str; 9] = [
     "header_read_timeout_ms",
     "shutdown_timeout_ms",
     "login_attempts_per_minute",
+    "demo",
 ];
 
 impl Config {

@@ -14,6 +14,8 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+mod dashboard;
+mod demo;
 pub mod error;
 mod extract;
 mod json;

@@ -31,6 +31,7 @@ use crate::openapi::{
 /// Every route, each documented by its handler's `#[utoipa::path]`.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(crate::dashboard::page))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))

@@ -44,6 +44,7 @@ impl Running {
 /// Open everything `config` names and start serving in the background.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let state = open_state(config)?;
+    seed_demo(config, &state).await?;
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
@@ -61,6 +62,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 /// Serve until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let state = open_state(&config)?;
+    seed_demo(&config, &state).await?;
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
@@ -86,6 +88,22 @@ async fn close(state: AppState) {
         // the last handle stops the workers anyway.
         Err(_) => tracing::warn!("read models still in use at shutdown"),
     }
+}
+
+/// With `demo` set, seed the demo shop into an empty log, and say what happened.
+async fn seed_demo(config: &Config, state: &AppState) -> anyhow::Result<()> {
+    if !config.demo {
+        return Ok(());
+    }
+    match crate::demo::seed(&state.service).await? {
+        Some(seeded) => println!("{seeded}"),
+        None => println!(
+            "demo: the log in {} already holds {} events; leaving the data as it is",
+            config.data.display(),
+            state.log.head()
+        ),
+    }
+    Ok(())
 }
 
 fn open_state(config: &Config) -> anyhow::Result<AppState> {

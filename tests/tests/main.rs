@@ -3,6 +3,7 @@
 mod api;
 mod cli;
 mod commands;
+mod dashboard;
 mod fixtures;
 mod projections;
 mod store;

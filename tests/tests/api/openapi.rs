@@ -8,6 +8,7 @@ use super::{ADMIN, TestApp};
 
 /// Every route the router serves, and the bearer schemes that may call it (none: public).
 const ROUTES: &[(&str, &str, &[&str])] = &[
+    ("get", "/", &[]),
     ("get", "/healthz", &[]),
     ("get", "/readyz", &[]),
     ("get", "/metrics", &[]),
