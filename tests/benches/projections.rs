@@ -1,0 +1,138 @@
+//! The read side's targets (DESIGN §8), measured in one run:
+//!
+//! - **rebuild**: events per second that a rebuild of each read model decodes and
+//!   applies, from position 0 to the head (target ≥ 500,000/s);
+//! - **lag**: from a command's acknowledgement to the catalog reflecting it, at about
+//!   1,000 commands/s (target p99 ≤ 10 ms);
+//! - **memory**: the process's RSS as the log grows (target: flat).
+//!
+//! `cargo bench -p tests --bench projections` (`-- --events 1000000` for the 1M
+//! point; default 100,000). Events are restocks over 1,000 products, appended
+//! through `CommandService` by 64 concurrent writers. Bounded in count and time.
+
+use std::time::{Duration, Instant};
+
+use commands::{CommandContext, CommandService};
+use domain::{PriceCents, ProductName, RestockQuantity, Sku, Stock};
+
+const PRODUCTS: usize = 1000;
+const WRITERS: usize = 64;
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+fn sku(index: usize) -> Sku {
+    Sku::parse(&format!("p{index}")).expect("a valid sku")
+}
+
+async fn append_restocks(service: &CommandService, count: usize) {
+    let per_writer = count.div_ceil(WRITERS);
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                for index in 0..per_writer {
+                    // Each writer has its own products, so the load measures appends, not conflicts.
+                    let product = (writer + index * WRITERS) % PRODUCTS;
+                    let quantity = RestockQuantity::new(1).expect("valid");
+                    service.restock(&CommandContext::new("bench"), sku(product), quantity, None).await.expect("restocks");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("writer ends");
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let events: usize = args.iter().position(|arg| arg == "--events").and_then(|index| args.get(index + 1)).and_then(|value| value.parse().ok()).unwrap_or(100_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    runtime.block_on(async {
+        let log = store::EventLog::open(dir.path()).expect("opens");
+        let service = CommandService::new(log.clone()).expect("service");
+        let projections = projections::Projections::start(log.clone()).expect("projections");
+        for product in 0..PRODUCTS {
+            let name = ProductName::parse("Bench product").expect("valid");
+            let price = PriceCents::new(100).expect("valid");
+            service.create_product(&CommandContext::new("bench"), sku(product), name, price, Some(Stock::new(0).expect("valid")), None).await.expect("creates");
+        }
+
+        // Memory as the log grows, read models following live.
+        let mut memory = Vec::new();
+        let checkpoints = [events / 10, events];
+        let mut appended = PRODUCTS;
+        for checkpoint in checkpoints {
+            append_restocks(&service, checkpoint.saturating_sub(appended)).await;
+            appended = checkpoint.max(appended);
+            projections.wait_for(log.head(), Duration::from_secs(600)).await.expect("read models catch up");
+            memory.push((log.head(), rss_mib()));
+        }
+
+        // Rebuild each model from position 0 while it serves.
+        let head = log.head();
+        let mut rebuilds = Vec::new();
+        for name in ["catalog", "carts", "orders", "dashboard"] {
+            let started = Instant::now();
+            let generation = projections.rebuild(name).expect("rebuild starts");
+            let model_generation = || projections.status().into_iter().find(|status| status.name == name).map(|status| status.generation);
+            while model_generation() != Some(generation) {
+                assert!(started.elapsed() < Duration::from_secs(600), "rebuild of {name} did not finish");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            rebuilds.push((name, head as f64 / started.elapsed().as_secs_f64()));
+        }
+
+        // Lag: one command every millisecond for 5 s; time from the ack to the
+        // catalog having applied it.
+        let mut lags = Vec::new();
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut waits = Vec::new();
+        for index in 0..5000 {
+            if started.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+            tick.tick().await;
+            let service = service.clone();
+            let catalog = projections.catalog().clone();
+            waits.push(tokio::spawn(async move {
+                let quantity = RestockQuantity::new(1).expect("valid");
+                let outcome = service.restock(&CommandContext::new("bench"), sku(index % PRODUCTS), quantity, None).await.expect("restocks");
+                let acked = Instant::now();
+                catalog.wait_for(outcome.position(), Duration::from_secs(10)).await.expect("visible");
+                acked.elapsed()
+            }));
+        }
+        let sent = waits.len();
+        let rate = sent as f64 / started.elapsed().as_secs_f64();
+        for wait in waits {
+            lags.push(wait.await.expect("waits"));
+        }
+        lags.sort();
+        let percentile = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)];
+
+        println!("| measure | value | target |");
+        println!("|---|---:|---|");
+        for (name, rate) in &rebuilds {
+            println!("| rebuild {name}, events/s over {head} events | {rate:.0} | >= 500,000 |");
+        }
+        println!("| ack -> visible in catalog, p50 at {rate:.0} commands/s | {:.2} ms | |", percentile(0.50).as_secs_f64() * 1000.0);
+        println!("| ack -> visible in catalog, p99 at {rate:.0} commands/s | {:.2} ms | <= 10 ms |", percentile(0.99).as_secs_f64() * 1000.0);
+        for (head, rss) in &memory {
+            println!("| RSS with {head} events in the log | {rss:.0} MiB | flat |");
+        }
+        projections.shutdown().await;
+    });
+}
