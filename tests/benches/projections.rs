@@ -43,7 +43,10 @@ async fn append_restocks(service: &CommandService, count: usize) {
                     // Each writer has its own products, so the load measures appends, not conflicts.
                     let product = (writer + index * WRITERS) % PRODUCTS;
                     let quantity = RestockQuantity::new(1).expect("valid");
-                    service.restock(&CommandContext::new("bench"), sku(product), quantity, None).await.expect("restocks");
+                    service
+                        .restock(&CommandContext::new("bench"), sku(product), quantity, None)
+                        .await
+                        .expect("restocks");
                 }
             })
         })
@@ -55,7 +58,12 @@ async fn append_restocks(service: &CommandService, count: usize) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let events: usize = args.iter().position(|arg| arg == "--events").and_then(|index| args.get(index + 1)).and_then(|value| value.parse().ok()).unwrap_or(100_000);
+    let events: usize = args
+        .iter()
+        .position(|arg| arg == "--events")
+        .and_then(|index| args.get(index + 1))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(100_000);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
     runtime.block_on(async {
@@ -65,7 +73,17 @@ fn main() {
         for product in 0..PRODUCTS {
             let name = ProductName::parse("Bench product").expect("valid");
             let price = PriceCents::new(100).expect("valid");
-            service.create_product(&CommandContext::new("bench"), sku(product), name, price, Some(Stock::new(0).expect("valid")), None).await.expect("creates");
+            service
+                .create_product(
+                    &CommandContext::new("bench"),
+                    sku(product),
+                    name,
+                    price,
+                    Some(Stock::new(0).expect("valid")),
+                    None,
+                )
+                .await
+                .expect("creates");
         }
 
         // Memory as the log grows, read models following live.
@@ -85,7 +103,8 @@ fn main() {
         for name in ["catalog", "carts", "orders", "dashboard"] {
             let started = Instant::now();
             let generation = projections.rebuild(name).expect("rebuild starts");
-            let model_generation = || projections.status().into_iter().find(|status| status.name == name).map(|status| status.generation);
+            let model_generation =
+                || projections.status().into_iter().find(|status| status.name == name).map(|status| status.generation);
             while model_generation() != Some(generation) {
                 assert!(started.elapsed() < Duration::from_secs(600), "rebuild of {name} did not finish");
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -109,7 +128,10 @@ fn main() {
             let catalog = projections.catalog().clone();
             waits.push(tokio::spawn(async move {
                 let quantity = RestockQuantity::new(1).expect("valid");
-                let outcome = service.restock(&CommandContext::new("bench"), sku(index % PRODUCTS), quantity, None).await.expect("restocks");
+                let outcome = service
+                    .restock(&CommandContext::new("bench"), sku(index % PRODUCTS), quantity, None)
+                    .await
+                    .expect("restocks");
                 let acked = Instant::now();
                 catalog.wait_for(outcome.position(), Duration::from_secs(10)).await.expect("visible");
                 acked.elapsed()
@@ -128,8 +150,14 @@ fn main() {
         for (name, rate) in &rebuilds {
             println!("| rebuild {name}, events/s over {head} events | {rate:.0} | >= 500,000 |");
         }
-        println!("| ack -> visible in catalog, p50 at {rate:.0} commands/s | {:.2} ms | |", percentile(0.50).as_secs_f64() * 1000.0);
-        println!("| ack -> visible in catalog, p99 at {rate:.0} commands/s | {:.2} ms | <= 10 ms |", percentile(0.99).as_secs_f64() * 1000.0);
+        println!(
+            "| ack -> visible in catalog, p50 at {rate:.0} commands/s | {:.2} ms | |",
+            percentile(0.50).as_secs_f64() * 1000.0
+        );
+        println!(
+            "| ack -> visible in catalog, p99 at {rate:.0} commands/s | {:.2} ms | <= 10 ms |",
+            percentile(0.99).as_secs_f64() * 1000.0
+        );
         for (head, rss) in &memory {
             println!("| RSS with {head} events in the log | {rss:.0} MiB | flat |");
         }
