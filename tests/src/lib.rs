@@ -58,6 +58,24 @@ pub fn files_contain(dir: &std::path::Path, needle: &[u8]) -> bool {
     })
 }
 
+/// The data dir opened with sled itself, to change it behind the log's back (the
+/// log's segment size is fixed at creation). Retried for a moment, like
+/// `EventLog::open`: sled's IO threads can hold the lock just after a log closed.
+pub fn raw_sled(dir: &std::path::Path) -> sled::Db {
+    let config = sled::Config::new().path(dir).segment_size(8 * 1024 * 1024);
+    let mut attempts = 0;
+    loop {
+        match config.open() {
+            Ok(db) => return db,
+            Err(error) if attempts < 50 && error.to_string().contains("could not acquire lock") => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(error) => panic!("sled cannot open {}: {error}", dir.display()),
+        }
+    }
+}
+
 /// A fresh temporary directory for one test.
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("shoplog-test-").tempdir().expect("a temp dir can be created")

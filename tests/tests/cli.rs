@@ -120,7 +120,7 @@ fn verify_names_the_first_bad_position_and_exits_1() {
         }
     });
     {
-        let db = sled::Config::new().path(dir.path()).segment_size(8 * 1024 * 1024).open().expect("opens");
+        let db = tests::raw_sled(dir.path());
         let events = db.open_tree("events").expect("tree");
         let mut record = events.get(2u64.to_be_bytes()).expect("reads").expect("exists").to_vec();
         let last = record.len() - 1;

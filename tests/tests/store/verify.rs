@@ -15,14 +15,9 @@ async fn log_with_five_events(dir: &Path) {
     assert_eq!(log.verify().expect("sound log verifies").events, 5);
 }
 
-/// The data dir opened with sled itself (the log's segment size is fixed at creation).
-fn raw_sled(dir: &Path) -> sled::Db {
-    sled::Config::new().path(dir).segment_size(8 * 1024 * 1024).open().expect("sled opens the dir")
-}
-
 /// Change the data dir behind the log's back, with sled itself.
 fn tamper(dir: &Path, change: impl FnOnce(&sled::Db)) {
-    let db = raw_sled(dir);
+    let db = tests::raw_sled(dir);
     change(&db);
     db.flush().expect("flushes");
 }
@@ -39,7 +34,7 @@ fn corrupt_position(dir: &Path) -> (u64, String) {
 async fn a_flipped_byte_anywhere_in_a_stored_record_is_found_at_its_position() {
     let dir = temp_dir();
     log_with_five_events(dir.path()).await;
-    let record_len = raw_sled(dir.path())
+    let record_len = tests::raw_sled(dir.path())
         .open_tree("events")
         .expect("tree")
         .get(3u64.to_be_bytes())
