@@ -25,6 +25,12 @@ enum Command {
         #[arg(long, env = "SHOPLOG_DATA", default_value = "./data")]
         data: PathBuf,
     },
+    /// Count what the log in --data holds: events, head, size on disk, per type and
+    /// per stream category (server stopped).
+    Stats {
+        #[arg(long, env = "SHOPLOG_DATA", default_value = "./data")]
+        data: PathBuf,
+    },
 }
 
 /// Flags of `serve`; each also reads `SHOPLOG_<NAME>` and the config file.
@@ -91,13 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { data } => {
-            anyhow::ensure!(data.is_dir(), "data directory {} does not exist", data.display());
-            let log = store::EventLog::open(&data).map_err(|error| match error {
-                store::StoreError::Locked { path } => {
-                    anyhow::anyhow!("data directory {} is in use by a running server; stop it first", path.display())
-                }
-                other => anyhow::Error::new(other),
-            })?;
+            let log = open_offline(&data)?;
             match log.verify() {
                 Ok(report) => {
                     println!(
@@ -116,7 +116,61 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(other) => Err(other.into()),
             }
         }
+        Command::Stats { data } => {
+            let log = open_offline(&data)?;
+            let stats = stats(&log)?;
+            println!("events: {}", stats.events);
+            println!("head position: {}", log.head());
+            println!("size on disk: {} bytes", log.size_on_disk()?);
+            println!("by category:");
+            for (category, count) in &stats.by_category {
+                println!("  {category}: {count}");
+            }
+            println!("by type:");
+            for (event_type, count) in &stats.by_type {
+                println!("  {event_type}: {count}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Open the log of a stopped server; a running one holds its lock.
+fn open_offline(data: &std::path::Path) -> anyhow::Result<store::EventLog> {
+    anyhow::ensure!(data.is_dir(), "data directory {} does not exist", data.display());
+    store::EventLog::open(data).map_err(|error| match error {
+        store::StoreError::Locked { path } => {
+            anyhow::anyhow!("data directory {} is in use by a running server; stop it first", path.display())
+        }
+        other => anyhow::Error::new(other),
+    })
+}
+
+/// What `shoplog stats` counts.
+struct Stats {
+    events: u64,
+    by_type: std::collections::BTreeMap<String, u64>,
+    /// Keyed by the stream's prefix before its first `-` (`product`, `order`, …).
+    by_category: std::collections::BTreeMap<String, u64>,
+}
+
+/// Count the whole log, a page at a time (bounded memory: one page and the counts).
+fn stats(log: &store::EventLog) -> anyhow::Result<Stats> {
+    const PAGE_LEN: usize = 4096;
+    let mut stats = Stats { events: 0, by_type: Default::default(), by_category: Default::default() };
+    let mut next = 1;
+    loop {
+        let page = log.read_all(next, PAGE_LEN)?;
+        let Some(last) = page.last() else { break };
+        next = last.position + 1;
+        for event in &page {
+            stats.events += 1;
+            *stats.by_type.entry(event.event_type.clone()).or_default() += 1;
+            let category = event.stream.split_once('-').map_or(event.stream.as_str(), |(category, _)| category);
+            *stats.by_category.entry(category.to_owned()).or_default() += 1;
+        }
+    }
+    Ok(stats)
 }
 
 /// The one place the tracing subscriber is built: logs to stderr, `RUST_LOG`

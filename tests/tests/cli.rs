@@ -132,3 +132,28 @@ fn verify_names_the_first_bad_position_and_exits_1() {
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("corrupt at position 2"), "{output:?}");
 }
+
+#[test]
+fn stats_counts_events_by_type_and_category() {
+    let dir = tests::temp_dir();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let log = store::EventLog::open(dir.path()).expect("opens");
+        for stream in ["product-a", "product-b", "order-1"] {
+            let event_type = if stream.starts_with("order") { "OrderPlaced" } else { "ProductCreated" };
+            log.append(tests::append(stream, store::ExpectedVersion::NoStream, vec![tests::event(event_type, b"x")]))
+                .await
+                .expect("appends");
+        }
+    });
+    let output = shoplog(&["stats", "--data", dir.path().to_str().expect("utf-8")]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for line in
+        ["events: 3", "head position: 3", "  product: 2", "  order: 1", "  ProductCreated: 2", "  OrderPlaced: 1"]
+    {
+        assert!(stdout.lines().any(|printed| printed == line), "{line:?} missing from:\n{stdout}");
+    }
+    assert!(stdout.contains("size on disk: "), "{stdout}");
+    assert_refused(&shoplog(&["stats", "--data", "/no/such/dir"]), "does not exist");
+}
