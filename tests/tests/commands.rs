@@ -74,6 +74,30 @@ async fn add_to_cart(service: &CommandService, customer_id: CustomerId, sku_text
         .expect("adds to the cart");
 }
 
+/// Every customer checks out at the same moment (released together by a barrier);
+/// each one's result, in the customers' order.
+async fn race_checkouts(
+    service: &CommandService,
+    customers: &[CustomerId],
+) -> Vec<(CustomerId, Result<commands::CommandOutcome, CommandError>)> {
+    let barrier = Arc::new(Barrier::new(customers.len()));
+    let tasks: Vec<_> = customers
+        .iter()
+        .map(|customer_id| {
+            let (service, barrier, customer_id) = (service.clone(), Arc::clone(&barrier), *customer_id);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                (customer_id, service.checkout(&as_customer(customer_id), customer_id, None).await)
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(task.await.expect("the task ends"));
+    }
+    results
+}
+
 /// The product's stock, folded straight from its stream (not through any cache).
 fn stock_in_log(log: &EventLog, sku_text: &str) -> u32 {
     let stream = StreamId::Product(sku(sku_text)).to_string();
@@ -99,23 +123,11 @@ async fn forty_customers_checking_out_the_last_ten_units_at_once_get_exactly_ten
         add_to_cart(&service, *customer_id, "last-units", 1).await;
     }
 
-    let barrier = Arc::new(Barrier::new(CUSTOMERS));
-    let tasks: Vec<_> = customers
-        .iter()
-        .map(|customer_id| {
-            let (service, barrier, customer_id) = (service.clone(), Arc::clone(&barrier), *customer_id);
-            tokio::spawn(async move {
-                barrier.wait().await;
-                service.checkout(&as_customer(customer_id), customer_id, None).await
-            })
-        })
-        .collect();
-
     let mut orders = Vec::new();
     let mut retried = 0;
     let mut out_of_stock = 0;
-    for task in tasks {
-        match task.await.expect("the task ends") {
+    for (_, result) in race_checkouts(&service, &customers).await {
+        match result {
             Ok(outcome) => {
                 orders.push(outcome.order_id().expect("a checkout places an order"));
                 retried += usize::from(outcome.attempts > 1);
@@ -568,20 +580,8 @@ async fn with_retries_disabled_racing_checkouts_report_contention_and_write_noth
     for customer_id in &customers {
         add_to_cart(&service, *customer_id, "mug-1", 1).await;
     }
-    let barrier = Arc::new(Barrier::new(CUSTOMERS));
-    let tasks: Vec<_> = customers
-        .iter()
-        .map(|customer_id| {
-            let (service, barrier, customer_id) = (service.clone(), Arc::clone(&barrier), *customer_id);
-            tokio::spawn(async move {
-                barrier.wait().await;
-                (customer_id, service.checkout(&as_customer(customer_id), customer_id, None).await)
-            })
-        })
-        .collect();
     let (mut placed, mut contended) = (0, 0);
-    for task in tasks {
-        let (customer_id, result) = task.await.expect("the task ends");
+    for (customer_id, result) in race_checkouts(&service, &customers).await {
         match result {
             Ok(outcome) => {
                 assert_eq!(outcome.attempts, 1);
