@@ -9,6 +9,12 @@ use serde::Serialize;
 
 use crate::config::{Config, Secret};
 
+mod backup;
+mod export;
+mod forget;
+mod progress;
+mod replay;
+
 #[derive(Debug, Parser)]
 #[command(name = "shoplog", version, about = "An event-sourced shop backend")]
 struct Cli {
@@ -31,6 +37,20 @@ enum Command {
         #[arg(long, env = "SHOPLOG_DATA", default_value = "./data")]
         data: PathBuf,
     },
+    /// Back the log up into one file: offline from --data, or online from a running
+    /// server with --server and --token.
+    Backup(backup::BackupArgs),
+    /// Make a new data dir from a backup, verified first, read models rebuilt;
+    /// optionally only up to a position or a time.
+    Restore(backup::RestoreArgs),
+    /// Rebuild read models from the log in --data (server stopped).
+    Replay(replay::ReplayArgs),
+    /// Write the log as NDJSON of the JSON event form to stdout or --out.
+    Export(export::ExportArgs),
+    /// Fill an empty data dir from a full export (`export --with-secrets`).
+    Import(export::ImportArgs),
+    /// Crypto-shred one customer's personal data, offline or through a server.
+    Forget(forget::ForgetArgs),
 }
 
 /// Flags of `serve`; each also reads `SHOPLOG_<NAME>` and the config file.
@@ -76,7 +96,21 @@ impl std::str::FromStr for Secret {
 
 /// Parse, run, and turn any error into one line and exit code 2.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if error.use_stderr() => {
+            // clap's usage errors span several lines; the first one names the problem.
+            let rendered = error.to_string();
+            let first = rendered.lines().find(|line| !line.trim().is_empty()).unwrap_or("bad arguments");
+            eprintln!("shoplog: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+        Err(help_or_version) => {
+            // `--help` and `--version` print to stdout and succeed.
+            let _ = help_or_version.print();
+            return ExitCode::SUCCESS;
+        }
+    };
     init_tracing();
     match run(cli) {
         Ok(code) => code,
@@ -132,11 +166,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Backup(args) => backup::backup(args),
+        Command::Restore(args) => backup::restore(args),
+        Command::Replay(args) => replay::run(args),
+        Command::Export(args) => export::export(args),
+        Command::Import(args) => export::import(args),
+        Command::Forget(args) => forget::run(args),
     }
 }
 
 /// Open the log of a stopped server; a running one holds its lock.
-fn open_offline(data: &std::path::Path) -> anyhow::Result<store::EventLog> {
+pub(crate) fn open_offline(data: &std::path::Path) -> anyhow::Result<store::EventLog> {
     anyhow::ensure!(data.is_dir(), "data directory {} does not exist", data.display());
     store::EventLog::open(data).map_err(|error| match error {
         store::StoreError::Locked { path } => {
