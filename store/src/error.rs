@@ -42,6 +42,14 @@ pub enum StoreError {
     #[error("the log is not accepting appends: {reason}")]
     Unavailable { reason: String },
 
+    /// Restore and import only fill a new or empty directory.
+    #[error("{} is not empty: restore and import only fill a new or empty data directory", path.display())]
+    NotEmpty { path: PathBuf },
+
+    /// A backup file or an import is not sound; nothing was written from it.
+    #[error("{reason}")]
+    BadInput { reason: String },
+
     /// The stored data is damaged at `position` (0 when not tied to one event).
     #[error("log corrupt at position {position}: {reason}")]
     Corrupt { position: u64, reason: String },
@@ -64,6 +72,10 @@ impl From<std::io::Error> for StoreError {
 }
 
 impl StoreError {
+    pub(crate) fn bad_input(reason: impl Into<String>) -> Self {
+        StoreError::BadInput { reason: reason.into() }
+    }
+
     pub(crate) fn corrupt(position: u64, reason: impl Into<String>) -> Self {
         StoreError::Corrupt { position, reason: reason.into() }
     }

@@ -13,8 +13,11 @@
 //! failed fsync into an acknowledgement, and never shows a reader an event that is
 //! not yet durable.
 
+mod backup;
 pub mod codec;
 mod error;
+mod fill;
+mod import;
 mod log;
 mod record;
 mod seal;
@@ -23,7 +26,10 @@ mod types;
 mod upcast;
 mod writer;
 
+pub use backup::{BACKUP_MAGIC, BACKUP_VERSION, BackupSummary, RestoreTo, check_backup, restore_backup, staging_dir};
 pub use error::StoreError;
+pub use fill::ensure_new_or_empty;
+pub use import::{ImportEvent, ImportSummary, Importer};
 pub use log::{EventLog, Options, Subscription};
 pub use types::{
     AppendRequest, AppendResult, CommitStats, ExpectedVersion, Idempotency, Metadata, NewEvent, Payload, RecordedEvent,

@@ -95,13 +95,7 @@ impl EventLog {
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Self, StoreError> {
         let path = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&path)?;
-        let config = sled::Config::new()
-            .path(&path)
-            .segment_size(SEGMENT_SIZE)
-            .cache_capacity(options.cache_capacity_bytes)
-            .mode(sled::Mode::HighThroughput)
-            // We flush and fsync ourselves after every batch.
-            .flush_every_ms(None);
+        let config = sled_config(&path, options.cache_capacity_bytes);
         // sled's background IO threads may hold the directory's lock for a moment
         // after this process closed the log; a lock that stays held is another process's.
         let mut attempts = 0;
@@ -158,6 +152,10 @@ impl EventLog {
                 db,
             }),
         })
+    }
+
+    pub(crate) fn trees(&self) -> &Trees {
+        &self.inner.trees
     }
 
     /// The data directory.
@@ -220,11 +218,31 @@ impl EventLog {
         Ok(stored)
     }
 
+    /// Every named secret (see [`EventLog::secret`]), by name.
+    pub fn secrets(&self) -> Result<Vec<(String, [u8; 32])>, StoreError> {
+        let mut secrets = Vec::new();
+        for item in self.inner.trees.meta.scan_prefix(trees::META_SECRET_PREFIX) {
+            let (key, value) = item?;
+            let name = String::from_utf8_lossy(&key[trees::META_SECRET_PREFIX.len()..]).into_owned();
+            let value = <[u8; 32]>::try_from(value.as_ref())
+                .map_err(|_| StoreError::corrupt(0, format!("secret {name} is not 32 bytes")))?;
+            secrets.push((name, value));
+        }
+        Ok(secrets)
+    }
+
     /// A tree of the caller's own in the log's database (read models, checkpoints),
     /// so that its writes can share one sled transaction. Names cannot collide with
     /// the log's trees.
     pub fn open_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
         Ok(self.inner.db.open_tree(format!("x:{name}"))?)
+    }
+
+    /// Remove a tree made by [`EventLog::open_tree`] and everything in it (a retired
+    /// read-model generation); `false` when there was none. No handle to it may be
+    /// used afterwards.
+    pub fn drop_tree(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.inner.db.drop_tree(format!("x:{name}"))?)
     }
 
     /// Flush everything written to the database so far, and fsync it.
@@ -499,6 +517,17 @@ impl Subscription {
     pub fn next_position(&self) -> u64 {
         self.next - self.buffer.len() as u64
     }
+}
+
+/// sled's settings for a log in `path`: the segment size that keeps records out of
+/// blobs, and no background flush (the log flushes and fsyncs itself).
+pub(crate) fn sled_config(path: &Path, cache_capacity_bytes: u64) -> sled::Config {
+    sled::Config::new()
+        .path(path)
+        .segment_size(SEGMENT_SIZE)
+        .cache_capacity(cache_capacity_bytes)
+        .mode(sled::Mode::HighThroughput)
+        .flush_every_ms(None)
 }
 
 fn open_error(path: &Path, error: sled::Error) -> StoreError {

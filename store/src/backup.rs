@@ -1,0 +1,507 @@
+//! Backups: the whole log in one file (DESIGN §3), and restoring one into a new
+//! data directory, whole or up to a position or a time.
+//!
+//! The file is `"SHOPLOGB"`, a format version (u16 BE, now 1), then frames of
+//! `kind (1 byte) ‖ length (u32 BE) ‖ body`, in this order:
+//!
+//! - `H` once: when the backup was taken (µs since the epoch, i64 BE) and the head
+//!   position it ends at (u64 BE);
+//! - `R` per event, in position order from 1: the stored record exactly as in the
+//!   log (format byte, hash, header, sealed payload), so the hash chain carries over;
+//! - `K` per data subject of those events: subject (16 bytes) ‖ key (32 bytes), or
+//!   the subject alone once forgotten, so a forgotten subject stays forgotten;
+//! - `S` per named secret (the email and token keys): name ‖ 32 bytes;
+//! - `T` once: event count (u64 BE) ‖ last position (u64 BE) ‖ last hash (32) ‖
+//!   checksum (32): blake3 of every byte of the file before the checksum.
+//!
+//! Nothing may follow the trailer. Reading checks all of it: the magic, the version,
+//! each frame's kind, order and size, every record's position and hash chain, the
+//! trailer against what was read, and the checksum. A backup holds the subjects'
+//! keys, so it must be kept like the data directory itself. Idempotency keys are
+//! not in it: they are a retry window, not history.
+
+use std::collections::BTreeSet;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::RECORD_LEN_MAX;
+use crate::error::StoreError;
+use crate::fill::Filler;
+use crate::log::EventLog;
+use crate::record::{self, GENESIS_HASH};
+use crate::trees::{self, be_u64};
+
+/// The first bytes of every backup file.
+pub const BACKUP_MAGIC: &[u8; 8] = b"SHOPLOGB";
+/// The backup format this build writes and reads.
+pub const BACKUP_VERSION: u16 = 1;
+
+const HEADER: u8 = b'H';
+const RECORD: u8 = b'R';
+const KEY: u8 = b'K';
+const SECRET: u8 = b'S';
+const TRAILER: u8 = b'T';
+
+/// The largest frame body: a record at the cap, with room to spare.
+const FRAME_LEN_MAX: usize = RECORD_LEN_MAX + 1024;
+const TRAILER_LEN: usize = 8 + 8 + 32 + 32;
+
+/// What a backup holds (or, after a restore, what was restored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupSummary {
+    /// When the backup was taken.
+    pub taken_at: DateTime<Utc>,
+    pub events: u64,
+    pub last_position: u64,
+    pub last_hash: [u8; 32],
+    /// When the first and the last event were recorded (`None` for an empty log).
+    pub first_recorded_at: Option<DateTime<Utc>>,
+    pub last_recorded_at: Option<DateTime<Utc>>,
+    /// Subjects with a key, and subjects forgotten.
+    pub keys: u64,
+    pub forgotten: u64,
+    pub secrets: u64,
+    /// The backup file's length.
+    pub bytes: u64,
+}
+
+/// Where a restore stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreTo {
+    /// Every event in the backup.
+    End,
+    /// Events up to and including this position.
+    Position(u64),
+    /// Events recorded at or before this time.
+    Time(DateTime<Utc>),
+}
+
+/// Writes through to `inner`, hashing and counting every byte.
+struct Checksummed<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Checksummed<W> {
+    fn frame(&mut self, kind: u8, body: &[u8]) -> Result<(), StoreError> {
+        let len = u32::try_from(body.len()).map_err(|_| StoreError::Storage("a backup frame over 4 GiB".into()))?;
+        self.write(&[kind])?;
+        self.write(&len.to_be_bytes())?;
+        self.write(body)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.hasher.update(bytes);
+        self.len += bytes.len() as u64;
+        self.inner.write_all(bytes).map_err(|error| StoreError::Storage(format!("writing the backup: {error}")))
+    }
+}
+
+impl EventLog {
+    /// Write a backup of the log as it is now, up to the current head, into `out`
+    /// (appends may go on meanwhile; the backup ends at the head read first).
+    /// The chain is checked on the way, so a damaged log is never backed up as
+    /// whole. `progress` gets the count of events written so far.
+    pub fn backup(&self, out: impl Write, progress: &mut dyn FnMut(u64)) -> Result<BackupSummary, StoreError> {
+        self.backup_up_to(self.head(), out, progress)
+    }
+
+    /// [`EventLog::backup`] ending at `head`, which must not be past the log's head.
+    pub fn backup_up_to(
+        &self,
+        head: u64,
+        out: impl Write,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<BackupSummary, StoreError> {
+        if head > self.head() {
+            return Err(StoreError::bad_input(format!("position {head} is past the head {}", self.head())));
+        }
+        let trees = self.trees();
+        let taken_at = Utc::now();
+        let mut out =
+            Checksummed { inner: BufWriter::with_capacity(1 << 20, out), hasher: blake3::Hasher::new(), len: 0 };
+        out.write(BACKUP_MAGIC)?;
+        out.write(&BACKUP_VERSION.to_be_bytes())?;
+        let mut header = [0u8; 16];
+        header[..8].copy_from_slice(&taken_at.timestamp_micros().to_be_bytes());
+        header[8..].copy_from_slice(&head.to_be_bytes());
+        out.frame(HEADER, &header)?;
+
+        let mut previous_hash = GENESIS_HASH;
+        let mut subjects = BTreeSet::new();
+        let (mut first_micros, mut last_micros) = (None, None);
+        let mut expected = 1;
+        if head > 0 {
+            for item in trees.events.range(1u64.to_be_bytes()..=head.to_be_bytes()) {
+                let (key, bytes) = item?;
+                let position =
+                    be_u64(&key).ok_or_else(|| StoreError::corrupt(expected, "event key is not a position"))?;
+                if position != expected {
+                    return Err(StoreError::corrupt(expected, "missing from the log"));
+                }
+                let record = record::parse(&bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
+                if record::chain_hash(&previous_hash, record.body) != record.hash {
+                    return Err(StoreError::corrupt(position, "hash does not match the record and the previous hash"));
+                }
+                previous_hash = record.hash;
+                first_micros.get_or_insert(record.header.recorded_at_micros);
+                last_micros = Some(record.header.recorded_at_micros);
+                if let Some(subject) = record.header.subject {
+                    subjects.insert(subject);
+                }
+                out.frame(RECORD, &bytes)?;
+                if position.is_multiple_of(4096) {
+                    progress(position);
+                }
+                expected += 1;
+            }
+        }
+        let events = expected - 1;
+        if events != head {
+            return Err(StoreError::corrupt(expected, "missing from the log"));
+        }
+        progress(events);
+
+        let (mut keys, mut forgotten) = (0, 0);
+        for subject in subjects {
+            match trees::read_subject_key(trees, subject)? {
+                Some(Some(key)) => {
+                    out.frame(KEY, &[&subject.as_bytes()[..], &key[..]].concat())?;
+                    keys += 1;
+                }
+                Some(None) => {
+                    out.frame(KEY, subject.as_bytes())?;
+                    forgotten += 1;
+                }
+                None => return Err(StoreError::corrupt(0, format!("subject {subject} has no key and no tombstone"))),
+            }
+        }
+        let mut secrets = 0;
+        for item in trees.meta.scan_prefix(trees::META_SECRET_PREFIX) {
+            let (key, value) = item?;
+            let name = &key[trees::META_SECRET_PREFIX.len()..];
+            out.frame(SECRET, &[name, &value[..]].concat())?;
+            secrets += 1;
+        }
+
+        let mut trailer = Vec::with_capacity(TRAILER_LEN);
+        trailer.extend_from_slice(&events.to_be_bytes());
+        trailer.extend_from_slice(&head.to_be_bytes());
+        trailer.extend_from_slice(&previous_hash);
+        out.write(&[TRAILER])?;
+        out.write(&(TRAILER_LEN as u32).to_be_bytes())?;
+        out.write(&trailer)?;
+        let checksum = *out.hasher.finalize().as_bytes();
+        out.inner
+            .write_all(&checksum)
+            .and_then(|()| out.inner.flush())
+            .map_err(|error| StoreError::Storage(format!("writing the backup: {error}")))?;
+        let micros = |micros: Option<i64>| micros.and_then(DateTime::from_timestamp_micros);
+        Ok(BackupSummary {
+            taken_at,
+            events,
+            last_position: head,
+            last_hash: previous_hash,
+            first_recorded_at: micros(first_micros),
+            last_recorded_at: micros(last_micros),
+            keys,
+            forgotten,
+            secrets,
+            bytes: out.len + 32,
+        })
+    }
+}
+
+/// One item of a backup, as [`read`] hands it over once it has been checked.
+enum Item<'a> {
+    Record {
+        position: u64,
+        stream: &'a str,
+        version: u64,
+        bytes: &'a [u8],
+        hash: [u8; 32],
+        micros: i64,
+        subject: Option<Uuid>,
+    },
+    Key {
+        subject: Uuid,
+        key: Option<[u8; 32]>,
+    },
+    Secret {
+        name: &'a str,
+        value: [u8; 32],
+    },
+}
+
+/// Check a whole backup without writing anything: returns what it holds, or why it
+/// is not sound (one line).
+pub fn check_backup(input: impl Read, progress: &mut dyn FnMut(u64)) -> Result<BackupSummary, StoreError> {
+    read(input, progress, &mut |_| Ok(()))
+}
+
+/// Fill the new or empty directory `dir` from a backup, up to `to`; returns what
+/// was restored. The backup is read again and checked as it goes, so call
+/// [`check_backup`] first to refuse a bad file before anything is written; a
+/// restore that fails midway leaves `dir` half-filled, so restore into a
+/// staging directory and rename it into place.
+pub fn restore_backup(
+    input: impl Read,
+    dir: &Path,
+    to: RestoreTo,
+    progress: &mut dyn FnMut(u64),
+) -> Result<BackupSummary, StoreError> {
+    let mut filler = Filler::create(dir)?;
+    let mut subjects = BTreeSet::new();
+    let (mut first_micros, mut cut) = (None, false);
+    let (mut keys, mut forgotten, mut secrets) = (0, 0, 0);
+    let whole = read(input, progress, &mut |item| {
+        match item {
+            Item::Record { position, stream, version, bytes, hash, micros, subject } => {
+                cut = cut
+                    || match to {
+                        RestoreTo::End => false,
+                        RestoreTo::Position(last) => position > last,
+                        RestoreTo::Time(time) => micros > time.timestamp_micros(),
+                    };
+                if !cut {
+                    first_micros.get_or_insert(micros);
+                    filler.put(position, stream, version, bytes, hash, micros)?;
+                    subjects.extend(subject);
+                }
+            }
+            Item::Key { subject, key } if subjects.contains(&subject) => {
+                filler.put_key(subject, key.as_ref())?;
+                match key {
+                    Some(_) => keys += 1,
+                    None => forgotten += 1,
+                }
+            }
+            Item::Key { .. } => {}
+            Item::Secret { name, value } => {
+                filler.put_secret(name, &value)?;
+                secrets += 1;
+            }
+        }
+        Ok(())
+    })?;
+    if filler.head == 0 && whole.events > 0 {
+        return Err(StoreError::bad_input(match to {
+            RestoreTo::Time(time) => format!("no event in the backup was recorded at or before {time}"),
+            _ => "nothing to restore before that point".to_owned(),
+        }));
+    }
+    let (head, last_hash, last_micros) = (filler.head, filler.last_hash, filler.last_recorded_micros);
+    filler.finish()?;
+    let micros = |micros: Option<i64>| micros.and_then(DateTime::from_timestamp_micros);
+    Ok(BackupSummary {
+        events: head,
+        last_position: head,
+        last_hash,
+        first_recorded_at: micros(first_micros),
+        last_recorded_at: micros((head > 0).then_some(last_micros)),
+        keys,
+        forgotten,
+        secrets,
+        ..whole
+    })
+}
+
+/// A staging directory next to `dir`, for writing a whole data directory before
+/// renaming it into place.
+pub fn staging_dir(dir: &Path) -> PathBuf {
+    let name = dir.file_name().map_or_else(|| "data".into(), |name| name.to_string_lossy().into_owned());
+    dir.with_file_name(format!(".{name}.incoming-{}", std::process::id()))
+}
+
+/// Reads frames, checking every byte before handing items on.
+struct Reader<R> {
+    input: R,
+    hasher: blake3::Hasher,
+    offset: u64,
+}
+
+impl<R: Read> Reader<R> {
+    fn exact(&mut self, buffer: &mut [u8], hash: bool) -> Result<(), StoreError> {
+        self.input.read_exact(buffer).map_err(|error| match error.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                StoreError::bad_input(format!("the backup is cut short at byte {}: it has no trailer", self.offset))
+            }
+            _ => StoreError::bad_input(format!("cannot read the backup: {error}")),
+        })?;
+        if hash {
+            self.hasher.update(buffer);
+        }
+        self.offset += buffer.len() as u64;
+        Ok(())
+    }
+}
+
+fn read(
+    input: impl Read,
+    progress: &mut dyn FnMut(u64),
+    visit: &mut dyn FnMut(Item<'_>) -> Result<(), StoreError>,
+) -> Result<BackupSummary, StoreError> {
+    let bad = |reason: String| StoreError::bad_input(reason);
+    let mut reader =
+        Reader { input: BufReader::with_capacity(1 << 20, input), hasher: blake3::Hasher::new(), offset: 0 };
+    let mut magic = [0; 8];
+    reader.exact(&mut magic, true).map_err(|_| bad("not a shoplog backup: the file is too short".into()))?;
+    if &magic != BACKUP_MAGIC {
+        return Err(bad("not a shoplog backup: it does not start with SHOPLOGB".into()));
+    }
+    let mut version = [0; 2];
+    reader.exact(&mut version, true)?;
+    let version = u16::from_be_bytes(version);
+    if version != BACKUP_VERSION {
+        return Err(bad(format!(
+            "backup format version {version} is not supported (this build reads {BACKUP_VERSION})"
+        )));
+    }
+
+    let mut stage = HEADER;
+    let mut body = Vec::with_capacity(FRAME_LEN_MAX);
+    let (mut taken_at, mut head) = (DateTime::<Utc>::UNIX_EPOCH, 0);
+    let mut previous_hash = GENESIS_HASH;
+    let mut events = 0u64;
+    let (mut first_micros, mut last_micros) = (None, None);
+    let (mut keys, mut forgotten, mut secrets) = (0, 0, 0);
+    loop {
+        let frame_offset = reader.offset;
+        let mut kind_len = [0; 5];
+        reader.exact(&mut kind_len, true)?;
+        let kind = kind_len[0];
+        let len = u32::from_be_bytes([kind_len[1], kind_len[2], kind_len[3], kind_len[4]]) as usize;
+        let order = |kind: u8| [HEADER, RECORD, KEY, SECRET, TRAILER].iter().position(|known| *known == kind);
+        let (Some(rank), Some(current)) = (order(kind), order(stage)) else {
+            return Err(bad(format!("unknown frame kind 0x{kind:02x} at byte {frame_offset}: the file is damaged")));
+        };
+        if rank < current || (kind == HEADER && stage != HEADER) || (stage == HEADER && kind != HEADER) {
+            return Err(bad(format!(
+                "frame {} out of order at byte {frame_offset}: the file is damaged",
+                kind as char
+            )));
+        }
+        stage = kind;
+        if len > FRAME_LEN_MAX {
+            return Err(bad(format!("frame of {len} bytes at byte {frame_offset} is too large: the file is damaged")));
+        }
+        if kind == TRAILER {
+            if len != TRAILER_LEN {
+                return Err(bad(format!("the trailer at byte {frame_offset} has {len} bytes: the file is damaged")));
+            }
+            let mut fields = [0; TRAILER_LEN - 32];
+            reader.exact(&mut fields, true)?;
+            let expected_checksum = *reader.hasher.finalize().as_bytes();
+            let mut checksum = [0; 32];
+            reader.exact(&mut checksum, false)?;
+            let mut rest = [0; 1];
+            match reader.input.read(&mut rest) {
+                Ok(0) => {}
+                Ok(_) => return Err(bad("bytes follow the trailer: the file is damaged".into())),
+                Err(error) => return Err(bad(format!("cannot read the backup: {error}"))),
+            }
+            if checksum != expected_checksum {
+                return Err(bad("the checksum does not match: the file is damaged".into()));
+            }
+            let count = be_u64(&fields[..8]).unwrap_or_default();
+            let last_position = be_u64(&fields[8..16]).unwrap_or_default();
+            if count != events || last_position != head || events != head || fields[16..48] != previous_hash {
+                return Err(bad(format!(
+                    "the trailer says {count} events up to {last_position}, the file holds {events} up to {head}"
+                )));
+            }
+            progress(events);
+            let micros = |micros: Option<i64>| micros.and_then(DateTime::from_timestamp_micros);
+            return Ok(BackupSummary {
+                taken_at,
+                events,
+                last_position,
+                last_hash: previous_hash,
+                first_recorded_at: micros(first_micros),
+                last_recorded_at: micros(last_micros),
+                keys,
+                forgotten,
+                secrets,
+                bytes: reader.offset,
+            });
+        }
+        body.resize(len, 0);
+        reader.exact(&mut body, true)?;
+        match kind {
+            HEADER => {
+                let (Some(micros), Some(position)) =
+                    (be_u64(body.get(..8).unwrap_or_default()), be_u64(body.get(8..).unwrap_or_default()))
+                else {
+                    return Err(bad("the backup header is damaged".into()));
+                };
+                taken_at = DateTime::from_timestamp_micros(micros as i64)
+                    .ok_or_else(|| bad("the backup header's time is out of range".into()))?;
+                head = position;
+                // The header alone is not enough: a record must follow unless the log was empty.
+                stage = RECORD;
+            }
+            RECORD => {
+                let position = events + 1;
+                let record = record::parse(&body)
+                    .map_err(|reason| bad(format!("the record at position {position} is damaged: {reason}")))?;
+                if record.header.position != position {
+                    return Err(bad(format!("position {position} is missing (found {})", record.header.position)));
+                }
+                if position > head {
+                    return Err(bad(format!("the backup holds more events than its header's head {head}")));
+                }
+                if record::chain_hash(&previous_hash, record.body) != record.hash {
+                    return Err(bad(format!("the hash chain breaks at position {position}: the file is damaged")));
+                }
+                previous_hash = record.hash;
+                events = position;
+                first_micros.get_or_insert(record.header.recorded_at_micros);
+                last_micros = Some(record.header.recorded_at_micros);
+                visit(Item::Record {
+                    position,
+                    stream: &record.header.stream,
+                    version: record.header.version,
+                    bytes: &body,
+                    hash: record.hash,
+                    micros: record.header.recorded_at_micros,
+                    subject: record.header.subject,
+                })?;
+                if position.is_multiple_of(4096) {
+                    progress(position);
+                }
+            }
+            KEY => {
+                if events != head {
+                    return Err(bad(format!("the backup ends at position {events}, its header says {head}")));
+                }
+                let subject = Uuid::from_slice(body.get(..16).unwrap_or_default())
+                    .map_err(|_| bad(format!("the key frame at byte {frame_offset} is damaged")))?;
+                let key = match body.len() {
+                    16 => None,
+                    48 => Some(<[u8; 32]>::try_from(&body[16..]).map_err(|_| bad("a key is damaged".into()))?),
+                    _ => return Err(bad(format!("the key frame at byte {frame_offset} is damaged"))),
+                };
+                match key {
+                    Some(_) => keys += 1,
+                    None => forgotten += 1,
+                }
+                visit(Item::Key { subject, key })?;
+            }
+            SECRET => {
+                if events != head {
+                    return Err(bad(format!("the backup ends at position {events}, its header says {head}")));
+                }
+                let split = body.len().checked_sub(32).ok_or_else(|| bad("a secret is damaged".into()))?;
+                let name = std::str::from_utf8(&body[..split]).map_err(|_| bad("a secret's name is damaged".into()))?;
+                let value = <[u8; 32]>::try_from(&body[split..]).map_err(|_| bad("a secret is damaged".into()))?;
+                secrets += 1;
+                visit(Item::Secret { name, value })?;
+            }
+            _ => return Err(bad(format!("unknown frame kind 0x{kind:02x} at byte {frame_offset}"))),
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Filling a new data directory with a whole log at once, for restore and import:
+//! records go straight into sled (no writer, no transaction, no flush per append),
+//! and the directory is made durable once at the end. Only ever
+//! used on a directory nobody else has open, and it must be new or empty.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::log::sled_config;
+use crate::record::{FORMAT_V1, GENESIS_HASH};
+use crate::seal::SubjectKey;
+use crate::trees::{self, Trees};
+
+/// A new log being filled in position order.
+pub(crate) struct Filler {
+    path: PathBuf,
+    db: sled::Db,
+    trees: Trees,
+    pub head: u64,
+    pub last_hash: [u8; 32],
+    pub last_recorded_micros: i64,
+}
+
+impl Filler {
+    /// Create the log in `dir`, which must not exist or be empty.
+    pub fn create(dir: &Path) -> Result<Self, StoreError> {
+        ensure_new_or_empty(dir)?;
+        std::fs::create_dir_all(dir)?;
+        let db = sled_config(dir, 64 * 1024 * 1024).open()?;
+        let trees = Trees::open(&db)?;
+        Ok(Filler { path: dir.to_path_buf(), db, trees, head: 0, last_hash: GENESIS_HASH, last_recorded_micros: 0 })
+    }
+
+    /// Add the next record: it must be at `head + 1` and chained to `last_hash`
+    /// (the callers check that; this only writes).
+    pub fn put(
+        &mut self,
+        position: u64,
+        stream: &str,
+        version: u64,
+        bytes: &[u8],
+        hash: [u8; 32],
+        recorded_micros: i64,
+    ) -> Result<(), StoreError> {
+        self.trees.events.insert(position.to_be_bytes(), bytes)?;
+        self.trees.streams.insert(trees::stream_key(stream, version), &position.to_be_bytes())?;
+        self.head = position;
+        self.last_hash = hash;
+        self.last_recorded_micros = self.last_recorded_micros.max(recorded_micros);
+        Ok(())
+    }
+
+    /// A subject's key, or its tombstone (`None`: forgotten).
+    pub fn put_key(&self, subject: Uuid, key: Option<&SubjectKey>) -> Result<(), StoreError> {
+        let value: &[u8] = key.map_or(&[], |key| &key[..]);
+        self.trees.keys.insert(subject.as_bytes(), value)?;
+        Ok(())
+    }
+
+    /// A named secret (see [`crate::EventLog::secret`]).
+    pub fn put_secret(&self, name: &str, value: &[u8; 32]) -> Result<(), StoreError> {
+        self.trees.meta.insert([trees::META_SECRET_PREFIX, name.as_bytes()].concat(), &value[..])?;
+        Ok(())
+    }
+
+    /// Write the tail and make everything durable: sled's flush, `fdatasync` of its
+    /// log file, and the directory. Returns the directory.
+    pub fn finish(self) -> Result<PathBuf, StoreError> {
+        let meta = &self.trees.meta;
+        meta.insert(trees::META_FORMAT, &[FORMAT_V1])?;
+        meta.insert(trees::META_HEAD, &self.head.to_be_bytes())?;
+        meta.insert(trees::META_LAST_HASH, &self.last_hash)?;
+        meta.insert(trees::META_LAST_RECORDED_AT, &self.last_recorded_micros.to_be_bytes())?;
+        self.db.flush()?;
+        File::open(self.path.join("db"))?.sync_all()?;
+        File::open(&self.path)?.sync_all()?;
+        Ok(self.path)
+    }
+}
+
+/// Refuse a directory that holds anything (restore and import never write over a
+/// log); a directory that does not exist is fine.
+pub fn ensure_new_or_empty(dir: &Path) -> Result<(), StoreError> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => match entries.next() {
+            None => Ok(()),
+            Some(_) => Err(StoreError::NotEmpty { path: dir.to_path_buf() }),
+        },
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotADirectory => {
+            Err(StoreError::NotEmpty { path: dir.to_path_buf() })
+        }
+        Err(error) => Err(error.into()),
+    }
+}
