@@ -43,6 +43,7 @@ pub mod dashboard;
 mod error;
 pub mod orders;
 pub mod records;
+pub mod replay;
 mod runtime;
 
 pub use carts::{CartLineView, CartView, Carts};
@@ -51,6 +52,9 @@ pub use dashboard::{Dashboard, DayView, LowStock, OrdersByStatus, SalesQuery, Sa
 pub use error::ProjectionError;
 pub use orders::{OrderView, Orders};
 pub use records::{Changes, Envelope, MemoryRecords, Records};
+pub use replay::{
+    CheckpointStatus, ReplayError, ReplayOptions, ReplayReport, ReplayedModel, checkpoints, replay, replay_with,
+};
 pub use runtime::{
     Answer, ApplyFn, Dump, MODELS, Options, PAGE_LEN_MAX, Page, ProjectionStatus, Projections, RebuildStatus,
 };

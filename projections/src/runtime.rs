@@ -29,8 +29,8 @@ use crate::{carts, catalog, dashboard, orders};
 /// The most items one page holds, whatever the caller asks.
 pub const PAGE_LEN_MAX: usize = 1000;
 
-const CHECKPOINTS_TREE: &str = "checkpoints";
-const META_TREE: &str = "projections";
+pub(crate) const CHECKPOINTS_TREE: &str = "checkpoints";
+pub(crate) const META_TREE: &str = "projections";
 
 /// A pure read model: its changes for one event, given its current records.
 pub type ApplyFn = fn(&dyn Records, &Envelope, &Event) -> Result<Changes, ProjectionError>;
@@ -128,15 +128,9 @@ pub(crate) struct Generation {
 
 impl Generation {
     fn open(shared: &Shared, model: &str, number: u64) -> Result<Generation, ProjectionError> {
-        let tree_name = format!("{model}.g{number}");
+        let tree_name = tree_name(model, number);
         let tree = shared.log.open_tree(&tree_name)?;
-        let checkpoint = match shared.checkpoints.get(tree_name.as_bytes())? {
-            None => 0,
-            Some(bytes) => be_u64(&bytes).ok_or_else(|| ProjectionError::Corrupt {
-                model: "checkpoints",
-                reason: format!("checkpoint of {tree_name} is not a u64"),
-            })?,
-        };
+        let checkpoint = read_checkpoint(&shared.checkpoints, &tree_name)?;
         Ok(Generation {
             number,
             tree_name,
@@ -315,8 +309,43 @@ impl Slot {
     }
 }
 
-fn building_key(name: &str) -> Vec<u8> {
+/// The tree of generation `number` of `model`, and its key in the checkpoints tree.
+pub(crate) fn tree_name(model: &str, number: u64) -> String {
+    format!("{model}.g{number}")
+}
+
+/// The key in the meta tree of the generation being rebuilt.
+pub(crate) fn building_key(name: &str) -> Vec<u8> {
     format!("{name}.building").into_bytes()
+}
+
+/// The last position applied to the generation `tree_name` (0: none yet).
+pub(crate) fn read_checkpoint(checkpoints: &sled::Tree, tree_name: &str) -> Result<u64, ProjectionError> {
+    match checkpoints.get(tree_name.as_bytes())? {
+        None => Ok(0),
+        Some(bytes) => be_u64(&bytes).ok_or_else(|| ProjectionError::Corrupt {
+            model: "checkpoints",
+            reason: format!("checkpoint of {tree_name} is not a u64"),
+        }),
+    }
+}
+
+/// Write one batch of a generation's changes and its new checkpoint in one
+/// transaction: a crash keeps both or neither.
+pub(crate) fn write_batch(
+    tree: &sled::Tree,
+    checkpoints: &sled::Tree,
+    tree_name: &str,
+    batch: &sled::Batch,
+    position: u64,
+) -> Result<(), ProjectionError> {
+    let written: Result<(), sled::transaction::TransactionError<()>> =
+        (tree, checkpoints).transaction(|(tree, checkpoints)| {
+            tree.apply_batch(batch)?;
+            checkpoints.insert(tree_name.as_bytes(), &position.to_be_bytes())?;
+            Ok(())
+        });
+    written.map_err(|error| ProjectionError::Storage(format!("writing {tree_name}: {error:?}")))
 }
 
 /// Apply `events` (the next ones after the generation's checkpoint) and write the
@@ -345,13 +374,7 @@ fn commit(slot: &Slot, generation: &Generation, events: &[RecordedEvent]) -> Res
             None => batch.remove(key),
         }
     }
-    let written: Result<(), sled::transaction::TransactionError<()>> = (&generation.tree, &generation.checkpoints)
-        .transaction(|(tree, checkpoints)| {
-            tree.apply_batch(&batch)?;
-            checkpoints.insert(generation.tree_name.as_bytes(), &position.to_be_bytes())?;
-            Ok(())
-        });
-    written.map_err(|error| ProjectionError::Storage(format!("writing {}: {error:?}", generation.tree_name)))?;
+    write_batch(&generation.tree, &generation.checkpoints, &generation.tree_name, &batch, position)?;
     generation.checkpoint.store(position, Ordering::Release);
     Ok(position)
 }
