@@ -119,11 +119,20 @@ impl FromRequestParts<AppState> for Caller {
             return Ok(Caller(None));
         }
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
-        state
-            .tokens
-            .authenticate(token, Utc::now())
-            .map(|principal| Caller(Some(principal)))
-            .ok_or(ApiError::Unauthorized)
+        let principal = state.tokens.authenticate(token, Utc::now()).ok_or(ApiError::Unauthorized)?;
+        if let Principal::Customer(id) = principal {
+            // A token outlives a forgetting (it is only signed, never stored): a
+            // forgotten customer's tokens stop working at once.
+            let forgotten = state
+                .service
+                .customer(id)
+                .map_err(ApiError::internal)?
+                .is_some_and(|(customer, _)| matches!(customer, domain::Customer::Forgotten { .. }));
+            if forgotten {
+                return Err(ApiError::Unauthorized);
+            }
+        }
+        Ok(Caller(Some(principal)))
     }
 }
 

@@ -6,8 +6,9 @@ use store::RecordedEvent;
 use crate::error::ApiError;
 
 /// `{position, stream, version, event_id, type, schema_version, recorded_at, actor,
-/// correlation_id, causation_id, data, hash}`. `data` is `null` for an event whose
-/// personal data was forgotten.
+/// correlation_id, causation_id, data, forgotten, subject, hash}`. `data` is `null`
+/// for an event whose personal data was forgotten; `subject` is only there for an
+/// event that carries personal data.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventJson {
     pub position: u64,
@@ -23,15 +24,28 @@ pub struct EventJson {
     pub causation_id: uuid::Uuid,
     pub data: Option<serde_json::Value>,
     pub forgotten: bool,
+    /// The data subject (a customer id) whose key seals the event's data, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<uuid::Uuid>,
     pub hash: String,
 }
 
 impl EventJson {
+    /// The event with its secrets (password hashes) redacted: what the API shows.
     pub fn from_recorded(event: RecordedEvent) -> Result<Self, ApiError> {
+        Self::build(event, true)
+    }
+
+    /// The event whole, secrets included: only for `shoplog export --with-secrets`.
+    pub fn from_recorded_with_secrets(event: RecordedEvent) -> Result<Self, ApiError> {
+        Self::build(event, false)
+    }
+
+    fn build(event: RecordedEvent, redact: bool) -> Result<Self, ApiError> {
         let decoded = commands::codec::decode(&event).map_err(ApiError::internal)?;
         let forgotten = decoded.is_none();
         let data = decoded
-            .map(|event| serde_json::to_value(event.without_secrets()))
+            .map(|decoded| serde_json::to_value(if redact { decoded.without_secrets() } else { decoded }))
             .transpose()
             .map_err(ApiError::internal)?;
         Ok(EventJson {
@@ -47,6 +61,7 @@ impl EventJson {
             causation_id: event.causation_id,
             data,
             forgotten,
+            subject: event.subject,
             hash: hex::encode(event.hash),
         })
     }

@@ -11,7 +11,9 @@
 //! problem+json. It never decides a shop rule itself and never writes to the
 //! log except through `CommandService`.
 
+mod admin;
 pub mod auth;
+mod backups;
 pub mod cli;
 pub mod config;
 mod dashboard;

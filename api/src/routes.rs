@@ -58,6 +58,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(crate::queries::sales))
         .routes(routes!(crate::queries::projection_status))
         .routes(routes!(crate::queries::rebuild))
+        .routes(routes!(crate::backups::backup))
+        .routes(routes!(crate::admin::forget_customer))
         .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
 }
 

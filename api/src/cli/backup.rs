@@ -1,17 +1,244 @@
-//! `shoplog backup` and `shoplog restore` (being written).
+//! `shoplog backup` and `shoplog restore` (DESIGN §3, §7).
+//!
+//! A backup is written to a temporary file next to `--out`, fsynced, checked, and
+//! only then renamed into place, so a backup that failed never leaves a file that
+//! looks whole; an existing `--out` is never overwritten. A restore checks the whole
+//! file (header, every record's hash chain, trailer, checksum) before it writes
+//! anything, fills a staging directory next to `--data`, verifies the log there,
+//! rebuilds the read models, and only then renames it into place: it never leaves
+//! a half-restored directory and never writes over a non-empty one.
 
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-#[derive(Debug, clap::Args)]
-pub(super) struct BackupArgs {}
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use store::{BackupSummary, RestoreTo};
+
+use super::open_offline;
+use super::progress::bar;
 
 #[derive(Debug, clap::Args)]
-pub(super) struct RestoreArgs {}
-
-pub(super) fn backup(_args: BackupArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("backup is not available yet")
+// Both may be set (SHOPLOG_DATA in the environment, --server on the line): the
+// server wins, since an offline backup of a dir a server holds cannot work anyway.
+#[command(group = clap::ArgGroup::new("source").required(true).multiple(true).args(["data", "server"]))]
+pub(super) struct BackupArgs {
+    /// The file to write; it must not exist yet.
+    #[arg(long)]
+    out: PathBuf,
+    /// Back up the data dir of a stopped server.
+    #[arg(long, env = "SHOPLOG_DATA")]
+    data: Option<PathBuf>,
+    /// Back up a running server through `GET /admin/backup` (needs --token).
+    #[arg(long, env = "SHOPLOG_SERVER", requires = "token")]
+    server: Option<String>,
+    /// The server's admin token.
+    #[arg(long, env = "SHOPLOG_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
-pub(super) fn restore(_args: RestoreArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("restore is not available yet")
+#[derive(Debug, clap::Args)]
+pub(super) struct RestoreArgs {
+    /// The backup file.
+    #[arg(long = "in")]
+    input: PathBuf,
+    /// The data dir to create; it must not exist or be empty.
+    #[arg(long, env = "SHOPLOG_DATA")]
+    data: PathBuf,
+    /// Restore only the events up to and including this position.
+    #[arg(long, conflicts_with = "to_time")]
+    to_position: Option<u64>,
+    /// Restore only the events recorded at or before this time (RFC 3339, e.g.
+    /// 2026-11-22T10:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    to_time: Option<DateTime<Utc>>,
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|time| time.with_timezone(&Utc))
+        .map_err(|error| format!("{error}; expected an RFC 3339 time like 2026-11-22T10:00:00Z"))
+}
+
+pub(super) fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(!args.out.exists(), "{} already exists; choose a new file name", args.out.display());
+    let partial = partial_path(&args.out);
+    let written = match (&args.server, &args.data) {
+        (Some(server), _) => backup_online(server, args.token.as_deref().unwrap_or_default(), &partial),
+        (None, Some(data)) => backup_offline(data, &partial),
+        (None, None) => Err(anyhow::anyhow!("say which log to back up: --data DIR or --server URL")),
+    };
+    let summary = match written.and_then(|()| install_file(&partial, &args.out)) {
+        Ok(summary) => summary,
+        Err(error) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(error);
+        }
+    };
+    println!(
+        "backed up {} events up to position {} ({} keys, {} forgotten, {} bytes) to {}",
+        summary.events,
+        summary.last_position,
+        summary.keys,
+        summary.forgotten,
+        summary.bytes,
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `.<name>.partial-<pid>` next to `out`.
+fn partial_path(out: &Path) -> PathBuf {
+    let name = out.file_name().map_or_else(|| "backup".into(), |name| name.to_string_lossy().into_owned());
+    out.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+}
+
+fn backup_offline(data: &Path, partial: &Path) -> anyhow::Result<()> {
+    let log = open_offline(data)?;
+    let file = File::create_new(partial).with_context(|| format!("cannot create {}", partial.display()))?;
+    let progress = bar("backing up", log.head(), "events");
+    log.backup(&file, &mut |done| progress.set_position(done))?;
+    progress.finish_and_clear();
+    file.sync_all().context("cannot fsync the backup")?;
+    Ok(())
+}
+
+fn backup_online(server: &str, token: &str, partial: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let url = format!("{}/admin/backup", server.trim_end_matches('/'));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut response = reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|error| anyhow::anyhow!("cannot reach {url}: {}", root_cause(&error)))?;
+        super::refused_by_server(&response)?;
+        let response_status = response.status();
+        if !response_status.is_success() {
+            let detail = response.text().await.unwrap_or_default();
+            anyhow::bail!("{url} answered {response_status}: {}", super::problem_detail(&detail));
+        }
+        let mut file = File::create_new(partial).with_context(|| format!("cannot create {}", partial.display()))?;
+        let progress = bar("downloading", 0, "bytes");
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|error| anyhow::anyhow!("the backup download broke off: {}", root_cause(&error)))?
+        {
+            file.write_all(&chunk).with_context(|| format!("cannot write {}", partial.display()))?;
+            progress.inc(chunk.len() as u64);
+        }
+        progress.finish_and_clear();
+        file.sync_all().context("cannot fsync the backup")?;
+        Ok(())
+    })
+}
+
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+/// Check the written file whole, then rename it into place and fsync the directory.
+fn install_file(partial: &Path, out: &Path) -> anyhow::Result<BackupSummary> {
+    let file = File::open(partial).with_context(|| format!("cannot read back {}", partial.display()))?;
+    let summary = store::check_backup(file, &mut |_| {}).context("the backup written is not sound")?;
+    std::fs::rename(partial, out).with_context(|| format!("cannot rename the backup to {}", out.display()))?;
+    sync_parent(out)?;
+    Ok(summary)
+}
+
+fn sync_parent(path: &Path) -> anyhow::Result<()> {
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    File::open(parent).and_then(|dir| dir.sync_all()).with_context(|| format!("cannot fsync {}", parent.display()))
+}
+
+pub(super) fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let open = || File::open(&args.input).with_context(|| format!("cannot open {}", args.input.display()));
+    store::ensure_new_or_empty(&args.data)?;
+    let checking = bar("checking", 0, "events");
+    let whole = store::check_backup(open()?, &mut |done| checking.set_position(done))
+        .with_context(|| format!("refusing {}", args.input.display()))?;
+    checking.finish_and_clear();
+    let to = match (args.to_position, args.to_time) {
+        (Some(position), _) => {
+            anyhow::ensure!(
+                (1..=whole.last_position).contains(&position),
+                "position {position} is not in the backup, which holds positions 1 to {}",
+                whole.last_position
+            );
+            RestoreTo::Position(position)
+        }
+        (None, Some(time)) => {
+            if let Some(first) = whole.first_recorded_at {
+                anyhow::ensure!(
+                    time >= first,
+                    "no event in the backup was recorded at or before {time} (the first was at {first})"
+                );
+            }
+            RestoreTo::Time(time)
+        }
+        (None, None) => RestoreTo::End,
+    };
+    let restored = install_dir(&args.data, |staging| {
+        let progress = bar("restoring", whole.events, "events");
+        let restored = store::restore_backup(open()?, staging, to, &mut |done| progress.set_position(done))?;
+        progress.finish_and_clear();
+        Ok(restored)
+    })?;
+    let last = restored.last_recorded_at.map_or_else(|| "-".to_owned(), |time| time.to_rfc3339());
+    println!(
+        "restored {} of {} events (positions 1 to {}, the last recorded at {last}) from {} into {}; read models rebuilt",
+        restored.events,
+        whole.events,
+        restored.last_position,
+        args.input.display(),
+        args.data.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Fill a staging directory next to `target` with `fill`, verify the log there,
+/// rebuild its read models, and rename it into place; on any failure the staging
+/// directory is removed and `target` is left as it was.
+pub(super) fn install_dir<T>(target: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    store::ensure_new_or_empty(target)?;
+    let staging = store::staging_dir(target);
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).with_context(|| format!("cannot clear {}", staging.display()))?;
+    }
+    let installed = fill(&staging).and_then(|filled| {
+        settle(&staging)?;
+        if target.exists() {
+            // Empty, as checked: make room for the rename.
+            std::fs::remove_dir(target).with_context(|| format!("cannot replace the empty {}", target.display()))?;
+        }
+        std::fs::rename(&staging, target).with_context(|| format!("cannot move the data into {}", target.display()))?;
+        sync_parent(target)?;
+        Ok(filled)
+    });
+    if installed.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    installed
+}
+
+/// Verify the log just written and build its read models.
+fn settle(dir: &Path) -> anyhow::Result<()> {
+    let log = store::EventLog::open(dir)?;
+    log.verify().context("the restored log does not verify")?;
+    let progress = bar("rebuilding read models", log.head(), "events");
+    projections::replay(&log, None, None, &mut |done| progress.set_position(done))
+        .context("cannot rebuild the read models")?;
+    progress.finish_and_clear();
+    Ok(())
 }

@@ -1,17 +1,279 @@
-//! `shoplog export` and `shoplog import` (being written).
+//! `shoplog export` and `shoplog import`: the log as NDJSON of the JSON event form
+//! (DESIGN §6), for other tools and for migrations.
+//!
+//! The first line is a header, `{"shoplog_export": 1, "from": P, "head": H,
+//! "with_secrets": bool, "secrets": {...}}`; every other line is one event. Without
+//! `--with-secrets` password hashes read `[redacted]` and the header holds no
+//! secrets: fine for reading, not enough to rebuild a shop. With it, the header
+//! carries the log's named secrets (the key of the email index and the key that
+//! signs customer tokens), so an import keeps every stream name, every password
+//! and every token valid. Such an export holds credentials: keep it like a backup.
+//! Forgotten customers stay forgotten either way (their events carry `data: null`).
+//!
+//! `import` takes a full export with secrets (from position 1), checks every line as
+//! it goes (positions and versions without gaps, each event's data decoding as its
+//! type and version), writes a fresh hash chain into a staging directory, verifies
+//! it, rebuilds the read models and renames it into place.
 
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-#[derive(Debug, clap::Args)]
-pub(super) struct ExportArgs {}
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::open_offline;
+use super::progress::bar;
+use crate::json::EventJson;
+
+/// The export format this build writes and reads.
+const EXPORT_VERSION: u32 = 1;
 
 #[derive(Debug, clap::Args)]
-pub(super) struct ImportArgs {}
-
-pub(super) fn export(_args: ExportArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("export is not available yet")
+pub(super) struct ExportArgs {
+    /// The data dir of a stopped server.
+    #[arg(long, env = "SHOPLOG_DATA", default_value = "./data")]
+    data: PathBuf,
+    /// The first position to export.
+    #[arg(long, default_value_t = 1)]
+    from: u64,
+    /// Include password hashes and the log's secrets (needed for `import`).
+    #[arg(long)]
+    with_secrets: bool,
+    /// Write to this file (it must not exist yet) instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
-pub(super) fn import(_args: ImportArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("import is not available yet")
+#[derive(Debug, clap::Args)]
+pub(super) struct ImportArgs {
+    /// The data dir to create; it must not exist or be empty.
+    #[arg(long, env = "SHOPLOG_DATA")]
+    data: PathBuf,
+    /// The export to read (`-` or none: stdin).
+    #[arg(long = "in")]
+    input: Option<PathBuf>,
+}
+
+/// The first line of an export.
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    shoplog_export: u32,
+    from: u64,
+    head: u64,
+    with_secrets: bool,
+    /// Name → hex, only with secrets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    secrets: BTreeMap<String, String>,
+}
+
+/// One event line as import reads it.
+#[derive(Debug, Deserialize)]
+struct EventLine {
+    position: u64,
+    stream: String,
+    version: u64,
+    event_id: Uuid,
+    #[serde(rename = "type")]
+    event_type: String,
+    schema_version: u16,
+    recorded_at: DateTime<Utc>,
+    actor: String,
+    correlation_id: Uuid,
+    causation_id: Uuid,
+    data: Option<serde_json::Value>,
+    #[serde(default)]
+    subject: Option<Uuid>,
+}
+
+pub(super) fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let log = open_offline(&args.data)?;
+    let head = log.head();
+    anyhow::ensure!(args.from >= 1, "--from starts at 1");
+    anyhow::ensure!(args.from <= head.max(1), "position {} is past the head {head}", args.from);
+    if let Some(out) = &args.out {
+        anyhow::ensure!(!out.exists(), "{} already exists; choose a new file name", out.display());
+    }
+    let secrets = match args.with_secrets {
+        true => log.secrets()?.into_iter().map(|(name, value)| (name, hex::encode(value))).collect(),
+        false => BTreeMap::new(),
+    };
+    let header =
+        Header { shoplog_export: EXPORT_VERSION, from: args.from, head, with_secrets: args.with_secrets, secrets };
+    let total = (head + 1).saturating_sub(args.from);
+    match &args.out {
+        None => {
+            let progress = indicatif::ProgressBar::hidden();
+            write_export(&log, &header, std::io::stdout().lock(), &progress)?;
+        }
+        Some(out) => {
+            let partial = out.with_file_name(format!(
+                ".{}.partial-{}",
+                out.file_name().map_or_else(|| "export".into(), |name| name.to_string_lossy()),
+                std::process::id()
+            ));
+            let written = File::create_new(&partial)
+                .with_context(|| format!("cannot create {}", partial.display()))
+                .and_then(|file| {
+                    let progress = bar("exporting", total, "events");
+                    write_export(&log, &header, &file, &progress)?;
+                    progress.finish_and_clear();
+                    file.sync_all().context("cannot fsync the export")?;
+                    std::fs::rename(&partial, out).with_context(|| format!("cannot rename to {}", out.display()))
+                });
+            if written.is_err() {
+                let _ = std::fs::remove_file(&partial);
+            }
+            written?;
+            eprintln!("exported {total} events to {}", out.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_export(
+    log: &store::EventLog,
+    header: &Header,
+    out: impl Write,
+    progress: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
+    const PAGE_LEN: usize = 4096;
+    let mut out = BufWriter::with_capacity(1 << 20, out);
+    let broken = |error: std::io::Error| anyhow::anyhow!("cannot write the export: {error}");
+    serde_json::to_writer(&mut out, header)?;
+    out.write_all(b"\n").map_err(broken)?;
+    let mut next = header.from;
+    while next <= header.head {
+        let page = log.read_all(next, PAGE_LEN.min((header.head + 1 - next) as usize))?;
+        let Some(last) = page.last() else { break };
+        next = last.position + 1;
+        for event in page {
+            let json = match header.with_secrets {
+                true => EventJson::from_recorded_with_secrets(event),
+                false => EventJson::from_recorded(event),
+            }
+            .map_err(|error| anyhow::anyhow!("cannot export an event: {error}"))?;
+            serde_json::to_writer(&mut out, &json)?;
+            out.write_all(b"\n").map_err(broken)?;
+        }
+        progress.set_position(next - header.from);
+    }
+    out.flush().map_err(broken)?;
+    Ok(())
+}
+
+pub(super) fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
+    let input: Box<dyn BufRead> = match &args.input {
+        Some(path) if path != Path::new("-") => Box::new(BufReader::with_capacity(
+            1 << 20,
+            File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        )),
+        _ => Box::new(std::io::stdin().lock()),
+    };
+    let mut lines = input.lines();
+    let first = lines.next().transpose().context("cannot read the export")?.unwrap_or_default();
+    let header: Header = serde_json::from_str(&first)
+        .map_err(|_| anyhow::anyhow!("not a shoplog export: the first line is not its header"))?;
+    anyhow::ensure!(
+        header.shoplog_export == EXPORT_VERSION,
+        "export format {} is not supported (this build reads {EXPORT_VERSION})",
+        header.shoplog_export
+    );
+    anyhow::ensure!(
+        header.with_secrets,
+        "the export is redacted (made without --with-secrets): it lacks the password hashes and keys a log needs; \
+         export again with --with-secrets"
+    );
+    anyhow::ensure!(header.from == 1, "not a full export: it starts at position {}, not 1", header.from);
+    let summary = super::backup::install_dir(&args.data, |staging| {
+        let mut importer = store::Importer::create(staging)?;
+        for (name, value) in &header.secrets {
+            let value = hex::decode(value)
+                .ok()
+                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                .ok_or_else(|| anyhow::anyhow!("the header's secret {name} is not 32 bytes of hex"))?;
+            importer.put_secret(name, &value)?;
+        }
+        let progress = bar("importing", header.head, "events");
+        for (number, line) in lines.enumerate() {
+            let line_number = number + 2;
+            let line = line.with_context(|| format!("cannot read line {line_number}"))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let event = parse_line(&line).with_context(|| format!("line {line_number}"))?;
+            anyhow::ensure!(
+                event.position <= header.head,
+                "line {line_number}: position {} is past the header's head {}",
+                event.position,
+                header.head
+            );
+            importer.push(event).with_context(|| format!("line {line_number}"))?;
+            progress.set_position(importer.head());
+        }
+        progress.finish_and_clear();
+        anyhow::ensure!(
+            importer.head() == header.head,
+            "the export is cut short: it ends at position {}, its header says {}",
+            importer.head(),
+            header.head
+        );
+        Ok(importer.finish()?.1)
+    })?;
+    println!(
+        "imported {} events in {} streams ({} customers, {} forgotten) into {}; read models rebuilt",
+        summary.events,
+        summary.streams,
+        summary.subjects,
+        summary.forgotten,
+        args.data.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One event line back into an event to import: its data must decode as its type
+/// and version, name the same subject, and not be redacted.
+fn parse_line(line: &str) -> anyhow::Result<store::ImportEvent> {
+    let line: EventLine = serde_json::from_str(line).map_err(|error| anyhow::anyhow!("not an event: {error}"))?;
+    let payload = match &line.data {
+        None => store::Payload::Forgotten,
+        Some(data) => {
+            let seed = domain::EventSeed { event_type: &line.event_type, schema_version: line.schema_version };
+            let event = serde::de::DeserializeSeed::deserialize(seed, data).map_err(|error| {
+                anyhow::anyhow!("the data of {} v{} does not decode: {error}", line.event_type, line.schema_version)
+            })?;
+            let redacted = data.get("password_hash").and_then(|hash| hash.as_str()) == Some("[redacted]");
+            anyhow::ensure!(
+                !redacted,
+                "position {}: a redacted password hash; import needs an export made with --with-secrets",
+                line.position
+            );
+            anyhow::ensure!(
+                event.subject() == line.subject,
+                "position {}: the data belongs to subject {:?}, the line says {:?}",
+                line.position,
+                event.subject(),
+                line.subject
+            );
+            store::Payload::Plain(store::codec::encode(&event)?)
+        }
+    };
+    Ok(store::ImportEvent {
+        position: line.position,
+        stream: line.stream,
+        version: line.version,
+        event_id: line.event_id,
+        event_type: line.event_type,
+        schema_version: line.schema_version,
+        recorded_at: line.recorded_at,
+        actor: line.actor,
+        correlation_id: line.correlation_id,
+        causation_id: line.causation_id,
+        subject: line.subject,
+        payload,
+    })
 }

@@ -100,9 +100,16 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) if error.use_stderr() => {
             // clap's usage errors span several lines; the first one names the problem.
+            // Its first paragraph (the problem and what it names) goes on one line.
             let rendered = error.to_string();
-            let first = rendered.lines().find(|line| !line.trim().is_empty()).unwrap_or("bad arguments");
-            eprintln!("shoplog: {}", first.trim_start_matches("error: "));
+            let first: Vec<&str> = rendered
+                .lines()
+                .map(str::trim)
+                .skip_while(|line| line.is_empty())
+                .take_while(|line| !line.is_empty())
+                .collect();
+            let line = first.join(" ");
+            eprintln!("shoplog: {}", line.trim_start_matches("error: "));
             return ExitCode::from(2);
         }
         Err(help_or_version) => {
@@ -134,6 +141,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let log = open_offline(&data)?;
             match log.verify() {
                 Ok(report) => {
+                    // The log is sound; the read models' checkpoints must lie within it.
+                    let checkpoints = projections::checkpoints(&log)?;
+                    let damaged: Vec<_> = checkpoints
+                        .iter()
+                        .filter_map(|status| status.problem.as_ref().map(|problem| (status.name, problem)))
+                        .collect();
+                    if !damaged.is_empty() {
+                        for (name, problem) in damaged {
+                            println!("read model {name} is damaged: {problem} (the log itself is sound)");
+                        }
+                        return Ok(ExitCode::from(1));
+                    }
                     println!(
                         "ok: {} events in {} streams, head {}, last hash {}",
                         report.events,
@@ -141,6 +160,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         report.head,
                         hex::encode(report.last_hash)
                     );
+                    let built: Vec<String> = checkpoints
+                        .iter()
+                        .filter_map(|status| {
+                            let generation = status.generation?;
+                            Some(format!("{} at {} (generation {generation})", status.name, status.checkpoint))
+                        })
+                        .collect();
+                    if built.is_empty() {
+                        println!("read models: none built yet");
+                    } else {
+                        println!("read models: {}", built.join(", "));
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(store::StoreError::Corrupt { position, reason }) => {
@@ -178,12 +209,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Open the log of a stopped server; a running one holds its lock.
 pub(crate) fn open_offline(data: &std::path::Path) -> anyhow::Result<store::EventLog> {
     anyhow::ensure!(data.is_dir(), "data directory {} does not exist", data.display());
+    // Opening would create a log: an offline command never changes a dir that holds none.
+    anyhow::ensure!(data.join("db").is_file(), "data directory {} holds no shoplog log", data.display());
     store::EventLog::open(data).map_err(|error| match error {
         store::StoreError::Locked { path } => {
             anyhow::anyhow!("data directory {} is in use by a running server; stop it first", path.display())
         }
         other => anyhow::Error::new(other),
     })
+}
+
+/// One line for a server that refused the CLI's token.
+pub(crate) fn refused_by_server(response: &reqwest::Response) -> anyhow::Result<()> {
+    match response.status() {
+        reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN => {
+            anyhow::bail!("the server refused the token ({}): pass an admin token with --token", response.status())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The `detail` (or `title`) of a problem+json body, else the body's first line.
+pub(crate) fn problem_detail(body: &str) -> String {
+    let problem: Option<serde_json::Value> = serde_json::from_str(body).ok();
+    let field = |name: &str| problem.as_ref().and_then(|problem| problem.get(name)?.as_str().map(str::to_owned));
+    field("detail").or_else(|| field("title")).unwrap_or_else(|| body.lines().next().unwrap_or_default().to_owned())
 }
 
 /// What `shoplog stats` counts.

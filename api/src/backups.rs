@@ -1,0 +1,93 @@
+//! `GET /admin/backup`: an online backup, streamed. The backup ends at the head
+//! read when the request came in, while commands go on being accepted; its bytes are
+//! produced on a blocking thread and handed to the response a chunk at a time, so
+//! memory stays bounded whatever the log's size. A failure midway aborts the
+//! response, and the client sees a file without its trailer, which no reader
+//! accepts as whole.
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::mpsc;
+
+use crate::AppState;
+use crate::auth::Admin;
+use crate::openapi;
+
+/// Bytes per chunk of the response.
+const CHUNK_LEN: usize = 256 * 1024;
+
+/// A backup of the whole log in the backup file format (see `shoplog restore`).
+#[utoipa::path(
+    get, path = "/admin/backup", tag = "admin", security(("admin" = [])),
+    responses(
+        (status = 200, description = "The backup file, ending at the head position when the request came in",
+            content_type = "application/octet-stream", body = Vec<u8>,
+            headers(("X-Head-Position" = u64, description = "The last position in the backup"))),
+        (status = 401, response = openapi::Unauthorized),
+        (status = 403, response = openapi::Forbidden),
+    )
+)]
+pub async fn backup(State(state): State<AppState>, _: Admin) -> Response {
+    let head = state.log.head();
+    let (chunks, body) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let log = state.log.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChunkWriter { buffer: Vec::with_capacity(CHUNK_LEN), chunks: chunks.clone() };
+        let written = log.backup_up_to(head, &mut out, &mut |_| {}).and_then(|summary| {
+            out.send().map_err(|error| store::StoreError::Storage(error.to_string()))?;
+            Ok(summary)
+        });
+        match written {
+            Ok(summary) => tracing::info!(events = summary.events, bytes = summary.bytes, "online backup sent"),
+            Err(error) => {
+                tracing::warn!(%error, "online backup failed");
+                let _ = chunks.blocking_send(Err(std::io::Error::other(error.to_string())));
+            }
+        }
+    });
+    let stream =
+        futures_util::stream::unfold(body, |mut body| async move { body.recv().await.map(|chunk| (chunk, body)) });
+    let mut response = Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert("x-head-position", HeaderValue::from(head));
+    if let Ok(disposition) = HeaderValue::from_str(&format!("attachment; filename=\"shoplog-{head}.backup\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, disposition);
+    }
+    response
+}
+
+/// Hands what the backup writes to the response in chunks; a client that went
+/// away makes the next write fail, which ends the backup.
+struct ChunkWriter {
+    buffer: Vec<u8>,
+    chunks: mpsc::Sender<Result<Bytes, std::io::Error>>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK_LEN)));
+        self.chunks
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= CHUNK_LEN {
+            self.send()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
