@@ -4,16 +4,23 @@
 //!   applies, from position 0 to the head (target ≥ 500,000/s);
 //! - **lag**: from a command's acknowledgement to the catalog reflecting it, at about
 //!   1,000 commands/s (target p99 ≤ 10 ms);
-//! - **memory**: the process's RSS as the log grows (target: flat).
+//! - **memory**: the process's RSS as the log grows (target: flat);
+//! - **replay**: events per second that `projections::replay` (`shoplog replay`)
+//!   reads, decodes and applies to all four models offline, against reading the
+//!   log alone and reading plus decoding in the same run (target ≥ 500,000/s).
 //!
 //! `cargo bench -p tests --bench projections` (`-- --events 1000000` for the 1M
 //! point; default 100,000). Events are restocks over 1,000 products, appended
-//! through `CommandService` by 64 concurrent writers. Bounded in count and time.
+//! through `CommandService` by 64 concurrent writers. `-- --replay-only` measures
+//! only the replay, over a log filled faster (the same restocks, the products in
+//! turn, 256 product streams to an append). Bounded in count and time.
 
 use std::time::{Duration, Instant};
 
 use commands::{CommandContext, CommandService};
-use domain::{PriceCents, ProductName, RestockQuantity, Sku, Stock};
+use domain::{Event, PriceCents, ProductName, ProductRestocked, RestockQuantity, Sku, Stock};
+use store::{AppendRequest, EventLog, ExpectedVersion, Metadata, StreamAppend};
+use uuid::Uuid;
 
 const PRODUCTS: usize = 1000;
 const WRITERS: usize = 64;
@@ -56,6 +63,105 @@ async fn append_restocks(service: &CommandService, count: usize) {
     }
 }
 
+/// The same restocks as `append_restocks` (one event per product stream, the
+/// products in turn), written straight to the log 256 streams to an append: a
+/// large log for the replay, filled in seconds.
+async fn append_restocks_in_bulk(log: &EventLog, count: usize) {
+    const PER_APPEND: usize = 256;
+    let mut written = 0;
+    while written < count {
+        let len = PER_APPEND.min(count - written);
+        let streams = (written..written + len)
+            .map(|index| {
+                let product = sku(index % PRODUCTS);
+                let quantity = RestockQuantity::new(1).expect("valid");
+                let event = Event::from(ProductRestocked { sku: product.clone(), quantity });
+                let new_event = commands::codec::to_new_event(&event).expect("encodes");
+                StreamAppend {
+                    stream: event.stream().to_string(),
+                    expected: ExpectedVersion::Any,
+                    events: vec![new_event],
+                }
+            })
+            .collect();
+        let correlation_id = Uuid::now_v7();
+        let metadata = Metadata { actor: "bench".to_owned(), correlation_id, causation_id: correlation_id };
+        let request = AppendRequest { streams, metadata, idempotency: None, recorded_at: None };
+        log.append(request).await.expect("appends");
+        written += len;
+    }
+}
+
+/// Replay measurements over the whole log, with no runtime on it: the log read
+/// alone, read and decoded, and `projections::replay` of all models (with where
+/// each model's thread spent its time) and of each model alone. Rows of the
+/// results table: measure, value, target.
+fn measure_replay(log: &EventLog) -> Vec<[String; 3]> {
+    const PAGE_LEN: usize = 4096;
+    const TARGET: &str = ">= 500,000";
+    let head = log.head();
+    let mut rows = vec![[
+        format!("RSS before the replay measurements, {head} events in the log"),
+        format!("{:.0} MiB", rss_mib()),
+        String::new(),
+    ]];
+    let rate = |events: u64, elapsed: Duration| format!("{:.0}", events as f64 / elapsed.as_secs_f64());
+    let pass = |decode: bool| {
+        let started = Instant::now();
+        let mut next = 1;
+        let mut decoded = 0u64;
+        while next <= head {
+            let page = log.read_all(next, PAGE_LEN).expect("reads");
+            next += page.len() as u64;
+            if decode {
+                for recorded in &page {
+                    decoded += u64::from(commands::codec::decode(recorded).expect("decodes").is_some());
+                }
+            }
+        }
+        assert!(!decode || decoded == head, "every event decodes");
+        started.elapsed()
+    };
+    let read = pass(false);
+    rows.push([
+        format!("read the log on one thread (`read_all`), events/s over {head} events"),
+        rate(head, read),
+        String::new(),
+    ]);
+    let decoded = pass(true);
+    rows.push([
+        format!("read + decode on one thread, events/s over {head} events"),
+        rate(head, decoded),
+        String::new(),
+    ]);
+    let report = projections::replay(log, None, None, &mut |_| {}).expect("replays");
+    assert_eq!(report.position, head);
+    rows.push([
+        format!("replay all four models (read + decode + apply + write), events/s over {head} events"),
+        rate(report.events, report.elapsed),
+        TARGET.to_owned(),
+    ]);
+    for model in &report.models {
+        let times = model.times;
+        rows.push([
+            format!("  (all four) {} thread: applying / writing / waiting for pages", model.name),
+            format!(
+                "{} / {} / {} ms",
+                times.applying.as_millis(),
+                times.writing.as_millis(),
+                times.waiting.as_millis()
+            ),
+            String::new(),
+        ]);
+    }
+    for (name, _) in projections::MODELS {
+        let report = projections::replay(log, Some(name), None, &mut |_| {}).expect("replays");
+        rows.push([format!("replay {name} alone, events/s"), rate(report.events, report.elapsed), TARGET.to_owned()]);
+    }
+    rows.push(["RSS after them".to_owned(), format!("{:.0} MiB", rss_mib()), String::new()]);
+    rows
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let events: usize = args
@@ -64,11 +170,29 @@ fn main() {
         .and_then(|index| args.get(index + 1))
         .and_then(|value| value.parse().ok())
         .unwrap_or(100_000);
+    let replay_only = args.iter().any(|arg| arg == "--replay-only");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
     runtime.block_on(async {
         let log = store::EventLog::open(dir.path()).expect("opens");
         let service = CommandService::new(log.clone()).expect("service");
+        if replay_only {
+            for product in 0..PRODUCTS {
+                let name = ProductName::parse("Bench product").expect("valid");
+                let price = PriceCents::new(100).expect("valid");
+                let context = CommandContext::new("bench");
+                service.create_product(&context, sku(product), name, price, None, None).await.expect("creates");
+            }
+            append_restocks_in_bulk(&log, events.saturating_sub(PRODUCTS)).await;
+            let log = log.clone();
+            let rows = tokio::task::spawn_blocking(move || measure_replay(&log)).await.expect("measures");
+            println!("| measure | value | target |");
+            println!("|---|---:|---|");
+            for [measure, value, target] in rows {
+                println!("| {measure} | {value} | {target} |");
+            }
+            return;
+        }
         let projections = projections::Projections::start(log.clone()).expect("projections");
         for product in 0..PRODUCTS {
             let name = ProductName::parse("Bench product").expect("valid");
@@ -162,5 +286,12 @@ fn main() {
             println!("| RSS with {head} events in the log | {rss:.0} MiB | flat |");
         }
         projections.shutdown().await;
+
+        // Replay, offline: the runtime is shut down.
+        let replay_log = log.clone();
+        let rows = tokio::task::spawn_blocking(move || measure_replay(&replay_log)).await.expect("measures");
+        for [measure, value, target] in rows {
+            println!("| {measure} | {value} | {target} |");
+        }
     });
 }

@@ -3,6 +3,7 @@
 
 mod commands;
 mod errors;
+mod forget;
 mod live;
 mod openapi;
 mod queries;
@@ -192,6 +193,32 @@ impl TestApp {
     pub async fn stop(mut self) {
         if let Some(running) = self.running.take() {
             running.stop().await.expect("stops cleanly");
+        }
+    }
+
+    /// Stop, and hand over the data dir (which lives on) for offline work.
+    pub async fn stop_keeping_dir(mut self) -> tempfile::TempDir {
+        if let Some(running) = self.running.take() {
+            running.stop().await.expect("stops cleanly");
+        }
+        self.dir
+    }
+
+    /// Serve an existing data dir (restored, imported) with the test tokens.
+    pub async fn serve_dir(dir: tempfile::TempDir) -> TestApp {
+        let config = Config {
+            data: dir.path().to_path_buf(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_token: Some(Secret::new(ADMIN)),
+            viewer_token: Some(Secret::new(VIEWER)),
+            ..Config::default()
+        };
+        let running = api::server::start(&config).await.expect("the server starts on the dir");
+        TestApp {
+            base: format!("http://{}", running.address),
+            client: reqwest::Client::new(),
+            dir,
+            running: Some(running),
         }
     }
 }

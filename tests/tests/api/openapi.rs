@@ -37,6 +37,8 @@ const ROUTES: &[(&str, &str, &[&str])] = &[
     ("get", "/api/v1/dashboard/sales", &["admin", "viewer"]),
     ("get", "/admin/projections", &["admin"]),
     ("post", "/admin/projections/{name}/rebuild", &["admin"]),
+    ("post", "/admin/customers/{customer_id}/forget", &["admin"]),
+    ("get", "/admin/backup", &["admin"]),
 ];
 
 const METHODS: &[&str] = &["get", "put", "post", "delete", "options", "head", "patch", "trace"];

@@ -1,6 +1,12 @@
 //! The `shoplog` binary: a first run needs no setting, SIGTERM stops it, and every
 //! bad input is one line on stderr with exit code 2.
 
+mod backup;
+mod export;
+mod forget;
+mod kill9;
+mod replay;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -5,6 +5,7 @@
 mod crash;
 pub(crate) mod random;
 mod rebuild;
+pub(crate) mod replay;
 mod waiting;
 
 use std::time::Duration;

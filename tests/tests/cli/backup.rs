@@ -1,0 +1,318 @@
+//! `shoplog backup` and `shoplog restore` through the real binary: offline and
+//! online (while commands keep coming), whole and to a point in time; every damaged
+//! or cut backup refused before anything is written.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::{assert_refused, shoplog};
+use crate::api::{ADMIN, TestApp, VIEWER};
+
+/// A small shop: products, customers with carts, orders placed and paid.
+pub(super) async fn fill_shop(app: &TestApp) -> Vec<String> {
+    for (sku, price) in [("mug-1", 1200), ("tea-1", 450), ("pot-1", 3100)] {
+        app.create_product(sku, price, 50).await;
+    }
+    let mut emails = Vec::new();
+    for (index, sku) in ["mug-1", "tea-1", "pot-1"].into_iter().enumerate() {
+        let email = format!("shopper{index}@example.com");
+        let token = app.customer(&email).await;
+        assert!(app.add_to_cart(&token, sku, 2).await.status.is_success());
+        let placed = app.checkout(&token).await;
+        assert_eq!(placed.status, 201, "{placed:?}");
+        if index < 2 {
+            let order_id = placed.body["order_id"].as_str().expect("order id");
+            let total = placed.body["total_cents"].as_i64().expect("total");
+            let paid =
+                app.post(&format!("/api/v1/orders/{order_id}/pay"), Some(&token), json!({"amount_cents": total})).await;
+            assert_eq!(paid.status, 200, "{paid:?}");
+        }
+        assert!(app.add_to_cart(&token, "tea-1", 1).await.status.is_success());
+        emails.push(email);
+    }
+    emails
+}
+
+fn arg(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// Every event of the log, whole (envelope, payload, hash).
+fn events(dir: &Path) -> Vec<store::RecordedEvent> {
+    let log = store::EventLog::open(dir).expect("opens");
+    log.read_all(1, usize::MAX).expect("reads")
+}
+
+/// Every read model's checkpoint and records, read from its serving generation.
+fn models(dir: &Path) -> BTreeMap<String, (u64, projections::Dump)> {
+    let log = store::EventLog::open(dir).expect("opens");
+    projections::checkpoints(&log)
+        .expect("checkpoints")
+        .into_iter()
+        .map(|status| {
+            let generation = status.generation.expect("the model was built");
+            let tree = log.open_tree(&format!("{}.g{generation}", status.name)).expect("tree");
+            let records = tree.iter().map(|entry| entry.expect("reads")).map(|(k, v)| (k.to_vec(), v.to_vec()));
+            (status.name.to_owned(), (status.checkpoint, records.collect()))
+        })
+        .collect()
+}
+
+fn backup_file(dir: &Path) -> PathBuf {
+    dir.join("shop.backup")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offline_backup_restores_the_same_log_and_read_models() {
+    let app = TestApp::spawn().await;
+    fill_shop(&app).await;
+    let data = app.stop_keeping_dir().await;
+    let work = tests::temp_dir();
+    let file = backup_file(work.path());
+
+    let output = shoplog(&["backup", "--data", arg(data.path()), "--out", arg(&file)]);
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let source = events(data.path());
+    assert!(stdout.contains(&format!("up to position {}", source.len())), "{stdout}");
+    let leftovers: Vec<_> = std::fs::read_dir(work.path()).expect("lists").flatten().map(|e| e.file_name()).collect();
+    assert_eq!(leftovers, vec![std::ffi::OsString::from("shop.backup")], "no partial file is left behind");
+    assert!(output.stderr.is_empty(), "no progress bar when stdout is not a terminal: {output:?}");
+    assert_refused(&shoplog(&["backup", "--data", arg(data.path()), "--out", arg(&file)]), "already exists");
+
+    // On a terminal (a pseudo-terminal from `script`), a progress bar is drawn.
+    let on_terminal = work.path().join("on-terminal.backup");
+    let command = format!("{} backup --data {} --out {}", super::SHOPLOG, arg(data.path()), arg(&on_terminal));
+    let output = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("runs script (util-linux)");
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("backing up"), "{output:?}");
+    std::fs::remove_file(&on_terminal).expect("removes");
+
+    // An existing empty dir is a fine target too.
+    let restored_dir = tests::temp_dir();
+    let restored = restored_dir.path().to_path_buf();
+    let output = shoplog(&["restore", "--in", arg(&file), "--data", arg(&restored)]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains(&format!(
+        "restored {} of {}",
+        source.len(),
+        source.len()
+    )));
+    assert_eq!(events(&restored), source, "the same events, byte for byte, with the same hashes");
+    let output = shoplog(&["verify", "--data", arg(&restored)]);
+    assert!(output.status.success(), "{output:?}");
+
+    // The restore rebuilt the read models; the source's live ones are the same.
+    let head = source.len() as u64;
+    let rebuilt = models(&restored);
+    assert_eq!(rebuilt.len(), 4);
+    assert!(rebuilt.values().all(|(checkpoint, _)| *checkpoint == head), "{rebuilt:?}");
+    assert!(rebuilt.values().all(|(_, records)| !records.is_empty()));
+    let live = models(data.path());
+    assert_eq!(rebuilt.values().map(|m| &m.1).collect::<Vec<_>>(), live.values().map(|m| &m.1).collect::<Vec<_>>());
+
+    // The restored shop serves: customers log in with their passwords, tokens and all.
+    let app = TestApp::serve_dir(restored_dir).await;
+    let token = app.login("shopper0@example.com").await;
+    let cart = app.get("/api/v1/cart", Some(&token)).await;
+    assert_eq!(cart.status, 200, "{cart:?}");
+    assert_eq!(cart.body["lines"][0]["sku"], "tea-1", "{cart:?}");
+    let sales = app.get("/api/v1/dashboard/sales", Some(VIEWER)).await;
+    assert_eq!(sales.body["revenue_cents"].as_i64().map(|cents| cents > 0), Some(true), "{sales:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_online_backup_taken_while_writing_ends_at_its_head_and_restores_it() {
+    let app = TestApp::spawn().await;
+    fill_shop(&app).await;
+    let work = tests::temp_dir();
+    let file = backup_file(work.path());
+
+    // Commands keep coming while the backup runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (client, base, stop) = (app.client.clone(), app.base.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acknowledged = 0u32;
+            for round in 0..2000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let answer = client
+                    .post(format!("{base}/api/v1/products/mug-1/restock"))
+                    .bearer_auth(ADMIN)
+                    .json(&json!({"quantity": 1 + round % 5}))
+                    .send()
+                    .await;
+                if answer.is_ok_and(|answer| answer.status().is_success()) {
+                    acknowledged += 1;
+                }
+            }
+            acknowledged
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let started_at = app.head();
+    let args = ["backup", "--server", &app.base, "--token", ADMIN, "--out", arg(&file)].map(str::to_owned);
+    let output =
+        tokio::task::spawn_blocking(move || shoplog(&args.each_ref().map(String::as_str))).await.expect("runs");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acknowledged = writer.await.expect("the writer ends");
+    assert!(output.status.success(), "{output:?}");
+    assert!(acknowledged > 0);
+
+    let summary = store::check_backup(std::fs::File::open(&file).expect("opens"), &mut |_| {}).expect("sound");
+    assert!(summary.last_position >= started_at, "the backup ends at the head when it started, or later");
+    let data = app.stop_keeping_dir().await;
+    let source = events(data.path());
+    assert!(
+        (source.len() as u64) > summary.last_position,
+        "commands were accepted after the backup's head ({} events, backup to {})",
+        source.len(),
+        summary.last_position
+    );
+
+    let restored = work.path().join("restored");
+    let output = shoplog(&["restore", "--in", arg(&file), "--data", arg(&restored)]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(events(&restored), source[..summary.last_position as usize].to_vec());
+
+    // The source's read models at the backup's head equal the restored ones.
+    let source_log = store::EventLog::open(data.path()).expect("opens");
+    projections::replay(&source_log, None, Some(summary.last_position), &mut |_| {}).expect("replays");
+    drop(source_log);
+    let (source_models, restored_models) = (models(data.path()), models(&restored));
+    assert!(restored_models.values().all(|(checkpoint, _)| *checkpoint == summary.last_position));
+    assert_eq!(source_models, restored_models);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_stops_at_a_position_or_a_time() {
+    let app = TestApp::spawn().await;
+    fill_shop(&app).await;
+    let data = app.stop_keeping_dir().await;
+    let source = events(data.path());
+    let work = tests::temp_dir();
+    let file = backup_file(work.path());
+    assert!(shoplog(&["backup", "--data", arg(data.path()), "--out", arg(&file)]).status.success());
+
+    let to_position = work.path().join("to-position");
+    let output = shoplog(&["restore", "--in", arg(&file), "--data", arg(&to_position), "--to-position", "7"]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(events(&to_position), source[..7].to_vec());
+    assert!(shoplog(&["verify", "--data", arg(&to_position)]).status.success());
+    assert!(models(&to_position).values().all(|(checkpoint, _)| *checkpoint == 7));
+
+    // A time in the middle: every event recorded at or before it, no other.
+    let middle = &source[source.len() / 2];
+    let time = middle.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let expected = source.iter().take_while(|event| event.recorded_at <= middle.recorded_at).count();
+    assert!(expected < source.len());
+    let to_time = work.path().join("to-time");
+    let output = shoplog(&["restore", "--in", arg(&file), "--data", arg(&to_time), "--to-time", &time]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(events(&to_time), source[..expected].to_vec());
+
+    // Bad points in time are refused and create nothing.
+    let nowhere = work.path().join("nowhere");
+    let past = (source.len() + 1).to_string();
+    assert_refused(
+        &shoplog(&["restore", "--in", arg(&file), "--data", arg(&nowhere), "--to-position", &past]),
+        "not in the backup",
+    );
+    assert_refused(
+        &shoplog(&["restore", "--in", arg(&file), "--data", arg(&nowhere), "--to-position", "0"]),
+        "not in the backup",
+    );
+    assert_refused(
+        &shoplog(&["restore", "--in", arg(&file), "--data", arg(&nowhere), "--to-time", "2001-01-01T00:00:00Z"]),
+        "no event",
+    );
+    assert_refused(
+        &shoplog(&["restore", "--in", arg(&file), "--data", arg(&nowhere), "--to-time", "yesterday"]),
+        "RFC 3339",
+    );
+    assert!(!nowhere.exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_or_cut_backup_is_refused_and_leaves_nothing_behind() {
+    let app = TestApp::spawn().await;
+    fill_shop(&app).await;
+    let data = app.stop_keeping_dir().await;
+    let work = tests::temp_dir();
+    let file = backup_file(work.path());
+    assert!(shoplog(&["backup", "--data", arg(data.path()), "--out", arg(&file)]).status.success());
+    let bytes = std::fs::read(&file).expect("reads");
+    assert!(store::check_backup(&bytes[..], &mut |_| {}).is_ok());
+
+    // Every single flipped byte, and every cut, is caught by the check restore runs first.
+    for offset in 0..bytes.len() {
+        let mut damaged = bytes.clone();
+        damaged[offset] ^= 0x20;
+        assert!(store::check_backup(&damaged[..], &mut |_| {}).is_err(), "a flip at byte {offset} went unnoticed");
+    }
+    for len in (0..bytes.len()).step_by(97).chain([bytes.len() - 1]) {
+        assert!(store::check_backup(&bytes[..len], &mut |_| {}).is_err(), "a cut at {len} went unnoticed");
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(store::check_backup(&longer[..], &mut |_| {}).is_err(), "bytes after the trailer");
+
+    // Through the binary: one line, exit 2, no data dir and no staging dir left.
+    let target = work.path().join("restored");
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 0x01;
+    let flipped_file = work.path().join("flipped.backup");
+    std::fs::write(&flipped_file, &flipped).expect("writes");
+    assert_refused(&shoplog(&["restore", "--in", arg(&flipped_file), "--data", arg(&target)]), "refusing");
+    let cut_file = work.path().join("cut.backup");
+    std::fs::write(&cut_file, &bytes[..bytes.len() - 40]).expect("writes");
+    assert_refused(&shoplog(&["restore", "--in", arg(&cut_file), "--data", arg(&target)]), "cut short");
+    let names: Vec<_> = std::fs::read_dir(work.path()).expect("lists").flatten().map(|e| e.file_name()).collect();
+    assert_eq!(names.len(), 3, "only the three backup files: {names:?}");
+
+    // Other bad input: a missing file, a data dir that is not empty.
+    assert_refused(
+        &shoplog(&["restore", "--in", "/no/such/file", "--data", arg(&target)]),
+        "cannot open /no/such/file",
+    );
+    let head_before = events(data.path()).len();
+    assert_refused(&shoplog(&["restore", "--in", arg(&file), "--data", arg(data.path())]), "is not empty");
+    assert_eq!(events(data.path()).len(), head_before);
+    assert_refused(&shoplog(&["backup", "--data", "/no/such/dir", "--out", arg(&target)]), "does not exist");
+    assert_refused(&shoplog(&["backup", "--out", arg(&target)]), "--data");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_online_backup_with_a_bad_token_or_no_server_is_one_line() {
+    let app = TestApp::spawn().await;
+    let work = tests::temp_dir();
+    let file = backup_file(work.path());
+    let base = app.base.clone();
+    let output = tokio::task::spawn_blocking({
+        let (base, file) = (base.clone(), file.clone());
+        move || shoplog(&["backup", "--server", &base, "--token", VIEWER, "--out", arg(&file)])
+    })
+    .await
+    .expect("runs");
+    assert_refused(&output, "refused the token");
+    let output = tokio::task::spawn_blocking({
+        let (base, file) = (base.clone(), file.clone());
+        move || shoplog(&["backup", "--server", &base, "--token", "wrong-token-wrong-token", "--out", arg(&file)])
+    })
+    .await
+    .expect("runs");
+    assert_refused(&output, "refused the token");
+    app.stop().await;
+    assert_refused(&shoplog(&["backup", "--server", &base, "--token", ADMIN, "--out", arg(&file)]), "cannot reach");
+    assert!(!file.exists());
+    assert_eq!(std::fs::read_dir(work.path()).expect("lists").count(), 0, "no partial file is left behind");
+}

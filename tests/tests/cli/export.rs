@@ -1,0 +1,197 @@
+//! `shoplog export` and `shoplog import` through the real binary, and a forgotten
+//! customer's data appearing in no backup, restore or export.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use super::backup::fill_shop;
+use super::{assert_refused, shoplog};
+use crate::api::{ADMIN, TestApp};
+
+fn arg(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+fn events(dir: &Path) -> Vec<store::RecordedEvent> {
+    store::EventLog::open(dir).expect("opens").read_all(1, usize::MAX).expect("reads")
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).expect("reads the export");
+    text.lines().map(|line| serde_json::from_str(line).expect("each line is JSON")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_with_secrets_imports_into_the_same_shop() {
+    let app = TestApp::spawn().await;
+    fill_shop(&app).await;
+    let data = app.stop_keeping_dir().await;
+    let source = events(data.path());
+    let work = tests::temp_dir();
+    let export = work.path().join("shop.ndjson");
+
+    let output = shoplog(&["export", "--data", arg(data.path()), "--with-secrets", "--out", arg(&export)]);
+    assert!(output.status.success(), "{output:?}");
+    let exported = lines(&export);
+    assert_eq!(exported[0]["shoplog_export"], 1);
+    assert_eq!(exported[0]["with_secrets"], true);
+    assert_eq!(exported[0]["head"], source.len());
+    assert_eq!(exported.len(), source.len() + 1, "a header and one line per event");
+    assert_eq!(exported[1]["position"], 1);
+    assert!(exported.iter().any(|line| line["type"] == "CustomerRegistered"
+        && line["data"]["password_hash"].as_str().is_some_and(|hash| hash.starts_with("$argon2id$"))));
+
+    let imported_dir = tests::temp_dir();
+    let output = shoplog(&["import", "--data", arg(imported_dir.path()), "--in", arg(&export)]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains(&format!("imported {} events", source.len())));
+    let imported = events(imported_dir.path());
+    assert_eq!(imported.len(), source.len());
+    for (mine, theirs) in imported.iter().zip(&source) {
+        // Everything but the hash chain, which is new (the sealed bytes are sealed anew).
+        assert_eq!(
+            (&mine.stream, mine.version, mine.event_id, &mine.event_type, mine.schema_version, mine.recorded_at),
+            (
+                &theirs.stream,
+                theirs.version,
+                theirs.event_id,
+                &theirs.event_type,
+                theirs.schema_version,
+                theirs.recorded_at
+            )
+        );
+        assert_eq!(
+            (&mine.actor, mine.correlation_id, mine.causation_id),
+            (&theirs.actor, theirs.correlation_id, theirs.causation_id)
+        );
+        assert_eq!((mine.subject, &mine.payload), (theirs.subject, &theirs.payload), "at {}", mine.position);
+    }
+    let output = shoplog(&["verify", "--data", arg(imported_dir.path())]);
+    assert!(output.status.success(), "{output:?}");
+
+    // The imported shop serves: passwords, email index and read models all came along.
+    let app = TestApp::serve_dir(imported_dir).await;
+    let token = app.login("shopper1@example.com").await;
+    let orders = app.get("/api/v1/orders", Some(&token)).await;
+    assert_eq!(orders.status, 200, "{orders:?}");
+    assert_eq!(orders.body["items"].as_array().map(Vec::len), Some(1), "{orders:?}");
+    let taken = app
+        .post(
+            "/api/v1/customers",
+            None,
+            json!({"email": "shopper1@example.com", "name": "Again", "password": "correct horse"}),
+        )
+        .await;
+    assert_eq!(taken.status, 409, "the email index came along: {taken:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redacted_partial_or_cut_export_is_refused() {
+    let app = TestApp::spawn().await;
+    fill_shop(&app).await;
+    let data = app.stop_keeping_dir().await;
+    let head = events(data.path()).len();
+    let work = tests::temp_dir();
+
+    // To stdout by default, redacted.
+    let output = shoplog(&["export", "--data", arg(data.path())]);
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(stdout.lines().count(), head + 1);
+    assert!(stdout.contains("[redacted]") && !stdout.contains("$argon2id$"));
+    let redacted = work.path().join("redacted.ndjson");
+    std::fs::write(&redacted, stdout.as_bytes()).expect("writes");
+    let target = work.path().join("imported");
+    assert_refused(&shoplog(&["import", "--data", arg(&target), "--in", arg(&redacted)]), "redacted");
+
+    let partial = work.path().join("partial.ndjson");
+    let output =
+        shoplog(&["export", "--data", arg(data.path()), "--with-secrets", "--from", "3", "--out", arg(&partial)]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(lines(&partial)[1]["position"], 3);
+    assert_refused(&shoplog(&["import", "--data", arg(&target), "--in", arg(&partial)]), "not a full export");
+
+    let full = work.path().join("full.ndjson");
+    assert!(shoplog(&["export", "--data", arg(data.path()), "--with-secrets", "--out", arg(&full)]).status.success());
+    let text = std::fs::read_to_string(&full).expect("reads");
+    let cut = work.path().join("cut.ndjson");
+    std::fs::write(&cut, text.lines().take(head).collect::<Vec<_>>().join("\n")).expect("writes");
+    assert_refused(&shoplog(&["import", "--data", arg(&target), "--in", arg(&cut)]), "cut short");
+    let gap = work.path().join("gap.ndjson");
+    let without_fifth: Vec<&str> =
+        text.lines().enumerate().filter(|(index, _)| *index != 5).map(|(_, line)| line).collect();
+    std::fs::write(&gap, without_fifth.join("\n")).expect("writes");
+    assert_refused(&shoplog(&["import", "--data", arg(&target), "--in", arg(&gap)]), "expected position 5 next");
+    let garbage = work.path().join("garbage.ndjson");
+    std::fs::write(&garbage, "hello\n").expect("writes");
+    assert_refused(&shoplog(&["import", "--data", arg(&target), "--in", arg(&garbage)]), "not a shoplog export");
+    assert!(!target.exists(), "a refused import leaves no data dir");
+    let staging: Vec<_> = std::fs::read_dir(work.path())
+        .expect("lists")
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().contains("incoming"))
+        .collect();
+    assert!(staging.is_empty(), "no staging dir left: {staging:?}");
+
+    // Into a dir that is not empty, or from a position past the head: refused.
+    assert_refused(&shoplog(&["import", "--data", arg(data.path()), "--in", arg(&full)]), "is not empty");
+    let past = (head + 1).to_string();
+    assert_refused(&shoplog(&["export", "--data", arg(data.path()), "--from", &past]), "past the head");
+    assert_eq!(events(data.path()).len(), head, "nothing changed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forgotten_customer_is_in_no_backup_restore_or_export() {
+    const EMAIL: &str = "forget-me-please@example.com";
+    const NAME: &str = "Zebulon Quackenbush";
+    let app = TestApp::spawn().await;
+    fill_shop(&app).await;
+    let registered =
+        app.post("/api/v1/customers", None, json!({"email": EMAIL, "name": NAME, "password": "correct horse"})).await;
+    assert_eq!(registered.status, 201, "{registered:?}");
+    let customer_id = registered.body["customer_id"].as_str().expect("id").to_owned();
+    let token = app.login(EMAIL).await;
+    assert!(app.add_to_cart(&token, "mug-1", 1).await.status.is_success());
+    assert_eq!(app.checkout(&token).await.status, 201);
+    let forgotten = app.post(&format!("/admin/customers/{customer_id}/forget"), Some(ADMIN), json!({})).await;
+    assert!(forgotten.status.is_success(), "{forgotten:?}");
+    let data = app.stop_keeping_dir().await;
+
+    let work = tests::temp_dir();
+    let backup = work.path().join("shop.backup");
+    assert!(shoplog(&["backup", "--data", arg(data.path()), "--out", arg(&backup)]).status.success());
+    let restored = work.path().join("restored");
+    assert!(shoplog(&["restore", "--in", arg(&backup), "--data", arg(&restored)]).status.success());
+    let with_secrets = work.path().join("with-secrets.ndjson");
+    assert!(
+        shoplog(&["export", "--data", arg(data.path()), "--with-secrets", "--out", arg(&with_secrets)])
+            .status
+            .success()
+    );
+    let redacted = work.path().join("redacted.ndjson");
+    assert!(shoplog(&["export", "--data", arg(data.path()), "--out", arg(&redacted)]).status.success());
+    let imported = work.path().join("imported");
+    let output = shoplog(&["import", "--data", arg(&imported), "--in", arg(&with_secrets)]);
+    assert!(output.status.success(), "{output:?}");
+    let output = shoplog(&["replay", "--data", arg(&restored)]);
+    assert!(output.status.success(), "{output:?}");
+
+    for needle in [EMAIL, NAME] {
+        for place in [data.path(), work.path()] {
+            assert!(!tests::files_contain(place, needle.as_bytes()), "{needle} found under {}", place.display());
+        }
+    }
+    // The events are all there, as forgotten, and the other customers' data is not lost.
+    let exported = lines(&with_secrets);
+    let theirs: Vec<&Value> = exported.iter().filter(|line| line["subject"] == customer_id.as_str()).collect();
+    assert!(!theirs.is_empty() && theirs.iter().all(|line| line["data"].is_null() && line["forgotten"] == true));
+    assert!(exported.iter().any(|line| line["data"]["email"] == "shopper0@example.com"));
+    for dir in [&restored, &imported] {
+        assert!(shoplog(&["verify", "--data", arg(dir)]).status.success());
+        let read = events(dir);
+        assert!(read.iter().any(|event| event.subject.is_some_and(|subject| subject.to_string() == customer_id)
+            && event.payload == store::Payload::Forgotten));
+    }
+}
