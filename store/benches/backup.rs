@@ -9,7 +9,9 @@
 //! - `verify()` over the whole log; `backup()` to a file, fsynced; `check_backup`
 //!   and `restore_backup` of that file.
 //!
-//! `cargo bench -p store --bench backup` (add `-- --events 1000000` for a longer run).
+//! `cargo bench -p store --bench backup` (add `-- --events 1000000` for a longer run,
+//! `-- --cache-mib 64` for another sled page cache; RSS is printed after the fill and
+//! after verify and backup).
 
 use std::io::{Read, Write};
 use std::time::Instant;
@@ -20,13 +22,31 @@ use uuid::Uuid;
 const PAYLOAD_LEN: usize = 200;
 const EVENTS_PER_APPEND: usize = 100;
 
+/// The value after `--name` on the command line.
+fn arg(name: &str) -> Option<u64> {
+    std::env::args().skip_while(|arg| arg != name).nth(1).and_then(|value| value.parse().ok())
+}
+
+/// This process's resident set, in MiB.
+fn rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status.lines().find_map(|line| line.strip_prefix("VmRSS:")).and_then(|rest| {
+        rest.split_whitespace().next().and_then(|kib| kib.parse::<u64>().ok())
+    });
+    kib.unwrap_or(0) / 1024
+}
+
 fn main() {
-    let mut args = std::env::args().skip_while(|arg| arg != "--events").skip(1);
-    let events: u64 = args.next().and_then(|events| events.parse().ok()).unwrap_or(200_000);
+    let events = arg("--events").unwrap_or(200_000);
     let dir = tempfile::tempdir().expect("temp dir");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
 
-    let log = EventLog::open(dir.path().join("log")).expect("opens");
+    let mut options = store::Options::default();
+    if let Some(cache_mib) = arg("--cache-mib") {
+        options.cache_capacity_bytes = cache_mib * 1024 * 1024;
+    }
+    println!("sled cache capacity: {} MiB", options.cache_capacity_bytes / 1024 / 1024);
+    let log = EventLog::open_with(dir.path().join("log"), options).expect("opens");
     let started = Instant::now();
     runtime.block_on(async {
         let mut appended = 0;
@@ -53,11 +73,12 @@ fn main() {
             appended += count as u64;
         }
     });
-    println!("filled {events} events in {:.1} s", started.elapsed().as_secs_f64());
+    println!("filled {events} events in {:.1} s; RSS {} MiB", started.elapsed().as_secs_f64(), rss_mib());
 
     let started = Instant::now();
     let report = log.verify().expect("verifies");
     let verify_seconds = started.elapsed().as_secs_f64();
+    println!("after verify: RSS {} MiB", rss_mib());
     assert_eq!(report.events, events);
 
     let backup_path = dir.path().join("bench.backup");
@@ -67,6 +88,7 @@ fn main() {
     file.sync_all().expect("fsyncs");
     let backup_seconds = started.elapsed().as_secs_f64();
     let bytes = summary.bytes;
+    println!("after backup: RSS {} MiB", rss_mib());
     drop(log);
 
     let started = Instant::now();

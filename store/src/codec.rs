@@ -37,8 +37,10 @@ pub fn decode_seed<'de, S: serde::de::DeserializeSeed<'de>>(seed: S, bytes: &'de
 }
 
 /// Decode a prefix of `bytes`, returning the value and how many bytes it took.
-pub(crate) fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
-    bincode::serde::decode_from_slice(bytes, config()).map_err(|error| CodecError(error.to_string()))
+/// Decoding borrows from `bytes` where the type lets it (a uuid reads its 16 bytes
+/// in place instead of through a fresh buffer); the format is the same.
+pub(crate) fn decode_prefix<'de, T: serde::Deserialize<'de>>(bytes: &'de [u8]) -> Result<(T, usize), CodecError> {
+    bincode::serde::borrow_decode_from_slice(bytes, config()).map_err(|error| CodecError(error.to_string()))
 }
 
 fn check_consumed(used: usize, len: usize) -> Result<(), CodecError> {
