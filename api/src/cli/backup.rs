@@ -95,7 +95,14 @@ fn partial_path(out: &Path) -> PathBuf {
 }
 
 fn backup_offline(data: &Path, partial: &Path) -> anyhow::Result<()> {
-    let log = open_offline(data)?;
+    let log = open_offline(data).map_err(|error| match error.downcast_ref::<super::InUse>() {
+        Some(_) => anyhow::anyhow!(
+            "data directory {} is in use by a running server: back it up through the server with \
+             --server URL --token T, or stop it first",
+            data.display()
+        ),
+        _ => error,
+    })?;
     let file = File::create_new(partial).with_context(|| format!("cannot create {}", partial.display()))?;
     let progress = bar("backing up", log.head(), "events");
     log.backup(&file, &mut |done| progress.set_position(done))?;

@@ -81,13 +81,8 @@ fn offline(data: &Path, customer_id: CustomerId) -> anyhow::Result<u64> {
 }
 
 /// A data dir held by a running server: that server can do it (`--server`).
-/// `open_offline` says "in use" without a typed error, so its words are matched
-/// here; `tests/tests/cli/forget.rs` holds the two together.
 fn suggest_server(error: anyhow::Error, data: &Path) -> anyhow::Error {
-    let locked = error.chain().any(|cause| {
-        matches!(cause.downcast_ref::<store::StoreError>(), Some(store::StoreError::Locked { .. }))
-            || cause.to_string().contains("in use by")
-    });
+    let locked = error.downcast_ref::<super::InUse>().is_some();
     if !locked {
         return error;
     }

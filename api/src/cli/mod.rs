@@ -212,12 +212,16 @@ pub(crate) fn open_offline(data: &std::path::Path) -> anyhow::Result<store::Even
     // Opening would create a log: an offline command never changes a dir that holds none.
     anyhow::ensure!(data.join("db").is_file(), "data directory {} holds no shoplog log", data.display());
     store::EventLog::open(data).map_err(|error| match error {
-        store::StoreError::Locked { path } => {
-            anyhow::anyhow!("data directory {} is in use by a running server; stop it first", path.display())
-        }
+        store::StoreError::Locked { path } => anyhow::Error::new(InUse(path)),
         other => anyhow::Error::new(other),
     })
 }
+
+/// A data dir held by a running server: a typed error, so that a command with an
+/// online twin can say `--server` instead.
+#[derive(Debug, thiserror::Error)]
+#[error("data directory {} is in use by a running server; stop it first", .0.display())]
+pub(crate) struct InUse(pub std::path::PathBuf);
 
 /// One line for a server that refused the CLI's token.
 pub(crate) fn refused_by_server(response: &reqwest::Response) -> anyhow::Result<()> {

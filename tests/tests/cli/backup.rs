@@ -288,6 +288,13 @@ async fn a_damaged_or_cut_backup_is_refused_and_leaves_nothing_behind() {
     assert_refused(&shoplog(&["restore", "--in", arg(&file), "--data", arg(data.path())]), "is not empty");
     assert_eq!(events(data.path()).len(), head_before);
     assert_refused(&shoplog(&["backup", "--data", "/no/such/dir", "--out", arg(&target)]), "does not exist");
+    // A dir a server holds: say so, and point at the online backup.
+    let held = store::EventLog::open(data.path()).expect("opens");
+    let output = shoplog(&["backup", "--data", arg(data.path()), "--out", arg(&target)]);
+    assert_refused(&output, "in use by a running server");
+    assert_refused(&output, "--server URL");
+    drop(held);
+    assert!(!target.exists());
     assert_refused(&shoplog(&["backup", "--out", arg(&target)]), "--data");
 }
 
