@@ -30,9 +30,10 @@ fn arg(name: &str) -> Option<u64> {
 /// This process's resident set, in MiB.
 fn rss_mib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib = status.lines().find_map(|line| line.strip_prefix("VmRSS:")).and_then(|rest| {
-        rest.split_whitespace().next().and_then(|kib| kib.parse::<u64>().ok())
-    });
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next().and_then(|kib| kib.parse::<u64>().ok()));
     kib.unwrap_or(0) / 1024
 }
 
