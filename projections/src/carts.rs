@@ -70,18 +70,18 @@ pub fn apply(records: &dyn Records, _envelope: &Envelope, event: &Event) -> Resu
     match event {
         Event::Product(ProductEvent::Created(created)) => {
             let stored = StoredPrice { price_cents: created.price_cents, discontinued: false };
-            changes.put(price_key(&created.sku), &stored)?;
+            changes.put(price_key(&created.sku), stored);
         }
         Event::Product(ProductEvent::PriceChanged(changed)) => {
             if let Some(mut stored) = price(&changed.sku)? {
                 stored.price_cents = changed.price_cents;
-                changes.put(price_key(&changed.sku), &stored)?;
+                changes.put(price_key(&changed.sku), stored);
             }
         }
         Event::Product(ProductEvent::Discontinued(discontinued)) => {
             if let Some(mut stored) = price(&discontinued.sku)? {
                 stored.discontinued = true;
-                changes.put(price_key(&discontinued.sku), &stored)?;
+                changes.put(price_key(&discontinued.sku), stored);
             }
         }
         Event::Cart(CartEvent::ItemAdded(added)) => {
@@ -92,7 +92,7 @@ pub fn apply(records: &dyn Records, _envelope: &Envelope, event: &Event) -> Resu
                 None => added.quantity,
             };
             held.insert(added.sku.clone(), quantity);
-            changes.put(cart_key(added.customer_id), &held)?;
+            changes.put(cart_key(added.customer_id), held);
         }
         Event::Cart(CartEvent::ItemRemoved(removed)) => {
             let mut held = lines(removed.customer_id)?.unwrap_or_default();
@@ -100,7 +100,7 @@ pub fn apply(records: &dyn Records, _envelope: &Envelope, event: &Event) -> Resu
             if held.is_empty() {
                 changes.delete(cart_key(removed.customer_id));
             } else {
-                changes.put(cart_key(removed.customer_id), &held)?;
+                changes.put(cart_key(removed.customer_id), held);
             }
         }
         Event::Cart(CartEvent::CheckedOut(checked_out)) => changes.delete(cart_key(checked_out.customer_id)),

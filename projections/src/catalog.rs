@@ -19,7 +19,7 @@ use domain::{Event, OrderEvent, OrderId, PriceCents, ProductEvent, ProductName, 
 use serde::{Deserialize, Serialize};
 
 use crate::error::ProjectionError;
-use crate::records::{self, Changes, Envelope, Records, key, prefix_end};
+use crate::records::{self, Changes, Envelope, Records, SharedName, key, prefix_end};
 use crate::runtime::{Answer, Page, Slot, clamp_limit};
 
 pub(crate) const NAME: &str = "catalog";
@@ -28,7 +28,8 @@ const RESERVATION: &[u8] = b"r:";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct StoredProduct {
-    name: ProductName,
+    /// Stored as a `ProductName`.
+    name: SharedName,
     price_cents: PriceCents,
     available: u32,
     reserved: u32,
@@ -77,76 +78,77 @@ fn reservation_key(order_id: OrderId) -> Vec<u8> {
 /// The catalog's changes for one event. Pure: reads the model's records, writes nothing.
 pub fn apply(records: &dyn Records, _envelope: &Envelope, event: &Event) -> Result<Changes, ProjectionError> {
     let mut changes = Changes::default();
-    let product = |sku: &Sku| records::get::<StoredProduct>(records, NAME, &product_key(sku));
+    // Reads the product and, if the catalog has it, puts it back changed.
+    let change_product = |changes: &mut Changes, sku: &Sku, change: &dyn Fn(&mut StoredProduct)| {
+        let key = product_key(sku);
+        if let Some(mut stored) = records::get::<StoredProduct>(records, NAME, &key)? {
+            change(&mut stored);
+            changes.put(key, stored);
+        }
+        Ok::<(), ProjectionError>(())
+    };
+    let reserved_lines = |reservation: &[u8]| -> Result<Vec<(Sku, u32)>, ProjectionError> {
+        Ok(records::get(records, NAME, reservation)?.unwrap_or_default())
+    };
     match event {
         Event::Product(ProductEvent::Created(created)) => {
             let stored = StoredProduct {
-                name: created.name.clone(),
+                name: SharedName::of(&created.name),
                 price_cents: created.price_cents,
                 available: created.initial_stock.get(),
                 reserved: 0,
                 discontinued: false,
             };
-            changes.put(product_key(&created.sku), &stored)?;
+            changes.put(product_key(&created.sku), stored);
         }
         Event::Product(ProductEvent::PriceChanged(changed)) => {
-            if let Some(mut stored) = product(&changed.sku)? {
-                stored.price_cents = changed.price_cents;
-                changes.put(product_key(&changed.sku), &stored)?;
-            }
+            change_product(&mut changes, &changed.sku, &|stored| stored.price_cents = changed.price_cents)?;
         }
         Event::Product(ProductEvent::Restocked(restocked)) => {
-            if let Some(mut stored) = product(&restocked.sku)? {
-                stored.available = stored.available.saturating_add(restocked.quantity.get());
-                changes.put(product_key(&restocked.sku), &stored)?;
-            }
+            let quantity = restocked.quantity.get();
+            change_product(&mut changes, &restocked.sku, &|stored| {
+                stored.available = stored.available.saturating_add(quantity)
+            })?;
         }
         Event::Product(ProductEvent::Discontinued(discontinued)) => {
-            if let Some(mut stored) = product(&discontinued.sku)? {
-                stored.discontinued = true;
-                changes.put(product_key(&discontinued.sku), &stored)?;
-            }
+            change_product(&mut changes, &discontinued.sku, &|stored| stored.discontinued = true)?;
         }
         Event::Product(ProductEvent::StockReserved(reserved)) => {
             let quantity = reserved.quantity.get();
-            if let Some(mut stored) = product(&reserved.sku)? {
+            change_product(&mut changes, &reserved.sku, &|stored| {
                 stored.available = stored.available.saturating_sub(quantity);
                 stored.reserved = stored.reserved.saturating_add(quantity);
-                changes.put(product_key(&reserved.sku), &stored)?;
-            }
+            })?;
             let reservation = reservation_key(reserved.order_id);
-            let mut lines: Vec<(Sku, u32)> = records::get(records, NAME, &reservation)?.unwrap_or_default();
+            let mut lines = reserved_lines(&reservation)?;
             lines.push((reserved.sku.clone(), quantity));
-            changes.put(reservation, &lines)?;
+            changes.put(reservation, lines);
         }
         Event::Product(ProductEvent::StockReleased(released)) => {
             let quantity = released.quantity.get();
-            if let Some(mut stored) = product(&released.sku)? {
+            change_product(&mut changes, &released.sku, &|stored| {
                 stored.available = stored.available.saturating_add(quantity);
                 stored.reserved = stored.reserved.saturating_sub(quantity);
-                changes.put(product_key(&released.sku), &stored)?;
-            }
+            })?;
             let reservation = reservation_key(released.order_id);
-            let mut lines: Vec<(Sku, u32)> = records::get(records, NAME, &reservation)?.unwrap_or_default();
+            let mut lines = reserved_lines(&reservation)?;
             if let Some(index) = lines.iter().position(|(sku, _)| *sku == released.sku) {
                 lines.remove(index);
             }
             if lines.is_empty() {
                 changes.delete(reservation);
             } else {
-                changes.put(reservation, &lines)?;
+                changes.put(reservation, lines);
             }
         }
         Event::Order(OrderEvent::Shipped(shipped)) => {
             let reservation = reservation_key(shipped.order_id);
-            let lines: Vec<(Sku, u32)> = records::get(records, NAME, &reservation)?.unwrap_or_default();
             // An order's lines name distinct skus, so each product is read and
             // written once for this event.
-            for (sku, quantity) in lines {
-                if let Some(mut stored) = product(&sku)? {
-                    stored.reserved = stored.reserved.saturating_sub(quantity);
-                    changes.put(product_key(&sku), &stored)?;
-                }
+            for (sku, quantity) in reserved_lines(&reservation)? {
+                change_product(&mut changes, &sku, &|stored| {
+                    stored.reserved = stored.reserved.saturating_sub(quantity)
+                })?;
             }
             changes.delete(reservation);
         }
@@ -155,16 +157,16 @@ pub fn apply(records: &dyn Records, _envelope: &Envelope, event: &Event) -> Resu
     Ok(changes)
 }
 
-fn view(sku: Sku, stored: StoredProduct) -> ProductView {
-    ProductView {
+fn view(sku: Sku, stored: StoredProduct) -> Result<ProductView, ProjectionError> {
+    Ok(ProductView {
         sku,
-        name: stored.name,
+        name: stored.name.to_name(NAME)?,
         price_cents: stored.price_cents,
         on_hand: stored.available.saturating_add(stored.reserved),
         reserved: stored.reserved,
         available: stored.available,
         status: if stored.discontinued { ProductStatus::Discontinued } else { ProductStatus::Active },
-    }
+    })
 }
 
 /// The catalog's queries. Cheap to clone.
@@ -178,7 +180,7 @@ impl Catalog {
     pub fn get(&self, sku: &Sku) -> Result<Answer<Option<ProductView>>, ProjectionError> {
         self.slot.read(|tree| {
             let stored: Option<StoredProduct> = records::get(tree, NAME, &product_key(sku))?;
-            Ok(stored.map(|stored| view(sku.clone(), stored)))
+            stored.map(|stored| view(sku.clone(), stored)).transpose()
         })
     }
 
@@ -203,7 +205,7 @@ impl Catalog {
                     std::str::from_utf8(&key[PRODUCT.len()..]).ok().and_then(|text| Sku::parse(text).ok()).ok_or_else(
                         || ProjectionError::Corrupt { model: NAME, reason: "a product key is not a sku".into() },
                     )?;
-                items.push(view(sku, records::decode(NAME, &bytes)?));
+                items.push(view(sku, records::decode(NAME, &bytes)?)?);
             }
             let next = if more { items.last().map(|item: &ProductView| item.sku.clone()) } else { None };
             Ok(Page { items, next })

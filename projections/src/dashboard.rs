@@ -15,14 +15,16 @@
 //! Keys: `s` → summary; `d:<YYYY-MM-DD>` → day; `o:<order id>` → an order not yet
 //! shipped or cancelled; `p:<sku>` → product; `a:<available BE><sku>` (active
 //! products by available units) and `t:<!units BE><sku>` (skus by units sold,
-//! most first) are indexes with empty values.
+//! most first) are indexes with empty values, derived from each product by
+//! [`index`] when a batch is written: a restock changes only the product for
+//! `apply`, and a batch moves the product's index entries once.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use domain::{Cents, Event, OrderEvent, OrderId, ProductEvent, ProductName, Sku};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ProjectionError;
-use crate::records::{self, Changes, Envelope, Records, key, prefix_end};
+use crate::records::{self, Changes, Envelope, Records, SharedName, Value, key, prefix_end};
 use crate::runtime::{Answer, Slot};
 
 pub(crate) const NAME: &str = "dashboard";
@@ -61,7 +63,8 @@ struct OpenOrder {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct StoredProduct {
-    name: ProductName,
+    /// Stored as a `ProductName`.
+    name: SharedName,
     available: u32,
     discontinued: bool,
     units_sold: u64,
@@ -135,7 +138,28 @@ impl Default for SalesQuery {
 }
 
 fn day_key(date: NaiveDate) -> Vec<u8> {
-    key(DAY, &[date.format(DATE_FORMAT).to_string().as_bytes()])
+    let mut key = Vec::with_capacity(DAY.len() + 10);
+    key.extend_from_slice(DAY);
+    let (year, month, day) = (date.year(), date.month(), date.day());
+    if !(0..=9999).contains(&year) {
+        // chrono writes such years with a sign or more digits.
+        key.extend_from_slice(date.format(DATE_FORMAT).to_string().as_bytes());
+        return key;
+    }
+    // `DATE_FORMAT` written straight, as chrono writes it for these years.
+    push_digits(&mut key, year.unsigned_abs(), 4);
+    key.push(b'-');
+    push_digits(&mut key, month, 2);
+    key.push(b'-');
+    push_digits(&mut key, day, 2);
+    key
+}
+
+/// `value`'s last `len` decimal digits, zero-padded.
+fn push_digits(key: &mut Vec<u8>, value: u32, len: u32) {
+    for place in (0..len).rev() {
+        key.push(b'0' + (value / 10u32.pow(place) % 10) as u8);
+    }
 }
 
 fn order_key(order_id: OrderId) -> Vec<u8> {
@@ -146,51 +170,36 @@ fn product_key(sku: &Sku) -> Vec<u8> {
     key(PRODUCT, &[sku.as_str().as_bytes()])
 }
 
-fn available_key(available: u32, sku: &Sku) -> Vec<u8> {
-    key(BY_AVAILABLE, &[&available.to_be_bytes(), sku.as_str().as_bytes()])
-}
-
-fn units_key(units: u64, sku: &Sku) -> Vec<u8> {
-    key(BY_UNITS, &[&(u64::MAX - units).to_be_bytes(), sku.as_str().as_bytes()])
-}
-
 fn date_of(at: DateTime<Utc>) -> NaiveDate {
     at.date_naive()
 }
 
-/// Writes a product and keeps both indexes in step with it.
-fn put_product(
-    changes: &mut Changes,
-    sku: &Sku,
-    before: Option<&StoredProduct>,
-    after: &StoredProduct,
-) -> Result<(), ProjectionError> {
-    if let Some(before) = before {
-        if !before.discontinued {
-            changes.delete(available_key(before.available, sku));
-        }
-        if before.units_sold > 0 {
-            changes.delete(units_key(before.units_sold, sku));
-        }
+/// The dashboard's index entries of one record (see [`crate::records::IndexFn`]):
+/// a product is listed under `a:` while active and under `t:` once it sold.
+/// The runtime and replay write them with the product; `apply` never does.
+pub(crate) fn index(key: &[u8], value: &Value) -> Result<Vec<Vec<u8>>, ProjectionError> {
+    let Some(sku) = key.strip_prefix(PRODUCT) else {
+        return Ok(Vec::new());
+    };
+    let product: StoredProduct = value.typed(NAME)?;
+    let mut entries = Vec::with_capacity(2);
+    if !product.discontinued {
+        entries.push(records::key(BY_AVAILABLE, &[&product.available.to_be_bytes(), sku]));
     }
-    if !after.discontinued {
-        changes.mark(available_key(after.available, sku));
+    if product.units_sold > 0 {
+        entries.push(records::key(BY_UNITS, &[&(u64::MAX - product.units_sold).to_be_bytes(), sku]));
     }
-    if after.units_sold > 0 {
-        changes.mark(units_key(after.units_sold, sku));
-    }
-    changes.put(product_key(sku), after)
+    Ok(entries)
 }
 
 /// The dashboard's changes for one event. Pure: reads the model's records, writes nothing.
 pub fn apply(records: &dyn Records, envelope: &Envelope, event: &Event) -> Result<Changes, ProjectionError> {
     let mut changes = Changes::default();
-    let product = |sku: &Sku| records::get::<StoredProduct>(records, NAME, &product_key(sku));
     let change_product = |changes: &mut Changes, sku: &Sku, change: &dyn Fn(&mut StoredProduct)| {
-        if let Some(before) = product(sku)? {
-            let mut after = before.clone();
-            change(&mut after);
-            put_product(changes, sku, Some(&before), &after)?;
+        let key = product_key(sku);
+        if let Some(mut stored) = records::get::<StoredProduct>(records, NAME, &key)? {
+            change(&mut stored);
+            changes.put(key, stored);
         }
         Ok::<(), ProjectionError>(())
     };
@@ -199,12 +208,12 @@ pub fn apply(records: &dyn Records, envelope: &Envelope, event: &Event) -> Resul
     match event {
         Event::Product(ProductEvent::Created(created)) => {
             let stored = StoredProduct {
-                name: created.name.clone(),
+                name: SharedName::of(&created.name),
                 available: created.initial_stock.get(),
                 discontinued: false,
                 units_sold: 0,
             };
-            put_product(&mut changes, &created.sku, None, &stored)?;
+            changes.put(product_key(&created.sku), stored);
         }
         Event::Product(ProductEvent::Restocked(restocked)) => {
             let quantity = restocked.quantity.get();
@@ -233,14 +242,14 @@ pub fn apply(records: &dyn Records, envelope: &Envelope, event: &Event) -> Resul
                 total_cents: placed.total_cents.get(),
                 lines: placed.lines.iter().map(|line| (line.sku.clone(), line.quantity.get())).collect(),
             };
-            changes.put(order_key(placed.order_id), &open)?;
+            changes.put(order_key(placed.order_id), open);
             let mut summary = summary()?;
             summary.placed += 1;
-            changes.put(SUMMARY.to_vec(), &summary)?;
+            changes.put(SUMMARY.to_vec(), summary);
             let date = date_of(envelope.recorded_at);
             let mut day = day(date)?;
             day.orders += 1;
-            changes.put(day_key(date), &day)?;
+            changes.put(day_key(date), day);
         }
         Event::Order(OrderEvent::Paid(paid)) => {
             let Some(mut open) = records::get::<OpenOrder>(records, NAME, &order_key(paid.order_id))? else {
@@ -251,21 +260,21 @@ pub fn apply(records: &dyn Records, envelope: &Envelope, event: &Event) -> Resul
             }
             let date = date_of(envelope.recorded_at);
             open.paid_on = Some(date);
-            changes.put(order_key(paid.order_id), &open)?;
             let mut summary = summary()?;
             summary.placed = summary.placed.saturating_sub(1);
             summary.paid += 1;
             summary.revenue_cents = summary.revenue_cents.saturating_add(open.total_cents);
-            changes.put(SUMMARY.to_vec(), &summary)?;
+            changes.put(SUMMARY.to_vec(), summary);
             let mut day = day(date)?;
             day.revenue_cents = day.revenue_cents.saturating_add(open.total_cents);
-            changes.put(day_key(date), &day)?;
+            changes.put(day_key(date), day);
             for (sku, quantity) in &open.lines {
                 let units = u64::from(*quantity);
                 change_product(&mut changes, sku, &|stored| {
                     stored.units_sold = stored.units_sold.saturating_add(units)
                 })?;
             }
+            changes.put(order_key(paid.order_id), open);
         }
         Event::Order(OrderEvent::Shipped(shipped)) => {
             let Some(open) = records::get::<OpenOrder>(records, NAME, &order_key(shipped.order_id))? else {
@@ -278,7 +287,7 @@ pub fn apply(records: &dyn Records, envelope: &Envelope, event: &Event) -> Resul
             let mut summary = summary()?;
             summary.paid = summary.paid.saturating_sub(1);
             summary.shipped += 1;
-            changes.put(SUMMARY.to_vec(), &summary)?;
+            changes.put(SUMMARY.to_vec(), summary);
         }
         Event::Order(OrderEvent::Cancelled(cancelled)) => {
             let Some(open) = records::get::<OpenOrder>(records, NAME, &order_key(cancelled.order_id))? else {
@@ -294,7 +303,7 @@ pub fn apply(records: &dyn Records, envelope: &Envelope, event: &Event) -> Resul
                     summary.revenue_cents = summary.revenue_cents.saturating_sub(open.total_cents);
                     let mut day = day(paid_on)?;
                     day.revenue_cents = day.revenue_cents.saturating_sub(open.total_cents);
-                    changes.put(day_key(paid_on), &day)?;
+                    changes.put(day_key(paid_on), day);
                     for (sku, quantity) in &open.lines {
                         let units = u64::from(*quantity);
                         change_product(&mut changes, sku, &|stored| {
@@ -303,7 +312,7 @@ pub fn apply(records: &dyn Records, envelope: &Envelope, event: &Event) -> Resul
                     }
                 }
             }
-            changes.put(SUMMARY.to_vec(), &summary)?;
+            changes.put(SUMMARY.to_vec(), summary);
         }
         _ => {}
     }
@@ -352,7 +361,7 @@ impl Dashboard {
                 let (key, _) = entry?;
                 let sku = sku_of(key.get(BY_UNITS.len() + 8..).unwrap_or_default())?;
                 let stored = name_of(&sku)?;
-                top_products.push(TopProduct { sku, name: stored.name, units_sold: stored.units_sold });
+                top_products.push(TopProduct { sku, name: stored.name.to_name(NAME)?, units_sold: stored.units_sold });
             }
             let mut low_stock = Vec::new();
             let end = key(BY_AVAILABLE, &[&query.low_stock_below.to_be_bytes()]);
@@ -360,7 +369,7 @@ impl Dashboard {
                 let (key, _) = entry?;
                 let sku = sku_of(key.get(BY_AVAILABLE.len() + 4..).unwrap_or_default())?;
                 let stored = name_of(&sku)?;
-                low_stock.push(LowStock { sku, name: stored.name, available: stored.available });
+                low_stock.push(LowStock { sku, name: stored.name.to_name(NAME)?, available: stored.available });
             }
             Ok(SalesView {
                 revenue_cents: Cents::new(summary.revenue_cents),

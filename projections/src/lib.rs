@@ -2,7 +2,11 @@
 //! that keeps them up to date.
 //!
 //! Each read model is a pure `apply(records, envelope, event) -> Changes` (its
-//! current records in, the writes for one event out) plus typed queries:
+//! current records in, the writes for one event out) plus typed queries. The
+//! records `apply` puts stay typed until their batch is written, so a record
+//! changed by many events of a batch is encoded once; an index derived from a
+//! record (the dashboard's stock and sales rankings) is written with the record
+//! by the runtime and replay, not by `apply`. The models:
 //!
 //! | model | queries |
 //! |---|---|

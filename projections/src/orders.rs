@@ -126,9 +126,9 @@ pub fn apply(records: &dyn Records, envelope: &Envelope, event: &Event) -> Resul
         };
         let order_id = placed.order_id.get();
         let position = envelope.position.to_be_bytes();
-        changes.put(order_key(placed.order_id), &stored)?;
-        changes.put(key(&customer_prefix(placed.customer_id), &[&position]), &order_id)?;
-        changes.put(key(ALL, &[&position]), &order_id)?;
+        changes.put(order_key(placed.order_id), stored);
+        changes.put(key(&customer_prefix(placed.customer_id), &[&position]), order_id);
+        changes.put(key(ALL, &[&position]), order_id);
         return Ok(changes);
     }
     let order_key = order_key(event.order_id());
@@ -146,7 +146,7 @@ pub fn apply(records: &dyn Records, envelope: &Envelope, event: &Event) -> Resul
     if OrderStatus::from(stored.status).can_become(next.0.into()) {
         *next.1 = at;
         stored.status = next.0;
-        changes.put(order_key, &stored)?;
+        changes.put(order_key, stored);
     }
     Ok(changes)
 }

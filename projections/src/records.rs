@@ -1,12 +1,22 @@
 //! How read models store their records: keys and bincode values in one sled tree
 //! per model generation, read by `apply` through [`Records`] and changed only
 //! through the [`Changes`] it returns.
+//!
+//! A record `apply` puts stays typed ([`Value::Typed`]) until its batch is
+//! written: a batch that changes a record many times (a product's stock) encodes
+//! it once, and the events after it read it back without decoding. [`Cache`]
+//! keeps a generation's records so across batches, for the runtime and replay.
 
-use std::collections::BTreeMap;
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::ProjectionError;
 
@@ -23,20 +33,70 @@ impl Envelope {
     }
 }
 
-/// A model's current records, as `apply` sees them: in the runtime, the batch
-/// so far over the model's tree; in tests, a map.
-pub trait Records {
-    /// The stored bytes under `key`.
-    fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError>;
+/// A typed record a model stores: encoded with the store's codec when its batch
+/// is written.
+pub trait Record: Any + Send + Sync + fmt::Debug {
+    fn encode(&self) -> Result<Vec<u8>, ProjectionError>;
 }
 
-/// Reads a typed record.
-pub(crate) fn get<T: DeserializeOwned>(
+impl<T: Serialize + Any + Send + Sync + fmt::Debug> Record for T {
+    fn encode(&self) -> Result<Vec<u8>, ProjectionError> {
+        store::codec::encode(self)
+            .map_err(|error| ProjectionError::Corrupt { model: "encode", reason: error.to_string() })
+    }
+}
+
+/// A record's value: bytes as the tree holds them, or typed as `apply` put it.
+#[derive(Debug)]
+pub enum Value {
+    Stored(sled::IVec),
+    Typed(Box<dyn Record>),
+}
+
+impl Value {
+    /// The bytes the tree holds (or will hold) for it.
+    pub fn encode(&self) -> Result<sled::IVec, ProjectionError> {
+        match self {
+            Value::Stored(bytes) => Ok(bytes.clone()),
+            Value::Typed(record) => record.encode().map(sled::IVec::from),
+        }
+    }
+
+    pub(crate) fn typed<T: DeserializeOwned + Clone + 'static>(
+        &self,
+        model: &'static str,
+    ) -> Result<T, ProjectionError> {
+        match self {
+            Value::Stored(bytes) => decode(model, bytes),
+            Value::Typed(record) => {
+                let record: &dyn Any = &**record;
+                record.downcast_ref::<T>().cloned().ok_or_else(|| ProjectionError::Corrupt {
+                    model,
+                    reason: format!("a record is not a {}", std::any::type_name::<T>()),
+                })
+            }
+        }
+    }
+}
+
+/// A model's current records, as `apply` sees them: in the runtime and replay,
+/// the batch so far over a cache of the model's tree; in tests, a map.
+pub trait Records {
+    /// Calls `read` with the record under `key` (borrowed: nothing is copied
+    /// that `read` does not copy).
+    fn read_value(&self, key: &[u8], read: &mut dyn FnMut(Option<&Value>)) -> Result<(), ProjectionError>;
+}
+
+/// Reads a typed record (a clone of it when it is still typed: models keep
+/// their records cheap to clone).
+pub(crate) fn get<T: DeserializeOwned + Clone + 'static>(
     records: &dyn Records,
     model: &'static str,
     key: &[u8],
 ) -> Result<Option<T>, ProjectionError> {
-    records.get_raw(key)?.map(|bytes| decode(model, &bytes)).transpose()
+    let mut found = Ok(None);
+    records.read_value(key, &mut |value| found = value.map(|value| value.typed(model)).transpose())?;
+    found
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(model: &'static str, bytes: &[u8]) -> Result<T, ProjectionError> {
@@ -45,23 +105,20 @@ pub(crate) fn decode<T: DeserializeOwned>(model: &'static str, bytes: &[u8]) -> 
 
 /// The writes one event makes to a model, in order. `apply` returns them and
 /// never writes itself.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Changes {
-    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    writes: Vec<(Vec<u8>, Option<Value>)>,
 }
 
 impl Changes {
-    /// Store `value` under `key`.
-    pub fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) -> Result<(), ProjectionError> {
-        let bytes = store::codec::encode(value)
-            .map_err(|error| ProjectionError::Corrupt { model: "encode", reason: error.to_string() })?;
-        self.writes.push((key, Some(bytes)));
-        Ok(())
+    /// Store `value` under `key` (encoded when the batch is written).
+    pub fn put<T: Record>(&mut self, key: Vec<u8>, value: T) {
+        self.writes.push((key, Some(Value::Typed(Box::new(value)))));
     }
 
     /// Store a key with no value (index entries).
     pub fn mark(&mut self, key: Vec<u8>) {
-        self.writes.push((key, Some(Vec::new())));
+        self.writes.push((key, Some(Value::Stored(sled::IVec::default()))));
     }
 
     pub fn delete(&mut self, key: Vec<u8>) {
@@ -72,47 +129,16 @@ impl Changes {
         self.writes.is_empty()
     }
 
-    pub fn writes(&self) -> &[(Vec<u8>, Option<Vec<u8>>)] {
+    /// Each key's write, in order (`None`: removed).
+    pub fn writes(&self) -> &[(Vec<u8>, Option<Value>)] {
         &self.writes
     }
 }
 
-/// A batch's writes so far over a base (the model's tree): `apply` reads through
-/// it, so each event sees the ones before it in the batch.
-#[derive(Debug)]
-pub(crate) struct Overlay<'a, B: Records> {
-    base: &'a B,
-    dirty: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-}
-
-impl<'a, B: Records> Overlay<'a, B> {
-    pub fn new(base: &'a B) -> Self {
-        Overlay { base, dirty: BTreeMap::new() }
-    }
-
-    pub fn absorb(&mut self, changes: Changes) {
-        for (key, value) in changes.writes {
-            self.dirty.insert(key, value);
-        }
-    }
-
-    pub fn into_dirty(self) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
-        self.dirty
-    }
-}
-
-impl<B: Records> Records for Overlay<'_, B> {
-    fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
-        match self.dirty.get(key) {
-            Some(value) => Ok(value.clone()),
-            None => self.base.get_raw(key),
-        }
-    }
-}
-
 impl Records for sled::Tree {
-    fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
-        Ok(self.get(key)?.map(|bytes| bytes.to_vec()))
+    fn read_value(&self, key: &[u8], read: &mut dyn FnMut(Option<&Value>)) -> Result<(), ProjectionError> {
+        read(self.get(key)?.map(Value::Stored).as_ref());
+        Ok(())
     }
 }
 
@@ -120,8 +146,267 @@ impl Records for sled::Tree {
 pub type MemoryRecords = BTreeMap<Vec<u8>, Vec<u8>>;
 
 impl Records for MemoryRecords {
-    fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
-        Ok(self.get(key).cloned())
+    fn read_value(&self, key: &[u8], read: &mut dyn FnMut(Option<&Value>)) -> Result<(), ProjectionError> {
+        read(self.get(key).map(|bytes| Value::Stored(sled::IVec::from(bytes.as_slice()))).as_ref());
+        Ok(())
+    }
+}
+
+/// FxHash over record keys, finished with murmur3's mixer: the caches hash a few
+/// keys per event, and SipHash was a tenth of the dashboard's time. Keys are skus (chosen by the admin) and
+/// ids the server generated, so flooding one bucket is not a client's to do.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct KeyHasher(u64);
+
+impl KeyHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.add(value as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // FxHash's last multiply leaves the low bits (hashbrown's bucket) poorly
+        // mixed for keys that differ late; murmur3's finaliser spreads them.
+        let mut hash = self.0;
+        hash ^= hash >> 33;
+        hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        hash ^= hash >> 33;
+        hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        hash ^ (hash >> 33)
+    }
+}
+
+type KeyMap<V> = HashMap<Vec<u8>, V, BuildHasherDefault<KeyHasher>>;
+
+/// A model's derived index: the keys (with empty values) that the record
+/// `value` under `key` puts in the tree beside itself. The cache writes them when
+/// it writes the record, so `apply` never does, and nothing reads them back
+/// through [`Records`] (queries read them from the tree).
+pub type IndexFn = fn(key: &[u8], value: &Value) -> Result<Vec<Vec<u8>>, ProjectionError>;
+
+/// Whether the tree holds a key, as far as the cache knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InTree {
+    Yes,
+    No,
+    Unknown,
+}
+
+/// One key in the cache.
+#[derive(Debug)]
+struct Entry {
+    /// Its current value (`None`: absent), this batch's changes included.
+    value: Option<Value>,
+    /// Changed since the last batch (and listed in `Cache::dirty`).
+    dirty: bool,
+    in_tree: InTree,
+    /// Its index keys as the tree holds them, when known.
+    index: Option<Vec<Vec<u8>>>,
+}
+
+/// A generation's records for `apply`: this batch's changes over the records as
+/// written (or read) before, over the tree. Only the generation's one writer (a
+/// runtime worker, a replay thread) holds it.
+///
+/// Without the cache every event would read and decode its records from sled;
+/// with it, sled is read only for what the cache does not know, records stay
+/// typed from one batch to the next, and an event's read and write of a record
+/// are one hash lookup each. A batch writes each changed record once (with its
+/// index entries, where they moved) and leaves out the removal of a record the
+/// tree never held.
+#[derive(Debug)]
+pub(crate) struct Cache {
+    tree: sled::Tree,
+    index: Option<IndexFn>,
+    entries: RefCell<KeyMap<Entry>>,
+    /// The keys changed since the last batch, each once.
+    dirty: Vec<Vec<u8>>,
+    /// Whether `entries` holds every record of the tree, so that a key it lacks
+    /// is absent: true from an empty tree until the cache is first emptied.
+    complete: bool,
+    len_max: usize,
+}
+
+impl Cache {
+    /// A cache over `tree` of at most about `len_max` records; `empty` says the
+    /// tree holds nothing yet.
+    pub(crate) fn new(tree: sled::Tree, index: Option<IndexFn>, len_max: usize, empty: bool) -> Self {
+        Cache { tree, index, entries: RefCell::new(KeyMap::default()), dirty: Vec::new(), complete: empty, len_max }
+    }
+
+    pub(crate) fn tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    /// Records changed since the last batch.
+    pub(crate) fn dirty_len(&self) -> usize {
+        self.dirty.len()
+    }
+
+    /// Forget everything; `empty` says the tree holds nothing now.
+    pub(crate) fn reset(&mut self, empty: bool) {
+        self.dirty.clear();
+        self.entries.get_mut().clear();
+        self.complete = empty;
+    }
+
+    /// Take one event's changes into the batch.
+    pub(crate) fn absorb(&mut self, changes: Changes) {
+        let entries = self.entries.get_mut();
+        for (key, value) in changes.writes {
+            match entries.get_mut(key.as_slice()) {
+                Some(entry) => {
+                    entry.value = value;
+                    if !entry.dirty {
+                        entry.dirty = true;
+                        self.dirty.push(key);
+                    }
+                }
+                None => {
+                    let in_tree = if self.complete { InTree::No } else { InTree::Unknown };
+                    if value.is_none() && in_tree == InTree::No {
+                        // Removing what the tree does not hold: nothing to write.
+                        continue;
+                    }
+                    let index = (in_tree == InTree::No).then(Vec::new);
+                    entries.insert(key.clone(), Entry { value, dirty: true, in_tree, index });
+                    self.dirty.push(key);
+                }
+            }
+        }
+    }
+
+    /// This batch's writes as one sled batch, each changed record encoded once;
+    /// the cache holds them as written from here on. Write the batch, or
+    /// [`Cache::reset`] the cache.
+    pub(crate) fn take_batch(&mut self) -> Result<sled::Batch, ProjectionError> {
+        let entries = self.entries.get_mut();
+        let mut batch = sled::Batch::default();
+        for key in self.dirty.drain(..) {
+            let Some(entry) = entries.get_mut(key.as_slice()) else { continue };
+            entry.dirty = false;
+            if let Some(index) = self.index {
+                let before = match entry.index.take() {
+                    Some(before) => before,
+                    None => match self.tree.get(&key)? {
+                        Some(bytes) => index(&key, &Value::Stored(bytes))?,
+                        None => Vec::new(),
+                    },
+                };
+                let after = match &entry.value {
+                    Some(value) => index(&key, value)?,
+                    None => Vec::new(),
+                };
+                for old in &before {
+                    if !after.contains(old) {
+                        batch.remove(old.as_slice());
+                    }
+                }
+                for new in &after {
+                    if !before.contains(new) {
+                        batch.insert(new.as_slice(), sled::IVec::default());
+                    }
+                }
+                entry.index = Some(after);
+            }
+            match &entry.value {
+                Some(value) => {
+                    batch.insert(key.as_slice(), value.encode()?);
+                    entry.in_tree = InTree::Yes;
+                }
+                None => {
+                    if entry.in_tree != InTree::No {
+                        batch.remove(key.as_slice());
+                    }
+                    if self.complete {
+                        entries.remove(key.as_slice());
+                    } else {
+                        entry.in_tree = InTree::No;
+                    }
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    /// After a batch was written: empty the cache if it grew past its bound.
+    pub(crate) fn trim(&mut self) {
+        let entries = self.entries.get_mut();
+        if entries.len() > self.len_max {
+            entries.clear();
+            self.complete = false;
+        }
+    }
+}
+
+impl Records for Cache {
+    fn read_value(&self, key: &[u8], read: &mut dyn FnMut(Option<&Value>)) -> Result<(), ProjectionError> {
+        if let Some(entry) = self.entries.borrow().get(key) {
+            read(entry.value.as_ref());
+            return Ok(());
+        }
+        if self.complete {
+            read(None);
+            return Ok(());
+        }
+        let value = self.tree.get(key)?.map(Value::Stored);
+        read(value.as_ref());
+        let (in_tree, index) = match (&value, self.index) {
+            (None, _) => (InTree::No, Some(Vec::new())),
+            (Some(value), Some(index)) => (InTree::Yes, Some(index(key, value)?)),
+            (Some(_), None) => (InTree::Yes, None),
+        };
+        self.entries.borrow_mut().insert(key.to_vec(), Entry { value, dirty: false, in_tree, index });
+        Ok(())
+    }
+}
+
+/// A name kept in a model's records: stored exactly as a `ProductName` (a
+/// string), shared between the copies `apply` makes instead of copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SharedName(Arc<str>);
+
+impl SharedName {
+    pub(crate) fn of(name: &domain::ProductName) -> SharedName {
+        SharedName(Arc::from(name.as_str()))
+    }
+
+    /// The name checked again, as reading a `ProductName` checks it.
+    pub(crate) fn to_name(&self, model: &'static str) -> Result<domain::ProductName, ProjectionError> {
+        domain::ProductName::parse(&self.0)
+            .map_err(|error| ProjectionError::Corrupt { model, reason: format!("a stored name: {error}") })
+    }
+}
+
+impl Serialize for SharedName {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(|text| SharedName(Arc::from(text)))
     }
 }
 

@@ -18,12 +18,11 @@
 //! them when the server starts.
 //!
 //! A model's records are read through a cache of what this replay wrote and read
-//! (bounded, emptied when full), so the batch's reads mostly never reach sled, and
-//! a batch writes each changed record once, skipping removals of records that
-//! were never stored.
+//! (`records::Cache`: bounded, emptied when full), kept typed as `apply`
+//! put them, so the batch's reads mostly never reach sled nor decode anything,
+//! and a batch encodes and writes each changed record once, skipping removals of
+//! records that were never stored.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -33,9 +32,9 @@ use domain::Event;
 use store::EventLog;
 
 use crate::error::ProjectionError;
-use crate::records::{Changes, Envelope, Records, be_u64};
+use crate::records::{Cache, Envelope, be_u64};
 use crate::runtime::{
-    ApplyFn, CHECKPOINTS_TREE, META_TREE, MODELS, building_key, read_checkpoint, tree_name, write_batch,
+    ApplyFn, CHECKPOINTS_TREE, META_TREE, MODELS, building_key, index_of, read_checkpoint, tree_name, write_batch,
 };
 
 /// Pages each reader reads ahead of the slowest model.
@@ -274,9 +273,9 @@ fn abandon(meta: &sled::Tree, builds: &[Build]) {
     for build in builds {
         let cleared = build
             .records
-            .tree
+            .tree()
             .clear()
-            .and_then(|()| build.records.checkpoints.remove(build.records.tree_name.as_bytes()).map(drop))
+            .and_then(|()| build.checkpoints.remove(build.tree_name.as_bytes()).map(drop))
             .and_then(|()| meta.remove(building_key(build.name)).map(drop));
         if let Err(error) = cleared {
             tracing::warn!(model = build.name, %error, "could not empty an abandoned replay; the next start does");
@@ -422,7 +421,9 @@ struct Build {
     batch_records_max: usize,
     batch_events_max: u64,
     times: Times,
-    records: CachedRecords,
+    tree_name: String,
+    checkpoints: sled::Tree,
+    records: Cache,
 }
 
 impl Build {
@@ -464,7 +465,9 @@ impl Build {
             batch_records_max: options.batch_records_max.max(1),
             batch_events_max: options.batch_events_max.max(1),
             times: Times::default(),
-            records: CachedRecords::new(tree_name, tree, checkpoints.clone(), options.cache_len_max),
+            tree_name,
+            checkpoints: checkpoints.clone(),
+            records: Cache::new(tree, index_of(name), options.cache_len_max, true),
         })
     }
 
@@ -490,24 +493,32 @@ impl Build {
                 }
                 if let Some(event) = &decoded.event {
                     let changes = (self.apply)(&self.records, &decoded.envelope, event)?;
-                    self.records.absorb(&changes);
+                    self.records.absorb(changes);
                 }
                 position = decoded.envelope.position;
             }
             drop(page);
             lap(&mut self.times.applying);
-            if self.records.dirty.len() >= self.batch_records_max || position - committed >= self.batch_events_max {
-                self.records.commit(position)?;
+            if self.records.dirty_len() >= self.batch_records_max || position - committed >= self.batch_events_max {
+                self.commit(position)?;
                 committed = position;
                 lap(&mut self.times.writing);
             }
             applied.store(position, Ordering::Release);
         }
         if position > committed {
-            self.records.commit(position)?;
+            self.commit(position)?;
             lap(&mut self.times.writing);
         }
         Ok(position)
+    }
+
+    /// Write the batch so far with the checkpoint `position`.
+    fn commit(&mut self, position: u64) -> Result<(), ProjectionError> {
+        let batch = self.records.take_batch()?;
+        write_batch(self.records.tree(), &self.checkpoints, &self.tree_name, &batch, position)?;
+        self.records.trim();
+        Ok(())
     }
 }
 
@@ -520,112 +531,4 @@ pub struct Times {
     pub applying: Duration,
     /// Writing batches to sled.
     pub writing: Duration,
-}
-
-/// A generation's records for `apply`: this batch's changes over a cache of
-/// records as written (or read) before, over the tree.
-///
-/// Without the cache every event would read its records from sled; with it a
-/// replay reads sled only once the cache was emptied for its size. A batch
-/// writes each changed record once, in key order, and leaves out the removal of
-/// a record the tree never held (the dashboard's indexes make and drop a key per
-/// event).
-#[derive(Debug)]
-struct CachedRecords {
-    tree_name: String,
-    tree: sled::Tree,
-    checkpoints: sled::Tree,
-    /// What this batch changed: each key's last write (`None`: removed).
-    dirty: HashMap<Vec<u8>, Option<Vec<u8>>>,
-    /// Records as the tree holds them (`None`: known to be absent, kept only
-    /// when read so).
-    clean: RefCell<HashMap<Vec<u8>, Option<Vec<u8>>>>,
-    /// Whether `clean` holds every record of the tree, so that a key it lacks is
-    /// absent: true from the empty start until `clean` is first emptied.
-    complete: bool,
-    clean_len_max: usize,
-}
-
-impl CachedRecords {
-    fn new(tree_name: String, tree: sled::Tree, checkpoints: sled::Tree, clean_len_max: usize) -> Self {
-        CachedRecords {
-            tree_name,
-            tree,
-            checkpoints,
-            dirty: HashMap::new(),
-            clean: RefCell::new(HashMap::new()),
-            complete: true,
-            clean_len_max,
-        }
-    }
-
-    fn absorb(&mut self, changes: &Changes) {
-        for (key, value) in changes.writes() {
-            if value.is_none() && self.complete && !self.clean.get_mut().contains_key(key.as_slice()) {
-                // Removing what the tree does not hold: nothing to write. (The
-                // dashboard's indexes make and drop a key per event.)
-                self.dirty.remove(key.as_slice());
-                continue;
-            }
-            match self.dirty.get_mut(key.as_slice()) {
-                Some(dirty) => dirty.clone_from(value),
-                None => {
-                    self.dirty.insert(key.clone(), value.clone());
-                }
-            }
-        }
-    }
-
-    /// Write this batch's changes, in key order, with the checkpoint `position`.
-    fn commit(&mut self, position: u64) -> Result<(), ProjectionError> {
-        let clean = self.clean.get_mut();
-        let mut changed: Vec<(Vec<u8>, Option<Vec<u8>>)> = self.dirty.drain().collect();
-        changed.sort_unstable_by(|(left, _), (right, _)| left.cmp(right));
-        let mut batch = sled::Batch::default();
-        for (key, value) in changed {
-            match value {
-                Some(value) => {
-                    batch.insert(key.as_slice(), value.as_slice());
-                    match clean.get_mut(&key) {
-                        Some(known) => *known = Some(value),
-                        None => {
-                            clean.insert(key, Some(value));
-                        }
-                    }
-                }
-                None => {
-                    let stored = match clean.remove(&key) {
-                        Some(known) => known.is_some(),
-                        None => !self.complete && self.tree.contains_key(&key)?,
-                    };
-                    if stored {
-                        batch.remove(key);
-                    }
-                }
-            }
-        }
-        write_batch(&self.tree, &self.checkpoints, &self.tree_name, &batch, position)?;
-        if clean.len() > self.clean_len_max {
-            clean.clear();
-            self.complete = false;
-        }
-        Ok(())
-    }
-}
-
-impl Records for CachedRecords {
-    fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
-        if let Some(value) = self.dirty.get(key) {
-            return Ok(value.clone());
-        }
-        if let Some(known) = self.clean.borrow().get(key) {
-            return Ok(known.clone());
-        }
-        if self.complete {
-            return Ok(None);
-        }
-        let value = self.tree.get(key)?.map(|bytes| bytes.to_vec());
-        self.clean.borrow_mut().insert(key.to_vec(), value.clone());
-        Ok(value)
-    }
 }

@@ -1,7 +1,10 @@
 //! The projection runtime: one worker task per read model that tails the log from
 //! the model's checkpoint, applies events in batches and writes each batch's
 //! changes and the new checkpoint in one sled transaction; rebuilds into a fresh
-//! generation of trees while the old one keeps serving.
+//! generation of trees while the old one keeps serving. Each generation's worker
+//! reads its records through a bounded cache (`records::Cache`) that
+//! keeps them typed from one batch to the next, so a batch reads sled only for
+//! records it did not see lately and encodes each record it changed once.
 //!
 //! Trees (through [`EventLog::open_tree`]): `<model>.g<n>` holds generation `n`
 //! of a model; `checkpoints` maps `<model>.g<n>` to the last position applied
@@ -23,11 +26,18 @@ use crate::catalog::Catalog;
 use crate::dashboard::Dashboard;
 use crate::error::ProjectionError;
 use crate::orders::Orders;
-use crate::records::{Changes, Envelope, Overlay, Records, be_u64};
+use crate::records::{Cache, Changes, Envelope, IndexFn, Records, be_u64};
 use crate::{carts, catalog, dashboard, orders};
 
 /// The most items one page holds, whatever the caller asks.
 pub const PAGE_LEN_MAX: usize = 1000;
+
+/// The most records a generation's cache holds between batches; past it, it is
+/// emptied after a batch (and read back from sled as events need them).
+const CACHE_LEN_MAX: usize = 50_000;
+
+/// The most events a rebuild with no pause applies in one transaction.
+const REBUILD_BATCH_LEN_MAX: usize = 16_384;
 
 pub(crate) const CHECKPOINTS_TREE: &str = "checkpoints";
 pub(crate) const META_TREE: &str = "projections";
@@ -42,6 +52,11 @@ pub const MODELS: &[(&str, ApplyFn)] = &[
     (orders::NAME, orders::apply),
     (dashboard::NAME, dashboard::apply),
 ];
+
+/// The index a model derives from its records, if any (see [`IndexFn`]).
+pub(crate) fn index_of(model: &str) -> Option<IndexFn> {
+    (model == dashboard::NAME).then_some(dashboard::index as IndexFn)
+}
 
 /// A query's answer with the position the model had reached when it was asked
 /// (a lower bound: the answer reflects at least every event up to it).
@@ -68,7 +83,8 @@ pub(crate) fn clamp_limit(limit: usize) -> usize {
 /// How the runtime runs.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The most events applied in one transaction.
+    /// The most events applied in one transaction. A rebuild with no
+    /// `rebuild_batch_pause` applies up to 16,384 (or this, if more).
     pub batch_len_max: usize,
     /// A pause between a rebuild's batches, so a rebuild leaves room to the live
     /// workers and the writer on a small machine (`None`: as fast as it goes).
@@ -122,6 +138,9 @@ pub(crate) struct Generation {
     tree: sled::Tree,
     checkpoints: sled::Tree,
     checkpoint: AtomicU64,
+    /// The generation's records as its worker last wrote or read them (only
+    /// the worker's batches use it, one at a time).
+    cache: Mutex<Cache>,
     stop: watch::Sender<bool>,
     retired: AtomicBool,
 }
@@ -131,9 +150,11 @@ impl Generation {
         let tree_name = tree_name(model, number);
         let tree = shared.log.open_tree(&tree_name)?;
         let checkpoint = read_checkpoint(&shared.checkpoints, &tree_name)?;
+        let empty = checkpoint == 0 && tree.is_empty();
         Ok(Generation {
             number,
             tree_name,
+            cache: Mutex::new(Cache::new(tree.clone(), index_of(model), CACHE_LEN_MAX, empty)),
             tree,
             checkpoints: shared.checkpoints.clone(),
             checkpoint: AtomicU64::new(checkpoint),
@@ -148,9 +169,12 @@ impl Generation {
 
     /// Empty the tree and forget the checkpoint.
     fn clear(&self) -> Result<(), ProjectionError> {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.reset(false);
         self.tree.clear()?;
         self.checkpoints.remove(self.tree_name.as_bytes())?;
         self.checkpoint.store(0, Ordering::Release);
+        cache.reset(true);
         Ok(())
     }
 
@@ -351,8 +375,22 @@ pub(crate) fn write_batch(
 /// Apply `events` (the next ones after the generation's checkpoint) and write the
 /// changes with the new checkpoint in one transaction.
 fn commit(slot: &Slot, generation: &Generation, events: &[RecordedEvent]) -> Result<u64, ProjectionError> {
+    let mut cache = generation.cache.lock().unwrap_or_else(PoisonError::into_inner);
+    let committed = apply_and_write(slot, generation, &mut cache, events);
+    if committed.is_err() {
+        // What the cache holds may not be what the tree holds now.
+        cache.reset(false);
+    }
+    committed
+}
+
+fn apply_and_write(
+    slot: &Slot,
+    generation: &Generation,
+    cache: &mut Cache,
+    events: &[RecordedEvent],
+) -> Result<u64, ProjectionError> {
     let mut position = generation.checkpoint();
-    let mut overlay = Overlay::new(&generation.tree);
     for recorded in events {
         if recorded.position != position + 1 {
             return Err(ProjectionError::Corrupt {
@@ -362,19 +400,14 @@ fn commit(slot: &Slot, generation: &Generation, events: &[RecordedEvent]) -> Res
         }
         // A forgotten payload (`None`) holds nothing any read model uses.
         if let Some(event) = commands::codec::decode(recorded)? {
-            let changes = (slot.apply)(&overlay, &Envelope::of(recorded), &event)?;
-            overlay.absorb(changes);
+            let changes = (slot.apply)(&*cache, &Envelope::of(recorded), &event)?;
+            cache.absorb(changes);
         }
         position = recorded.position;
     }
-    let mut batch = sled::Batch::default();
-    for (key, value) in overlay.into_dirty() {
-        match value {
-            Some(value) => batch.insert(key, value),
-            None => batch.remove(key),
-        }
-    }
+    let batch = cache.take_batch()?;
     write_batch(&generation.tree, &generation.checkpoints, &generation.tree_name, &batch, position)?;
+    cache.trim();
     generation.checkpoint.store(position, Ordering::Release);
     Ok(position)
 }
@@ -407,9 +440,17 @@ async fn run_worker(slot: Arc<Slot>, generation: Arc<Generation>, serving: bool)
 async fn project(slot: &Arc<Slot>, generation: &Arc<Generation>, mut serving: bool) -> Result<(), ProjectionError> {
     let log = &slot.shared.log;
     let options = &slot.shared.options;
-    let batch_len_max = options.batch_len_max.max(1);
+    // A rebuild writes larger batches unless told to go gently: its records
+    // change again and again (a product's stock), and each batch writes each
+    // changed record once, in one transaction.
+    let batch_len_max = |serving: bool| match (serving, options.rebuild_batch_pause) {
+        (false, None) => options.batch_len_max.max(REBUILD_BATCH_LEN_MAX),
+        _ => options.batch_len_max.max(1),
+    };
     let mut subscription = log.subscribe(generation.checkpoint() + 1);
     let mut stop = generation.stop.subscribe();
+    // The events read for the next batch.
+    let mut batch = Vec::with_capacity(batch_len_max(serving).min(1024));
     loop {
         if *stop.borrow_and_update() {
             return Ok(());
@@ -421,12 +462,14 @@ async fn project(slot: &Arc<Slot>, generation: &Arc<Generation>, mut serving: bo
                 .map_err(|error| ProjectionError::Stopped { model: "rebuild", reason: error.to_string() })??;
             continue;
         }
-        let first = tokio::select! {
-            event = subscription.next() => event?,
-            _ = stop.changed() => continue,
-        };
-        let mut batch = Vec::with_capacity(batch_len_max.min(1024));
-        batch.push(first);
+        if batch.is_empty() {
+            let first = tokio::select! {
+                event = subscription.next() => event?,
+                _ = stop.changed() => continue,
+            };
+            batch.push(first);
+        }
+        let batch_len_max = batch_len_max(serving);
         // Take what is already committed, without waiting for more.
         while batch.len() < batch_len_max {
             tokio::select! {
@@ -435,14 +478,32 @@ async fn project(slot: &Arc<Slot>, generation: &Arc<Generation>, mut serving: bo
                 () = std::future::ready(()) => break,
             }
         }
-        let task = {
+        let events = std::mem::replace(&mut batch, Vec::with_capacity(batch_len_max.min(1024)));
+        let mut task = {
             let (slot, generation) = (Arc::clone(slot), Arc::clone(generation));
             tokio::task::spawn_blocking(move || {
-                commit(&slot, &generation, &batch)?;
+                commit(&slot, &generation, &events)?;
                 settle(&slot, &generation, serving)
             })
         };
-        serving = task.await.map_err(|error| join_error(slot, error))??;
+        // Read the next batch while this one is applied and written: reading and
+        // decoding the log is the other half of a catch-up's or rebuild's work.
+        // (`Subscription::next` may be dropped while it waits: it loses nothing.)
+        let mut read_error = None;
+        let joined = loop {
+            tokio::select! {
+                biased;
+                joined = &mut task => break joined,
+                event = subscription.next(), if batch.len() < batch_len_max && read_error.is_none() => match event {
+                    Ok(event) => batch.push(event),
+                    Err(error) => read_error = Some(error),
+                },
+            }
+        };
+        serving = joined.map_err(|error| join_error(slot, error))??;
+        if let Some(error) = read_error {
+            return Err(error.into());
+        }
         if !serving && let Some(pause) = options.rebuild_batch_pause {
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
