@@ -245,7 +245,7 @@ pub fn replay_with(
     log.make_durable()?;
     for build in &builds {
         let old = tree_name(build.name, build.previous_generation);
-        log.open_tree(&old)?.clear()?;
+        log.drop_tree(&old)?;
         checkpoints.remove(old.as_bytes())?;
     }
     log.make_durable()?;

@@ -143,6 +143,8 @@ pub(crate) struct Generation {
     cache: Mutex<Cache>,
     stop: watch::Sender<bool>,
     retired: AtomicBool,
+    /// To drop the tree once retired.
+    log: EventLog,
 }
 
 impl Generation {
@@ -160,6 +162,7 @@ impl Generation {
             checkpoint: AtomicU64::new(checkpoint),
             stop: watch::Sender::new(false),
             retired: AtomicBool::new(false),
+            log: shared.log.clone(),
         })
     }
 
@@ -187,11 +190,15 @@ impl Generation {
 }
 
 impl Drop for Generation {
+    /// A retired generation leaves nothing behind: its checkpoint is forgotten and
+    /// its tree emptied and dropped from the database.
     fn drop(&mut self) {
-        if self.retired.load(Ordering::Acquire)
-            && let Err(error) = self.clear()
-        {
-            tracing::warn!(tree = self.tree_name, %error, "could not empty a retired read-model tree");
+        if !self.retired.load(Ordering::Acquire) {
+            return;
+        }
+        let dropped = self.clear().and_then(|()| Ok(self.log.drop_tree(&self.tree_name)?));
+        if let Err(error) = dropped {
+            tracing::warn!(tree = self.tree_name, %error, "could not drop a retired read-model tree");
         }
     }
 }

@@ -238,6 +238,12 @@ impl EventLog {
         Ok(self.inner.db.open_tree(format!("x:{name}"))?)
     }
 
+    /// Whether a tree made by [`EventLog::open_tree`] exists (without making it).
+    pub fn has_tree(&self, name: &str) -> bool {
+        let name = format!("x:{name}");
+        self.inner.db.tree_names().iter().any(|existing| existing.as_ref() == name.as_bytes())
+    }
+
     /// Remove a tree made by [`EventLog::open_tree`] and everything in it (a retired
     /// read-model generation); `false` when there was none. No handle to it may be
     /// used afterwards.
