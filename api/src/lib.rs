@@ -51,6 +51,8 @@ pub struct AppState {
     pub log: store::EventLog,
     pub service: commands::CommandService,
     pub projections: Arc<projections::Projections>,
+    /// Where the read models' workers run (see [`server::ProjectionRuntime`]).
+    pub projection_runtime: Arc<server::ProjectionRuntime>,
     pub tokens: Arc<auth::Tokens>,
     pub login_by_email: Arc<auth::RateLimiter>,
     pub login_by_address: Arc<auth::RateLimiter>,
@@ -64,6 +66,7 @@ impl AppState {
         log: store::EventLog,
         service: commands::CommandService,
         projections: projections::Projections,
+        projection_runtime: server::ProjectionRuntime,
         tokens: auth::Tokens,
         login_attempts_per_minute: u32,
     ) -> Self {
@@ -75,6 +78,7 @@ impl AppState {
             log,
             service,
             projections: Arc::new(projections),
+            projection_runtime: Arc::new(projection_runtime),
             tokens: Arc::new(tokens),
             login_by_email: limiter(login_attempts_per_minute),
             login_by_address: limiter(by_address),

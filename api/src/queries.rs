@@ -584,7 +584,8 @@ pub async fn rebuild(
     _: Admin,
     ApiPath(name): ApiPath<String>,
 ) -> Result<(StatusCode, Json<RebuildStarted>), ApiError> {
-    let generation = state.projections.rebuild(&name)?;
+    // The rebuild's worker runs beside the live ones, off the serving threads.
+    let generation = state.projection_runtime.within(|| state.projections.rebuild(&name))?;
     Ok((StatusCode::ACCEPTED, Json(RebuildStarted { name, generation })))
 }
 

@@ -196,6 +196,14 @@ impl TestApp {
         }
     }
 
+    /// Wait until every read model has applied the whole log.
+    pub async fn caught_up(&self) {
+        let running = self.running.as_ref().expect("running");
+        let head = running.state.log.head();
+        let wait = std::time::Duration::from_secs(10);
+        running.state.projections.wait_for(head, wait).await.expect("the read models catch up");
+    }
+
     /// Stop, and hand over the data dir (which lives on) for offline work.
     pub async fn stop_keeping_dir(mut self) -> tempfile::TempDir {
         if let Some(running) = self.running.take() {

@@ -32,6 +32,8 @@ pub(super) async fn fill_shop(app: &TestApp) -> Vec<String> {
         assert!(app.add_to_cart(&token, "tea-1", 1).await.status.is_success());
         emails.push(email);
     }
+    // The live read models are compared with rebuilt ones: let them reach the head.
+    app.caught_up().await;
     emails
 }
 
