@@ -2,11 +2,9 @@
 //! crypto-shreds one customer (DESIGN §3.9) through
 //! [`commands::CommandService::forget_customer`], like `shoplog forget`.
 
-use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use commands::{CommandContext, CommandOutcome};
+use axum::http::StatusCode;
+use axum::response::Response;
 use domain::CustomerId;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -17,24 +15,18 @@ use crate::auth::{Admin, Principal};
 use crate::error::ApiError;
 use crate::extract::{ApiPath, CommandInput};
 use crate::openapi;
+use crate::routes::{Committed, command_response, context};
 
 /// No fields: the body may be `{}` or left out.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForgetRequest {}
 
-/// A forgotten customer: where the customer's stream stands now (the shape of
-/// every command's answer) and the customer's id.
+/// A forgotten customer: [`Committed`] (on the customer's stream) and the id.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ForgottenReply {
-    /// The customer's stream, `customer-<uuid>`.
-    stream: String,
-    /// The customer stream's version after the command; also the `ETag`.
-    version: u64,
-    /// The global log position of the command's last event.
-    position: u64,
-    /// True when this is the first response again, for a repeated `Idempotency-Key`.
-    duplicate: bool,
+    #[serde(flatten)]
+    committed: Committed,
     customer_id: Uuid,
 }
 
@@ -72,34 +64,9 @@ pub async fn forget_customer(
     // Like an order id: a path that is no uuid names no customer.
     let customer_id =
         CustomerId::parse(&customer).map_err(|_| ApiError::NotFound(format!("customer {customer} does not exist")))?;
-    let outcome = state.service.forget_customer(&context(&input), customer_id, input.if_match).await?;
+    let outcome =
+        state.service.forget_customer(&context(Some(Principal::Admin), &input), customer_id, input.if_match).await?;
     tracing::info!(%customer_id, position = outcome.position(), duplicate = outcome.duplicate, "customer forgotten");
-    Ok(reply(&outcome, customer_id))
-}
-
-/// The admin's command context; an `Idempotency-Key` is scoped to the admin, as
-/// on every command route.
-fn context(input: &CommandInput<ForgetRequest>) -> CommandContext {
-    let actor = Principal::Admin.actor();
-    let context = CommandContext::new(actor.clone());
-    match &input.idempotency_key {
-        Some(key) => context.with_idempotency(format!("{actor}\0{key}"), input.request_hash),
-        None => context,
-    }
-}
-
-/// 200 with the reply and `ETag: "<version>"` of the customer's stream.
-fn reply(outcome: &CommandOutcome, customer_id: CustomerId) -> Response {
-    let body = ForgottenReply {
-        stream: outcome.stream().to_owned(),
-        version: outcome.version(),
-        position: outcome.position(),
-        duplicate: outcome.duplicate,
-        customer_id: customer_id.get(),
-    };
-    let mut response = (StatusCode::OK, Json(body)).into_response();
-    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", outcome.version())) {
-        response.headers_mut().insert(header::ETAG, etag);
-    }
-    response
+    let body = ForgottenReply { committed: Committed::of(&outcome), customer_id: customer_id.get() };
+    Ok(command_response(StatusCode::OK, &outcome, body))
 }

@@ -117,7 +117,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 
 /// The context a command runs in: who, why, and its idempotency key (scoped to the
 /// caller, so two callers never share one).
-fn context<T>(principal: Option<Principal>, input: &CommandInput<T>) -> CommandContext {
+pub(crate) fn context<T>(principal: Option<Principal>, input: &CommandInput<T>) -> CommandContext {
     let actor = principal.map(|principal| principal.actor()).unwrap_or_else(|| "public".to_owned());
     let correlation_id = Uuid::now_v7();
     let idempotency = input
@@ -129,7 +129,7 @@ fn context<T>(principal: Option<Principal>, input: &CommandInput<T>) -> CommandC
 
 /// What every command answers: where its main stream stands now.
 #[derive(Debug, Serialize, ToSchema)]
-struct Committed {
+pub(crate) struct Committed {
     /// The command's main stream, such as `product-mug-1`.
     stream: String,
     /// The main stream's version after the command; also the `ETag`.
@@ -141,7 +141,7 @@ struct Committed {
 }
 
 impl Committed {
-    fn of(outcome: &CommandOutcome) -> Self {
+    pub(crate) fn of(outcome: &CommandOutcome) -> Self {
         Committed {
             stream: outcome.stream().to_owned(),
             version: outcome.version(),
@@ -186,7 +186,7 @@ struct OrderReply {
 
 /// `body` (a [`Committed`], flattened into a reply) with `ETag: "<version>"` on the
 /// command's main stream.
-fn command_response(status: StatusCode, outcome: &CommandOutcome, body: impl Serialize) -> Response {
+pub(crate) fn command_response(status: StatusCode, outcome: &CommandOutcome, body: impl Serialize) -> Response {
     let mut response = (status, Json(body)).into_response();
     if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", outcome.version())) {
         response.headers_mut().insert(header::ETAG, etag);

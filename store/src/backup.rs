@@ -79,6 +79,65 @@ pub enum RestoreTo {
     Time(DateTime<Utc>),
 }
 
+/// What a pass over a backup's records, keys and secrets has counted: the same
+/// whether the backup is being written, read or restored.
+#[derive(Debug)]
+struct Tally {
+    events: u64,
+    /// The last record's hash (the genesis hash before the first).
+    last_hash: [u8; 32],
+    first_micros: Option<i64>,
+    last_micros: Option<i64>,
+    keys: u64,
+    forgotten: u64,
+    secrets: u64,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Tally {
+            events: 0,
+            last_hash: GENESIS_HASH,
+            first_micros: None,
+            last_micros: None,
+            keys: 0,
+            forgotten: 0,
+            secrets: 0,
+        }
+    }
+
+    fn record(&mut self, hash: [u8; 32], micros: i64) {
+        self.events += 1;
+        self.last_hash = hash;
+        self.first_micros.get_or_insert(micros);
+        self.last_micros = Some(micros);
+    }
+
+    /// A subject's key, or its tombstone when `forgotten`.
+    fn key(&mut self, forgotten: bool) {
+        match forgotten {
+            true => self.forgotten += 1,
+            false => self.keys += 1,
+        }
+    }
+
+    fn summary(self, taken_at: DateTime<Utc>, bytes: u64) -> BackupSummary {
+        let time = |micros: Option<i64>| micros.and_then(DateTime::from_timestamp_micros);
+        BackupSummary {
+            taken_at,
+            events: self.events,
+            last_position: self.events,
+            last_hash: self.last_hash,
+            first_recorded_at: time(self.first_micros),
+            last_recorded_at: time(self.last_micros),
+            keys: self.keys,
+            forgotten: self.forgotten,
+            secrets: self.secrets,
+            bytes,
+        }
+    }
+}
+
 /// Writes through to `inner`, hashing and counting every byte.
 struct Checksummed<W> {
     inner: W,
@@ -131,67 +190,59 @@ impl EventLog {
         header[8..].copy_from_slice(&head.to_be_bytes());
         out.frame(HEADER, &header)?;
 
-        let mut previous_hash = GENESIS_HASH;
+        let mut tally = Tally::new();
         let mut subjects = BTreeSet::new();
-        let (mut first_micros, mut last_micros) = (None, None);
-        let mut expected = 1;
         if head > 0 {
             for item in trees.events.range(1u64.to_be_bytes()..=head.to_be_bytes()) {
                 let (key, bytes) = item?;
+                let expected = tally.events + 1;
                 let position =
                     be_u64(&key).ok_or_else(|| StoreError::corrupt(expected, "event key is not a position"))?;
                 if position != expected {
                     return Err(StoreError::corrupt(expected, "missing from the log"));
                 }
                 let record = record::parse(&bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
-                if record::chain_hash(&previous_hash, record.body) != record.hash {
+                if record::chain_hash(&tally.last_hash, record.body) != record.hash {
                     return Err(StoreError::corrupt(position, "hash does not match the record and the previous hash"));
                 }
-                previous_hash = record.hash;
-                first_micros.get_or_insert(record.header.recorded_at_micros);
-                last_micros = Some(record.header.recorded_at_micros);
-                if let Some(subject) = record.header.subject {
-                    subjects.insert(subject);
-                }
+                tally.record(record.hash, record.header.recorded_at_micros);
+                subjects.extend(record.header.subject);
                 out.frame(RECORD, &bytes)?;
                 if position.is_multiple_of(4096) {
                     progress(position);
                 }
-                expected += 1;
             }
         }
-        let events = expected - 1;
-        if events != head {
-            return Err(StoreError::corrupt(expected, "missing from the log"));
+        if tally.events != head {
+            return Err(StoreError::corrupt(tally.events + 1, "missing from the log"));
         }
-        progress(events);
+        progress(tally.events);
 
-        let (mut keys, mut forgotten) = (0, 0);
         for subject in subjects {
-            match trees::read_subject_key(trees, subject)? {
+            let forgotten = match trees::read_subject_key(trees, subject)? {
                 Some(Some(key)) => {
                     out.frame(KEY, &[&subject.as_bytes()[..], &key[..]].concat())?;
-                    keys += 1;
+                    false
                 }
                 Some(None) => {
                     out.frame(KEY, subject.as_bytes())?;
-                    forgotten += 1;
+                    true
                 }
                 None => return Err(StoreError::corrupt(0, format!("subject {subject} has no key and no tombstone"))),
-            }
+            };
+            tally.key(forgotten);
         }
-        let mut secrets = 0;
         for item in trees.meta.scan_prefix(trees::META_SECRET_PREFIX) {
             let (key, value) = item?;
             let name = &key[trees::META_SECRET_PREFIX.len()..];
             out.frame(SECRET, &[name, &value[..]].concat())?;
-            secrets += 1;
+            tally.secrets += 1;
         }
 
         let mut trailer = Vec::with_capacity(TRAILER_LEN);
-        trailer.extend_from_slice(&events.to_be_bytes());
+        trailer.extend_from_slice(&tally.events.to_be_bytes());
         trailer.extend_from_slice(&head.to_be_bytes());
-        trailer.extend_from_slice(&previous_hash);
+        trailer.extend_from_slice(&tally.last_hash);
         out.write(&[TRAILER])?;
         out.write(&(TRAILER_LEN as u32).to_be_bytes())?;
         out.write(&trailer)?;
@@ -200,19 +251,7 @@ impl EventLog {
             .write_all(&checksum)
             .and_then(|()| out.inner.flush())
             .map_err(|error| StoreError::Storage(format!("writing the backup: {error}")))?;
-        let micros = |micros: Option<i64>| micros.and_then(DateTime::from_timestamp_micros);
-        Ok(BackupSummary {
-            taken_at,
-            events,
-            last_position: head,
-            last_hash: previous_hash,
-            first_recorded_at: micros(first_micros),
-            last_recorded_at: micros(last_micros),
-            keys,
-            forgotten,
-            secrets,
-            bytes: out.len + 32,
-        })
+        Ok(tally.summary(taken_at, out.len + 32))
     }
 }
 
@@ -256,8 +295,7 @@ pub fn restore_backup(
 ) -> Result<BackupSummary, StoreError> {
     let mut filler = Filler::create(dir)?;
     let mut subjects = BTreeSet::new();
-    let (mut first_micros, mut cut) = (None, false);
-    let (mut keys, mut forgotten, mut secrets) = (0, 0, 0);
+    let (mut restored, mut cut) = (Tally::new(), false);
     let whole = read(input, progress, &mut |item| {
         match item {
             Item::Record { position, stream, version, bytes, hash, micros, subject } => {
@@ -268,46 +306,31 @@ pub fn restore_backup(
                         RestoreTo::Time(time) => micros > time.timestamp_micros(),
                     };
                 if !cut {
-                    first_micros.get_or_insert(micros);
                     filler.put(position, stream, version, bytes, hash, micros)?;
+                    restored.record(hash, micros);
                     subjects.extend(subject);
                 }
             }
             Item::Key { subject, key } if subjects.contains(&subject) => {
                 filler.put_key(subject, key.as_ref())?;
-                match key {
-                    Some(_) => keys += 1,
-                    None => forgotten += 1,
-                }
+                restored.key(key.is_none());
             }
             Item::Key { .. } => {}
             Item::Secret { name, value } => {
                 filler.put_secret(name, &value)?;
-                secrets += 1;
+                restored.secrets += 1;
             }
         }
         Ok(())
     })?;
-    if filler.head == 0 && whole.events > 0 {
+    if restored.events == 0 && whole.events > 0 {
         return Err(StoreError::bad_input(match to {
             RestoreTo::Time(time) => format!("no event in the backup was recorded at or before {time}"),
             _ => "nothing to restore before that point".to_owned(),
         }));
     }
-    let (head, last_hash, last_micros) = (filler.head, filler.last_hash, filler.last_recorded_micros);
     filler.finish()?;
-    let micros = |micros: Option<i64>| micros.and_then(DateTime::from_timestamp_micros);
-    Ok(BackupSummary {
-        events: head,
-        last_position: head,
-        last_hash,
-        first_recorded_at: micros(first_micros),
-        last_recorded_at: micros((head > 0).then_some(last_micros)),
-        keys,
-        forgotten,
-        secrets,
-        ..whole
-    })
+    Ok(restored.summary(whole.taken_at, whole.bytes))
 }
 
 /// A staging directory next to `dir`, for writing a whole data directory before
@@ -365,10 +388,7 @@ fn read(
     let mut stage = HEADER;
     let mut body = Vec::with_capacity(FRAME_LEN_MAX);
     let (mut taken_at, mut head) = (DateTime::<Utc>::UNIX_EPOCH, 0);
-    let mut previous_hash = GENESIS_HASH;
-    let mut events = 0u64;
-    let (mut first_micros, mut last_micros) = (None, None);
-    let (mut keys, mut forgotten, mut secrets) = (0, 0, 0);
+    let mut tally = Tally::new();
     loop {
         let frame_offset = reader.offset;
         let mut kind_len = [0; 5];
@@ -409,28 +429,21 @@ fn read(
             }
             let count = be_u64(&fields[..8]).unwrap_or_default();
             let last_position = be_u64(&fields[8..16]).unwrap_or_default();
-            if count != events || last_position != head || events != head || fields[16..48] != previous_hash {
+            let events = tally.events;
+            if count != events || last_position != head || events != head || fields[16..48] != tally.last_hash {
                 return Err(bad(format!(
                     "the trailer says {count} events up to {last_position}, the file holds {events} up to {head}"
                 )));
             }
             progress(events);
-            let micros = |micros: Option<i64>| micros.and_then(DateTime::from_timestamp_micros);
-            return Ok(BackupSummary {
-                taken_at,
-                events,
-                last_position,
-                last_hash: previous_hash,
-                first_recorded_at: micros(first_micros),
-                last_recorded_at: micros(last_micros),
-                keys,
-                forgotten,
-                secrets,
-                bytes: reader.offset,
-            });
+            return Ok(tally.summary(taken_at, reader.offset));
         }
         body.resize(len, 0);
         reader.exact(&mut body, true)?;
+        if matches!(kind, KEY | SECRET) && tally.events != head {
+            let events = tally.events;
+            return Err(bad(format!("the backup ends at position {events}, its header says {head}")));
+        }
         match kind {
             HEADER => {
                 let (Some(micros), Some(position)) =
@@ -445,7 +458,7 @@ fn read(
                 stage = RECORD;
             }
             RECORD => {
-                let position = events + 1;
+                let position = tally.events + 1;
                 let record = record::parse(&body)
                     .map_err(|reason| bad(format!("the record at position {position} is damaged: {reason}")))?;
                 if record.header.position != position {
@@ -454,13 +467,10 @@ fn read(
                 if position > head {
                     return Err(bad(format!("the backup holds more events than its header's head {head}")));
                 }
-                if record::chain_hash(&previous_hash, record.body) != record.hash {
+                if record::chain_hash(&tally.last_hash, record.body) != record.hash {
                     return Err(bad(format!("the hash chain breaks at position {position}: the file is damaged")));
                 }
-                previous_hash = record.hash;
-                events = position;
-                first_micros.get_or_insert(record.header.recorded_at_micros);
-                last_micros = Some(record.header.recorded_at_micros);
+                tally.record(record.hash, record.header.recorded_at_micros);
                 visit(Item::Record {
                     position,
                     stream: &record.header.stream,
@@ -475,9 +485,6 @@ fn read(
                 }
             }
             KEY => {
-                if events != head {
-                    return Err(bad(format!("the backup ends at position {events}, its header says {head}")));
-                }
                 let subject = Uuid::from_slice(body.get(..16).unwrap_or_default())
                     .map_err(|_| bad(format!("the key frame at byte {frame_offset} is damaged")))?;
                 let key = match body.len() {
@@ -485,20 +492,14 @@ fn read(
                     48 => Some(<[u8; 32]>::try_from(&body[16..]).map_err(|_| bad("a key is damaged".into()))?),
                     _ => return Err(bad(format!("the key frame at byte {frame_offset} is damaged"))),
                 };
-                match key {
-                    Some(_) => keys += 1,
-                    None => forgotten += 1,
-                }
+                tally.key(key.is_none());
                 visit(Item::Key { subject, key })?;
             }
             SECRET => {
-                if events != head {
-                    return Err(bad(format!("the backup ends at position {events}, its header says {head}")));
-                }
                 let split = body.len().checked_sub(32).ok_or_else(|| bad("a secret is damaged".into()))?;
                 let name = std::str::from_utf8(&body[..split]).map_err(|_| bad("a secret's name is damaged".into()))?;
                 let value = <[u8; 32]>::try_from(&body[split..]).map_err(|_| bad("a secret is damaged".into()))?;
-                secrets += 1;
+                tally.secrets += 1;
                 visit(Item::Secret { name, value })?;
             }
             _ => return Err(bad(format!("unknown frame kind 0x{kind:02x} at byte {frame_offset}"))),

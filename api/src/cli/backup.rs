@@ -1,7 +1,7 @@
 //! `shoplog backup` and `shoplog restore` (DESIGN §3, §7).
 //!
 //! A backup is written to a temporary file next to `--out`, fsynced, checked, and
-//! only then renamed into place, so a backup that failed never leaves a file that
+//! only then renamed into place ([`write_then_rename`], which export uses too), so a backup that failed never leaves a file that
 //! looks whole; an existing `--out` is never overwritten. A restore checks the whole
 //! file (header, every record's hash chain, trailer, checksum) before it writes
 //! anything, fills a staging directory next to `--data`, verifies the log there,
@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use store::{BackupSummary, RestoreTo};
+use store::RestoreTo;
 
 use super::open_offline;
 use super::progress::bar;
@@ -62,20 +62,16 @@ fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
 }
 
 pub(super) fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(!args.out.exists(), "{} already exists; choose a new file name", args.out.display());
-    let partial = partial_path(&args.out);
-    let written = match (&args.server, &args.data) {
-        (Some(server), _) => backup_online(server, args.token.as_deref().unwrap_or_default(), &partial),
-        (None, Some(data)) => backup_offline(data, &partial),
-        (None, None) => Err(anyhow::anyhow!("say which log to back up: --data DIR or --server URL")),
-    };
-    let summary = match written.and_then(|()| install_file(&partial, &args.out)) {
-        Ok(summary) => summary,
-        Err(error) => {
-            let _ = std::fs::remove_file(&partial);
-            return Err(error);
+    let summary = write_then_rename(&args.out, |partial| {
+        match (&args.server, &args.data) {
+            (Some(server), _) => backup_online(server, args.token.as_deref().unwrap_or_default(), partial)?,
+            (None, Some(data)) => backup_offline(data, partial)?,
+            (None, None) => anyhow::bail!("say which log to back up: --data DIR or --server URL"),
         }
-    };
+        // Read back whole before it gets its name.
+        let file = File::open(partial).with_context(|| format!("cannot read back {}", partial.display()))?;
+        store::check_backup(file, &mut |_| {}).context("the backup written is not sound")
+    })?;
     println!(
         "backed up {} events up to position {} ({} keys, {} forgotten, {} bytes) to {}",
         summary.events,
@@ -88,10 +84,22 @@ pub(super) fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `.<name>.partial-<pid>` next to `out`.
-fn partial_path(out: &Path) -> PathBuf {
-    let name = out.file_name().map_or_else(|| "backup".into(), |name| name.to_string_lossy().into_owned());
-    out.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+/// Make the file `out`, which must not exist yet, through `write`, which fills
+/// (and fsyncs) the temporary path it is given: only a whole file gets the name,
+/// and a failed one leaves nothing behind.
+pub(super) fn write_then_rename<T>(out: &Path, write: impl FnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    anyhow::ensure!(!out.exists(), "{} already exists; choose a new file name", out.display());
+    let name = out.file_name().map_or_else(|| "out".into(), |name| name.to_string_lossy().into_owned());
+    let partial = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    let written = write(&partial).and_then(|value| {
+        std::fs::rename(&partial, out).with_context(|| format!("cannot rename to {}", out.display()))?;
+        sync_parent(out)?;
+        Ok(value)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written
 }
 
 fn backup_offline(data: &Path, partial: &Path) -> anyhow::Result<()> {
@@ -150,15 +158,6 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
         cause = source;
     }
     cause.to_string()
-}
-
-/// Check the written file whole, then rename it into place and fsync the directory.
-fn install_file(partial: &Path, out: &Path) -> anyhow::Result<BackupSummary> {
-    let file = File::open(partial).with_context(|| format!("cannot read back {}", partial.display()))?;
-    let summary = store::check_backup(file, &mut |_| {}).context("the backup written is not sound")?;
-    std::fs::rename(partial, out).with_context(|| format!("cannot rename the backup to {}", out.display()))?;
-    sync_parent(out)?;
-    Ok(summary)
 }
 
 fn sync_parent(path: &Path) -> anyhow::Result<()> {

@@ -95,9 +95,6 @@ pub(super) fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let head = log.head();
     anyhow::ensure!(args.from >= 1, "--from starts at 1");
     anyhow::ensure!(args.from <= head.max(1), "position {} is past the head {head}", args.from);
-    if let Some(out) = &args.out {
-        anyhow::ensure!(!out.exists(), "{} already exists; choose a new file name", out.display());
-    }
     let secrets = match args.with_secrets {
         true => log.secrets()?.into_iter().map(|(name, value)| (name, hex::encode(value))).collect(),
         false => BTreeMap::new(),
@@ -111,24 +108,13 @@ pub(super) fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
             write_export(&log, &header, std::io::stdout().lock(), &progress)?;
         }
         Some(out) => {
-            let partial = out.with_file_name(format!(
-                ".{}.partial-{}",
-                out.file_name().map_or_else(|| "export".into(), |name| name.to_string_lossy()),
-                std::process::id()
-            ));
-            let written = File::create_new(&partial)
-                .with_context(|| format!("cannot create {}", partial.display()))
-                .and_then(|file| {
-                    let progress = bar("exporting", total, "events");
-                    write_export(&log, &header, &file, &progress)?;
-                    progress.finish_and_clear();
-                    file.sync_all().context("cannot fsync the export")?;
-                    std::fs::rename(&partial, out).with_context(|| format!("cannot rename to {}", out.display()))
-                });
-            if written.is_err() {
-                let _ = std::fs::remove_file(&partial);
-            }
-            written?;
+            super::backup::write_then_rename(out, |partial| {
+                let file = File::create_new(partial).with_context(|| format!("cannot create {}", partial.display()))?;
+                let progress = bar("exporting", total, "events");
+                write_export(&log, &header, &file, &progress)?;
+                progress.finish_and_clear();
+                file.sync_all().context("cannot fsync the export")
+            })?;
             eprintln!("exported {total} events to {}", out.display());
         }
     }

@@ -37,12 +37,12 @@ pub(super) async fn fill_shop(app: &TestApp) -> Vec<String> {
     emails
 }
 
-fn arg(path: &Path) -> &str {
+pub(super) fn arg(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
 
 /// Every event of the log, whole (envelope, payload, hash).
-fn events(dir: &Path) -> Vec<store::RecordedEvent> {
+pub(super) fn events(dir: &Path) -> Vec<store::RecordedEvent> {
     let log = store::EventLog::open(dir).expect("opens");
     log.read_all(1, usize::MAX).expect("reads")
 }

@@ -5,17 +5,9 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use super::backup::fill_shop;
+use super::backup::{arg, events, fill_shop};
 use super::{assert_refused, shoplog};
 use crate::api::{ADMIN, TestApp};
-
-fn arg(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
-}
-
-fn events(dir: &Path) -> Vec<store::RecordedEvent> {
-    store::EventLog::open(dir).expect("opens").read_all(1, usize::MAX).expect("reads")
-}
 
 fn lines(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).expect("reads the export");
