@@ -5,12 +5,12 @@
 //! Writing: [`to_new_event`] turns an event into a [`NewEvent`] (a fresh v7 id, the
 //! stored type name and schema version, the data subject, the bincode payload).
 //! Reading: [`decode`] turns a [`RecordedEvent`] back into an [`Event`], or into
-//! `None` when its payload was crypto-shredded ([`Payload::Forgotten`]: a
+//! `None` when its payload was crypto-shredded ([`store::Payload::Forgotten`]: a
 //! `CustomerRegistered` whose customer was forgotten). A fold skips such an event;
 //! the `CustomerForgotten` after it ends the customer in `Forgotten`.
 
 use domain::{Event, EventSeed};
-use store::{NewEvent, Payload, RecordedEvent};
+use store::{EventRef, NewEvent, RecordedEvent};
 use uuid::Uuid;
 
 /// An event could not be encoded (never expected: stored event types are plain).
@@ -51,16 +51,28 @@ pub fn to_new_event(event: &Event) -> Result<NewEvent, EncodeError> {
 /// The shop event a recorded event holds, or `None` when its payload was
 /// forgotten (crypto-shredded): folds skip those.
 pub fn decode(recorded: &RecordedEvent) -> Result<Option<Event>, DecodeError> {
-    match &recorded.payload {
-        Payload::Forgotten => Ok(None),
-        Payload::Plain(bytes) => {
-            let seed = EventSeed { event_type: &recorded.event_type, schema_version: recorded.schema_version };
-            store::codec::decode_seed(seed, bytes).map(Some).map_err(|error| DecodeError {
-                position: recorded.position,
-                event_type: recorded.event_type.clone(),
-                schema_version: recorded.schema_version,
-                reason: error.to_string(),
-            })
-        }
-    }
+    decode_payload(recorded.position, &recorded.event_type, recorded.schema_version, recorded.payload.bytes())
+}
+
+/// [`decode`] of an event the log lends ([`store::EventLog::scan`]).
+pub fn decode_ref(event: &EventRef<'_>) -> Result<Option<Event>, DecodeError> {
+    decode_payload(event.position, &event.event_type, event.schema_version, event.payload.as_deref())
+}
+
+fn decode_payload(
+    position: u64,
+    event_type: &str,
+    schema_version: u16,
+    payload: Option<&[u8]>,
+) -> Result<Option<Event>, DecodeError> {
+    let Some(bytes) = payload else {
+        return Ok(None);
+    };
+    let seed = EventSeed { event_type, schema_version };
+    store::codec::decode_seed(seed, bytes).map(Some).map_err(|error| DecodeError {
+        position,
+        event_type: event_type.to_owned(),
+        schema_version,
+        reason: error.to_string(),
+    })
 }

@@ -31,6 +31,10 @@ impl Envelope {
     pub fn of(recorded: &store::RecordedEvent) -> Envelope {
         Envelope { position: recorded.position, recorded_at: recorded.recorded_at }
     }
+
+    pub fn of_ref(event: &store::EventRef<'_>) -> Envelope {
+        Envelope { position: event.position, recorded_at: event.recorded_at }
+    }
 }
 
 /// A typed record a model stores: encoded with the store's codec when its batch

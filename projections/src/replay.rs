@@ -375,27 +375,21 @@ fn read_pages(
     let mut next = 1 + (first * page_len) as u64;
     while next <= target {
         let limit = usize::try_from(target - next + 1).unwrap_or(usize::MAX).min(page_len);
-        let recorded = log.read_all(next, limit)?;
-        if recorded.len() != limit {
+        // Each event is decoded straight from the stored record: nothing of the
+        // envelope is copied but its position and time.
+        let mut page = Vec::with_capacity(limit);
+        let read = log.scan(next, limit, |event| {
+            let event = Decoded { envelope: Envelope::of_ref(&event), event: commands::codec::decode_ref(&event)? };
+            page.push(event);
+            Ok::<(), ProjectionError>(())
+        })?;
+        if read != limit {
             return Err(store::StoreError::Corrupt {
-                position: next + recorded.len() as u64,
+                position: next + read as u64,
                 reason: "missing from the log".to_owned(),
             }
             .into());
         }
-        let mut page = Vec::with_capacity(recorded.len());
-        for (offset, event) in recorded.iter().enumerate() {
-            let position = next + offset as u64;
-            if event.position != position {
-                return Err(store::StoreError::Corrupt {
-                    position,
-                    reason: format!("read position {} in its place", event.position),
-                }
-                .into());
-            }
-            page.push(Decoded { envelope: Envelope::of(event), event: commands::codec::decode(event)? });
-        }
-        drop(recorded);
         let page = Arc::new(page);
         for sender in senders {
             if sender.send(Arc::clone(&page)).is_err() {

@@ -119,13 +119,13 @@ impl Importer {
         };
         let header = Header {
             position,
-            stream: event.stream,
+            stream: event.stream.into(),
             version: event.version,
             event_id: event.event_id,
-            event_type: event.event_type,
+            event_type: event.event_type.into(),
             schema_version: event.schema_version,
             recorded_at_micros: micros,
-            actor: event.actor,
+            actor: event.actor.into(),
             correlation_id: event.correlation_id,
             causation_id: event.causation_id,
             subject: event.subject,
@@ -136,7 +136,7 @@ impl Importer {
             return Err(bad(format!("{} bytes stored, over the cap of {RECORD_LEN_MAX}", bytes.len())));
         }
         self.filler.put(position, &header.stream, header.version, &bytes, hash, micros)?;
-        self.versions.insert(header.stream, header.version);
+        self.versions.insert(header.stream.into_owned(), header.version);
         Ok(())
     }
 

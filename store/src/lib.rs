@@ -32,8 +32,8 @@ pub use fill::ensure_new_or_empty;
 pub use import::{ImportEvent, ImportSummary, Importer};
 pub use log::{EventLog, Options, Subscription};
 pub use types::{
-    AppendRequest, AppendResult, CommitStats, ExpectedVersion, Idempotency, Metadata, NewEvent, Payload, RecordedEvent,
-    STREAM_NAME_LEN_MAX, StreamAppend, StreamVersion, VerifyReport,
+    AppendRequest, AppendResult, CommitStats, EventRef, ExpectedVersion, Idempotency, Metadata, NewEvent, Payload,
+    RecordedEvent, STREAM_NAME_LEN_MAX, StreamAppend, StreamVersion, VerifyReport,
 };
 pub use upcast::{UpcastFn, Upcasters};
 

@@ -2,6 +2,7 @@
 //! straight to sled but never past the durable head, so a reader never sees an event
 //! that was not acknowledged as durable.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use crate::error::StoreError;
 use crate::record::{self, FORMAT_V1, GENESIS_HASH, StoredRecord};
 use crate::seal;
 use crate::trees::{self, Trees, be_u64};
-use crate::types::{AppendRequest, AppendResult, CommitStats, Payload, RecordedEvent, VerifyReport};
+use crate::types::{AppendRequest, AppendResult, CommitStats, EventRef, RecordedEvent, VerifyReport};
 use crate::upcast::Upcasters;
 use crate::writer::{Counters, Health, Job, Syncer, Tail, Writer};
 
@@ -171,7 +172,7 @@ impl EventLog {
 
     /// Crypto-shred `subject` (DESIGN §3.9): delete its key and append `request` (the
     /// event that records the forgetting) in one transaction. From then on every
-    /// event sealed under `subject` reads as [`Payload::Forgotten`], and appending a
+    /// event sealed under `subject` reads as [`crate::Payload::Forgotten`], and appending a
     /// new one for it is refused.
     pub async fn forget(&self, subject: Uuid, request: AppendRequest) -> Result<AppendResult, StoreError> {
         self.submit(request, Some(subject)).await
@@ -275,10 +276,29 @@ impl EventLog {
 
     /// Up to `limit` events of the whole log from `from` on, in position order.
     pub fn read_all(&self, from: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut events = Vec::with_capacity(limit.min(1024));
+        self.scan(from, limit, |event| {
+            events.push(event.into_owned());
+            Ok::<(), StoreError>(())
+        })?;
+        Ok(events)
+    }
+
+    /// Lend up to `limit` events of the whole log from `from` on, in position
+    /// order, to `visit`, and return how many it saw: what [`Self::read_all`]
+    /// returns, with the same checks, but borrowed from the stored records, for a
+    /// reader that decodes each event and keeps none (a replay). The first error,
+    /// the log's or `visit`'s, stops the scan.
+    pub fn scan<E: From<StoreError>>(
+        &self,
+        from: u64,
+        limit: usize,
+        mut visit: impl FnMut(EventRef<'_>) -> Result<(), E>,
+    ) -> Result<usize, E> {
         let head = self.head();
         let from = from.max(1);
         if from > head || limit == 0 {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         // Reading the log in order checks the hash chain again on the way (paired
         // with the check on write), starting from the record before `from`.
@@ -286,21 +306,25 @@ impl EventLog {
             1 => GENESIS_HASH,
             _ => self.stored_hash(from - 1)?,
         };
-        let mut events = Vec::with_capacity(limit.min(1024));
+        let mut seen = 0;
         for item in self.inner.trees.events.range(from.to_be_bytes()..=head.to_be_bytes()).take(limit) {
-            let (key, bytes) = item?;
+            let (key, bytes) = item.map_err(StoreError::from)?;
+            let expected = from + seen as u64;
             let position = be_u64(&key).ok_or_else(|| StoreError::corrupt(0, "event key is not a position"))?;
-            if position != from + events.len() as u64 {
-                return Err(StoreError::corrupt(from + events.len() as u64, "missing from the log"));
+            if position != expected {
+                return Err(StoreError::corrupt(expected, "missing from the log").into());
             }
             let record = record::parse(&bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
             if record::chain_hash(&previous_hash, record.body) != record.hash {
-                return Err(StoreError::corrupt(position, "hash does not match the record and the previous hash"));
+                return Err(
+                    StoreError::corrupt(position, "hash does not match the record and the previous hash").into()
+                );
             }
             previous_hash = record.hash;
-            events.push(self.decode_record(position, record)?);
+            visit(self.decode_record(position, record)?)?;
+            seen += 1;
         }
-        Ok(events)
+        Ok(seen)
     }
 
     /// Up to `limit` events of `stream` from `from_version` on (versions start at 1).
@@ -358,45 +382,41 @@ impl EventLog {
             .events
             .get(position.to_be_bytes())?
             .ok_or_else(|| StoreError::corrupt(position, "indexed event is missing"))?;
-        self.decode(position, &bytes)
+        let record = record::parse(&bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
+        Ok(self.decode_record(position, record)?.into_owned())
     }
 
-    /// Parse a record, open its seal and upcast its payload.
-    fn decode(&self, position: u64, bytes: &[u8]) -> Result<RecordedEvent, StoreError> {
-        let record = record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
-        self.decode_record(position, record)
-    }
-
-    fn decode_record(&self, position: u64, record: StoredRecord<'_>) -> Result<RecordedEvent, StoreError> {
+    /// Check a parsed record's position, open its seal and upcast its payload.
+    fn decode_record<'a>(&self, position: u64, record: StoredRecord<'a>) -> Result<EventRef<'a>, StoreError> {
         let header = record.header;
         if header.position != position {
             return Err(StoreError::corrupt(position, format!("record says position {}", header.position)));
         }
         let payload = match header.subject {
-            None => Payload::Plain(record.payload.to_vec()),
+            None => Some(Cow::Borrowed(record.payload)),
             Some(subject) => match trees::read_subject_key(&self.inner.trees, subject)? {
-                Some(Some(key)) => Payload::Plain(
+                Some(Some(key)) => Some(Cow::Owned(
                     seal::open(&key, header.event_id, record.payload)
                         .map_err(|reason| StoreError::corrupt(position, reason))?,
-                ),
+                )),
                 // Forgotten, or restored without its key: either way the data is gone.
-                Some(None) | None => Payload::Forgotten,
+                Some(None) | None => None,
             },
         };
         let (schema_version, payload) = match payload {
-            Payload::Plain(bytes) => {
+            Some(bytes) => {
                 let (version, bytes) = self
                     .inner
                     .upcasters
                     .apply(&header.event_type, header.schema_version, bytes)
                     .map_err(|reason| StoreError::corrupt(position, reason))?;
-                (version, Payload::Plain(bytes))
+                (version, Some(bytes))
             }
-            Payload::Forgotten => (header.schema_version, Payload::Forgotten),
+            None => (header.schema_version, None),
         };
         let recorded_at = DateTime::from_timestamp_micros(header.recorded_at_micros)
             .ok_or_else(|| StoreError::corrupt(position, "recorded time out of range"))?;
-        Ok(RecordedEvent {
+        Ok(EventRef {
             position,
             stream: header.stream,
             version: header.version,
@@ -449,7 +469,11 @@ impl EventLog {
             if record::chain_hash(&previous_hash, record.body) != record.hash {
                 return Err(StoreError::corrupt(position, "hash does not match the record and the previous hash"));
             }
-            let version = stream_versions.entry(record.header.stream.clone()).or_insert(0);
+            // One allocation per stream, not per event.
+            let version = match stream_versions.get_mut(&*record.header.stream) {
+                Some(version) => version,
+                None => stream_versions.entry(record.header.stream.to_string()).or_insert(0),
+            };
             *version += 1;
             if record.header.version != *version {
                 return Err(StoreError::corrupt(

@@ -4,6 +4,8 @@
 //! covers the position, the envelope and the (sealed) payload, and chains every
 //! record to the one before it. The first record's previous hash is all zeros.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -18,18 +20,23 @@ pub const GENESIS_HASH: [u8; 32] = [0; 32];
 const HASH_START: usize = 1;
 const BODY_START: usize = HASH_START + 32;
 
-/// The envelope of one stored event, without the payload.
+/// The envelope of one stored event, without the payload. Its strings borrow
+/// from the record's bytes when it is read (`parse`) and from the append when it
+/// is written, so neither copies them; the bytes are those of `String`s.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Header {
+pub(crate) struct Header<'a> {
     pub position: u64,
-    pub stream: String,
+    #[serde(borrow)]
+    pub stream: Cow<'a, str>,
     pub version: u64,
     pub event_id: Uuid,
-    pub event_type: String,
+    #[serde(borrow)]
+    pub event_type: Cow<'a, str>,
     pub schema_version: u16,
     /// Microseconds since the Unix epoch, UTC.
     pub recorded_at_micros: i64,
-    pub actor: String,
+    #[serde(borrow)]
+    pub actor: Cow<'a, str>,
     pub correlation_id: Uuid,
     pub causation_id: Uuid,
     /// Set when the payload is sealed under this subject's key.
@@ -39,7 +46,7 @@ pub(crate) struct Header {
 /// A record read from disk, borrowed from its bytes.
 #[derive(Debug)]
 pub(crate) struct StoredRecord<'a> {
-    pub header: Header,
+    pub header: Header<'a>,
     pub hash: [u8; 32],
     /// The hashed bytes: header and payload.
     pub body: &'a [u8],
@@ -48,7 +55,7 @@ pub(crate) struct StoredRecord<'a> {
 
 /// Encode a record chained to `previous_hash`; returns its bytes and its hash.
 pub(crate) fn encode(
-    header: &Header,
+    header: &Header<'_>,
     payload: &[u8],
     previous_hash: &[u8; 32],
 ) -> Result<(Vec<u8>, [u8; 32]), CodecError> {
@@ -93,16 +100,16 @@ pub(crate) fn chain_hash(previous_hash: &[u8; 32], body: &[u8]) -> [u8; 32] {
 mod tests {
     use super::*;
 
-    fn header() -> Header {
+    fn header() -> Header<'static> {
         Header {
             position: 7,
-            stream: "order-1".to_owned(),
+            stream: "order-1".into(),
             version: 2,
             event_id: Uuid::from_u128(1),
-            event_type: "OrderPaid".to_owned(),
+            event_type: "OrderPaid".into(),
             schema_version: 1,
             recorded_at_micros: 1_700_000_000_000_000,
-            actor: "admin".to_owned(),
+            actor: "admin".into(),
             correlation_id: Uuid::from_u128(2),
             causation_id: Uuid::from_u128(3),
             subject: None,
@@ -117,6 +124,10 @@ mod tests {
         assert_eq!(record.payload, b"payload");
         assert_eq!(record.hash, hash);
         assert_eq!(chain_hash(&GENESIS_HASH, record.body), hash);
+        // Reading copies no string: each borrows the record's bytes.
+        for text in [&record.header.stream, &record.header.event_type, &record.header.actor] {
+            assert!(matches!(text, Cow::Borrowed(_)), "{text} was copied");
+        }
     }
 
     #[test]

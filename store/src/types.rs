@@ -1,5 +1,6 @@
 //! What goes into the log and what comes out of it.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -179,6 +180,51 @@ pub struct RecordedEvent {
     pub payload: Payload,
     /// blake3(previous hash ‖ this record's canonical bytes).
     pub hash: [u8; 32],
+}
+
+/// An event of the log as [`crate::EventLog::scan`] lends it: its strings and its
+/// payload borrow the stored record (a sealed or upcast payload is a buffer of its
+/// own), so a reader that keeps nothing copies nothing. The fields are those of
+/// [`RecordedEvent`], which [`EventRef::into_owned`] makes of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    pub position: u64,
+    pub stream: Cow<'a, str>,
+    pub version: u64,
+    pub event_id: Uuid,
+    pub event_type: Cow<'a, str>,
+    /// The schema version of `payload` as returned (after upcasting).
+    pub schema_version: u16,
+    pub recorded_at: DateTime<Utc>,
+    pub actor: Cow<'a, str>,
+    pub correlation_id: Uuid,
+    pub causation_id: Uuid,
+    pub subject: Option<Uuid>,
+    /// The payload, unsealed and upcast; `None` when its subject was forgotten.
+    pub payload: Option<Cow<'a, [u8]>>,
+    /// blake3(previous hash ‖ this record's canonical bytes).
+    pub hash: [u8; 32],
+}
+
+impl EventRef<'_> {
+    /// The owned event, copying what was borrowed.
+    pub fn into_owned(self) -> RecordedEvent {
+        RecordedEvent {
+            position: self.position,
+            stream: self.stream.into_owned(),
+            version: self.version,
+            event_id: self.event_id,
+            event_type: self.event_type.into_owned(),
+            schema_version: self.schema_version,
+            recorded_at: self.recorded_at,
+            actor: self.actor.into_owned(),
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            subject: self.subject,
+            payload: self.payload.map_or(Payload::Forgotten, |bytes| Payload::Plain(bytes.into_owned())),
+            hash: self.hash,
+        }
+    }
 }
 
 /// What a sound log holds, as found by [`crate::EventLog::verify`].

@@ -7,6 +7,7 @@
 //! A failed flush or fsync is never retried into an acknowledgement: every appender
 //! of the batch gets an error and the log refuses appends until it is reopened.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -367,13 +368,13 @@ impl Staged {
                 };
                 let header = Header {
                     position: tail.head,
-                    stream: stream.stream.clone(),
+                    stream: Cow::Borrowed(&stream.stream),
                     version,
                     event_id: event.event_id,
-                    event_type: event.event_type.clone(),
+                    event_type: Cow::Borrowed(&event.event_type),
                     schema_version: event.schema_version,
                     recorded_at_micros: micros,
-                    actor: request.metadata.actor.clone(),
+                    actor: Cow::Borrowed(&request.metadata.actor),
                     correlation_id: request.metadata.correlation_id,
                     causation_id: request.metadata.causation_id,
                     subject: event.subject,

@@ -10,7 +10,7 @@
 //!   log alone and reading plus decoding in the same run (target ≥ 500,000/s).
 //!
 //! `cargo bench -p tests --bench projections` (`-- --events 1000000` for the 1M
-//! point; default 100,000). Events are restocks over 1,000 products, appended
+//! point; default 100,000; `-- --cache-mib N` for another sled page cache). Events are restocks over 1,000 products, appended
 //! through `CommandService` by 64 concurrent writers. `-- --replay-only` measures
 //! only the replay, over a log filled faster (the same restocks, the products in
 //! turn, 256 product streams to an append). Bounded in count and time.
@@ -171,10 +171,17 @@ fn main() {
         .and_then(|value| value.parse().ok())
         .unwrap_or(100_000);
     let replay_only = args.iter().any(|arg| arg == "--replay-only");
+    let mut options = store::Options::default();
+    if let Some(cache_mib) =
+        args.iter().position(|arg| arg == "--cache-mib").and_then(|index| args.get(index + 1)?.parse::<u64>().ok())
+    {
+        options.cache_capacity_bytes = cache_mib * 1024 * 1024;
+    }
+    println!("sled cache capacity: {} MiB", options.cache_capacity_bytes / 1024 / 1024);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
     runtime.block_on(async {
-        let log = store::EventLog::open(dir.path()).expect("opens");
+        let log = store::EventLog::open_with(dir.path(), options).expect("opens");
         let service = CommandService::new(log.clone()).expect("service");
         if replay_only {
             for product in 0..PRODUCTS {
@@ -237,11 +244,12 @@ fn main() {
         }
 
         // Lag: one command every millisecond for 5 s; time from the ack to the
-        // catalog having applied it.
+        // catalog having applied it. A tick that comes late is made up at once
+        // (tokio's default `Burst`), so the mean rate is the 1,000/s asked for,
+        // not what a 1 ms timer on a busy machine happens to reach.
         let mut lags = Vec::new();
         let started = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut waits = Vec::new();
         for index in 0..5000 {
             if started.elapsed() > Duration::from_secs(30) {

@@ -1,8 +1,9 @@
 //! Reads of one stream and of the whole log, subscriptions, and upcasting.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
-use store::{EventLog, ExpectedVersion, Options, Payload, Upcasters, codec};
+use store::{EventLog, ExpectedVersion, Options, Payload, StoreError, Upcasters, codec};
 use tests::{append, event, temp_dir};
 
 #[tokio::test]
@@ -19,6 +20,43 @@ async fn the_global_log_reads_from_a_position_with_a_limit() {
     assert_eq!(log.read_all(0, 2).expect("reads")[0].position, 1, "position 0 reads from the start");
     assert!(log.read_all(11, 5).expect("reads").is_empty());
     assert_eq!(log.read_all(9, 100).expect("reads").len(), 2);
+}
+
+/// `scan` lends what `read_all` returns, borrowed from the stored records where
+/// it can (an unsealed payload of the newest version), and stops at the first
+/// error of its visitor.
+#[tokio::test]
+async fn a_scan_lends_the_events_read_all_returns_and_stops_at_its_visitors_error() {
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    for index in 0..10u8 {
+        log.append(append(&format!("s-{}", index % 3), ExpectedVersion::Any, vec![event("E", &[index])]))
+            .await
+            .expect("appends");
+    }
+    let mut lent = Vec::new();
+    let seen = log
+        .scan(3, 5, |event| {
+            assert!(matches!(event.payload, Some(Cow::Borrowed(_))), "an unsealed payload is lent, not copied");
+            assert!(matches!(event.stream, Cow::Borrowed(_)), "the stream name is lent, not copied");
+            lent.push(event.into_owned());
+            Ok::<(), StoreError>(())
+        })
+        .expect("scans");
+    assert_eq!(seen, 5);
+    assert_eq!(lent, log.read_all(3, 5).expect("reads"));
+
+    let mut visited = 0;
+    let stopped = log.scan(1, 100, |event| {
+        visited += 1;
+        match event.position {
+            4 => Err(StoreError::Unavailable { reason: "enough".to_owned() }),
+            _ => Ok(()),
+        }
+    });
+    assert_eq!(stopped, Err(StoreError::Unavailable { reason: "enough".to_owned() }));
+    assert_eq!(visited, 4, "nothing is visited after the visitor's error");
+    assert_eq!(log.scan(11, 5, |_| Ok::<(), StoreError>(())), Ok(0));
 }
 
 #[tokio::test]
