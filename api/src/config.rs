@@ -57,6 +57,9 @@ pub struct Config {
     /// Seed a demo shop into an empty log on start (`serve --demo`); a log that
     /// holds events is left as it is.
     pub demo: bool,
+    /// sled's page cache, in MiB: what bounds the memory the log takes however
+    /// long it grows (see docs/BENCHMARKS.md, the read side).
+    pub cache_mib: u64,
 }
 
 impl Default for Config {
@@ -72,12 +75,13 @@ impl Default for Config {
             shutdown_timeout_ms: 10_000,
             login_attempts_per_minute: 10,
             demo: false,
+            cache_mib: store::Options::default().cache_capacity_bytes / MIB,
         }
     }
 }
 
 /// The keys read from `SHOPLOG_<KEY>`.
-const ENV_KEYS: [&str; 10] = [
+const ENV_KEYS: [&str; 11] = [
     "data",
     "listen",
     "admin_token",
@@ -88,7 +92,14 @@ const ENV_KEYS: [&str; 10] = [
     "shutdown_timeout_ms",
     "login_attempts_per_minute",
     "demo",
+    "cache_mib",
 ];
+
+const MIB: u64 = 1024 * 1024;
+
+/// The largest page cache taken: 1 TiB, far past any machine's memory, and far
+/// below an overflow of the bytes it stands for.
+const CACHE_MIB_MAX: u64 = 1024 * 1024;
 
 impl Config {
     /// Layer the sources; `flags` holds only what was given on the command line.
@@ -116,6 +127,9 @@ impl Config {
                 return Err(format!("{key} must be above 0"));
             }
         }
+        if !(1..=CACHE_MIB_MAX).contains(&self.cache_mib) {
+            return Err(format!("cache_mib must be from 1 to {CACHE_MIB_MAX}"));
+        }
         if self.login_attempts_per_minute == 0 {
             return Err("login_attempts_per_minute must be above 0".to_owned());
         }
@@ -128,6 +142,11 @@ impl Config {
             return Err("token_secret must be at least 32 characters".to_owned());
         }
         Ok(())
+    }
+
+    /// The log's options: sled's page cache as configured, the rest as the store's defaults.
+    pub fn log_options(&self) -> store::Options {
+        store::Options { cache_capacity_bytes: self.cache_mib * MIB, ..store::Options::default() }
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -196,6 +215,21 @@ mod tests {
             jail.create_file("bad.toml", "colour = \"blue\"\n")?;
             let error = Config::load(Some(std::path::Path::new("bad.toml")), NoFlags {}).expect_err("unknown key");
             assert!(error.contains("colour"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_page_cache_is_set_in_mib_and_refused_at_zero() {
+        figment::Jail::expect_with(|jail| {
+            let default = Config::load(None, NoFlags {}).expect("defaults load");
+            assert_eq!(default.log_options().cache_capacity_bytes, store::Options::default().cache_capacity_bytes);
+            jail.set_env("SHOPLOG_CACHE_MIB", "32");
+            let config = Config::load(None, NoFlags {}).expect("loads");
+            assert_eq!(config.log_options().cache_capacity_bytes, 32 * 1024 * 1024);
+            jail.set_env("SHOPLOG_CACHE_MIB", "0");
+            let error = Config::load(None, NoFlags {}).expect_err("zero");
+            assert_eq!(error, format!("cache_mib must be from 1 to {CACHE_MIB_MAX}"));
             Ok(())
         });
     }

@@ -107,7 +107,7 @@ async fn seed_demo(config: &Config, state: &AppState) -> anyhow::Result<()> {
 }
 
 fn open_state(config: &Config) -> anyhow::Result<AppState> {
-    let log = store::EventLog::open(&config.data).map_err(|error| match error {
+    let log = store::EventLog::open_with(&config.data, config.log_options()).map_err(|error| match error {
         store::StoreError::Locked { path } => anyhow::anyhow!(
             "data directory {} is in use by another shoplog process; stop it or use another --data",
             path.display()

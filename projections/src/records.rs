@@ -31,9 +31,26 @@ impl Envelope {
     pub fn of(recorded: &store::RecordedEvent) -> Envelope {
         Envelope { position: recorded.position, recorded_at: recorded.recorded_at }
     }
+}
 
-    pub fn of_ref(event: &store::EventRef<'_>) -> Envelope {
-        Envelope { position: event.position, recorded_at: event.recorded_at }
+/// One event as the read models apply it: decoded once, by whoever reads the
+/// log (the runtime's worker while the previous batch is written, a replay's
+/// readers), not by the thread that applies it.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub envelope: Envelope,
+    /// `None`: a forgotten payload, which no read model uses.
+    pub event: Option<domain::Event>,
+}
+
+impl Decoded {
+    pub fn of(recorded: &store::RecordedEvent) -> Result<Decoded, ProjectionError> {
+        Ok(Decoded { envelope: Envelope::of(recorded), event: commands::codec::decode(recorded)? })
+    }
+
+    pub fn of_ref(event: &store::EventRef<'_>) -> Result<Decoded, ProjectionError> {
+        let envelope = Envelope { position: event.position, recorded_at: event.recorded_at };
+        Ok(Decoded { envelope, event: commands::codec::decode_ref(event)? })
     }
 }
 

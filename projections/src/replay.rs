@@ -28,11 +28,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use domain::Event;
 use store::EventLog;
 
 use crate::error::ProjectionError;
-use crate::records::{Cache, Envelope, be_u64};
+use crate::records::{Cache, Decoded, be_u64};
 use crate::runtime::{
     ApplyFn, CHECKPOINTS_TREE, META_TREE, MODELS, building_key, index_of, read_checkpoint, tree_name, write_batch,
 };
@@ -283,14 +282,6 @@ fn abandon(meta: &sled::Tree, builds: &[Build]) {
     }
 }
 
-/// One event as every model applies it: decoded once, shared by all.
-#[derive(Debug)]
-struct Decoded {
-    envelope: Envelope,
-    /// `None`: a forgotten payload, which no read model uses.
-    event: Option<Event>,
-}
-
 type Page = Arc<Vec<Decoded>>;
 
 /// Read and decode the log up to `target` while one thread per model applies the
@@ -379,8 +370,7 @@ fn read_pages(
         // envelope is copied but its position and time.
         let mut page = Vec::with_capacity(limit);
         let read = log.scan(next, limit, |event| {
-            let event = Decoded { envelope: Envelope::of_ref(&event), event: commands::codec::decode_ref(&event)? };
-            page.push(event);
+            page.push(Decoded::of_ref(&event)?);
             Ok::<(), ProjectionError>(())
         })?;
         if read != limit {

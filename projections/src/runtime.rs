@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use domain::Event;
 use sled::Transactional;
-use store::{EventLog, RecordedEvent};
+use store::EventLog;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -26,7 +26,7 @@ use crate::catalog::Catalog;
 use crate::dashboard::Dashboard;
 use crate::error::ProjectionError;
 use crate::orders::Orders;
-use crate::records::{Cache, Changes, Envelope, IndexFn, Records, be_u64};
+use crate::records::{Cache, Changes, Decoded, Envelope, IndexFn, Records, be_u64};
 use crate::{carts, catalog, dashboard, orders};
 
 /// The most items one page holds, whatever the caller asks.
@@ -381,7 +381,7 @@ pub(crate) fn write_batch(
 
 /// Apply `events` (the next ones after the generation's checkpoint) and write the
 /// changes with the new checkpoint in one transaction.
-fn commit(slot: &Slot, generation: &Generation, events: &[RecordedEvent]) -> Result<u64, ProjectionError> {
+fn commit(slot: &Slot, generation: &Generation, events: &[Decoded]) -> Result<u64, ProjectionError> {
     let mut cache = generation.cache.lock().unwrap_or_else(PoisonError::into_inner);
     let committed = apply_and_write(slot, generation, &mut cache, events);
     if committed.is_err() {
@@ -395,22 +395,22 @@ fn apply_and_write(
     slot: &Slot,
     generation: &Generation,
     cache: &mut Cache,
-    events: &[RecordedEvent],
+    events: &[Decoded],
 ) -> Result<u64, ProjectionError> {
     let mut position = generation.checkpoint();
-    for recorded in events {
-        if recorded.position != position + 1 {
+    for decoded in events {
+        if decoded.envelope.position != position + 1 {
             return Err(ProjectionError::Corrupt {
                 model: slot.name,
-                reason: format!("expected position {} next, got {}", position + 1, recorded.position),
+                reason: format!("expected position {} next, got {}", position + 1, decoded.envelope.position),
             });
         }
         // A forgotten payload (`None`) holds nothing any read model uses.
-        if let Some(event) = commands::codec::decode(recorded)? {
-            let changes = (slot.apply)(&*cache, &Envelope::of(recorded), &event)?;
+        if let Some(event) = &decoded.event {
+            let changes = (slot.apply)(&*cache, &decoded.envelope, event)?;
             cache.absorb(changes);
         }
-        position = recorded.position;
+        position = decoded.envelope.position;
     }
     let batch = cache.take_batch()?;
     write_batch(&generation.tree, &generation.checkpoints, &generation.tree_name, &batch, position)?;
@@ -456,7 +456,8 @@ async fn project(slot: &Arc<Slot>, generation: &Arc<Generation>, mut serving: bo
     };
     let mut subscription = log.subscribe(generation.checkpoint() + 1);
     let mut stop = generation.stop.subscribe();
-    // The events read for the next batch.
+    // The events read and decoded for the next batch: decoding is done here,
+    // beside the blocking task that applies and writes the batch before it.
     let mut batch = Vec::with_capacity(batch_len_max(serving).min(1024));
     loop {
         if *stop.borrow_and_update() {
@@ -474,14 +475,14 @@ async fn project(slot: &Arc<Slot>, generation: &Arc<Generation>, mut serving: bo
                 event = subscription.next() => event?,
                 _ = stop.changed() => continue,
             };
-            batch.push(first);
+            batch.push(Decoded::of(&first)?);
         }
         let batch_len_max = batch_len_max(serving);
         // Take what is already committed, without waiting for more.
         while batch.len() < batch_len_max {
             tokio::select! {
                 biased;
-                event = subscription.next() => batch.push(event?),
+                event = subscription.next() => batch.push(Decoded::of(&event?)?),
                 () = std::future::ready(()) => break,
             }
         }
@@ -501,15 +502,17 @@ async fn project(slot: &Arc<Slot>, generation: &Arc<Generation>, mut serving: bo
             tokio::select! {
                 biased;
                 joined = &mut task => break joined,
-                event = subscription.next(), if batch.len() < batch_len_max && read_error.is_none() => match event {
-                    Ok(event) => batch.push(event),
-                    Err(error) => read_error = Some(error),
-                },
+                event = subscription.next(), if batch.len() < batch_len_max && read_error.is_none() => {
+                    match event.map_err(ProjectionError::from).and_then(|event| Decoded::of(&event)) {
+                        Ok(decoded) => batch.push(decoded),
+                        Err(error) => read_error = Some(error),
+                    }
+                }
             }
         };
         serving = joined.map_err(|error| join_error(slot, error))??;
         if let Some(error) = read_error {
-            return Err(error.into());
+            return Err(error);
         }
         if !serving && let Some(pause) = options.rebuild_batch_pause {
             tokio::select! {

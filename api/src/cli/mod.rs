@@ -84,6 +84,10 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     demo: bool,
+    /// sled's page cache in MiB, which bounds the log's memory [default: 64]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_mib: Option<u64>,
 }
 
 impl std::str::FromStr for Secret {

@@ -39,6 +39,8 @@ fn bad_settings_are_one_line_and_exit_code_2() {
         .expect("runs");
     assert_refused(&output, "request_timeout_ms");
     assert_refused(&shoplog(&["serve", "--data", data, "--admin-token", "short"]), "admin_token");
+    assert_refused(&shoplog(&["serve", "--data", data, "--cache-mib", "0"]), "cache_mib must be from 1");
+    assert_refused(&shoplog(&["serve", "--data", data, "--cache-mib", "lots"]), "lots");
     assert_refused(&shoplog(&["serve", "--config", "/no/such/shoplog.toml"]), "does not exist");
     assert_refused(&shoplog(&["verify", "--data", "/no/such/dir"]), "does not exist");
 }
