@@ -44,10 +44,6 @@ pub(crate) struct Decoded {
 }
 
 impl Decoded {
-    pub fn of(recorded: &store::RecordedEvent) -> Result<Decoded, ProjectionError> {
-        Ok(Decoded { envelope: Envelope::of(recorded), event: commands::codec::decode(recorded)? })
-    }
-
     pub fn of_ref(event: &store::EventRef<'_>) -> Result<Decoded, ProjectionError> {
         let envelope = Envelope { position: event.position, recorded_at: event.recorded_at };
         Ok(Decoded { envelope, event: commands::codec::decode_ref(event)? })

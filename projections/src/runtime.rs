@@ -444,6 +444,14 @@ async fn run_worker(slot: Arc<Slot>, generation: Arc<Generation>, serving: bool)
     }
 }
 
+/// Events a worker reads and decodes in one go, between looks at its batch's task.
+const READ_CHUNK_LEN: usize = 512;
+
+fn decode_into(batch: &mut Vec<Decoded>, event: &store::EventRef<'_>) -> Result<(), ProjectionError> {
+    batch.push(Decoded::of_ref(event)?);
+    Ok(())
+}
+
 async fn project(slot: &Arc<Slot>, generation: &Arc<Generation>, mut serving: bool) -> Result<(), ProjectionError> {
     let log = &slot.shared.log;
     let options = &slot.shared.options;
@@ -470,21 +478,20 @@ async fn project(slot: &Arc<Slot>, generation: &Arc<Generation>, mut serving: bo
                 .map_err(|error| ProjectionError::Stopped { model: "rebuild", reason: error.to_string() })??;
             continue;
         }
+        let batch_len_max = batch_len_max(serving);
+        // Wait for the next committed event, then take what is committed after it
+        // (up to a chunk at a time), decoding each straight from the stored record.
         if batch.is_empty() {
-            let first = tokio::select! {
-                event = subscription.next() => event?,
+            let limit = READ_CHUNK_LEN.min(batch_len_max);
+            let read = tokio::select! {
+                read = subscription.next_scan(limit, |event| decode_into(&mut batch, &event)) => read,
                 _ = stop.changed() => continue,
             };
-            batch.push(Decoded::of(&first)?);
+            read?;
         }
-        let batch_len_max = batch_len_max(serving);
-        // Take what is already committed, without waiting for more.
-        while batch.len() < batch_len_max {
-            tokio::select! {
-                biased;
-                event = subscription.next() => batch.push(Decoded::of(&event?)?),
-                () = std::future::ready(()) => break,
-            }
+        while batch.len() < batch_len_max && subscription.next_position() <= log.head() {
+            let limit = READ_CHUNK_LEN.min(batch_len_max - batch.len());
+            subscription.next_scan(limit, |event| decode_into(&mut batch, &event)).await?;
         }
         let events = std::mem::replace(&mut batch, Vec::with_capacity(batch_len_max.min(1024)));
         let mut task = {
@@ -494,18 +501,19 @@ async fn project(slot: &Arc<Slot>, generation: &Arc<Generation>, mut serving: bo
                 settle(&slot, &generation, serving)
             })
         };
-        // Read the next batch while this one is applied and written: reading and
-        // decoding the log is the other half of a catch-up's or rebuild's work.
-        // (`Subscription::next` may be dropped while it waits: it loses nothing.)
+        // Read and decode the next batch while this one is applied and written:
+        // that is the other half of a catch-up's or rebuild's work.
+        // (`Subscription::next_scan` may be dropped while it waits: it loses nothing.)
         let mut read_error = None;
         let joined = loop {
+            let limit = READ_CHUNK_LEN.min(batch_len_max.saturating_sub(batch.len()));
             tokio::select! {
                 biased;
                 joined = &mut task => break joined,
-                event = subscription.next(), if batch.len() < batch_len_max && read_error.is_none() => {
-                    match event.map_err(ProjectionError::from).and_then(|event| Decoded::of(&event)) {
-                        Ok(decoded) => batch.push(decoded),
-                        Err(error) => read_error = Some(error),
+                read = subscription.next_scan(limit, |event| decode_into(&mut batch, &event)),
+                    if limit > 0 && read_error.is_none() => {
+                    if let Err(error) = read {
+                        read_error = Some(error);
                     }
                 }
             }

@@ -543,6 +543,52 @@ impl Subscription {
         }
     }
 
+    /// Wait until the next event is committed, then lend it and those after it
+    /// that are committed already, up to `limit`, to `visit`, borrowed from the
+    /// stored records as [`EventLog::scan`] lends them; returns how many it lent.
+    /// Events [`Self::next`] read ahead come first. Like `next`, it loses nothing
+    /// when dropped while it waits, and after an error of `visit` the
+    /// subscription goes on after the last event `visit` took.
+    pub async fn next_scan<E: From<StoreError>>(
+        &mut self,
+        limit: usize,
+        mut visit: impl FnMut(EventRef<'_>) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        loop {
+            if !self.buffer.is_empty() {
+                let mut lent = 0;
+                while lent < limit
+                    && let Some(event) = self.buffer.front()
+                {
+                    visit(event.lend())?;
+                    self.buffer.pop_front();
+                    lent += 1;
+                }
+                return Ok(lent);
+            }
+            if self.next <= *self.durable.borrow_and_update() {
+                let mut lent = 0;
+                let scanned = self.log.scan(self.next, limit, |event| {
+                    visit(event)?;
+                    lent += 1;
+                    Ok::<(), E>(())
+                });
+                self.next += lent as u64;
+                scanned?;
+                if lent > 0 {
+                    return Ok(lent);
+                }
+            }
+            self.durable
+                .changed()
+                .await
+                .map_err(|_| StoreError::Unavailable { reason: "the log is shut down".to_owned() })?;
+        }
+    }
+
     /// The position of the next event this subscription will deliver.
     pub fn next_position(&self) -> u64 {
         self.next - self.buffer.len() as u64

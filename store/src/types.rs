@@ -182,6 +182,27 @@ pub struct RecordedEvent {
     pub hash: [u8; 32],
 }
 
+impl RecordedEvent {
+    /// The event as [`crate::EventLog::scan`] would lend it, borrowed from this one.
+    pub fn lend(&self) -> EventRef<'_> {
+        EventRef {
+            position: self.position,
+            stream: Cow::Borrowed(&self.stream),
+            version: self.version,
+            event_id: self.event_id,
+            event_type: Cow::Borrowed(&self.event_type),
+            schema_version: self.schema_version,
+            recorded_at: self.recorded_at,
+            actor: Cow::Borrowed(&self.actor),
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            subject: self.subject,
+            payload: self.payload.bytes().map(Cow::Borrowed),
+            hash: self.hash,
+        }
+    }
+}
+
 /// An event of the log as [`crate::EventLog::scan`] lends it: its strings and its
 /// payload borrow the stored record (a sealed or upcast payload is a buffer of its
 /// own), so a reader that keeps nothing copies nothing. The fields are those of

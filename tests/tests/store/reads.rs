@@ -131,6 +131,70 @@ async fn a_subscription_delivers_catch_up_then_live_events_in_order_without_gaps
     assert_eq!(late.next().await.expect("reads").position, total);
 }
 
+/// `next_scan` lends catch-up then live events in chunks, in order with no gap or
+/// repeat, after what `next` read ahead; waits when there is nothing new; and
+/// after its visitor's error goes on from the event the visitor refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_lends_chunks_in_order_after_what_next_read_and_after_a_visitors_error() {
+    fn take(positions: &mut Vec<u64>, event: &store::EventRef<'_>, refuse: u64) -> Result<(), StoreError> {
+        if event.position == refuse {
+            return Err(StoreError::Unavailable { reason: format!("refused {refuse}") });
+        }
+        positions.push(event.position);
+        Ok(())
+    }
+    const WAIT: Duration = Duration::from_secs(10);
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    for index in 0..1200u32 {
+        log.append(append("before", ExpectedVersion::Any, vec![event("E", &index.to_be_bytes())]))
+            .await
+            .expect("appends");
+    }
+    let mut subscription = log.subscribe(1);
+    assert_eq!(subscription.next().await.expect("reads").position, 1);
+    let mut positions = Vec::new();
+    // `next` read a chunk ahead: those come first, then the log itself.
+    while subscription.next_position() <= 1200 {
+        let lent = subscription.next_scan(300, |event| take(&mut positions, &event, 0)).await.expect("lends");
+        assert!((1..=300).contains(&lent), "{lent}");
+    }
+    assert_eq!(positions, (2..=1200).collect::<Vec<_>>());
+    let waiting =
+        tokio::time::timeout(Duration::from_millis(50), subscription.next_scan(10, |_| Ok::<(), StoreError>(()))).await;
+    assert!(waiting.is_err(), "nothing beyond the head: it waits, and loses nothing when dropped");
+
+    let writer = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            for _ in 0..50 {
+                log.append(append("live", ExpectedVersion::Any, vec![event("E", b""), event("F", b"")]))
+                    .await
+                    .expect("appends");
+            }
+        })
+    };
+    // Live events arrive over several commits; a visitor refusing 1210 stops there.
+    let refused = loop {
+        let lent = tokio::time::timeout(WAIT, subscription.next_scan(1000, |event| take(&mut positions, &event, 1210)))
+            .await
+            .expect("arrives in time");
+        if let Err(error) = lent {
+            break error;
+        }
+    };
+    assert_eq!(refused, StoreError::Unavailable { reason: "refused 1210".to_owned() });
+    assert_eq!(subscription.next_position(), 1210, "it goes on from the refused event");
+    while subscription.next_position() <= 1300 {
+        tokio::time::timeout(WAIT, subscription.next_scan(1000, |event| take(&mut positions, &event, 0)))
+            .await
+            .expect("arrives in time")
+            .expect("lends");
+    }
+    writer.await.expect("the writer ends");
+    assert_eq!(positions, (2..=1300).collect::<Vec<_>>());
+}
+
 /// Version 1 of an event held a price in whole dollars; version 2 holds cents.
 #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
 struct PriceV1 {
