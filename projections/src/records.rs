@@ -27,12 +27,6 @@ pub struct Envelope {
     pub recorded_at: DateTime<Utc>,
 }
 
-impl Envelope {
-    pub fn of(recorded: &store::RecordedEvent) -> Envelope {
-        Envelope { position: recorded.position, recorded_at: recorded.recorded_at }
-    }
-}
-
 /// One event as the read models apply it: decoded once, by whoever reads the
 /// log (the runtime's worker while the previous batch is written, a replay's
 /// readers), not by the thread that applies it.

@@ -6,15 +6,25 @@ use std::time::Duration;
 use store::{EventLog, ExpectedVersion, Options, Payload, StoreError, Upcasters, codec};
 use tests::{append, event, temp_dir};
 
+/// A log in `dir` holding `events` events, one an append, over `streams` streams in turn.
+async fn log_of(dir: &std::path::Path, events: u32, streams: u32) -> EventLog {
+    let log = EventLog::open(dir).expect("opens");
+    for index in 0..events {
+        log.append(append(
+            &format!("s-{}", index % streams),
+            ExpectedVersion::Any,
+            vec![event("E", &index.to_be_bytes())],
+        ))
+        .await
+        .expect("appends");
+    }
+    log
+}
+
 #[tokio::test]
 async fn the_global_log_reads_from_a_position_with_a_limit() {
     let dir = temp_dir();
-    let log = EventLog::open(dir.path()).expect("opens");
-    for index in 0..10u8 {
-        log.append(append(&format!("s-{}", index % 3), ExpectedVersion::Any, vec![event("E", &[index])]))
-            .await
-            .expect("appends");
-    }
+    let log = log_of(dir.path(), 10, 3).await;
     let page: Vec<_> = log.read_all(4, 3).expect("reads").iter().map(|event| event.position).collect();
     assert_eq!(page, vec![4, 5, 6]);
     assert_eq!(log.read_all(0, 2).expect("reads")[0].position, 1, "position 0 reads from the start");
@@ -28,12 +38,7 @@ async fn the_global_log_reads_from_a_position_with_a_limit() {
 #[tokio::test]
 async fn a_scan_lends_the_events_read_all_returns_and_stops_at_its_visitors_error() {
     let dir = temp_dir();
-    let log = EventLog::open(dir.path()).expect("opens");
-    for index in 0..10u8 {
-        log.append(append(&format!("s-{}", index % 3), ExpectedVersion::Any, vec![event("E", &[index])]))
-            .await
-            .expect("appends");
-    }
+    let log = log_of(dir.path(), 10, 3).await;
     let mut lent = Vec::new();
     let seen = log
         .scan(3, 5, |event| {
@@ -90,12 +95,7 @@ async fn one_stream_reads_from_a_version_with_its_envelope() {
 #[tokio::test]
 async fn a_subscription_delivers_catch_up_then_live_events_in_order_without_gaps_or_repeats() {
     let dir = temp_dir();
-    let log = EventLog::open(dir.path()).expect("opens");
-    for index in 0..700u32 {
-        log.append(append("before", ExpectedVersion::Any, vec![event("E", &index.to_be_bytes())]))
-            .await
-            .expect("appends");
-    }
+    let log = log_of(dir.path(), 700, 1).await;
     let mut subscription = log.subscribe(1);
     let writers: Vec<_> = (0..8)
         .map(|writer| {
@@ -145,12 +145,7 @@ async fn a_subscription_lends_chunks_in_order_after_what_next_read_and_after_a_v
     }
     const WAIT: Duration = Duration::from_secs(10);
     let dir = temp_dir();
-    let log = EventLog::open(dir.path()).expect("opens");
-    for index in 0..1200u32 {
-        log.append(append("before", ExpectedVersion::Any, vec![event("E", &index.to_be_bytes())]))
-            .await
-            .expect("appends");
-    }
+    let log = log_of(dir.path(), 1200, 1).await;
     let mut subscription = log.subscribe(1);
     assert_eq!(subscription.next().await.expect("reads").position, 1);
     let mut positions = Vec::new();
