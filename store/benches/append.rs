@@ -8,6 +8,10 @@
 //! `cargo bench -p store --bench append` (add `-- --appends 50000` for a longer run).
 //! Every phase is bounded in count and in time (20 s).
 
+/// The `shoplog` binary's allocator, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

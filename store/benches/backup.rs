@@ -13,6 +13,10 @@
 //! `-- --cache-mib 64` for another sled page cache; RSS is printed after the fill and
 //! after verify and backup).
 
+/// The `shoplog` binary's allocator, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::{Read, Write};
 use std::time::Instant;
 

@@ -7,6 +7,10 @@
 //! restocks by the admin over 100 products, half cart adds by 200 logged-in
 //! customers over 50 products each; every 2xx is an fsynced append.
 
+/// The `shoplog` binary's allocator, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::process::Command;

@@ -15,6 +15,10 @@
 //! only the replay, over a log filled faster (the same restocks, the products in
 //! turn, 256 product streams to an append). Bounded in count and time.
 
+/// The `shoplog` binary's allocator, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use commands::{CommandContext, CommandService};
