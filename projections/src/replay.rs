@@ -70,7 +70,7 @@ impl Default for ReplayOptions {
             to_position: None,
             page_len: 4096,
             batch_records_max: 50_000,
-            batch_events_max: 65_536,
+            batch_events_max: 262_144,
             cache_len_max: 100_000,
         }
     }

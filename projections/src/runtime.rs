@@ -36,8 +36,11 @@ pub const PAGE_LEN_MAX: usize = 1000;
 /// emptied after a batch (and read back from sled as events need them).
 const CACHE_LEN_MAX: usize = 50_000;
 
-/// The most events a rebuild with no pause applies in one transaction.
-const REBUILD_BATCH_LEN_MAX: usize = 16_384;
+/// The most events a rebuild with no pause applies in one transaction. Each
+/// batch writes every record it changed (the dashboard: each product and its
+/// index entries) in one sled transaction, so fewer batches write far less; the
+/// worker holds this batch and the next one, read ahead, some 10 MB each at most.
+const REBUILD_BATCH_LEN_MAX: usize = 65_536;
 
 pub(crate) const CHECKPOINTS_TREE: &str = "checkpoints";
 pub(crate) const META_TREE: &str = "projections";
