@@ -447,8 +447,11 @@ async fn run_worker(slot: Arc<Slot>, generation: Arc<Generation>, serving: bool)
     }
 }
 
-/// Events a worker reads and decodes in one go, between looks at its batch's task.
+/// Events a worker reads and decodes in one go, between looks at its batch's
+/// task; a rebuild reads larger chunks (each chunk starts a new sled iterator,
+/// which copies the leaf it starts in).
 const READ_CHUNK_LEN: usize = 512;
+const REBUILD_READ_CHUNK_LEN: usize = 4096;
 
 fn decode_into(batch: &mut Vec<Decoded>, event: &store::EventRef<'_>) -> Result<(), ProjectionError> {
     batch.push(Decoded::of_ref(event)?);
@@ -465,11 +468,16 @@ async fn project(slot: &Arc<Slot>, generation: &Arc<Generation>, mut serving: bo
         (false, None) => options.batch_len_max.max(REBUILD_BATCH_LEN_MAX),
         _ => options.batch_len_max.max(1),
     };
+    let read_chunk_len = |serving: bool| if serving { READ_CHUNK_LEN } else { REBUILD_READ_CHUNK_LEN };
     let mut subscription = log.subscribe(generation.checkpoint() + 1);
     let mut stop = generation.stop.subscribe();
     // The events read and decoded for the next batch: decoding is done here,
-    // beside the blocking task that applies and writes the batch before it.
-    let mut batch = Vec::with_capacity(batch_len_max(serving).min(1024));
+    // beside the blocking task that applies and writes the batch before it. The
+    // task hands its batch's buffer back, emptied, for the batch after: two
+    // buffers in turn, allocated once at full size (a rebuild's are some MB;
+    // growing and freeing them batch after batch cost a tenth of its time).
+    let mut batch = Vec::with_capacity(batch_len_max(serving));
+    let mut spare: Option<Vec<Decoded>> = None;
     loop {
         if *stop.borrow_and_update() {
             return Ok(());
@@ -482,10 +490,16 @@ async fn project(slot: &Arc<Slot>, generation: &Arc<Generation>, mut serving: bo
             continue;
         }
         let batch_len_max = batch_len_max(serving);
+        let read_chunk_len = read_chunk_len(serving);
+        if serving && batch.capacity() > batch_len_max {
+            // A catch-up or rebuild is over: give its large buffers back.
+            batch.shrink_to(batch_len_max);
+            spare = None;
+        }
         // Wait for the next committed event, then take what is committed after it
         // (up to a chunk at a time), decoding each straight from the stored record.
         if batch.is_empty() {
-            let limit = READ_CHUNK_LEN.min(batch_len_max);
+            let limit = read_chunk_len.min(batch_len_max);
             let read = tokio::select! {
                 read = subscription.next_scan(limit, |event| decode_into(&mut batch, &event)) => read,
                 _ = stop.changed() => continue,
@@ -493,15 +507,18 @@ async fn project(slot: &Arc<Slot>, generation: &Arc<Generation>, mut serving: bo
             read?;
         }
         while batch.len() < batch_len_max && subscription.next_position() <= log.head() {
-            let limit = READ_CHUNK_LEN.min(batch_len_max - batch.len());
+            let limit = read_chunk_len.min(batch_len_max - batch.len());
             subscription.next_scan(limit, |event| decode_into(&mut batch, &event)).await?;
         }
-        let events = std::mem::replace(&mut batch, Vec::with_capacity(batch_len_max.min(1024)));
+        let next = spare.take().unwrap_or_else(|| Vec::with_capacity(batch_len_max));
+        let mut events = std::mem::replace(&mut batch, next);
         let mut task = {
             let (slot, generation) = (Arc::clone(slot), Arc::clone(generation));
             tokio::task::spawn_blocking(move || {
                 commit(&slot, &generation, &events)?;
-                settle(&slot, &generation, serving)
+                // The events are dropped here, off the worker's thread.
+                events.clear();
+                Ok::<_, ProjectionError>((settle(&slot, &generation, serving)?, events))
             })
         };
         // Read and decode the next batch while this one is applied and written:
@@ -509,7 +526,7 @@ async fn project(slot: &Arc<Slot>, generation: &Arc<Generation>, mut serving: bo
         // (`Subscription::next_scan` may be dropped while it waits: it loses nothing.)
         let mut read_error = None;
         let joined = loop {
-            let limit = READ_CHUNK_LEN.min(batch_len_max.saturating_sub(batch.len()));
+            let limit = read_chunk_len.min(batch_len_max.saturating_sub(batch.len()));
             tokio::select! {
                 biased;
                 joined = &mut task => break joined,
@@ -521,7 +538,9 @@ async fn project(slot: &Arc<Slot>, generation: &Arc<Generation>, mut serving: bo
                 }
             }
         };
-        serving = joined.map_err(|error| join_error(slot, error))??;
+        let emptied;
+        (serving, emptied) = joined.map_err(|error| join_error(slot, error))??;
+        spare = Some(emptied);
         if let Some(error) = read_error {
             return Err(error);
         }
