@@ -215,6 +215,47 @@ type KeyMap<V> = HashMap<Vec<u8>, V, BuildHasherDefault<KeyHasher>>;
 /// through [`Records`] (queries read them from the tree).
 pub type IndexFn = fn(key: &[u8], value: &Value) -> Result<Vec<Vec<u8>>, ProjectionError>;
 
+/// A batch of writes to one tree, in order (a key is written at most once).
+#[derive(Debug, Default)]
+pub(crate) struct Writes {
+    writes: Vec<(sled::IVec, Option<sled::IVec>)>,
+}
+
+impl Writes {
+    fn insert(&mut self, key: &[u8], value: sled::IVec) {
+        self.writes.push((key.into(), Some(value)));
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        self.writes.push((key.into(), None));
+    }
+
+    /// As one sled batch, for a transaction.
+    pub(crate) fn to_batch(&self) -> sled::Batch {
+        let mut batch = sled::Batch::default();
+        for (key, value) in &self.writes {
+            match value {
+                Some(value) => batch.insert(key.clone(), value.clone()),
+                None => batch.remove(key.clone()),
+            }
+        }
+        batch
+    }
+
+    /// Write them one by one: no transaction, so sled's readers (the log's
+    /// included) are never held up. Not atomic: only for a generation that a
+    /// crash throws away whole.
+    pub(crate) fn write_each(self, tree: &sled::Tree) -> Result<(), ProjectionError> {
+        for (key, value) in self.writes {
+            match value {
+                Some(value) => tree.insert(key, value)?,
+                None => tree.remove(key)?,
+            };
+        }
+        Ok(())
+    }
+}
+
 /// Whether the tree holds a key, as far as the cache knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum InTree {
@@ -307,12 +348,11 @@ impl Cache {
         }
     }
 
-    /// This batch's writes as one sled batch, each changed record encoded once;
-    /// the cache holds them as written from here on. Write the batch, or
-    /// [`Cache::reset`] the cache.
-    pub(crate) fn take_batch(&mut self) -> Result<sled::Batch, ProjectionError> {
+    /// This batch's writes, each changed record encoded once; the cache holds
+    /// them as written from here on. Write them, or [`Cache::reset`] the cache.
+    pub(crate) fn take_batch(&mut self) -> Result<Writes, ProjectionError> {
         let entries = self.entries.get_mut();
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         for key in self.dirty.drain(..) {
             let Some(entry) = entries.get_mut(key.as_slice()) else { continue };
             entry.dirty = false;

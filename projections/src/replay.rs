@@ -33,7 +33,8 @@ use store::EventLog;
 use crate::error::ProjectionError;
 use crate::records::{Cache, Decoded, be_u64};
 use crate::runtime::{
-    ApplyFn, CHECKPOINTS_TREE, META_TREE, MODELS, building_key, index_of, read_checkpoint, tree_name, write_batch,
+    ApplyFn, CHECKPOINTS_TREE, Durability, META_TREE, MODELS, building_key, index_of, read_checkpoint, tree_name,
+    write_batch,
 };
 
 /// Pages each reader reads ahead of the slowest model.
@@ -500,7 +501,8 @@ impl Build {
     /// Write the batch so far with the checkpoint `position`.
     fn commit(&mut self, position: u64) -> Result<(), ProjectionError> {
         let batch = self.records.take_batch()?;
-        write_batch(self.records.tree(), &self.checkpoints, &self.tree_name, &batch, position)?;
+        // What a replay builds is `<model>.building` until the switch.
+        write_batch(self.records.tree(), &self.checkpoints, &self.tree_name, batch, position, Durability::Building)?;
         self.records.trim();
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! The projection runtime: one worker task per read model that tails the log from
 //! the model's checkpoint, applies events in batches and writes each batch's
 //! changes and the new checkpoint in one sled transaction; rebuilds into a fresh
-//! generation of trees while the old one keeps serving. Each generation's worker
+//! generation of trees while the old one keeps serving (a generation being built
+//! writes without a transaction, see [`Durability`]). Each generation's worker
 //! reads its records through a bounded cache (`records::Cache`) that
 //! keeps them typed from one batch to the next, so a batch reads sled only for
 //! records it did not see lately and encodes each record it changed once.
@@ -26,7 +27,7 @@ use crate::catalog::Catalog;
 use crate::dashboard::Dashboard;
 use crate::error::ProjectionError;
 use crate::orders::Orders;
-use crate::records::{Cache, Changes, Decoded, Envelope, IndexFn, Records, be_u64};
+use crate::records::{Cache, Changes, Decoded, Envelope, IndexFn, Records, Writes, be_u64};
 use crate::{carts, catalog, dashboard, orders};
 
 /// The most items one page holds, whatever the caller asks.
@@ -366,16 +367,36 @@ pub(crate) fn read_checkpoint(checkpoints: &sled::Tree, tree_name: &str) -> Resu
 
 /// Write one batch of a generation's changes and its new checkpoint in one
 /// transaction: a crash keeps both or neither.
+/// How a generation's batch is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// The generation serves: its batch and checkpoint in one sled transaction,
+    /// so a crash never applies an event twice or skips one.
+    Atomic,
+    /// The generation is being built (`<model>.building`): a crash throws it
+    /// away whole, so its batches are written key by key and then the
+    /// checkpoint. A transaction would take sled's process-wide lock and stop
+    /// the log's readers (the rebuild's own among them) while it writes.
+    Building,
+}
+
 pub(crate) fn write_batch(
     tree: &sled::Tree,
     checkpoints: &sled::Tree,
     tree_name: &str,
-    batch: &sled::Batch,
+    batch: Writes,
     position: u64,
+    durability: Durability,
 ) -> Result<(), ProjectionError> {
+    if durability == Durability::Building {
+        batch.write_each(tree)?;
+        checkpoints.insert(tree_name.as_bytes(), &position.to_be_bytes())?;
+        return Ok(());
+    }
+    let batch = batch.to_batch();
     let written: Result<(), sled::transaction::TransactionError<()>> =
         (tree, checkpoints).transaction(|(tree, checkpoints)| {
-            tree.apply_batch(batch)?;
+            tree.apply_batch(&batch)?;
             checkpoints.insert(tree_name.as_bytes(), &position.to_be_bytes())?;
             Ok(())
         });
@@ -384,9 +405,10 @@ pub(crate) fn write_batch(
 
 /// Apply `events` (the next ones after the generation's checkpoint) and write the
 /// changes with the new checkpoint in one transaction.
-fn commit(slot: &Slot, generation: &Generation, events: &[Decoded]) -> Result<u64, ProjectionError> {
+fn commit(slot: &Slot, generation: &Generation, events: &[Decoded], serving: bool) -> Result<u64, ProjectionError> {
     let mut cache = generation.cache.lock().unwrap_or_else(PoisonError::into_inner);
-    let committed = apply_and_write(slot, generation, &mut cache, events);
+    let durability = if serving { Durability::Atomic } else { Durability::Building };
+    let committed = apply_and_write(slot, generation, &mut cache, events, durability);
     if committed.is_err() {
         // What the cache holds may not be what the tree holds now.
         cache.reset(false);
@@ -399,6 +421,7 @@ fn apply_and_write(
     generation: &Generation,
     cache: &mut Cache,
     events: &[Decoded],
+    durability: Durability,
 ) -> Result<u64, ProjectionError> {
     let mut position = generation.checkpoint();
     for decoded in events {
@@ -416,7 +439,7 @@ fn apply_and_write(
         position = decoded.envelope.position;
     }
     let batch = cache.take_batch()?;
-    write_batch(&generation.tree, &generation.checkpoints, &generation.tree_name, &batch, position)?;
+    write_batch(&generation.tree, &generation.checkpoints, &generation.tree_name, batch, position, durability)?;
     cache.trim();
     generation.checkpoint.store(position, Ordering::Release);
     Ok(position)
@@ -515,7 +538,7 @@ async fn project(slot: &Arc<Slot>, generation: &Arc<Generation>, mut serving: bo
         let mut task = {
             let (slot, generation) = (Arc::clone(slot), Arc::clone(generation));
             tokio::task::spawn_blocking(move || {
-                commit(&slot, &generation, &events)?;
+                commit(&slot, &generation, &events, serving)?;
                 // The events are dropped here, off the worker's thread.
                 events.clear();
                 Ok::<_, ProjectionError>((settle(&slot, &generation, serving)?, events))

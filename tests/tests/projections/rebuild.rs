@@ -138,3 +138,52 @@ async fn queries_answer_from_the_old_generation_until_the_rebuild_has_caught_up(
     projections.wait_for(log.head(), WAIT).await.expect("catches up");
     projections.shutdown().await;
 }
+
+/// A generation being rebuilt writes its batches without a transaction (see
+/// `projections::runtime`), so what a stopped rebuild wrote must never serve: the
+/// next start empties it, the old generation goes on, and a new rebuild gives
+/// the same records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_stopped_part_way_is_thrown_away_at_the_next_start() {
+    let seed = tests::seed("projections rebuild stopped");
+    let dir = tests::temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    let options = Options { batch_len_max: 32, rebuild_batch_pause: Some(Duration::from_millis(5)) };
+    let projections = Projections::start_with(log.clone(), options.clone()).expect("starts");
+    let mut shop = RandomShop::new(CommandService::new(log.clone()).expect("builds"), seed, false);
+    for _ in 0..800 {
+        shop.step().await;
+    }
+    let head = log.head();
+    projections.wait_for(head, WAIT).await.expect("the live models catch up");
+    let live = dumps(&projections);
+
+    assert_eq!(projections.rebuild("dashboard").expect("a rebuild starts"), 2);
+    let deadline = std::time::Instant::now() + WAIT * 6;
+    loop {
+        assert!(std::time::Instant::now() < deadline, "seed {seed}: the rebuild was never seen part way");
+        let status = projections.status().into_iter().find(|status| status.name == "dashboard").expect("listed");
+        let checkpoint = status.rebuild.map(|rebuild| rebuild.checkpoint).unwrap_or_default();
+        assert!(checkpoint < head, "seed {seed}: the rebuild finished before it could be stopped");
+        if checkpoint > head / 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    projections.shutdown().await;
+    let building = log.open_tree("dashboard.g2").expect("opens");
+    assert!(!building.is_empty(), "the stopped rebuild wrote part of generation 2");
+    drop(building);
+
+    let projections = Projections::start_with(log.clone(), options).expect("restarts");
+    assert_eq!(projections.dashboard().generation(), 1, "the old generation still serves");
+    assert!(projections.status().iter().all(|status| status.rebuild.is_none()));
+    assert!(log.open_tree("dashboard.g2").expect("opens").is_empty(), "the stopped rebuild's writes are gone");
+    projections.wait_for(log.head(), WAIT).await.expect("catches up");
+    assert_same(&live, &dumps(&projections));
+
+    let generation = projections.rebuild("dashboard").expect("a rebuild starts again");
+    projections.dashboard().wait_for_generation(generation, WAIT * 6).await.expect("the new rebuild serves");
+    assert_same(&live, &dumps(&projections));
+    projections.shutdown().await;
+}
