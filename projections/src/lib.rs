@@ -18,7 +18,8 @@
 //! [`Projections::start`] spawns one worker per model on the current tokio
 //! runtime. A worker subscribes to the log after its checkpoint, applies what is
 //! committed in batches and writes each batch's changes and the new checkpoint in
-//! one sled transaction, so a crash never applies an event twice or skips one.
+//! one sled transaction, so a crash never applies an event twice or skips one (a
+//! generation being rebuilt, which a crash throws away whole, writes key by key).
 //! Every query answers an [`Answer`] with the position the model had reached (for
 //! `X-Projection-Position`); `wait_for(P, timeout)` on a model's handle, or on
 //! [`Projections`] for all of them, waits for `?min_position=P`.

@@ -215,7 +215,8 @@ type KeyMap<V> = HashMap<Vec<u8>, V, BuildHasherDefault<KeyHasher>>;
 /// through [`Records`] (queries read them from the tree).
 pub type IndexFn = fn(key: &[u8], value: &Value) -> Result<Vec<Vec<u8>>, ProjectionError>;
 
-/// A batch of writes to one tree, in order (a key is written at most once).
+/// A batch of writes to one tree, in order: as in a `sled::Batch`, a later write
+/// of a key wins.
 #[derive(Debug, Default)]
 pub(crate) struct Writes {
     writes: Vec<(sled::IVec, Option<sled::IVec>)>,

@@ -4,8 +4,10 @@
 //! generation each (the active one + 1, emptied first), reading the log once:
 //! two readers (the calling thread and a helper) read and decode pages of events
 //! in turn, each event once, and one thread per model applies every page in
-//! order and writes its batches, each with the model's checkpoint in one sled
-//! transaction like the runtime. Once every model reached the target position
+//! order and writes its batches, each followed by the model's checkpoint, key by
+//! key like a rebuild in the runtime (no transaction: until the switch the
+//! generation is `<model>.building`, which a crash throws away whole). Once
+//! every model reached the target position
 //! the new generations become the active ones, durably, and the old
 //! generations' trees and checkpoints are emptied.
 //!

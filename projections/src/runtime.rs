@@ -37,10 +37,10 @@ pub const PAGE_LEN_MAX: usize = 1000;
 /// emptied after a batch (and read back from sled as events need them).
 const CACHE_LEN_MAX: usize = 50_000;
 
-/// The most events a rebuild with no pause applies in one transaction. Each
-/// batch writes every record it changed (the dashboard: each product and its
-/// index entries) in one sled transaction, so fewer batches write far less; the
-/// worker holds this batch and the next one, read ahead, some 10 MB each at most.
+/// The most events a rebuild with no pause applies in one batch. Each batch
+/// writes every record it changed (the dashboard: each product and its index
+/// entries), so fewer batches write far less; the worker holds this batch and
+/// the next one, read ahead, some 10 MB each at most.
 const REBUILD_BATCH_LEN_MAX: usize = 65_536;
 
 pub(crate) const CHECKPOINTS_TREE: &str = "checkpoints";
@@ -87,8 +87,8 @@ pub(crate) fn clamp_limit(limit: usize) -> usize {
 /// How the runtime runs.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The most events applied in one transaction. A rebuild with no
-    /// `rebuild_batch_pause` applies up to 16,384 (or this, if more).
+    /// The most events applied in one batch. A rebuild with no
+    /// `rebuild_batch_pause` applies up to 65,536 (or this, if more).
     pub batch_len_max: usize,
     /// A pause between a rebuild's batches, so a rebuild leaves room to the live
     /// workers and the writer on a small machine (`None`: as fast as it goes).
@@ -365,8 +365,6 @@ pub(crate) fn read_checkpoint(checkpoints: &sled::Tree, tree_name: &str) -> Resu
     }
 }
 
-/// Write one batch of a generation's changes and its new checkpoint in one
-/// transaction: a crash keeps both or neither.
 /// How a generation's batch is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Durability {
@@ -380,6 +378,8 @@ pub(crate) enum Durability {
     Building,
 }
 
+/// Write one batch of a generation's changes and its new checkpoint: in one
+/// transaction (a crash keeps both or neither) when the generation serves.
 pub(crate) fn write_batch(
     tree: &sled::Tree,
     checkpoints: &sled::Tree,
@@ -404,7 +404,7 @@ pub(crate) fn write_batch(
 }
 
 /// Apply `events` (the next ones after the generation's checkpoint) and write the
-/// changes with the new checkpoint in one transaction.
+/// changes with the new checkpoint (in one transaction once the generation serves).
 fn commit(slot: &Slot, generation: &Generation, events: &[Decoded], serving: bool) -> Result<u64, ProjectionError> {
     let mut cache = generation.cache.lock().unwrap_or_else(PoisonError::into_inner);
     let durability = if serving { Durability::Atomic } else { Durability::Building };
@@ -486,7 +486,7 @@ async fn project(slot: &Arc<Slot>, generation: &Arc<Generation>, mut serving: bo
     let options = &slot.shared.options;
     // A rebuild writes larger batches unless told to go gently: its records
     // change again and again (a product's stock), and each batch writes each
-    // changed record once, in one transaction.
+    // changed record once.
     let batch_len_max = |serving: bool| match (serving, options.rebuild_batch_pause) {
         (false, None) => options.batch_len_max.max(REBUILD_BATCH_LEN_MAX),
         _ => options.batch_len_max.max(1),
