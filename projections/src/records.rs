@@ -232,12 +232,12 @@ impl Writes {
     }
 
     /// As one sled batch, for a transaction.
-    pub(crate) fn to_batch(&self) -> sled::Batch {
+    pub(crate) fn into_batch(self) -> sled::Batch {
         let mut batch = sled::Batch::default();
-        for (key, value) in &self.writes {
+        for (key, value) in self.writes {
             match value {
-                Some(value) => batch.insert(key.clone(), value.clone()),
-                None => batch.remove(key.clone()),
+                Some(value) => batch.insert(key, value),
+                None => batch.remove(key),
             }
         }
         batch

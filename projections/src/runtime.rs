@@ -393,7 +393,7 @@ pub(crate) fn write_batch(
         checkpoints.insert(tree_name.as_bytes(), &position.to_be_bytes())?;
         return Ok(());
     }
-    let batch = batch.to_batch();
+    let batch = batch.into_batch();
     let written: Result<(), sled::transaction::TransactionError<()>> =
         (tree, checkpoints).transaction(|(tree, checkpoints)| {
             tree.apply_batch(&batch)?;

@@ -75,20 +75,37 @@ async fn a_rebuilt_model_equals_the_live_one_after_thousands_of_random_commands(
     projections.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queries_answer_from_the_old_generation_until_the_rebuild_has_caught_up() {
-    let seed = tests::seed("projections rebuild while serving");
+/// A log after 800 random commands, with its models caught up, under a runtime
+/// whose rebuilds pause between batches of 32 events, so that a test sees them
+/// part way.
+struct Paced {
+    _dir: tempfile::TempDir,
+    seed: u64,
+    log: EventLog,
+    options: Options,
+    projections: Projections,
+    shop: RandomShop,
+}
+
+async fn paced(name: &str, pause: Duration) -> Paced {
+    let seed = tests::seed(name);
     let dir = tests::temp_dir();
     let log = EventLog::open(dir.path()).expect("opens");
-    let options = Options { batch_len_max: 32, rebuild_batch_pause: Some(Duration::from_millis(2)) };
-    let projections = Projections::start_with(log.clone(), options).expect("starts");
-    let service = CommandService::new(log.clone()).expect("builds");
-    let mut shop = RandomShop::new(service.clone(), seed, false);
+    let options = Options { batch_len_max: 32, rebuild_batch_pause: Some(pause) };
+    let projections = Projections::start_with(log.clone(), options.clone()).expect("starts");
+    let mut shop = RandomShop::new(CommandService::new(log.clone()).expect("builds"), seed, false);
     for _ in 0..800 {
         shop.step().await;
     }
+    projections.wait_for(log.head(), WAIT).await.expect("the live models catch up");
+    Paced { _dir: dir, seed, log, options, projections, shop }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_answer_from_the_old_generation_until_the_rebuild_has_caught_up() {
+    let Paced { _dir, seed, log, projections, mut shop, .. } =
+        paced("projections rebuild while serving", Duration::from_millis(2)).await;
     let head = log.head();
-    projections.wait_for(head, WAIT).await.expect("the live models catch up");
     let dashboard = projections.dashboard();
     let before = dashboard.sales().expect("queries");
     let records_before = dashboard.dump().expect("dumps").value;
@@ -145,17 +162,9 @@ async fn queries_answer_from_the_old_generation_until_the_rebuild_has_caught_up(
 /// the same records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_stopped_part_way_is_thrown_away_at_the_next_start() {
-    let seed = tests::seed("projections rebuild stopped");
-    let dir = tests::temp_dir();
-    let log = EventLog::open(dir.path()).expect("opens");
-    let options = Options { batch_len_max: 32, rebuild_batch_pause: Some(Duration::from_millis(5)) };
-    let projections = Projections::start_with(log.clone(), options.clone()).expect("starts");
-    let mut shop = RandomShop::new(CommandService::new(log.clone()).expect("builds"), seed, false);
-    for _ in 0..800 {
-        shop.step().await;
-    }
+    let Paced { _dir, seed, log, options, projections, .. } =
+        paced("projections rebuild stopped", Duration::from_millis(5)).await;
     let head = log.head();
-    projections.wait_for(head, WAIT).await.expect("the live models catch up");
     let live = dumps(&projections);
 
     assert_eq!(projections.rebuild("dashboard").expect("a rebuild starts"), 2);
