@@ -20,7 +20,7 @@ use crate::seal;
 use crate::trees::{self, Trees, be_u64};
 use crate::types::{AppendRequest, AppendResult, CommitStats, EventRef, RecordedEvent, VerifyReport};
 use crate::upcast::Upcasters;
-use crate::writer::{Counters, Health, Job, Syncer, Tail, Writer};
+use crate::writer::{Counters, Health, Job, Syncer, Tail, Writer, drop_torn_batch};
 
 /// sled's segment size for a new log. Its blob threshold is a quarter of it (2 MiB),
 /// and sled never fsyncs blobs; with records capped at [`crate::RECORD_LEN_MAX`], a full
@@ -33,7 +33,7 @@ const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(3
 /// How the log is opened.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// The most appends one batch (one transaction, one fsync) takes.
+    /// The most appends one batch (one write of the batch, one fsync) takes.
     pub batch_len_max: usize,
     /// The most appends waiting for the writer; appenders beyond it wait for room.
     pub queue_len_max: usize,
@@ -115,6 +115,14 @@ impl EventLog {
         File::open(&path)?.sync_all()?;
 
         let trees = Trees::open(&db)?;
+        if let Some(dropped) = drop_torn_batch(&trees)? {
+            // Made durable before anything new is written at those positions.
+            db.flush()?;
+            db_file.sync_data()?;
+            if dropped > 0 {
+                tracing::warn!(dropped, "dropped the records of a batch a crash left unfinished (never acknowledged)");
+            }
+        }
         let tail = read_tail(&trees)?;
         if trees.meta.get(trees::META_FORMAT)?.is_none() {
             trees.meta.insert(trees::META_FORMAT, &[FORMAT_V1])?;
@@ -130,6 +138,7 @@ impl EventLog {
             health: Arc::clone(&health),
             tail,
             batch_len_max: options.batch_len_max.max(1),
+            stream_heads: HashMap::new(),
             syncer: Some(Syncer {
                 db: db.clone(),
                 db_file,

@@ -5,7 +5,8 @@
 //!   head is its last entry, so no separate heads tree costs an insert per append
 //! - `idempotency`: blake3(key) → stored result
 //! - `keys`: subject (16 bytes) → 32-byte key, or empty once forgotten
-//! - `meta`: head position, last hash, last recorded time, format, named secrets
+//! - `meta`: head position, last hash, last recorded time, format, the marker of
+//!   the batch being written, named secrets
 //! - `x:<name>`: trees of the log's users (read models), see `EventLog::open_tree`
 
 use uuid::Uuid;
@@ -23,6 +24,9 @@ pub(crate) const META_HEAD: &[u8] = b"head";
 pub(crate) const META_LAST_HASH: &[u8] = b"last_hash";
 pub(crate) const META_LAST_RECORDED_AT: &[u8] = b"last_recorded_at";
 pub(crate) const META_FORMAT: &[u8] = b"format";
+/// The batch being written: its first position, then the blake3 of each of its
+/// idempotency keys (see `writer::drop_torn_batch`).
+pub(crate) const META_BATCH: &[u8] = b"batch";
 pub(crate) const META_SECRET_PREFIX: &[u8] = b"secret:";
 
 #[derive(Debug, Clone)]

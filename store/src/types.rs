@@ -257,8 +257,8 @@ pub struct VerifyReport {
     pub last_hash: [u8; 32],
 }
 
-/// Counts of what the writer committed since the log was opened. `appends / batches`
-/// is the mean group-commit batch; each batch is one transaction and one fsync.
+/// Counts of what the writer committed since the log was opened. `batches` counts
+/// fsyncs, so `appends / batches` is how many appends one fsync covered, on average.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CommitStats {
     pub batches: u64,

@@ -1,8 +1,22 @@
 //! The single writer: it owns every append. It drains the queue into one batch,
 //! stages each request against the log and the batch so far (expected versions,
-//! idempotency, sealing, positions, the hash chain), writes the whole batch in one
-//! sled transaction, flushes, `fdatasync`s sled's log file, and only then answers
-//! the waiting appenders and moves the durable head that readers see.
+//! idempotency, sealing, positions, the hash chain), writes the batch, flushes,
+//! `fdatasync`s sled's log file, and only then answers the waiting appenders and
+//! moves the durable head that readers see.
+//!
+//! A batch is written key by key, not in a sled transaction, in this order: a
+//! marker naming the batch's first position and its idempotency keys, the subject
+//! keys, the records, their stream index entries, the idempotency entries, and
+//! last the stored tail, whose head is the batch's commit mark. sled recovers a
+//! prefix of its writes, so a crash part way leaves at most this one batch torn:
+//! records past the stored head, with the marker saying a batch began right
+//! after it. [`drop_torn_batch`] removes what that batch wrote when the log is
+//! opened; none of it was acknowledged. Why not a transaction: a sled
+//! transaction takes sled's process-wide lock exclusively, so it waited for the
+//! syncer's flush of the batch before (which holds that lock shared through the
+//! disk write) and stopped every reader meanwhile; plain inserts take it shared.
+//! A batch that forgets a subject still uses a transaction: deleting a key is not
+//! something a later open could undo.
 //!
 //! A failed flush or fsync is never retried into an acknowledgement: every appender
 //! of the batch gets an error and the log refuses appends until it is reopened.
@@ -15,6 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
@@ -73,6 +88,11 @@ pub(crate) struct Writer {
     pub health: Arc<Health>,
     pub tail: Tail,
     pub batch_len_max: usize,
+    /// The last version of streams the writer wrote or read, so that a hot
+    /// stream's head is not looked up in sled for every append. Only the writer
+    /// writes streams, so an entry stays true; it is emptied when it reaches
+    /// [`STREAM_HEADS_CACHED_MAX`].
+    pub stream_heads: HashMap<String, u64>,
     /// The second stage, handed to its own thread when the writer starts.
     pub syncer: Option<Syncer>,
 }
@@ -89,6 +109,9 @@ type Reply = oneshot::Sender<Result<AppendResult, StoreError>>;
 
 /// How many written batches may wait for the syncer.
 const WRITTEN_QUEUE_LEN_MAX: usize = 4;
+
+/// The most stream heads the writer keeps in memory (about 100 bytes each).
+const STREAM_HEADS_CACHED_MAX: usize = 100_000;
 
 impl Writer {
     /// Two stages: this thread stages batches and writes them to sled; a syncer
@@ -137,13 +160,14 @@ impl Writer {
             .map(|job| {
                 let outcome = match &failure {
                     Some(reason) => Err(StoreError::Unavailable { reason: reason.clone() }),
-                    None => staged.stage(&self.trees, &job.request, job.forget),
+                    None => staged.stage(&self.trees, &self.stream_heads, &job.request, job.forget),
                 };
                 (job.reply, outcome)
             })
             .collect();
         if staged.written > 0 {
-            if let Err(reason) = self.transact(&staged) {
+            let committed = if staged.forgets { self.transact(&staged) } else { self.insert_in_order(&staged) };
+            if let Err(reason) = committed {
                 self.health.fail(reason.clone());
                 let outcomes = outcomes
                     .into_iter()
@@ -152,8 +176,37 @@ impl Writer {
                 return Written { outcomes, head: self.tail.head, appends: 0, events: 0 };
             }
             self.tail = staged.tail;
+            if self.stream_heads.len() + staged.stream_heads.len() > STREAM_HEADS_CACHED_MAX {
+                self.stream_heads.clear();
+            }
+            self.stream_heads.extend(staged.stream_heads);
         }
         Written { outcomes, head: self.tail.head, appends: staged.appends, events: staged.written as u64 }
+    }
+
+    /// The batch's writes key by key, the stored head last (see the module's doc).
+    fn insert_in_order(&self, staged: &Staged) -> Result<(), String> {
+        let trees = &self.trees;
+        let failed = |error: sled::Error| format!("writing the batch failed: {error}");
+        let mut marker = Vec::with_capacity(8 + 32 * staged.idempotency.len());
+        marker.extend_from_slice(&(self.tail.head + 1).to_be_bytes());
+        for (key, _) in &staged.idempotency {
+            marker.extend_from_slice(key);
+        }
+        trees.meta.insert(trees::META_BATCH, marker).map_err(failed)?;
+        for (subject, key) in &staged.keys {
+            trees.keys.insert(subject, key.as_slice()).map_err(failed)?;
+        }
+        for (position, bytes) in &staged.events {
+            trees.events.insert(position, bytes.as_slice()).map_err(failed)?;
+        }
+        for (key, position) in &staged.streams {
+            trees.streams.insert(key.as_slice(), position).map_err(failed)?;
+        }
+        for (key, bytes) in &staged.idempotency {
+            trees.idempotency.insert(key, bytes.as_slice()).map_err(failed)?;
+        }
+        write_tail(&trees.meta, &staged.tail).map_err(failed)
     }
 
     /// The batch's writes to every tree, in one sled transaction.
@@ -161,17 +214,89 @@ impl Writer {
         let trees = self.trees.all();
         let tail = staged.tail;
         let written: Result<(), sled::transaction::TransactionError<()>> = trees.as_slice().transaction(|tx| {
-            tx[trees::EVENTS].apply_batch(&staged.events)?;
-            tx[trees::STREAMS].apply_batch(&staged.streams)?;
-            tx[trees::IDEMPOTENCY].apply_batch(&staged.idempotency)?;
-            tx[trees::KEYS].apply_batch(&staged.keys)?;
+            for (position, bytes) in &staged.events {
+                tx[trees::EVENTS].insert(position, bytes.as_slice())?;
+            }
+            for (key, position) in &staged.streams {
+                tx[trees::STREAMS].insert(key.as_slice(), position)?;
+            }
+            for (key, bytes) in &staged.idempotency {
+                tx[trees::IDEMPOTENCY].insert(key, bytes.as_slice())?;
+            }
+            for (subject, key) in &staged.keys {
+                tx[trees::KEYS].insert(subject, key.as_slice())?;
+            }
             tx[trees::META].insert(trees::META_HEAD, &tail.head.to_be_bytes())?;
             tx[trees::META].insert(trees::META_LAST_HASH, &tail.last_hash)?;
             tx[trees::META].insert(trees::META_LAST_RECORDED_AT, &tail.last_recorded_micros.to_be_bytes())?;
-            Ok(())
+            Ok::<(), ConflictableTransactionError<()>>(())
         });
         written.map_err(|error| format!("transaction failed: {error:?}"))
     }
+}
+
+/// Store the tail, the head last: the head is the commit mark of a batch
+/// written key by key.
+fn write_tail(meta: &sled::Tree, tail: &Tail) -> Result<(), sled::Error> {
+    meta.insert(trees::META_LAST_HASH, &tail.last_hash)?;
+    meta.insert(trees::META_LAST_RECORDED_AT, &tail.last_recorded_micros.to_be_bytes())?;
+    meta.insert(trees::META_HEAD, &tail.head.to_be_bytes())?;
+    Ok(())
+}
+
+/// Remove what a batch torn by a crash wrote (see the module's doc), before the
+/// log is opened; returns how many of its records there were, or `None` when no
+/// batch was torn.
+///
+/// Only a batch the marker says began right after the stored head is taken for
+/// torn. Records past the head with no such marker are left alone, and the
+/// log's open then reports them as damage: a head that went back by itself
+/// must not silently drop acknowledged events.
+pub(crate) fn drop_torn_batch(trees: &Trees) -> Result<Option<u64>, StoreError> {
+    let head = match trees.meta.get(trees::META_HEAD)? {
+        None => 0,
+        Some(bytes) => trees::be_u64(&bytes).ok_or_else(|| StoreError::corrupt(0, "stored head is not a u64"))?,
+    };
+    let Some(marker) = trees.meta.get(trees::META_BATCH)? else {
+        return Ok(None);
+    };
+    let damaged = || StoreError::corrupt(head, "the marker of the last batch is damaged");
+    let first = marker.get(..8).and_then(trees::be_u64).ok_or_else(damaged)?;
+    if first != head + 1 {
+        return Ok(None);
+    }
+    let idempotency_keys = &marker[8..];
+    if idempotency_keys.len() % 32 != 0 {
+        return Err(damaged());
+    }
+    for key in idempotency_keys.chunks_exact(32) {
+        trees.idempotency.remove(key)?;
+    }
+    let mut dropped = 0;
+    for item in trees.events.range(first.to_be_bytes()..) {
+        let (key, bytes) = item?;
+        let position = trees::be_u64(&key).ok_or_else(|| StoreError::corrupt(head, "event key is not a position"))?;
+        let record = record::parse(&bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
+        let index_key = trees::stream_key(&record.header.stream, record.header.version);
+        if trees.streams.get(&index_key)?.as_deref().and_then(trees::be_u64) == Some(position) {
+            trees.streams.remove(index_key)?;
+        }
+        trees.events.remove(key)?;
+        dropped += 1;
+    }
+    // The tail may hold the torn batch's hash and time: take them from the
+    // record at the head again.
+    let tail = match trees.events.get(head.to_be_bytes())? {
+        None if head == 0 => Tail { head, last_hash: record::GENESIS_HASH, last_recorded_micros: 0 },
+        None => return Err(StoreError::corrupt(head, "the stored head has no event")),
+        Some(bytes) => {
+            let record = record::parse(&bytes).map_err(|reason| StoreError::corrupt(head, reason))?;
+            Tail { head, last_hash: record.hash, last_recorded_micros: record.header.recorded_at_micros }
+        }
+    };
+    write_tail(&trees.meta, &tail)?;
+    trees.meta.remove(trees::META_BATCH)?;
+    Ok(Some(dropped))
 }
 
 /// The second stage: makes written batches durable, then answers their appenders
@@ -269,10 +394,12 @@ struct StoredIdempotency {
 /// requests in the batch see what earlier ones staged.
 struct Staged {
     tail: Tail,
-    events: sled::Batch,
-    streams: sled::Batch,
-    idempotency: sled::Batch,
-    keys: sled::Batch,
+    events: Vec<([u8; 8], Vec<u8>)>,
+    streams: Vec<(Vec<u8>, [u8; 8])>,
+    idempotency: Vec<([u8; 32], Vec<u8>)>,
+    keys: Vec<([u8; 16], Vec<u8>)>,
+    /// Whether the batch forgets a subject (and so is written in a transaction).
+    forgets: bool,
     stream_heads: HashMap<String, u64>,
     subject_keys: HashMap<Uuid, KeyState>,
     idempotency_keys: HashMap<[u8; 32], ([u8; 32], AppendResult)>,
@@ -285,10 +412,11 @@ impl Staged {
     fn new(tail: Tail) -> Self {
         Staged {
             tail,
-            events: sled::Batch::default(),
-            streams: sled::Batch::default(),
-            idempotency: sled::Batch::default(),
-            keys: sled::Batch::default(),
+            events: Vec::new(),
+            streams: Vec::new(),
+            idempotency: Vec::new(),
+            keys: Vec::new(),
+            forgets: false,
             stream_heads: HashMap::new(),
             subject_keys: HashMap::new(),
             idempotency_keys: HashMap::new(),
@@ -302,6 +430,7 @@ impl Staged {
     fn stage(
         &mut self,
         trees: &Trees,
+        known_heads: &HashMap<String, u64>,
         request: &AppendRequest,
         forget: Option<Uuid>,
     ) -> Result<AppendResult, StoreError> {
@@ -321,7 +450,7 @@ impl Staged {
 
         let mut current_versions = Vec::with_capacity(request.streams.len());
         for stream in &request.streams {
-            let actual = self.stream_head(trees, &stream.stream)?;
+            let actual = self.stream_head(trees, known_heads, &stream.stream)?;
             if !stream.expected.matches(actual) {
                 return Err(StoreError::WrongExpectedVersion {
                     stream: stream.stream.clone(),
@@ -397,20 +526,21 @@ impl Staged {
 
         // Every check passed: add it all to the batch.
         for (position, stream, version, bytes) in records {
-            self.events.insert(&position.to_be_bytes(), bytes);
-            self.streams.insert(trees::stream_key(stream, version), &position.to_be_bytes());
+            self.events.push((position.to_be_bytes(), bytes));
+            self.streams.push((trees::stream_key(stream, version), position.to_be_bytes()));
         }
         for stream in &versions {
             self.stream_heads.insert(stream.stream.clone(), stream.version);
         }
         for (subject, key) in new_keys {
-            self.keys.insert(subject.as_bytes(), &key);
+            self.keys.push((*subject.as_bytes(), key.to_vec()));
             self.subject_keys.insert(subject, KeyState::Active(key));
         }
         if let Some(subject) = forget {
             // An empty value is the tombstone: the subject's data cannot be read or sealed again.
-            self.keys.insert(subject.as_bytes(), &[]);
+            self.keys.push((*subject.as_bytes(), Vec::new()));
             self.subject_keys.insert(subject, KeyState::Forgotten);
+            self.forgets = true;
         }
         let result = AppendResult {
             first_position: self.tail.head + 1,
@@ -421,7 +551,7 @@ impl Staged {
         if let (Some(key), Some(idempotency)) = (idempotency_key, &request.idempotency) {
             let stored = StoredIdempotency { request_hash: idempotency.request_hash, result: result.clone() };
             let bytes = codec::encode(&stored).map_err(|error| StoreError::Storage(error.to_string()))?;
-            self.idempotency.insert(&key, bytes);
+            self.idempotency.push((key, bytes));
             self.idempotency_keys.insert(key, (idempotency.request_hash, result.clone()));
         }
         self.tail = tail;
@@ -430,8 +560,8 @@ impl Staged {
         Ok(result)
     }
 
-    fn stream_head(&self, trees: &Trees, stream: &str) -> Result<u64, StoreError> {
-        if let Some(version) = self.stream_heads.get(stream) {
+    fn stream_head(&self, trees: &Trees, known: &HashMap<String, u64>, stream: &str) -> Result<u64, StoreError> {
+        if let Some(version) = self.stream_heads.get(stream).or_else(|| known.get(stream)) {
             return Ok(*version);
         }
         Ok(trees::read_stream_head(trees, stream)?.0)

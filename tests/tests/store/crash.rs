@@ -90,3 +90,75 @@ fn acknowledged_appends_survive_sigkill_at_random_moments() {
     }
     assert!(all_acked.len() >= rounds, "every round acknowledged events");
 }
+
+/// Set the stored head back to `head` with sled itself: the state a crash leaves
+/// when it comes after a batch's records but before its commit mark, the head.
+fn rewind_stored_head(dir: &Path, head: u64) {
+    let db = tests::raw_sled(dir);
+    db.open_tree("meta").expect("tree").insert("head", &head.to_be_bytes()).expect("writes");
+    db.flush().expect("flushes");
+}
+
+fn second_batch() -> store::AppendRequest {
+    tests::append_many(vec![
+        ("a", store::ExpectedVersion::Exact(3), vec![tests::event("E", b"4"), tests::event("E", b"5")]),
+        ("b", store::ExpectedVersion::NoStream, vec![tests::event("E", b"6")]),
+    ])
+    .with_idempotency("the second batch", [9; 32])
+}
+
+#[tokio::test]
+async fn a_batch_torn_by_a_crash_is_dropped_whole_at_the_next_open() {
+    let dir = tests::temp_dir();
+    {
+        let log = EventLog::open(dir.path()).expect("opens");
+        let first =
+            tests::append("a", store::ExpectedVersion::NoStream, (1..=3).map(|_| tests::event("E", b"x")).collect());
+        log.append(first).await.expect("appends");
+        assert_eq!(log.append(second_batch()).await.expect("appends").last_position, 6);
+    }
+    // The second batch's records, index entries and idempotency entry are on
+    // disk, its commit mark is not.
+    rewind_stored_head(dir.path(), 3);
+
+    let log = EventLog::open(dir.path()).expect("a torn batch is no reason to refuse to open");
+    assert_eq!(log.head(), 3);
+    let report = log.verify().expect("what is left verifies: chain, index, tail");
+    assert_eq!((report.events, report.streams), (3, 1));
+    assert_eq!(log.stream_version("a").expect("reads"), 3);
+    assert_eq!(log.stream_version("b").expect("reads"), 0);
+    assert_eq!(log.read_all(1, 100).expect("reads").len(), 3);
+    // The batch was never acknowledged: sent again with its idempotency key, it is
+    // appended afresh, not answered from the torn batch's entry.
+    let again = log.append(second_batch()).await.expect("the same request appends again");
+    assert!(!again.duplicate, "{again:?}");
+    assert_eq!((again.first_position, again.last_position), (4, 6));
+    assert_eq!(log.verify().expect("verifies").events, 6);
+    assert!(log.append(second_batch()).await.expect("answers").duplicate);
+}
+
+#[tokio::test]
+async fn a_stored_head_that_went_back_without_a_torn_batch_is_reported_not_repaired() {
+    let dir = tests::temp_dir();
+    {
+        let log = EventLog::open(dir.path()).expect("opens");
+        let first =
+            tests::append("a", store::ExpectedVersion::NoStream, (1..=3).map(|_| tests::event("E", b"x")).collect());
+        log.append(first).await.expect("appends");
+        log.append(second_batch()).await.expect("appends");
+        log.append(tests::append("c", store::ExpectedVersion::Any, vec![tests::event("E", b"7")]))
+            .await
+            .expect("appends");
+    }
+    // Positions 4 to 7 were acknowledged in two batches; the last batch began at 7,
+    // so a head of 3 is damage, and dropping 4 to 7 would lose acknowledged events.
+    rewind_stored_head(dir.path(), 3);
+    match EventLog::open(dir.path()) {
+        Err(store::StoreError::Corrupt { position, reason }) => {
+            assert_eq!(position, 3, "{reason}");
+            assert!(reason.contains("the last event is 7"), "{reason}");
+        }
+        other => panic!("the open should report the damage, got {other:?}"),
+    }
+    assert_eq!(tests::raw_sled(dir.path()).open_tree("events").expect("tree").len(), 7, "nothing was dropped");
+}
