@@ -251,7 +251,8 @@ fn write_tail(meta: &sled::Tree, tail: &Tail) -> Result<(), sled::Error> {
 /// Only a batch the marker says began right after the stored head is taken for
 /// torn. Records past the head with no such marker are left alone, and the
 /// log's open then reports them as damage: a head that went back by itself
-/// must not silently drop acknowledged events.
+/// must not silently drop acknowledged events. A subject key the torn batch
+/// made stays: unused, it holds nothing, and the request sent again seals with it.
 pub(crate) fn drop_torn_batch(trees: &Trees) -> Result<Option<u64>, StoreError> {
     let head = match trees.meta.get(trees::META_HEAD)? {
         None => 0,

@@ -15,6 +15,12 @@
 //! through `CommandService` by 64 concurrent writers. `-- --replay-only` measures
 //! only the replay, over a log filled faster (the same restocks, the products in
 //! turn, 256 product streams to an append). Bounded in count and time.
+//!
+//! `-- --bare-sled [--pack N]` measures sled alone, for the memory target: records
+//! of the log's size inserted as the log lays them out (one key in `events` and
+//! one in `streams` per event), or `N` records packed into one key with no index,
+//! with the same page cache; RSS every tenth of the events and after one full
+//! read. Run it as its own process, so nothing else is in the RSS.
 
 /// The `shoplog` binary's allocator, so the figures are the binary's.
 #[global_allocator]
@@ -39,6 +45,48 @@ fn rss_mib() -> f64 {
         .and_then(|value| value.parse().ok())
         .unwrap_or(0.0);
     kib / 1024.0
+}
+
+/// sled alone, for `--bare-sled`: see the crate's doc.
+fn measure_bare_sled(events: usize, cache_capacity_bytes: u64, pack: usize) {
+    const RECORD_LEN: usize = 300;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = sled::Config::new()
+        .path(dir.path())
+        .segment_size(8 * 1024 * 1024)
+        .cache_capacity(cache_capacity_bytes)
+        .flush_every_ms(None)
+        .open()
+        .expect("opens");
+    let events_tree = db.open_tree("events").expect("tree");
+    let streams = db.open_tree("streams").expect("tree");
+    let value = vec![7u8; RECORD_LEN * pack];
+    println!("| sled alone, {pack} record(s) of {RECORD_LEN} bytes a key | RSS |");
+    println!("|---|---:|");
+    let mut position = 0;
+    while position < events {
+        let first = position as u64 + 1;
+        events_tree.insert(first.to_be_bytes(), value.as_slice()).expect("inserts");
+        if pack == 1 {
+            let mut key = sku(position % PRODUCTS).as_str().as_bytes().to_vec();
+            key.push(0);
+            key.extend_from_slice(&((position / PRODUCTS) as u64 + 1).to_be_bytes());
+            streams.insert(key, &first.to_be_bytes()).expect("inserts");
+        }
+        let before = position;
+        position += pack;
+        // A flush every 1,000 events, as a busy log's group commit would.
+        if before / 1000 != position / 1000 {
+            db.flush().expect("flushes");
+        }
+        if before / (events / 10) != position / (events / 10) {
+            println!("| {position} events | {:.0} MiB |", rss_mib());
+        }
+    }
+    let started = Instant::now();
+    let read = events_tree.iter().map(|item| item.expect("reads").1.len() / RECORD_LEN).sum::<usize>();
+    let rate = read as f64 / started.elapsed().as_secs_f64();
+    println!("| after reading all {read} events ({rate:.0} events/s) | {:.0} MiB |", rss_mib());
 }
 
 fn sku(index: usize) -> Sku {
@@ -229,6 +277,16 @@ fn main() {
         options.cache_capacity_bytes = cache_mib * 1024 * 1024;
     }
     println!("sled cache capacity: {} MiB", options.cache_capacity_bytes / 1024 / 1024);
+    if args.iter().any(|arg| arg == "--bare-sled") {
+        let pack = args
+            .iter()
+            .position(|arg| arg == "--pack")
+            .and_then(|index| args.get(index + 1)?.parse::<usize>().ok())
+            .unwrap_or(1)
+            .max(1);
+        measure_bare_sled(events, options.cache_capacity_bytes, pack);
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
     runtime.block_on(async {
