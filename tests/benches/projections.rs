@@ -63,6 +63,7 @@ fn measure_bare_sled(events: usize, cache_capacity_bytes: u64, pack: usize) {
     let value = vec![7u8; RECORD_LEN * pack];
     println!("| sled alone, {pack} record(s) of {RECORD_LEN} bytes a key | RSS |");
     println!("|---|---:|");
+    let tenth = (events / 10).max(1);
     let mut position = 0;
     while position < events {
         let first = position as u64 + 1;
@@ -79,7 +80,7 @@ fn measure_bare_sled(events: usize, cache_capacity_bytes: u64, pack: usize) {
         if before / 1000 != position / 1000 {
             db.flush().expect("flushes");
         }
-        if before / (events / 10) != position / (events / 10) {
+        if before / tenth != position / tenth {
             println!("| {position} events | {:.0} MiB |", rss_mib());
         }
     }
