@@ -629,10 +629,7 @@ fn open_error(path: &Path, error: sled::Error) -> StoreError {
 /// The stored tail, checked against the last record.
 fn read_tail(trees: &Trees) -> Result<Tail, StoreError> {
     let meta = |key: &[u8]| trees.meta.get(key);
-    let head = match meta(trees::META_HEAD)? {
-        None => 0,
-        Some(bytes) => be_u64(&bytes).ok_or_else(|| StoreError::corrupt(0, "stored head is not a u64"))?,
-    };
+    let head = trees::read_head(trees)?;
     let last_hash = match meta(trees::META_LAST_HASH)? {
         None => GENESIS_HASH,
         Some(bytes) => <[u8; 32]>::try_from(bytes.as_ref())

@@ -69,6 +69,14 @@ pub(crate) fn be_u64(bytes: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
 }
 
+/// The stored head: the last committed position (0 for an empty log).
+pub(crate) fn read_head(trees: &Trees) -> Result<u64, StoreError> {
+    match trees.meta.get(META_HEAD)? {
+        None => Ok(0),
+        Some(bytes) => be_u64(&bytes).ok_or_else(|| StoreError::corrupt(0, "stored head is not a u64")),
+    }
+}
+
 /// The stream's last version as stored (0 when it has no events), with the
 /// position of that version.
 pub(crate) fn read_stream_head(trees: &Trees, stream: &str) -> Result<(u64, u64), StoreError> {

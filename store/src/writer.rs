@@ -254,10 +254,7 @@ fn write_tail(meta: &sled::Tree, tail: &Tail) -> Result<(), sled::Error> {
 /// must not silently drop acknowledged events. A subject key the torn batch
 /// made stays: unused, it holds nothing, and the request sent again seals with it.
 pub(crate) fn drop_torn_batch(trees: &Trees) -> Result<Option<u64>, StoreError> {
-    let head = match trees.meta.get(trees::META_HEAD)? {
-        None => 0,
-        Some(bytes) => trees::be_u64(&bytes).ok_or_else(|| StoreError::corrupt(0, "stored head is not a u64"))?,
-    };
+    let head = trees::read_head(trees)?;
     let Some(marker) = trees.meta.get(trees::META_BATCH)? else {
         return Ok(None);
     };

@@ -107,16 +107,20 @@ fn second_batch() -> store::AppendRequest {
     .with_idempotency("the second batch", [9; 32])
 }
 
+/// A log of two batches: three events on `a`, then [`second_batch`] (positions 4 to 6).
+async fn log_with_two_batches(dir: &Path) -> EventLog {
+    let log = EventLog::open(dir).expect("opens");
+    let first =
+        tests::append("a", store::ExpectedVersion::NoStream, (1..=3).map(|_| tests::event("E", b"x")).collect());
+    log.append(first).await.expect("appends");
+    assert_eq!(log.append(second_batch()).await.expect("appends").last_position, 6);
+    log
+}
+
 #[tokio::test]
 async fn a_batch_torn_by_a_crash_is_dropped_whole_at_the_next_open() {
     let dir = tests::temp_dir();
-    {
-        let log = EventLog::open(dir.path()).expect("opens");
-        let first =
-            tests::append("a", store::ExpectedVersion::NoStream, (1..=3).map(|_| tests::event("E", b"x")).collect());
-        log.append(first).await.expect("appends");
-        assert_eq!(log.append(second_batch()).await.expect("appends").last_position, 6);
-    }
+    drop(log_with_two_batches(dir.path()).await);
     // The second batch's records, index entries and idempotency entry are on
     // disk, its commit mark is not.
     rewind_stored_head(dir.path(), 3);
@@ -141,11 +145,7 @@ async fn a_batch_torn_by_a_crash_is_dropped_whole_at_the_next_open() {
 async fn a_stored_head_that_went_back_without_a_torn_batch_is_reported_not_repaired() {
     let dir = tests::temp_dir();
     {
-        let log = EventLog::open(dir.path()).expect("opens");
-        let first =
-            tests::append("a", store::ExpectedVersion::NoStream, (1..=3).map(|_| tests::event("E", b"x")).collect());
-        log.append(first).await.expect("appends");
-        log.append(second_batch()).await.expect("appends");
+        let log = log_with_two_batches(dir.path()).await;
         log.append(tests::append("c", store::ExpectedVersion::Any, vec![tests::event("E", b"7")]))
             .await
             .expect("appends");
