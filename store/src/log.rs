@@ -20,7 +20,7 @@ use crate::seal;
 use crate::trees::{self, Trees, be_u64};
 use crate::types::{AppendRequest, AppendResult, CommitStats, EventRef, RecordedEvent, VerifyReport};
 use crate::upcast::Upcasters;
-use crate::writer::{Counters, Health, Job, Syncer, Tail, Writer, drop_torn_batch};
+use crate::writer::{Counters, DurableHeads, Health, Job, Syncer, Tail, Writer, drop_torn_batch};
 
 /// sled's segment size for a new log. Its blob threshold is a quarter of it (2 MiB),
 /// and sled never fsyncs blobs; with records capped at [`crate::RECORD_LEN_MAX`], a full
@@ -65,6 +65,7 @@ struct Inner {
     trees: Trees,
     jobs: Option<mpsc::Sender<Job>>,
     durable: watch::Receiver<u64>,
+    durable_heads: Arc<DurableHeads>,
     health: Arc<Health>,
     counters: Arc<Counters>,
     upcasters: Upcasters,
@@ -131,6 +132,7 @@ impl EventLog {
         let (jobs_sender, jobs) = mpsc::channel(options.queue_len_max.max(1));
         let (durable_sender, durable) = watch::channel(tail.head);
         let health = Arc::new(Health::default());
+        let durable_heads = Arc::new(DurableHeads::default());
         let counters = Arc::new(Counters::default());
         let writer = Writer {
             trees: trees.clone(),
@@ -143,6 +145,7 @@ impl EventLog {
                 db: db.clone(),
                 db_file,
                 durable: durable_sender,
+                durable_heads: Arc::clone(&durable_heads),
                 health: Arc::clone(&health),
                 counters: Arc::clone(&counters),
                 batch_len_max: options.batch_len_max.max(1) as u64,
@@ -155,6 +158,7 @@ impl EventLog {
                 trees,
                 jobs: Some(jobs_sender),
                 durable,
+                durable_heads,
                 health,
                 counters,
                 upcasters: options.upcasters,
@@ -354,9 +358,16 @@ impl EventLog {
         Ok(events)
     }
 
-    /// The stream's durable version (0 when it has no events).
+    /// The stream's durable version (0 when it has no events). A stream appended
+    /// to since the log was opened is answered from memory (the syncer's
+    /// `DurableHeads`); any other from the end of its index.
     pub fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
         let head = self.head();
+        if let Some(known) = self.inner.durable_heads.get(stream)
+            && known.position <= head
+        {
+            return Ok(known.version);
+        }
         let (version, position) = trees::read_stream_head(&self.inner.trees, stream)?;
         if position <= head {
             return Ok(version);

@@ -74,6 +74,41 @@ pub(crate) struct Counters {
     pub events: AtomicU64,
 }
 
+/// A stream's last version and the position of its last event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamHead {
+    pub version: u64,
+    pub position: u64,
+}
+
+/// The durable head of streams appended since the log was opened, kept by the
+/// syncer, so that `EventLog::stream_version` (every command asks it) does not
+/// walk sled's index backwards. The syncer records a batch's streams before it
+/// moves the durable head, in batch order, so an entry whose position is at or
+/// below the head a reader saw is that stream's durable version at that head; an
+/// entry past it, or none, sends the reader to the index. Emptied when it
+/// reaches [`STREAM_HEADS_CACHED_MAX`] entries.
+#[derive(Debug, Default)]
+pub(crate) struct DurableHeads {
+    heads: Mutex<HashMap<String, StreamHead>>,
+}
+
+impl DurableHeads {
+    pub fn get(&self, stream: &str) -> Option<StreamHead> {
+        self.heads.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(stream).copied()
+    }
+
+    fn record(&self, written: impl Iterator<Item = (String, StreamHead)>) {
+        let mut heads = self.heads.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (stream, head) in written {
+            if heads.len() >= STREAM_HEADS_CACHED_MAX && !heads.contains_key(&stream) {
+                heads.clear();
+            }
+            heads.insert(stream, head);
+        }
+    }
+}
+
 /// The tail of the log as the writer knows it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Tail {
@@ -101,6 +136,8 @@ pub(crate) struct Writer {
 struct Written {
     outcomes: Vec<(Reply, Result<AppendResult, StoreError>)>,
     head: u64,
+    /// The streams the batch appended to, with their new heads.
+    stream_heads: Vec<(String, StreamHead)>,
     appends: u64,
     events: u64,
 }
@@ -173,15 +210,23 @@ impl Writer {
                     .into_iter()
                     .map(|(reply, _)| (reply, Err(StoreError::Durability { reason: reason.clone() })))
                     .collect();
-                return Written { outcomes, head: self.tail.head, appends: 0, events: 0 };
+                return Written { outcomes, head: self.tail.head, stream_heads: Vec::new(), appends: 0, events: 0 };
             }
             self.tail = staged.tail;
             if self.stream_heads.len() + staged.stream_heads.len() > STREAM_HEADS_CACHED_MAX {
                 self.stream_heads.clear();
             }
-            self.stream_heads.extend(staged.stream_heads);
+            for (stream, head) in &staged.stream_heads {
+                self.stream_heads.insert(stream.clone(), head.version);
+            }
         }
-        Written { outcomes, head: self.tail.head, appends: staged.appends, events: staged.written as u64 }
+        Written {
+            outcomes,
+            head: self.tail.head,
+            stream_heads: staged.stream_heads.into_iter().collect(),
+            appends: staged.appends,
+            events: staged.written as u64,
+        }
     }
 
     /// The batch's writes key by key, the stored head last (see the module's doc).
@@ -304,6 +349,7 @@ pub(crate) struct Syncer {
     /// Our own handle to sled's log file, to `fdatasync` it after sled's flush.
     pub db_file: File,
     pub durable: watch::Sender<u64>,
+    pub durable_heads: Arc<DurableHeads>,
     pub health: Arc<Health>,
     pub counters: Arc<Counters>,
     /// The most appends one fsync covers.
@@ -343,6 +389,9 @@ impl Syncer {
                         let events = pending.iter().map(|written| written.events).sum();
                         self.counters.events.fetch_add(events, Ordering::Relaxed);
                     }
+                    // Before the head moves: see `DurableHeads`.
+                    self.durable_heads
+                        .record(pending.iter_mut().flat_map(|written| std::mem::take(&mut written.stream_heads)));
                     if let Some(last) = pending.last() {
                         self.durable.send_if_modified(|head| std::mem::replace(head, last.head) != last.head);
                     }
@@ -398,7 +447,7 @@ struct Staged {
     keys: Vec<([u8; 16], Vec<u8>)>,
     /// Whether the batch forgets a subject (and so is written in a transaction).
     forgets: bool,
-    stream_heads: HashMap<String, u64>,
+    stream_heads: HashMap<String, StreamHead>,
     subject_keys: HashMap<Uuid, KeyState>,
     idempotency_keys: HashMap<[u8; 32], ([u8; 32], AppendResult)>,
     /// Events and appends staged for writing.
@@ -471,6 +520,7 @@ impl Staged {
         let mut records = Vec::with_capacity(request.event_count());
         let mut tail = Tail { last_recorded_micros: micros, ..self.tail };
         let mut versions = Vec::with_capacity(request.streams.len());
+        let mut heads = Vec::with_capacity(request.streams.len());
         for (stream, current) in request.streams.iter().zip(current_versions) {
             let mut version = current;
             for event in &stream.events {
@@ -519,6 +569,9 @@ impl Staged {
                 tail.last_hash = hash;
                 records.push((header.position, stream.stream.as_str(), version, bytes));
             }
+            if version > current {
+                heads.push(StreamHead { version, position: tail.head });
+            }
             versions.push(StreamVersion { stream: stream.stream.clone(), version });
         }
 
@@ -527,8 +580,8 @@ impl Staged {
             self.events.push((position.to_be_bytes(), bytes));
             self.streams.push((trees::stream_key(stream, version), position.to_be_bytes()));
         }
-        for stream in &versions {
-            self.stream_heads.insert(stream.stream.clone(), stream.version);
+        for (stream, head) in request.streams.iter().filter(|stream| !stream.events.is_empty()).zip(heads) {
+            self.stream_heads.insert(stream.stream.clone(), head);
         }
         for (subject, key) in new_keys {
             self.keys.push((*subject.as_bytes(), key.to_vec()));
@@ -559,7 +612,7 @@ impl Staged {
     }
 
     fn stream_head(&self, trees: &Trees, known: &HashMap<String, u64>, stream: &str) -> Result<u64, StoreError> {
-        if let Some(version) = self.stream_heads.get(stream).or_else(|| known.get(stream)) {
+        if let Some(version) = self.stream_heads.get(stream).map(|head| &head.version).or_else(|| known.get(stream)) {
             return Ok(*version);
         }
         Ok(trees::read_stream_head(trees, stream)?.0)

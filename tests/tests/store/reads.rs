@@ -131,6 +131,70 @@ async fn a_subscription_delivers_catch_up_then_live_events_in_order_without_gaps
     assert_eq!(late.next().await.expect("reads").position, total);
 }
 
+/// A stream's version is its durable version whether the log answers it from
+/// memory (streams appended since it was opened) or from the index (after a
+/// reopen): never ahead of what a read of the stream returns, never going back,
+/// and exact once the appends are over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streams_version_is_never_ahead_of_its_readable_events_and_survives_a_reopen() {
+    const WRITERS: usize = 4;
+    const APPENDS: u64 = 150;
+    let dir = temp_dir();
+    let log = log_of(dir.path(), 30, 3).await;
+    assert_eq!(log.stream_version("s-0").expect("reads"), 10);
+
+    let streams: Vec<String> = (0..WRITERS).map(|writer| format!("hot-{writer}")).chain(["shared".into()]).collect();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (log, streams, done) = (log.clone(), streams.clone(), std::sync::Arc::clone(&done));
+        tokio::task::spawn_blocking(move || {
+            let mut seen = vec![0; streams.len()];
+            let mut rounds = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) && rounds < 100_000 {
+                for (stream, seen) in streams.iter().zip(&mut seen) {
+                    let version = log.stream_version(stream).expect("reads");
+                    let readable = log.read_stream(stream, 1, usize::MAX).expect("reads").len() as u64;
+                    assert!(version <= readable, "{stream}: version {version} with {readable} events readable");
+                    assert!(version >= *seen, "{stream}: version went back from {seen} to {version}");
+                    *seen = version;
+                }
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for _ in 0..APPENDS {
+                    let own = format!("hot-{writer}");
+                    let both = vec![
+                        (own.as_str(), ExpectedVersion::Any, vec![event("E", b"")]),
+                        ("shared", ExpectedVersion::Any, vec![event("F", b""), event("G", b"")]),
+                    ];
+                    log.append(tests::append_many(both)).await.expect("appends");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer ends");
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    assert!(reader.await.expect("the reader ends") > 0, "the reader read while the writers wrote");
+    for stream in &streams {
+        let expected = if stream == "shared" { WRITERS as u64 * APPENDS * 2 } else { APPENDS };
+        assert_eq!(log.stream_version(stream).expect("reads"), expected, "{stream}");
+    }
+
+    drop(log);
+    let log = EventLog::open(dir.path()).expect("reopens");
+    assert_eq!(log.stream_version("s-0").expect("reads"), 10);
+    assert_eq!(log.stream_version("shared").expect("reads"), WRITERS as u64 * APPENDS * 2);
+    assert_eq!(log.stream_version("never").expect("reads"), 0);
+}
+
 /// `next_scan` lends catch-up then live events in chunks, in order with no gap or
 /// repeat, after what `next` read ahead; waits when there is nothing new; and
 /// after its visitor's error goes on from the event the visitor refused.
