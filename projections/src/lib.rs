@@ -15,11 +15,13 @@
 //! | [`orders`] | [`Orders::get`], [`Orders::page_for`], [`Orders::page_all`] (newest first) |
 //! | [`dashboard`] | [`Dashboard::sales`], [`Dashboard::sales_with`] |
 //!
-//! [`Projections::start`] spawns one worker per model on the current tokio
-//! runtime. A worker subscribes to the log after its checkpoint, applies what is
-//! committed in batches and writes each batch's changes and the new checkpoint in
-//! one sled transaction, so a crash never applies an event twice or skips one (a
-//! generation being rebuilt, which a crash throws away whole, writes key by key).
+//! [`Projections::start`] spawns the live worker on the current tokio runtime. It
+//! subscribes to the log after the lowest checkpoint of the models, reads and
+//! decodes each batch of committed events once, applies it to every model (each
+//! from its own checkpoint) and writes all their changes and new checkpoints in
+//! one sled transaction, so a crash never applies an event twice or skips one. A
+//! rebuild has a worker of its own until its generation serves (a generation
+//! being rebuilt, which a crash throws away whole, writes key by key).
 //! Every query answers an [`Answer`] with the position the model had reached (for
 //! `X-Projection-Position`); `wait_for(P, timeout)` on a model's handle, or on
 //! [`Projections`] for all of them, waits for `?min_position=P`.

@@ -35,8 +35,7 @@ use store::EventLog;
 use crate::error::ProjectionError;
 use crate::records::{Cache, Decoded, be_u64};
 use crate::runtime::{
-    ApplyFn, CHECKPOINTS_TREE, Durability, META_TREE, MODELS, building_key, index_of, read_checkpoint, tree_name,
-    write_batch,
+    ApplyFn, CHECKPOINTS_TREE, META_TREE, MODELS, building_key, index_of, read_checkpoint, tree_name, write_building,
 };
 
 /// Pages each reader reads ahead of the slowest model.
@@ -504,7 +503,7 @@ impl Build {
     fn commit(&mut self, position: u64) -> Result<(), ProjectionError> {
         let batch = self.records.take_batch()?;
         // What a replay builds is `<model>.building` until the switch.
-        write_batch(self.records.tree(), &self.checkpoints, &self.tree_name, batch, position, Durability::Building)?;
+        write_building(self.records.tree(), &self.checkpoints, &self.tree_name, batch, position)?;
         self.records.trim();
         Ok(())
     }

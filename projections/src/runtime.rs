@@ -1,9 +1,11 @@
-//! The projection runtime: one worker task per read model that tails the log from
-//! the model's checkpoint, applies events in batches and writes each batch's
-//! changes and the new checkpoint in one sled transaction; rebuilds into a fresh
-//! generation of trees while the old one keeps serving (a generation being built
-//! writes without a transaction, see [`Durability`]). Each generation's worker
-//! reads its records through a bounded cache (`records::Cache`) that
+//! The projection runtime: the live worker tails the log from the lowest
+//! checkpoint of the serving generations, applies each batch to every one of them
+//! (each from its own checkpoint) and writes all their changes and checkpoints in
+//! one sled transaction (see [`commit_live`]); a rebuild builds a fresh generation
+//! of trees with a worker of its own while the old one keeps serving (writing
+//! without a transaction, see [`write_building`]), and hands it to the live worker
+//! once it has caught up. Each generation reads its records through a bounded
+//! cache (`records::Cache`) that
 //! keeps them typed from one batch to the next, so a batch reads sled only for
 //! records it did not see lately and encodes each record it changed once.
 //!
@@ -132,6 +134,8 @@ struct Shared {
     options: Options,
     workers: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
+    /// Stops the live worker.
+    stop: watch::Sender<bool>,
 }
 
 /// One generation of one model: its tree and its checkpoint.
@@ -365,66 +369,35 @@ pub(crate) fn read_checkpoint(checkpoints: &sled::Tree, tree_name: &str) -> Resu
     }
 }
 
-/// How a generation's batch is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Durability {
-    /// The generation serves: its batch and checkpoint in one sled transaction,
-    /// so a crash never applies an event twice or skips one.
-    Atomic,
-    /// The generation is being built (`<model>.building`): a crash throws it
-    /// away whole, so its batches are written key by key and then the
-    /// checkpoint. A transaction would take sled's process-wide lock and stop
-    /// the log's readers (the rebuild's own among them) while it writes.
-    Building,
-}
-
-/// Write one batch of a generation's changes and its new checkpoint: in one
-/// transaction (a crash keeps both or neither) when the generation serves.
-pub(crate) fn write_batch(
+/// Write one batch of a generation being built (by a rebuild or a replay): its
+/// changes key by key, then its checkpoint. Not atomic: a crash throws such a
+/// generation away whole (see ARCHITECTURE.md, Invariants). A transaction would
+/// take sled's process-wide lock and stop the log's readers (the rebuild's own
+/// among them) while it writes.
+pub(crate) fn write_building(
     tree: &sled::Tree,
     checkpoints: &sled::Tree,
     tree_name: &str,
     batch: Writes,
     position: u64,
-    durability: Durability,
 ) -> Result<(), ProjectionError> {
-    if durability == Durability::Building {
-        batch.write_each(tree)?;
-        checkpoints.insert(tree_name.as_bytes(), &position.to_be_bytes())?;
-        return Ok(());
-    }
-    let batch = batch.into_batch();
-    let written: Result<(), sled::transaction::TransactionError<()>> =
-        (tree, checkpoints).transaction(|(tree, checkpoints)| {
-            tree.apply_batch(&batch)?;
-            checkpoints.insert(tree_name.as_bytes(), &position.to_be_bytes())?;
-            Ok(())
-        });
-    written.map_err(|error| ProjectionError::Storage(format!("writing {tree_name}: {error:?}")))
+    batch.write_each(tree)?;
+    checkpoints.insert(tree_name.as_bytes(), &position.to_be_bytes())?;
+    Ok(())
 }
 
-/// Apply `events` (the next ones after the generation's checkpoint) and write the
-/// changes with the new checkpoint (in one transaction once the generation serves).
-fn commit(slot: &Slot, generation: &Generation, events: &[Decoded], serving: bool) -> Result<u64, ProjectionError> {
-    let mut cache = generation.cache.lock().unwrap_or_else(PoisonError::into_inner);
-    let durability = if serving { Durability::Atomic } else { Durability::Building };
-    let committed = apply_and_write(slot, generation, &mut cache, events, durability);
-    if committed.is_err() {
-        // What the cache holds may not be what the tree holds now.
-        cache.reset(false);
-    }
-    committed
-}
-
-fn apply_and_write(
+/// Apply to the generation's cache the events of `events` past its checkpoint
+/// (those at or below it are in it already). Returns the writes and the new
+/// checkpoint, or `None` when no event was new to it.
+fn apply_events(
     slot: &Slot,
     generation: &Generation,
     cache: &mut Cache,
     events: &[Decoded],
-    durability: Durability,
-) -> Result<u64, ProjectionError> {
-    let mut position = generation.checkpoint();
-    for decoded in events {
+) -> Result<Option<(Writes, u64)>, ProjectionError> {
+    let start = generation.checkpoint();
+    let mut position = start;
+    for decoded in events.iter().filter(|decoded| decoded.envelope.position > start) {
         if decoded.envelope.position != position + 1 {
             return Err(ProjectionError::Corrupt {
                 model: slot.name,
@@ -438,35 +411,149 @@ fn apply_and_write(
         }
         position = decoded.envelope.position;
     }
-    let batch = cache.take_batch()?;
-    write_batch(&generation.tree, &generation.checkpoints, &generation.tree_name, batch, position, durability)?;
-    cache.trim();
-    generation.checkpoint.store(position, Ordering::Release);
-    Ok(position)
-}
-
-/// After a batch: publish it, or, for a rebuild that reached the head, switch.
-/// Returns whether the generation serves now.
-fn settle(slot: &Slot, generation: &Arc<Generation>, serving: bool) -> Result<bool, ProjectionError> {
-    let checkpoint = generation.checkpoint();
-    if serving {
-        slot.publish(generation, checkpoint);
-        return Ok(true);
+    if position == start {
+        return Ok(None);
     }
-    if checkpoint >= slot.shared.log.head() {
-        slot.switch_to(generation)?;
-        return Ok(true);
+    Ok(Some((cache.take_batch()?, position)))
+}
+
+/// Apply `events` to a generation being rebuilt and write its batch.
+fn commit_building(slot: &Slot, generation: &Generation, events: &[Decoded]) -> Result<(), ProjectionError> {
+    let mut cache = generation.cache.lock().unwrap_or_else(PoisonError::into_inner);
+    let committed = apply_events(slot, generation, &mut cache, events).and_then(|applied| {
+        if let Some((writes, position)) = applied {
+            write_building(&generation.tree, &generation.checkpoints, &generation.tree_name, writes, position)?;
+            cache.trim();
+            generation.checkpoint.store(position, Ordering::Release);
+        }
+        Ok(())
+    });
+    if committed.is_err() {
+        // What the cache holds may not be what the tree holds now.
+        cache.reset(false);
     }
-    Ok(false)
+    committed
 }
 
-fn join_error(slot: &Slot, error: tokio::task::JoinError) -> ProjectionError {
-    ProjectionError::Stopped { model: slot.name, reason: format!("a batch task failed: {error}") }
+/// A serving generation the live worker applies events to.
+struct Member {
+    /// Its slot's place in `Work::Live::slots`.
+    index: usize,
+    slot: Arc<Slot>,
+    generation: Arc<Generation>,
 }
 
-async fn run_worker(slot: Arc<Slot>, generation: Arc<Generation>, serving: bool) {
-    if let Err(error) = project(&slot, &generation, serving).await {
-        slot.fail(&generation, &error);
+/// Apply `events` to every member, each from its own checkpoint, and write all
+/// their changes and new checkpoints in one sled transaction: a crash keeps all
+/// of them or none, so no model ever applies an event twice or skips one. One
+/// transaction for every model, not one each: a transaction takes sled's
+/// process-wide lock exclusively and rolls its IO buffer, which holds up every
+/// reader and appender. Returns what went wrong for each member (`None`: its
+/// events are written); a model whose apply fails is left out of the write.
+fn commit_live(members: &[Member], events: &[Decoded]) -> Vec<Option<ProjectionError>> {
+    let mut caches: Vec<_> =
+        members.iter().map(|member| member.generation.cache.lock().unwrap_or_else(PoisonError::into_inner)).collect();
+    let mut outcomes: Vec<Option<ProjectionError>> = members.iter().map(|_| None).collect();
+    let mut applied = Vec::with_capacity(members.len());
+    for (index, (member, cache)) in members.iter().zip(&mut caches).enumerate() {
+        match apply_events(&member.slot, &member.generation, cache, events) {
+            Ok(Some((writes, position))) => applied.push((index, writes.into_batch(), position)),
+            Ok(None) => {}
+            Err(error) => {
+                cache.reset(false);
+                outcomes[index] = Some(error);
+            }
+        }
+    }
+    let Some(&(first, ..)) = applied.first() else {
+        return outcomes;
+    };
+    let mut trees = vec![&members[first].generation.checkpoints];
+    trees.extend(applied.iter().map(|(index, ..)| &members[*index].generation.tree));
+    let written: Result<(), sled::transaction::TransactionError<()>> = trees.as_slice().transaction(|views| {
+        let Some((checkpoints, models)) = views.split_first() else {
+            return Err(sled::transaction::ConflictableTransactionError::Abort(()));
+        };
+        for ((index, batch, position), model) in applied.iter().zip(models) {
+            model.apply_batch(batch)?;
+            checkpoints.insert(members[*index].generation.tree_name.as_bytes(), &position.to_be_bytes())?;
+        }
+        Ok(())
+    });
+    match written {
+        Ok(()) => {
+            for (index, _, position) in &applied {
+                caches[*index].trim();
+                members[*index].generation.checkpoint.store(*position, Ordering::Release);
+            }
+        }
+        Err(error) => {
+            let reason = format!("writing the read models: {error:?}");
+            for (index, ..) in &applied {
+                caches[*index].reset(false);
+                outcomes[*index] = Some(ProjectionError::Storage(reason.clone()));
+            }
+        }
+    }
+    outcomes
+}
+
+/// What a worker projects.
+enum Work {
+    /// Every model's serving generation, all in one transaction per batch.
+    /// `failed` holds, per slot, the generation whose apply or write failed: it
+    /// is left out until a rebuild replaces it.
+    Live { slots: Vec<Arc<Slot>>, failed: Vec<Option<u64>> },
+    /// One model's generation being rebuilt, until it has caught up and serves
+    /// (from then on the live worker applies to it).
+    Rebuild { slot: Arc<Slot>, generation: Arc<Generation> },
+}
+
+impl Work {
+    /// The serving generations the live worker applies the next batch to.
+    fn members(&self) -> Vec<Member> {
+        let Work::Live { slots, failed } = self else {
+            return Vec::new();
+        };
+        slots
+            .iter()
+            .enumerate()
+            .map(|(index, slot)| Member { index, slot: Arc::clone(slot), generation: slot.active() })
+            .filter(|member| failed[member.index] != Some(member.generation.number))
+            .collect()
+    }
+
+    /// The first position some generation still needs.
+    fn next_position(&self, members: &[Member]) -> u64 {
+        match self {
+            Work::Live { .. } => members.iter().map(|member| member.generation.checkpoint()).min().unwrap_or(0) + 1,
+            Work::Rebuild { generation, .. } => generation.checkpoint() + 1,
+        }
+    }
+}
+
+/// What a batch's task hands back: the events' buffer, emptied, and for the live
+/// worker its members with what went wrong for each.
+type Committed = (Vec<Decoded>, Option<(Vec<Member>, Vec<Option<ProjectionError>>)>);
+
+async fn run_worker(shared: Arc<Shared>, work: Work) {
+    let rebuilding = match &work {
+        Work::Rebuild { slot, generation } => Some((Arc::clone(slot), Arc::clone(generation))),
+        Work::Live { .. } => None,
+    };
+    let slots = match &work {
+        Work::Live { slots, .. } => slots.clone(),
+        Work::Rebuild { .. } => Vec::new(),
+    };
+    if let Err(error) = project(&shared, work).await {
+        match rebuilding {
+            Some((slot, generation)) => slot.fail(&generation, &error),
+            None => {
+                for slot in &slots {
+                    slot.fail(&slot.active(), &error);
+                }
+            }
+        }
     }
 }
 
@@ -476,48 +563,69 @@ async fn run_worker(slot: Arc<Slot>, generation: Arc<Generation>, serving: bool)
 const READ_CHUNK_LEN: usize = 512;
 const REBUILD_READ_CHUNK_LEN: usize = 4096;
 
+/// How long the live worker waits before it looks again when every model has
+/// failed (a rebuild brings one back).
+const ALL_FAILED_PAUSE: Duration = Duration::from_millis(50);
+
 fn decode_into(batch: &mut Vec<Decoded>, event: &store::EventRef<'_>) -> Result<(), ProjectionError> {
     batch.push(Decoded::of_ref(event)?);
     Ok(())
 }
 
-async fn project(slot: &Arc<Slot>, generation: &Arc<Generation>, mut serving: bool) -> Result<(), ProjectionError> {
-    let log = &slot.shared.log;
-    let options = &slot.shared.options;
+async fn project(shared: &Arc<Shared>, mut work: Work) -> Result<(), ProjectionError> {
+    let log = &shared.log;
+    let options = &shared.options;
+    let live = matches!(work, Work::Live { .. });
     // A rebuild writes larger batches unless told to go gently: its records
     // change again and again (a product's stock), and each batch writes each
     // changed record once.
-    let batch_len_max = |serving: bool| match (serving, options.rebuild_batch_pause) {
+    let batch_len_max = match (live, options.rebuild_batch_pause) {
         (false, None) => options.batch_len_max.max(REBUILD_BATCH_LEN_MAX),
         _ => options.batch_len_max.max(1),
     };
-    let read_chunk_len = |serving: bool| if serving { READ_CHUNK_LEN } else { REBUILD_READ_CHUNK_LEN };
-    let mut subscription = log.subscribe(generation.checkpoint() + 1);
-    let mut stop = generation.stop.subscribe();
+    let read_chunk_len = if live { READ_CHUNK_LEN } else { REBUILD_READ_CHUNK_LEN };
+    let mut stop = match &work {
+        Work::Live { .. } => shared.stop.subscribe(),
+        Work::Rebuild { generation, .. } => generation.stop.subscribe(),
+    };
+    let mut subscription = log.subscribe(work.next_position(&work.members()));
     // The events read and decoded for the next batch: decoding is done here,
     // beside the blocking task that applies and writes the batch before it. The
     // task hands its batch's buffer back, emptied, for the batch after: two
     // buffers in turn, allocated once at full size (a rebuild's are some MB;
     // growing and freeing them batch after batch cost a tenth of its time).
-    let mut batch = Vec::with_capacity(batch_len_max(serving));
+    let mut batch = Vec::with_capacity(batch_len_max);
     let mut spare: Option<Vec<Decoded>> = None;
     loop {
         if *stop.borrow_and_update() {
             return Ok(());
         }
-        if !serving && generation.checkpoint() >= log.head() {
+        if let Work::Rebuild { slot, generation } = &work
+            && generation.checkpoint() >= log.head()
+        {
+            // Caught up: it serves from now on, and the live worker takes it on.
             let (slot, generation) = (Arc::clone(slot), Arc::clone(generation));
-            serving = tokio::task::spawn_blocking(move || settle(&slot, &generation, false))
+            return tokio::task::spawn_blocking(move || slot.switch_to(&generation))
                 .await
-                .map_err(|error| ProjectionError::Stopped { model: "rebuild", reason: error.to_string() })??;
+                .map_err(|error| ProjectionError::Stopped { model: "rebuild", reason: error.to_string() })?;
+        }
+        let mut members = work.members();
+        if live && members.is_empty() {
+            tokio::select! {
+                () = tokio::time::sleep(ALL_FAILED_PAUSE) => {}
+                _ = stop.changed() => {}
+            }
             continue;
         }
-        let batch_len_max = batch_len_max(serving);
-        let read_chunk_len = read_chunk_len(serving);
-        if serving && batch.capacity() > batch_len_max {
-            // A catch-up or rebuild is over: give its large buffers back.
-            batch.shrink_to(batch_len_max);
-            spare = None;
+        // The generations may have changed since the last batch (a rebuilt one
+        // serves now, a failed one is left out): read from where the one
+        // furthest behind stands.
+        let next = work.next_position(&members);
+        if batch.first().is_some_and(|event: &Decoded| event.envelope.position > next)
+            || (batch.is_empty() && subscription.next_position() != next)
+        {
+            batch.clear();
+            subscription = log.subscribe(next);
         }
         // Wait for the next committed event, then take what is committed after it
         // (up to a chunk at a time), decoding each straight from the stored record.
@@ -533,16 +641,33 @@ async fn project(slot: &Arc<Slot>, generation: &Arc<Generation>, mut serving: bo
             let limit = read_chunk_len.min(batch_len_max - batch.len());
             subscription.next_scan(limit, |event| decode_into(&mut batch, &event)).await?;
         }
+        if live {
+            // Waiting for the first event may have taken a while: a generation
+            // that began to serve meanwhile is in this batch too.
+            members = work.members();
+            if members.is_empty()
+                || batch.first().is_some_and(|event| event.envelope.position > work.next_position(&members))
+            {
+                continue;
+            }
+        }
         let next = spare.take().unwrap_or_else(|| Vec::with_capacity(batch_len_max));
         let mut events = std::mem::replace(&mut batch, next);
-        let mut task = {
-            let (slot, generation) = (Arc::clone(slot), Arc::clone(generation));
-            tokio::task::spawn_blocking(move || {
-                commit(&slot, &generation, &events, serving)?;
+        let mut task = match &work {
+            Work::Live { .. } => tokio::task::spawn_blocking(move || {
+                let outcomes = commit_live(&members, &events);
                 // The events are dropped here, off the worker's thread.
                 events.clear();
-                Ok::<_, ProjectionError>((settle(&slot, &generation, serving)?, events))
-            })
+                Ok::<Committed, ProjectionError>((events, Some((members, outcomes))))
+            }),
+            Work::Rebuild { slot, generation } => {
+                let (slot, generation) = (Arc::clone(slot), Arc::clone(generation));
+                tokio::task::spawn_blocking(move || {
+                    commit_building(&slot, &generation, &events)?;
+                    events.clear();
+                    Ok((events, None))
+                })
+            }
         };
         // Read and decode the next batch while this one is applied and written:
         // that is the other half of a catch-up's or rebuild's work.
@@ -561,13 +686,26 @@ async fn project(slot: &Arc<Slot>, generation: &Arc<Generation>, mut serving: bo
                 }
             }
         };
-        let emptied;
-        (serving, emptied) = joined.map_err(|error| join_error(slot, error))??;
+        let (emptied, live_outcomes) = joined.map_err(|error| ProjectionError::Stopped {
+            model: "runtime",
+            reason: format!("a batch task failed: {error}"),
+        })??;
         spare = Some(emptied);
+        if let (Some((members, outcomes)), Work::Live { failed, .. }) = (live_outcomes, &mut work) {
+            for (member, outcome) in members.iter().zip(outcomes) {
+                match outcome {
+                    None => member.slot.publish(&member.generation, member.generation.checkpoint()),
+                    Some(error) => {
+                        member.slot.fail(&member.generation, &error);
+                        failed[member.index] = Some(member.generation.number);
+                    }
+                }
+            }
+        }
         if let Some(error) = read_error {
             return Err(error);
         }
-        if !serving && let Some(pause) = options.rebuild_batch_pause {
+        if !live && let Some(pause) = options.rebuild_batch_pause {
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
                 _ = stop.changed() => {}
@@ -603,15 +741,13 @@ impl Projections {
             options,
             workers: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            stop: watch::Sender::new(false),
         });
         let mut slots = Vec::with_capacity(MODELS.len());
         for (name, apply) in MODELS {
             slots.push(open_slot(&shared, name, *apply)?);
         }
-        for slot in &slots {
-            let generation = slot.active();
-            spawn(&shared, Arc::clone(slot), generation, true);
-        }
+        spawn(&shared, Work::Live { failed: vec![None; slots.len()], slots: slots.clone() });
         let mut slots = slots.into_iter();
         let mut next = || {
             slots
@@ -694,7 +830,7 @@ impl Projections {
         *building = Some(Arc::clone(&generation));
         *slot.failure.lock().unwrap_or_else(PoisonError::into_inner) = None;
         drop(building);
-        spawn(&self.shared, Arc::clone(slot), generation, false);
+        spawn(&self.shared, Work::Rebuild { slot: Arc::clone(slot), generation });
         Ok(number)
     }
 
@@ -716,6 +852,7 @@ impl Projections {
 
     fn stop_all(&self) {
         self.shared.closed.store(true, Ordering::Release);
+        self.shared.stop.send_replace(true);
         for slot in self.slots() {
             slot.active().stop.send_replace(true);
             if let Some(building) = slot.building.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
@@ -760,8 +897,8 @@ fn open_slot(shared: &Arc<Shared>, name: &'static str, apply: ApplyFn) -> Result
     }))
 }
 
-fn spawn(shared: &Shared, slot: Arc<Slot>, generation: Arc<Generation>, serving: bool) {
-    let worker = tokio::spawn(run_worker(slot, generation, serving));
+fn spawn(shared: &Arc<Shared>, work: Work) {
+    let worker = tokio::spawn(run_worker(Arc::clone(shared), work));
     let mut workers = shared.workers.lock().unwrap_or_else(PoisonError::into_inner);
     workers.retain(|worker| !worker.is_finished());
     workers.push(worker);
