@@ -146,18 +146,24 @@ impl StateCache {
     /// `from_version` to `to_version`: advance the cached state if it was at
     /// `from_version` (or the append created the stream), so the next load needs
     /// no read at all.
+    ///
+    /// The state is taken out of the cache and put back evolved under one hold
+    /// of the lock (folding a few events is quick), not cloned: a cart's lines
+    /// would be copied for every command otherwise.
     pub(crate) fn advance(&self, stream: &str, from_version: u64, events: &[Event], to_version: u64) {
-        let state = match (self.get(stream), events.first()) {
-            (Some((version, state)), _) if version == from_version => state,
-            (None, Some(first)) if from_version == 0 => Cached::initial_for(first),
+        let mut entries = self.entries();
+        let cached_version = entries.peek(stream).map(|(version, _)| *version);
+        let (key, state) = match (cached_version, events.first()) {
+            (Some(version), _) if version == from_version => match entries.pop_entry(stream) {
+                Some((key, (_, state))) => (key, state),
+                None => return,
+            },
+            (None, Some(first)) if from_version == 0 => (stream.to_owned(), Cached::initial_for(first)),
             _ => return,
         };
-        let advanced = events.iter().try_fold(state, |state, event| state.evolve_with(event));
-        match advanced {
-            Some(state) => self.put(stream, to_version, state),
-            None => {
-                self.entries().pop(stream);
-            }
+        // A state an event does not fit is dropped: the next load reads the log.
+        if let Some(state) = events.iter().try_fold(state, |state, event| state.evolve_with(event)) {
+            entries.put(key, (to_version, state));
         }
     }
 
