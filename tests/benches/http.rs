@@ -31,9 +31,12 @@ struct WrkResult {
     p99: String,
     non_2xx: u64,
     requests: u64,
+    /// The machine's CPU time stolen by the hypervisor while wrk ran.
+    stolen: Option<f64>,
 }
 
 fn wrk(url: &str, script: &std::path::Path, seconds: u64) -> WrkResult {
+    let ticks = tests::cpu_ticks();
     let output = Command::new("wrk")
         .args(["-t2", "-c64", &format!("-d{seconds}s"), "--latency", "-s"])
         .arg(script)
@@ -41,7 +44,7 @@ fn wrk(url: &str, script: &std::path::Path, seconds: u64) -> WrkResult {
         .output()
         .expect("wrk runs (apt-get install -y wrk)");
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let mut result = WrkResult::default();
+    let mut result = WrkResult { stolen: tests::stolen_percent(ticks, tests::cpu_ticks()), ..WrkResult::default() };
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
@@ -179,12 +182,17 @@ fn main() {
         (result, (after.appends - before.appends, after.batches - before.batches))
     });
 
-    println!("| server | requests/s | p50 | p99 | non-2xx | requests |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| server | requests/s | p50 | p99 | non-2xx | requests | CPU stolen |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for (name, result) in [("axum JSON echo", &echo_result), ("shoplog durable commands", &shop_result)] {
         println!(
-            "| {name} | {:.0} | {} | {} | {} | {} |",
-            result.requests_per_second, result.p50, result.p99, result.non_2xx, result.requests
+            "| {name} | {:.0} | {} | {} | {} | {} | {} |",
+            result.requests_per_second,
+            result.p50,
+            result.p99,
+            result.non_2xx,
+            result.requests,
+            tests::stolen_cell(result.stolen)
         );
     }
     println!();

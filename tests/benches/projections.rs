@@ -222,6 +222,8 @@ struct Lag {
     rate: f64,
     p50: Duration,
     p99: Duration,
+    /// The machine's CPU time stolen by the hypervisor meanwhile.
+    stolen: Option<f64>,
 }
 
 /// One restock every millisecond for 5 s; each timed from its acknowledgement to
@@ -231,6 +233,7 @@ async fn measure_lag(service: &CommandService, projections: &projections::Projec
     // mean rate is the 1,000/s asked for, not what a 1 ms timer on a busy machine
     // happens to reach.
     let mut lags = Vec::new();
+    let ticks = tests::cpu_ticks();
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     let mut waits = Vec::new();
@@ -259,7 +262,7 @@ async fn measure_lag(service: &CommandService, projections: &projections::Projec
     }
     lags.sort();
     let percentile = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)];
-    Lag { rate, p50: percentile(0.50), p99: percentile(0.99) }
+    Lag { rate, p50: percentile(0.50), p99: percentile(0.99), stolen: tests::stolen_percent(ticks, tests::cpu_ticks()) }
 }
 
 fn main() {
@@ -379,6 +382,7 @@ fn main() {
                 "| ack -> visible in catalog, {when}, p99 at {rate:.0} commands/s | {:.2} ms | <= 10 ms |",
                 ms(lag.p99)
             );
+            println!("|   CPU stolen by the hypervisor meanwhile | {} | |", tests::stolen_cell(lag.stolen));
         }
         for (head, rss) in &memory {
             println!("| RSS with {head} events in the log | {rss:.0} MiB | flat |");

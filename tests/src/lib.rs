@@ -89,3 +89,28 @@ pub fn seed(test: &str) -> u64 {
     eprintln!("{test}: seed {seed} (rerun with SHOPLOG_SEED={seed})");
     seed
 }
+
+/// The machine's CPU time from the first line of `/proc/stat`: (stolen by the
+/// hypervisor, all), in clock ticks; `None` where there is no such file.
+pub fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> =
+        stat.lines().next()?.split_whitespace().skip(1).map(|field| field.parse().ok()).collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is in user already).
+    let steal = *fields.get(7)?;
+    Some((steal, fields.iter().take(8).sum()))
+}
+
+/// The share of the machine's CPU time stolen by the hypervisor between two
+/// readings of [`cpu_ticks`], in percent: benchmarks print it beside what they
+/// measured, as it makes runs on a shared machine differ.
+pub fn stolen_percent(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((steal_before, total_before), (steal_after, total_after)) = (before?, after?);
+    let total = total_after.checked_sub(total_before).filter(|total| *total > 0)?;
+    Some(100.0 * steal_after.saturating_sub(steal_before) as f64 / total as f64)
+}
+
+/// [`stolen_percent`] for a table cell: `12 %`, or `-` where it cannot be read.
+pub fn stolen_cell(stolen: Option<f64>) -> String {
+    stolen.map_or_else(|| "-".to_owned(), |stolen| format!("{stolen:.0} %"))
+}
