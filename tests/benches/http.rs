@@ -5,7 +5,8 @@
 //! `-- --seconds 20` for a longer run). Both servers run in this process, each in
 //! turn, on loopback; wrk runs as a separate process. The shoplog mix: half product
 //! restocks by the admin over 100 products, half cart adds by 200 logged-in
-//! customers over 50 products each; every 2xx is an fsynced append.
+//! customers over 50 products each; every 2xx is an fsynced append. Each phase
+//! also reports the share of the machine's CPU the hypervisor stole meanwhile.
 
 /// The `shoplog` binary's allocator, so the figures are the binary's.
 #[global_allocator]

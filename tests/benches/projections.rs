@@ -4,7 +4,8 @@
 //!   applies, from position 0 to the head (target ≥ 500,000/s);
 //! - **lag**: from a command's acknowledgement to the catalog reflecting it, at
 //!   1,000 commands/s (target p99 ≤ 10 ms), in the steady state (before the
-//!   rebuilds), again right after the rebuilds, and once more 10 s later;
+//!   rebuilds), again right after the rebuilds, and once more 10 s later, each
+//!   with the share of the machine's CPU the hypervisor stole meanwhile;
 //! - **memory**: the process's RSS as the log grows (target: flat);
 //! - **replay**: events per second that `projections::replay` (`shoplog replay`)
 //!   reads, decodes and applies to all four models offline, against reading the
