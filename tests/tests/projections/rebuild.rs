@@ -196,3 +196,54 @@ async fn a_rebuild_stopped_part_way_is_thrown_away_at_the_next_start() {
     assert_same(&live, &dumps(&projections));
     projections.shutdown().await;
 }
+
+/// A read model whose apply fails stops alone: the live worker goes on applying
+/// the others, the failure shows in the model's status, and a rebuild of that
+/// model brings it back to serving live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_fails_stops_alone_and_a_rebuild_brings_it_back() {
+    let super::Shop { log, projections, _dir } =
+        super::given([super::created("mug-1", 1299, 5), super::created("cup-1", 500, 5)]).await;
+    projections.shutdown().await;
+    // Damage the catalog's record of mug-1 where a fresh runtime, whose cache is
+    // empty, reads it: the next event about mug-1 cannot be applied to it.
+    let catalog_tree = log.open_tree("catalog.g1").expect("opens");
+    let damaged = catalog_tree.insert(b"p:mug-1", &[0xff, 0xff, 0xff][..]).expect("writes");
+    assert!(damaged.is_some(), "the catalog held mug-1");
+    let shop = super::Shop { projections: Projections::start(log.clone()).expect("restarts"), log, _dir };
+    let catalog = shop.projections.catalog();
+    let failure = |projections: &Projections| {
+        let status = projections.status().into_iter().find(|status| status.name == "catalog").expect("listed");
+        status.failure
+    };
+
+    shop.append(None, super::restocked("mug-1", 2)).await;
+    let failed_at = shop.log.head();
+    for other in [
+        shop.projections.carts().wait_for(failed_at, WAIT).await,
+        shop.projections.orders().wait_for(failed_at, WAIT).await,
+        shop.projections.dashboard().wait_for(failed_at, WAIT).await,
+    ] {
+        other.expect("the other models apply the event");
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while failure(&shop.projections).is_none() {
+        assert!(std::time::Instant::now() < deadline, "the catalog's failure never showed in its status");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(catalog.position() < failed_at, "the failed model did not move past the event it could not apply");
+    shop.append(None, super::restocked("cup-1", 1)).await;
+    let later = shop.log.head();
+    shop.projections.dashboard().wait_for(later, WAIT).await.expect("the others go on after the failure");
+    assert!(catalog.wait_for(later, Duration::from_millis(200)).await.is_err(), "the failed model stays behind");
+
+    let generation = shop.projections.rebuild("catalog").expect("a rebuild starts");
+    catalog.wait_for_generation(generation, WAIT).await.expect("the rebuilt catalog serves");
+    assert_eq!(failure(&shop.projections), None, "a rebuild clears the failure");
+    shop.append(None, super::restocked("mug-1", 1)).await;
+    shop.settle().await;
+    let mug = catalog.get(&super::sku("mug-1")).expect("queries").value.expect("listed");
+    assert_eq!(mug.on_hand, 5 + 2 + 1, "the rebuilt catalog has every restock, the last one applied live");
+    assert_eq!(catalog.get(&super::sku("cup-1")).expect("queries").value.expect("listed").on_hand, 6);
+    shop.projections.shutdown().await;
+}
