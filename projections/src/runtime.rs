@@ -536,21 +536,34 @@ impl Work {
 /// worker its members with what went wrong for each.
 type Committed = (Vec<Decoded>, Option<(Vec<Member>, Vec<Option<ProjectionError>>)>);
 
-async fn run_worker(shared: Arc<Shared>, work: Work) {
-    let rebuilding = match &work {
-        Work::Rebuild { slot, generation } => Some((Arc::clone(slot), Arc::clone(generation))),
-        Work::Live { .. } => None,
-    };
-    let slots = match &work {
-        Work::Live { slots, .. } => slots.clone(),
-        Work::Rebuild { .. } => Vec::new(),
-    };
-    if let Err(error) = project(&shared, work).await {
-        match rebuilding {
-            Some((slot, generation)) => slot.fail(&generation, &error),
-            None => {
-                for slot in &slots {
-                    slot.fail(&slot.active(), &error);
+async fn run_worker(shared: Arc<Shared>, mut work: Work) {
+    loop {
+        let Err(error) = project(&shared, &mut work).await else {
+            return;
+        };
+        match &mut work {
+            Work::Rebuild { slot, generation } => {
+                slot.fail(generation, &error);
+                return;
+            }
+            Work::Live { slots, failed } => {
+                // Reading the log failed (or a batch's task panicked): every
+                // serving model stops where it is. The live worker goes on, so
+                // that a model rebuilt from now on serves live again.
+                for (slot, failed) in slots.iter().zip(failed.iter_mut()) {
+                    let generation = slot.active();
+                    if *failed != Some(generation.number) {
+                        slot.fail(&generation, &error);
+                        *failed = Some(generation.number);
+                    }
+                }
+                let mut stop = shared.stop.subscribe();
+                if *stop.borrow_and_update() {
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(ALL_FAILED_PAUSE) => {}
+                    _ = stop.changed() => {}
                 }
             }
         }
@@ -564,7 +577,7 @@ const READ_CHUNK_LEN: usize = 512;
 const REBUILD_READ_CHUNK_LEN: usize = 4096;
 
 /// How long the live worker waits before it looks again when every model has
-/// failed (a rebuild brings one back).
+/// failed (a rebuild brings one back), or after reading the log failed.
 const ALL_FAILED_PAUSE: Duration = Duration::from_millis(50);
 
 fn decode_into(batch: &mut Vec<Decoded>, event: &store::EventRef<'_>) -> Result<(), ProjectionError> {
@@ -572,7 +585,7 @@ fn decode_into(batch: &mut Vec<Decoded>, event: &store::EventRef<'_>) -> Result<
     Ok(())
 }
 
-async fn project(shared: &Arc<Shared>, mut work: Work) -> Result<(), ProjectionError> {
+async fn project(shared: &Arc<Shared>, work: &mut Work) -> Result<(), ProjectionError> {
     let log = &shared.log;
     let options = &shared.options;
     let live = matches!(work, Work::Live { .. });
@@ -584,7 +597,7 @@ async fn project(shared: &Arc<Shared>, mut work: Work) -> Result<(), ProjectionE
         _ => options.batch_len_max.max(1),
     };
     let read_chunk_len = if live { READ_CHUNK_LEN } else { REBUILD_READ_CHUNK_LEN };
-    let mut stop = match &work {
+    let mut stop = match &*work {
         Work::Live { .. } => shared.stop.subscribe(),
         Work::Rebuild { generation, .. } => generation.stop.subscribe(),
     };
@@ -600,7 +613,7 @@ async fn project(shared: &Arc<Shared>, mut work: Work) -> Result<(), ProjectionE
         if *stop.borrow_and_update() {
             return Ok(());
         }
-        if let Work::Rebuild { slot, generation } = &work
+        if let Work::Rebuild { slot, generation } = &*work
             && generation.checkpoint() >= log.head()
         {
             // Caught up: it serves from now on, and the live worker takes it on.
@@ -653,7 +666,7 @@ async fn project(shared: &Arc<Shared>, mut work: Work) -> Result<(), ProjectionE
         }
         let next = spare.take().unwrap_or_else(|| Vec::with_capacity(batch_len_max));
         let mut events = std::mem::replace(&mut batch, next);
-        let mut task = match &work {
+        let mut task = match &*work {
             Work::Live { .. } => tokio::task::spawn_blocking(move || {
                 let outcomes = commit_live(&members, &events);
                 // The events are dropped here, off the worker's thread.
@@ -691,7 +704,7 @@ async fn project(shared: &Arc<Shared>, mut work: Work) -> Result<(), ProjectionE
             reason: format!("a batch task failed: {error}"),
         })??;
         spare = Some(emptied);
-        if let (Some((members, outcomes)), Work::Live { failed, .. }) = (live_outcomes, &mut work) {
+        if let (Some((members, outcomes)), Work::Live { failed, .. }) = (live_outcomes, &mut *work) {
             for (member, outcome) in members.iter().zip(outcomes) {
                 match outcome {
                     None => member.slot.publish(&member.generation, member.generation.checkpoint()),
