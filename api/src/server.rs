@@ -136,11 +136,12 @@ fn open_state(config: &Config) -> anyhow::Result<AppState> {
 /// The read models' workers run on a runtime of their own, one worker thread (and
 /// its blocking pool for their batch commits), not on the threads that serve HTTP.
 ///
-/// Measured with `cargo bench -p tests --bench http` (docs/BENCHMARKS.md, issue 4):
-/// on the serving runtime the four workers' reads and decodes of every new event
-/// queued in front of requests, and their commits (a sled transaction per model
-/// per fsync, which takes sled's process-wide lock exclusively) stalled the two
-/// serving threads' own sled reads. Apart, durable commands ran 8-22 % faster.
+/// Measured with `cargo bench -p tests --bench http` (docs/BENCHMARKS.md, issue 4),
+/// when each model still had a worker of its own: on the serving runtime the
+/// workers' reads and decodes of every new event queued in front of requests, and
+/// their commits (sled transactions, which take sled's process-wide lock
+/// exclusively) stalled the two serving threads' own sled reads. Apart, durable
+/// commands ran 8-22 % faster.
 #[derive(Debug)]
 pub struct ProjectionRuntime(Option<tokio::runtime::Runtime>);
 

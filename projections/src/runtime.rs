@@ -523,6 +523,14 @@ impl Work {
             .collect()
     }
 
+    /// Whose work it is, for errors.
+    fn name(&self) -> &'static str {
+        match self {
+            Work::Live { .. } => "read models",
+            Work::Rebuild { slot, .. } => slot.name,
+        }
+    }
+
     /// The first position some generation still needs.
     fn next_position(&self, members: &[Member]) -> u64 {
         match self {
@@ -617,10 +625,10 @@ async fn project(shared: &Arc<Shared>, work: &mut Work) -> Result<(), Projection
             && generation.checkpoint() >= log.head()
         {
             // Caught up: it serves from now on, and the live worker takes it on.
-            let (slot, generation) = (Arc::clone(slot), Arc::clone(generation));
+            let (slot_name, slot, generation) = (slot.name, Arc::clone(slot), Arc::clone(generation));
             return tokio::task::spawn_blocking(move || slot.switch_to(&generation))
                 .await
-                .map_err(|error| ProjectionError::Stopped { model: "rebuild", reason: error.to_string() })?;
+                .map_err(|error| ProjectionError::Stopped { model: slot_name, reason: error.to_string() })?;
         }
         let mut members = work.members();
         if live && members.is_empty() {
@@ -700,7 +708,7 @@ async fn project(shared: &Arc<Shared>, work: &mut Work) -> Result<(), Projection
             }
         };
         let (emptied, live_outcomes) = joined.map_err(|error| ProjectionError::Stopped {
-            model: "runtime",
+            model: work.name(),
             reason: format!("a batch task failed: {error}"),
         })??;
         spare = Some(emptied);
@@ -738,7 +746,7 @@ pub struct Projections {
 }
 
 impl Projections {
-    /// Start a worker per read model on the current tokio runtime, each from its
+    /// Start the live worker on the current tokio runtime, every model from its
     /// checkpoint, with default options.
     pub fn start(log: EventLog) -> Result<Projections, ProjectionError> {
         Self::start_with(log, Options::default())

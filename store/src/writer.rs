@@ -123,8 +123,8 @@ pub(crate) struct Writer {
     pub health: Arc<Health>,
     pub tail: Tail,
     pub batch_len_max: usize,
-    /// The last version of streams the writer wrote or read, so that a hot
-    /// stream's head is not looked up in sled for every append. Only the writer
+    /// The last version of streams the writer wrote, so that a hot stream's
+    /// head is not looked up in sled for every append. Only the writer
     /// writes streams, so an entry stays true; it is emptied when it reaches
     /// [`STREAM_HEADS_CACHED_MAX`].
     pub stream_heads: HashMap<String, u64>,
@@ -520,7 +520,7 @@ impl Staged {
         let mut records = Vec::with_capacity(request.event_count());
         let mut tail = Tail { last_recorded_micros: micros, ..self.tail };
         let mut versions = Vec::with_capacity(request.streams.len());
-        let mut heads = Vec::with_capacity(request.streams.len());
+        let mut heads: Vec<(&str, StreamHead)> = Vec::with_capacity(request.streams.len());
         for (stream, current) in request.streams.iter().zip(current_versions) {
             let mut version = current;
             for event in &stream.events {
@@ -570,7 +570,7 @@ impl Staged {
                 records.push((header.position, stream.stream.as_str(), version, bytes));
             }
             if version > current {
-                heads.push(StreamHead { version, position: tail.head });
+                heads.push((&stream.stream, StreamHead { version, position: tail.head }));
             }
             versions.push(StreamVersion { stream: stream.stream.clone(), version });
         }
@@ -580,8 +580,8 @@ impl Staged {
             self.events.push((position.to_be_bytes(), bytes));
             self.streams.push((trees::stream_key(stream, version), position.to_be_bytes()));
         }
-        for (stream, head) in request.streams.iter().filter(|stream| !stream.events.is_empty()).zip(heads) {
-            self.stream_heads.insert(stream.stream.clone(), head);
+        for (stream, head) in heads {
+            self.stream_heads.insert(stream.to_owned(), head);
         }
         for (subject, key) in new_keys {
             self.keys.push((*subject.as_bytes(), key.to_vec()));
