@@ -28,6 +28,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::RECORD_LEN_MAX;
+use crate::chunk;
 use crate::error::StoreError;
 use crate::fill::Filler;
 use crate::log::EventLog;
@@ -193,25 +194,19 @@ impl EventLog {
         let mut tally = Tally::new();
         let mut subjects = BTreeSet::new();
         if head > 0 {
-            for item in trees.events.range(1u64.to_be_bytes()..=head.to_be_bytes()) {
-                let (key, bytes) = item?;
-                let expected = tally.events + 1;
-                let position =
-                    be_u64(&key).ok_or_else(|| StoreError::corrupt(expected, "event key is not a position"))?;
-                if position != expected {
-                    return Err(StoreError::corrupt(expected, "missing from the log"));
-                }
-                let record = record::parse(&bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
+            chunk::walk(&trees.events, 1, head, |position, bytes| {
+                let record = record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
                 if record::chain_hash(&tally.last_hash, record.body) != record.hash {
                     return Err(StoreError::corrupt(position, "hash does not match the record and the previous hash"));
                 }
                 tally.record(record.hash, record.header.recorded_at_micros);
                 subjects.extend(record.header.subject);
-                out.frame(RECORD, &bytes)?;
+                out.frame(RECORD, bytes)?;
                 if position.is_multiple_of(4096) {
                     progress(position);
                 }
-            }
+                Ok(true)
+            })?;
         }
         if tally.events != head {
             return Err(StoreError::corrupt(tally.events + 1, "missing from the log"));

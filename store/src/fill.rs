@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
+use crate::chunk::{self, CHUNK_LEN_MAX, CHUNK_RECORDS_MAX};
 use crate::error::StoreError;
 use crate::log::sled_config;
-use crate::record::{FORMAT_V1, GENESIS_HASH};
+use crate::record::GENESIS_HASH;
 use crate::seal::SubjectKey;
 use crate::trees::{self, Trees};
 
@@ -22,6 +23,9 @@ pub(crate) struct Filler {
     pub head: u64,
     pub last_hash: [u8; 32],
     pub last_recorded_micros: i64,
+    /// Records not yet written, packed into a chunk when there are enough.
+    pending: Vec<(u64, Vec<u8>)>,
+    pending_len: usize,
 }
 
 impl Filler {
@@ -31,7 +35,16 @@ impl Filler {
         std::fs::create_dir_all(dir)?;
         let db = sled_config(dir, 64 * 1024 * 1024).open()?;
         let trees = Trees::open(&db)?;
-        Ok(Filler { path: dir.to_path_buf(), db, trees, head: 0, last_hash: GENESIS_HASH, last_recorded_micros: 0 })
+        Ok(Filler {
+            path: dir.to_path_buf(),
+            db,
+            trees,
+            head: 0,
+            last_hash: GENESIS_HASH,
+            last_recorded_micros: 0,
+            pending: Vec::with_capacity(CHUNK_RECORDS_MAX),
+            pending_len: 0,
+        })
     }
 
     /// Add the next record: it must be at `head + 1` and chained to `last_hash`
@@ -45,11 +58,24 @@ impl Filler {
         hash: [u8; 32],
         recorded_micros: i64,
     ) -> Result<(), StoreError> {
-        self.trees.events.insert(position.to_be_bytes(), bytes)?;
+        self.pending.push((position, bytes.to_vec()));
+        self.pending_len += bytes.len();
+        if self.pending.len() == CHUNK_RECORDS_MAX || self.pending_len >= CHUNK_LEN_MAX {
+            self.write_pending()?;
+        }
         self.trees.streams.insert(trees::stream_key(stream, version), &position.to_be_bytes())?;
         self.head = position;
         self.last_hash = hash;
         self.last_recorded_micros = self.last_recorded_micros.max(recorded_micros);
+        Ok(())
+    }
+
+    fn write_pending(&mut self) -> Result<(), StoreError> {
+        for (first, bytes) in chunk::pack(self.pending.iter().map(|(position, bytes)| (*position, bytes.as_slice()))) {
+            self.trees.events.insert(first, bytes)?;
+        }
+        self.pending.clear();
+        self.pending_len = 0;
         Ok(())
     }
 
@@ -68,9 +94,10 @@ impl Filler {
 
     /// Write the tail and make everything durable: sled's flush, `fdatasync` of its
     /// log file, and the directory. Returns the directory.
-    pub fn finish(self) -> Result<PathBuf, StoreError> {
+    pub fn finish(mut self) -> Result<PathBuf, StoreError> {
+        self.write_pending()?;
         let meta = &self.trees.meta;
-        meta.insert(trees::META_FORMAT, &[FORMAT_V1])?;
+        meta.insert(trees::META_FORMAT, &[trees::LOG_FORMAT])?;
         meta.insert(trees::META_HEAD, &self.head.to_be_bytes())?;
         meta.insert(trees::META_LAST_HASH, &self.last_hash)?;
         meta.insert(trees::META_LAST_RECORDED_AT, &self.last_recorded_micros.to_be_bytes())?;

@@ -14,6 +14,7 @@
 //! not yet durable.
 
 mod backup;
+mod chunk;
 pub mod codec;
 mod error;
 mod fill;

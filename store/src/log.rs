@@ -14,8 +14,9 @@ use chrono::DateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+use crate::chunk;
 use crate::error::StoreError;
-use crate::record::{self, FORMAT_V1, GENESIS_HASH, StoredRecord};
+use crate::record::{self, GENESIS_HASH, StoredRecord};
 use crate::seal;
 use crate::trees::{self, Trees, be_u64};
 use crate::types::{AppendRequest, AppendResult, CommitStats, EventRef, RecordedEvent, VerifyReport};
@@ -125,8 +126,8 @@ impl EventLog {
             }
         }
         let tail = read_tail(&trees)?;
-        if trees.meta.get(trees::META_FORMAT)?.is_none() {
-            trees.meta.insert(trees::META_FORMAT, &[FORMAT_V1])?;
+        if trees.meta.get(trees::META_FORMAT)?.as_deref() != Some(&[trees::LOG_FORMAT]) {
+            trees.meta.insert(trees::META_FORMAT, &[trees::LOG_FORMAT])?;
         }
 
         let (jobs_sender, jobs) = mpsc::channel(options.queue_len_max.max(1));
@@ -320,14 +321,9 @@ impl EventLog {
             _ => self.stored_hash(from - 1)?,
         };
         let mut seen = 0;
-        for item in self.inner.trees.events.range(from.to_be_bytes()..=head.to_be_bytes()).take(limit) {
-            let (key, bytes) = item.map_err(StoreError::from)?;
-            let expected = from + seen as u64;
-            let position = be_u64(&key).ok_or_else(|| StoreError::corrupt(0, "event key is not a position"))?;
-            if position != expected {
-                return Err(StoreError::corrupt(expected, "missing from the log").into());
-            }
-            let record = record::parse(&bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
+        let last = head.min(from.saturating_add(limit as u64 - 1));
+        chunk::walk::<E>(&self.inner.trees.events, from, last, |position, bytes| {
+            let record = record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
             if record::chain_hash(&previous_hash, record.body) != record.hash {
                 return Err(
                     StoreError::corrupt(position, "hash does not match the record and the previous hash").into()
@@ -336,6 +332,10 @@ impl EventLog {
             previous_hash = record.hash;
             visit(self.decode_record(position, record)?)?;
             seen += 1;
+            Ok(true)
+        })?;
+        if seen as u64 != last + 1 - from {
+            return Err(StoreError::corrupt(from + seen as u64, "missing from the log").into());
         }
         Ok(seen)
     }
@@ -386,24 +386,18 @@ impl EventLog {
     }
 
     fn stored_hash(&self, position: u64) -> Result<[u8; 32], StoreError> {
-        let bytes = self
-            .inner
-            .trees
-            .events
-            .get(position.to_be_bytes())?
-            .ok_or_else(|| StoreError::corrupt(position, "missing from the log"))?;
-        Ok(record::parse(&bytes).map_err(|reason| StoreError::corrupt(position, reason))?.hash)
+        chunk::read(&self.inner.trees.events, position, |bytes| {
+            Ok(record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?.hash)
+        })?
+        .ok_or_else(|| StoreError::corrupt(position, "missing from the log"))
     }
 
     fn read_position(&self, position: u64) -> Result<RecordedEvent, StoreError> {
-        let bytes = self
-            .inner
-            .trees
-            .events
-            .get(position.to_be_bytes())?
-            .ok_or_else(|| StoreError::corrupt(position, "indexed event is missing"))?;
-        let record = record::parse(&bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
-        Ok(self.decode_record(position, record)?.into_owned())
+        chunk::read(&self.inner.trees.events, position, |bytes| {
+            let record = record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
+            Ok(self.decode_record(position, record)?.into_owned())
+        })?
+        .ok_or_else(|| StoreError::corrupt(position, "indexed event is missing"))
     }
 
     /// Check a parsed record's position, open its seal and upcast its payload.
@@ -472,17 +466,8 @@ impl EventLog {
         let mut previous_hash = GENESIS_HASH;
         let mut expected_position = 1;
         let mut stream_versions: HashMap<String, u64> = HashMap::new();
-        for item in trees.events.iter() {
-            let (key, bytes) = item?;
-            let position =
-                be_u64(&key).ok_or_else(|| StoreError::corrupt(expected_position, "event key is not a position"))?;
-            if position != expected_position {
-                return Err(StoreError::corrupt(
-                    expected_position,
-                    format!("missing: the next stored position is {position}"),
-                ));
-            }
-            let record = record::parse(&bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
+        chunk::walk(&trees.events, 1, u64::MAX, |position, bytes| {
+            let record = record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
             if record.header.position != position {
                 return Err(StoreError::corrupt(position, format!("record says position {}", record.header.position)));
             }
@@ -515,7 +500,8 @@ impl EventLog {
             }
             previous_hash = record.hash;
             expected_position += 1;
-        }
+            Ok(true)
+        })?;
         let head = expected_position - 1;
         let index_len = trees.streams.len() as u64;
         if index_len != head {
@@ -653,26 +639,22 @@ fn read_tail(trees: &Trees) -> Result<Tail, StoreError> {
             .ok_or_else(|| StoreError::corrupt(head, "stored time is not 8 bytes"))?,
     };
     if let Some(format) = meta(trees::META_FORMAT)?
-        && format.as_ref() != [FORMAT_V1]
+        && !matches!(format.as_ref(), [known] if trees::LOG_FORMATS_READ.contains(known))
     {
         return Err(StoreError::corrupt(0, format!("unknown log format {:?}", format.as_ref())));
     }
-    match trees.events.last()? {
-        None if head == 0 => {}
-        None => return Err(StoreError::corrupt(head, "the stored head has no event")),
-        Some((key, bytes)) => {
-            let last = be_u64(&key).ok_or_else(|| StoreError::corrupt(head, "event key is not a position"))?;
-            if last != head {
-                return Err(StoreError::corrupt(
-                    head,
-                    format!("the stored head is {head} but the last event is {last}"),
-                ));
-            }
-            let record = record::parse(&bytes).map_err(|reason| StoreError::corrupt(head, reason))?;
-            if record.hash != last_hash {
-                return Err(StoreError::corrupt(head, "the last event's hash is not the stored last hash"));
-            }
+    let last = chunk::last(&trees.events, |last, bytes| {
+        if last != head {
+            return Err(StoreError::corrupt(head, format!("the stored head is {head} but the last event is {last}")));
         }
+        Ok(record::parse(bytes).map_err(|reason| StoreError::corrupt(head, reason))?.hash)
+    })?;
+    match last {
+        None if head != 0 => return Err(StoreError::corrupt(head, "the stored head has no event")),
+        Some(hash) if hash != last_hash => {
+            return Err(StoreError::corrupt(head, "the last event's hash is not the stored last hash"));
+        }
+        _ => {}
     }
     Ok(Tail { head, last_hash, last_recorded_micros })
 }

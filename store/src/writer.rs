@@ -33,6 +33,7 @@ use sled::transaction::ConflictableTransactionError;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+use crate::chunk::{self, Records};
 use crate::error::StoreError;
 use crate::record::{self, Header};
 use crate::seal::{self, SubjectKey};
@@ -203,7 +204,9 @@ impl Writer {
             })
             .collect();
         if staged.written > 0 {
-            let committed = if staged.forgets { self.transact(&staged) } else { self.insert_in_order(&staged) };
+            let chunks = chunk::pack(staged.events.iter().map(|(position, bytes)| (*position, bytes.as_slice())));
+            let committed =
+                if staged.forgets { self.transact(&staged, &chunks) } else { self.insert_in_order(&staged, &chunks) };
             if let Err(reason) = committed {
                 self.health.fail(reason.clone());
                 let outcomes = outcomes
@@ -230,7 +233,7 @@ impl Writer {
     }
 
     /// The batch's writes key by key, the stored head last (see the module's doc).
-    fn insert_in_order(&self, staged: &Staged) -> Result<(), String> {
+    fn insert_in_order(&self, staged: &Staged, chunks: &[([u8; 8], Vec<u8>)]) -> Result<(), String> {
         let trees = &self.trees;
         let failed = |error: sled::Error| format!("writing the batch failed: {error}");
         let mut marker = Vec::with_capacity(8 + 32 * staged.idempotency.len());
@@ -242,8 +245,8 @@ impl Writer {
         for (subject, key) in &staged.keys {
             trees.keys.insert(subject, key.as_slice()).map_err(failed)?;
         }
-        for (position, bytes) in &staged.events {
-            trees.events.insert(position, bytes.as_slice()).map_err(failed)?;
+        for (first, bytes) in chunks {
+            trees.events.insert(first, bytes.as_slice()).map_err(failed)?;
         }
         for (key, position) in &staged.streams {
             trees.streams.insert(key.as_slice(), position).map_err(failed)?;
@@ -255,12 +258,12 @@ impl Writer {
     }
 
     /// The batch's writes to every tree, in one sled transaction.
-    fn transact(&self, staged: &Staged) -> Result<(), String> {
+    fn transact(&self, staged: &Staged, chunks: &[([u8; 8], Vec<u8>)]) -> Result<(), String> {
         let trees = self.trees.all();
         let tail = staged.tail;
         let written: Result<(), sled::transaction::TransactionError<()>> = trees.as_slice().transaction(|tx| {
-            for (position, bytes) in &staged.events {
-                tx[trees::EVENTS].insert(position, bytes.as_slice())?;
+            for (first, bytes) in chunks {
+                tx[trees::EVENTS].insert(first, bytes.as_slice())?;
             }
             for (key, position) in &staged.streams {
                 tx[trees::STREAMS].insert(key.as_slice(), position)?;
@@ -315,27 +318,36 @@ pub(crate) fn drop_torn_batch(trees: &Trees) -> Result<Option<u64>, StoreError> 
     for key in idempotency_keys.chunks_exact(32) {
         trees.idempotency.remove(key)?;
     }
+    // The writer makes a batch's chunks from its own records only, so every
+    // chunk of the torn batch begins past the head.
     let mut dropped = 0;
     for item in trees.events.range(first.to_be_bytes()..) {
         let (key, bytes) = item?;
-        let position = trees::be_u64(&key).ok_or_else(|| StoreError::corrupt(head, "event key is not a position"))?;
-        let record = record::parse(&bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
-        let index_key = trees::stream_key(&record.header.stream, record.header.version);
-        if trees.streams.get(&index_key)?.as_deref().and_then(trees::be_u64) == Some(position) {
-            trees.streams.remove(index_key)?;
+        let chunk_first =
+            trees::be_u64(&key).ok_or_else(|| StoreError::corrupt(head, "event key is not a position"))?;
+        let records = Records::parse(&bytes).map_err(|reason| StoreError::corrupt(chunk_first, reason))?;
+        for index in 0..records.len() {
+            let position = chunk_first + index as u64;
+            let bytes = records.get(index).ok_or_else(|| StoreError::corrupt(position, "chunk is cut short"))?;
+            let record = record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
+            let index_key = trees::stream_key(&record.header.stream, record.header.version);
+            if trees.streams.get(&index_key)?.as_deref().and_then(trees::be_u64) == Some(position) {
+                trees.streams.remove(index_key)?;
+            }
+            dropped += 1;
         }
         trees.events.remove(key)?;
-        dropped += 1;
     }
     // The tail may hold the torn batch's hash and time: take them from the
     // record at the head again.
-    let tail = match trees.events.get(head.to_be_bytes())? {
+    let at_head = chunk::read(&trees.events, head, |bytes| {
+        let record = record::parse(bytes).map_err(|reason| StoreError::corrupt(head, reason))?;
+        Ok(Tail { head, last_hash: record.hash, last_recorded_micros: record.header.recorded_at_micros })
+    })?;
+    let tail = match at_head {
         None if head == 0 => Tail { head, last_hash: record::GENESIS_HASH, last_recorded_micros: 0 },
         None => return Err(StoreError::corrupt(head, "the stored head has no event")),
-        Some(bytes) => {
-            let record = record::parse(&bytes).map_err(|reason| StoreError::corrupt(head, reason))?;
-            Tail { head, last_hash: record.hash, last_recorded_micros: record.header.recorded_at_micros }
-        }
+        Some(tail) => tail,
     };
     write_tail(&trees.meta, &tail)?;
     trees.meta.remove(trees::META_BATCH)?;
@@ -441,7 +453,8 @@ struct StoredIdempotency {
 /// requests in the batch see what earlier ones staged.
 struct Staged {
     tail: Tail,
-    events: Vec<([u8; 8], Vec<u8>)>,
+    /// Each record with its position, packed into chunks when written.
+    events: Vec<(u64, Vec<u8>)>,
     streams: Vec<(Vec<u8>, [u8; 8])>,
     idempotency: Vec<([u8; 32], Vec<u8>)>,
     keys: Vec<([u8; 16], Vec<u8>)>,
@@ -577,7 +590,7 @@ impl Staged {
 
         // Every check passed: add it all to the batch.
         for (position, stream, version, bytes) in records {
-            self.events.push((position.to_be_bytes(), bytes));
+            self.events.push((position, bytes));
             self.streams.push((trees::stream_key(stream, version), position.to_be_bytes()));
         }
         for (stream, head) in heads {

@@ -1,6 +1,7 @@
 //! The event log's guarantees (DESIGN §3), each against a real sled directory.
 
 mod appends;
+mod chunks;
 mod concurrency;
 mod crash;
 mod faults;
