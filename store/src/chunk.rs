@@ -28,9 +28,9 @@ pub const FORMAT_CHUNK: u8 = 2;
 /// The most records in one chunk.
 pub(crate) const CHUNK_RECORDS_MAX: usize = 64;
 
-/// A chunk takes no more records once it holds this many bytes. With records
-/// capped at [`crate::RECORD_LEN_MAX`] (64 KiB), a chunk stays under 128 KiB and
-/// a full leaf of 17 chunks far below sled's 2 MiB blob threshold.
+/// The most bytes in a chunk of two or more records. One record alone is at
+/// most [`crate::RECORD_LEN_MAX`] (64 KiB too), so a full leaf of 17 values
+/// stays far below sled's 2 MiB blob threshold.
 pub(crate) const CHUNK_LEN_MAX: usize = 64 * 1024;
 
 const COUNT_END: usize = 3;
@@ -125,7 +125,8 @@ pub(crate) fn pack<'r>(records: impl IntoIterator<Item = (u64, &'r [u8])>) -> Ve
     let mut pending: Vec<(u64, &[u8])> = Vec::with_capacity(CHUNK_RECORDS_MAX);
     let mut pending_len = 0;
     for (position, bytes) in records {
-        if pending.len() == CHUNK_RECORDS_MAX || (pending_len >= CHUNK_LEN_MAX) {
+        let grown_len = COUNT_END + 4 * (pending.len() + 1) + pending_len + bytes.len();
+        if !pending.is_empty() && (pending.len() == CHUNK_RECORDS_MAX || grown_len > CHUNK_LEN_MAX) {
             packed.push(seal_chunk(&pending, pending_len));
             pending.clear();
             pending_len = 0;
@@ -289,10 +290,14 @@ mod tests {
         assert_eq!(Records::parse(&packed[0].1).expect("parses").len(), CHUNK_RECORDS_MAX);
         assert_eq!(packed[1], ((CHUNK_RECORDS_MAX as u64 + 1).to_be_bytes(), many[0].clone()));
 
-        let big: Vec<Vec<u8>> = (0..3).map(|_| record(5, CHUNK_LEN_MAX / 2)).collect();
+        let big: Vec<Vec<u8>> = (0..4).map(|_| record(5, CHUNK_LEN_MAX / 3 - 100)).collect();
         let packed = pack(big.iter().enumerate().map(|(index, bytes)| (1 + index as u64, bytes.as_slice())));
         let lens: Vec<usize> = packed.iter().map(|(_, bytes)| Records::parse(bytes).expect("parses").len()).collect();
-        assert_eq!(lens, vec![2, 1]);
+        assert_eq!(lens, vec![3, 1]);
+        assert!(packed.iter().all(|(_, bytes)| bytes.len() <= CHUNK_LEN_MAX));
+        let halves: Vec<Vec<u8>> = (0..2).map(|_| record(6, CHUNK_LEN_MAX / 2)).collect();
+        let packed = pack(halves.iter().enumerate().map(|(index, bytes)| (1 + index as u64, bytes.as_slice())));
+        assert_eq!(packed.len(), 2, "two halves and the chunk's table do not fit in one");
     }
 
     /// The chunk layout is a contract with every stored log: its frozen bytes

@@ -24,12 +24,19 @@ use crate::upcast::Upcasters;
 use crate::writer::{Counters, DurableHeads, Health, Job, Syncer, Tail, Writer, drop_torn_batch};
 
 /// sled's segment size for a new log. Its blob threshold is a quarter of it (2 MiB),
-/// and sled never fsyncs blobs; with records capped at [`crate::RECORD_LEN_MAX`], a full
-/// leaf node (at most 17 records before it splits) stays far below that threshold.
+/// and sled never fsyncs blobs; with records capped at [`crate::RECORD_LEN_MAX`] and
+/// chunks under 128 KiB, a full leaf node (at most 17 chunks before it splits)
+/// stays below that threshold.
 const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
 
 const LOCK_ATTEMPTS: u32 = 10;
 const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(30);
+
+/// sled's page cache by default. Small, so that memory stays nearly flat as the
+/// log grows (sled's nodes in memory cost about twice what it counts against
+/// the cache); with records packed in chunks, a rebuild reading past the cache
+/// still runs above 500,000 events/s (docs/BENCHMARKS.md, issue 5).
+const CACHE_CAPACITY_BYTES: u64 = 32 * 1024 * 1024;
 
 /// How the log is opened.
 #[derive(Debug, Clone)]
@@ -48,7 +55,7 @@ impl Default for Options {
         Options {
             batch_len_max: 1024,
             queue_len_max: 4096,
-            cache_capacity_bytes: 256 * 1024 * 1024,
+            cache_capacity_bytes: CACHE_CAPACITY_BYTES,
             upcasters: Upcasters::new(),
         }
     }

@@ -84,7 +84,7 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     demo: bool,
-    /// sled's page cache in MiB: lower bounds memory, higher reads faster [default: 256]
+    /// sled's page cache in MiB: lower bounds memory, higher reads faster [default: 32]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     cache_mib: Option<u64>,
