@@ -25,8 +25,8 @@ use crate::writer::{Counters, DurableHeads, Health, Job, Syncer, Tail, Writer, d
 
 /// sled's segment size for a new log. Its blob threshold is a quarter of it (2 MiB),
 /// and sled never fsyncs blobs; with records capped at [`crate::RECORD_LEN_MAX`] and
-/// chunks under 128 KiB, a full leaf node (at most 17 chunks before it splits)
-/// stays below that threshold.
+/// chunks at `chunk::CHUNK_LEN_MAX` (64 KiB each), a full leaf node (at most 17
+/// values before it splits) stays far below that threshold.
 const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
 
 const LOCK_ATTEMPTS: u32 = 10;

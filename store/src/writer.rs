@@ -33,7 +33,7 @@ use sled::transaction::ConflictableTransactionError;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-use crate::chunk::{self, Records};
+use crate::chunk;
 use crate::error::StoreError;
 use crate::record::{self, Header};
 use crate::seal::{self, SubjectKey};
@@ -321,22 +321,17 @@ pub(crate) fn drop_torn_batch(trees: &Trees) -> Result<Option<u64>, StoreError> 
     // The writer makes a batch's chunks from its own records only, so every
     // chunk of the torn batch begins past the head.
     let mut dropped = 0;
-    for item in trees.events.range(first.to_be_bytes()..) {
-        let (key, bytes) = item?;
-        let chunk_first =
-            trees::be_u64(&key).ok_or_else(|| StoreError::corrupt(head, "event key is not a position"))?;
-        let records = Records::parse(&bytes).map_err(|reason| StoreError::corrupt(chunk_first, reason))?;
-        for index in 0..records.len() {
-            let position = chunk_first + index as u64;
-            let bytes = records.get(index).ok_or_else(|| StoreError::corrupt(position, "chunk is cut short"))?;
-            let record = record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
-            let index_key = trees::stream_key(&record.header.stream, record.header.version);
-            if trees.streams.get(&index_key)?.as_deref().and_then(trees::be_u64) == Some(position) {
-                trees.streams.remove(index_key)?;
-            }
-            dropped += 1;
+    chunk::walk(&trees.events, first, u64::MAX, |position, bytes| {
+        let record = record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
+        let index_key = trees::stream_key(&record.header.stream, record.header.version);
+        if trees.streams.get(&index_key)?.as_deref().and_then(trees::be_u64) == Some(position) {
+            trees.streams.remove(index_key)?;
         }
-        trees.events.remove(key)?;
+        dropped += 1;
+        Ok::<bool, StoreError>(true)
+    })?;
+    for key in trees.events.range(first.to_be_bytes()..).keys() {
+        trees.events.remove(key?)?;
     }
     // The tail may hold the torn batch's hash and time: take them from the
     // record at the head again.
