@@ -159,18 +159,14 @@ fn seal_chunk(records: &[(u64, &[u8])], records_len: usize) -> ([u8; 8], Vec<u8>
     (first, bytes)
 }
 
-/// The stored value holding `position`, with its first position, or `None` when
-/// no value holds it.
-pub(crate) fn find(events: &sled::Tree, position: u64) -> Result<Option<(u64, IVec)>, StoreError> {
+/// The last stored value that begins at or before `position`, with its first
+/// position: the one that holds `position`, if any does.
+fn at_or_before(events: &sled::Tree, position: u64) -> Result<Option<(u64, IVec)>, StoreError> {
     let Some(item) = events.range(..=position.to_be_bytes()).next_back() else {
         return Ok(None);
     };
     let (key, bytes) = item?;
     let first = be_u64(&key).ok_or_else(|| StoreError::corrupt(position, "event key is not a position"))?;
-    let records = Records::parse(&bytes).map_err(|reason| StoreError::corrupt(first, reason))?;
-    if position - first >= records.len() as u64 {
-        return Ok(None);
-    }
     Ok(Some((first, bytes)))
 }
 
@@ -180,7 +176,7 @@ pub(crate) fn read<T>(
     position: u64,
     read: impl FnOnce(&[u8]) -> Result<T, StoreError>,
 ) -> Result<Option<T>, StoreError> {
-    let Some((first, bytes)) = find(events, position)? else {
+    let Some((first, bytes)) = at_or_before(events, position)? else {
         return Ok(None);
     };
     let records = Records::parse(&bytes).map_err(|reason| StoreError::corrupt(first, reason))?;
@@ -204,11 +200,10 @@ pub(crate) fn walk<E: From<StoreError>>(
     if from > to {
         return Ok(());
     }
-    // Start at the chunk that holds `from`, if one does.
-    let start = match find(events, from)? {
-        Some((first, _)) => first,
-        None => from,
-    };
+    // Start at the chunk that holds `from`, if one does; if the value before
+    // `from` does not hold it, its records are skipped and the next value's
+    // first position shows the gap.
+    let start = at_or_before(events, from)?.map_or(from, |(first, _)| first);
     let mut next = from;
     for item in events.range(start.to_be_bytes()..=to.to_be_bytes()) {
         let (key, bytes) = item.map_err(StoreError::from)?;
