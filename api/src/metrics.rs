@@ -50,6 +50,7 @@ pub fn render(log: &store::EventLog, projections: &projections::Projections) -> 
     metrics::gauge!("log_fsync_batches").set(stats.batches as f64);
     let mean_batch = if stats.batches == 0 { 0.0 } else { stats.appends as f64 / stats.batches as f64 };
     metrics::gauge!("log_fsync_batch_appends_mean").set(mean_batch);
+    metrics::gauge!("log_checkpoints").set(stats.checkpoints as f64);
     metrics::gauge!("log_accepting_appends").set(if log.failure().is_none() { 1.0 } else { 0.0 });
     handle().map(PrometheusHandle::render).unwrap_or_default()
 }

@@ -3,7 +3,9 @@
 //! - group commit (the real writer) at 1 and 64 concurrent writers;
 //! - flush-per-append: the same writer with batches of one, so every append pays
 //!   its own flush and fdatasync, at 64 writers;
-//! - sled's own no-flush insert rate for records of the same size, the ceiling.
+//! - sled's own no-flush insert rate for records of the same size, the ceiling;
+//! - sled alone with a flush and an `fdatasync` of its file after every insert:
+//!   what a store without a write-ahead log and without group commit pays.
 //!
 //! `cargo bench -p store --bench append` (add `-- --appends 50000` for a longer run).
 //! Every phase is bounded in count and in time (20 s).
@@ -25,6 +27,9 @@ use uuid::Uuid;
 
 const PHASE_TIME_MAX: Duration = Duration::from_secs(20);
 const PAYLOAD_LEN: usize = 120;
+/// A write-ahead log cap far below the default (16 MiB, some 50,000 appends), so that every round
+/// pays for its checkpoints (a sled flush and fsync each) as a long run does.
+const WAL_LEN_MAX: u64 = 512 * 1024;
 
 fn request(writer: usize) -> AppendRequest {
     let correlation_id = Uuid::now_v7();
@@ -46,6 +51,7 @@ struct Measured {
     appends: u64,
     seconds: f64,
     batches: u64,
+    checkpoints: u64,
 }
 
 impl Measured {
@@ -57,6 +63,7 @@ impl Measured {
         self.appends += round.appends;
         self.seconds += round.seconds;
         self.batches += round.batches;
+        self.checkpoints += round.checkpoints;
     }
 }
 
@@ -65,7 +72,9 @@ const ROUNDS: usize = 5;
 
 fn measure_log(runtime: &tokio::runtime::Runtime, writers: usize, appends: usize, batch_len_max: usize) -> Measured {
     let dir = tempfile::tempdir().expect("temp dir");
-    let log = EventLog::open_with(dir.path(), Options { batch_len_max, ..Options::default() }).expect("opens");
+    let log =
+        EventLog::open_with(dir.path(), Options { batch_len_max, wal_len_max: WAL_LEN_MAX, ..Options::default() })
+            .expect("opens");
     let per_writer = appends.div_ceil(writers);
     let started = Instant::now();
     runtime.block_on(async {
@@ -90,7 +99,8 @@ fn measure_log(runtime: &tokio::runtime::Runtime, writers: usize, appends: usize
             total += task.await.expect("writer ends");
         }
         let seconds = started.elapsed().as_secs_f64();
-        Measured { appends: total, seconds, batches: log.commit_stats().batches }
+        let stats = log.commit_stats();
+        Measured { appends: total, seconds, batches: stats.batches, checkpoints: stats.checkpoints }
     })
 }
 
@@ -116,7 +126,29 @@ fn measure_sled_no_flush(writers: usize, appends: usize) -> Measured {
         }
     });
     let seconds = started.elapsed().as_secs_f64();
-    Measured { appends: next.load(std::sync::atomic::Ordering::Relaxed) - 1, seconds, batches: 0 }
+    Measured { appends: next.load(std::sync::atomic::Ordering::Relaxed) - 1, seconds, batches: 0, checkpoints: 0 }
+}
+
+/// sled alone, durable per append the way DESIGN §3.1 describes: insert, flush,
+/// `fdatasync` of sled's log file, one append at a time.
+fn measure_sled_flush_per_append(appends: usize) -> Measured {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = sled::Config::new().path(dir.path()).flush_every_ms(None).open().expect("opens");
+    let tree = db.open_tree("events").expect("tree");
+    let file = std::fs::File::open(dir.path().join("db")).expect("sled's log file");
+    let record = vec![7u8; PAYLOAD_LEN + 110];
+    let started = Instant::now();
+    let mut done = 0;
+    for position in 1..=appends as u64 {
+        if started.elapsed() > PHASE_TIME_MAX {
+            break;
+        }
+        tree.insert(position.to_be_bytes(), record.as_slice()).expect("inserts");
+        db.flush().expect("flushes");
+        file.sync_data().expect("fdatasync");
+        done += 1;
+    }
+    Measured { appends: done, seconds: started.elapsed().as_secs_f64(), batches: done, checkpoints: 0 }
 }
 
 fn main() {
@@ -130,8 +162,8 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
 
     let one = measure_log(&runtime, 1, appends / 10, 1024);
-    let mut grouped = Measured { appends: 0, seconds: 0.0, batches: 0 };
-    let mut per_append = Measured { appends: 0, seconds: 0.0, batches: 0 };
+    let mut grouped = Measured { appends: 0, seconds: 0.0, batches: 0, checkpoints: 0 };
+    let mut per_append = Measured { appends: 0, seconds: 0.0, batches: 0, checkpoints: 0 };
     let mut ratios = Vec::new();
     for _ in 0..ROUNDS {
         let round_grouped = measure_log(&runtime, 64, appends / ROUNDS, 1024);
@@ -142,23 +174,36 @@ fn main() {
     }
     ratios.sort_by(f64::total_cmp);
     let sled = measure_sled_no_flush(64, appends);
+    let sled_per_append = measure_sled_flush_per_append(appends / 10);
 
-    println!("| case | appends | seconds | appends/s | appends per fsync |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("| case | appends | seconds | appends/s | appends per fsync | checkpoints |");
+    println!("|---|---:|---:|---:|---:|---:|");
     for (name, measured) in [
         ("group commit, 1 writer", &one),
         ("group commit, 64 writers", &grouped),
         ("flush-per-append, 64 writers", &per_append),
     ] {
         println!(
-            "| {name} | {} | {:.2} | {:.0} | {:.1} |",
+            "| {name} | {} | {:.2} | {:.0} | {:.1} | {} |",
             measured.appends,
             measured.seconds,
             measured.rate(),
-            measured.appends as f64 / measured.batches.max(1) as f64
+            measured.appends as f64 / measured.batches.max(1) as f64,
+            measured.checkpoints
         );
     }
-    println!("| sled insert, no flush (ceiling) | {} | {:.2} | {:.0} | - |", sled.appends, sled.seconds, sled.rate());
+    println!(
+        "| sled insert + flush + fdatasync per append, 1 writer | {} | {:.2} | {:.0} | 1.0 | - |",
+        sled_per_append.appends,
+        sled_per_append.seconds,
+        sled_per_append.rate()
+    );
+    println!(
+        "| sled insert, no flush (ceiling) | {} | {:.2} | {:.0} | - | - |",
+        sled.appends,
+        sled.seconds,
+        sled.rate()
+    );
     println!();
     let shown: Vec<String> = ratios.iter().map(|ratio| format!("{ratio:.1}")).collect();
     println!(
@@ -167,5 +212,6 @@ fn main() {
         shown.join(", "),
         grouped.rate() / per_append.rate()
     );
+    println!("group commit / sled flush + fdatasync per append: {:.1}x", grouped.rate() / sled_per_append.rate());
     println!("group commit / sled no-flush: {:.0} % (target >= 70 %)", 100.0 * grouped.rate() / sled.rate());
 }

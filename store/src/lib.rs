@@ -1,8 +1,9 @@
 //! The event log: the only source of truth of shoplog.
 //!
 //! [`EventLog`] appends events to streams in one global, gap-free order and
-//! acknowledges an append only once it is durable (sled flush, then `fdatasync` of
-//! sled's log file). One writer thread owns all appends and commits whatever is
+//! acknowledges an append only once it is durable (its batch's frame in the
+//! write-ahead log, `fdatasync`ed; sled itself is flushed and fsynced at
+//! checkpoints). One writer thread owns all appends and commits whatever is
 //! queued as one batch (group commit). Each record carries a blake3 hash chained to
 //! the one before it; [`EventLog::verify`] walks the chain and the indexes. Payloads
 //! that hold personal data are sealed under their subject's key, and
@@ -25,6 +26,7 @@ mod seal;
 mod trees;
 mod types;
 mod upcast;
+mod wal;
 mod writer;
 
 pub use backup::{BACKUP_MAGIC, BACKUP_VERSION, BackupSummary, RestoreTo, check_backup, restore_backup, staging_dir};
@@ -34,7 +36,7 @@ pub use import::{ImportEvent, ImportSummary, Importer};
 pub use log::{EventLog, Options, Subscription};
 pub use types::{
     AppendRequest, AppendResult, CommitStats, EventRef, ExpectedVersion, Idempotency, Metadata, NewEvent, Payload,
-    RecordedEvent, STREAM_NAME_LEN_MAX, StreamAppend, StreamVersion, VerifyReport,
+    RecordedEvent, Recovery, STREAM_NAME_LEN_MAX, StreamAppend, StreamVersion, VerifyReport,
 };
 pub use upcast::{UpcastFn, Upcasters};
 

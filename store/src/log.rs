@@ -19,9 +19,10 @@ use crate::error::StoreError;
 use crate::record::{self, GENESIS_HASH, StoredRecord};
 use crate::seal;
 use crate::trees::{self, Trees, be_u64};
-use crate::types::{AppendRequest, AppendResult, CommitStats, EventRef, RecordedEvent, VerifyReport};
+use crate::types::{AppendRequest, AppendResult, CommitStats, EventRef, RecordedEvent, Recovery, VerifyReport};
 use crate::upcast::Upcasters;
-use crate::writer::{Counters, DurableHeads, Health, Job, Syncer, Tail, Writer, drop_torn_batch};
+use crate::wal::{WAL_LEN_MAX, Wal};
+use crate::writer::{Counters, DurableHeads, Health, Job, Syncer, Tail, Writer, drop_torn_batch, replay};
 
 /// sled's segment size for a new log. Its blob threshold is a quarter of it (2 MiB),
 /// and sled never fsyncs blobs; with records capped at [`crate::RECORD_LEN_MAX`] and
@@ -47,6 +48,9 @@ pub struct Options {
     pub queue_len_max: usize,
     /// sled's page cache, in bytes.
     pub cache_capacity_bytes: u64,
+    /// The write-ahead log's size cap, in bytes: when the next batches would pass
+    /// it, a checkpoint makes sled durable and empties it (`wal`).
+    pub wal_len_max: u64,
     pub upcasters: Upcasters,
 }
 
@@ -56,6 +60,7 @@ impl Default for Options {
             batch_len_max: 1024,
             queue_len_max: 4096,
             cache_capacity_bytes: CACHE_CAPACITY_BYTES,
+            wal_len_max: WAL_LEN_MAX,
             upcasters: Upcasters::new(),
         }
     }
@@ -77,6 +82,7 @@ struct Inner {
     health: Arc<Health>,
     counters: Arc<Counters>,
     upcasters: Upcasters,
+    recovery: Recovery,
     writer: Option<JoinHandle<()>>,
     // Dropped last, after the writer has stopped.
     db: sled::Db,
@@ -124,14 +130,23 @@ impl EventLog {
         File::open(&path)?.sync_all()?;
 
         let trees = Trees::open(&db)?;
-        if let Some(dropped) = drop_torn_batch(&trees)? {
-            // Made durable before anything new is written at those positions.
+        let dropped = drop_torn_batch(&trees)?;
+        if let Some(dropped @ 1..) = dropped {
+            tracing::warn!(dropped, "dropped the records of a batch a crash left unfinished (never acknowledged)");
+        }
+        let (mut wal, frames) = Wal::open(&path, options.wal_len_max)?;
+        let replayed = replay(&trees, &frames)?;
+        if replayed > 0 {
+            tracing::warn!(replayed, "wrote again the batches sled lost in a crash, from the write-ahead log");
+        }
+        if dropped.is_some() || replayed > 0 {
+            // Made durable before anything new is written at those positions,
+            // and before the WAL that held them is emptied.
             db.flush()?;
             db_file.sync_data()?;
-            if dropped > 0 {
-                tracing::warn!(dropped, "dropped the records of a batch a crash left unfinished (never acknowledged)");
-            }
         }
+        // What sled holds now is durable: it was fsynced above, or when opened.
+        wal.start_over()?;
         let tail = read_tail(&trees)?;
         if trees.meta.get(trees::META_FORMAT)?.as_deref() != Some(&[trees::LOG_FORMAT]) {
             trees.meta.insert(trees::META_FORMAT, &[trees::LOG_FORMAT])?;
@@ -152,6 +167,7 @@ impl EventLog {
             syncer: Some(Syncer {
                 db: db.clone(),
                 db_file,
+                wal,
                 durable: durable_sender,
                 durable_heads: Arc::clone(&durable_heads),
                 health: Arc::clone(&health),
@@ -170,6 +186,7 @@ impl EventLog {
                 health,
                 counters,
                 upcasters: options.upcasters,
+                recovery: Recovery { torn_records_dropped: dropped, batches_replayed: replayed },
                 writer: Some(writer),
                 db,
             }),
@@ -280,6 +297,11 @@ impl EventLog {
         Ok(())
     }
 
+    /// What opening the log repaired after a crash.
+    pub fn recovery(&self) -> Recovery {
+        self.inner.recovery
+    }
+
     /// What the writer has committed since the log was opened.
     pub fn commit_stats(&self) -> CommitStats {
         let counters = &self.inner.counters;
@@ -287,6 +309,7 @@ impl EventLog {
             batches: counters.batches.load(Ordering::Relaxed),
             appends: counters.appends.load(Ordering::Relaxed),
             events: counters.events.load(Ordering::Relaxed),
+            checkpoints: counters.checkpoints.load(Ordering::Relaxed),
         }
     }
 
@@ -609,7 +632,8 @@ impl Subscription {
 }
 
 /// sled's settings for a log in `path`: the segment size that keeps records out of
-/// blobs, and no background flush (the log flushes and fsyncs itself).
+/// blobs, and no background flush (the log flushes and fsyncs sled itself, at
+/// checkpoints; appends are durable through the write-ahead log).
 pub(crate) fn sled_config(path: &Path, cache_capacity_bytes: u64) -> sled::Config {
     sled::Config::new()
         .path(path)

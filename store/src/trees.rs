@@ -25,12 +25,15 @@ pub(crate) const META_LAST_HASH: &[u8] = b"last_hash";
 pub(crate) const META_LAST_RECORDED_AT: &[u8] = b"last_recorded_at";
 pub(crate) const META_FORMAT: &[u8] = b"format";
 
-/// The log's format, stored under [`META_FORMAT`]: 2 since records are packed in
-/// chunks (`chunk`). A log of format 1 (every value one record) is valid in
-/// format 2 as it is, so opening it only moves the mark; a binary that knows
-/// only format 1 then refuses the log instead of misreading its chunks.
-pub(crate) const LOG_FORMAT: u8 = 2;
-pub(crate) const LOG_FORMATS_READ: [u8; 2] = [1, LOG_FORMAT];
+/// The log's format, stored under [`META_FORMAT`]: 3 since a write-ahead log
+/// (`wal`) may hold acknowledged batches that sled does not hold yet, 2 since
+/// records are packed in chunks (`chunk`). A log of format 1 (every value one
+/// record) or 2 (no write-ahead log) is valid in format 3 as it is, so opening
+/// it only moves the mark; a binary that knows only an older format then
+/// refuses the log instead of missing the batches of its write-ahead log or
+/// misreading its chunks.
+pub(crate) const LOG_FORMAT: u8 = 3;
+pub(crate) const LOG_FORMATS_READ: [u8; 3] = [1, 2, LOG_FORMAT];
 /// The batch being written: its first position, then the blake3 of each of its
 /// idempotency keys (see `writer::drop_torn_batch`).
 pub(crate) const META_BATCH: &[u8] = b"batch";

@@ -257,6 +257,16 @@ pub struct VerifyReport {
     pub last_hash: [u8; 32],
 }
 
+/// What opening the log repaired after a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Recovery {
+    /// Records of a batch sled held only in part, dropped (never acknowledged);
+    /// `None` when no batch was torn.
+    pub torn_records_dropped: Option<u64>,
+    /// Batches sled lost and the write-ahead log held, written to sled again.
+    pub batches_replayed: u64,
+}
+
 /// Counts of what the writer committed since the log was opened. `batches` counts
 /// fsyncs, so `appends / batches` is how many appends one fsync covered, on average.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -264,4 +274,6 @@ pub struct CommitStats {
     pub batches: u64,
     pub appends: u64,
     pub events: u64,
+    /// Checkpoints: sled made durable and the write-ahead log emptied.
+    pub checkpoints: u64,
 }

@@ -1,8 +1,9 @@
 //! The single writer: it owns every append. It drains the queue into one batch,
 //! stages each request against the log and the batch so far (expected versions,
-//! idempotency, sealing, positions, the hash chain), writes the batch, flushes,
-//! `fdatasync`s sled's log file, and only then answers the waiting appenders and
-//! moves the durable head that readers see.
+//! idempotency, sealing, positions, the hash chain) and writes the batch to
+//! sled, unflushed. The syncer then writes the batch's frame to the write-ahead
+//! log and `fdatasync`s it (`wal`), and only then answers the waiting appenders
+//! and moves the durable head that readers see.
 //!
 //! A batch is written key by key, not in a sled transaction, in this order: a
 //! marker naming the batch's first position and its idempotency keys, the subject
@@ -10,15 +11,16 @@
 //! last the stored tail, whose head is the batch's commit mark. sled recovers a
 //! prefix of its writes, so a crash part way leaves at most this one batch torn:
 //! records past the stored head, with the marker saying a batch began right
-//! after it. [`drop_torn_batch`] removes what that batch wrote when the log is
-//! opened; none of it was acknowledged. Why not a transaction: a sled
-//! transaction takes sled's process-wide lock exclusively, so it waited for the
-//! syncer's flush of the batch before (which holds that lock shared through the
-//! disk write) and stopped every reader meanwhile; plain inserts take it shared.
+//! after it. When the log is opened, [`drop_torn_batch`] removes what that batch
+//! wrote, then [`replay`] writes again every batch the write-ahead log holds
+//! past the stored head: those were acknowledged. Why not a transaction: a sled
+//! transaction takes sled's process-wide lock exclusively, so it waited for any
+//! flush in progress (which holds that lock shared through the disk write) and
+//! stopped every reader meanwhile; plain inserts take it shared.
 //! A batch that forgets a subject still uses a transaction: deleting a key is not
 //! something a later open could undo.
 //!
-//! A failed flush or fsync is never retried into an acknowledgement: every appender
+//! A failed write or fsync is never retried into an acknowledgement: every appender
 //! of the batch gets an error and the log refuses appends until it is reopened.
 
 use std::borrow::Cow;
@@ -39,6 +41,7 @@ use crate::record::{self, Header};
 use crate::seal::{self, SubjectKey};
 use crate::trees::{self, Trees};
 use crate::types::{AppendRequest, AppendResult, STREAM_NAME_LEN_MAX, StreamVersion};
+use crate::wal::Wal;
 use crate::{RECORD_LEN_MAX, codec};
 
 /// One request for the writer.
@@ -73,6 +76,7 @@ pub(crate) struct Counters {
     pub batches: AtomicU64,
     pub appends: AtomicU64,
     pub events: AtomicU64,
+    pub checkpoints: AtomicU64,
 }
 
 /// A stream's last version and the position of its last event.
@@ -111,7 +115,7 @@ impl DurableHeads {
 }
 
 /// The tail of the log as the writer knows it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Tail {
     pub head: u64,
     pub last_hash: [u8; 32],
@@ -141,6 +145,8 @@ struct Written {
     stream_heads: Vec<(String, StreamHead)>,
     appends: u64,
     events: u64,
+    /// The payload of the batch's write-ahead log frame; `None` when nothing was written.
+    frame: Option<Vec<u8>>,
 }
 
 type Reply = oneshot::Sender<Result<AppendResult, StoreError>>;
@@ -153,9 +159,10 @@ const STREAM_HEADS_CACHED_MAX: usize = 100_000;
 
 impl Writer {
     /// Two stages: this thread stages batches and writes them to sled; a syncer
-    /// thread flushes, fsyncs and answers, so the next batch is written while the
-    /// last one is being made durable. sled recovers a prefix of its log, so a batch
-    /// is never durable without the batches before it.
+    /// thread writes their frames to the write-ahead log, fsyncs it and answers,
+    /// so the next batch is written while the last one is being made durable.
+    /// Frames are written in batch order, so a batch is never durable without the
+    /// batches before it.
     pub fn run(mut self) {
         let (written, to_sync) = std::sync::mpsc::sync_channel(WRITTEN_QUEUE_LEN_MAX);
         let Some(syncer) = self.syncer.take() else {
@@ -189,7 +196,8 @@ impl Writer {
         }
     }
 
-    /// Stage every job of the batch and write what passed in one transaction.
+    /// Stage every job of the batch and write what passed to sled; returns the
+    /// answers and the batch's write-ahead log frame for the syncer.
     fn write(&mut self, batch: &mut Vec<Job>) -> Written {
         let mut staged = Staged::new(self.tail);
         let failure = self.health.failure();
@@ -203,18 +211,25 @@ impl Writer {
                 (job.reply, outcome)
             })
             .collect();
+        let mut frame = None;
         if staged.written > 0 {
-            let chunks = chunk::pack(staged.events.iter().map(|(position, bytes)| (*position, bytes.as_slice())));
-            let committed =
-                if staged.forgets { self.transact(&staged, &chunks) } else { self.insert_in_order(&staged, &chunks) };
-            if let Err(reason) = committed {
+            let writes = staged.take_writes(self.tail.head + 1);
+            if let Err(reason) = apply(&self.trees, &writes) {
                 self.health.fail(reason.clone());
                 let outcomes = outcomes
                     .into_iter()
                     .map(|(reply, _)| (reply, Err(StoreError::Durability { reason: reason.clone() })))
                     .collect();
-                return Written { outcomes, head: self.tail.head, stream_heads: Vec::new(), appends: 0, events: 0 };
+                return Written {
+                    outcomes,
+                    head: self.tail.head,
+                    stream_heads: Vec::new(),
+                    appends: 0,
+                    events: 0,
+                    frame: None,
+                };
             }
+            frame = Some(writes.encode());
             self.tail = staged.tail;
             if self.stream_heads.len() + staged.stream_heads.len() > STREAM_HEADS_CACHED_MAX {
                 self.stream_heads.clear();
@@ -229,58 +244,210 @@ impl Writer {
             stream_heads: staged.stream_heads.into_iter().collect(),
             appends: staged.appends,
             events: staged.written as u64,
+            frame,
         }
+    }
+}
+
+/// Everything one batch writes to sled: what the writer applies, and what the
+/// write-ahead log keeps of the batch until sled is durable.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct BatchWrites {
+    /// The batch's first position: the stored head before it, plus one.
+    pub first: u64,
+    pub keys: Vec<([u8; 16], Vec<u8>)>,
+    /// Records packed into chunks, keyed by their first position (`chunk`).
+    pub chunks: Vec<([u8; 8], Vec<u8>)>,
+    pub streams: Vec<(Vec<u8>, [u8; 8])>,
+    pub idempotency: Vec<([u8; 32], Vec<u8>)>,
+    /// The tail after the batch.
+    pub tail: Tail,
+    /// Whether the batch forgets a subject (and so is written in a transaction).
+    pub forgets: bool,
+}
+
+impl BatchWrites {
+    /// The payload of the batch's write-ahead log frame: the fields in order,
+    /// numbers big-endian, every list and value led by its length (u32).
+    pub fn encode(&self) -> Vec<u8> {
+        fn pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(out: &mut Vec<u8>, pairs: &[(K, V)]) {
+            out.extend_from_slice(&(pairs.len() as u32).to_be_bytes());
+            for (key, value) in pairs {
+                for bytes in [key.as_ref(), value.as_ref()] {
+                    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+                    out.extend_from_slice(bytes);
+                }
+            }
+        }
+        let values: usize = self.chunks.iter().map(|(_, bytes)| bytes.len() + 16).sum::<usize>()
+            + self.streams.iter().map(|(key, _)| key.len() + 16).sum::<usize>()
+            + self.idempotency.iter().map(|(_, bytes)| bytes.len() + 40).sum::<usize>()
+            + self.keys.len() * 56;
+        let mut out = Vec::with_capacity(80 + values);
+        out.extend_from_slice(&self.first.to_be_bytes());
+        out.extend_from_slice(&self.tail.head.to_be_bytes());
+        out.extend_from_slice(&self.tail.last_hash);
+        out.extend_from_slice(&self.tail.last_recorded_micros.to_be_bytes());
+        out.push(u8::from(self.forgets));
+        pairs(&mut out, &self.keys);
+        pairs(&mut out, &self.chunks);
+        pairs(&mut out, &self.streams);
+        pairs(&mut out, &self.idempotency);
+        out
     }
 
-    /// The batch's writes key by key, the stored head last (see the module's doc).
-    fn insert_in_order(&self, staged: &Staged, chunks: &[([u8; 8], Vec<u8>)]) -> Result<(), String> {
-        let trees = &self.trees;
-        let failed = |error: sled::Error| format!("writing the batch failed: {error}");
-        let mut marker = Vec::with_capacity(8 + 32 * staged.idempotency.len());
-        marker.extend_from_slice(&(self.tail.head + 1).to_be_bytes());
-        for (key, _) in &staged.idempotency {
-            marker.extend_from_slice(key);
+    /// The inverse of [`BatchWrites::encode`]; an error names what does not parse.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        struct Reader<'a>(&'a [u8]);
+        impl<'a> Reader<'a> {
+            fn take(&mut self, len: usize) -> Result<&'a [u8], String> {
+                if self.0.len() < len {
+                    return Err(format!("a batch frame ends {} bytes early", len - self.0.len()));
+                }
+                let (taken, rest) = self.0.split_at(len);
+                self.0 = rest;
+                Ok(taken)
+            }
+            fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+                let mut array = [0; N];
+                array.copy_from_slice(self.take(N)?);
+                Ok(array)
+            }
+            fn value(&mut self) -> Result<&'a [u8], String> {
+                let len = u32::from_be_bytes(self.array()?);
+                self.take(len as usize)
+            }
+            fn pairs<K, V>(
+                &mut self,
+                key: impl Fn(&'a [u8]) -> Option<K>,
+                value: impl Fn(&'a [u8]) -> Option<V>,
+            ) -> Result<Vec<(K, V)>, String> {
+                let len = u32::from_be_bytes(self.array()?);
+                let mut pairs = Vec::with_capacity((len as usize).min(self.0.len()));
+                for _ in 0..len {
+                    let (k, v) = (self.value()?, self.value()?);
+                    let wrong = || {
+                        format!("a batch frame holds a value of {} or {} bytes that has another size", k.len(), v.len())
+                    };
+                    pairs.push((key(k).ok_or_else(wrong)?, value(v).ok_or_else(wrong)?));
+                }
+                Ok(pairs)
+            }
         }
-        trees.meta.insert(trees::META_BATCH, marker).map_err(failed)?;
-        for (subject, key) in &staged.keys {
-            trees.keys.insert(subject, key.as_slice()).map_err(failed)?;
+        fn fixed<const N: usize>(bytes: &[u8]) -> Option<[u8; N]> {
+            bytes.try_into().ok()
         }
-        for (first, bytes) in chunks {
-            trees.events.insert(first, bytes.as_slice()).map_err(failed)?;
+        let owned = |bytes: &[u8]| Some(bytes.to_vec());
+        let mut reader = Reader(bytes);
+        let first = u64::from_be_bytes(reader.array()?);
+        let head = u64::from_be_bytes(reader.array()?);
+        let last_hash = reader.array()?;
+        let last_recorded_micros = i64::from_be_bytes(reader.array()?);
+        let forgets = match reader.array::<1>()? {
+            [0] => false,
+            [1] => true,
+            [other] => return Err(format!("a batch frame's forget flag is {other}")),
+        };
+        let writes = BatchWrites {
+            first,
+            keys: reader.pairs(fixed, owned)?,
+            chunks: reader.pairs(fixed, owned)?,
+            streams: reader.pairs(owned, fixed)?,
+            idempotency: reader.pairs(fixed, owned)?,
+            tail: Tail { head, last_hash, last_recorded_micros },
+            forgets,
+        };
+        if !reader.0.is_empty() {
+            return Err(format!("a batch frame has {} bytes past its end", reader.0.len()));
         }
-        for (key, position) in &staged.streams {
-            trees.streams.insert(key.as_slice(), position).map_err(failed)?;
+        if first == 0 || first > head {
+            return Err(format!("a batch frame runs from position {first} to {head}"));
         }
-        for (key, bytes) in &staged.idempotency {
-            trees.idempotency.insert(key, bytes.as_slice()).map_err(failed)?;
-        }
-        write_tail(&trees.meta, &staged.tail).map_err(failed)
+        Ok(writes)
     }
+}
 
-    /// The batch's writes to every tree, in one sled transaction.
-    fn transact(&self, staged: &Staged, chunks: &[([u8; 8], Vec<u8>)]) -> Result<(), String> {
-        let trees = self.trees.all();
-        let tail = staged.tail;
-        let written: Result<(), sled::transaction::TransactionError<()>> = trees.as_slice().transaction(|tx| {
-            for (first, bytes) in chunks {
-                tx[trees::EVENTS].insert(first, bytes.as_slice())?;
-            }
-            for (key, position) in &staged.streams {
-                tx[trees::STREAMS].insert(key.as_slice(), position)?;
-            }
-            for (key, bytes) in &staged.idempotency {
-                tx[trees::IDEMPOTENCY].insert(key, bytes.as_slice())?;
-            }
-            for (subject, key) in &staged.keys {
-                tx[trees::KEYS].insert(subject, key.as_slice())?;
-            }
-            tx[trees::META].insert(trees::META_HEAD, &tail.head.to_be_bytes())?;
-            tx[trees::META].insert(trees::META_LAST_HASH, &tail.last_hash)?;
-            tx[trees::META].insert(trees::META_LAST_RECORDED_AT, &tail.last_recorded_micros.to_be_bytes())?;
-            Ok::<(), ConflictableTransactionError<()>>(())
-        });
-        written.map_err(|error| format!("transaction failed: {error:?}"))
+/// Write a batch to sled: key by key with the stored head last (see the module's
+/// doc), or in one transaction when it forgets a subject.
+pub(crate) fn apply(trees: &Trees, writes: &BatchWrites) -> Result<(), String> {
+    if writes.forgets { transact(trees, writes) } else { insert_in_order(trees, writes) }
+}
+
+fn insert_in_order(trees: &Trees, writes: &BatchWrites) -> Result<(), String> {
+    let failed = |error: sled::Error| format!("writing the batch failed: {error}");
+    let mut marker = Vec::with_capacity(8 + 32 * writes.idempotency.len());
+    marker.extend_from_slice(&writes.first.to_be_bytes());
+    for (key, _) in &writes.idempotency {
+        marker.extend_from_slice(key);
     }
+    trees.meta.insert(trees::META_BATCH, marker).map_err(failed)?;
+    for (subject, key) in &writes.keys {
+        trees.keys.insert(subject, key.as_slice()).map_err(failed)?;
+    }
+    for (first, bytes) in &writes.chunks {
+        trees.events.insert(first, bytes.as_slice()).map_err(failed)?;
+    }
+    for (key, position) in &writes.streams {
+        trees.streams.insert(key.as_slice(), position).map_err(failed)?;
+    }
+    for (key, bytes) in &writes.idempotency {
+        trees.idempotency.insert(key, bytes.as_slice()).map_err(failed)?;
+    }
+    write_tail(&trees.meta, &writes.tail).map_err(failed)
+}
+
+fn transact(trees: &Trees, writes: &BatchWrites) -> Result<(), String> {
+    let all = trees.all();
+    let tail = writes.tail;
+    let written: Result<(), sled::transaction::TransactionError<()>> = all.as_slice().transaction(|tx| {
+        for (first, bytes) in &writes.chunks {
+            tx[trees::EVENTS].insert(first, bytes.as_slice())?;
+        }
+        for (key, position) in &writes.streams {
+            tx[trees::STREAMS].insert(key.as_slice(), position)?;
+        }
+        for (key, bytes) in &writes.idempotency {
+            tx[trees::IDEMPOTENCY].insert(key, bytes.as_slice())?;
+        }
+        for (subject, key) in &writes.keys {
+            tx[trees::KEYS].insert(subject, key.as_slice())?;
+        }
+        tx[trees::META].insert(trees::META_HEAD, &tail.head.to_be_bytes())?;
+        tx[trees::META].insert(trees::META_LAST_HASH, &tail.last_hash)?;
+        tx[trees::META].insert(trees::META_LAST_RECORDED_AT, &tail.last_recorded_micros.to_be_bytes())?;
+        Ok::<(), ConflictableTransactionError<()>>(())
+    });
+    written.map_err(|error| format!("transaction failed: {error:?}"))
+}
+
+/// Write to sled again the batches of the write-ahead log's frames that sled
+/// lost in a crash, in order, before the log is opened (after
+/// [`drop_torn_batch`]); returns how many there were. A frame of a batch sled
+/// has is skipped. A frame that does not begin right after the stored head is
+/// damage: sled lost batches the WAL does not hold.
+pub(crate) fn replay(trees: &Trees, frames: &[Vec<u8>]) -> Result<u64, StoreError> {
+    let mut head = trees::read_head(trees)?;
+    let mut replayed = 0;
+    for frame in frames {
+        let writes = BatchWrites::decode(frame)
+            .map_err(|reason| StoreError::corrupt(head + 1, format!("write-ahead log: {reason}")))?;
+        if writes.tail.head <= head {
+            continue;
+        }
+        if writes.first != head + 1 {
+            return Err(StoreError::corrupt(
+                head + 1,
+                format!(
+                    "the write-ahead log holds positions {} to {} but the log ends at {head}",
+                    writes.first, writes.tail.head
+                ),
+            ));
+        }
+        apply(trees, &writes).map_err(StoreError::Storage)?;
+        head = writes.tail.head;
+        replayed += 1;
+    }
+    Ok(replayed)
 }
 
 /// Store the tail, the head last: the head is the commit mark of a batch
@@ -353,8 +520,10 @@ pub(crate) fn drop_torn_batch(trees: &Trees) -> Result<Option<u64>, StoreError> 
 /// and moves the durable head, strictly in order.
 pub(crate) struct Syncer {
     pub db: sled::Db,
-    /// Our own handle to sled's log file, to `fdatasync` it after sled's flush.
+    /// Our own handle to sled's log file, to `fdatasync` it after sled's flush
+    /// at a checkpoint.
     pub db_file: File,
+    pub wal: Wal,
     pub durable: watch::Sender<u64>,
     pub durable_heads: Arc<DurableHeads>,
     pub health: Arc<Health>,
@@ -364,7 +533,7 @@ pub(crate) struct Syncer {
 }
 
 impl Syncer {
-    fn run(self, to_sync: std::sync::mpsc::Receiver<Written>) {
+    fn run(mut self, to_sync: std::sync::mpsc::Receiver<Written>) {
         let mut carried = None;
         loop {
             let Some(first) = carried.take().or_else(|| to_sync.recv().ok()) else {
@@ -386,7 +555,7 @@ impl Syncer {
             let synced = match self.health.failure() {
                 Some(reason) => Err(reason),
                 None if appends == 0 => Ok(()),
-                None => self.sync(),
+                None => self.sync(&pending),
             };
             match synced {
                 Ok(()) => {
@@ -420,13 +589,39 @@ impl Syncer {
                 }
             }
         }
+        // Closed cleanly: sled holds everything, and the write-ahead log is empty.
+        if self.health.failure().is_none()
+            && self.wal.holds_frames()
+            && let Err(reason) = self.checkpoint()
+        {
+            tracing::error!(%reason, "the checkpoint at close failed; the write-ahead log keeps the batches");
+        }
     }
 
-    /// One flush, one fdatasync. Never retried: a failed fsync may have dropped
-    /// dirty pages, so a second try could succeed without the data being there.
-    fn sync(&self) -> Result<(), String> {
+    /// The batches' frames written to the write-ahead log and one `fdatasync`;
+    /// or, when they would pass the WAL's size cap, a checkpoint instead. Never
+    /// retried: a failed fsync may have dropped dirty pages, so a second try
+    /// could succeed without the data being there.
+    fn sync(&mut self, pending: &[Written]) -> Result<(), String> {
+        let frames = || pending.iter().filter_map(|written| written.frame.as_deref());
+        if !self.wal.fits(frames().map(<[u8]>::len)) {
+            return self.checkpoint();
+        }
+        for frame in frames() {
+            self.wal.write(frame).map_err(|error| format!("writing the write-ahead log failed: {error}"))?;
+        }
+        self.wal.sync().map_err(|error| format!("fdatasync of the write-ahead log failed: {error}"))
+    }
+
+    /// Make sled durable (its flush, then `fdatasync` of its log file) and empty
+    /// the write-ahead log. sled then holds every batch the writer handed over,
+    /// those pending here included, so their frames need not be written.
+    fn checkpoint(&mut self) -> Result<(), String> {
         self.db.flush().map_err(|error| format!("flush failed: {error}"))?;
-        self.db_file.sync_data().map_err(|error| format!("fdatasync failed: {error}"))
+        self.db_file.sync_data().map_err(|error| format!("fdatasync of sled's log failed: {error}"))?;
+        self.wal.start_over().map_err(|error| format!("emptying the write-ahead log failed: {error}"))?;
+        self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -458,7 +653,7 @@ struct Staged {
     stream_heads: HashMap<String, StreamHead>,
     subject_keys: HashMap<Uuid, KeyState>,
     idempotency_keys: HashMap<[u8; 32], ([u8; 32], AppendResult)>,
-    /// Events and appends staged for writing.
+    /// Events and appends staged for writing (counted on after the writes are taken).
     written: usize,
     appends: u64,
 }
@@ -477,6 +672,21 @@ impl Staged {
             idempotency_keys: HashMap::new(),
             written: 0,
             appends: 0,
+        }
+    }
+
+    /// The batch's writes, with its records packed into chunks; `first` is its
+    /// first position.
+    fn take_writes(&mut self, first: u64) -> BatchWrites {
+        let events = std::mem::take(&mut self.events);
+        BatchWrites {
+            first,
+            keys: std::mem::take(&mut self.keys),
+            chunks: chunk::pack(events.iter().map(|(position, bytes)| (*position, bytes.as_slice()))),
+            streams: std::mem::take(&mut self.streams),
+            idempotency: std::mem::take(&mut self.idempotency),
+            tail: self.tail,
+            forgets: self.forgets,
         }
     }
 

@@ -3,7 +3,9 @@
 //! `ack <position> <event id>` for every event of an acknowledged append, and
 //! `err <kind> <message>` for a refused one.
 //!
-//! `crash_appender DIR run`: appends until killed (bounded: 60 s or 200,000 appends).
+//! `crash_appender DIR run [WAL_KIB]`: appends until killed (bounded: 60 s or
+//! 200,000 appends), with the write-ahead log capped at `WAL_KIB` KiB if given
+//! (a small cap makes checkpoints frequent).
 //! `crash_appender DIR fault`: 8 tasks × 50 appends, then one more append
 //! (`after ok|err …`), the counts of answers (`answered <ok> <err>`), the writer's
 //! committed batches and appends (`stats <batches> <appends>`) and the log's
@@ -25,7 +27,7 @@ const TASKS: usize = 8;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let (Some(dir), Some(mode)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: crash_appender DIR run|fault");
+        eprintln!("usage: crash_appender DIR run|fault [WAL_KIB]");
         return ExitCode::from(2);
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -35,7 +37,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let log = match EventLog::open(dir) {
+    let mut options = store::Options::default();
+    if let Some(kib) = args.get(3) {
+        match kib.parse::<u64>() {
+            Ok(kib) => options.wal_len_max = kib * 1024,
+            Err(error) => {
+                eprintln!("crash_appender: WAL_KIB {kib:?}: {error}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let log = match EventLog::open_with(dir, options) {
         Ok(log) => log,
         Err(error) => {
             eprintln!("crash_appender: {error}");

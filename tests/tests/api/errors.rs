@@ -164,6 +164,7 @@ async fn health_readiness_and_metrics_answer() {
     let text = metrics.body.as_str().expect("text");
     assert!(text.contains("http_requests_total"), "{text}");
     assert!(text.contains("log_fsync_batches"), "{text}");
+    assert!(text.contains("log_checkpoints"), "{text}");
     let echoed = app.request(Method::GET, "/healthz", None, None, &[("x-request-id", "abc-123")]).await;
     assert_eq!(echoed.headers["x-request-id"], "abc-123");
     assert!(

@@ -135,7 +135,11 @@ async fn a_log_of_one_record_a_key_opens_reads_and_takes_packed_appends() {
     }
     assert_eq!(stored_values(dir.path()), vec![1, 2, 3, 4, 5, 6]);
     let format = tests::raw_sled(dir.path()).open_tree("meta").expect("tree").get("format").expect("reads");
-    assert_eq!(format.as_deref(), Some(&[2][..]), "the log is marked format 2 once it may hold chunks");
+    assert_eq!(
+        format.as_deref(),
+        Some(&[3][..]),
+        "the log is marked format 3 once it may hold chunks and a write-ahead log"
+    );
 }
 
 #[tokio::test]
@@ -147,11 +151,11 @@ async fn a_log_of_an_unknown_format_is_refused_with_the_format_named() {
     }
     {
         let db = tests::raw_sled(dir.path());
-        db.open_tree("meta").expect("tree").insert("format", &[3]).expect("writes");
+        db.open_tree("meta").expect("tree").insert("format", &[4]).expect("writes");
         db.flush().expect("flushes");
     }
     match EventLog::open(dir.path()) {
-        Err(StoreError::Corrupt { reason, .. }) => assert!(reason.contains("unknown log format [3]"), "{reason}"),
-        other => panic!("a log of format 3 should be refused, got {other:?}"),
+        Err(StoreError::Corrupt { reason, .. }) => assert!(reason.contains("unknown log format [4]"), "{reason}"),
+        other => panic!("a log of format 4 should be refused, got {other:?}"),
     }
 }

@@ -66,7 +66,7 @@ async fn a_failed_fsync_acknowledges_nothing_more_and_the_log_stays_consistent()
         "the failure names fdatasync:\n{stdout}"
     );
 
-    let head = assert_acks_survived(dir.path(), &acked);
+    let (head, _) = assert_acks_survived(dir.path(), &acked);
     let log = EventLog::open(dir.path()).expect("reopens");
     let after = log
         .append(append("after-fault", ExpectedVersion::Any, vec![event("E", b"")]))

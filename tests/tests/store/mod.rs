@@ -8,3 +8,4 @@ mod faults;
 mod reads;
 mod sealing;
 mod verify;
+mod wal;

@@ -1,0 +1,211 @@
+//! The write-ahead log: the file `wal` in the data directory, and what makes an
+//! append durable.
+//!
+//! The writer applies each batch to sled without flushing it, and the syncer
+//! writes the batch's sled writes here as one frame and `fdatasync`s this file:
+//! that is the acknowledgement's durability. One `fdatasync` of a small write to
+//! a file whose blocks are already allocated costs a fraction of sled's flush
+//! (`pwrite` and `sync_file_range` of its buffers) followed by an `fdatasync` of
+//! sled's growing log file, which is what every batch paid before
+//! (docs/BENCHMARKS.md, "A write-ahead log").
+//!
+//! sled is made durable at a checkpoint: when the next frames would pass the
+//! WAL's size cap, the syncer flushes sled, `fdatasync`s sled's file, and only
+//! then empties this file. When the log is opened, the frames of batches that
+//! sled lost are written to sled again (`writer::replay`), sled is made durable
+//! the same way, and the file is emptied.
+//!
+//! A frame: `"SLW1"`, the payload's length (u32 BE), the blake3 hash of the
+//! length and the payload, then the payload (`writer::BatchWrites`). Frames
+//! follow one another from the start of the file; the first one that is
+//! incomplete or does not match its hash ends the WAL: it is a write a crash
+//! cut short, so it was never acknowledged. Past the frames the file holds
+//! zeros: it grows a mebibyte at a time (up to its cap), so most `fdatasync`s have no file size
+//! to record. Emptying truncates the file, so it never holds the frames of an
+//! earlier cycle for a reader to mistake.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// The WAL's file name in the data directory.
+pub(crate) const WAL_FILE: &str = "wal";
+
+/// The WAL's size cap by default: a checkpoint empties it when it is reached.
+pub(crate) const WAL_LEN_MAX: u64 = 16 * 1024 * 1024;
+
+const MAGIC: [u8; 4] = *b"SLW1";
+const HEADER_LEN: usize = 4 + 4 + 32;
+
+/// How much the file grows at a time, written with zeros ahead of the frames.
+const GROWTH: u64 = 1024 * 1024;
+
+pub(crate) struct Wal {
+    file: File,
+    /// Where the next frame goes.
+    offset: u64,
+    /// How far the file is written, with frames or zeros.
+    allocated: u64,
+    len_max: u64,
+}
+
+impl Wal {
+    /// Open the WAL in `dir`, creating it (durably) if there is none, and read
+    /// the payloads of its frames. The next frame is written where the last one
+    /// read ends; the opener replays the frames and then calls
+    /// [`Wal::start_over`] once sled holds them durably.
+    pub fn open(dir: &Path, len_max: u64) -> io::Result<(Wal, Vec<Vec<u8>>)> {
+        let path = dir.join(WAL_FILE);
+        let existed = path.exists();
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+        if !existed {
+            File::open(dir)?.sync_all()?;
+        }
+        let bytes = std::fs::read(&path)?;
+        let (payloads, end) = frames(&bytes);
+        let payloads = payloads.into_iter().map(<[u8]>::to_vec).collect();
+        let wal = Wal { file, offset: end as u64, allocated: bytes.len() as u64, len_max: len_max.max(1) };
+        Ok((wal, payloads))
+    }
+
+    /// Whether frames with payloads of these lengths fit under the size cap
+    /// after the ones written since the file was last emptied.
+    pub fn fits(&self, payload_lens: impl Iterator<Item = usize>) -> bool {
+        let len: u64 = payload_lens.map(|len| (HEADER_LEN + len) as u64).sum();
+        self.offset + len <= self.len_max
+    }
+
+    /// Whether frames were written since the file was last emptied.
+    pub fn holds_frames(&self) -> bool {
+        self.offset > 0
+    }
+
+    /// Write one frame; it is durable only after [`Wal::sync`].
+    pub fn write(&mut self, payload: &[u8]) -> io::Result<()> {
+        let len = u32::try_from(payload.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a write-ahead log frame over 4 GiB"))?;
+        let mut frame = Vec::with_capacity(HEADER_LEN + payload.len());
+        frame.extend_from_slice(&MAGIC);
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(frame_hash(len, payload).as_bytes());
+        frame.extend_from_slice(payload);
+        let end = self.offset + frame.len() as u64;
+        if end > self.allocated {
+            // Zeros ahead, so that the next frames overwrite blocks the file already has.
+            let grown = (self.allocated + GROWTH).min(self.len_max).max(end);
+            self.file.write_all_at(&vec![0; (grown - end) as usize], end)?;
+            self.allocated = grown;
+        }
+        self.file.write_all_at(&frame, self.offset)?;
+        self.offset = end;
+        Ok(())
+    }
+
+    /// `fdatasync`: every frame written so far is durable once it returns.
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Empty the file. Only once sled holds every frame's writes durably: the
+    /// truncation need not be durable itself, since a frame found again later
+    /// is of a batch sled already has, and replaying skips it.
+    pub fn start_over(&mut self) -> io::Result<()> {
+        self.file.set_len(0)?;
+        self.offset = 0;
+        self.allocated = 0;
+        Ok(())
+    }
+}
+
+fn frame_hash(len: u32, payload: &[u8]) -> blake3::Hash {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&len.to_be_bytes());
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+/// The payloads of the whole frames at the start of `bytes`, and where they end.
+fn frames(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
+    let mut payloads = Vec::new();
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + HEADER_LEN) {
+        let (magic, rest) = header.split_at(4);
+        let (len, hash) = rest.split_at(4);
+        if magic != MAGIC {
+            break;
+        }
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        let start = at + HEADER_LEN;
+        let Some(payload) = bytes.get(start..start + len as usize) else {
+            break;
+        };
+        if frame_hash(len, payload).as_bytes() != hash {
+            break;
+        }
+        payloads.push(payload);
+        at = start + len as usize;
+    }
+    (payloads, at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wal_in(dir: &Path, len_max: u64) -> (Wal, Vec<Vec<u8>>) {
+        Wal::open(dir, len_max).expect("opens")
+    }
+
+    #[test]
+    fn frames_read_back_in_order_and_a_torn_one_ends_the_log() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut wal, found) = wal_in(dir.path(), WAL_LEN_MAX);
+        assert!(found.is_empty());
+        wal.write(b"first").expect("writes");
+        wal.write(&[7; 300]).expect("writes");
+        wal.write(b"third").expect("writes");
+        wal.sync().expect("syncs");
+        drop(wal);
+        let (_, found) = wal_in(dir.path(), WAL_LEN_MAX);
+        assert_eq!(found, vec![b"first".to_vec(), vec![7; 300], b"third".to_vec()]);
+        assert_eq!(std::fs::metadata(dir.path().join(WAL_FILE)).expect("exists").len(), GROWTH, "grown with zeros");
+
+        // A byte of the second frame's payload flipped: the WAL ends before it.
+        let path = dir.path().join(WAL_FILE);
+        let mut bytes = std::fs::read(&path).expect("reads");
+        bytes[HEADER_LEN + 5 + HEADER_LEN + 10] ^= 1;
+        std::fs::write(&path, &bytes).expect("writes");
+        let (_, found) = wal_in(dir.path(), WAL_LEN_MAX);
+        assert_eq!(found, vec![b"first".to_vec()]);
+
+        // The last frame cut short: the two before it stand.
+        bytes[HEADER_LEN + 5 + HEADER_LEN + 10] ^= 1;
+        bytes.truncate(2 * HEADER_LEN + 5 + 300 + HEADER_LEN + 2);
+        std::fs::write(&path, &bytes).expect("writes");
+        let (_, found) = wal_in(dir.path(), WAL_LEN_MAX);
+        assert_eq!(found, vec![b"first".to_vec(), vec![7; 300]]);
+    }
+
+    #[test]
+    fn writing_after_open_continues_and_starting_over_forgets_every_frame() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut wal, _) = wal_in(dir.path(), 200);
+        wal.write(b"one").expect("writes");
+        drop(wal);
+        let (mut wal, found) = wal_in(dir.path(), 200);
+        assert_eq!(found, vec![b"one".to_vec()]);
+        assert!(wal.fits([100].into_iter()));
+        assert!(!wal.fits([100, 100].into_iter()), "over the size cap");
+        wal.write(b"two").expect("writes");
+        drop(wal);
+        let (mut wal, found) = wal_in(dir.path(), 200);
+        assert_eq!(found, vec![b"one".to_vec(), b"two".to_vec()]);
+        wal.start_over().expect("empties");
+        wal.write(b"three").expect("writes");
+        drop(wal);
+        assert_eq!(std::fs::metadata(dir.path().join(WAL_FILE)).expect("exists").len(), 200, "grown up to the cap");
+        let (_, found) = wal_in(dir.path(), 200);
+        assert_eq!(found, vec![b"three".to_vec()]);
+    }
+}

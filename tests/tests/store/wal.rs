@@ -1,0 +1,153 @@
+//! The write-ahead log (`store/src/wal.rs`): batches sled lost are written to it
+//! again when the log opens, a frame a crash cut short is not, a WAL that does
+//! not continue the log is refused, and checkpoints keep it under its cap.
+//!
+//! sled loses unflushed batches only when the process dies, which the crash test
+//! does at random; here the state after such a death is made on purpose: the WAL
+//! of a log, copied while the log was open, is put beside a sled directory that
+//! lacks some of its batches.
+
+use std::path::{Path, PathBuf};
+
+use store::{EventLog, ExpectedVersion, Options, StoreError};
+use tests::{append, event, temp_dir};
+
+const WAL: &str = "wal";
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("creates");
+    for entry in std::fs::read_dir(from).expect("lists") {
+        let entry = entry.expect("an entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("a type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copies");
+        }
+    }
+}
+
+async fn append_batch(log: &EventLog, stream: &str, events: usize) {
+    let batch = append(stream, ExpectedVersion::Any, (0..events).map(|_| event("E", b"payload")).collect());
+    log.append(batch).await.expect("appends");
+}
+
+/// A closed log of one batch (positions 1–2) in `sled_one`, and the WAL of the
+/// next two batches (3–5, 6) as they were acknowledged, in `wal_two`; the log
+/// itself, with all three batches, stays in the returned directory.
+async fn a_log_and_the_wal_of_its_last_two_batches(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (log_dir, sled_one, wal_two) = (root.join("log"), root.join("one"), root.join("wal-two"));
+    {
+        let log = EventLog::open(&log_dir).expect("opens");
+        append_batch(&log, "a", 2).await;
+    }
+    copy_dir(&log_dir, &sled_one);
+    let log = EventLog::open(&log_dir).expect("reopens");
+    append_batch(&log, "b", 3).await;
+    append_batch(&log, "a", 1).await;
+    std::fs::copy(log_dir.join(WAL), &wal_two).expect("copies the WAL of an open log");
+    drop(log);
+    assert_eq!(std::fs::metadata(log_dir.join(WAL)).expect("exists").len(), 0, "a clean close empties the WAL");
+    (log_dir, sled_one, wal_two)
+}
+
+#[tokio::test]
+async fn acknowledged_batches_only_the_wal_holds_are_written_to_sled_again_at_open() {
+    let root = temp_dir();
+    let (log_dir, sled_one, wal_two) = a_log_and_the_wal_of_its_last_two_batches(root.path()).await;
+    let expected: Vec<_> = EventLog::open(&log_dir).expect("opens").read_all(1, 10).expect("reads");
+    assert_eq!(expected.len(), 6);
+
+    std::fs::copy(&wal_two, sled_one.join(WAL)).expect("copies");
+    let log = EventLog::open(&sled_one).expect("opens with the WAL");
+    assert_eq!(log.recovery().batches_replayed, 2);
+    assert_eq!(log.head(), 6);
+    let events = log.read_all(1, 10).expect("reads");
+    let ids = |events: &[store::RecordedEvent]| events.iter().map(|event| event.event_id).collect::<Vec<_>>();
+    assert_eq!(ids(&events), ids(&expected), "the very events that were acknowledged");
+    assert_eq!(log.stream_version("a").expect("reads"), 3);
+    assert_eq!(log.verify().expect("verifies").events, 6);
+    let next = append("b", ExpectedVersion::Exact(3), vec![event("E", b"after")]);
+    assert_eq!(log.append(next).await.expect("appends").first_position, 7);
+    drop(log);
+
+    // Made durable and emptied: the next open has nothing to replay.
+    let log = EventLog::open(&sled_one).expect("reopens");
+    assert_eq!(log.recovery().batches_replayed, 0);
+    assert_eq!(log.verify().expect("verifies").events, 7);
+}
+
+#[tokio::test]
+async fn frames_of_batches_sled_has_are_skipped() {
+    let root = temp_dir();
+    let (log_dir, _, wal_two) = a_log_and_the_wal_of_its_last_two_batches(root.path()).await;
+    std::fs::copy(&wal_two, log_dir.join(WAL)).expect("copies");
+    let log = EventLog::open(&log_dir).expect("opens");
+    assert_eq!(log.recovery().batches_replayed, 0);
+    assert_eq!(log.verify().expect("verifies").events, 6);
+}
+
+#[tokio::test]
+async fn a_frame_cut_short_by_a_crash_was_never_acknowledged_and_is_not_replayed() {
+    let root = temp_dir();
+    let (_, sled_one, wal_two) = a_log_and_the_wal_of_its_last_two_batches(root.path()).await;
+    // The last frame ends where the zeros the WAL grows with begin.
+    let mut bytes = std::fs::read(&wal_two).expect("reads");
+    let end = bytes.iter().rposition(|byte| *byte != 0).expect("frames") + 1;
+    bytes.truncate(end - 3);
+    std::fs::write(sled_one.join(WAL), &bytes).expect("writes");
+
+    let log = EventLog::open(&sled_one).expect("opens");
+    assert_eq!(log.recovery().batches_replayed, 1);
+    assert_eq!(log.head(), 5, "the batch of position 6 is gone");
+    assert_eq!(log.verify().expect("verifies").events, 5);
+    let next = append("a", ExpectedVersion::Exact(2), vec![event("E", b"again")]);
+    assert_eq!(log.append(next).await.expect("appends").first_position, 6);
+}
+
+#[tokio::test]
+async fn a_wal_that_does_not_continue_the_log_is_refused_and_kept() {
+    let root = temp_dir();
+    let (_, _, wal_two) = a_log_and_the_wal_of_its_last_two_batches(root.path()).await;
+    let empty = root.path().join("empty");
+    drop(EventLog::open(&empty).expect("creates"));
+    std::fs::copy(&wal_two, empty.join(WAL)).expect("copies");
+
+    match EventLog::open(&empty) {
+        Err(StoreError::Corrupt { position, reason }) => {
+            assert_eq!(position, 1);
+            assert!(reason.contains("write-ahead log holds positions 3 to 5 but the log ends at 0"), "{reason}");
+        }
+        other => panic!("expected the gap to be refused, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read(empty.join(WAL)).expect("reads"),
+        std::fs::read(&wal_two).expect("reads"),
+        "the WAL is left as it was for the operator"
+    );
+}
+
+#[tokio::test]
+async fn checkpoints_keep_the_wal_under_its_cap_and_lose_nothing() {
+    let dir = temp_dir();
+    let cap = 8 * 1024;
+    let options = || Options { wal_len_max: cap, ..Options::default() };
+    let log = EventLog::open_with(dir.path(), options()).expect("opens");
+    for round in 0..60 {
+        append_batch(&log, &format!("s{}", round % 7), 1 + round % 5).await;
+        let len = std::fs::metadata(dir.path().join(WAL)).expect("exists").len();
+        assert!(len <= cap, "round {round}: the WAL holds {len} bytes, over its cap of {cap}");
+    }
+    let stats = log.commit_stats();
+    assert!(stats.checkpoints >= 3, "{stats:?}");
+    let copied = dir.path().join("..").join(format!("{}-copy", dir.path().display()));
+    // A copy of the directory as it is now, open: what a crash would leave.
+    copy_dir(dir.path(), &copied);
+    drop(log);
+    for path in [dir.path(), copied.as_path()] {
+        let log = EventLog::open_with(path, options()).expect("reopens");
+        let report = log.verify().expect("verifies");
+        assert_eq!(report.events, (0..60).map(|round| 1 + round % 5).sum::<u64>());
+    }
+    std::fs::remove_dir_all(&copied).expect("removes the copy");
+}
