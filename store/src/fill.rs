@@ -26,6 +26,7 @@ pub(crate) struct Filler {
     /// Records not yet written, packed into a chunk when there are enough.
     pending: Vec<(u64, Vec<u8>)>,
     pending_len: usize,
+    groups: trees::GroupBuffer,
 }
 
 impl Filler {
@@ -44,6 +45,7 @@ impl Filler {
             last_recorded_micros: 0,
             pending: Vec::with_capacity(CHUNK_RECORDS_MAX),
             pending_len: 0,
+            groups: trees::GroupBuffer::default(),
         })
     }
 
@@ -63,7 +65,7 @@ impl Filler {
         if self.pending.len() == CHUNK_RECORDS_MAX || self.pending_len >= CHUNK_LEN_MAX {
             self.write_pending()?;
         }
-        self.trees.streams.insert(trees::stream_key(stream, version), &position.to_be_bytes())?;
+        self.groups.put(&self.trees.streams, stream, version, position)?;
         self.head = position;
         self.last_hash = hash;
         self.last_recorded_micros = self.last_recorded_micros.max(recorded_micros);
@@ -96,6 +98,7 @@ impl Filler {
     /// log file, and the directory. Returns the directory.
     pub fn finish(mut self) -> Result<PathBuf, StoreError> {
         self.write_pending()?;
+        self.groups.write_all(&self.trees.streams)?;
         let meta = &self.trees.meta;
         meta.insert(trees::META_FORMAT, &[trees::LOG_FORMAT])?;
         meta.insert(trees::META_HEAD, &self.head.to_be_bytes())?;

@@ -130,6 +130,8 @@ impl EventLog {
         File::open(&path)?.sync_all()?;
 
         let trees = Trees::open(&db)?;
+        // Before anything is written: a log of an unknown format is refused as it is.
+        let stored_format = read_format(&trees)?;
         let dropped = drop_torn_batch(&trees)?;
         if let Some(dropped @ 1..) = dropped {
             tracing::warn!(dropped, "dropped the records of a batch a crash left unfinished (never acknowledged)");
@@ -139,7 +141,18 @@ impl EventLog {
         if replayed > 0 {
             tracing::warn!(replayed, "wrote again the batches sled lost in a crash, from the write-ahead log");
         }
-        if dropped.is_some() || replayed > 0 {
+        let old_index = match stored_format {
+            Some(format) => format < 4,
+            None => !trees.streams.is_empty(),
+        };
+        if old_index {
+            tracing::info!("building the stream index in groups (log format 4) from the records");
+            trees::rebuild_stream_index(&trees)?;
+        }
+        if stored_format != Some(trees::LOG_FORMAT) {
+            trees.meta.insert(trees::META_FORMAT, &[trees::LOG_FORMAT])?;
+        }
+        if dropped.is_some() || replayed > 0 || old_index {
             // Made durable before anything new is written at those positions,
             // and before the WAL that held them is emptied.
             db.flush()?;
@@ -148,9 +161,6 @@ impl EventLog {
         // What sled holds now is durable: it was fsynced above, or when opened.
         wal.start_over()?;
         let tail = read_tail(&trees)?;
-        if trees.meta.get(trees::META_FORMAT)?.as_deref() != Some(&[trees::LOG_FORMAT]) {
-            trees.meta.insert(trees::META_FORMAT, &[trees::LOG_FORMAT])?;
-        }
 
         let (jobs_sender, jobs) = mpsc::channel(options.queue_len_max.max(1));
         let (durable_sender, durable) = watch::channel(tail.head);
@@ -373,17 +383,23 @@ impl EventLog {
     /// Up to `limit` events of `stream` from `from_version` on (versions start at 1).
     pub fn read_stream(&self, stream: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         let head = self.head();
-        let start = trees::stream_key(stream, from_version.max(1));
-        let end = trees::stream_key(stream, u64::MAX);
+        let from = from_version.max(1);
+        let damaged = || StoreError::corrupt(0, format!("index of stream {stream} is damaged"));
         let mut events = Vec::new();
-        for item in self.inner.trees.streams.range(start..=end).take(limit) {
-            let (_, position) = item?;
-            let position = be_u64(&position)
-                .ok_or_else(|| StoreError::corrupt(0, format!("index of stream {stream} is damaged")))?;
-            if position > head {
-                break;
+        let groups =
+            self.inner.trees.streams.range(trees::group_key(stream, from)..=trees::stream_key(stream, u64::MAX));
+        'groups: for item in groups {
+            let (key, group) = item?;
+            let (first, positions) = trees::parse_group(&key, &group).ok_or_else(damaged)?;
+            for (version, position) in (first..).zip(positions) {
+                if version < from {
+                    continue;
+                }
+                if position > head || events.len() >= limit {
+                    break 'groups;
+                }
+                events.push(self.read_position(position)?);
             }
-            events.push(self.read_position(position)?);
         }
         Ok(events)
     }
@@ -404,12 +420,13 @@ impl EventLog {
         }
         // The last entry is not durable yet: the durable version is the newest one
         // at or below the head.
-        let start = trees::stream_key(stream, 1);
-        for item in self.inner.trees.streams.range(start..trees::stream_key(stream, version)).rev() {
-            let (key, position) = item?;
-            if be_u64(&position).is_some_and(|position| position <= head) {
-                return be_u64(&key[key.len() - 8..])
-                    .ok_or_else(|| StoreError::corrupt(0, format!("index of stream {stream} is damaged")));
+        let damaged = || StoreError::corrupt(0, format!("index of stream {stream} is damaged"));
+        let groups = self.inner.trees.streams.range(trees::stream_key(stream, 1)..=trees::stream_key(stream, version));
+        for item in groups.rev() {
+            let (key, group) = item?;
+            let (first, mut positions) = trees::parse_group(&key, &group).ok_or_else(damaged)?;
+            if let Some(durable) = positions.rposition(|position| position <= head) {
+                return Ok(first + durable as u64);
             }
         }
         Ok(0)
@@ -521,8 +538,9 @@ impl EventLog {
                     ),
                 ));
             }
-            let indexed = trees.streams.get(trees::stream_key(&record.header.stream, *version))?;
-            if indexed.as_deref().and_then(be_u64) != Some(position) {
+            let indexed = trees.streams.get(trees::group_key(&record.header.stream, *version))?;
+            let at = 8 * (*version - trees::group_first(*version)) as usize;
+            if indexed.as_deref().and_then(|group| group.get(at..at + 8)).and_then(be_u64) != Some(position) {
                 return Err(StoreError::corrupt(
                     position,
                     format!("stream index of {} version {} does not point here", record.header.stream, *version),
@@ -533,7 +551,16 @@ impl EventLog {
             Ok(true)
         })?;
         let head = expected_position - 1;
-        let index_len = trees.streams.len() as u64;
+        let mut index_len = 0;
+        for entry in trees.streams.iter() {
+            let (key, group) = entry?;
+            let (_, positions) = trees::parse_group(&key, &group).ok_or_else(|| {
+                let stream =
+                    String::from_utf8_lossy(key.split(|byte| *byte == 0).next().unwrap_or_default()).into_owned();
+                StoreError::corrupt(head, format!("an index entry of stream {stream} does not have the index's shape"))
+            })?;
+            index_len += positions.count() as u64;
+        }
         if index_len != head {
             return Err(StoreError::corrupt(head, format!("stream index has {index_len} entries for {head} events")));
         }
@@ -654,6 +681,17 @@ fn open_error(path: &Path, error: sled::Error) -> StoreError {
     }
 }
 
+/// The stored format mark (`None` for a log never opened), refused when unknown.
+fn read_format(trees: &Trees) -> Result<Option<u8>, StoreError> {
+    match trees.meta.get(trees::META_FORMAT)? {
+        None => Ok(None),
+        Some(format) => match format.as_ref() {
+            [known] if trees::LOG_FORMATS_READ.contains(known) => Ok(Some(*known)),
+            unknown => Err(StoreError::corrupt(0, format!("unknown log format {unknown:?}"))),
+        },
+    }
+}
+
 /// The stored tail, checked against the last record.
 fn read_tail(trees: &Trees) -> Result<Tail, StoreError> {
     let meta = |key: &[u8]| trees.meta.get(key);
@@ -669,11 +707,6 @@ fn read_tail(trees: &Trees) -> Result<Tail, StoreError> {
             .map(|micros| micros as i64)
             .ok_or_else(|| StoreError::corrupt(head, "stored time is not 8 bytes"))?,
     };
-    if let Some(format) = meta(trees::META_FORMAT)?
-        && !matches!(format.as_ref(), [known] if trees::LOG_FORMATS_READ.contains(known))
-    {
-        return Err(StoreError::corrupt(0, format!("unknown log format {:?}", format.as_ref())));
-    }
     let last = chunk::last(&trees.events, |last, bytes| {
         if last != head {
             return Err(StoreError::corrupt(head, format!("the stored head is {head} but the last event is {last}")));

@@ -24,7 +24,7 @@
 //! of the batch gets an error and the log refuses appends until it is reopened.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -258,7 +258,8 @@ pub(crate) struct BatchWrites {
     pub keys: Vec<([u8; 16], Vec<u8>)>,
     /// Records packed into chunks, keyed by their first position (`chunk`).
     pub chunks: Vec<([u8; 8], Vec<u8>)>,
-    pub streams: Vec<(Vec<u8>, [u8; 8])>,
+    /// Stream index groups, whole (`trees`: `streams`).
+    pub streams: Vec<(Vec<u8>, Vec<u8>)>,
     pub idempotency: Vec<([u8; 32], Vec<u8>)>,
     /// The tail after the batch.
     pub tail: Tail,
@@ -280,7 +281,7 @@ impl BatchWrites {
             }
         }
         let values: usize = self.chunks.iter().map(|(_, bytes)| bytes.len() + 16).sum::<usize>()
-            + self.streams.iter().map(|(key, _)| key.len() + 16).sum::<usize>()
+            + self.streams.iter().map(|(key, group)| key.len() + group.len() + 8).sum::<usize>()
             + self.idempotency.iter().map(|(_, bytes)| bytes.len() + 40).sum::<usize>()
             + self.keys.len() * 56;
         let mut out = Vec::with_capacity(80 + values);
@@ -352,7 +353,7 @@ impl BatchWrites {
             first,
             keys: reader.pairs(fixed, owned)?,
             chunks: reader.pairs(fixed, owned)?,
-            streams: reader.pairs(owned, fixed)?,
+            streams: reader.pairs(owned, owned)?,
             idempotency: reader.pairs(fixed, owned)?,
             tail: Tail { head, last_hash, last_recorded_micros },
             forgets,
@@ -387,8 +388,8 @@ fn insert_in_order(trees: &Trees, writes: &BatchWrites) -> Result<(), String> {
     for (first, bytes) in &writes.chunks {
         trees.events.insert(first, bytes.as_slice()).map_err(failed)?;
     }
-    for (key, position) in &writes.streams {
-        trees.streams.insert(key.as_slice(), position).map_err(failed)?;
+    for (key, group) in &writes.streams {
+        trees.streams.insert(key.as_slice(), group.as_slice()).map_err(failed)?;
     }
     for (key, bytes) in &writes.idempotency {
         trees.idempotency.insert(key, bytes.as_slice()).map_err(failed)?;
@@ -403,8 +404,8 @@ fn transact(trees: &Trees, writes: &BatchWrites) -> Result<(), String> {
         for (first, bytes) in &writes.chunks {
             tx[trees::EVENTS].insert(first, bytes.as_slice())?;
         }
-        for (key, position) in &writes.streams {
-            tx[trees::STREAMS].insert(key.as_slice(), position)?;
+        for (key, group) in &writes.streams {
+            tx[trees::STREAMS].insert(key.as_slice(), group.as_slice())?;
         }
         for (key, bytes) in &writes.idempotency {
             tx[trees::IDEMPOTENCY].insert(key, bytes.as_slice())?;
@@ -490,9 +491,17 @@ pub(crate) fn drop_torn_batch(trees: &Trees) -> Result<Option<u64>, StoreError> 
     let mut dropped = 0;
     chunk::walk(&trees.events, first, u64::MAX, |position, bytes| {
         let record = record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
-        let index_key = trees::stream_key(&record.header.stream, record.header.version);
-        if trees.streams.get(&index_key)?.as_deref().and_then(trees::be_u64) == Some(position) {
-            trees.streams.remove(index_key)?;
+        // Cut the stream's index group back to the versions before this one.
+        let version = record.header.version;
+        let key = trees::group_key(&record.header.stream, version);
+        let kept = 8 * (version - trees::group_first(version)) as usize;
+        if let Some(group) = trees.streams.get(&key)?
+            && group.get(kept..kept + 8).and_then(trees::be_u64) == Some(position)
+        {
+            match kept {
+                0 => trees.streams.remove(key)?,
+                _ => trees.streams.insert(key, &group[..kept])?,
+            };
         }
         dropped += 1;
         Ok::<bool, StoreError>(true)
@@ -645,7 +654,8 @@ struct Staged {
     tail: Tail,
     /// Each record with its position, packed into chunks when written.
     events: Vec<(u64, Vec<u8>)>,
-    streams: Vec<(Vec<u8>, [u8; 8])>,
+    /// Stream index groups the batch writes, whole: key → positions.
+    streams: BTreeMap<Vec<u8>, Vec<u8>>,
     idempotency: Vec<([u8; 32], Vec<u8>)>,
     keys: Vec<([u8; 16], Vec<u8>)>,
     /// Whether the batch forgets a subject (and so is written in a transaction).
@@ -663,7 +673,7 @@ impl Staged {
         Staged {
             tail,
             events: Vec::new(),
-            streams: Vec::new(),
+            streams: BTreeMap::new(),
             idempotency: Vec::new(),
             keys: Vec::new(),
             forgets: false,
@@ -683,7 +693,7 @@ impl Staged {
             first,
             keys: std::mem::take(&mut self.keys),
             chunks: chunk::pack(events.iter().map(|(position, bytes)| (*position, bytes.as_slice()))),
-            streams: std::mem::take(&mut self.streams),
+            streams: std::mem::take(&mut self.streams).into_iter().collect(),
             idempotency: std::mem::take(&mut self.idempotency),
             tail: self.tail,
             forgets: self.forgets,
@@ -793,10 +803,37 @@ impl Staged {
             versions.push(StreamVersion { stream: stream.stream.clone(), version });
         }
 
+        // The index groups this request continues that the batch has not
+        // touched yet, read before anything is added to the batch.
+        // Only a stream's first event in the request can continue a group begun
+        // before it (a request names each stream once, its events in order).
+        let mut continued: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut previous_stream = None;
+        for (_, stream, version, _) in &records {
+            if previous_stream.replace(*stream) == Some(*stream) {
+                continue;
+            }
+            let first = trees::group_first(*version);
+            let key = trees::stream_key(stream, first);
+            if *version == first || self.streams.contains_key(&key) {
+                continue;
+            }
+            let group = trees.streams.get(&key)?.map(|group| group.to_vec()).unwrap_or_default();
+            if group.len() as u64 != 8 * (version - first) {
+                return Err(StoreError::corrupt(
+                    0,
+                    format!("index of stream {stream} is damaged at version {version}"),
+                ));
+            }
+            continued.push((key, group));
+        }
+
         // Every check passed: add it all to the batch.
+        self.streams.extend(continued);
         for (position, stream, version, bytes) in records {
             self.events.push((position, bytes));
-            self.streams.push((trees::stream_key(stream, version), position.to_be_bytes()));
+            let group = self.streams.entry(trees::group_key(stream, version)).or_default();
+            group.extend_from_slice(&position.to_be_bytes());
         }
         for (stream, head) in heads {
             self.stream_heads.insert(stream.to_owned(), head);

@@ -1,7 +1,7 @@
 //! Records packed several to a sled key (`store/src/chunk.rs`): every read finds
 //! each event whatever chunk holds it, damage inside a chunk is named at the
-//! event's own position, and a log written one record a key (format 1) still
-//! opens, reads, verifies and takes appends.
+//! event's own position, and a log written one record a key and indexed one
+//! entry a version (format 1) still opens, reads, verifies and takes appends.
 
 use std::path::Path;
 
@@ -118,7 +118,15 @@ async fn a_log_of_one_record_a_key_opens_reads_and_takes_packed_appends() {
         }
     }
     {
+        // And the stream index of format 1 to 3: one entry a version, the
+        // position its value.
         let db = tests::raw_sled(dir.path());
+        let streams = db.open_tree("streams").expect("tree");
+        streams.clear().expect("clears");
+        for version in 1..=5u64 {
+            let key = [&b"old\0"[..], &version.to_be_bytes()].concat();
+            streams.insert(key, &version.to_be_bytes()).expect("writes");
+        }
         db.open_tree("meta").expect("tree").insert("format", &[1]).expect("writes");
         db.flush().expect("flushes");
     }
@@ -126,7 +134,8 @@ async fn a_log_of_one_record_a_key_opens_reads_and_takes_packed_appends() {
 
     {
         let log = EventLog::open(dir.path()).expect("a format-1 log opens");
-        assert_eq!(log.verify().expect("verifies").events, 5);
+        assert_eq!(log.verify().expect("verifies, its stream index grouped").events, 5);
+        assert_eq!(log.stream_version("old").expect("reads"), 5);
         assert_eq!(log.read_stream("old", 1, 10).expect("reads").len(), 5);
         let packed = append("old", ExpectedVersion::Exact(5), (0..3).map(|_| event("E", b"new")).collect());
         assert_eq!(log.append(packed).await.expect("appends").last_position, 8);
@@ -137,9 +146,14 @@ async fn a_log_of_one_record_a_key_opens_reads_and_takes_packed_appends() {
     let format = tests::raw_sled(dir.path()).open_tree("meta").expect("tree").get("format").expect("reads");
     assert_eq!(
         format.as_deref(),
-        Some(&[3][..]),
-        "the log is marked format 3 once it may hold chunks and a write-ahead log"
+        Some(&[4][..]),
+        "the log is marked format 4 once it may hold chunks, a write-ahead log and index groups"
     );
+    let streams = tests::raw_sled(dir.path()).open_tree("streams").expect("tree");
+    let groups: Vec<(Vec<u8>, Vec<u8>)> =
+        streams.iter().map(|entry| entry.expect("reads")).map(|(key, value)| (key.to_vec(), value.to_vec())).collect();
+    let positions: Vec<u8> = (1..=8u64).flat_map(u64::to_be_bytes).collect();
+    assert_eq!(groups, vec![([&b"old\0"[..], &1u64.to_be_bytes()].concat(), positions)], "one group of 8 versions");
 }
 
 #[tokio::test]
@@ -151,11 +165,11 @@ async fn a_log_of_an_unknown_format_is_refused_with_the_format_named() {
     }
     {
         let db = tests::raw_sled(dir.path());
-        db.open_tree("meta").expect("tree").insert("format", &[4]).expect("writes");
+        db.open_tree("meta").expect("tree").insert("format", &[5]).expect("writes");
         db.flush().expect("flushes");
     }
     match EventLog::open(dir.path()) {
-        Err(StoreError::Corrupt { reason, .. }) => assert!(reason.contains("unknown log format [4]"), "{reason}"),
-        other => panic!("a log of format 4 should be refused, got {other:?}"),
+        Err(StoreError::Corrupt { reason, .. }) => assert!(reason.contains("unknown log format [5]"), "{reason}"),
+        other => panic!("a log of format 5 should be refused, got {other:?}"),
     }
 }

@@ -92,6 +92,71 @@ async fn one_stream_reads_from_a_version_with_its_envelope() {
     assert!(log.read_stream("order-", 1, 10).expect("reads").is_empty(), "a prefix of a name is another stream");
 }
 
+/// Every read of `stream` (from each version, with limits below, at and above
+/// an index group's 16 versions) against the stream's events in the whole log.
+fn assert_stream_reads(log: &EventLog, stream: &str, versions: u64) {
+    let all: Vec<(u64, u64)> = log
+        .read_all(1, 10_000)
+        .expect("reads")
+        .into_iter()
+        .filter(|event| event.stream == stream)
+        .map(|event| (event.version, event.position))
+        .collect();
+    assert_eq!(all.len() as u64, versions);
+    for from in 0..=versions + 1 {
+        for limit in [1, 5, 16, 17, 100] {
+            let read: Vec<(u64, u64)> = log
+                .read_stream(stream, from, limit)
+                .expect("reads")
+                .iter()
+                .map(|event| (event.version, event.position))
+                .collect();
+            let expected: Vec<(u64, u64)> =
+                all.iter().filter(|(version, _)| *version >= from).take(limit).copied().collect();
+            assert_eq!(read, expected, "{stream} from version {from}, limit {limit}");
+        }
+    }
+    assert_eq!(log.stream_version(stream).expect("reads"), versions);
+}
+
+#[tokio::test]
+async fn a_long_stream_reads_from_every_version_across_its_index_groups_and_after_a_reopen() {
+    let dir = temp_dir();
+    {
+        let log = EventLog::open(dir.path()).expect("opens");
+        // 53 versions of "long" in appends of 1 to 7 events, every other one with
+        // an event of "other" in the same append.
+        let mut sizes = [1u64, 7, 3, 5, 2, 6, 4].into_iter().cycle();
+        let mut written = 0;
+        while written < 53 {
+            let size = sizes.next().unwrap_or(1).min(53 - written);
+            let events = (0..size).map(|_| event("E", b"long")).collect();
+            let request = if written % 2 == 0 {
+                append("long", ExpectedVersion::Exact(written), events)
+            } else {
+                tests::append_many(vec![
+                    ("other", ExpectedVersion::Any, vec![event("E", b"other")]),
+                    ("long", ExpectedVersion::Exact(written), events),
+                ])
+            };
+            log.append(request).await.expect("appends");
+            written += size;
+        }
+        assert_stream_reads(&log, "long", 53);
+        let others = log.stream_version("other").expect("reads");
+        assert!(others > 0);
+        assert_stream_reads(&log, "other", others);
+        assert_eq!(log.verify().expect("verifies").events, 53 + others);
+    }
+    let log = EventLog::open(dir.path()).expect("reopens");
+    assert_stream_reads(&log, "long", 53);
+    let more = append("long", ExpectedVersion::Exact(53), (0..20).map(|_| event("E", b"more")).collect());
+    log.append(more).await.expect("appends");
+    assert_stream_reads(&log, "long", 73);
+    assert_eq!(log.read_stream("never", 1, 10).expect("reads").len(), 0);
+    assert_eq!(log.stream_version("never").expect("reads"), 0);
+}
+
 #[tokio::test]
 async fn a_subscription_delivers_catch_up_then_live_events_in_order_without_gaps_or_repeats() {
     let dir = temp_dir();

@@ -102,15 +102,27 @@ async fn a_record_swapped_for_another_valid_one_breaks_the_chain_there() {
     assert_eq!(corrupt_position(dir.path()).0, 3);
 }
 
+/// The key of the stream index group of `stream` that starts at version 1
+/// (`store/src/trees.rs`: 16 versions to an entry).
+fn first_group_key(stream: &str) -> Vec<u8> {
+    let mut key = stream.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(&1u64.to_be_bytes());
+    key
+}
+
+fn positions(positions: &[u64]) -> Vec<u8> {
+    positions.iter().flat_map(|position| position.to_be_bytes()).collect()
+}
+
 #[tokio::test]
 async fn a_stream_index_entry_pointing_elsewhere_is_found() {
     let dir = temp_dir();
     log_with_five_events(dir.path()).await;
     tamper(dir.path(), |db| {
-        let mut key = b"odd".to_vec();
-        key.push(0);
-        key.extend_from_slice(&2u64.to_be_bytes());
-        db.open_tree("streams").expect("tree").insert(key, &5u64.to_be_bytes()).expect("writes");
+        let streams = db.open_tree("streams").expect("tree");
+        assert_eq!(streams.get(first_group_key("odd")).expect("reads").as_deref(), Some(&positions(&[2, 4])[..]));
+        streams.insert(first_group_key("odd"), positions(&[2, 5])).expect("writes");
     });
     let (position, reason) = corrupt_position(dir.path());
     assert_eq!(position, 4, "{reason}");
@@ -122,12 +134,26 @@ async fn a_stream_index_entry_for_an_event_never_written_is_found() {
     let dir = temp_dir();
     log_with_five_events(dir.path()).await;
     tamper(dir.path(), |db| {
-        let mut key = b"even".to_vec();
-        key.push(0);
-        key.extend_from_slice(&4u64.to_be_bytes());
-        db.open_tree("streams").expect("tree").insert(key, &6u64.to_be_bytes()).expect("writes");
+        let streams = db.open_tree("streams").expect("tree");
+        streams.insert(first_group_key("even"), positions(&[1, 3, 5, 6])).expect("writes");
     });
     let (position, reason) = corrupt_position(dir.path());
     assert_eq!(position, 5, "{reason}");
     assert!(reason.contains("stream index has 6 entries for 5 events"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_stream_index_entry_of_the_wrong_shape_is_found() {
+    let dir = temp_dir();
+    log_with_five_events(dir.path()).await;
+    tamper(dir.path(), |db| {
+        let mut key = b"odd".to_vec();
+        key.push(0);
+        // Version 3 does not begin a group.
+        key.extend_from_slice(&3u64.to_be_bytes());
+        db.open_tree("streams").expect("tree").insert(key, positions(&[4])).expect("writes");
+    });
+    let (position, reason) = corrupt_position(dir.path());
+    assert_eq!(position, 5, "{reason}");
+    assert!(reason.contains("an index entry of stream odd does not have the index's shape"), "{reason}");
 }
