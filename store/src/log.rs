@@ -384,13 +384,12 @@ impl EventLog {
     pub fn read_stream(&self, stream: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         let head = self.head();
         let from = from_version.max(1);
-        let damaged = || StoreError::corrupt(0, format!("index of stream {stream} is damaged"));
         let mut events = Vec::new();
         let groups =
             self.inner.trees.streams.range(trees::group_key(stream, from)..=trees::stream_key(stream, u64::MAX));
         'groups: for item in groups {
             let (key, group) = item?;
-            let (first, positions) = trees::parse_group(&key, &group).ok_or_else(damaged)?;
+            let (first, positions) = trees::parse_group(&key, &group).ok_or_else(|| trees::index_damaged(stream))?;
             for (version, position) in (first..).zip(positions) {
                 if version < from {
                     continue;
@@ -420,11 +419,11 @@ impl EventLog {
         }
         // The last entry is not durable yet: the durable version is the newest one
         // at or below the head.
-        let damaged = || StoreError::corrupt(0, format!("index of stream {stream} is damaged"));
         let groups = self.inner.trees.streams.range(trees::stream_key(stream, 1)..=trees::stream_key(stream, version));
         for item in groups.rev() {
             let (key, group) = item?;
-            let (first, mut positions) = trees::parse_group(&key, &group).ok_or_else(damaged)?;
+            let (first, mut positions) =
+                trees::parse_group(&key, &group).ok_or_else(|| trees::index_damaged(stream))?;
             if let Some(durable) = positions.rposition(|position| position <= head) {
                 return Ok(first + durable as u64);
             }
@@ -539,8 +538,7 @@ impl EventLog {
                 ));
             }
             let indexed = trees.streams.get(trees::group_key(&record.header.stream, *version))?;
-            let at = 8 * (*version - trees::group_first(*version)) as usize;
-            if indexed.as_deref().and_then(|group| group.get(at..at + 8)).and_then(be_u64) != Some(position) {
+            if indexed.as_deref().and_then(|group| trees::group_position(group, *version)) != Some(position) {
                 return Err(StoreError::corrupt(
                     position,
                     format!("stream index of {} version {} does not point here", record.header.stream, *version),

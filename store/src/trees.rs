@@ -86,6 +86,23 @@ pub(crate) fn stream_key(stream: &str, first: u64) -> Vec<u8> {
     key
 }
 
+/// Where `version` lies in its group's value, in bytes: its group holds the
+/// versions before it in these bytes.
+pub(crate) fn group_offset(version: u64) -> usize {
+    8 * (version - group_first(version)) as usize
+}
+
+/// The position a group's value holds for `version`, if it holds one.
+pub(crate) fn group_position(group: &[u8], version: u64) -> Option<u64> {
+    let at = group_offset(version);
+    group.get(at..at + 8).and_then(be_u64)
+}
+
+/// The error for an index entry of `stream` that does not have the index's shape.
+pub(crate) fn index_damaged(stream: &str) -> StoreError {
+    StoreError::corrupt(0, format!("index of stream {stream} is damaged"))
+}
+
 /// The `streams` key of the group that holds `version` of `stream`.
 pub(crate) fn group_key(stream: &str, version: u64) -> Vec<u8> {
     stream_key(stream, group_first(version))
@@ -194,10 +211,9 @@ pub(crate) fn read_stream_head(trees: &Trees, stream: &str) -> Result<(u64, u64)
         return Ok((0, 0));
     };
     let (key, value) = entry?;
-    let damaged = || StoreError::corrupt(0, format!("index of stream {stream} is damaged"));
-    let (first, positions) = parse_group(&key, &value).ok_or_else(damaged)?;
-    let len = value.len() as u64 / 8;
-    Ok((first + len - 1, positions.last().ok_or_else(damaged)?))
+    let (first, positions) = parse_group(&key, &value).ok_or_else(|| index_damaged(stream))?;
+    let len = positions.len() as u64;
+    Ok((first + len - 1, positions.last().ok_or_else(|| index_damaged(stream))?))
 }
 
 /// The subject's key: `None` when it never had one, `Some(None)` once forgotten.

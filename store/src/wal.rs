@@ -25,7 +25,7 @@
 //! earlier cycle for a reader to mistake.
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -62,7 +62,8 @@ impl Wal {
         if !existed {
             File::open(dir)?.sync_all()?;
         }
-        let bytes = std::fs::read(&path)?;
+        let mut bytes = Vec::new();
+        (&file).read_to_end(&mut bytes)?;
         let (payloads, end) = frames(&bytes);
         let payloads = payloads.into_iter().map(<[u8]>::to_vec).collect();
         let wal = Wal { file, offset: end as u64, allocated: bytes.len() as u64, len_max: len_max.max(1) };

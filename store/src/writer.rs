@@ -494,9 +494,9 @@ pub(crate) fn drop_torn_batch(trees: &Trees) -> Result<Option<u64>, StoreError> 
         // Cut the stream's index group back to the versions before this one.
         let version = record.header.version;
         let key = trees::group_key(&record.header.stream, version);
-        let kept = 8 * (version - trees::group_first(version)) as usize;
+        let kept = trees::group_offset(version);
         if let Some(group) = trees.streams.get(&key)?
-            && group.get(kept..kept + 8).and_then(trees::be_u64) == Some(position)
+            && trees::group_position(&group, version) == Some(position)
         {
             match kept {
                 0 => trees.streams.remove(key)?,
@@ -819,7 +819,7 @@ impl Staged {
                 continue;
             }
             let group = trees.streams.get(&key)?.map(|group| group.to_vec()).unwrap_or_default();
-            if group.len() as u64 != 8 * (version - first) {
+            if group.len() != trees::group_offset(*version) {
                 return Err(StoreError::corrupt(
                     0,
                     format!("index of stream {stream} is damaged at version {version}"),
