@@ -104,7 +104,7 @@ impl Filler {
         meta.insert(trees::META_HEAD, &self.head.to_be_bytes())?;
         meta.insert(trees::META_LAST_HASH, &self.last_hash)?;
         meta.insert(trees::META_LAST_RECORDED_AT, &self.last_recorded_micros.to_be_bytes())?;
-        self.db.flush()?;
+        crate::log::flush_sled(&self.db)?;
         File::open(self.path.join("db"))?.sync_all()?;
         File::open(&self.path)?.sync_all()?;
         Ok(self.path)

@@ -155,7 +155,7 @@ impl EventLog {
         if dropped.is_some() || replayed > 0 || old_index {
             // Made durable before anything new is written at those positions,
             // and before the WAL that held them is emptied.
-            db.flush()?;
+            flush_sled(&db)?;
             db_file.sync_data()?;
         }
         // What sled holds now is durable: it was fsynced above, or when opened.
@@ -302,7 +302,7 @@ impl EventLog {
 
     /// Flush everything written to the database so far, and fsync it.
     pub fn make_durable(&self) -> Result<(), StoreError> {
-        self.inner.db.flush()?;
+        flush_sled(&self.inner.db)?;
         File::open(self.inner.path.join("db"))?.sync_data()?;
         Ok(())
     }
@@ -666,6 +666,22 @@ pub(crate) fn sled_config(path: &Path, cache_capacity_bytes: u64) -> sled::Confi
         .cache_capacity(cache_capacity_bytes)
         .mode(sled::Mode::HighThroughput)
         .flush_every_ms(None)
+}
+
+/// sled's flush, and then the memory it freed handed back at once.
+///
+/// sled frees through crossbeam-epoch: what a thread replaces is kept in that
+/// thread's bag of deferred frees until the bag holds 64 of them. A flush seals
+/// sled's write buffer and defers the old handle, which keeps the whole 8 MiB
+/// segment buffer it shares alive. In a thread that defers little else (the
+/// syncer, which flushes only at checkpoints) that held one segment buffer per
+/// checkpoint: 15 buffers, 126 MiB, at 1M events (docs/BENCHMARKS.md). Flushing
+/// the thread's bag after each flush frees them as soon as no reader can see
+/// them. `sled::crossbeam_pin` is sled's own collector (sled is pinned to 0.34.7).
+pub(crate) fn flush_sled(db: &sled::Db) -> sled::Result<()> {
+    db.flush()?;
+    sled::crossbeam_pin().flush();
+    Ok(())
 }
 
 fn open_error(path: &Path, error: sled::Error) -> StoreError {

@@ -626,7 +626,7 @@ impl Syncer {
     /// the write-ahead log. sled then holds every batch the writer handed over,
     /// those pending here included, so their frames need not be written.
     fn checkpoint(&mut self) -> Result<(), String> {
-        self.db.flush().map_err(|error| format!("flush failed: {error}"))?;
+        crate::log::flush_sled(&self.db).map_err(|error| format!("flush failed: {error}"))?;
         self.db_file.sync_data().map_err(|error| format!("fdatasync of sled's log failed: {error}"))?;
         self.wal.start_over().map_err(|error| format!("emptying the write-ahead log failed: {error}"))?;
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
