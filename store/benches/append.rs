@@ -19,6 +19,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,8 @@ struct Measured {
     seconds: f64,
     batches: u64,
     checkpoints: u64,
+    /// CPU seconds by thread name, while the log was open.
+    cpu: BTreeMap<String, f64>,
 }
 
 impl Measured {
@@ -64,6 +67,37 @@ impl Measured {
         self.seconds += round.seconds;
         self.batches += round.batches;
         self.checkpoints += round.checkpoints;
+        for (name, seconds) in &round.cpu {
+            *self.cpu.entry(name.clone()).or_insert(0.0) += seconds;
+        }
+    }
+}
+
+/// CPU time so far of each of this process's threads, in seconds, summed by
+/// thread name (Linux: `/proc/self/task/*/schedstat`; empty elsewhere). The
+/// benchmark's own threads are named after it.
+fn cpu_by_thread() -> BTreeMap<String, f64> {
+    let mut seconds = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return seconds;
+    };
+    for task in tasks.flatten() {
+        let read = |file: &str| std::fs::read_to_string(task.path().join(file)).ok();
+        let (Some(name), Some(stat)) = (read("comm"), read("schedstat")) else { continue };
+        let Some(nanos) = stat.split_whitespace().next().and_then(|field| field.parse::<u64>().ok()) else {
+            continue;
+        };
+        // sled numbers its IO threads; the name without the number sums them.
+        let name = name.trim().trim_end_matches(|c: char| c.is_ascii_digit()).to_owned();
+        *seconds.entry(name).or_insert(0.0) += nanos as f64 / 1e9;
+    }
+    seconds
+}
+
+/// What each thread name spent between two [`cpu_by_thread`] readings, added to `into`.
+fn add_cpu(into: &mut BTreeMap<String, f64>, before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) {
+    for (name, seconds) in after {
+        *into.entry(name.clone()).or_insert(0.0) += seconds - before.get(name).copied().unwrap_or(0.0);
     }
 }
 
@@ -76,6 +110,7 @@ fn measure_log(runtime: &tokio::runtime::Runtime, writers: usize, appends: usize
         EventLog::open_with(dir.path(), Options { batch_len_max, wal_len_max: WAL_LEN_MAX, ..Options::default() })
             .expect("opens");
     let per_writer = appends.div_ceil(writers);
+    let cpu_before = cpu_by_thread();
     let started = Instant::now();
     runtime.block_on(async {
         let tasks: Vec<_> = (0..writers)
@@ -100,7 +135,10 @@ fn measure_log(runtime: &tokio::runtime::Runtime, writers: usize, appends: usize
         }
         let seconds = started.elapsed().as_secs_f64();
         let stats = log.commit_stats();
-        Measured { appends: total, seconds, batches: stats.batches, checkpoints: stats.checkpoints }
+        // Before the log is dropped: its threads' times go with them.
+        let mut cpu = BTreeMap::new();
+        add_cpu(&mut cpu, &cpu_before, &cpu_by_thread());
+        Measured { appends: total, seconds, batches: stats.batches, checkpoints: stats.checkpoints, cpu }
     })
 }
 
@@ -126,7 +164,13 @@ fn measure_sled_no_flush(writers: usize, appends: usize) -> Measured {
         }
     });
     let seconds = started.elapsed().as_secs_f64();
-    Measured { appends: next.load(std::sync::atomic::Ordering::Relaxed) - 1, seconds, batches: 0, checkpoints: 0 }
+    Measured {
+        appends: next.load(std::sync::atomic::Ordering::Relaxed) - 1,
+        seconds,
+        batches: 0,
+        checkpoints: 0,
+        cpu: BTreeMap::new(),
+    }
 }
 
 /// sled alone, durable per append the way DESIGN §3.1 describes: insert, flush,
@@ -148,7 +192,13 @@ fn measure_sled_flush_per_append(appends: usize) -> Measured {
         file.sync_data().expect("fdatasync");
         done += 1;
     }
-    Measured { appends: done, seconds: started.elapsed().as_secs_f64(), batches: done, checkpoints: 0 }
+    Measured {
+        appends: done,
+        seconds: started.elapsed().as_secs_f64(),
+        batches: done,
+        checkpoints: 0,
+        cpu: BTreeMap::new(),
+    }
 }
 
 fn main() {
@@ -162,8 +212,8 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
 
     let one = measure_log(&runtime, 1, appends / 10, 1024);
-    let mut grouped = Measured { appends: 0, seconds: 0.0, batches: 0, checkpoints: 0 };
-    let mut per_append = Measured { appends: 0, seconds: 0.0, batches: 0, checkpoints: 0 };
+    let empty = || Measured { appends: 0, seconds: 0.0, batches: 0, checkpoints: 0, cpu: BTreeMap::new() };
+    let (mut grouped, mut per_append) = (empty(), empty());
     let mut ratios = Vec::new();
     for _ in 0..ROUNDS {
         let round_grouped = measure_log(&runtime, 64, appends / ROUNDS, 1024);
@@ -214,4 +264,14 @@ fn main() {
     );
     println!("group commit / sled flush + fdatasync per append: {:.1}x", grouped.rate() / sled_per_append.rate());
     println!("group commit / sled no-flush: {:.0} % (target >= 70 %)", 100.0 * grouped.rate() / sled.rate());
+    println!();
+    println!("CPU time of group commit at 64 writers, by thread ({:.2} s of wall time):", grouped.seconds);
+    println!("| thread | CPU seconds | µs per append |");
+    println!("|---|---:|---:|");
+    let mut total = 0.0;
+    for (name, seconds) in grouped.cpu.iter().filter(|(_, seconds)| **seconds > 0.0005) {
+        total += seconds;
+        println!("| {name} | {seconds:.3} | {:.2} |", 1e6 * seconds / grouped.appends as f64);
+    }
+    println!("| all | {total:.3} | {:.2} |", 1e6 * total / grouped.appends as f64);
 }

@@ -102,6 +102,7 @@ impl Filler {
         let meta = &self.trees.meta;
         meta.insert(trees::META_FORMAT, &[trees::LOG_FORMAT])?;
         meta.insert(trees::META_HEAD, &self.head.to_be_bytes())?;
+        meta.insert(trees::META_INDEXED, &self.head.to_be_bytes())?;
         meta.insert(trees::META_LAST_HASH, &self.last_hash)?;
         meta.insert(trees::META_LAST_RECORDED_AT, &self.last_recorded_micros.to_be_bytes())?;
         crate::log::flush_sled(&self.db)?;

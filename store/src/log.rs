@@ -149,10 +149,23 @@ impl EventLog {
             tracing::info!("building the stream index in groups (log format 4) from the records");
             trees::rebuild_stream_index(&trees)?;
         }
+        // The index groups of the batches since the last checkpoint were only in
+        // memory: index their records again. (A mark past the head is of a torn
+        // batch, whose index entries were dropped with it.)
+        let head = trees::read_head(&trees)?;
+        let indexed = match old_index {
+            true => head,
+            false => trees::read_indexed(&trees, stored_format)?.min(head),
+        };
+        let reindexed = match indexed < head {
+            true => trees::index_records(&trees, indexed + 1)?,
+            false => 0,
+        };
+        trees.meta.insert(trees::META_INDEXED, &head.to_be_bytes())?;
         if stored_format != Some(trees::LOG_FORMAT) {
             trees.meta.insert(trees::META_FORMAT, &[trees::LOG_FORMAT])?;
         }
-        if dropped.is_some() || replayed > 0 || old_index {
+        if dropped.is_some() || replayed > 0 || old_index || reindexed > 0 {
             // Made durable before anything new is written at those positions,
             // and before the WAL that held them is emptied.
             flush_sled(&db)?;
@@ -176,6 +189,9 @@ impl EventLog {
             stream_heads: HashMap::new(),
             syncer: Some(Syncer {
                 db: db.clone(),
+                trees: trees.clone(),
+                unindexed: HashMap::new(),
+                received_head: tail.head,
                 db_file,
                 wal,
                 durable: durable_sender,
@@ -196,7 +212,11 @@ impl EventLog {
                 health,
                 counters,
                 upcasters: options.upcasters,
-                recovery: Recovery { torn_records_dropped: dropped, batches_replayed: replayed },
+                recovery: Recovery {
+                    torn_records_dropped: dropped,
+                    batches_replayed: replayed,
+                    records_indexed: reindexed,
+                },
                 writer: Some(writer),
                 db,
             }),
@@ -386,7 +406,7 @@ impl EventLog {
         let from = from_version.max(1);
         let mut events = Vec::new();
         let groups =
-            self.inner.trees.streams.range(trees::group_key(stream, from)..=trees::stream_key(stream, u64::MAX));
+            self.inner.trees.index_groups(trees::group_key(stream, from)..=trees::stream_key(stream, u64::MAX), false);
         'groups: for item in groups {
             let (key, group) = item?;
             let (first, positions) = trees::parse_group(&key, &group).ok_or_else(|| trees::index_damaged(stream))?;
@@ -419,8 +439,9 @@ impl EventLog {
         }
         // The last entry is not durable yet: the durable version is the newest one
         // at or below the head.
-        let groups = self.inner.trees.streams.range(trees::stream_key(stream, 1)..=trees::stream_key(stream, version));
-        for item in groups.rev() {
+        let groups =
+            self.inner.trees.index_groups(trees::stream_key(stream, 1)..=trees::stream_key(stream, version), true);
+        for item in groups {
             let (key, group) = item?;
             let (first, mut positions) =
                 trees::parse_group(&key, &group).ok_or_else(|| trees::index_damaged(stream))?;
@@ -537,7 +558,7 @@ impl EventLog {
                     ),
                 ));
             }
-            let indexed = trees.streams.get(trees::group_key(&record.header.stream, *version))?;
+            let indexed = trees.index_group(&trees::group_key(&record.header.stream, *version))?;
             if indexed.as_deref().and_then(|group| trees::group_position(group, *version)) != Some(position) {
                 return Err(StoreError::corrupt(
                     position,
@@ -550,7 +571,7 @@ impl EventLog {
         })?;
         let head = expected_position - 1;
         let mut index_len = 0;
-        for entry in trees.streams.iter() {
+        for entry in trees.index_groups(.., false) {
             let (key, group) = entry?;
             let (_, positions) = trees::parse_group(&key, &group).ok_or_else(|| {
                 let stream =

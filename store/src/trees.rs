@@ -6,13 +6,23 @@
 //!   group's versions in order (u64 BE each, 1 to 16 of them). A stream's head is
 //!   the last position of its last group, so no separate heads tree costs an
 //!   insert per append; one entry per 16 events keeps sled's memory from growing
-//!   with the log as one entry per event did (docs/BENCHMARKS.md)
+//!   with the log as one entry per event did (docs/BENCHMARKS.md). The groups
+//!   written since the last checkpoint are in [`RecentGroups`], not yet in this
+//!   tree: every read of the index goes through [`Trees::index_group`] or
+//!   [`Trees::index_groups`], which look there first
 //! - `idempotency`: blake3(key) → stored result
 //! - `keys`: subject (16 bytes) → 32-byte key, or empty once forgotten
-//! - `meta`: head position, last hash, last recorded time, format, the marker of
-//!   the batch being written, named secrets
+//! - `meta`: head position, last hash, last recorded time, format, how far the
+//!   `streams` tree indexes the log, the marker of the batch being written, named
+//!   secrets
 //! - `x:<name>`: trees of the log's users (read models), see `EventLog::open_tree`
 
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use sled::IVec;
 use uuid::Uuid;
 
 use crate::error::StoreError;
@@ -32,12 +42,19 @@ pub(crate) const META_FORMAT: &[u8] = b"format";
 /// The log's format, stored under [`META_FORMAT`]. 2: records are packed in
 /// chunks (`chunk`). 3: a write-ahead log (`wal`) may hold acknowledged batches
 /// that sled does not hold yet. 4: the stream index is grouped (`streams`
-/// above). A log of format 1 (every value one record, one index entry a
-/// version), 2 or 3 is opened by rebuilding its stream index from the records
-/// (`rebuild_stream_index`) and marking it 4; a binary that knows only an older
-/// format then refuses the log instead of misreading it.
-pub(crate) const LOG_FORMAT: u8 = 4;
-pub(crate) const LOG_FORMATS_READ: [u8; 4] = [1, 2, 3, LOG_FORMAT];
+/// above). 5: the `streams` tree may lag behind the records (it is written at
+/// checkpoints, [`RecentGroups`]); [`META_INDEXED`] says how far it goes. A log
+/// of format 1 (every value one record, one index entry a version), 2 or 3 is
+/// opened by rebuilding its stream index from the records
+/// (`rebuild_stream_index`), a log of format 4 as indexed up to its head; both
+/// are then marked 5, and a binary that knows only an older format refuses the
+/// log instead of misreading it.
+pub(crate) const LOG_FORMAT: u8 = 5;
+pub(crate) const LOG_FORMATS_READ: [u8; 5] = [1, 2, 3, 4, LOG_FORMAT];
+/// The last position whose stream index entry the `streams` tree holds (u64 BE):
+/// written at each checkpoint after the groups. Opening the log indexes the
+/// records past it again (`index_records`).
+pub(crate) const META_INDEXED: &[u8] = b"indexed";
 /// The batch being written: its first position, then the blake3 of each of its
 /// idempotency keys (see `writer::drop_torn_batch`).
 pub(crate) const META_BATCH: &[u8] = b"batch";
@@ -50,6 +67,8 @@ pub(crate) struct Trees {
     pub idempotency: sled::Tree,
     pub keys: sled::Tree,
     pub meta: sled::Tree,
+    /// The stream index groups not in `streams` yet.
+    pub recent: Arc<RecentGroups>,
 }
 
 impl Trees {
@@ -60,12 +79,133 @@ impl Trees {
             idempotency: db.open_tree("idempotency")?,
             keys: db.open_tree("keys")?,
             meta: db.open_tree("meta")?,
+            recent: Arc::default(),
         })
     }
 
     /// All trees, in the order of the index constants, for one transaction.
     pub fn all(&self) -> [&sled::Tree; 5] {
         [&self.events, &self.streams, &self.idempotency, &self.keys, &self.meta]
+    }
+
+    /// The stream index group under `key`: the recent one, else the stored one.
+    pub fn index_group(&self, key: &[u8]) -> Result<Option<IVec>, StoreError> {
+        match self.recent.get(key) {
+            Some(group) => Ok(Some(group)),
+            None => Ok(self.streams.get(key)?),
+        }
+    }
+
+    /// The stream index groups with keys in `range`, in key order (or the
+    /// reverse): the recent ones merged into the stored ones, the recent one
+    /// first where both have a key.
+    pub fn index_groups(&self, range: impl RangeBounds<Vec<u8>>, reverse: bool) -> IndexGroups {
+        // The recent groups are read first: a group taken out of them after this
+        // is in `streams` before it is taken out, so the stored reads below find it.
+        let bounds = (range.start_bound().map(Vec::as_slice), range.end_bound().map(Vec::as_slice));
+        let mut recent = self.recent.range(bounds);
+        if reverse {
+            recent.reverse();
+        }
+        let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+        IndexGroups {
+            recent: recent.into_iter(),
+            stored: self.streams.range(bounds),
+            reverse,
+            next_recent: None,
+            next_stored: None,
+        }
+    }
+}
+
+/// The stream index groups written since the last checkpoint, which `streams`
+/// does not hold yet.
+///
+/// A group is rewritten whole each time its stream gets an event, so inserting
+/// it into sled at every append cost a sled insert (and a sled read to continue
+/// it) per event. The writer puts each batch's groups here instead, and the
+/// syncer inserts them into sled at the next checkpoint: once a group, however
+/// many appends continued it. Until then the write-ahead log covers them: its
+/// frames hold the records, and opening the log indexes again the records past
+/// [`META_INDEXED`]. Like EventStoreDB's in-memory index table in front of its
+/// index files on disk.
+#[derive(Debug, Default)]
+pub(crate) struct RecentGroups {
+    groups: RwLock<BTreeMap<IVec, IVec>>,
+}
+
+impl RecentGroups {
+    /// A batch's groups, whole, newer than any held for their keys.
+    pub fn put(&self, groups: &[(IVec, IVec)]) {
+        let mut recent = self.groups.write().unwrap_or_else(PoisonError::into_inner);
+        for (key, group) in groups {
+            recent.insert(key.clone(), group.clone());
+        }
+    }
+
+    /// Take out the groups `streams` now holds durably, each unless a later
+    /// batch has continued it since (a group only grows, so a longer one is newer).
+    pub fn settle(&self, stored: &HashMap<IVec, IVec>) {
+        let mut recent = self.groups.write().unwrap_or_else(PoisonError::into_inner);
+        for (key, group) in stored {
+            if recent.get(key).is_some_and(|held| held.len() == group.len()) {
+                recent.remove(key);
+            }
+        }
+    }
+
+    /// How many groups are held.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.groups.read().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    fn get(&self, key: &[u8]) -> Option<IVec> {
+        self.groups.read().unwrap_or_else(PoisonError::into_inner).get(key).cloned()
+    }
+
+    fn range(&self, bounds: (Bound<&[u8]>, Bound<&[u8]>)) -> Vec<(IVec, IVec)> {
+        let recent = self.groups.read().unwrap_or_else(PoisonError::into_inner);
+        recent.range::<[u8], _>(bounds).map(|(key, group)| (key.clone(), group.clone())).collect()
+    }
+}
+
+/// The merged stream index groups of [`Trees::index_groups`].
+pub(crate) struct IndexGroups {
+    recent: std::vec::IntoIter<(IVec, IVec)>,
+    stored: sled::Iter,
+    reverse: bool,
+    next_recent: Option<(IVec, IVec)>,
+    next_stored: Option<Result<(IVec, IVec), sled::Error>>,
+}
+
+impl Iterator for IndexGroups {
+    type Item = Result<(IVec, IVec), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next_recent.is_none() {
+            self.next_recent = self.recent.next();
+        }
+        if self.next_stored.is_none() {
+            self.next_stored = if self.reverse { self.stored.next_back() } else { self.stored.next() };
+        }
+        let recent_first = match (&self.next_recent, &self.next_stored) {
+            (None, None) => return None,
+            (_, Some(Err(_))) | (None, Some(Ok(_))) => false,
+            (Some(_), None) => true,
+            (Some((recent, _)), Some(Ok((stored, _)))) => {
+                let order = if self.reverse { stored.cmp(recent) } else { recent.cmp(stored) };
+                if order == Ordering::Equal {
+                    // The recent group is the newer one of the two.
+                    self.next_stored = None;
+                }
+                order != Ordering::Greater
+            }
+        };
+        match recent_first {
+            true => self.next_recent.take().map(Ok),
+            false => self.next_stored.take().map(|stored| stored.map_err(StoreError::from)),
+        }
     }
 }
 
@@ -156,10 +296,22 @@ impl GroupBuffer {
         if self.groups.len() >= self.streams_max {
             self.write_all(streams)?;
         }
-        // A group begun before this buffer last wrote out every partial group.
+        // A group begun before this buffer last wrote out every partial group, or
+        // before the records being indexed again: the versions before this one.
         let mut positions = match version == first {
             true => Vec::with_capacity(8 * STREAM_GROUP_LEN as usize),
-            false => streams.get(stream_key(stream, first))?.map(|value| value.to_vec()).unwrap_or_default(),
+            false => {
+                let mut earlier =
+                    streams.get(stream_key(stream, first))?.map(|value| value.to_vec()).unwrap_or_default();
+                if earlier.len() < group_offset(version) {
+                    return Err(StoreError::corrupt(
+                        position,
+                        format!("index of stream {stream} is damaged before version {version}"),
+                    ));
+                }
+                earlier.truncate(group_offset(version));
+                earlier
+            }
         };
         positions.extend_from_slice(&position.to_be_bytes());
         if let Some((group, earlier)) = self.groups.insert(stream.to_owned(), (first, positions)) {
@@ -181,13 +333,33 @@ impl GroupBuffer {
 /// the grouped index); the caller makes it durable before marking the format.
 pub(crate) fn rebuild_stream_index(trees: &Trees) -> Result<(), StoreError> {
     trees.streams.clear()?;
+    index_records(trees, 1).map(drop)
+}
+
+/// Index the records from `from` on (after a crash: the `streams` tree holds
+/// the groups up to [`META_INDEXED`] only); the caller moves the mark and makes
+/// it durable. Returns how many records it indexed.
+pub(crate) fn index_records(trees: &Trees, from: u64) -> Result<u64, StoreError> {
     let mut groups = GroupBuffer::default();
-    crate::chunk::walk(&trees.events, 1, u64::MAX, |position, bytes| {
+    let mut indexed = 0;
+    crate::chunk::walk(&trees.events, from, u64::MAX, |position, bytes| {
         let record = crate::record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
         groups.put(&trees.streams, &record.header.stream, record.header.version, position)?;
+        indexed += 1;
         Ok::<bool, StoreError>(true)
     })?;
-    groups.write_all(&trees.streams)
+    groups.write_all(&trees.streams)?;
+    Ok(indexed)
+}
+
+/// How far the `streams` tree indexes the log: [`META_INDEXED`], or for a log
+/// of a format before 5 (whose index was always whole) its head.
+pub(crate) fn read_indexed(trees: &Trees, format: Option<u8>) -> Result<u64, StoreError> {
+    match trees.meta.get(META_INDEXED)? {
+        Some(bytes) => be_u64(&bytes).ok_or_else(|| StoreError::corrupt(0, "stored index mark is not a u64")),
+        None if format.is_some_and(|format| format < 5) => read_head(trees),
+        None => Ok(0),
+    }
 }
 
 /// Read a big-endian u64 stored by the log.
@@ -206,7 +378,7 @@ pub(crate) fn read_head(trees: &Trees) -> Result<u64, StoreError> {
 /// The stream's last version as stored (0 when it has no events), with the
 /// position of that version.
 pub(crate) fn read_stream_head(trees: &Trees, stream: &str) -> Result<(u64, u64), StoreError> {
-    let last = trees.streams.range(stream_key(stream, 1)..=stream_key(stream, u64::MAX)).next_back();
+    let last = trees.index_groups(stream_key(stream, 1)..=stream_key(stream, u64::MAX), true).next();
     let Some(entry) = last else {
         return Ok((0, 0));
     };
@@ -269,6 +441,53 @@ mod tests {
         }
         assert_eq!(found, expected);
         assert_eq!(read_stream_head(&Trees::open(&db).expect("trees"), "c").expect("reads"), (40, 39 * 5 + 3));
+    }
+
+    #[test]
+    fn recent_groups_are_read_before_stored_ones_and_taken_out_only_as_stored() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = sled::Config::new().path(dir.path()).open().expect("opens");
+        let trees = Trees::open(&db).expect("trees");
+        let positions = |range: std::ops::RangeInclusive<u64>| -> IVec { range.flat_map(u64::to_be_bytes).collect() };
+        trees.streams.insert(stream_key("a", 1), positions(1..=2)).expect("writes");
+        trees.streams.insert(stream_key("b", 1), positions(3..=18)).expect("writes");
+        trees.streams.insert(stream_key("b", 17), positions(19..=19)).expect("writes");
+        // "a" continued since it was stored, "c" new.
+        let recent =
+            vec![(IVec::from(stream_key("a", 1)), positions(1..=3)), (stream_key("c", 1).into(), positions(20..=20))];
+        trees.recent.put(&recent);
+
+        let read = |reverse: bool| -> Vec<(Vec<u8>, IVec)> {
+            trees
+                .index_groups(.., reverse)
+                .map(|entry| entry.map(|(key, group)| (key.to_vec(), group)))
+                .collect::<Result<_, _>>()
+                .expect("reads")
+        };
+        let expected = vec![
+            (stream_key("a", 1), positions(1..=3)),
+            (stream_key("b", 1), positions(3..=18)),
+            (stream_key("b", 17), positions(19..=19)),
+            (stream_key("c", 1), positions(20..=20)),
+        ];
+        assert_eq!(read(false), expected, "merged in key order, the recent group where both have one");
+        assert_eq!(read(true), expected.iter().rev().cloned().collect::<Vec<_>>());
+        let only_b: Vec<_> = trees
+            .index_groups(stream_key("b", 17)..=stream_key("b", u64::MAX), false)
+            .map(|entry| entry.expect("reads").0.to_vec())
+            .collect();
+        assert_eq!(only_b, vec![stream_key("b", 17)], "bounds hold for both sources");
+        assert_eq!(trees.index_group(&stream_key("a", 1)).expect("reads"), Some(positions(1..=3)));
+        assert_eq!(trees.index_group(&stream_key("b", 1)).expect("reads"), Some(positions(3..=18)));
+        assert_eq!(read_stream_head(&trees, "c").expect("reads"), (1, 20));
+
+        // A checkpoint stored "a" at 3 and "c" at 1; "c" was continued meanwhile.
+        trees.recent.put(&[(stream_key("c", 1).into(), positions(20..=21))]);
+        let stored: HashMap<IVec, IVec> =
+            [(stream_key("a", 1).into(), positions(1..=3)), (stream_key("c", 1).into(), positions(20..=20))].into();
+        trees.recent.settle(&stored);
+        assert_eq!(trees.recent.len(), 1, "only the continued group stays");
+        assert_eq!(trees.index_group(&stream_key("c", 1)).expect("reads"), Some(positions(20..=21)));
     }
 
     #[test]

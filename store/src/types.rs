@@ -265,6 +265,9 @@ pub struct Recovery {
     pub torn_records_dropped: Option<u64>,
     /// Batches sled lost and the write-ahead log held, written to sled again.
     pub batches_replayed: u64,
+    /// Records sled held whose stream index entries were only in memory (written
+    /// after the last checkpoint), indexed again.
+    pub records_indexed: u64,
 }
 
 /// Counts of what the writer committed since the log was opened. `batches` counts

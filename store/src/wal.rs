@@ -2,7 +2,9 @@
 //! append durable.
 //!
 //! The writer applies each batch to sled without flushing it, and the syncer
-//! writes the batch's sled writes here as one frame and `fdatasync`s this file:
+//! writes the batch's sled writes here as one frame and `fdatasync`s this file
+//! (its stream index groups are not in the frame: they are indexed again from
+//! the records after a crash, `trees::RecentGroups`):
 //! that is the acknowledgement's durability. One `fdatasync` of a small write to
 //! a file whose blocks are already allocated costs a fraction of sled's flush
 //! (`pwrite` and `sync_file_range` of its buffers) followed by an `fdatasync` of

@@ -7,8 +7,9 @@
 //!
 //! A batch is written key by key, not in a sled transaction, in this order: a
 //! marker naming the batch's first position and its idempotency keys, the subject
-//! keys, the records, their stream index entries, the idempotency entries, and
-//! last the stored tail, whose head is the batch's commit mark. sled recovers a
+//! keys, the records, the idempotency entries, and last the stored tail, whose
+//! head is the batch's commit mark. Its stream index groups go to
+//! [`trees::RecentGroups`], and into sled at the next checkpoint (the syncer's). sled recovers a
 //! prefix of its writes, so a crash part way leaves at most this one batch torn:
 //! records past the stored head, with the marker saying a batch began right
 //! after it. When the log is opened, [`drop_torn_batch`] removes what that batch
@@ -30,8 +31,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
-use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
+use sled::{IVec, Transactional};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
@@ -147,6 +148,8 @@ struct Written {
     events: u64,
     /// The payload of the batch's write-ahead log frame; `None` when nothing was written.
     frame: Option<Vec<u8>>,
+    /// The stream index groups the batch wrote, whole, for the next checkpoint.
+    groups: Vec<(IVec, IVec)>,
 }
 
 type Reply = oneshot::Sender<Result<AppendResult, StoreError>>;
@@ -212,8 +215,10 @@ impl Writer {
             })
             .collect();
         let mut frame = None;
+        let mut groups = Vec::new();
         if staged.written > 0 {
-            let writes = staged.take_writes(self.tail.head + 1);
+            let writes;
+            (writes, groups) = staged.take_writes(self.tail.head + 1);
             if let Err(reason) = apply(&self.trees, &writes) {
                 self.health.fail(reason.clone());
                 let outcomes = outcomes
@@ -227,8 +232,12 @@ impl Writer {
                     appends: 0,
                     events: 0,
                     frame: None,
+                    groups: Vec::new(),
                 };
             }
+            // Readers find the groups from now on; the batch is not durable yet,
+            // and they read no position past the durable head.
+            self.trees.recent.put(&groups);
             frame = Some(writes.encode());
             self.tail = staged.tail;
             if self.stream_heads.len() + staged.stream_heads.len() > STREAM_HEADS_CACHED_MAX {
@@ -245,6 +254,7 @@ impl Writer {
             appends: staged.appends,
             events: staged.written as u64,
             frame,
+            groups,
         }
     }
 }
@@ -258,7 +268,9 @@ pub(crate) struct BatchWrites {
     pub keys: Vec<([u8; 16], Vec<u8>)>,
     /// Records packed into chunks, keyed by their first position (`chunk`).
     pub chunks: Vec<([u8; 8], Vec<u8>)>,
-    /// Stream index groups, whole (`trees`: `streams`).
+    /// Stream index groups, whole (`trees`: `streams`). Empty since log format
+    /// 5, which keeps them out of the frames (`trees::RecentGroups`); the frames
+    /// of format 4 held them, and replaying such a frame writes them.
     pub streams: Vec<(Vec<u8>, Vec<u8>)>,
     pub idempotency: Vec<([u8; 32], Vec<u8>)>,
     /// The tail after the batch.
@@ -529,6 +541,7 @@ pub(crate) fn drop_torn_batch(trees: &Trees) -> Result<Option<u64>, StoreError> 
 /// and moves the durable head, strictly in order.
 pub(crate) struct Syncer {
     pub db: sled::Db,
+    pub trees: Trees,
     /// Our own handle to sled's log file, to `fdatasync` it after sled's flush
     /// at a checkpoint.
     pub db_file: File,
@@ -539,13 +552,23 @@ pub(crate) struct Syncer {
     pub counters: Arc<Counters>,
     /// The most appends one fsync covers.
     pub batch_len_max: u64,
+    /// The stream index groups of the batches handed over since the last
+    /// checkpoint, the newest of each key: the checkpoint inserts them into sled.
+    pub unindexed: HashMap<IVec, IVec>,
+    /// The head after the last batch handed over.
+    pub received_head: u64,
 }
+
+/// The most stream index groups kept out of sled: reaching it makes a
+/// checkpoint, which bounds their memory and the checkpoint's inserts.
+const UNINDEXED_GROUPS_MAX: usize = 16_384;
 
 impl Syncer {
     fn run(mut self, to_sync: std::sync::mpsc::Receiver<Written>) {
         let mut carried = None;
         loop {
-            let Some(first) = carried.take().or_else(|| to_sync.recv().ok()) else {
+            let Some(first) = carried.take().or_else(|| to_sync.recv().ok().map(|written| self.receive(written)))
+            else {
                 break;
             };
             // Whatever else is written by now rides on the same fsync, up to a
@@ -554,6 +577,7 @@ impl Syncer {
             let mut pending = vec![first];
             while appends < self.batch_len_max {
                 let Ok(next) = to_sync.try_recv() else { break };
+                let next = self.receive(next);
                 if appends + next.appends > self.batch_len_max {
                     carried = Some(next);
                     break;
@@ -600,20 +624,30 @@ impl Syncer {
         }
         // Closed cleanly: sled holds everything, and the write-ahead log is empty.
         if self.health.failure().is_none()
-            && self.wal.holds_frames()
+            && (self.wal.holds_frames() || !self.unindexed.is_empty())
             && let Err(reason) = self.checkpoint()
         {
             tracing::error!(%reason, "the checkpoint at close failed; the write-ahead log keeps the batches");
         }
     }
 
+    /// A batch handed over: its index groups are the checkpoint's from now on.
+    fn receive(&mut self, mut written: Written) -> Written {
+        for (key, group) in written.groups.drain(..) {
+            self.unindexed.insert(key, group);
+        }
+        self.received_head = written.head;
+        written
+    }
+
     /// The batches' frames written to the write-ahead log and one `fdatasync`;
-    /// or, when they would pass the WAL's size cap, a checkpoint instead. Never
+    /// or, when they would pass the WAL's size cap (or the index groups kept
+    /// out of sled reach [`UNINDEXED_GROUPS_MAX`]), a checkpoint instead. Never
     /// retried: a failed fsync may have dropped dirty pages, so a second try
     /// could succeed without the data being there.
     fn sync(&mut self, pending: &[Written]) -> Result<(), String> {
         let frames = || pending.iter().filter_map(|written| written.frame.as_deref());
-        if !self.wal.fits(frames().map(<[u8]>::len)) {
+        if !self.wal.fits(frames().map(<[u8]>::len)) || self.unindexed.len() >= UNINDEXED_GROUPS_MAX {
             return self.checkpoint();
         }
         for frame in frames() {
@@ -622,13 +656,22 @@ impl Syncer {
         self.wal.sync().map_err(|error| format!("fdatasync of the write-ahead log failed: {error}"))
     }
 
-    /// Make sled durable (its flush, then `fdatasync` of its log file) and empty
-    /// the write-ahead log. sled then holds every batch the writer handed over,
-    /// those pending here included, so their frames need not be written.
+    /// Insert the index groups kept out of sled, then make sled durable (its
+    /// flush, then `fdatasync` of its log file) and empty the write-ahead log.
+    /// sled then holds every batch the writer handed over, those pending here
+    /// included, so their frames need not be written.
     fn checkpoint(&mut self) -> Result<(), String> {
+        let failed = |error: sled::Error| format!("writing the stream index failed: {error}");
+        for (key, group) in &self.unindexed {
+            self.trees.streams.insert(key, group.clone()).map_err(failed)?;
+        }
+        // After the groups: sled recovers a prefix of its writes.
+        self.trees.meta.insert(trees::META_INDEXED, &self.received_head.to_be_bytes()).map_err(failed)?;
         crate::log::flush_sled(&self.db).map_err(|error| format!("flush failed: {error}"))?;
         self.db_file.sync_data().map_err(|error| format!("fdatasync of sled's log failed: {error}"))?;
         self.wal.start_over().map_err(|error| format!("emptying the write-ahead log failed: {error}"))?;
+        self.trees.recent.settle(&self.unindexed);
+        self.unindexed.clear();
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -685,19 +728,22 @@ impl Staged {
         }
     }
 
-    /// The batch's writes, with its records packed into chunks; `first` is its
-    /// first position.
-    fn take_writes(&mut self, first: u64) -> BatchWrites {
+    /// The batch's writes to sled, with its records packed into chunks (`first`
+    /// is its first position), and apart from them its stream index groups,
+    /// which sled gets at the next checkpoint.
+    fn take_writes(&mut self, first: u64) -> (BatchWrites, Vec<(IVec, IVec)>) {
         let events = std::mem::take(&mut self.events);
-        BatchWrites {
+        let writes = BatchWrites {
             first,
             keys: std::mem::take(&mut self.keys),
             chunks: chunk::pack(events.iter().map(|(position, bytes)| (*position, bytes.as_slice()))),
-            streams: std::mem::take(&mut self.streams).into_iter().collect(),
+            streams: Vec::new(),
             idempotency: std::mem::take(&mut self.idempotency),
             tail: self.tail,
             forgets: self.forgets,
-        }
+        };
+        let groups = std::mem::take(&mut self.streams).into_iter().map(|(key, group)| (key.into(), group.into()));
+        (writes, groups.collect())
     }
 
     /// Stage one request, all or nothing: nothing is added to the batch unless
@@ -818,7 +864,7 @@ impl Staged {
             if *version == first || self.streams.contains_key(&key) {
                 continue;
             }
-            let group = trees.streams.get(&key)?.map(|group| group.to_vec()).unwrap_or_default();
+            let group = trees.index_group(&key)?.map(|group| group.to_vec()).unwrap_or_default();
             if group.len() != trees::group_offset(*version) {
                 return Err(StoreError::corrupt(
                     0,

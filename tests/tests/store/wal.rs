@@ -127,6 +127,70 @@ async fn a_wal_that_does_not_continue_the_log_is_refused_and_kept() {
     );
 }
 
+/// The stream index groups written since the last checkpoint are only in memory
+/// (`store/src/trees.rs`, `RecentGroups`): reads find them there, and a log
+/// whose sled holds records past the index's mark has them indexed again at open.
+#[tokio::test]
+async fn records_sled_holds_past_the_index_mark_are_indexed_again_at_open() {
+    let root = temp_dir();
+    let (log_dir, copied) = (root.path().join("log"), root.path().join("copy"));
+    let options = || Options { wal_len_max: 4 * 1024, ..Options::default() };
+    let log = EventLog::open_with(&log_dir, options()).expect("opens");
+    // Streams that cross index groups (16 versions each), appended to one
+    // event at a time through several checkpoints, read back after each append.
+    let streams = ["a", "b", "c"];
+    for round in 1..=40u64 {
+        for stream in streams {
+            append_batch(&log, stream, 1).await;
+            assert_eq!(log.stream_version(stream).expect("reads"), round);
+            let events = log.read_stream(stream, round.saturating_sub(17), 100).expect("reads");
+            assert_eq!(events.last().map(|event| event.version), Some(round), "stream {stream}");
+        }
+    }
+    assert!(log.commit_stats().checkpoints >= 2, "{:?}", log.commit_stats());
+    // sled flushed with the records of every batch, but not the groups since
+    // the last checkpoint: what sled's own writes may leave before a crash.
+    log.make_durable().expect("flushes");
+    copy_dir(&log_dir, &copied);
+    drop(log);
+
+    let log = EventLog::open_with(&copied, options()).expect("opens");
+    let recovery = log.recovery();
+    assert!(recovery.records_indexed > 0, "{recovery:?}");
+    assert_eq!(recovery.batches_replayed, 0, "sled held every batch");
+    assert_eq!(log.verify().expect("verifies: every event indexed at its version").events, 120);
+    for stream in streams {
+        assert_eq!(log.stream_version(stream).expect("reads"), 40);
+        let versions: Vec<u64> =
+            log.read_stream(stream, 1, 100).expect("reads").iter().map(|event| event.version).collect();
+        assert_eq!(versions, (1..=40).collect::<Vec<_>>());
+    }
+    let next = append("b", ExpectedVersion::Exact(40), vec![event("E", b"after")]);
+    assert_eq!(log.append(next).await.expect("appends").streams[0].version, 41);
+    drop(log);
+    let log = EventLog::open_with(&copied, options()).expect("reopens");
+    assert_eq!(log.recovery().records_indexed, 0, "a clean close stores the index");
+    assert_eq!(log.verify().expect("verifies").events, 121);
+}
+
+/// Appends to many streams make many index groups but few WAL bytes: the
+/// groups held in memory are bounded by a checkpoint of their own.
+#[tokio::test]
+async fn many_new_index_groups_make_a_checkpoint_before_the_wal_is_full() {
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    for request in 0..20 {
+        let names: Vec<String> = (0..1000).map(|stream| format!("s-{request}-{stream}")).collect();
+        let streams = names.iter().map(|name| (name.as_str(), ExpectedVersion::NoStream, vec![event("E", b"x")]));
+        log.append(tests::append_many(streams.collect())).await.expect("appends");
+    }
+    let len = std::fs::metadata(dir.path().join(WAL)).expect("exists").len();
+    assert!(log.commit_stats().checkpoints >= 1, "20,000 new groups, {len} WAL bytes: {:?}", log.commit_stats());
+    drop(log);
+    let log = EventLog::open(dir.path()).expect("reopens");
+    assert_eq!(log.verify().expect("verifies").streams, 20_000);
+}
+
 #[tokio::test]
 async fn checkpoints_keep_the_wal_under_its_cap_and_lose_nothing() {
     let dir = temp_dir();
