@@ -158,7 +158,7 @@ impl EventLog {
             false => trees::read_indexed(&trees, stored_format)?.min(head),
         };
         let reindexed = match indexed < head {
-            true => trees::index_records(&trees, indexed + 1)?,
+            true => trees::index_records(&trees, indexed + 1, head)?,
             false => 0,
         };
         trees.meta.insert(trees::META_INDEXED, &head.to_be_bytes())?;

@@ -333,16 +333,16 @@ impl GroupBuffer {
 /// the grouped index); the caller makes it durable before marking the format.
 pub(crate) fn rebuild_stream_index(trees: &Trees) -> Result<(), StoreError> {
     trees.streams.clear()?;
-    index_records(trees, 1).map(drop)
+    index_records(trees, 1, u64::MAX).map(drop)
 }
 
-/// Index the records from `from` on (after a crash: the `streams` tree holds
-/// the groups up to [`META_INDEXED`] only); the caller moves the mark and makes
-/// it durable. Returns how many records it indexed.
-pub(crate) fn index_records(trees: &Trees, from: u64) -> Result<u64, StoreError> {
+/// Index the records from `from` to `to` (after a crash: the `streams` tree
+/// holds the groups up to [`META_INDEXED`] only); the caller moves the mark and
+/// makes it durable. Returns how many records it indexed.
+pub(crate) fn index_records(trees: &Trees, from: u64, to: u64) -> Result<u64, StoreError> {
     let mut groups = GroupBuffer::default();
     let mut indexed = 0;
-    crate::chunk::walk(&trees.events, from, u64::MAX, |position, bytes| {
+    crate::chunk::walk(&trees.events, from, to, |position, bytes| {
         let record = crate::record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
         groups.put(&trees.streams, &record.header.stream, record.header.version, position)?;
         indexed += 1;
