@@ -5,7 +5,10 @@
 //!   its own flush and fdatasync, at 64 writers;
 //! - sled's own no-flush insert rate for records of the same size, the ceiling;
 //! - sled alone with a flush and an `fdatasync` of its file after every insert:
-//!   what a store without a write-ahead log and without group commit pays.
+//!   what a store without a write-ahead log and without group commit pays;
+//! - sled alone in batches of 64 inserts, each batch flushed and `fdatasync`ed:
+//!   DESIGN §8's probe of bare group commit on sled, one thread, no waiting
+//!   appenders (what a perfect group commit of 64 could do on sled).
 //!
 //! `cargo bench -p store --bench append` (add `-- --appends 50000` for a longer run).
 //! Every phase is bounded in count and in time (20 s).
@@ -201,6 +204,28 @@ fn measure_sled_flush_per_append(appends: usize) -> Measured {
     }
 }
 
+/// sled alone, batches of 64 inserts, each made durable with one flush and one
+/// `fdatasync` of sled's log file: group commit with nothing else in the way.
+fn measure_sled_batches_of_64(appends: usize) -> Measured {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = sled::Config::new().path(dir.path()).flush_every_ms(None).open().expect("opens");
+    let tree = db.open_tree("events").expect("tree");
+    let file = std::fs::File::open(dir.path().join("db")).expect("sled's log file");
+    let record = vec![7u8; PAYLOAD_LEN + 110];
+    let started = Instant::now();
+    let (mut done, mut batches) = (0u64, 0u64);
+    while done < appends as u64 && started.elapsed() < PHASE_TIME_MAX {
+        for _ in 0..64 {
+            done += 1;
+            tree.insert(done.to_be_bytes(), record.as_slice()).expect("inserts");
+        }
+        db.flush().expect("flushes");
+        file.sync_data().expect("fdatasync");
+        batches += 1;
+    }
+    Measured { appends: done, seconds: started.elapsed().as_secs_f64(), batches, checkpoints: 0, cpu: BTreeMap::new() }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let appends: usize = args
@@ -225,6 +250,7 @@ fn main() {
     ratios.sort_by(f64::total_cmp);
     let sled = measure_sled_no_flush(64, appends);
     let sled_per_append = measure_sled_flush_per_append(appends / 10);
+    let sled_batches = measure_sled_batches_of_64(appends);
 
     println!("| case | appends | seconds | appends/s | appends per fsync | checkpoints |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -249,6 +275,12 @@ fn main() {
         sled_per_append.rate()
     );
     println!(
+        "| sled batches of 64 inserts + flush + fdatasync, 1 writer | {} | {:.2} | {:.0} | 64.0 | - |",
+        sled_batches.appends,
+        sled_batches.seconds,
+        sled_batches.rate()
+    );
+    println!(
         "| sled insert, no flush (ceiling) | {} | {:.2} | {:.0} | - | - |",
         sled.appends,
         sled.seconds,
@@ -264,6 +296,12 @@ fn main() {
     );
     println!("group commit / sled flush + fdatasync per append: {:.1}x", grouped.rate() / sled_per_append.rate());
     println!("group commit / sled no-flush: {:.0} % (target >= 70 %)", 100.0 * grouped.rate() / sled.rate());
+    println!(
+        "sled batches of 64 + flush + fdatasync / sled no-flush: {:.0} % (DESIGN §8's bare group commit probe); \
+         group commit / sled batches of 64: {:.0} %",
+        100.0 * sled_batches.rate() / sled.rate(),
+        100.0 * grouped.rate() / sled_batches.rate()
+    );
     println!();
     println!("CPU time of group commit at 64 writers, by thread ({:.2} s of wall time):", grouped.seconds);
     println!("| thread | CPU seconds | µs per append |");

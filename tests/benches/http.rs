@@ -7,6 +7,11 @@
 //! restocks by the admin over 100 products, half cart adds by 200 logged-in
 //! customers over 50 products each; every 2xx is an fsynced append. Each phase
 //! also reports the share of the machine's CPU the hypervisor stole meanwhile.
+//!
+//! A third server is DESIGN §8's bare ceiling, under the echo's load: the echo
+//! handler, answering only once the body is appended to a file and covered by a
+//! group `fdatasync` (one thread writes and syncs whatever is queued), with no
+//! domain, no log format and no read models.
 
 /// The `shoplog` binary's allocator, so the figures are the binary's.
 #[global_allocator]
@@ -17,6 +22,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 
 use axum::Json;
+use axum::extract::State;
 use axum::routing::post;
 use serde_json::{Value, json};
 
@@ -96,6 +102,46 @@ async fn echo(Json(body): Json<Value>) -> Json<Value> {
     Json(body)
 }
 
+/// A body and the answer to send once it is durable.
+type ToSync = std::sync::mpsc::Sender<(Vec<u8>, tokio::sync::oneshot::Sender<()>)>;
+
+/// The echo, once the body is durable in the bare group commit.
+async fn commit(State(to_sync): State<ToSync>, Json(body): Json<Value>) -> Json<Value> {
+    let (done, synced) = tokio::sync::oneshot::channel();
+    let bytes = serde_json::to_vec(&body).expect("a JSON value serializes");
+    to_sync.send((bytes, done)).expect("the committer runs");
+    synced.await.expect("the committer answers");
+    Json(body)
+}
+
+/// The bare group commit's thread: append whatever bodies are queued to the
+/// file, `fdatasync` it once, answer them, count the fsync. It ends when the
+/// server is gone (or with the process, should a connection outlive the load).
+fn committer(
+    file: std::fs::File,
+    bodies: std::sync::mpsc::Receiver<(Vec<u8>, tokio::sync::oneshot::Sender<()>)>,
+    fsyncs: &std::sync::atomic::AtomicU64,
+) {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
+    while let Ok(first) = bodies.recv() {
+        let mut batch = vec![first];
+        while let Ok(next) = bodies.try_recv() {
+            batch.push(next);
+        }
+        for (bytes, _) in &batch {
+            file.write_all(&(bytes.len() as u32).to_be_bytes()).expect("writes");
+            file.write_all(bytes).expect("writes");
+        }
+        file.flush().expect("writes");
+        file.get_ref().sync_data().expect("fdatasync");
+        fsyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for (_, done) in batch {
+            let _ = done.send(());
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let seconds: u64 = args
@@ -121,6 +167,27 @@ fn main() {
         server.abort();
         result
     });
+
+    // The bare ceiling: the echo with a group fdatasync.
+    let bare_result = runtime.block_on(async {
+        let (to_sync, bodies) = std::sync::mpsc::channel();
+        let file = std::fs::File::create(work.path().join("bare.log")).expect("creates");
+        let fsyncs = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = std::sync::Arc::clone(&fsyncs);
+        std::thread::spawn(move || committer(file, bodies, &counted));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let address = listener.local_addr().expect("address");
+        let router = axum::Router::new().route("/commit", post(commit)).with_state(to_sync);
+        let server = tokio::spawn(async move { axum::serve(listener, router).await });
+        let script = work.path().join("bare.lua");
+        write_script(&script, &[("/commit".to_owned(), "{\"sku\":\"mug-1\",\"quantity\":1}".to_owned(), None)]);
+        let result = tokio::task::spawn_blocking(move || wrk(&format!("http://{address}"), &script, seconds))
+            .await
+            .expect("wrk ends");
+        server.abort();
+        (result, fsyncs.load(std::sync::atomic::Ordering::Relaxed))
+    });
+    let (bare_result, bare_fsyncs) = bare_result;
 
     // shoplog, with real fsyncs.
     let (shop_result, stats) = runtime.block_on(async {
@@ -185,7 +252,11 @@ fn main() {
 
     println!("| server | requests/s | p50 | p99 | non-2xx | requests | CPU stolen |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (name, result) in [("axum JSON echo", &echo_result), ("shoplog durable commands", &shop_result)] {
+    for (name, result) in [
+        ("axum JSON echo", &echo_result),
+        ("bare group commit: the echo + fdatasync", &bare_result),
+        ("shoplog durable commands", &shop_result),
+    ] {
         println!(
             "| {name} | {:.0} | {} | {} | {} | {} | {} |",
             result.requests_per_second,
@@ -200,6 +271,12 @@ fn main() {
     println!(
         "shoplog / echo: {:.0} % (target >= 50 %)",
         100.0 * shop_result.requests_per_second / echo_result.requests_per_second
+    );
+    println!(
+        "bare group commit / echo: {:.0} % (DESIGN §8 measured 54 %), {:.1} requests per fsync; shoplog / bare: {:.0} %",
+        100.0 * bare_result.requests_per_second / echo_result.requests_per_second,
+        bare_result.requests as f64 / bare_fsyncs.max(1) as f64,
+        100.0 * shop_result.requests_per_second / bare_result.requests_per_second
     );
     println!(
         "appends {} in {} fsyncs: mean batch {:.1} appends per fsync",
