@@ -26,6 +26,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// CPU time by thread, shared with the `tests` crate's benches.
+#[path = "../../tests/src/thread_cpu.rs"]
+mod thread_cpu;
+
+use thread_cpu::{add_cpu, cpu_by_thread, print_cpu};
+
 use store::{AppendRequest, EventLog, ExpectedVersion, Metadata, NewEvent, Options};
 use uuid::Uuid;
 
@@ -73,34 +79,6 @@ impl Measured {
         for (name, seconds) in &round.cpu {
             *self.cpu.entry(name.clone()).or_insert(0.0) += seconds;
         }
-    }
-}
-
-/// CPU time so far of each of this process's threads, in seconds, summed by
-/// thread name (Linux: `/proc/self/task/*/schedstat`; empty elsewhere). The
-/// benchmark's own threads are named after it.
-fn cpu_by_thread() -> BTreeMap<String, f64> {
-    let mut seconds = BTreeMap::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return seconds;
-    };
-    for task in tasks.flatten() {
-        let read = |file: &str| std::fs::read_to_string(task.path().join(file)).ok();
-        let (Some(name), Some(stat)) = (read("comm"), read("schedstat")) else { continue };
-        let Some(nanos) = stat.split_whitespace().next().and_then(|field| field.parse::<u64>().ok()) else {
-            continue;
-        };
-        // sled numbers its IO threads; the name without the number sums them.
-        let name = name.trim().trim_end_matches(|c: char| c.is_ascii_digit()).to_owned();
-        *seconds.entry(name).or_insert(0.0) += nanos as f64 / 1e9;
-    }
-    seconds
-}
-
-/// What each thread name spent between two [`cpu_by_thread`] readings, added to `into`.
-fn add_cpu(into: &mut BTreeMap<String, f64>, before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) {
-    for (name, seconds) in after {
-        *into.entry(name.clone()).or_insert(0.0) += seconds - before.get(name).copied().unwrap_or(0.0);
     }
 }
 
@@ -304,12 +282,5 @@ fn main() {
     );
     println!();
     println!("CPU time of group commit at 64 writers, by thread ({:.2} s of wall time):", grouped.seconds);
-    println!("| thread | CPU seconds | µs per append |");
-    println!("|---|---:|---:|");
-    let mut total = 0.0;
-    for (name, seconds) in grouped.cpu.iter().filter(|(_, seconds)| **seconds > 0.0005) {
-        total += seconds;
-        println!("| {name} | {seconds:.3} | {:.2} |", 1e6 * seconds / grouped.appends as f64);
-    }
-    println!("| all | {total:.3} | {:.2} |", 1e6 * total / grouped.appends as f64);
+    print_cpu(&grouped.cpu, grouped.appends, "append");
 }

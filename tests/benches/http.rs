@@ -25,6 +25,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::routing::post;
 use serde_json::{Value, json};
+use tests::thread_cpu::{add_cpu, cpu_by_thread, print_cpu};
 
 const ADMIN: &str = "bench-admin-token-000001";
 const PRODUCTS: usize = 100;
@@ -181,16 +182,19 @@ fn main() {
         let server = tokio::spawn(async move { axum::serve(listener, router).await });
         let script = work.path().join("bare.lua");
         write_script(&script, &[("/commit".to_owned(), "{\"sku\":\"mug-1\",\"quantity\":1}".to_owned(), None)]);
+        let cpu_before = cpu_by_thread();
         let result = tokio::task::spawn_blocking(move || wrk(&format!("http://{address}"), &script, seconds))
             .await
             .expect("wrk ends");
+        let mut cpu = std::collections::BTreeMap::new();
+        add_cpu(&mut cpu, &cpu_before, &cpu_by_thread());
         server.abort();
-        (result, fsyncs.load(std::sync::atomic::Ordering::Relaxed))
+        (result, fsyncs.load(std::sync::atomic::Ordering::Relaxed), cpu)
     });
-    let (bare_result, bare_fsyncs) = bare_result;
+    let (bare_result, bare_fsyncs, bare_cpu) = bare_result;
 
     // shoplog, with real fsyncs.
-    let (shop_result, stats) = runtime.block_on(async {
+    let (shop_result, stats, shop_cpu) = runtime.block_on(async {
         let config = api::Config {
             data: work.path().join("data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -243,11 +247,14 @@ fn main() {
         let script = work.path().join("shop.lua");
         write_script(&script, &requests);
         let before = running.state.log.commit_stats();
+        let cpu_before = cpu_by_thread();
         let result = tokio::task::spawn_blocking(move || wrk(&base, &script, seconds)).await.expect("wrk ends");
+        let mut cpu = std::collections::BTreeMap::new();
+        add_cpu(&mut cpu, &cpu_before, &cpu_by_thread());
         let after = running.state.log.commit_stats();
         running.state.log.verify().expect("the log verifies after the load");
         running.stop().await.expect("stops");
-        (result, (after.appends - before.appends, after.batches - before.batches))
+        (result, (after.appends - before.appends, after.batches - before.batches), cpu)
     });
 
     println!("| server | requests/s | p50 | p99 | non-2xx | requests | CPU stolen |");
@@ -284,4 +291,10 @@ fn main() {
         stats.1,
         stats.0 as f64 / stats.1.max(1) as f64
     );
+    // Where this process's CPU went (wrk, a process of its own, shares the cores).
+    for (name, result, cpu) in [("bare group commit", &bare_result, &bare_cpu), ("shoplog", &shop_result, &shop_cpu)] {
+        println!();
+        println!("CPU time of the {name} server, by thread, over {seconds} s of load:");
+        print_cpu(cpu, result.requests, "request");
+    }
 }

@@ -4,6 +4,8 @@
 use store::{AppendRequest, ExpectedVersion, Metadata, NewEvent, StreamAppend};
 use uuid::Uuid;
 
+pub mod thread_cpu;
+
 /// An event of `event_type` carrying `payload`, with a fresh id.
 pub fn event(event_type: &str, payload: &[u8]) -> NewEvent {
     NewEvent {
