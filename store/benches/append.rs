@@ -38,7 +38,9 @@ use uuid::Uuid;
 const PHASE_TIME_MAX: Duration = Duration::from_secs(20);
 const PAYLOAD_LEN: usize = 120;
 /// A write-ahead log cap far below the default (16 MiB, some 50,000 appends), so that every round
-/// pays for its checkpoints (a sled flush and fsync each) as a long run does.
+/// pays for its checkpoints (a sled flush and fsync each) as a long run does. `--wal-kib N`
+/// sets another (`--wal-kib 16384 --appends 1000000`: the default cap, in a run long
+/// enough for its checkpoints).
 const WAL_LEN_MAX: u64 = 512 * 1024;
 
 fn request(writer: usize) -> AppendRequest {
@@ -85,11 +87,16 @@ impl Measured {
 /// Rounds of the two 64-writer cases, run in turn.
 const ROUNDS: usize = 5;
 
-fn measure_log(runtime: &tokio::runtime::Runtime, writers: usize, appends: usize, batch_len_max: usize) -> Measured {
+fn measure_log(
+    runtime: &tokio::runtime::Runtime,
+    writers: usize,
+    appends: usize,
+    batch_len_max: usize,
+    wal_len_max: u64,
+) -> Measured {
     let dir = tempfile::tempdir().expect("temp dir");
     let log =
-        EventLog::open_with(dir.path(), Options { batch_len_max, wal_len_max: WAL_LEN_MAX, ..Options::default() })
-            .expect("opens");
+        EventLog::open_with(dir.path(), Options { batch_len_max, wal_len_max, ..Options::default() }).expect("opens");
     let per_writer = appends.div_ceil(writers);
     let cpu_before = cpu_by_thread();
     let started = Instant::now();
@@ -206,21 +213,23 @@ fn measure_sled_batches_of_64(appends: usize) -> Measured {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let appends: usize = args
-        .iter()
-        .position(|arg| arg == "--appends")
-        .and_then(|index| args.get(index + 1))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(20_000);
+    let flag = |name: &str| -> Option<u64> {
+        args.iter()
+            .position(|arg| arg == name)
+            .and_then(|index| args.get(index + 1))
+            .and_then(|value| value.parse().ok())
+    };
+    let appends = flag("--appends").unwrap_or(20_000) as usize;
+    let wal_len_max = flag("--wal-kib").map_or(WAL_LEN_MAX, |kib| kib * 1024);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
 
-    let one = measure_log(&runtime, 1, appends / 10, 1024);
+    let one = measure_log(&runtime, 1, appends / 10, 1024, wal_len_max);
     let empty = || Measured { appends: 0, seconds: 0.0, batches: 0, checkpoints: 0, cpu: BTreeMap::new() };
     let (mut grouped, mut per_append) = (empty(), empty());
     let mut ratios = Vec::new();
     for _ in 0..ROUNDS {
-        let round_grouped = measure_log(&runtime, 64, appends / ROUNDS, 1024);
-        let round_per_append = measure_log(&runtime, 64, appends / ROUNDS / 10, 1);
+        let round_grouped = measure_log(&runtime, 64, appends / ROUNDS, 1024, wal_len_max);
+        let round_per_append = measure_log(&runtime, 64, appends / ROUNDS / 10, 1, wal_len_max);
         ratios.push(round_grouped.rate() / round_per_append.rate());
         grouped.add(&round_grouped);
         per_append.add(&round_per_append);
