@@ -161,37 +161,11 @@ fn measure_sled_no_flush(writers: usize, appends: usize) -> Measured {
     }
 }
 
-/// sled alone, durable per append the way DESIGN §3.1 describes: insert, flush,
-/// `fdatasync` of sled's log file, one append at a time.
-fn measure_sled_flush_per_append(appends: usize) -> Measured {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = sled::Config::new().path(dir.path()).flush_every_ms(None).open().expect("opens");
-    let tree = db.open_tree("events").expect("tree");
-    let file = std::fs::File::open(dir.path().join("db")).expect("sled's log file");
-    let record = vec![7u8; PAYLOAD_LEN + 110];
-    let started = Instant::now();
-    let mut done = 0;
-    for position in 1..=appends as u64 {
-        if started.elapsed() > PHASE_TIME_MAX {
-            break;
-        }
-        tree.insert(position.to_be_bytes(), record.as_slice()).expect("inserts");
-        db.flush().expect("flushes");
-        file.sync_data().expect("fdatasync");
-        done += 1;
-    }
-    Measured {
-        appends: done,
-        seconds: started.elapsed().as_secs_f64(),
-        batches: done,
-        checkpoints: 0,
-        cpu: BTreeMap::new(),
-    }
-}
-
-/// sled alone, batches of 64 inserts, each made durable with one flush and one
-/// `fdatasync` of sled's log file: group commit with nothing else in the way.
-fn measure_sled_batches_of_64(appends: usize) -> Measured {
+/// sled alone, made durable the way DESIGN §3.1 describes (a flush, then an
+/// `fdatasync` of sled's log file) after every `batch_len` inserts, one writer:
+/// flush-per-append with 1; with 64, DESIGN §8's probe of bare group commit on
+/// sled, with nothing else in the way.
+fn measure_sled_durable(appends: usize, batch_len: u64) -> Measured {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = sled::Config::new().path(dir.path()).flush_every_ms(None).open().expect("opens");
     let tree = db.open_tree("events").expect("tree");
@@ -200,7 +174,7 @@ fn measure_sled_batches_of_64(appends: usize) -> Measured {
     let started = Instant::now();
     let (mut done, mut batches) = (0u64, 0u64);
     while done < appends as u64 && started.elapsed() < PHASE_TIME_MAX {
-        for _ in 0..64 {
+        for _ in 0..batch_len {
             done += 1;
             tree.insert(done.to_be_bytes(), record.as_slice()).expect("inserts");
         }
@@ -236,8 +210,8 @@ fn main() {
     }
     ratios.sort_by(f64::total_cmp);
     let sled = measure_sled_no_flush(64, appends);
-    let sled_per_append = measure_sled_flush_per_append(appends / 10);
-    let sled_batches = measure_sled_batches_of_64(appends);
+    let sled_per_append = measure_sled_durable(appends / 10, 1);
+    let sled_batches = measure_sled_durable(appends, 64);
 
     println!("| case | appends | seconds | appends/s | appends per fsync | checkpoints |");
     println!("|---|---:|---:|---:|---:|---:|");
