@@ -161,6 +161,9 @@ impl EventLog {
             true => trees::index_records(&trees, indexed + 1, head)?,
             false => 0,
         };
+        if reindexed > 0 {
+            tracing::info!(reindexed, "indexed again the records whose stream index was in memory at a crash");
+        }
         trees.meta.insert(trees::META_INDEXED, &head.to_be_bytes())?;
         if stored_format != Some(trees::LOG_FORMAT) {
             trees.meta.insert(trees::META_FORMAT, &[trees::LOG_FORMAT])?;
