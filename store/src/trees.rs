@@ -97,8 +97,8 @@ impl Trees {
     }
 
     /// The stream index groups with keys in `range`, in key order (or the
-    /// reverse): the recent ones merged into the stored ones, the recent one
-    /// first where both have a key.
+    /// reverse): the recent ones merged into the stored ones, and where both
+    /// have a key, the recent group (the newer) in place of the stored one.
     pub fn index_groups(&self, range: impl RangeBounds<Vec<u8>>, reverse: bool) -> IndexGroups {
         // The recent groups are read first: a group taken out of them after this
         // is in `streams` before it is taken out, so the stored reads below find it.

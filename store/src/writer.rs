@@ -503,7 +503,10 @@ pub(crate) fn drop_torn_batch(trees: &Trees) -> Result<Option<u64>, StoreError> 
     let mut dropped = 0;
     chunk::walk(&trees.events, first, u64::MAX, |position, bytes| {
         let record = record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
-        // Cut the stream's index group back to the versions before this one.
+        // Cut the stream's index group back to the versions before this one
+        // (since format 5 a batch's groups reach sled only at a checkpoint,
+        // after its tail; a log written before, or a head set back by hand,
+        // can still have them).
         let version = record.header.version;
         let key = trees::group_key(&record.header.stream, version);
         let kept = trees::group_offset(version);
