@@ -35,10 +35,11 @@ macro_rules! aggregates {
             }
 
             /// The state after `event`, or `None` when the event belongs elsewhere.
-            fn evolve_with(&self, event: &Event) -> Option<Cached> {
+            /// The state is copied only if someone else holds it still.
+            fn evolve_with(self, event: &Event) -> Option<Cached> {
                 match self {
                     $(Cached::$state(state) => {
-                        <$state as Aggregate>::evolve_with((**state).clone(), event)
+                        <$state as Aggregate>::evolve_with(Arc::unwrap_or_clone(state), event)
                             .ok()
                             .map(|state| Cached::$state(Arc::new(state)))
                     })+
@@ -149,7 +150,8 @@ impl StateCache {
     ///
     /// The state is taken out of the cache and put back evolved under one hold
     /// of the lock (folding a few events is quick), not cloned: a cart's lines
-    /// would be copied for every command otherwise.
+    /// would be copied for every command otherwise. (It is copied when a load
+    /// still holds it: the command's own load has let go of it by now.)
     pub(crate) fn advance(&self, stream: &str, from_version: u64, events: &[Event], to_version: u64) {
         let mut entries = self.entries();
         let cached_version = entries.peek(stream).map(|(version, _)| *version);

@@ -18,8 +18,9 @@
 //! [`Projections::start`] spawns the live worker on the current tokio runtime. It
 //! subscribes to the log after the lowest checkpoint of the models, reads and
 //! decodes each batch of committed events once, applies it to every model (each
-//! from its own checkpoint) and writes all their changes and new checkpoints in
-//! one sled transaction, so a crash never applies an event twice or skips one. A
+//! from its own checkpoint) and writes all their changes and new checkpoints as
+//! one redo, then key by key (`redo`: a crash keeps the batch whole or not at
+//! all), so a crash never applies an event twice or skips one. A
 //! rebuild has a worker of its own until its generation serves (a generation
 //! being rebuilt, which a crash throws away whole, writes key by key).
 //! Every query answers an [`Answer`] with the position the model had reached (for
@@ -50,6 +51,7 @@ pub mod dashboard;
 mod error;
 pub mod orders;
 pub mod records;
+mod redo;
 pub mod replay;
 mod runtime;
 

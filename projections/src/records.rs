@@ -231,21 +231,16 @@ impl Writes {
         self.writes.push((key.into(), None));
     }
 
-    /// As one sled batch, for a transaction.
-    pub(crate) fn into_batch(self) -> sled::Batch {
-        let mut batch = sled::Batch::default();
-        for (key, value) in self.writes {
-            match value {
-                Some(value) => batch.insert(key, value),
-                None => batch.remove(key),
-            }
+    /// Add them to `redo` as writes to the tree `tree_name`.
+    pub(crate) fn add_to(&self, redo: &mut crate::redo::Redo, tree_name: &str) {
+        for (key, value) in &self.writes {
+            redo.push(tree_name, key, value.as_deref());
         }
-        batch
     }
 
     /// Write them one by one: no transaction, so sled's readers (the log's
     /// included) are never held up. Not atomic: only for a generation that a
-    /// crash throws away whole.
+    /// crash throws away whole, or after a redo of them (see `redo`).
     pub(crate) fn write_each(self, tree: &sled::Tree) -> Result<(), ProjectionError> {
         for (key, value) in self.writes {
             match value {

@@ -217,6 +217,9 @@ pub fn replay_with(
     }
     let meta = log.open_tree(META_TREE)?;
     let checkpoints = log.open_tree(CHECKPOINTS_TREE)?;
+    // A live batch a crash cut short is written whole first, so that the models
+    // this replay leaves alone are sound too.
+    crate::redo::recover(log, &meta)?;
 
     let mut builds = Vec::with_capacity(selected.len());
     for (name, apply) in selected {

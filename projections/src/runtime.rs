@@ -1,7 +1,7 @@
 //! The projection runtime: the live worker tails the log from the lowest
 //! checkpoint of the serving generations, applies each batch to every one of them
-//! (each from its own checkpoint) and writes all their changes and checkpoints in
-//! one sled transaction (see [`commit_live`]); a rebuild builds a fresh generation
+//! (each from its own checkpoint) and writes all their changes and checkpoints
+//! atomically through a redo (see [`commit_live`] and `redo`); a rebuild builds a fresh generation
 //! of trees with a worker of its own while the old one keeps serving (writing
 //! without a transaction, see [`write_building`]), and hands it to the live worker
 //! once it has caught up. Each generation reads its records through a bounded
@@ -12,14 +12,14 @@
 //! Trees (through [`EventLog::open_tree`]): `<model>.g<n>` holds generation `n`
 //! of a model; `checkpoints` maps `<model>.g<n>` to the last position applied
 //! (u64 BE); `projections` maps `<model>` to the active generation and
-//! `<model>.building` to a generation being rebuilt.
+//! `<model>.building` to a generation being rebuilt; `projections.redo` holds
+//! the redo of a live batch while it is written.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use domain::Event;
-use sled::Transactional;
 use store::EventLog;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -30,6 +30,7 @@ use crate::dashboard::Dashboard;
 use crate::error::ProjectionError;
 use crate::orders::Orders;
 use crate::records::{Cache, Changes, Decoded, Envelope, IndexFn, Records, Writes, be_u64};
+use crate::redo::{REDO_TREE, Redo};
 use crate::{carts, catalog, dashboard, orders};
 
 /// The most items one page holds, whatever the caller asks.
@@ -131,6 +132,13 @@ struct Shared {
     log: EventLog,
     checkpoints: sled::Tree,
     meta: sled::Tree,
+    /// The live batches' redos (see `redo`), and the sequence number of the next.
+    redo: sled::Tree,
+    redo_sequence: AtomicU64,
+    /// Tests: fail live batches after their records, before their checkpoints,
+    /// as a crash between the two would.
+    #[cfg(test)]
+    halt_before_checkpoints: AtomicBool,
     options: Options,
     workers: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
@@ -444,20 +452,22 @@ struct Member {
 }
 
 /// Apply `events` to every member, each from its own checkpoint, and write all
-/// their changes and new checkpoints in one sled transaction: a crash keeps all
-/// of them or none, so no model ever applies an event twice or skips one. One
-/// transaction for every model, not one each: a transaction takes sled's
-/// process-wide lock exclusively and rolls its IO buffer, which holds up every
-/// reader and appender. Returns what went wrong for each member (`None`: its
-/// events are written); a model whose apply fails is left out of the write.
-fn commit_live(members: &[Member], events: &[Decoded]) -> Vec<Option<ProjectionError>> {
+/// their changes and new checkpoints so that a crash keeps all of them or none,
+/// and no model ever applies an event twice or skips one: first as one redo,
+/// then key by key with plain inserts, then the redo goes (see `redo`; a sled
+/// transaction takes sled's process-wide lock exclusively and seals its IO
+/// buffer, which holds up every reader and appender and wakes sled's IO threads).
+/// Returns what went wrong for each member (`None`: its events are written); a
+/// model whose apply fails is left out of the write. When the write fails, every
+/// model in it stops, and its redo stays to be written again at the next start.
+fn commit_live(shared: &Shared, members: &[Member], events: &[Decoded]) -> Vec<Option<ProjectionError>> {
     let mut caches: Vec<_> =
         members.iter().map(|member| member.generation.cache.lock().unwrap_or_else(PoisonError::into_inner)).collect();
     let mut outcomes: Vec<Option<ProjectionError>> = members.iter().map(|_| None).collect();
     let mut applied = Vec::with_capacity(members.len());
     for (index, (member, cache)) in members.iter().zip(&mut caches).enumerate() {
         match apply_events(&member.slot, &member.generation, cache, events) {
-            Ok(Some((writes, position))) => applied.push((index, writes.into_batch(), position)),
+            Ok(Some((writes, position))) => applied.push((index, writes, position)),
             Ok(None) => {}
             Err(error) => {
                 cache.reset(false);
@@ -465,33 +475,43 @@ fn commit_live(members: &[Member], events: &[Decoded]) -> Vec<Option<ProjectionE
             }
         }
     }
-    let Some(&(first, ..)) = applied.first() else {
+    if applied.is_empty() {
         return outcomes;
-    };
-    let mut trees = vec![&members[first].generation.checkpoints];
-    trees.extend(applied.iter().map(|(index, ..)| &members[*index].generation.tree));
-    let written: Result<(), sled::transaction::TransactionError<()>> = trees.as_slice().transaction(|views| {
-        let Some((checkpoints, models)) = views.split_first() else {
-            return Err(sled::transaction::ConflictableTransactionError::Abort(()));
-        };
-        for ((index, batch, position), model) in applied.iter().zip(models) {
-            model.apply_batch(batch)?;
-            checkpoints.insert(members[*index].generation.tree_name.as_bytes(), &position.to_be_bytes())?;
+    }
+    let mut redo = Redo::default();
+    for (index, writes, position) in &applied {
+        let generation = &members[*index].generation;
+        writes.add_to(&mut redo, &generation.tree_name);
+        redo.push(CHECKPOINTS_TREE, generation.tree_name.as_bytes(), Some(&position.to_be_bytes()));
+    }
+    let positions: Vec<(usize, u64)> = applied.iter().map(|(index, _, position)| (*index, *position)).collect();
+    let sequence = shared.redo_sequence.fetch_add(1, Ordering::Relaxed);
+    let written = redo.write(&shared.redo, sequence).and_then(|()| {
+        for (index, writes, _) in applied {
+            writes.write_each(&members[index].generation.tree)?;
         }
-        Ok(())
+        #[cfg(test)]
+        if shared.halt_before_checkpoints.load(Ordering::Acquire) {
+            return Err(ProjectionError::Storage("halted before the checkpoints (a test)".to_owned()));
+        }
+        for &(index, position) in &positions {
+            let generation = &members[index].generation;
+            generation.checkpoints.insert(generation.tree_name.as_bytes(), &position.to_be_bytes())?;
+        }
+        redo.remove(&shared.redo, sequence)
     });
     match written {
         Ok(()) => {
-            for (index, _, position) in &applied {
-                caches[*index].trim();
-                members[*index].generation.checkpoint.store(*position, Ordering::Release);
+            for (index, position) in positions {
+                caches[index].trim();
+                members[index].generation.checkpoint.store(position, Ordering::Release);
             }
         }
         Err(error) => {
-            let reason = format!("writing the read models: {error:?}");
-            for (index, ..) in &applied {
-                caches[*index].reset(false);
-                outcomes[*index] = Some(ProjectionError::Storage(reason.clone()));
+            let reason = format!("writing the read models: {error}");
+            for (index, _) in positions {
+                caches[index].reset(false);
+                outcomes[index] = Some(ProjectionError::Storage(reason.clone()));
             }
         }
     }
@@ -500,7 +520,7 @@ fn commit_live(members: &[Member], events: &[Decoded]) -> Vec<Option<ProjectionE
 
 /// What a worker projects.
 enum Work {
-    /// Every model's serving generation, all in one transaction per batch.
+    /// Every model's serving generation, all written together, one batch at a time.
     /// `failed` holds, per slot, the generation whose apply or write failed: it
     /// is left out until a rebuild replaces it.
     Live { slots: Vec<Arc<Slot>>, failed: Vec<Option<u64>> },
@@ -675,12 +695,15 @@ async fn project(shared: &Arc<Shared>, work: &mut Work) -> Result<(), Projection
         let next = spare.take().unwrap_or_else(|| Vec::with_capacity(batch_len_max));
         let mut events = std::mem::replace(&mut batch, next);
         let mut task = match &*work {
-            Work::Live { .. } => tokio::task::spawn_blocking(move || {
-                let outcomes = commit_live(&members, &events);
-                // The events are dropped here, off the worker's thread.
-                events.clear();
-                Ok::<Committed, ProjectionError>((events, Some((members, outcomes))))
-            }),
+            Work::Live { .. } => {
+                let shared = Arc::clone(shared);
+                tokio::task::spawn_blocking(move || {
+                    let outcomes = commit_live(&shared, &members, &events);
+                    // The events are dropped here, off the worker's thread.
+                    events.clear();
+                    Ok::<Committed, ProjectionError>((events, Some((members, outcomes))))
+                })
+            }
             Work::Rebuild { slot, generation } => {
                 let (slot, generation) = (Arc::clone(slot), Arc::clone(generation));
                 tokio::task::spawn_blocking(move || {
@@ -752,12 +775,22 @@ impl Projections {
         Self::start_with(log, Options::default())
     }
 
-    /// Start with `options`. A rebuild a crash interrupted is abandoned (its trees
+    /// Start with `options`. A live batch a crash interrupted is written again
+    /// whole from its redo; a rebuild a crash interrupted is abandoned (its trees
     /// emptied); the generation that served goes on serving.
     pub fn start_with(log: EventLog, options: Options) -> Result<Projections, ProjectionError> {
+        let meta = log.open_tree(META_TREE)?;
+        let recovered = crate::redo::recover(&log, &meta)?;
+        if recovered.batches > 0 {
+            tracing::info!(batches = recovered.batches, "read-model batches written again from their redo");
+        }
         let shared = Arc::new(Shared {
             checkpoints: log.open_tree(CHECKPOINTS_TREE)?,
-            meta: log.open_tree(META_TREE)?,
+            redo: log.open_tree(REDO_TREE)?,
+            redo_sequence: AtomicU64::new(0),
+            #[cfg(test)]
+            halt_before_checkpoints: AtomicBool::new(false),
+            meta,
             log,
             options,
             workers: Mutex::new(Vec::new()),
@@ -973,3 +1006,66 @@ macro_rules! common_queries {
     };
 }
 pub(crate) use common_queries;
+
+#[cfg(test)]
+mod tests {
+    use domain::{ProductCreated, ProductName, ProductRestocked, RestockQuantity, Sku, Stock};
+    use store::{AppendRequest, ExpectedVersion, Metadata};
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    async fn append(log: &EventLog, event: Event) {
+        let metadata = Metadata {
+            actor: "test".to_owned(),
+            correlation_id: uuid::Uuid::now_v7(),
+            causation_id: uuid::Uuid::now_v7(),
+        };
+        let new_event = commands::codec::to_new_event(&event).expect("encodes");
+        let request =
+            AppendRequest::single(event.stream().to_string(), ExpectedVersion::Any, vec![new_event], metadata);
+        log.append(request).await.expect("appends");
+    }
+
+    /// What a crash between a live batch's records and its checkpoints leaves:
+    /// the catalog's record counts the restock, its checkpoint does not. At the
+    /// next start the redo writes the batch again whole, so the restock is
+    /// counted once (applying it again from the old checkpoint would count it
+    /// twice).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_cut_short_before_its_checkpoints_is_written_whole_at_the_next_start() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let log = EventLog::open(dir.path()).expect("a log");
+        let mug = Sku::parse("mug").expect("a sku");
+        let projections = Projections::start(log.clone()).expect("starts");
+        let created = ProductCreated {
+            sku: mug.clone(),
+            name: ProductName::parse("Mug").expect("a name"),
+            price_cents: domain::PriceCents::new(500).expect("a price"),
+            initial_stock: Stock::new(5).expect("a stock"),
+        };
+        append(&log, created.into()).await;
+        projections.wait_for(log.head(), WAIT).await.expect("the models catch up");
+
+        projections.shared.halt_before_checkpoints.store(true, Ordering::Release);
+        let restocked = ProductRestocked { sku: mug.clone(), quantity: RestockQuantity::new(3).expect("a quantity") };
+        append(&log, restocked.into()).await;
+        let deadline = std::time::Instant::now() + WAIT;
+        while projections.status().iter().any(|status| status.failure.is_none()) {
+            assert!(std::time::Instant::now() < deadline, "every model stops at the halted batch");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        projections.shutdown().await;
+        let checkpoints = log.open_tree(CHECKPOINTS_TREE).expect("the checkpoints");
+        assert_eq!(read_checkpoint(&checkpoints, "catalog.g1").expect("reads"), 1, "the checkpoint was not written");
+        assert!(!log.open_tree(crate::redo::REDO_TREE).expect("the redo").is_empty(), "the redo stays");
+
+        let projections = Projections::start(log.clone()).expect("restarts");
+        assert_eq!(read_checkpoint(&checkpoints, "catalog.g1").expect("reads"), 2, "the redo wrote the checkpoint");
+        projections.wait_for(log.head(), WAIT).await.expect("the models catch up");
+        let view = projections.catalog().get(&mug).expect("reads").value.expect("the mug is in the catalog");
+        assert_eq!(view.on_hand, 8, "5 created and 3 restocked, each counted once");
+        projections.shutdown().await;
+    }
+}
