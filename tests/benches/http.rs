@@ -2,7 +2,8 @@
 //! the same `wrk` load (64 connections, 2 threads), in one run (DESIGN §8).
 //!
 //! `cargo bench -p tests --bench http` (needs `wrk`: `apt-get install -y wrk`;
-//! `-- --seconds 20` for a longer run). Both servers run in this process, each in
+//! `-- --seconds 20` for a longer run, `-- --baseline-seconds 1` to spend little
+//! time on the two baselines when comparing shoplog builds). Both servers run in this process, each in
 //! turn, on loopback; wrk runs as a separate process. The shoplog mix: half product
 //! restocks by the admin over 100 products, half cart adds by 200 logged-in
 //! customers over 50 products each; every 2xx is an fsynced append. Each phase
@@ -151,6 +152,14 @@ fn main() {
         .and_then(|index| args.get(index + 1))
         .and_then(|value| value.parse().ok())
         .unwrap_or(10);
+    // `--baseline-seconds N`: run the echo and the bare handler for N seconds
+    // only (their ratios are then rougher), for comparing shoplog builds.
+    let baseline_seconds: u64 = args
+        .iter()
+        .position(|arg| arg == "--baseline-seconds")
+        .and_then(|index| args.get(index + 1))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(seconds);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let work = tempfile::tempdir().expect("temp dir");
 
@@ -162,7 +171,7 @@ fn main() {
             tokio::spawn(async move { axum::serve(listener, axum::Router::new().route("/echo", post(echo))).await });
         let script = work.path().join("echo.lua");
         write_script(&script, &[("/echo".to_owned(), "{\"sku\":\"mug-1\",\"quantity\":1}".to_owned(), None)]);
-        let result = tokio::task::spawn_blocking(move || wrk(&format!("http://{address}"), &script, seconds))
+        let result = tokio::task::spawn_blocking(move || wrk(&format!("http://{address}"), &script, baseline_seconds))
             .await
             .expect("wrk ends");
         server.abort();
@@ -183,7 +192,7 @@ fn main() {
         let script = work.path().join("bare.lua");
         write_script(&script, &[("/commit".to_owned(), "{\"sku\":\"mug-1\",\"quantity\":1}".to_owned(), None)]);
         let cpu_before = cpu_by_thread();
-        let result = tokio::task::spawn_blocking(move || wrk(&format!("http://{address}"), &script, seconds))
+        let result = tokio::task::spawn_blocking(move || wrk(&format!("http://{address}"), &script, baseline_seconds))
             .await
             .expect("wrk ends");
         let mut cpu = std::collections::BTreeMap::new();
