@@ -154,6 +154,9 @@ pub(crate) struct Generation {
     tree: sled::Tree,
     checkpoints: sled::Tree,
     checkpoint: AtomicU64,
+    /// Held by the live worker while it writes a batch to the tree, key by key,
+    /// and by queries while they read: a query sees a batch whole or not at all.
+    batch_lock: RwLock<()>,
     /// The generation's records as its worker last wrote or read them (only
     /// the worker's batches use it, one at a time).
     cache: Mutex<Cache>,
@@ -176,6 +179,7 @@ impl Generation {
             tree,
             checkpoints: shared.checkpoints.clone(),
             checkpoint: AtomicU64::new(checkpoint),
+            batch_lock: RwLock::new(()),
             stop: watch::Sender::new(false),
             retired: AtomicBool::new(false),
             log: shared.log.clone(),
@@ -249,7 +253,10 @@ impl Slot {
             let active = self.active.read().unwrap_or_else(PoisonError::into_inner);
             (Arc::clone(&active), *self.position.borrow())
         };
-        let value = query(&generation.tree)?;
+        let value = {
+            let _batch_whole = generation.batch_lock.read().unwrap_or_else(PoisonError::into_inner);
+            query(&generation.tree)?
+        };
         Ok(Answer { position, value })
     }
 
@@ -488,7 +495,9 @@ fn commit_live(shared: &Shared, members: &[Member], events: &[Decoded]) -> Vec<O
     let sequence = shared.redo_sequence.fetch_add(1, Ordering::Relaxed);
     let written = redo.write(&shared.redo, sequence).and_then(|()| {
         for (index, writes, _) in applied {
-            writes.write_each(&members[index].generation.tree)?;
+            let generation = &members[index].generation;
+            let _batch_whole = generation.batch_lock.write().unwrap_or_else(PoisonError::into_inner);
+            writes.write_each(&generation.tree)?;
         }
         #[cfg(test)]
         if shared.halt_before_checkpoints.load(Ordering::Acquire) {
