@@ -146,20 +146,16 @@ fn committer(
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let seconds: u64 = args
-        .iter()
-        .position(|arg| arg == "--seconds")
-        .and_then(|index| args.get(index + 1))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(10);
+    let flag = |name: &str| -> Option<u64> {
+        args.iter()
+            .position(|arg| arg == name)
+            .and_then(|index| args.get(index + 1))
+            .and_then(|value| value.parse().ok())
+    };
+    let seconds = flag("--seconds").unwrap_or(10);
     // `--baseline-seconds N`: run the echo and the bare handler for N seconds
     // only (their ratios are then rougher), for comparing shoplog builds.
-    let baseline_seconds: u64 = args
-        .iter()
-        .position(|arg| arg == "--baseline-seconds")
-        .and_then(|index| args.get(index + 1))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(seconds);
+    let baseline_seconds = flag("--baseline-seconds").unwrap_or(seconds);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let work = tempfile::tempdir().expect("temp dir");
 
