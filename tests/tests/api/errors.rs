@@ -162,7 +162,12 @@ async fn health_readiness_and_metrics_answer() {
     app.create_product("m", 1, 1).await;
     let metrics = app.get("/metrics", None).await;
     let text = metrics.body.as_str().expect("text");
-    assert!(text.contains("http_requests_total"), "{text}");
+    assert!(text.contains(r#"http_requests_total{method="POST",path="/api/v1/products",status="201"}"#), "{text}");
+    assert!(text.contains("# TYPE http_request_duration_seconds histogram"), "{text}");
+    assert!(
+        text.contains(r#"http_request_duration_seconds_bucket{method="POST",path="/api/v1/products",le="+Inf"}"#),
+        "{text}"
+    );
     assert!(text.contains("log_fsync_batches"), "{text}");
     assert!(text.contains("log_checkpoints"), "{text}");
     let echoed = app.request(Method::GET, "/healthz", None, None, &[("x-request-id", "abc-123")]).await;
