@@ -54,27 +54,43 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for CommandInput<T> {
                 ApiError::BadRequest(rejection.body_text())
             }
         })?;
-        let body = if bytes.iter().all(u8::is_ascii_whitespace) {
-            serde_json::Value::Object(serde_json::Map::new())
-        } else {
-            if !is_json(&headers) {
-                return Err(ApiError::UnsupportedMediaType);
-            }
-            serde_json::from_slice(&bytes).map_err(|error| match error.classify() {
-                serde_json::error::Category::Data => ApiError::validation("body", error.to_string()),
-                _ => ApiError::BadRequest(format!("malformed JSON: {error}")),
-            })?
-        };
-        // serde would read a struct from an array too, by position; the API takes objects only.
-        if !body.is_object() {
-            return Err(ApiError::validation("body", "must be a JSON object"));
-        }
-        let body = serde_json::from_value(integral_floats_as_integers(body))
-            .map_err(|error| ApiError::validation("body", error.to_string()))?;
+        let body = parse_body(&bytes, &headers)?;
         let mut hasher = request_hash;
         hasher.update(&bytes);
         Ok(CommandInput { body, idempotency_key, if_match, request_hash: *hasher.finalize().as_bytes() })
     }
+}
+
+/// A command's body as `T`. Most bodies read straight into `T`; one that does
+/// not (an error to report, a float such as `81.0` for an integer, a repeated
+/// field) is read again through `serde_json::Value`, which gives the answer
+/// every body got before this shortcut: the same `T`, or the same error.
+fn parse_body<T: DeserializeOwned>(bytes: &[u8], headers: &HeaderMap) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|byte| !byte.is_ascii_whitespace());
+    if first == Some(&b'{')
+        && is_json(headers)
+        && let Ok(body) = serde_json::from_slice(bytes)
+    {
+        return Ok(body);
+    }
+    let body = match first {
+        None => serde_json::Value::Object(serde_json::Map::new()),
+        Some(_) => {
+            if !is_json(headers) {
+                return Err(ApiError::UnsupportedMediaType);
+            }
+            serde_json::from_slice(bytes).map_err(|error| match error.classify() {
+                serde_json::error::Category::Data => ApiError::validation("body", error.to_string()),
+                _ => ApiError::BadRequest(format!("malformed JSON: {error}")),
+            })?
+        }
+    };
+    // serde would read a struct from an array too, by position; the API takes objects only.
+    if !body.is_object() {
+        return Err(ApiError::validation("body", "must be a JSON object"));
+    }
+    serde_json::from_value(integral_floats_as_integers(body))
+        .map_err(|error| ApiError::validation("body", error.to_string()))
 }
 
 /// JSON has one number type, and JSON Schema counts `81.0` as the integer 81: so
@@ -138,4 +154,61 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         return Err(bad());
     }
     version.parse().map(Some).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Restock {
+        quantity: u32,
+        #[serde(default)]
+        note: Option<String>,
+    }
+
+    fn parse(body: &str, content_type: &str) -> Result<Restock, ApiError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, content_type.parse().expect("a header value"));
+        parse_body(body.as_bytes(), &headers)
+    }
+
+    fn json(body: &str) -> Result<Restock, ApiError> {
+        parse(body, "application/json")
+    }
+
+    fn validation_message(result: Result<Restock, ApiError>) -> String {
+        match result {
+            Err(ApiError::Validation(errors)) => {
+                assert_eq!(errors.len(), 1);
+                assert_eq!(errors[0].field, "body");
+                errors[0].message.clone()
+            }
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_body_reads_into_its_type_directly_or_through_a_json_value_with_one_answer() {
+        assert_eq!(json(r#" {"quantity": 3}"#).ok(), Some(Restock { quantity: 3, note: None }));
+        assert_eq!(json(r#"{"quantity": 3, "note": "x"}"#).ok(), Some(Restock { quantity: 3, note: Some("x".into()) }));
+        // Through the value: an integral float is an integer, a repeated field keeps its last value.
+        assert_eq!(json(r#"{"quantity": 3.0}"#).ok(), Some(Restock { quantity: 3, note: None }));
+        assert_eq!(json(r#"{"quantity": 1, "quantity": 2}"#).ok(), Some(Restock { quantity: 2, note: None }));
+        assert!(validation_message(json(r#"{"quantity": 3.5}"#)).contains("invalid type"));
+        assert!(validation_message(json(r#"{"quantity": 3, "extra": 1}"#)).contains("unknown field"));
+        assert!(validation_message(json(r#"{}"#)).contains("missing field `quantity`"));
+        assert_eq!(validation_message(json("[3]")), "must be a JSON object");
+        assert!(
+            matches!(json(r#"{"quantity": "#), Err(ApiError::BadRequest(message)) if message.starts_with("malformed JSON"))
+        );
+        assert!(validation_message(json(" \n")).contains("missing field `quantity`"), "an empty body reads as {{}}");
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_refused_even_when_it_would_parse() {
+        assert!(matches!(parse(r#"{"quantity": 3}"#, "text/plain"), Err(ApiError::UnsupportedMediaType)));
+        assert_eq!(parse(r#"{"quantity": 3}"#, "application/merge-patch+json").ok().map(|r| r.quantity), Some(3));
+    }
 }
