@@ -370,6 +370,19 @@ impl EventLog {
         &self,
         from: u64,
         limit: usize,
+        visit: impl FnMut(EventRef<'_>) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        self.scan_chained(from, None, limit, visit)
+    }
+
+    /// [`Self::scan`], given the hash of the record before `from` when the caller
+    /// has it (a subscription: it read that record last), so that it is not read
+    /// again from the log for every call.
+    fn scan_chained<E: From<StoreError>>(
+        &self,
+        from: u64,
+        hash_before: Option<[u8; 32]>,
+        limit: usize,
         mut visit: impl FnMut(EventRef<'_>) -> Result<(), E>,
     ) -> Result<usize, E> {
         let head = self.head();
@@ -379,9 +392,10 @@ impl EventLog {
         }
         // Reading the log in order checks the hash chain again on the way (paired
         // with the check on write), starting from the record before `from`.
-        let mut previous_hash = match from {
-            1 => GENESIS_HASH,
-            _ => self.stored_hash(from - 1)?,
+        let mut previous_hash = match (from, hash_before) {
+            (1, _) => GENESIS_HASH,
+            (_, Some(hash)) => hash,
+            (_, None) => self.stored_hash(from - 1)?,
         };
         let mut seen = 0;
         let last = head.min(from.saturating_add(limit as u64 - 1));
@@ -523,6 +537,7 @@ impl EventLog {
         Subscription {
             log: self.clone(),
             next: from.max(1),
+            hash_before_next: None,
             buffer: VecDeque::new(),
             durable: self.inner.durable.clone(),
         }
@@ -598,7 +613,11 @@ impl EventLog {
 #[derive(Debug)]
 pub struct Subscription {
     log: EventLog,
+    /// The position of the next event to read from the log.
     next: u64,
+    /// The hash of the event before `next`, once read: the hash chain is
+    /// checked on from it, instead of from that record read again.
+    hash_before_next: Option<[u8; 32]>,
     buffer: VecDeque<RecordedEvent>,
     durable: watch::Receiver<u64>,
 }
@@ -614,9 +633,14 @@ impl Subscription {
                 return Ok(event);
             }
             if self.next <= *self.durable.borrow_and_update() {
-                let events = self.log.read_all(self.next, SUBSCRIPTION_CHUNK_LEN)?;
+                let mut events = Vec::with_capacity(SUBSCRIPTION_CHUNK_LEN);
+                self.log.scan_chained(self.next, self.hash_before_next, SUBSCRIPTION_CHUNK_LEN, |event| {
+                    events.push(event.into_owned());
+                    Ok::<(), StoreError>(())
+                })?;
                 if let Some(last) = events.last() {
                     self.next = last.position + 1;
+                    self.hash_before_next = Some(last.hash);
                 }
                 self.buffer.extend(events);
                 continue;
@@ -655,13 +679,18 @@ impl Subscription {
                 return Ok(lent);
             }
             if self.next <= *self.durable.borrow_and_update() {
-                let mut lent = 0;
-                let scanned = self.log.scan(self.next, limit, |event| {
+                let (mut lent, mut last_hash) = (0, None);
+                let scanned = self.log.scan_chained(self.next, self.hash_before_next, limit, |event| {
+                    let hash = event.hash;
                     visit(event)?;
                     lent += 1;
+                    last_hash = Some(hash);
                     Ok::<(), E>(())
                 });
                 self.next += lent as u64;
+                if last_hash.is_some() {
+                    self.hash_before_next = last_hash;
+                }
                 scanned?;
                 if lent > 0 {
                     return Ok(lent);
