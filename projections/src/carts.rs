@@ -9,13 +9,14 @@
 //!
 //! Keys: `c:<customer id>` → lines; `p:<sku>` → price and status.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use domain::{CartEvent, Cents, CustomerEvent, CustomerId, Event, PriceCents, ProductEvent, Quantity, Sku, Totals};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ProjectionError;
-use crate::records::{self, Changes, Envelope, Records, key};
+use crate::records::{self, Changes, Envelope, Records, SharedSku, key};
 use crate::runtime::{Answer, Slot};
 
 pub(crate) const NAME: &str = "carts";
@@ -56,47 +57,48 @@ fn cart_key(customer_id: CustomerId) -> Vec<u8> {
     key(CART, &[customer_id.get().as_bytes()])
 }
 
-fn price_key(sku: &Sku) -> Vec<u8> {
-    key(PRICE, &[sku.as_str().as_bytes()])
+fn price_key(sku: &str) -> Vec<u8> {
+    key(PRICE, &[sku.as_bytes()])
 }
 
-type Lines = BTreeMap<Sku, Quantity>;
+/// A cart's lines by sku; stored exactly as a `BTreeMap<Sku, Quantity>` is.
+type Lines = BTreeMap<SharedSku, Quantity>;
 
 /// The carts' changes for one event. Pure: reads the model's records, writes nothing.
 pub fn apply(records: &dyn Records, _envelope: &Envelope, event: &Event) -> Result<Changes, ProjectionError> {
     let mut changes = Changes::default();
-    let price = |sku: &Sku| records::get::<StoredPrice>(records, NAME, &price_key(sku));
+    let price = |sku: &Sku| records::get::<StoredPrice>(records, NAME, &price_key(sku.as_str()));
     let lines = |customer_id| records::get::<Lines>(records, NAME, &cart_key(customer_id));
     match event {
         Event::Product(ProductEvent::Created(created)) => {
             let stored = StoredPrice { price_cents: created.price_cents, discontinued: false };
-            changes.put(price_key(&created.sku), stored);
+            changes.put(price_key(created.sku.as_str()), stored);
         }
         Event::Product(ProductEvent::PriceChanged(changed)) => {
             if let Some(mut stored) = price(&changed.sku)? {
                 stored.price_cents = changed.price_cents;
-                changes.put(price_key(&changed.sku), stored);
+                changes.put(price_key(changed.sku.as_str()), stored);
             }
         }
         Event::Product(ProductEvent::Discontinued(discontinued)) => {
             if let Some(mut stored) = price(&discontinued.sku)? {
                 stored.discontinued = true;
-                changes.put(price_key(&discontinued.sku), stored);
+                changes.put(price_key(discontinued.sku.as_str()), stored);
             }
         }
         Event::Cart(CartEvent::ItemAdded(added)) => {
             let mut held = lines(added.customer_id)?.unwrap_or_default();
-            let quantity = match held.get(&added.sku) {
+            let quantity = match held.get(added.sku.as_str()) {
                 // The domain keeps a line at 99 at most; saturate like its evolve.
                 Some(before) => Quantity::new(before.get() + added.quantity.get()).unwrap_or(Quantity::MAX),
                 None => added.quantity,
             };
-            held.insert(added.sku.clone(), quantity);
+            held.insert(SharedSku::of(&added.sku), quantity);
             changes.put(cart_key(added.customer_id), held);
         }
         Event::Cart(CartEvent::ItemRemoved(removed)) => {
             let mut held = lines(removed.customer_id)?.unwrap_or_default();
-            held.remove(&removed.sku);
+            held.remove(removed.sku.as_str());
             if held.is_empty() {
                 changes.delete(cart_key(removed.customer_id));
             } else {
@@ -123,13 +125,13 @@ impl Carts {
             let held: Lines = records::get(tree, NAME, &cart_key(customer_id))?.unwrap_or_default();
             let mut lines = Vec::with_capacity(held.len());
             for (sku, quantity) in held {
-                let stored: Option<StoredPrice> = records::get(tree, NAME, &price_key(&sku))?;
+                let stored: Option<StoredPrice> = records::get(tree, NAME, &price_key(sku.borrow()))?;
                 let unit_price_cents = stored.as_ref().map(|stored| stored.price_cents);
                 lines.push(CartLineView {
                     line_total_cents: unit_price_cents.map_or(Cents::ZERO, |price| price.times(quantity)),
                     unit_price_cents,
                     discontinued: stored.is_some_and(|stored| stored.discontinued),
-                    sku,
+                    sku: sku.to_domain(NAME)?,
                     quantity,
                 });
             }
@@ -148,3 +150,30 @@ impl Carts {
 }
 
 crate::runtime::common_queries!(Carts);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines are stored as they were before skus were shared: a log's read
+    /// models written by an earlier build read the same, and the other way round.
+    #[test]
+    fn lines_are_stored_exactly_as_a_map_of_skus_and_read_back_in_sku_order() {
+        let sku = |text: &str| Sku::parse(text).expect("a sku");
+        let quantity = |n: u32| Quantity::new(n).expect("a quantity");
+        let before: BTreeMap<Sku, Quantity> =
+            [(sku("b-2"), quantity(2)), (sku("A-1"), quantity(1)), (sku("a"), quantity(99))].into_iter().collect();
+        let shared: Lines = before.iter().map(|(sku, quantity)| (SharedSku::of(sku), *quantity)).collect();
+        let bytes = store::codec::encode(&before).expect("encodes");
+        assert_eq!(store::codec::encode(&shared).expect("encodes"), bytes);
+
+        let read: Lines = records::decode(NAME, &bytes).expect("decodes");
+        let skus: Vec<Sku> = read.keys().map(|sku| sku.to_domain(NAME).expect("a valid sku")).collect();
+        assert_eq!(skus, before.keys().cloned().collect::<Vec<_>>(), "the same order");
+        assert_eq!(read.get("a"), Some(&quantity(99)));
+
+        let bad = store::codec::encode(&BTreeMap::from([("not a sku!".to_owned(), 1u32)])).expect("encodes");
+        let read: Lines = records::decode(NAME, &bad).expect("decodes as text");
+        assert!(read.keys().next().expect("one line").to_domain(NAME).is_err(), "checked when read out");
+    }
+}

@@ -160,7 +160,7 @@ pub fn apply(records: &dyn Records, _envelope: &Envelope, event: &Event) -> Resu
 fn view(sku: Sku, stored: StoredProduct) -> Result<ProductView, ProjectionError> {
     Ok(ProductView {
         sku,
-        name: stored.name.to_name(NAME)?,
+        name: stored.name.to_domain(NAME)?,
         price_cents: stored.price_cents,
         on_hand: stored.available.saturating_add(stored.reserved),
         reserved: stored.reserved,

@@ -361,7 +361,11 @@ impl Dashboard {
                 let (key, _) = entry?;
                 let sku = sku_of(key.get(BY_UNITS.len() + 8..).unwrap_or_default())?;
                 let stored = name_of(&sku)?;
-                top_products.push(TopProduct { sku, name: stored.name.to_name(NAME)?, units_sold: stored.units_sold });
+                top_products.push(TopProduct {
+                    sku,
+                    name: stored.name.to_domain(NAME)?,
+                    units_sold: stored.units_sold,
+                });
             }
             let mut low_stock = Vec::new();
             let end = key(BY_AVAILABLE, &[&query.low_stock_below.to_be_bytes()]);
@@ -369,7 +373,7 @@ impl Dashboard {
                 let (key, _) = entry?;
                 let sku = sku_of(key.get(BY_AVAILABLE.len() + 4..).unwrap_or_default())?;
                 let stored = name_of(&sku)?;
-                low_stock.push(LowStock { sku, name: stored.name.to_name(NAME)?, available: stored.available });
+                low_stock.push(LowStock { sku, name: stored.name.to_domain(NAME)?, available: stored.available });
             }
             Ok(SalesView {
                 revenue_cents: Cents::new(summary.revenue_cents),
