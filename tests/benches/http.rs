@@ -156,6 +156,9 @@ fn main() {
     // `--baseline-seconds N`: run the echo and the bare handler for N seconds
     // only (their ratios are then rougher), for comparing shoplog builds.
     let baseline_seconds = flag("--baseline-seconds").unwrap_or(seconds);
+    // The binary's tracing subscriber (info, to stderr): each request's span is
+    // part of what a request costs.
+    api::cli::init_tracing();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let work = tempfile::tempdir().expect("temp dir");
 
