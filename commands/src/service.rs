@@ -550,6 +550,7 @@ impl CommandService {
     /// [`Options::retry_deadline`].
     #[tracing::instrument(
         name = "command",
+        level = "debug",
         skip_all,
         fields(
             command = name,

@@ -236,7 +236,7 @@ impl EventLog {
     }
 
     /// Append atomically; returns once the events are durable.
-    #[tracing::instrument(skip_all, fields(streams = request.streams.len()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(streams = request.streams.len()))]
     pub async fn append(&self, request: AppendRequest) -> Result<AppendResult, StoreError> {
         self.submit(request, None).await
     }
