@@ -79,8 +79,8 @@ const UNMATCHED: &str = "unmatched";
 const DURATION_BUCKETS: [f64; 14] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// The lowest and highest status code counted by its own number; others are
-/// counted as 599.
+/// The lowest and highest status code counted by its own number (an HTTP status
+/// is 100 to 999; one past 599 is counted as 599).
 const STATUS_MIN: u16 = 100;
 const STATUS_MAX: u16 = 599;
 
