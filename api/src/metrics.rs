@@ -39,11 +39,11 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 /// Count every request and time it, by method, matched route and status.
 pub async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().clone();
+    let method = method_label(request.method());
     let path = request.extensions().get::<MatchedPath>().cloned();
     let response = next.run(request).await;
     let path = path.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
-    REQUESTS.record(&method, path, response.status().as_u16(), started.elapsed());
+    REQUESTS.record(method, path, response.status().as_u16(), started.elapsed());
     response
 }
 
@@ -71,6 +71,23 @@ pub fn render(log: &store::EventLog, projections: &projections::Projections) -> 
     text
 }
 
+/// The method label: one of HTTP's nine methods, or `OTHER` for an extension
+/// method (any token is one, so a client could otherwise make a series a request).
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::PATCH, "PATCH"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::TRACE, "TRACE"),
+        (Method::CONNECT, "CONNECT"),
+    ];
+    KNOWN.iter().find(|(known, _)| known == method).map_or("OTHER", |(_, label)| label)
+}
+
 /// The path label of a request no route matched (one label, however many paths).
 const UNMATCHED: &str = "unmatched";
 
@@ -90,7 +107,7 @@ struct Requests {
     routes: RwLock<Routes>,
 }
 
-type Routes = HashMap<Box<str>, Vec<(Method, Arc<Route>)>>;
+type Routes = HashMap<Box<str>, Vec<(&'static str, Arc<Route>)>>;
 
 /// One route's (path and method's) counters.
 struct Route {
@@ -113,7 +130,7 @@ impl Default for Route {
 }
 
 impl Requests {
-    fn record(&self, method: &Method, path: &str, status: u16, duration: Duration) {
+    fn record(&self, method: &'static str, path: &str, status: u16, duration: Duration) {
         let route = self.route(method, path);
         let status = status.clamp(STATUS_MIN, STATUS_MAX);
         route.statuses[usize::from(status - STATUS_MIN)].fetch_add(1, Ordering::Relaxed);
@@ -124,10 +141,10 @@ impl Requests {
         route.duration_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
-    fn route(&self, method: &Method, path: &str) -> Arc<Route> {
+    fn route(&self, method: &'static str, path: &str) -> Arc<Route> {
         let find = |routes: &Routes| {
             let methods = routes.get(path)?;
-            methods.iter().find(|(known, _)| known == method).map(|(_, route)| Arc::clone(route))
+            methods.iter().find(|(known, _)| *known == method).map(|(_, route)| Arc::clone(route))
         };
         if let Some(route) = find(&self.routes.read().unwrap_or_else(PoisonError::into_inner)) {
             return route;
@@ -137,7 +154,7 @@ impl Requests {
             return route;
         }
         let route = Arc::new(Route::default());
-        routes.entry(path.into()).or_default().push((method.clone(), Arc::clone(&route)));
+        routes.entry(path.into()).or_default().push((method, Arc::clone(&route)));
         route
     }
 
@@ -147,7 +164,7 @@ impl Requests {
             let all = self.routes.read().unwrap_or_else(PoisonError::into_inner);
             all.iter()
                 .flat_map(|(path, methods)| {
-                    methods.iter().map(|(method, route)| (escape(path), escape(method.as_str()), Arc::clone(route)))
+                    methods.iter().map(|(method, route)| (escape(path), (*method).to_owned(), Arc::clone(route)))
                 })
                 .collect()
         };
@@ -207,13 +224,12 @@ mod tests {
     #[test]
     fn requests_are_counted_by_route_and_status_and_timed_in_cumulative_buckets() {
         let requests = Requests::default();
-        let post = Method::POST;
-        requests.record(&post, "/api/v1/products", 201, Duration::from_micros(300));
-        requests.record(&post, "/api/v1/products", 201, Duration::from_millis(3));
-        requests.record(&post, "/api/v1/products", 422, Duration::from_secs(20));
-        requests.record(&Method::GET, "/api/v1/products", 200, Duration::from_millis(1));
-        requests.record(&Method::GET, UNMATCHED, 404, Duration::from_micros(10));
-        requests.record(&Method::GET, "/odd \"path\"", 1000, Duration::ZERO);
+        requests.record("POST", "/api/v1/products", 201, Duration::from_micros(300));
+        requests.record("POST", "/api/v1/products", 201, Duration::from_millis(3));
+        requests.record("POST", "/api/v1/products", 422, Duration::from_secs(20));
+        requests.record("GET", "/api/v1/products", 200, Duration::from_millis(1));
+        requests.record("GET", UNMATCHED, 404, Duration::from_micros(10));
+        requests.record("GET", "/odd \"path\"", 1000, Duration::ZERO);
 
         let mut text = String::new();
         requests.render_into(&mut text);
@@ -242,6 +258,16 @@ mod tests {
         let first_get = lines.iter().position(|line| line.contains(r#"method="GET",path="/api/v1/products""#));
         let first_post = lines.iter().position(|line| line.contains(r#"method="POST",path="/api/v1/products""#));
         assert!(first_get < first_post, "routes in order of path, then method:\n{text}");
+    }
+
+    #[test]
+    fn an_extension_method_is_counted_as_other() {
+        for method in ["GET", "POST", "DELETE", "PATCH", "OPTIONS"] {
+            assert_eq!(method_label(&Method::from_bytes(method.as_bytes()).expect("a method")), method);
+        }
+        for method in ["FOO", "PROPFIND", "get"] {
+            assert_eq!(method_label(&Method::from_bytes(method.as_bytes()).expect("a method token")), "OTHER");
+        }
     }
 
     #[test]
