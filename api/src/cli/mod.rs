@@ -279,8 +279,9 @@ fn stats(log: &store::EventLog) -> anyhow::Result<Stats> {
 /// Spans at `info` cost every request their formatting, logged or not: each
 /// request has one (`request`: its id, method and path, which every log line in
 /// it carries); a command's span (`command`: the stream, versions, attempts and
-/// position) and an append's are at `debug` (`RUST_LOG=info,commands=debug`).
-/// At `info` the three spans were 13 µs of a command's CPU (docs/BENCHMARKS.md).
+/// position) and an append's are at `debug` (`RUST_LOG=info,commands=debug,store=debug`
+/// shows them). At `info` the three spans cost a command 13–18 µs of CPU
+/// (docs/BENCHMARKS.md).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
