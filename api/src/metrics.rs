@@ -101,7 +101,7 @@ const DURATION_BUCKETS: [f64; 14] =
 const STATUS_MIN: u16 = 100;
 const STATUS_MAX: u16 = 599;
 
-/// The request series: by path, then by method (a path has one to three).
+/// The request series: by path, then by method label (a path has a few).
 #[derive(Default)]
 struct Requests {
     routes: RwLock<Routes>,
