@@ -353,8 +353,19 @@ impl EventLog {
 
     /// Up to `limit` events of the whole log from `from` on, in position order.
     pub fn read_all(&self, from: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read_all_chained(from, None, limit)
+    }
+
+    /// [`Self::read_all`], given the hash of the record before `from` when the
+    /// caller has it (see [`Self::scan_chained`]).
+    fn read_all_chained(
+        &self,
+        from: u64,
+        hash_before: Option<[u8; 32]>,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let mut events = Vec::with_capacity(limit.min(1024));
-        self.scan(from, limit, |event| {
+        self.scan_chained(from, hash_before, limit, |event| {
             events.push(event.into_owned());
             Ok::<(), StoreError>(())
         })?;
@@ -633,11 +644,7 @@ impl Subscription {
                 return Ok(event);
             }
             if self.next <= *self.durable.borrow_and_update() {
-                let mut events = Vec::with_capacity(SUBSCRIPTION_CHUNK_LEN);
-                self.log.scan_chained(self.next, self.hash_before_next, SUBSCRIPTION_CHUNK_LEN, |event| {
-                    events.push(event.into_owned());
-                    Ok::<(), StoreError>(())
-                })?;
+                let events = self.log.read_all_chained(self.next, self.hash_before_next, SUBSCRIPTION_CHUNK_LEN)?;
                 if let Some(last) = events.last() {
                     self.next = last.position + 1;
                     self.hash_before_next = Some(last.hash);

@@ -55,7 +55,7 @@ pub fn add_cpu(into: &mut BTreeMap<String, f64>, before: &CpuReading, after: &Cp
         threads += spent;
         *into.entry(name.clone()).or_insert(0.0) += spent;
     }
-    // The process's clock ticks are 10 ms: below that, no thread ended.
+    // The process's time is counted in 10 ms ticks: under two, no thread ended.
     let ended = after.process - before.process - threads;
     if ended > 0.02 {
         *into.entry("(threads that ended)".to_owned()).or_insert(0.0) += ended;
