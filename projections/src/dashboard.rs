@@ -13,11 +13,20 @@
 //!   are below a threshold chosen at query time.
 //!
 //! Keys: `s` → summary; `d:<YYYY-MM-DD>` → day; `o:<order id>` → an order not yet
-//! shipped or cancelled; `p:<sku>` → product; `a:<available BE><sku>` (active
-//! products by available units) and `t:<!units BE><sku>` (skus by units sold,
-//! most first) are indexes with empty values, derived from each product by
-//! [`index`] when a batch is written: a restock changes only the product for
-//! `apply`, and a batch moves the product's index entries once.
+//! shipped or cancelled; `p:<sku>` → product; `a:<bucket><sku>` (active
+//! products by bucket of available units) and `t:<!units BE><sku>` (skus by
+//! units sold, most first) are indexes with empty values, derived from each
+//! product by [`index`] when a batch is written: a restock changes only the
+//! product for `apply`, and a batch moves the product's index entries once.
+//!
+//! Decision: the `a:` index lists a product under its available units' bucket
+//! ([`available_bucket`]: 0, 1, 2–3, 4–7, …), not under the units themselves
+//! (format 1 did, `a:<available BE><sku>`), so a restock or a sale moves the
+//! entry only when the units cross a power of two: under a steady load of
+//! restocks the entry moved on every one, two of the three writes a restock
+//! made to this model. The low-stock query reads the products of the buckets
+//! below its threshold, bucket by bucket, and orders each bucket by units: it
+//! reads at most one bucket beyond what it answers.
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use domain::{Cents, Event, OrderEvent, OrderId, ProductEvent, ProductName, Sku};
@@ -35,6 +44,10 @@ const PRODUCT: &[u8] = b"p:";
 const BY_AVAILABLE: &[u8] = b"a:";
 const BY_UNITS: &[u8] = b"t:";
 const DATE_FORMAT: &str = "%Y-%m-%d";
+
+/// What this model stores (see `runtime::format_of`). 2: the `a:` index by
+/// bucket of available units.
+pub(crate) const FORMAT: u32 = 2;
 
 /// The default threshold of [`SalesQuery::low_stock_below`].
 pub const LOW_STOCK_BELOW: u32 = 5;
@@ -184,12 +197,19 @@ pub(crate) fn index(key: &[u8], value: &Value) -> Result<Vec<Vec<u8>>, Projectio
     let product: StoredProduct = value.typed(NAME)?;
     let mut entries = Vec::with_capacity(2);
     if !product.discontinued {
-        entries.push(records::key(BY_AVAILABLE, &[&product.available.to_be_bytes(), sku]));
+        entries.push(records::key(BY_AVAILABLE, &[&[available_bucket(product.available)], sku]));
     }
     if product.units_sold > 0 {
         entries.push(records::key(BY_UNITS, &[&(u64::MAX - product.units_sold).to_be_bytes(), sku]));
     }
     Ok(entries)
+}
+
+/// The `a:` index's bucket of `available` units: 0 for none, else one more than
+/// the highest bit set (1 → 1, 2–3 → 2, 4–7 → 3, …, at most 32).
+fn available_bucket(available: u32) -> u8 {
+    // At most 32: it fits.
+    (u32::BITS - available.leading_zeros()) as u8
 }
 
 /// The dashboard's changes for one event. Pure: reads the model's records, writes nothing.
@@ -368,12 +388,29 @@ impl Dashboard {
                 });
             }
             let mut low_stock = Vec::new();
-            let end = key(BY_AVAILABLE, &[&query.low_stock_below.to_be_bytes()]);
-            for entry in tree.range(BY_AVAILABLE.to_vec()..end).take(query.low_stock_len_max) {
-                let (key, _) = entry?;
-                let sku = sku_of(key.get(BY_AVAILABLE.len() + 4..).unwrap_or_default())?;
-                let stored = name_of(&sku)?;
-                low_stock.push(LowStock { sku, name: stored.name.to_domain(NAME)?, available: stored.available });
+            // The buckets that hold units below the threshold (none below 0).
+            let buckets = query.low_stock_below.checked_sub(1).map_or(0, |highest| 1 + available_bucket(highest));
+            for bucket in 0..buckets {
+                if low_stock.len() >= query.low_stock_len_max {
+                    break;
+                }
+                let start = key(BY_AVAILABLE, &[&[bucket]]);
+                let end = prefix_end(&start);
+                let mut in_bucket = Vec::new();
+                for entry in tree.range(start..end) {
+                    let (key, _) = entry?;
+                    let sku = sku_of(key.get(BY_AVAILABLE.len() + 1..).unwrap_or_default())?;
+                    let stored = name_of(&sku)?;
+                    if stored.available < query.low_stock_below {
+                        in_bucket.push((stored.available, sku, stored.name));
+                    }
+                }
+                in_bucket.sort_unstable_by(|(units, sku, _), (other_units, other_sku, _)| {
+                    (units, sku.as_str()).cmp(&(other_units, other_sku.as_str()))
+                });
+                for (available, sku, name) in in_bucket.into_iter().take(query.low_stock_len_max - low_stock.len()) {
+                    low_stock.push(LowStock { sku, name: name.to_domain(NAME)?, available });
+                }
             }
             Ok(SalesView {
                 revenue_cents: Cents::new(summary.revenue_cents),
@@ -392,3 +429,33 @@ impl Dashboard {
 }
 
 crate::runtime::common_queries!(Dashboard);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_start_at_each_power_of_two() {
+        let buckets: Vec<_> = [0, 1, 2, 3, 4, 7, 8, 1023, 1024, u32::MAX].map(available_bucket).to_vec();
+        assert_eq!(buckets, vec![0, 1, 2, 2, 3, 3, 4, 10, 11, 32]);
+    }
+
+    /// A restock within a bucket leaves the index entries as they were, so the
+    /// batch writes the product alone.
+    #[test]
+    fn the_index_moves_only_when_the_units_cross_a_power_of_two() {
+        let entries = |available: u32| {
+            let product = StoredProduct {
+                name: SharedName::of(&ProductName::parse("Mug").expect("a name")),
+                available,
+                discontinued: false,
+                units_sold: 0,
+            };
+            index(&key(PRODUCT, &[b"mug"]), &Value::Typed(Box::new(product))).expect("indexes")
+        };
+        assert_eq!(entries(1000), entries(1001));
+        assert_eq!(entries(1000), entries(1023));
+        assert_ne!(entries(1023), entries(1024));
+        assert_eq!(entries(0), vec![key(BY_AVAILABLE, &[&[0], b"mug"])]);
+    }
+}

@@ -35,7 +35,8 @@ use store::EventLog;
 use crate::error::ProjectionError;
 use crate::records::{Cache, Decoded, be_u64};
 use crate::runtime::{
-    ApplyFn, CHECKPOINTS_TREE, META_TREE, MODELS, building_key, index_of, read_checkpoint, tree_name, write_building,
+    ApplyFn, CHECKPOINTS_TREE, META_TREE, MODELS, building_key, format_key, format_of, index_of, read_checkpoint,
+    tree_name, write_building,
 };
 
 /// Pages each reader reads ahead of the slowest model.
@@ -243,6 +244,7 @@ pub fn replay_with(
     let mut switch = sled::Batch::default();
     for build in &builds {
         switch.insert(build.name.as_bytes(), &build.generation.to_be_bytes());
+        switch.insert(format_key(build.name), &format_of(build.name).to_be_bytes());
         switch.remove(building_key(build.name));
     }
     meta.apply_batch(switch)?;

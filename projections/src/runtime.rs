@@ -60,6 +60,21 @@ pub const MODELS: &[(&str, ApplyFn)] = &[
     (dashboard::NAME, dashboard::apply),
 ];
 
+/// The format of what a model stores (its records and index entries). A serving
+/// generation written in another format is emptied when the runtime opens and
+/// built again from the log, serving as it catches up (see `open_slot`): raise a
+/// model's number whenever what it stores changes. Every generation this binary
+/// builds is of the current format.
+pub(crate) fn format_of(model: &str) -> u32 {
+    if model == dashboard::NAME { dashboard::FORMAT } else { 1 }
+}
+
+/// The key in the meta tree of the format the serving generation of `name` was
+/// written in; absent, format 1 (written before formats were recorded).
+pub(crate) fn format_key(name: &str) -> Vec<u8> {
+    format!("{name}.format").into_bytes()
+}
+
 /// The index a model derives from its records, if any (see [`IndexFn`]).
 pub(crate) fn index_of(model: &str) -> Option<IndexFn> {
     (model == dashboard::NAME).then_some(dashboard::index as IndexFn)
@@ -336,6 +351,7 @@ impl Slot {
         let mut active = self.active.write().unwrap_or_else(PoisonError::into_inner);
         let mut batch = sled::Batch::default();
         batch.insert(self.name.as_bytes(), &generation.number.to_be_bytes());
+        batch.insert(format_key(self.name), &format_of(self.name).to_be_bytes());
         batch.remove(building_key(self.name));
         self.shared.meta.apply_batch(batch)?;
         self.shared.log.make_durable()?;
@@ -933,10 +949,14 @@ impl Drop for Projections {
 
 fn open_slot(shared: &Arc<Shared>, name: &'static str, apply: ApplyFn) -> Result<Arc<Slot>, ProjectionError> {
     let bad = |what: &str| ProjectionError::Corrupt { model: "projections", reason: format!("{what} of {name}") };
+    let format = format_of(name);
     let active_number = match shared.meta.get(name.as_bytes())? {
         Some(bytes) => be_u64(&bytes).ok_or_else(|| bad("the active generation"))?,
         None => {
-            shared.meta.insert(name.as_bytes(), &1u64.to_be_bytes())?;
+            let mut first = sled::Batch::default();
+            first.insert(name.as_bytes(), &1u64.to_be_bytes());
+            first.insert(format_key(name), &format.to_be_bytes());
+            shared.meta.apply_batch(first)?;
             1
         }
     };
@@ -948,6 +968,23 @@ fn open_slot(shared: &Arc<Shared>, name: &'static str, apply: ApplyFn) -> Result
         shared.meta.remove(building_key(name))?;
     }
     let generation = Arc::new(Generation::open(shared, name, active_number)?);
+    let stored_format = match shared.meta.get(format_key(name))? {
+        Some(bytes) => <[u8; 4]>::try_from(&bytes[..]).map(u32::from_be_bytes).map_err(|_| bad("the format"))?,
+        None => 1,
+    };
+    if stored_format != format {
+        // Emptied first, then the format recorded: sled recovers a prefix of
+        // its log, so a crash in between empties it again at the next open.
+        tracing::warn!(
+            model = name,
+            stored_format,
+            format,
+            "read model stored in an older or newer format: emptied, it is built again from the log as it serves"
+        );
+        generation.clear()?;
+        shared.meta.insert(format_key(name), &format.to_be_bytes())?;
+        shared.log.make_durable()?;
+    }
     Ok(Arc::new(Slot {
         name,
         apply,

@@ -414,3 +414,70 @@ async fn dashboard_lists_active_products_running_low_fewest_first() {
     assert_eq!(sales.low_stock.iter().map(|low| low.sku.as_str()).collect::<Vec<_>>(), vec!["none", "soon"]);
     assert!(sales.top_products.is_empty(), "nothing was paid for");
 }
+
+#[tokio::test]
+async fn dashboard_low_stock_is_right_at_every_threshold_and_length_as_units_cross_buckets() {
+    // Units at and around powers of two (the `a:` index's bucket edges), ties, a
+    // discontinued product; then restocks and a checkout move some across edges.
+    let stocks = [0, 1, 2, 3, 4, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 1000, 1023, 1024];
+    let sku_of = |index: usize| format!("s{index:02}");
+    let mut events: Vec<Event> =
+        stocks.iter().enumerate().map(|(index, units)| created(&sku_of(index), 100, *units)).collect();
+    events.extend([created("gone", 100, 2), discontinued("gone")]);
+    let shop = given(events).await;
+    let moves = [(3, 1), (16, 1), (9, 7), (1, 30)]; // units 3 → 4, 1023 → 1024, 8 → 15, 1 → 31
+    shop.then(moves.iter().map(|(index, count)| restocked(&sku_of(*index), *count))).await;
+    shop.then(checkout(order(1), customer(1), &[(sku_of(8).as_str(), 1, 100), (sku_of(14).as_str(), 2, 100)])).await;
+    let mut units: Vec<(String, u32)> =
+        stocks.iter().enumerate().map(|(index, units)| (sku_of(index), *units)).collect();
+    for (index, count) in moves {
+        units[index].1 += count;
+    }
+    units[8].1 -= 1;
+    units[14].1 -= 2;
+
+    for below in [0, 1, 2, 3, 4, 5, 6, 8, 9, 15, 16, 17, 30, 31, 32, 33, 1024, 1025, u32::MAX] {
+        for length in [0, 1, 3, 5, 100] {
+            let query =
+                projections::SalesQuery { low_stock_below: below, low_stock_len_max: length, ..Default::default() };
+            let sales = shop.projections.dashboard().sales_with(query).expect("queries").value;
+            let answered: Vec<_> = sales.low_stock.iter().map(|low| (low.sku.to_string(), low.available)).collect();
+            let mut expected: Vec<_> = units.iter().filter(|(_, units)| *units < below).cloned().collect();
+            expected.sort_by(|(sku, units), (other_sku, other_units)| (units, sku).cmp(&(other_units, other_sku)));
+            expected.truncate(length);
+            assert_eq!(answered, expected, "below {below}, at most {length}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_dashboard_in_the_older_format_is_emptied_at_start_and_built_again_the_other_models_kept() {
+    let Shop { log, projections, _dir: dir } = given([created("few", 100, 3), created("plenty", 100, 50)]).await;
+    projections.shutdown().await;
+    // What a binary before the dashboard's format 2 leaves: no format recorded,
+    // and `a:` entries by units (one the current format would never write).
+    let meta = log.open_tree("projections").expect("the meta tree");
+    meta.remove("dashboard.format").expect("removes");
+    let dashboard_tree = log.open_tree("dashboard.g1").expect("the dashboard's tree");
+    let stale = [b"a:".as_slice(), &3u32.to_be_bytes(), b"few"].concat();
+    dashboard_tree.insert(&stale, b"".as_slice()).expect("inserts");
+
+    // This test's runtime has one thread: the worker cannot run before the
+    // first `await`, so the positions below are what the start left.
+    let projections = Projections::start(log.clone()).expect("restarts");
+    assert_eq!(projections.dashboard().position(), 0, "the dashboard is emptied");
+    assert_eq!(dashboard_tree.get(&stale).expect("reads"), None, "the stale entry is gone");
+    assert_eq!(projections.catalog().position(), log.head(), "the catalog, of the current format, is kept");
+    assert_eq!(meta.get("dashboard.format").expect("reads").as_deref(), Some(2u32.to_be_bytes().as_slice()));
+    let shop = Shop { log, projections, _dir: dir };
+    shop.settle().await;
+    let sales = shop.projections.dashboard().sales().expect("queries").value;
+    let low: Vec<_> = sales.low_stock.iter().map(|low| (low.sku.as_str(), low.available)).collect();
+    assert_eq!(low, vec![("few", 3)]);
+
+    // Started again, nothing is emptied: the format is recorded.
+    shop.projections.shutdown().await;
+    let projections = Projections::start(shop.log.clone()).expect("restarts");
+    assert_eq!(projections.dashboard().position(), shop.log.head());
+    projections.shutdown().await;
+}
