@@ -202,10 +202,22 @@ pub(crate) fn walk<E: From<StoreError>>(
     }
     // Start at the chunk that holds `from`, if one does; if the value before
     // `from` does not hold it, its records are skipped and the next value's
-    // first position shows the gap.
-    let start = at_or_before(events, from)?.map_or(from, |(first, _)| first);
+    // first position shows the gap. A reader that goes on where it stopped
+    // mostly starts a chunk (a batch's first record begins one): then the
+    // first value of the range is it, and the walk back is saved.
+    let mut items = events.range(from.to_be_bytes()..=to.to_be_bytes()).peekable();
+    let starts_a_chunk = matches!(items.peek(), Some(Ok((key, _))) if be_u64(key) == Some(from));
+    let start = if starts_a_chunk {
+        from
+    } else {
+        let start = at_or_before(events, from)?.map_or(from, |(first, _)| first);
+        if start != from {
+            items = events.range(start.to_be_bytes()..=to.to_be_bytes()).peekable();
+        }
+        start
+    };
     let mut next = from;
-    for item in events.range(start.to_be_bytes()..=to.to_be_bytes()) {
+    for item in items {
         let (key, bytes) = item.map_err(StoreError::from)?;
         let first = be_u64(&key).ok_or_else(|| StoreError::corrupt(next, "event key is not a position"))?;
         if first > next {

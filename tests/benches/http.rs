@@ -255,14 +255,22 @@ fn main() {
         let script = work.path().join("shop.lua");
         write_script(&script, &requests);
         let before = running.state.log.commit_stats();
+        let cache_before = running.state.service.cache_stats();
         let cpu_before = cpu_by_thread();
         let result = tokio::task::spawn_blocking(move || wrk(&base, &script, seconds)).await.expect("wrk ends");
         let mut cpu = std::collections::BTreeMap::new();
         add_cpu(&mut cpu, &cpu_before, &cpu_by_thread());
         let after = running.state.log.commit_stats();
+        let cache_after = running.state.service.cache_stats();
         running.state.log.verify().expect("the log verifies after the load");
         running.stop().await.expect("stops");
-        (result, (after.appends - before.appends, after.batches - before.batches), cpu)
+        let loads = [
+            cache_after.hits - cache_before.hits,
+            cache_after.partial_hits - cache_before.partial_hits,
+            cache_after.misses - cache_before.misses,
+            cache_after.events_folded - cache_before.events_folded,
+        ];
+        (result, (after.appends - before.appends, after.batches - before.batches, loads), cpu)
     });
 
     println!("| server | requests/s | p50 | p99 | non-2xx | requests | CPU stolen |");
@@ -298,6 +306,12 @@ fn main() {
         stats.0,
         stats.1,
         stats.0 as f64 / stats.1.max(1) as f64
+    );
+    // A load that is not a hit is a command whose stream changed since the
+    // service last saw it: mostly a retry after a version conflict.
+    let [hits, partial_hits, misses, folded] = stats.2;
+    println!(
+        "stream loads: {hits} hits, {partial_hits} partial hits, {misses} misses, {folded} events read and folded"
     );
     // Where this process's CPU went (wrk, a process of its own, shares the cores).
     for (name, result, cpu) in [("bare group commit", &bare_result, &bare_cpu), ("shoplog", &shop_result, &shop_cpu)] {
