@@ -123,12 +123,7 @@ impl FromRequestParts<AppState> for Caller {
         if let Principal::Customer(id) = principal {
             // A token outlives a forgetting (it is only signed, never stored): a
             // forgotten customer's tokens stop working at once.
-            let forgotten = state
-                .service
-                .customer(id)
-                .map_err(ApiError::internal)?
-                .is_some_and(|(customer, _)| matches!(customer, domain::Customer::Forgotten { .. }));
-            if forgotten {
+            if state.service.customer_forgotten(id).map_err(ApiError::internal)? {
                 return Err(ApiError::Unauthorized);
             }
         }

@@ -456,6 +456,13 @@ impl CommandService {
         Ok((loaded.version > 0).then(|| (Product::clone(&loaded.state), loaded.version)))
     }
 
+    /// Whether the customer was forgotten (what authenticating their token asks on
+    /// every request: the state is not copied).
+    pub fn customer_forgotten(&self, customer_id: CustomerId) -> Result<bool, CommandError> {
+        let loaded = self.load::<Customer>(&StreamId::Customer(customer_id).to_string())?;
+        Ok(matches!(*loaded.state, Customer::Forgotten { .. }))
+    }
+
     /// A customer's state (registered or forgotten) and version, if any.
     pub fn customer(&self, customer_id: CustomerId) -> Result<Option<(Customer, u64)>, CommandError> {
         let loaded = self.load::<Customer>(&StreamId::Customer(customer_id).to_string())?;
