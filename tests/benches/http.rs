@@ -307,8 +307,8 @@ fn main() {
         stats.1,
         stats.0 as f64 / stats.1.max(1) as f64
     );
-    // A load that is not a hit is a command whose stream changed since the
-    // service last saw it: mostly a retry after a version conflict.
+    // A partial hit is a stream that changed since the service last saw it
+    // (mostly a retry after a version conflict); a miss, one it did not hold.
     let [hits, partial_hits, misses, folded] = stats.2;
     println!(
         "stream loads: {hits} hits, {partial_hits} partial hits, {misses} misses, {folded} events read and folded"
