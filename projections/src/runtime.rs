@@ -61,10 +61,11 @@ pub const MODELS: &[(&str, ApplyFn)] = &[
 ];
 
 /// The format of what a model stores (its records and index entries). A serving
-/// generation written in another format is emptied when the runtime opens and
-/// built again from the log, serving as it catches up (see `open_slot`): raise a
+/// generation written in another format is emptied when the runtime opens (see
+/// `open_slot`), and a rebuild starts at once: until the rebuilt generation has
+/// caught up and serves, the model answers empty, at position 0. Raise a
 /// model's number whenever what it stores changes. Every generation this binary
-/// builds is of the current format.
+/// builds is of the current format, recorded when it starts to serve.
 pub(crate) fn format_of(model: &str) -> u32 {
     if model == dashboard::NAME { dashboard::FORMAT } else { 1 }
 }
@@ -823,23 +824,37 @@ impl Projections {
             stop: watch::Sender::new(false),
         });
         let mut slots = Vec::with_capacity(MODELS.len());
+        let mut failed = Vec::with_capacity(MODELS.len());
+        let mut emptied = Vec::new();
         for (name, apply) in MODELS {
-            slots.push(open_slot(&shared, name, *apply)?);
+            let (slot, of_another_format) = open_slot(&shared, name, *apply)?;
+            // A generation emptied for its format is rebuilt by a worker of its
+            // own (below), in large batches, while the live worker goes on
+            // with the other models.
+            failed.push(of_another_format.then(|| slot.active().number));
+            if of_another_format {
+                emptied.push(slot.name);
+            }
+            slots.push(slot);
         }
-        spawn(&shared, Work::Live { failed: vec![None; slots.len()], slots: slots.clone() });
+        spawn(&shared, Work::Live { failed, slots: slots.clone() });
         let mut slots = slots.into_iter();
         let mut next = || {
             slots
                 .next()
                 .ok_or_else(|| ProjectionError::Stopped { model: "runtime", reason: "a model is missing".into() })
         };
-        Ok(Projections {
+        let projections = Projections {
             catalog: Catalog { slot: next()? },
             carts: Carts { slot: next()? },
             orders: Orders { slot: next()? },
             dashboard: Dashboard { slot: next()? },
             shared,
-        })
+        };
+        for name in emptied {
+            projections.rebuild(name)?;
+        }
+        Ok(projections)
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -947,7 +962,9 @@ impl Drop for Projections {
     }
 }
 
-fn open_slot(shared: &Arc<Shared>, name: &'static str, apply: ApplyFn) -> Result<Arc<Slot>, ProjectionError> {
+/// The slot of model `name`, and whether its serving generation was emptied for
+/// being of another format than this binary's (then it is to be rebuilt).
+fn open_slot(shared: &Arc<Shared>, name: &'static str, apply: ApplyFn) -> Result<(Arc<Slot>, bool), ProjectionError> {
     let bad = |what: &str| ProjectionError::Corrupt { model: "projections", reason: format!("{what} of {name}") };
     let format = format_of(name);
     let active_number = match shared.meta.get(name.as_bytes())? {
@@ -972,20 +989,20 @@ fn open_slot(shared: &Arc<Shared>, name: &'static str, apply: ApplyFn) -> Result
         Some(bytes) => <[u8; 4]>::try_from(&bytes[..]).map(u32::from_be_bytes).map_err(|_| bad("the format"))?,
         None => 1,
     };
-    if stored_format != format {
-        // Emptied first, then the format recorded: sled recovers a prefix of
-        // its log, so a crash in between empties it again at the next open.
+    let of_another_format = stored_format != format;
+    if of_another_format {
+        // Emptied, so that no query reads records of the other format. The
+        // format is recorded when the rebuilt generation switches in: a crash
+        // before that empties and rebuilds again at the next open.
         tracing::warn!(
             model = name,
             stored_format,
             format,
-            "read model stored in an older or newer format: emptied, it is built again from the log as it serves"
+            "read model stored in another format: emptied, and rebuilt from the log"
         );
         generation.clear()?;
-        shared.meta.insert(format_key(name), &format.to_be_bytes())?;
-        shared.log.make_durable()?;
     }
-    Ok(Arc::new(Slot {
+    let slot = Arc::new(Slot {
         name,
         apply,
         shared: Arc::clone(shared),
@@ -994,7 +1011,8 @@ fn open_slot(shared: &Arc<Shared>, name: &'static str, apply: ApplyFn) -> Result
         active: RwLock::new(generation),
         building: Mutex::new(None),
         failure: Mutex::new(None),
-    }))
+    });
+    Ok((slot, of_another_format))
 }
 
 fn spawn(shared: &Arc<Shared>, work: Work) {

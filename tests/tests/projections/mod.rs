@@ -462,22 +462,34 @@ async fn a_dashboard_in_the_older_format_is_emptied_at_start_and_built_again_the
     let stale = [b"a:".as_slice(), &3u32.to_be_bytes(), b"few"].concat();
     dashboard_tree.insert(&stale, b"".as_slice()).expect("inserts");
 
-    // This test's runtime has one thread: the worker cannot run before the
+    // This test's runtime has one thread: the workers cannot run before the
     // first `await`, so the positions below are what the start left.
     let projections = Projections::start(log.clone()).expect("restarts");
     assert_eq!(projections.dashboard().position(), 0, "the dashboard is emptied");
     assert_eq!(dashboard_tree.get(&stale).expect("reads"), None, "the stale entry is gone");
+    assert!(projections.dashboard().sales().expect("queries").value.low_stock.is_empty(), "it answers empty");
+    assert_eq!(
+        meta.get("dashboard.format").expect("reads"),
+        None,
+        "recorded only once rebuilt: a crash rebuilds again"
+    );
     assert_eq!(projections.catalog().position(), log.head(), "the catalog, of the current format, is kept");
-    assert_eq!(meta.get("dashboard.format").expect("reads").as_deref(), Some(2u32.to_be_bytes().as_slice()));
     let shop = Shop { log, projections, _dir: dir };
     shop.settle().await;
+    assert_eq!(shop.projections.dashboard().generation(), 2, "rebuilt into a generation of its own");
+    assert_eq!(meta.get("dashboard.format").expect("reads").as_deref(), Some(2u32.to_be_bytes().as_slice()));
     let sales = shop.projections.dashboard().sales().expect("queries").value;
     let low: Vec<_> = sales.low_stock.iter().map(|low| (low.sku.as_str(), low.available)).collect();
     assert_eq!(low, vec![("few", 3)]);
+    // The live worker takes the rebuilt generation on.
+    shop.then([restocked("few", 1)]).await;
+    let sales = shop.projections.dashboard().sales().expect("queries").value;
+    assert_eq!(sales.low_stock.iter().map(|low| low.available).collect::<Vec<_>>(), vec![4]);
 
     // Started again, nothing is emptied: the format is recorded.
     shop.projections.shutdown().await;
     let projections = Projections::start(shop.log.clone()).expect("restarts");
     assert_eq!(projections.dashboard().position(), shop.log.head());
+    assert_eq!(projections.dashboard().generation(), 2);
     projections.shutdown().await;
 }
