@@ -22,7 +22,7 @@ use crate::trees::{self, Trees, be_u64};
 use crate::types::{AppendRequest, AppendResult, CommitStats, EventRef, RecordedEvent, Recovery, VerifyReport};
 use crate::upcast::Upcasters;
 use crate::wal::{WAL_LEN_MAX, Wal};
-use crate::writer::{Counters, DurableHeads, Health, Job, Syncer, Tail, Writer, drop_torn_batch, replay};
+use crate::writer::{Applied, Counters, DurableHeads, Health, Job, Syncer, Tail, Writer, drop_torn_batch, replay};
 
 /// sled's segment size for a new log. Its blob threshold is a quarter of it (2 MiB),
 /// and sled never fsyncs blobs; with records capped at [`crate::RECORD_LEN_MAX`] and
@@ -183,6 +183,7 @@ impl EventLog {
         let health = Arc::new(Health::default());
         let durable_heads = Arc::new(DurableHeads::default());
         let counters = Arc::new(Counters::default());
+        let applied = Arc::new(Applied::new(tail.head));
         let writer = Writer {
             trees: trees.clone(),
             jobs,
@@ -202,7 +203,9 @@ impl EventLog {
                 health: Arc::clone(&health),
                 counters: Arc::clone(&counters),
                 batch_len_max: options.batch_len_max.max(1) as u64,
+                applied: Arc::clone(&applied),
             }),
+            applied,
         };
         let writer = std::thread::Builder::new().name("shoplog-writer".to_owned()).spawn(move || writer.run())?;
         Ok(EventLog {

@@ -136,6 +136,8 @@ pub(crate) struct Writer {
     pub stream_heads: HashMap<String, u64>,
     /// The second stage, handed to its own thread when the writer starts.
     pub syncer: Option<Syncer>,
+    /// Shared with the syncer: how far sled holds the batches handed over.
+    pub applied: Arc<Applied>,
 }
 
 /// A batch written to sled, waiting for the flush and fsync that make it durable.
@@ -154,6 +156,67 @@ struct Written {
 
 type Reply = oneshot::Sender<Result<AppendResult, StoreError>>;
 
+/// How far sled holds the batches the writer handed over. The writer hands a
+/// batch's frame to the syncer before it writes the batch to sled, so that
+/// the write and the batch's `fdatasync` take place at the same time; the
+/// syncer answers a batch, moves the durable head and makes a checkpoint only
+/// once sled holds what they cover (readers read sled up to the durable head).
+#[derive(Debug)]
+pub(crate) struct Applied {
+    state: std::sync::Mutex<AppliedState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Debug)]
+struct AppliedState {
+    /// Sled holds every batch up to this position (its writes are in, not durable).
+    head: u64,
+    /// The writer's thread ended: nothing more will be written.
+    writer_gone: bool,
+}
+
+impl Applied {
+    pub(crate) fn new(head: u64) -> Self {
+        Applied {
+            state: std::sync::Mutex::new(AppliedState { head, writer_gone: false }),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AppliedState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The writer is done with the batches up to `head` (written, or failed).
+    fn advance(&self, head: u64) {
+        let mut state = self.lock();
+        state.head = state.head.max(head);
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// Wait until the writer is done with the batches up to `head`; false if
+    /// its thread ended first.
+    fn wait_for(&self, head: u64) -> bool {
+        let mut state = self.lock();
+        while state.head < head && !state.writer_gone {
+            state = self.changed.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        state.head >= head
+    }
+}
+
+/// Marks the writer gone when its thread ends, however it ends, so that the
+/// syncer never waits for a batch that will not be written.
+struct WriterGone(Arc<Applied>);
+
+impl Drop for WriterGone {
+    fn drop(&mut self) {
+        self.0.lock().writer_gone = true;
+        self.0.changed.notify_all();
+    }
+}
+
 /// How many written batches may wait for the syncer.
 const WRITTEN_QUEUE_LEN_MAX: usize = 4;
 
@@ -161,11 +224,14 @@ const WRITTEN_QUEUE_LEN_MAX: usize = 4;
 const STREAM_HEADS_CACHED_MAX: usize = 100_000;
 
 impl Writer {
-    /// Two stages: this thread stages batches and writes them to sled; a syncer
-    /// thread writes their frames to the write-ahead log, fsyncs it and answers,
-    /// so the next batch is written while the last one is being made durable.
-    /// Frames are written in batch order, so a batch is never durable without the
-    /// batches before it.
+    /// Two stages: this thread stages a batch (what is queued, and what comes
+    /// while it stages), hands its frame to a syncer thread and then writes the
+    /// batch to sled; the syncer writes the frames to the write-ahead log and
+    /// fsyncs it meanwhile, and answers once sled holds the batch too (see
+    /// [`Applied`]). Staging while appends come in makes the batch of a burst
+    /// one batch (64 writers are answered together and come back together),
+    /// and its fsync then covers them all. Frames are written in batch order,
+    /// so a batch is never durable without the batches before it.
     pub fn run(mut self) {
         let (written, to_sync) = std::sync::mpsc::sync_channel(WRITTEN_QUEUE_LEN_MAX);
         let Some(syncer) = self.syncer.take() else {
@@ -180,18 +246,21 @@ impl Writer {
                 return;
             }
         };
-        let mut batch = Vec::with_capacity(self.batch_len_max);
+        let _gone = WriterGone(Arc::clone(&self.applied));
         while let Some(first) = self.jobs.blocking_recv() {
-            batch.push(first);
-            while batch.len() < self.batch_len_max {
-                match self.jobs.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            if written.send(self.write(&mut batch)).is_err() {
+            let (batch, writes) = self.stage(first);
+            let head = batch.head;
+            if written.send(batch).is_err() {
                 break;
             }
+            // Written to sled while the syncer writes and syncs the frame.
+            if let Some(writes) = writes
+                && let Err(reason) = apply(&self.trees, &writes)
+            {
+                // The syncer answers none of this batch (nor any after it).
+                self.health.fail(reason);
+            }
+            self.applied.advance(head);
         }
         drop(written);
         if syncer.join().is_err() {
@@ -199,42 +268,28 @@ impl Writer {
         }
     }
 
-    /// Stage every job of the batch and write what passed to sled; returns the
-    /// answers and the batch's write-ahead log frame for the syncer.
-    fn write(&mut self, batch: &mut Vec<Job>) -> Written {
+    /// Stage `first` and the jobs queued behind it, and those that come while
+    /// they are staged, up to a batch; returns the answers and the batch's
+    /// write-ahead log frame for the syncer, and what the batch writes to sled.
+    fn stage(&mut self, first: Job) -> (Written, Option<BatchWrites>) {
         let mut staged = Staged::new(self.tail);
         let failure = self.health.failure();
-        let outcomes: Vec<_> = batch
-            .drain(..)
-            .map(|job| {
-                let outcome = match &failure {
-                    Some(reason) => Err(StoreError::Unavailable { reason: reason.clone() }),
-                    None => staged.stage(&self.trees, &self.stream_heads, &job.request, job.forget),
-                };
-                (job.reply, outcome)
-            })
-            .collect();
+        let mut outcomes = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next {
+            let outcome = match &failure {
+                Some(reason) => Err(StoreError::Unavailable { reason: reason.clone() }),
+                None => staged.stage(&self.trees, &self.stream_heads, &job.request, job.forget),
+            };
+            outcomes.push((job.reply, outcome));
+            next = if outcomes.len() < self.batch_len_max { self.jobs.try_recv().ok() } else { None };
+        }
         let mut frame = None;
         let mut groups = Vec::new();
+        let mut to_write = None;
         if staged.written > 0 {
             let writes;
             (writes, groups) = staged.take_writes(self.tail.head + 1);
-            if let Err(reason) = apply(&self.trees, &writes) {
-                self.health.fail(reason.clone());
-                let outcomes = outcomes
-                    .into_iter()
-                    .map(|(reply, _)| (reply, Err(StoreError::Durability { reason: reason.clone() })))
-                    .collect();
-                return Written {
-                    outcomes,
-                    head: self.tail.head,
-                    stream_heads: Vec::new(),
-                    appends: 0,
-                    events: 0,
-                    frame: None,
-                    groups: Vec::new(),
-                };
-            }
             // Readers find the groups from now on; the batch is not durable yet,
             // and they read no position past the durable head.
             self.trees.recent.put(&groups);
@@ -246,8 +301,9 @@ impl Writer {
             for (stream, head) in &staged.stream_heads {
                 self.stream_heads.insert(stream.clone(), head.version);
             }
+            to_write = Some(writes);
         }
-        Written {
+        let written = Written {
             outcomes,
             head: self.tail.head,
             stream_heads: staged.stream_heads.into_iter().collect(),
@@ -255,7 +311,8 @@ impl Writer {
             events: staged.written as u64,
             frame,
             groups,
-        }
+        };
+        (written, to_write)
     }
 }
 
@@ -560,6 +617,8 @@ pub(crate) struct Syncer {
     pub unindexed: HashMap<IVec, IVec>,
     /// The head after the last batch handed over.
     pub received_head: u64,
+    /// Shared with the writer: how far sled holds the batches handed over.
+    pub applied: Arc<Applied>,
 }
 
 /// The most stream index groups kept out of sled: reaching it makes a
@@ -593,6 +652,7 @@ impl Syncer {
                 None if appends == 0 => Ok(()),
                 None => self.sync(&pending),
             };
+            let synced = synced.and_then(|()| self.written_to_sled(pending.last().map_or(0, |last| last.head)));
             match synced {
                 Ok(()) => {
                     if appends > 0 {
@@ -659,11 +719,22 @@ impl Syncer {
         self.wal.sync().map_err(|error| format!("fdatasync of the write-ahead log failed: {error}"))
     }
 
+    /// Wait until sled holds the batches up to `head` (the writer writes a
+    /// batch to sled while its frame is synced); an error if the writer failed
+    /// to write one, or stopped.
+    fn written_to_sled(&self, head: u64) -> Result<(), String> {
+        if !self.applied.wait_for(head) {
+            return Err("the log writer stopped before writing a batch".to_owned());
+        }
+        self.health.failure().map_or(Ok(()), Err)
+    }
+
     /// Insert the index groups kept out of sled, then make sled durable (its
     /// flush, then `fdatasync` of its log file) and empty the write-ahead log.
     /// sled then holds every batch the writer handed over, those pending here
-    /// included, so their frames need not be written.
+    /// included (it waits for their writes), so their frames need not be written.
     fn checkpoint(&mut self) -> Result<(), String> {
+        self.written_to_sled(self.received_head)?;
         let failed = |error: sled::Error| format!("writing the stream index failed: {error}");
         for (key, group) in &self.unindexed {
             self.trees.streams.insert(key, group.clone()).map_err(failed)?;
@@ -974,4 +1045,35 @@ fn validate(request: &AppendRequest) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The syncer's wait for sled ends when the writer is done with the batch
+    /// it waits for, not before, and with `false` when the writer's thread ends.
+    #[test]
+    fn the_wait_for_sled_ends_at_the_batch_or_when_the_writer_is_gone() {
+        let applied = Arc::new(Applied::new(2));
+        assert!(applied.wait_for(2), "what sled held at open needs no wait");
+        let waiting = {
+            let applied = Arc::clone(&applied);
+            std::thread::spawn(move || applied.wait_for(5))
+        };
+        applied.advance(4);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiting.is_finished(), "batch 5 is not written yet");
+        applied.advance(5);
+        assert!(waiting.join().expect("the waiter ends"), "batch 5 is written");
+
+        let waiting = {
+            let applied = Arc::clone(&applied);
+            std::thread::spawn(move || applied.wait_for(9))
+        };
+        drop(WriterGone(Arc::clone(&applied)));
+        assert!(!waiting.join().expect("the waiter ends"), "the writer stopped before batch 9");
+        assert!(applied.wait_for(5), "what was written stays written");
+    }
 }
