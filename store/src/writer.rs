@@ -1,9 +1,11 @@
-//! The single writer: it owns every append. It drains the queue into one batch,
-//! stages each request against the log and the batch so far (expected versions,
-//! idempotency, sealing, positions, the hash chain) and writes the batch to
-//! sled, unflushed. The syncer then writes the batch's frame to the write-ahead
-//! log and `fdatasync`s it (`wal`), and only then answers the waiting appenders
-//! and moves the durable head that readers see.
+//! The single writer: it owns every append. It drains the queue into one batch
+//! (and what comes in while it stages), stages each request against the log and
+//! the batch so far (expected versions, idempotency, sealing, positions, the
+//! hash chain), hands the batch's frame to the syncer and writes the batch to
+//! sled, unflushed. The syncer meanwhile writes the frame to the write-ahead log
+//! and `fdatasync`s it (`wal`), and only once that is done and sled holds the
+//! batch ([`Applied`]) answers the waiting appenders and moves the durable head
+//! that readers see.
 //!
 //! A batch is written key by key, not in a sled transaction, in this order: a
 //! marker naming the batch's first position and its idempotency keys, the subject
@@ -14,7 +16,8 @@
 //! records past the stored head, with the marker saying a batch began right
 //! after it. When the log is opened, [`drop_torn_batch`] removes what that batch
 //! wrote, then [`replay`] writes again every batch the write-ahead log holds
-//! past the stored head: those were acknowledged. Why not a transaction: a sled
+//! past the stored head: those were synced, and acknowledged unless their sled
+//! write failed. Why not a transaction: a sled
 //! transaction takes sled's process-wide lock exclusively, so it waited for any
 //! flush in progress (which holds that lock shared through the disk write) and
 //! stopped every reader meanwhile; plain inserts take it shared.
@@ -140,7 +143,8 @@ pub(crate) struct Writer {
     pub applied: Arc<Applied>,
 }
 
-/// A batch written to sled, waiting for the flush and fsync that make it durable.
+/// A staged batch handed to the syncer: its frame to write and fsync, and the
+/// answers to give once that is done and the writer has written it to sled.
 struct Written {
     outcomes: Vec<(Reply, Result<AppendResult, StoreError>)>,
     head: u64,
