@@ -358,8 +358,10 @@ impl Slot {
         self.shared.log.make_durable()?;
         let old = std::mem::replace(&mut *active, Arc::clone(generation));
         old.retire();
-        self.position.send_modify(|position| *position = (*position).max(generation.checkpoint()));
+        // The generation before the position: whoever waited for the position
+        // sees the generation that reached it.
         self.generation.send_replace(generation.number);
+        self.position.send_modify(|position| *position = (*position).max(generation.checkpoint()));
         *self.building.lock().unwrap_or_else(PoisonError::into_inner) = None;
         tracing::info!(model = self.name, generation = generation.number, "rebuilt read model now serving");
         Ok(())
