@@ -3,7 +3,7 @@
 //! [`EventLog`] appends events to streams in one global, gap-free order and
 //! acknowledges an append only once it is durable (its batch's frame in the
 //! write-ahead log, `fdatasync`ed; sled itself is flushed and fsynced at
-//! checkpoints). One writer thread owns all appends and commits whatever is
+//! checkpoints, which run beside the appends). One writer thread owns all appends and commits whatever is
 //! queued as one batch (group commit). Each record carries a blake3 hash chained to
 //! the one before it; [`EventLog::verify`] walks the chain and the indexes. Payloads
 //! that hold personal data are sealed under their subject's key, and

@@ -21,7 +21,7 @@ use crate::seal;
 use crate::trees::{self, Trees, be_u64};
 use crate::types::{AppendRequest, AppendResult, CommitStats, EventRef, RecordedEvent, Recovery, VerifyReport};
 use crate::upcast::Upcasters;
-use crate::wal::{WAL_LEN_MAX, Wal};
+use crate::wal::{WAL_LEN_MAX, Wals};
 use crate::writer::{Applied, Counters, DurableHeads, Health, Job, Syncer, Tail, Writer, drop_torn_batch, replay};
 
 /// sled's segment size for a new log. Its blob threshold is a quarter of it (2 MiB),
@@ -48,8 +48,9 @@ pub struct Options {
     pub queue_len_max: usize,
     /// sled's page cache, in bytes.
     pub cache_capacity_bytes: u64,
-    /// The write-ahead log's size cap, in bytes: when the next batches would pass
-    /// it, a checkpoint makes sled durable and empties it (`wal`).
+    /// The size cap of each of the write-ahead log's two files, in bytes: when
+    /// the next batches would pass it, they go to the other file, and a
+    /// checkpoint beside the appends makes sled durable (`wal`).
     pub wal_len_max: u64,
     pub upcasters: Upcasters,
 }
@@ -136,7 +137,7 @@ impl EventLog {
         if let Some(dropped @ 1..) = dropped {
             tracing::warn!(dropped, "dropped the records of a batch a crash left unfinished (never acknowledged)");
         }
-        let (mut wal, frames) = Wal::open(&path, options.wal_len_max)?;
+        let (mut wal, frames) = Wals::open(&path, options.wal_len_max)?;
         let replayed = replay(&trees, &frames)?;
         if replayed > 0 {
             tracing::warn!(replayed, "wrote again the batches sled lost in a crash, from the write-ahead log");
@@ -196,8 +197,9 @@ impl EventLog {
                 trees: trees.clone(),
                 unindexed: HashMap::new(),
                 received_head: tail.head,
-                db_file,
+                db_file: Arc::new(db_file),
                 wal,
+                checkpointing: None,
                 durable: durable_sender,
                 durable_heads: Arc::clone(&durable_heads),
                 health: Arc::clone(&health),

@@ -43,14 +43,16 @@ pub(crate) const META_FORMAT: &[u8] = b"format";
 /// chunks (`chunk`). 3: a write-ahead log (`wal`) may hold acknowledged batches
 /// that sled does not hold yet. 4: the stream index is grouped (`streams`
 /// above). 5: the `streams` tree may lag behind the records (it is written at
-/// checkpoints, [`RecentGroups`]); [`META_INDEXED`] says how far it goes. A log
+/// checkpoints, [`RecentGroups`]); [`META_INDEXED`] says how far it goes. 6:
+/// the write-ahead log is two files written in turn (`wal`), so acknowledged
+/// batches may be in the second one. A log
 /// of format 1 (every value one record, one index entry a version), 2 or 3 is
 /// opened by rebuilding its stream index from the records
-/// (`rebuild_stream_index`), a log of format 4 as indexed up to its head; both
-/// are then marked 5, and a binary that knows only an older format refuses the
-/// log instead of misreading it.
-pub(crate) const LOG_FORMAT: u8 = 5;
-pub(crate) const LOG_FORMATS_READ: [u8; 5] = [1, 2, 3, 4, LOG_FORMAT];
+/// (`rebuild_stream_index`), a log of format 4 as indexed up to its head; all
+/// are then marked 6, and a binary that knows only an older format refuses the
+/// log instead of misreading it (one of format 5 would not read the second file).
+pub(crate) const LOG_FORMAT: u8 = 6;
+pub(crate) const LOG_FORMATS_READ: [u8; 6] = [1, 2, 3, 4, 5, LOG_FORMAT];
 /// The last position whose stream index entry the `streams` tree holds (u64 BE):
 /// written at each checkpoint after the groups. Opening the log indexes the
 /// records past it again (`index_records`).
@@ -114,6 +116,7 @@ impl Trees {
             reverse,
             next_recent: None,
             next_stored: None,
+            last: None,
         }
     }
 }
@@ -177,12 +180,16 @@ pub(crate) struct IndexGroups {
     reverse: bool,
     next_recent: Option<(IVec, IVec)>,
     next_stored: Option<Result<(IVec, IVec), sled::Error>>,
+    /// The key given last. A sled iterator reads the tree as it is at each step,
+    /// so a checkpoint running meanwhile can put into `streams` a group this
+    /// merge already gave from the recent ones: a stored key that does not come
+    /// after this one is such a group, older, and is passed over.
+    last: Option<IVec>,
 }
 
-impl Iterator for IndexGroups {
-    type Item = Result<(IVec, IVec), StoreError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl IndexGroups {
+    /// The next group of the two sources, in order, either source's duplicates included.
+    fn merged(&mut self) -> Option<Result<(IVec, IVec), StoreError>> {
         if self.next_recent.is_none() {
             self.next_recent = self.recent.next();
         }
@@ -205,6 +212,27 @@ impl Iterator for IndexGroups {
         match recent_first {
             true => self.next_recent.take().map(Ok),
             false => self.next_stored.take().map(|stored| stored.map_err(StoreError::from)),
+        }
+    }
+}
+
+impl Iterator for IndexGroups {
+    type Item = Result<(IVec, IVec), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let item = self.merged()?;
+            if let Ok((key, _)) = &item {
+                let after_last = self.last.as_ref().is_none_or(|last| match self.reverse {
+                    false => key > last,
+                    true => key < last,
+                });
+                if !after_last {
+                    continue;
+                }
+                self.last = Some(key.clone());
+            }
+            return Some(item);
         }
     }
 }
@@ -488,6 +516,31 @@ mod tests {
         trees.recent.settle(&stored);
         assert_eq!(trees.recent.len(), 1, "only the continued group stays");
         assert_eq!(trees.index_group(&stream_key("c", 1)).expect("reads"), Some(positions(20..=21)));
+    }
+
+    #[test]
+    fn a_group_a_checkpoint_stores_while_a_read_goes_on_is_not_read_twice() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = sled::Config::new().path(dir.path()).open().expect("opens");
+        let trees = Trees::open(&db).expect("trees");
+        let positions = |range: std::ops::RangeInclusive<u64>| -> IVec { range.flat_map(u64::to_be_bytes).collect() };
+        trees.streams.insert(stream_key("a", 1), positions(1..=16)).expect("writes");
+        trees.recent.put(&[(stream_key("a", 17).into(), positions(17..=20))]);
+        for reverse in [false, true] {
+            let mut groups = trees.index_groups(stream_key("a", 1)..=stream_key("a", u64::MAX), reverse);
+            let first = groups.next().expect("a group").expect("reads").0;
+            // The checkpoint stores "a" at 17 as it was when it began (a later
+            // batch continued it), after the read gave it, or the group before it.
+            trees.streams.insert(stream_key("a", 17), positions(17..=18)).expect("writes");
+            let rest: Vec<_> = groups.map(|entry| entry.expect("reads")).collect();
+            let mut keys: Vec<Vec<u8>> =
+                std::iter::once(first.to_vec()).chain(rest.iter().map(|(key, _)| key.to_vec())).collect();
+            if reverse {
+                keys.reverse();
+            }
+            assert_eq!(keys, vec![stream_key("a", 1), stream_key("a", 17)], "reverse {reverse}");
+            trees.streams.remove(stream_key("a", 17)).expect("removes");
+        }
     }
 
     #[test]

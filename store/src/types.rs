@@ -277,6 +277,7 @@ pub struct CommitStats {
     pub batches: u64,
     pub appends: u64,
     pub events: u64,
-    /// Checkpoints: sled made durable and the write-ahead log emptied.
+    /// Checkpoints begun (sled made durable with every batch before; most run
+    /// beside the appends, see `wal`).
     pub checkpoints: u64,
 }

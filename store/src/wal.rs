@@ -1,40 +1,47 @@
-//! The write-ahead log: the file `wal` in the data directory, and what makes an
-//! append durable.
+//! The write-ahead log: the files `wal` and `wal.1` in the data directory,
+//! written in turn, and what makes an append durable.
 //!
 //! The writer applies each batch to sled without flushing it, and the syncer
-//! writes the batch's sled writes here as one frame and `fdatasync`s this file
-//! (its stream index groups are not in the frame: they are indexed again from
-//! the records after a crash, `trees::RecentGroups`):
+//! writes the batch's sled writes to the current file as one frame and
+//! `fdatasync`s it (its stream index groups are not in the frame: they are
+//! indexed again from the records after a crash, `trees::RecentGroups`):
 //! that is the acknowledgement's durability. One `fdatasync` of a small write to
 //! a file whose blocks are already allocated costs a fraction of sled's flush
 //! (`pwrite` and `sync_file_range` of its buffers) followed by an `fdatasync` of
 //! sled's growing log file, which is what every batch paid before
 //! (docs/BENCHMARKS.md, "A write-ahead log").
 //!
-//! sled is made durable at a checkpoint: when the next frames would pass the
-//! WAL's size cap, the syncer flushes sled, `fdatasync`s sled's file, and only
-//! then empties this file. When the log is opened, the frames of batches that
-//! sled lost are written to sled again (`writer::replay`), sled is made durable
-//! the same way, and the file is emptied.
+//! sled is made durable at a checkpoint. When the next frames would pass the
+//! current file's size cap, the syncer goes on in the other file, and a
+//! checkpoint of everything handed over so far runs beside the appends on a
+//! thread of its own: it flushes sled and `fdatasync`s sled's file. The file it
+//! covers is written again only once it has finished (the syncer waits for it
+//! if need be), so the frames a crash could still need are never overwritten.
+//! When the log is opened, the frames of batches that sled lost are written to
+//! sled again (`writer::replay`), sled is made durable, and both files are
+//! emptied; a clean close empties them too.
 //!
 //! A frame: `"SLW1"`, the payload's length (u32 BE), the blake3 hash of the
 //! length and the payload, then the payload (`writer::BatchWrites`). Frames
 //! follow one another from the start of the file; the first one that is
-//! incomplete or does not match its hash ends the WAL: it is a write a crash
-//! cut short, so it was never acknowledged. Past the frames the file holds
-//! zeros: it grows a mebibyte at a time (up to its cap), so most `fdatasync`s have no file size
-//! to record. Emptying truncates the file, so it never holds the frames of an
-//! earlier cycle for a reader to mistake.
+//! incomplete or does not match its hash ends the file's frames: it is a write
+//! a crash cut short, so it was never acknowledged. Past the frames the file
+//! holds zeros, or the frames of an earlier turn: a file written again keeps
+//! its blocks (it is not truncated, so its `fdatasync`s have no file size to
+//! record and no zeros to write), and the frames after the new ones are of
+//! batches a checkpoint made durable in sled, which `writer::replay` skips (it
+//! orders the frames of both files by position). A file grows a mebibyte at a
+//! time, with zeros, up to its cap.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-/// The WAL's file name in the data directory.
-pub(crate) const WAL_FILE: &str = "wal";
+/// The WAL's two files in the data directory, written in turn.
+pub(crate) const WAL_FILES: [&str; 2] = ["wal", "wal.1"];
 
-/// The WAL's size cap by default: a checkpoint empties it when it is reached.
+/// The size cap of each of the WAL's files by default: reaching it switches files and starts a checkpoint.
 pub(crate) const WAL_LEN_MAX: u64 = 16 * 1024 * 1024;
 
 const MAGIC: [u8; 4] = *b"SLW1";
@@ -53,12 +60,12 @@ pub(crate) struct Wal {
 }
 
 impl Wal {
-    /// Open the WAL in `dir`, creating it (durably) if there is none, and read
-    /// the payloads of its frames. The next frame is written where the last one
-    /// read ends; the opener replays the frames and then calls
-    /// [`Wal::start_over`] once sled holds them durably.
-    pub fn open(dir: &Path, len_max: u64) -> io::Result<(Wal, Vec<Vec<u8>>)> {
-        let path = dir.join(WAL_FILE);
+    /// Open the WAL file `name` in `dir`, creating it (durably) if there is
+    /// none, and read the payloads of its frames. The next frame is written
+    /// where the last one read ends; the opener replays the frames and then
+    /// calls [`Wal::start_over`] once sled holds them durably.
+    fn open(dir: &Path, name: &str, len_max: u64) -> io::Result<(Wal, Vec<Vec<u8>>)> {
+        let path = dir.join(name);
         let existed = path.exists();
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
         if !existed {
@@ -79,9 +86,16 @@ impl Wal {
         self.offset + len <= self.len_max
     }
 
-    /// Whether frames were written since the file was last emptied.
+    /// Whether frames were written since the file was last emptied or written again.
     pub fn holds_frames(&self) -> bool {
         self.offset > 0
+    }
+
+    /// Write the next frames from the start again, over frames whose batches
+    /// sled holds durably (a checkpoint covered them): the file keeps its
+    /// blocks, and the older frames past the new ones are skipped at a replay.
+    fn write_again(&mut self) {
+        self.offset = 0;
     }
 
     /// Write one frame; it is durable only after [`Wal::sync`].
@@ -113,10 +127,55 @@ impl Wal {
     /// Empty the file. Only once sled holds every frame's writes durably: the
     /// truncation need not be durable itself, since a frame found again later
     /// is of a batch sled already has, and replaying skips it.
-    pub fn start_over(&mut self) -> io::Result<()> {
+    fn start_over(&mut self) -> io::Result<()> {
         self.file.set_len(0)?;
         self.offset = 0;
         self.allocated = 0;
+        Ok(())
+    }
+}
+
+/// The WAL's two files, written in turn (see the module's doc).
+pub(crate) struct Wals {
+    files: [Wal; 2],
+    /// The file frames are written to.
+    current: usize,
+}
+
+impl Wals {
+    /// Open both files in `dir` (see [`Wal::open`]) and read the payloads of
+    /// their frames, the current ones and any of an earlier turn, in no
+    /// particular order: `writer::replay` orders them by position.
+    pub fn open(dir: &Path, len_max: u64) -> io::Result<(Wals, Vec<Vec<u8>>)> {
+        let (first, mut payloads) = Wal::open(dir, WAL_FILES[0], len_max)?;
+        let (second, more) = Wal::open(dir, WAL_FILES[1], len_max)?;
+        payloads.extend(more);
+        Ok((Wals { files: [first, second], current: 0 }, payloads))
+    }
+
+    /// The file frames are written to now.
+    pub fn current(&mut self) -> &mut Wal {
+        &mut self.files[self.current]
+    }
+
+    /// Go on in the other file, from its start. Only once a checkpoint has
+    /// made sled hold every batch of that file durably.
+    pub fn switch(&mut self) {
+        self.current = 1 - self.current;
+        self.files[self.current].write_again();
+    }
+
+    /// Whether either file holds frames written since it was last emptied.
+    pub fn holds_frames(&self) -> bool {
+        self.files.iter().any(Wal::holds_frames)
+    }
+
+    /// Empty both files (see [`Wal::start_over`]); frames go to the first one next.
+    pub fn start_over(&mut self) -> io::Result<()> {
+        for file in &mut self.files {
+            file.start_over()?;
+        }
+        self.current = 0;
         Ok(())
     }
 }
@@ -156,8 +215,10 @@ fn frames(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
 mod tests {
     use super::*;
 
+    const WAL_FILE: &str = WAL_FILES[0];
+
     fn wal_in(dir: &Path, len_max: u64) -> (Wal, Vec<Vec<u8>>) {
-        Wal::open(dir, len_max).expect("opens")
+        Wal::open(dir, WAL_FILE, len_max).expect("opens")
     }
 
     #[test]
@@ -210,5 +271,38 @@ mod tests {
         assert_eq!(std::fs::metadata(dir.path().join(WAL_FILE)).expect("exists").len(), 200, "grown up to the cap");
         let (_, found) = wal_in(dir.path(), 200);
         assert_eq!(found, vec![b"three".to_vec()]);
+    }
+
+    #[test]
+    fn the_files_take_turns_and_a_file_written_again_keeps_its_older_frames_after_the_new_ones() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut wals, found) = Wals::open(dir.path(), 200).expect("opens");
+        assert!(found.is_empty());
+        assert!(!wals.holds_frames());
+        wals.current().write(b"one").expect("writes");
+        wals.current().write(b"two").expect("writes");
+        wals.switch();
+        wals.current().write(b"three").expect("writes");
+        assert!(wals.holds_frames());
+        drop(wals);
+        let (mut wals, found) = Wals::open(dir.path(), 200).expect("opens");
+        assert_eq!(found, vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+
+        // Back to the first file: written from its start, over "one"; "two",
+        // of the turn before, still follows.
+        wals.switch();
+        wals.switch();
+        wals.current().write(b"ONE").expect("writes");
+        drop(wals);
+        let (mut wals, found) = Wals::open(dir.path(), 200).expect("opens");
+        assert_eq!(found, vec![b"ONE".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+        let len = |name: &str| std::fs::metadata(dir.path().join(name)).expect("exists").len();
+        assert_eq!(len(WAL_FILES[0]), 200, "written again, not truncated");
+
+        wals.start_over().expect("empties");
+        assert_eq!((len(WAL_FILES[0]), len(WAL_FILES[1])), (0, 0));
+        drop(wals);
+        let (_, found) = Wals::open(dir.path(), 200).expect("opens");
+        assert!(found.is_empty());
     }
 }

@@ -11,7 +11,9 @@
 //! marker naming the batch's first position and its idempotency keys, the subject
 //! keys, the records, the idempotency entries, and last the stored tail, whose
 //! head is the batch's commit mark. Its stream index groups go to
-//! [`trees::RecentGroups`], and into sled at the next checkpoint (the syncer's). sled recovers a
+//! [`trees::RecentGroups`], and into sled at the next checkpoint (which the
+//! syncer starts on a thread of its own when it switches the WAL's files, and
+//! runs itself when the log closes). sled recovers a
 //! prefix of its writes, so a crash part way leaves at most this one batch torn:
 //! records past the stored head, with the marker saying a batch began right
 //! after it. When the log is opened, [`drop_torn_batch`] removes what that batch
@@ -45,7 +47,7 @@ use crate::record::{self, Header};
 use crate::seal::{self, SubjectKey};
 use crate::trees::{self, Trees};
 use crate::types::{AppendRequest, AppendResult, STREAM_NAME_LEN_MAX, StreamVersion};
-use crate::wal::Wal;
+use crate::wal::Wals;
 use crate::{RECORD_LEN_MAX, codec};
 
 /// One request for the writer.
@@ -495,16 +497,22 @@ fn transact(trees: &Trees, writes: &BatchWrites) -> Result<(), String> {
 }
 
 /// Write to sled again the batches of the write-ahead log's frames that sled
-/// lost in a crash, in order, before the log is opened (after
-/// [`drop_torn_batch`]); returns how many there were. A frame of a batch sled
-/// has is skipped. A frame that does not begin right after the stored head is
-/// damage: sled lost batches the WAL does not hold.
+/// lost in a crash, in order of position (the frames come from both of the
+/// WAL's files), before the log is opened (after [`drop_torn_batch`]); returns
+/// how many there were. A frame of a batch sled has is skipped: a file written
+/// again still holds frames of an earlier turn after the new ones. A frame that
+/// does not begin right after the stored head is damage: sled lost batches the
+/// WAL does not hold.
 pub(crate) fn replay(trees: &Trees, frames: &[Vec<u8>]) -> Result<u64, StoreError> {
     let mut head = trees::read_head(trees)?;
+    let mut batches = frames
+        .iter()
+        .map(|frame| BatchWrites::decode(frame))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|reason| StoreError::corrupt(head + 1, format!("write-ahead log: {reason}")))?;
+    batches.sort_by_key(|writes| writes.first);
     let mut replayed = 0;
-    for frame in frames {
-        let writes = BatchWrites::decode(frame)
-            .map_err(|reason| StoreError::corrupt(head + 1, format!("write-ahead log: {reason}")))?;
+    for writes in batches {
         if writes.tail.head <= head {
             continue;
         }
@@ -608,8 +616,11 @@ pub(crate) struct Syncer {
     pub trees: Trees,
     /// Our own handle to sled's log file, to `fdatasync` it after sled's flush
     /// at a checkpoint.
-    pub db_file: File,
-    pub wal: Wal,
+    pub db_file: Arc<File>,
+    pub wal: Wals,
+    /// The checkpoint running beside the appends, if one was started: it covers
+    /// the file written before the current one.
+    pub checkpointing: Option<std::thread::JoinHandle<Result<(), String>>>,
     pub durable: watch::Sender<u64>,
     pub durable_heads: Arc<DurableHeads>,
     pub health: Arc<Health>,
@@ -617,7 +628,7 @@ pub(crate) struct Syncer {
     /// The most appends one fsync covers.
     pub batch_len_max: u64,
     /// The stream index groups of the batches handed over since the last
-    /// checkpoint, the newest of each key: the checkpoint inserts them into sled.
+    /// checkpoint began, the newest of each key: the next one inserts them into sled.
     pub unindexed: HashMap<IVec, IVec>,
     /// The head after the last batch handed over.
     pub received_head: u64,
@@ -690,6 +701,9 @@ impl Syncer {
             }
         }
         // Closed cleanly: sled holds everything, and the write-ahead log is empty.
+        if let Err(reason) = self.finish_checkpoint() {
+            tracing::error!(%reason, "a checkpoint failed; the write-ahead log keeps the batches");
+        }
         if self.health.failure().is_none()
             && (self.wal.holds_frames() || !self.unindexed.is_empty())
             && let Err(reason) = self.checkpoint()
@@ -707,20 +721,71 @@ impl Syncer {
         written
     }
 
-    /// The batches' frames written to the write-ahead log and one `fdatasync`;
-    /// or, when they would pass the WAL's size cap (or the index groups kept
-    /// out of sled reach [`UNINDEXED_GROUPS_MAX`]), a checkpoint instead. Never
-    /// retried: a failed fsync may have dropped dirty pages, so a second try
-    /// could succeed without the data being there.
+    /// The batches' frames written to the write-ahead log and one `fdatasync`.
+    /// When they would pass the current file's size cap (or the index groups
+    /// kept out of sled reach [`UNINDEXED_GROUPS_MAX`]), they go to the other
+    /// file, and a checkpoint of all that came before starts beside them
+    /// ([`Syncer::switch_files`]); frames too long for an empty file make a
+    /// checkpoint here instead. Never retried: a failed fsync may have dropped
+    /// dirty pages, so a second try could succeed without the data being there.
     fn sync(&mut self, pending: &[Written]) -> Result<(), String> {
         let frames = || pending.iter().filter_map(|written| written.frame.as_deref());
-        if !self.wal.fits(frames().map(<[u8]>::len)) || self.unindexed.len() >= UNINDEXED_GROUPS_MAX {
-            return self.checkpoint();
+        if !self.wal.current().fits(frames().map(<[u8]>::len)) || self.unindexed.len() >= UNINDEXED_GROUPS_MAX {
+            self.switch_files()?;
+            if !self.wal.current().fits(frames().map(<[u8]>::len)) {
+                return self.checkpoint();
+            }
         }
+        let wal = self.wal.current();
         for frame in frames() {
-            self.wal.write(frame).map_err(|error| format!("writing the write-ahead log failed: {error}"))?;
+            wal.write(frame).map_err(|error| format!("writing the write-ahead log failed: {error}"))?;
         }
-        self.wal.sync().map_err(|error| format!("fdatasync of the write-ahead log failed: {error}"))
+        wal.sync().map_err(|error| format!("fdatasync of the write-ahead log failed: {error}"))
+    }
+
+    /// Start a checkpoint on a thread of its own, of every batch handed over
+    /// (the pending ones too: their index groups are among those kept out of
+    /// sled, which must not reach it before their records) and go on in the
+    /// other file, once the checkpoint before (which covered that file) has
+    /// finished.
+    fn switch_files(&mut self) -> Result<(), String> {
+        self.finish_checkpoint()?;
+        let head = self.received_head;
+        let checkpoint = Checkpoint {
+            db: self.db.clone(),
+            trees: self.trees.clone(),
+            db_file: Arc::clone(&self.db_file),
+            groups: std::mem::take(&mut self.unindexed),
+            head,
+        };
+        let (applied, health) = (Arc::clone(&self.applied), Arc::clone(&self.health));
+        let started = std::thread::Builder::new().name("shoplog-checkpoint".to_owned()).spawn(move || {
+            // As `Syncer::written_to_sled`: a batch the writer failed to write
+            // must not have its index groups in sled.
+            let done = match (applied.wait_for(head), health.failure()) {
+                (false, _) => Err("the log writer stopped before writing a batch".to_owned()),
+                (true, Some(reason)) => Err(reason),
+                (true, None) => checkpoint.run(),
+            };
+            if let Err(reason) = &done {
+                // The batches since are in the write-ahead log, durable; the
+                // log refuses appends from now on.
+                health.fail(format!("a checkpoint failed: {reason}"));
+            }
+            done
+        });
+        self.checkpointing = Some(started.map_err(|error| format!("cannot start the checkpoint thread: {error}"))?);
+        self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.wal.switch();
+        Ok(())
+    }
+
+    /// Wait for the checkpoint running beside the appends, if any.
+    fn finish_checkpoint(&mut self) -> Result<(), String> {
+        match self.checkpointing.take() {
+            None => Ok(()),
+            Some(running) => running.join().map_err(|_| "the checkpoint thread panicked".to_owned())?,
+        }
     }
 
     /// Wait until sled holds the batches up to `head` (the writer writes a
@@ -733,24 +798,51 @@ impl Syncer {
         self.health.failure().map_or(Ok(()), Err)
     }
 
-    /// Insert the index groups kept out of sled, then make sled durable (its
-    /// flush, then `fdatasync` of its log file) and empty the write-ahead log.
-    /// sled then holds every batch the writer handed over, those pending here
-    /// included (it waits for their writes), so their frames need not be written.
+    /// Make sled durable with every batch handed over (see [`Checkpoint`]),
+    /// here and now, and empty the write-ahead log. sled then holds every batch
+    /// the writer handed over, those pending here included (it waits for their
+    /// writes), so their frames need not be written.
     fn checkpoint(&mut self) -> Result<(), String> {
+        self.finish_checkpoint()?;
         self.written_to_sled(self.received_head)?;
+        let checkpoint = Checkpoint {
+            db: self.db.clone(),
+            trees: self.trees.clone(),
+            db_file: Arc::clone(&self.db_file),
+            groups: std::mem::take(&mut self.unindexed),
+            head: self.received_head,
+        };
+        self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        checkpoint.run()?;
+        self.wal.start_over().map_err(|error| format!("emptying the write-ahead log failed: {error}"))
+    }
+}
+
+/// What a checkpoint makes durable in sled: every batch up to `head`, which
+/// sled holds unflushed, and the stream index groups kept out of sled until then.
+struct Checkpoint {
+    db: sled::Db,
+    trees: Trees,
+    db_file: Arc<File>,
+    groups: HashMap<IVec, IVec>,
+    head: u64,
+}
+
+impl Checkpoint {
+    /// Insert the index groups, then mark the index as reaching `head`, then
+    /// make sled durable (its flush, then `fdatasync` of its log file). Only once
+    /// sled holds the batches up to `head`. The groups then leave the recent
+    /// ones, unless a later batch continued them.
+    fn run(self) -> Result<(), String> {
         let failed = |error: sled::Error| format!("writing the stream index failed: {error}");
-        for (key, group) in &self.unindexed {
+        for (key, group) in &self.groups {
             self.trees.streams.insert(key, group.clone()).map_err(failed)?;
         }
         // After the groups: sled recovers a prefix of its writes.
-        self.trees.meta.insert(trees::META_INDEXED, &self.received_head.to_be_bytes()).map_err(failed)?;
+        self.trees.meta.insert(trees::META_INDEXED, &self.head.to_be_bytes()).map_err(failed)?;
         crate::log::flush_sled(&self.db).map_err(|error| format!("flush failed: {error}"))?;
         self.db_file.sync_data().map_err(|error| format!("fdatasync of sled's log failed: {error}"))?;
-        self.wal.start_over().map_err(|error| format!("emptying the write-ahead log failed: {error}"))?;
-        self.trees.recent.settle(&self.unindexed);
-        self.unindexed.clear();
-        self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.trees.recent.settle(&self.groups);
         Ok(())
     }
 }

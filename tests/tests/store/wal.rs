@@ -13,6 +13,8 @@ use store::{EventLog, ExpectedVersion, Options, StoreError};
 use tests::{append, event, temp_dir};
 
 const WAL: &str = "wal";
+/// The second of the WAL's files, written in turn with the first.
+const WAL_SECOND: &str = "wal.1";
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("creates");
@@ -47,7 +49,9 @@ async fn a_log_and_the_wal_of_its_last_two_batches(root: &Path) -> (PathBuf, Pat
     append_batch(&log, "a", 1).await;
     std::fs::copy(log_dir.join(WAL), &wal_two).expect("copies the WAL of an open log");
     drop(log);
-    assert_eq!(std::fs::metadata(log_dir.join(WAL)).expect("exists").len(), 0, "a clean close empties the WAL");
+    for file in [WAL, WAL_SECOND] {
+        assert_eq!(std::fs::metadata(log_dir.join(file)).expect("exists").len(), 0, "a clean close empties {file}");
+    }
     (log_dir, sled_one, wal_two)
 }
 
@@ -127,6 +131,46 @@ async fn a_wal_that_does_not_continue_the_log_is_refused_and_kept() {
     );
 }
 
+/// When the first file is full the syncer goes on in the second, while a
+/// checkpoint runs: batches acknowledged from both files, which sled lost, are
+/// written to sled again at open, in order.
+#[tokio::test]
+async fn acknowledged_batches_in_both_wal_files_are_written_to_sled_again_in_order() {
+    let root = temp_dir();
+    let (log_dir, sled_one) = (root.path().join("log"), root.path().join("one"));
+    // Some 3 frames of one small batch each fit in a file.
+    let options = || Options { wal_len_max: 1024, ..Options::default() };
+    {
+        let log = EventLog::open_with(&log_dir, options()).expect("opens");
+        append_batch(&log, "a", 2).await;
+    }
+    copy_dir(&log_dir, &sled_one);
+    let log = EventLog::open_with(&log_dir, options()).expect("reopens");
+    let mut in_second = 0;
+    let mut batches = 0;
+    // Until the second file holds frames, before the first is written again.
+    while in_second == 0 {
+        append_batch(&log, if batches % 2 == 0 { "b" } else { "a" }, 1).await;
+        batches += 1;
+        in_second = std::fs::metadata(log_dir.join(WAL_SECOND)).expect("exists").len();
+        assert!(batches < 20, "the second file was never written");
+    }
+    append_batch(&log, "c", 2).await;
+    batches += 1;
+    for file in [WAL, WAL_SECOND] {
+        std::fs::copy(log_dir.join(file), sled_one.join(file)).expect("copies the WAL of an open log");
+    }
+    let expected = log.read_all(1, 100).expect("reads");
+    drop(log);
+
+    let log = EventLog::open_with(&sled_one, options()).expect("opens with both files");
+    assert_eq!(log.recovery().batches_replayed, batches);
+    let ids = |events: &[store::RecordedEvent]| events.iter().map(|event| event.event_id).collect::<Vec<_>>();
+    assert_eq!(ids(&log.read_all(1, 100).expect("reads")), ids(&expected), "the very events acknowledged");
+    assert_eq!(log.verify().expect("verifies").events, expected.len() as u64);
+    assert_eq!(log.stream_version("c").expect("reads"), 2);
+}
+
 /// The stream index groups written since the last checkpoint are only in memory
 /// (`store/src/trees.rs`, `RecentGroups`): reads find them there, and a log
 /// whose sled holds records past the index's mark has them indexed again at open.
@@ -199,8 +243,10 @@ async fn checkpoints_keep_the_wal_under_its_cap_and_lose_nothing() {
     let log = EventLog::open_with(dir.path(), options()).expect("opens");
     for round in 0..60 {
         append_batch(&log, &format!("s{}", round % 7), 1 + round % 5).await;
-        let len = std::fs::metadata(dir.path().join(WAL)).expect("exists").len();
-        assert!(len <= cap, "round {round}: the WAL holds {len} bytes, over its cap of {cap}");
+        for file in [WAL, WAL_SECOND] {
+            let len = std::fs::metadata(dir.path().join(file)).expect("exists").len();
+            assert!(len <= cap, "round {round}: {file} holds {len} bytes, over its cap of {cap}");
+        }
     }
     let stats = log.commit_stats();
     assert!(stats.checkpoints >= 3, "{stats:?}");
