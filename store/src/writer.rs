@@ -750,14 +750,8 @@ impl Syncer {
     /// finished.
     fn switch_files(&mut self) -> Result<(), String> {
         self.finish_checkpoint()?;
-        let head = self.received_head;
-        let checkpoint = Checkpoint {
-            db: self.db.clone(),
-            trees: self.trees.clone(),
-            db_file: Arc::clone(&self.db_file),
-            groups: std::mem::take(&mut self.unindexed),
-            head,
-        };
+        let checkpoint = self.next_checkpoint();
+        let head = checkpoint.head;
         let (applied, health) = (Arc::clone(&self.applied), Arc::clone(&self.health));
         let started = std::thread::Builder::new().name("shoplog-checkpoint".to_owned()).spawn(move || {
             // As `Syncer::written_to_sled`: a batch the writer failed to write
@@ -778,6 +772,17 @@ impl Syncer {
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.wal.switch();
         Ok(())
+    }
+
+    /// A checkpoint of every batch handed over, which takes the index groups kept out of sled.
+    fn next_checkpoint(&mut self) -> Checkpoint {
+        Checkpoint {
+            db: self.db.clone(),
+            trees: self.trees.clone(),
+            db_file: Arc::clone(&self.db_file),
+            groups: std::mem::take(&mut self.unindexed),
+            head: self.received_head,
+        }
     }
 
     /// Wait for the checkpoint running beside the appends, if any.
@@ -805,13 +810,7 @@ impl Syncer {
     fn checkpoint(&mut self) -> Result<(), String> {
         self.finish_checkpoint()?;
         self.written_to_sled(self.received_head)?;
-        let checkpoint = Checkpoint {
-            db: self.db.clone(),
-            trees: self.trees.clone(),
-            db_file: Arc::clone(&self.db_file),
-            groups: std::mem::take(&mut self.unindexed),
-            head: self.received_head,
-        };
+        let checkpoint = self.next_checkpoint();
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
         checkpoint.run()?;
         self.wal.start_over().map_err(|error| format!("emptying the write-ahead log failed: {error}"))
