@@ -20,8 +20,11 @@ fn strace() -> &'static str {
     "strace"
 }
 
-/// What the child printed, run under strace with the 12th `fdatasync` and every
-/// one after it failing with EIO (`wal_kib`: the cap of its WAL's files).
+/// The 12th `fdatasync` and every one after it fail with EIO.
+const INJECT: &str = "inject=fdatasync:error=EIO:when=12+";
+
+/// What the child printed, run under strace with [`INJECT`] (`wal_kib`: the
+/// cap of its WAL's files).
 struct FaultRun {
     stdout: String,
     lines: Vec<String>,
@@ -30,7 +33,7 @@ struct FaultRun {
 impl FaultRun {
     fn new(dir: &std::path::Path, wal_kib: Option<&str>) -> FaultRun {
         let output = Command::new(strace())
-            .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=fdatasync", "-e", "inject=fdatasync:error=EIO:when=12+"])
+            .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=fdatasync", "-e", INJECT])
             .arg(CHILD)
             .arg(dir)
             .arg("fault")
