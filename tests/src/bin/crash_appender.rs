@@ -6,7 +6,7 @@
 //! `crash_appender DIR run [WAL_KIB]`: appends until killed (bounded: 60 s or
 //! 200,000 appends), with the write-ahead log capped at `WAL_KIB` KiB if given
 //! (a small cap makes checkpoints frequent).
-//! `crash_appender DIR fault`: 8 tasks × 50 appends, then one more append
+//! `crash_appender DIR fault [WAL_KIB]`: 8 tasks × 50 appends, then one more append
 //! (`after ok|err …`), the counts of answers (`answered <ok> <err>`), the writer's
 //! committed batches and appends (`stats <batches> <appends>`) and the log's
 //! failure (`failure …`); exits 0.
