@@ -471,12 +471,20 @@ mod tests {
         assert_eq!(read_stream_head(&Trees::open(&db).expect("trees"), "c").expect("reads"), (40, 39 * 5 + 3));
     }
 
+    /// The trees of a fresh database in `dir` (they keep the database open).
+    fn trees_in(dir: &std::path::Path) -> Trees {
+        Trees::open(&sled::Config::new().path(dir).open().expect("opens")).expect("trees")
+    }
+
+    /// An index group of these positions.
+    fn positions(range: std::ops::RangeInclusive<u64>) -> IVec {
+        range.flat_map(u64::to_be_bytes).collect()
+    }
+
     #[test]
     fn recent_groups_are_read_before_stored_ones_and_taken_out_only_as_stored() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = sled::Config::new().path(dir.path()).open().expect("opens");
-        let trees = Trees::open(&db).expect("trees");
-        let positions = |range: std::ops::RangeInclusive<u64>| -> IVec { range.flat_map(u64::to_be_bytes).collect() };
+        let trees = trees_in(dir.path());
         trees.streams.insert(stream_key("a", 1), positions(1..=2)).expect("writes");
         trees.streams.insert(stream_key("b", 1), positions(3..=18)).expect("writes");
         trees.streams.insert(stream_key("b", 17), positions(19..=19)).expect("writes");
@@ -521,9 +529,7 @@ mod tests {
     #[test]
     fn a_group_a_checkpoint_stores_while_a_read_goes_on_is_not_read_twice() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = sled::Config::new().path(dir.path()).open().expect("opens");
-        let trees = Trees::open(&db).expect("trees");
-        let positions = |range: std::ops::RangeInclusive<u64>| -> IVec { range.flat_map(u64::to_be_bytes).collect() };
+        let trees = trees_in(dir.path());
         trees.streams.insert(stream_key("a", 1), positions(1..=16)).expect("writes");
         trees.recent.put(&[(stream_key("a", 17).into(), positions(17..=20))]);
         for reverse in [false, true] {
