@@ -53,6 +53,9 @@ pub struct Options {
     /// checkpoint beside the appends makes sled durable (`wal`).
     pub wal_len_max: u64,
     pub upcasters: Upcasters,
+    /// Holds each checkpoint beside the appends back while set (a test's).
+    #[cfg(test)]
+    pub(crate) checkpoint_hold: Option<Arc<crate::writer::Hold>>,
 }
 
 impl Default for Options {
@@ -63,6 +66,8 @@ impl Default for Options {
             cache_capacity_bytes: CACHE_CAPACITY_BYTES,
             wal_len_max: WAL_LEN_MAX,
             upcasters: Upcasters::new(),
+            #[cfg(test)]
+            checkpoint_hold: None,
         }
     }
 }
@@ -206,6 +211,8 @@ impl EventLog {
                 counters: Arc::clone(&counters),
                 batch_len_max: options.batch_len_max.max(1) as u64,
                 applied: Arc::clone(&applied),
+                #[cfg(test)]
+                checkpoint_hold: options.checkpoint_hold.clone(),
             }),
             applied,
         };
@@ -800,4 +807,72 @@ fn read_tail(trees: &Trees) -> Result<Tail, StoreError> {
         _ => {}
     }
     Ok(Tail { head, last_hash, last_recorded_micros })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_event(stream: &str) -> AppendRequest {
+        let id = Uuid::now_v7();
+        AppendRequest::single(
+            stream,
+            crate::ExpectedVersion::Any,
+            vec![crate::NewEvent {
+                event_id: id,
+                event_type: "E".to_owned(),
+                schema_version: 1,
+                subject: None,
+                payload: vec![7; 40],
+            }],
+            crate::Metadata { actor: "test".to_owned(), correlation_id: id, causation_id: id },
+        )
+    }
+
+    /// When a WAL file is full, the checkpoint runs on a thread of its own: held
+    /// back there, it stops no appender, whose batches go to the other file,
+    /// until that one is full too and needs the first one back.
+    #[tokio::test]
+    async fn appends_are_acknowledged_while_a_checkpoint_is_held_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let hold = Arc::new(crate::writer::Hold::default());
+        hold.set(true);
+        let options = || Options { wal_len_max: 2048, ..Options::default() };
+        let log = EventLog::open_with(dir.path(), Options { checkpoint_hold: Some(Arc::clone(&hold)), ..options() })
+            .expect("opens");
+        let indexed = || trees::read_indexed(&log.inner.trees, Some(trees::LOG_FORMAT)).expect("reads");
+        let mut appended = 0u64;
+        // Every append is answered soon: none waits for the held checkpoint.
+        let append_soon = |stream: &'static str| {
+            let acknowledged = tokio::time::timeout(std::time::Duration::from_secs(10), log.append(one_event(stream)));
+            async move { acknowledged.await.expect("acknowledged while the checkpoint is held back").expect("appends") }
+        };
+        while log.commit_stats().checkpoints == 0 {
+            append_soon("s").await;
+            appended += 1;
+            assert!(appended < 100, "no checkpoint began");
+        }
+        // More batches, acknowledged while the checkpoint waits (the frames of
+        // 3 more fit in the second file).
+        for _ in 0..3 {
+            append_soon("t").await;
+            appended += 1;
+        }
+        assert_eq!(log.head(), appended);
+        assert_eq!(indexed(), 0, "the checkpoint has not run");
+        assert_eq!(log.commit_stats().checkpoints, 1);
+
+        // Let it run: it covers every batch up to the switch, and the appends go on.
+        hold.set(false);
+        for _ in 0..30 {
+            log.append(one_event("u")).await.expect("appends");
+            appended += 1;
+        }
+        assert!(log.commit_stats().checkpoints >= 2, "{:?}", log.commit_stats());
+        assert!(indexed() > 0, "a checkpoint ran");
+        drop(log);
+        let log = EventLog::open_with(dir.path(), options()).expect("reopens");
+        assert_eq!(log.verify().expect("verifies").events, appended);
+        assert_eq!(log.stream_version("u").expect("reads"), 30);
+    }
 }

@@ -634,6 +634,33 @@ pub(crate) struct Syncer {
     pub received_head: u64,
     /// Shared with the writer: how far sled holds the batches handed over.
     pub applied: Arc<Applied>,
+    /// Holds each checkpoint beside the appends back while set (a test's).
+    #[cfg(test)]
+    pub checkpoint_hold: Option<Arc<Hold>>,
+}
+
+/// A gate a test closes to hold checkpoints back, so that it can show what goes
+/// on while one runs.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct Hold {
+    closed: Mutex<bool>,
+    changed: std::sync::Condvar,
+}
+
+#[cfg(test)]
+impl Hold {
+    pub(crate) fn set(&self, closed: bool) {
+        *self.closed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = closed;
+        self.changed.notify_all();
+    }
+
+    fn pass(&self) {
+        let mut closed = self.closed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *closed {
+            closed = self.changed.wait(closed).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
 }
 
 /// The most stream index groups kept out of sled: reaching it makes a
@@ -753,7 +780,13 @@ impl Syncer {
         let checkpoint = self.next_checkpoint();
         let head = checkpoint.head;
         let (applied, health) = (Arc::clone(&self.applied), Arc::clone(&self.health));
+        #[cfg(test)]
+        let hold = self.checkpoint_hold.clone();
         let started = std::thread::Builder::new().name("shoplog-checkpoint".to_owned()).spawn(move || {
+            #[cfg(test)]
+            if let Some(hold) = hold {
+                hold.pass();
+            }
             // As `Syncer::written_to_sled`: a batch the writer failed to write
             // must not have its index groups in sled.
             let done = match (applied.wait_for(head), health.failure()) {
