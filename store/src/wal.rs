@@ -82,8 +82,7 @@ impl Wal {
     /// Whether frames with payloads of these lengths fit under the size cap
     /// after the ones written since the file was last emptied.
     pub fn fits(&self, payload_lens: impl Iterator<Item = usize>) -> bool {
-        let len: u64 = payload_lens.map(|len| (HEADER_LEN + len) as u64).sum();
-        self.offset + len <= self.len_max
+        self.offset + frames_len(payload_lens) <= self.len_max
     }
 
     /// Whether frames were written since the file was last emptied or written again.
@@ -165,6 +164,11 @@ impl Wals {
         self.files[self.current].write_again();
     }
 
+    /// Whether frames with payloads of these lengths fit in a file of their own.
+    pub fn fits_empty(&self, payload_lens: impl Iterator<Item = usize>) -> bool {
+        frames_len(payload_lens) <= self.files[self.current].len_max
+    }
+
     /// Whether either file holds frames written since it was last emptied.
     pub fn holds_frames(&self) -> bool {
         self.files.iter().any(Wal::holds_frames)
@@ -178,6 +182,11 @@ impl Wals {
         self.current = 0;
         Ok(())
     }
+}
+
+/// The length of frames with payloads of these lengths.
+fn frames_len(payload_lens: impl Iterator<Item = usize>) -> u64 {
+    payload_lens.map(|len| (HEADER_LEN + len) as u64).sum()
 }
 
 fn frame_hash(len: u32, payload: &[u8]) -> blake3::Hash {

@@ -758,10 +758,10 @@ impl Syncer {
     fn sync(&mut self, pending: &[Written]) -> Result<(), String> {
         let frames = || pending.iter().filter_map(|written| written.frame.as_deref());
         if !self.wal.current().fits(frames().map(<[u8]>::len)) || self.unindexed.len() >= UNINDEXED_GROUPS_MAX {
-            self.switch_files()?;
-            if !self.wal.current().fits(frames().map(<[u8]>::len)) {
+            if !self.wal.fits_empty(frames().map(<[u8]>::len)) {
                 return self.checkpoint();
             }
+            self.switch_files()?;
         }
         let wal = self.wal.current();
         for frame in frames() {
@@ -787,13 +787,8 @@ impl Syncer {
             if let Some(hold) = hold {
                 hold.pass();
             }
-            // As `Syncer::written_to_sled`: a batch the writer failed to write
-            // must not have its index groups in sled.
-            let done = match (applied.wait_for(head), health.failure()) {
-                (false, _) => Err("the log writer stopped before writing a batch".to_owned()),
-                (true, Some(reason)) => Err(reason),
-                (true, None) => checkpoint.run(),
-            };
+            // A batch the writer failed to write must not have its index groups in sled.
+            let done = written_to_sled(&applied, &health, head).and_then(|()| checkpoint.run());
             if let Err(reason) = &done {
                 // The batches since are in the write-ahead log, durable; the
                 // log refuses appends from now on.
@@ -826,14 +821,9 @@ impl Syncer {
         }
     }
 
-    /// Wait until sled holds the batches up to `head` (the writer writes a
-    /// batch to sled while its frame is synced); an error if the writer failed
-    /// to write one, or stopped.
+    /// See [`written_to_sled`].
     fn written_to_sled(&self, head: u64) -> Result<(), String> {
-        if !self.applied.wait_for(head) {
-            return Err("the log writer stopped before writing a batch".to_owned());
-        }
-        self.health.failure().map_or(Ok(()), Err)
+        written_to_sled(&self.applied, &self.health, head)
     }
 
     /// Make sled durable with every batch handed over (see [`Checkpoint`]),
@@ -848,6 +838,16 @@ impl Syncer {
         checkpoint.run()?;
         self.wal.start_over().map_err(|error| format!("emptying the write-ahead log failed: {error}"))
     }
+}
+
+/// Wait until sled holds the batches up to `head` (the writer writes a batch to
+/// sled while its frame is synced); an error if the writer failed to write one,
+/// or stopped.
+fn written_to_sled(applied: &Applied, health: &Health, head: u64) -> Result<(), String> {
+    if !applied.wait_for(head) {
+        return Err("the log writer stopped before writing a batch".to_owned());
+    }
+    health.failure().map_or(Ok(()), Err)
 }
 
 /// What a checkpoint makes durable in sled: every batch up to `head`, which
