@@ -1,4 +1,4 @@
-//! The server itself: slow clients are cut off, shutdown cannot hang, and the data
+//! The server itself: slow clients are cut off (headers and body), shutdown cannot hang, and the data
 //! dir of a running server cannot be opened twice.
 
 use std::time::{Duration, Instant};
@@ -21,6 +21,31 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     assert!(elapsed >= Duration::from_millis(250), "cut off before the timeout: {elapsed:?}");
     let text = String::from_utf8_lossy(&buffer);
     assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_body_gets_a_408_problem_and_writes_nothing() {
+    let app = TestApp::spawn_with(|config| config.request_timeout_ms = 300).await;
+    let head = app.head();
+    let mut stream = TcpStream::connect(app.address()).await.expect("connects");
+    let headers = format!(
+        "POST /api/v1/products HTTP/1.1\r\nHost: shoplog\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{{\"sku\":\"slow-1\",",
+        super::ADMIN
+    );
+    stream.write_all(headers.as_bytes()).await.expect("writes");
+    let started = Instant::now();
+    let mut buffer = vec![0; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await;
+    let len = read.expect("no answer within 5 s").expect("reads");
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(250), "answered before the timeout: {elapsed:?}");
+    let text = String::from_utf8_lossy(&buffer[..len]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.to_ascii_lowercase().contains("content-type: application/problem+json"), "{text}");
+    assert!(text.contains("the request took too long"), "{text}");
+    assert_eq!(app.head(), head, "a cut-off request wrote to the log");
     app.stop().await;
 }
 
