@@ -93,6 +93,16 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn app(state: AppState, request_timeout: Duration) -> Router {
     // Install the recorder before the first request is counted.
     let _ = metrics::handle();
+    let (router, spec) = routes::router().split_for_parts();
+    with_layers(router.merge(openapi::docs(spec)).with_state(state), request_timeout)
+}
+
+/// What every route gets around it: a request id (the client's `x-request-id`,
+/// else a new one) on the request, its span and the response; the request's
+/// metrics; problem+json for axum's own bare errors; a panic answered as a bare
+/// 500 that tells nothing; a 408 once `request_timeout` has passed (reading the
+/// body included); the body size limit.
+fn with_layers(router: Router, request_timeout: Duration) -> Router {
     let layers = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
@@ -105,6 +115,36 @@ pub fn app(state: AppState, request_timeout: Duration) -> Router {
         .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, request_timeout))
         .layer(DefaultBodyLimit::max(BODY_LEN_MAX));
-    let (router, spec) = routes::router().split_for_parts();
-    router.merge(openapi::docs(spec)).with_state(state).layer(layers)
+    router.layer(layers)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_gets_a_500_problem_that_tells_nothing_and_keeps_its_request_id() {
+        async fn boom() -> &'static str {
+            panic!("secret-detail-in-the-panic")
+        }
+        let router = Router::new().route("/boom", get(boom));
+        let request = Request::get("/boom").header(REQUEST_ID, "req-77").body(Body::empty());
+        let response = with_layers(router, Duration::from_secs(5))
+            .oneshot(request.map_err(|error| error.to_string()).unwrap_or_else(|error| panic!("{error}")))
+            .await
+            .unwrap_or_else(|error| match error {});
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(response.headers()[REQUEST_ID], "req-77");
+        let body = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert_eq!(problem["status"], 500, "{problem}");
+        assert_eq!(problem["detail"], "internal error", "{problem}");
+        assert!(!String::from_utf8_lossy(&body).contains("secret-detail"), "the body tells the panic: {problem}");
+    }
 }
