@@ -1,6 +1,7 @@
 //! The HTTP write path, black-box: the real app served on a random loopback port
 //! over a real sled dir, spoken to only through HTTP.
 
+mod access;
 mod commands;
 mod errors;
 mod forget;

@@ -1,0 +1,122 @@
+//! Who may call what (DESIGN §6's table): every route refuses the callers its
+//! role does not admit, with a problem and without writing, and a customer
+//! reaches only their own cart and orders.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::{ADMIN, TestApp, VIEWER};
+
+/// The roles a route admits.
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Admin,
+    Viewer,
+    Customer,
+}
+
+use Role::{Admin, Customer, Viewer};
+
+#[tokio::test]
+async fn every_route_refuses_the_callers_its_role_does_not_admit_and_writes_nothing() {
+    let app = TestApp::spawn().await;
+    app.create_product("mug-1", 1200, 10).await;
+    let customer_id = app.register("ann@example.com").await;
+    let ann = app.login("ann@example.com").await;
+    assert_eq!(app.add_to_cart(&ann, "mug-1", 1).await.status, StatusCode::OK);
+    let placed = app.checkout(&ann).await;
+    assert_eq!(placed.status, StatusCode::CREATED, "{placed:?}");
+    let order = placed.body["order_id"].as_str().expect("order id").to_owned();
+    assert_eq!(app.add_to_cart(&ann, "mug-1", 1).await.status, StatusCode::OK);
+
+    let body = |value: Value| Some(value);
+    let routes: Vec<(Method, String, Option<Value>, &[Role])> = vec![
+        (
+            Method::POST,
+            "/api/v1/products".into(),
+            body(json!({"sku": "new-1", "name": "New", "price_cents": 100, "initial_stock": 1})),
+            &[Admin],
+        ),
+        (Method::POST, "/api/v1/products/mug-1/price".into(), body(json!({"price_cents": 1500})), &[Admin]),
+        (Method::POST, "/api/v1/products/mug-1/restock".into(), body(json!({"quantity": 5})), &[Admin]),
+        (Method::POST, "/api/v1/products/mug-1/discontinue".into(), body(json!({})), &[Admin]),
+        (Method::GET, "/api/v1/cart".into(), None, &[Customer]),
+        (Method::POST, "/api/v1/cart/items".into(), body(json!({"sku": "mug-1", "quantity": 1})), &[Customer]),
+        (Method::DELETE, "/api/v1/cart/items/mug-1".into(), None, &[Customer]),
+        (Method::POST, "/api/v1/cart/checkout".into(), body(json!({})), &[Customer]),
+        (Method::GET, "/api/v1/orders".into(), None, &[Customer, Admin]),
+        (Method::GET, format!("/api/v1/orders/{order}"), None, &[Customer, Admin]),
+        (Method::POST, format!("/api/v1/orders/{order}/pay"), body(json!({"amount_cents": 1200})), &[Customer]),
+        (Method::POST, format!("/api/v1/orders/{order}/cancel"), body(json!({})), &[Customer]),
+        (Method::POST, format!("/api/v1/orders/{order}/ship"), body(json!({})), &[Admin]),
+        (Method::GET, "/api/v1/dashboard/sales".into(), None, &[Admin, Viewer]),
+        (Method::GET, "/api/v1/streams/product-mug-1/events".into(), None, &[Admin]),
+        (Method::GET, "/api/v1/events?from=1&limit=10".into(), None, &[Admin]),
+        (Method::GET, "/api/v1/events/live".into(), None, &[Admin, Viewer]),
+        (Method::GET, "/admin/projections".into(), None, &[Admin]),
+        (Method::POST, "/admin/projections/catalog/rebuild".into(), None, &[Admin]),
+        (Method::GET, "/admin/backup".into(), None, &[Admin]),
+        (Method::POST, format!("/admin/customers/{customer_id}/forget"), body(json!({})), &[Admin]),
+    ];
+    let callers =
+        [(None, None), (Some(VIEWER), Some(Viewer)), (Some(ann.as_str()), Some(Customer)), (Some(ADMIN), Some(Admin))];
+
+    let head = app.head();
+    let mut refusals = 0;
+    for (method, path, body, admitted) in &routes {
+        for (token, role) in callers {
+            if role.is_some_and(|role| admitted.contains(&role)) {
+                continue;
+            }
+            let reply = app.request(method.clone(), path, token, body.clone(), &[]).await;
+            let expected = if token.is_none() { 401 } else { 403 };
+            assert_eq!(reply.status.as_u16(), expected, "{method} {path} as {token:?}: {reply:?}");
+            reply.problem(expected);
+            refusals += 1;
+        }
+    }
+    // Every route refuses at least the caller with no token.
+    assert!(refusals >= routes.len() * 2, "{refusals} refusals");
+    assert_eq!(app.head(), head, "a refused request wrote to the log");
+
+    // The public routes need no token, and a bad one is refused even there.
+    assert_eq!(app.get("/api/v1/products", None).await.status, StatusCode::OK);
+    assert_eq!(app.get("/api/v1/products/mug-1", None).await.status, StatusCode::OK);
+    app.get("/api/v1/orders", Some("not-a-token")).await.problem(401);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_customer_cannot_pay_cancel_or_read_another_customers_order() {
+    let app = TestApp::spawn().await;
+    app.create_product("mug-1", 1200, 10).await;
+    let ann = app.customer("ann@example.com").await;
+    let ben = app.customer("ben@example.com").await;
+    assert_eq!(app.add_to_cart(&ann, "mug-1", 2).await.status, StatusCode::OK);
+    let placed = app.checkout(&ann).await;
+    assert_eq!(placed.status, StatusCode::CREATED, "{placed:?}");
+    let order = placed.body["order_id"].as_str().expect("order id").to_owned();
+    let total = placed.body["total_cents"].as_u64().expect("total");
+
+    let head = app.head();
+    // The right amount: what is refused is the caller.
+    let paid = app.post(&format!("/api/v1/orders/{order}/pay"), Some(&ben), json!({"amount_cents": total})).await;
+    paid.problem(404);
+    let cancelled = app.post(&format!("/api/v1/orders/{order}/cancel"), Some(&ben), json!({})).await;
+    cancelled.problem(404);
+    app.get(&format!("/api/v1/orders/{order}"), Some(&ben)).await.problem(404);
+    assert_eq!(app.head(), head, "another customer's order changed");
+
+    // Ben's own list holds none of Ann's orders; Ann's order is still placed.
+    let bens = app.get("/api/v1/orders?min_position=1", Some(&ben)).await;
+    assert_eq!(bens.status, StatusCode::OK, "{bens:?}");
+    assert_eq!(bens.body["items"].as_array().map(Vec::len), Some(0), "{bens:?}");
+    let position = placed.body["position"].as_u64().expect("position");
+    let anns = app.get(&format!("/api/v1/orders/{order}?min_position={position}"), Some(&ann)).await;
+    assert_eq!(anns.status, StatusCode::OK, "{anns:?}");
+    assert_eq!(anns.body["status"], "placed", "{anns:?}");
+    // Ann herself may pay it.
+    let paid = app.post(&format!("/api/v1/orders/{order}/pay"), Some(&ann), json!({"amount_cents": total})).await;
+    assert_eq!(paid.status, StatusCode::OK, "{paid:?}");
+    app.stop().await;
+}
