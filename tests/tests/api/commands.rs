@@ -144,6 +144,92 @@ async fn a_repeated_idempotency_key_gives_the_first_response_and_writes_nothing(
 }
 
 #[tokio::test]
+async fn an_idempotency_key_is_the_callers_own_and_its_replay_repeats_the_etag() {
+    let app = TestApp::spawn().await;
+    app.create_product("mug-1", 1000, 20).await;
+    let ann = app.customer("ann@example.com").await;
+    let ben = app.customer("ben@example.com").await;
+    let key = [("Idempotency-Key", "add-1")];
+    let add = |token: &str, quantity: u32| {
+        let token = token.to_owned();
+        let app = &app;
+        async move {
+            let body = json!({"sku": "mug-1", "quantity": quantity});
+            app.request(Method::POST, "/api/v1/cart/items", Some(&token), Some(body), &key).await
+        }
+    };
+
+    let first = add(&ann, 1).await;
+    assert_eq!(first.status, StatusCode::OK, "{first:?}");
+    assert_eq!(first.body["duplicate"], false);
+    let head = app.head();
+    let again = add(&ann, 1).await;
+    assert_eq!(again.status, StatusCode::OK, "{again:?}");
+    assert_eq!(again.body["duplicate"], true, "{again:?}");
+    assert_eq!(again.body["position"], first.body["position"]);
+    assert_eq!(again.headers["etag"], first.headers["etag"], "the replay repeats the ETag");
+    assert_eq!(app.head(), head, "the replay wrote nothing");
+
+    // The same key on the same route with another body: a conflict, nothing written.
+    add(&ann, 2).await.problem(409);
+    assert_eq!(app.head(), head, "a reused key wrote nothing");
+
+    // Another caller's same key is another key: Ben's add goes through.
+    let bens = add(&ben, 3).await;
+    assert_eq!(bens.status, StatusCode::OK, "{bens:?}");
+    assert_eq!(bens.body["duplicate"], false, "{bens:?}");
+    assert_eq!(bens.body["stream"], format!("cart-{}", customer_id_of(&app, "ben@example.com").await));
+    assert_eq!(app.head(), head + 1, "Ben's add is written");
+    app.stop().await;
+}
+
+/// The customer id of a registered email, from a login.
+async fn customer_id_of(app: &TestApp, email: &str) -> String {
+    let reply = app.post("/api/v1/sessions", None, json!({"email": email, "password": "correct horse"})).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    reply.body["customer_id"].as_str().expect("customer id").to_owned()
+}
+
+#[tokio::test]
+async fn the_order_rules_are_409_problems_over_http_and_write_nothing() {
+    let app = TestApp::spawn().await;
+    app.create_product("mug-1", 6000, 5).await;
+    let ann = app.customer("ann@example.com").await;
+    assert_eq!(app.add_to_cart(&ann, "mug-1", 1).await.status, StatusCode::OK);
+    let placed = app.checkout(&ann).await;
+    assert_eq!(placed.status, StatusCode::CREATED, "{placed:?}");
+    assert_eq!(placed.body["total_cents"], 6000, "no shipping from 5000 cents");
+    let order = placed.body["order_id"].as_str().expect("order id").to_owned();
+    let (pay_path, ship_path, cancel_path) = (
+        format!("/api/v1/orders/{order}/pay"),
+        format!("/api/v1/orders/{order}/ship"),
+        format!("/api/v1/orders/{order}/cancel"),
+    );
+    let pay = |amount: i64| app.post(&pay_path, Some(&ann), json!({"amount_cents": amount}));
+    let ship = || app.post(&ship_path, Some(ADMIN), json!({}));
+    let cancel = || app.post(&cancel_path, Some(&ann), json!({}));
+
+    let head = app.head();
+    let wrong = pay(5999).await;
+    wrong.problem(409);
+    assert!(wrong.body["detail"].as_str().is_some_and(|detail| detail.contains("6000")), "{wrong:?}");
+    ship().await.problem(409);
+    assert_eq!(app.head(), head, "a refused transition wrote");
+
+    assert_eq!(pay(6000).await.status, StatusCode::OK);
+    let head = app.head();
+    pay(6000).await.problem(409);
+    assert_eq!(app.head(), head, "paying twice wrote");
+
+    assert_eq!(ship().await.status, StatusCode::OK);
+    let head = app.head();
+    cancel().await.problem(409);
+    ship().await.problem(409);
+    assert_eq!(app.head(), head, "a shipped order changed");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn the_audit_routes_page_through_the_log_and_redact_secrets() {
     let app = TestApp::spawn().await;
     app.create_product("p1", 100, 1).await;

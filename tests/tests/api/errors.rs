@@ -24,6 +24,8 @@ async fn malformed_unauthorized_forbidden_and_unsupported_requests_are_problems_
         .expect("answers");
     assert_eq!(malformed.status(), 400);
     assert_eq!(malformed.headers()["content-type"], "application/problem+json");
+    let problem: serde_json::Value = malformed.json().await.expect("a JSON problem");
+    assert_eq!(problem["status"], 400, "{problem}");
 
     let not_json = app
         .client
@@ -35,6 +37,9 @@ async fn malformed_unauthorized_forbidden_and_unsupported_requests_are_problems_
         .await
         .expect("answers");
     assert_eq!(not_json.status(), 415);
+    assert_eq!(not_json.headers()["content-type"], "application/problem+json");
+    let problem: serde_json::Value = not_json.json().await.expect("a JSON problem");
+    assert_eq!(problem["status"], 415, "{problem}");
 
     let body = json!({"sku": "new", "name": "New", "price_cents": 100});
     let anonymous = app.post("/api/v1/products", None, body.clone()).await;
@@ -80,16 +85,19 @@ async fn validation_errors_name_every_bad_field() {
 #[tokio::test]
 async fn unknown_routes_wrong_methods_and_missing_things_are_problems() {
     let app = TestApp::spawn().await;
+    let token = app.customer("fay@example.com").await;
+    let head = app.head();
     app.get("/api/v1/nothing-here", None).await.problem(404);
+    app.post("/api/v1/nothing-here", Some(ADMIN), json!({})).await.problem(404);
     let wrong_method = app.request(Method::PUT, "/api/v1/products", Some(ADMIN), Some(json!({})), &[]).await;
     wrong_method.problem(405);
     assert!(wrong_method.headers.contains_key("allow"));
     app.post("/api/v1/products/ghost/restock", Some(ADMIN), json!({"quantity": 1})).await.problem(404);
-    let token = app.customer("fay@example.com").await;
     app.post("/api/v1/orders/not-a-uuid/pay", Some(&token), json!({"amount_cents": 1})).await.problem(404);
     app.post(&format!("/api/v1/orders/{}/pay", uuid::Uuid::now_v7()), Some(&token), json!({"amount_cents": 1}))
         .await
         .problem(404);
+    assert_eq!(app.head(), head, "a request to nothing wrote");
     app.stop().await;
 }
 
@@ -98,9 +106,11 @@ async fn rule_conflicts_are_409_and_out_of_stock_names_the_skus() {
     let app = TestApp::spawn().await;
     app.create_product("a-1", 100, 1).await;
     app.create_product("b-2", 100, 5).await;
+    let head = app.head();
     app.post("/api/v1/products", Some(ADMIN), json!({"sku": "a-1", "name": "Again", "price_cents": 100}))
         .await
         .problem(409);
+    assert_eq!(app.head(), head, "a product created twice wrote");
     let token = app.customer("gus@example.com").await;
     app.add_to_cart(&token, "a-1", 2).await;
     app.add_to_cart(&token, "b-2", 1).await;
@@ -110,6 +120,7 @@ async fn rule_conflicts_are_409_and_out_of_stock_names_the_skus() {
     assert_eq!(app.head(), head);
 
     let empty = app.customer("hal@example.com").await;
+    let head = app.head();
     app.checkout(&empty).await.problem(422);
     app.post(
         "/api/v1/customers",
@@ -118,6 +129,7 @@ async fn rule_conflicts_are_409_and_out_of_stock_names_the_skus() {
     )
     .await
     .problem(409);
+    assert_eq!(app.head(), head, "an empty checkout or a taken email wrote");
     app.stop().await;
 }
 
@@ -136,6 +148,7 @@ async fn a_body_over_64_kib_is_refused_with_413() {
 async fn login_is_rate_limited_with_retry_after() {
     let app = TestApp::spawn().await;
     app.register("ivy@example.com").await;
+    let head = app.head();
     let mut limited = None;
     for _ in 0..12 {
         let reply =
@@ -150,6 +163,7 @@ async fn login_is_rate_limited_with_retry_after() {
     limited.problem(429);
     let retry_after: u64 = limited.headers["retry-after"].to_str().expect("ascii").parse().expect("seconds");
     assert!((1..=60).contains(&retry_after));
+    assert_eq!(app.head(), head, "failed and limited logins wrote");
     app.stop().await;
 }
 
@@ -217,5 +231,29 @@ async fn an_if_match_that_is_not_a_version_is_a_bad_request() {
         .await;
     assert_eq!(bare.status, 200, "a bare version is taken too: {bare:?}");
     assert_eq!(app.head(), head + 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_audit_queries_are_422_problems_naming_the_parameter() {
+    let app = TestApp::spawn().await;
+    app.create_product("mug-1", 100, 1).await;
+    for (path, field) in [
+        ("/api/v1/events?from=abc", "from"),
+        ("/api/v1/events?limit=0", "limit"),
+        ("/api/v1/events?limit=1001", "limit"),
+        ("/api/v1/streams/product-mug-1/events?limit=0", "limit"),
+        ("/api/v1/streams/product-mug-1/events?from_version=x", "from_version"),
+    ] {
+        let reply = app.get(path, Some(ADMIN)).await;
+        let problem = reply.problem(422);
+        let named = problem.to_string().contains(field);
+        assert!(named, "{path}: the problem does not name {field}: {problem}");
+    }
+    app.get("/api/v1/events?colour=red", Some(ADMIN)).await.problem(422);
+    // An unknown stream has no events; it is not an error.
+    let unknown = app.get("/api/v1/streams/product-ghost/events", Some(ADMIN)).await;
+    assert_eq!(unknown.status, 200, "{unknown:?}");
+    assert_eq!(unknown.body["events"], json!([]));
     app.stop().await;
 }
