@@ -264,3 +264,37 @@ fn commands_error(error: CommandError) -> ApiError {
         | CommandError::Store(_)) => ApiError::internal(error),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The answer's status and its body, as text.
+    async fn answer(error: ApiError) -> (StatusCode, String) {
+        let response = error.into_response();
+        let status = response.status();
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        let body = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_5xx_answer_tells_nothing_of_its_cause() {
+        let secret = "/var/lib/shoplog/db: secret-cause";
+        let causes = [
+            ApiError::internal(anyhow::anyhow!("{secret}")),
+            store::StoreError::Storage(secret.to_owned()).into(),
+            store::StoreError::Corrupt { position: 7, reason: secret.to_owned() }.into(),
+            store::StoreError::Durability { reason: secret.to_owned() }.into(),
+            store::StoreError::Unavailable { reason: secret.to_owned() }.into(),
+        ];
+        for error in causes {
+            let (status, body) = answer(error).await;
+            assert!(status.is_server_error(), "{status}: {body}");
+            assert!(!body.contains("secret"), "{status} tells its cause: {body}");
+            let problem: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            assert_eq!(problem["status"], status.as_u16(), "{body}");
+            assert!(problem["detail"].is_string(), "{body}");
+        }
+    }
+}

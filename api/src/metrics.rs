@@ -11,7 +11,10 @@
 //! (docs/BENCHMARKS.md). Here a request takes a read lock, finds its route by
 //! path and method, and adds to three atomics. The duration is a histogram
 //! with fixed buckets ([`DURATION_BUCKETS`]), which Prometheus can aggregate
-//! across servers, where the recorder's default was a summary.
+//! across servers, where the recorder's default was a summary. A command's
+//! latency, from its request to its durable answer, is this histogram's series
+//! of the command's route (`method="POST"`); the log's gauges give the appends,
+//! the fsyncs and the mean appends per fsync.
 
 use std::collections::HashMap;
 use std::fmt::Write;

@@ -184,6 +184,14 @@ async fn health_readiness_and_metrics_answer() {
     );
     assert!(text.contains("log_fsync_batches"), "{text}");
     assert!(text.contains("log_checkpoints"), "{text}");
+    let value = |name: &str| -> f64 {
+        let series = text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok());
+        series.unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    assert!(value("log_committed_appends") >= 1.0, "{text}");
+    assert!(value("log_head_position") >= 1.0, "{text}");
+    assert!(value("log_fsync_batch_appends_mean") >= 1.0, "the batch size per fsync: {text}");
+    assert_eq!(value("log_accepting_appends"), 1.0, "{text}");
     let echoed = app.request(Method::GET, "/healthz", None, None, &[("x-request-id", "abc-123")]).await;
     assert_eq!(echoed.headers["x-request-id"], "abc-123");
     assert!(
