@@ -121,6 +121,22 @@ fn checkout_with_a_discontinued_product_is_rejected() {
 }
 
 #[test]
+fn checkout_names_every_discontinued_product_sorted() {
+    given([
+        product_created("tea", 250, 3),
+        product_created("mug", 1000, 3),
+        product_created("cup", 500, 3),
+        item_added(alice(), "tea", 1),
+        item_added(alice(), "mug", 1),
+        item_added(alice(), "cup", 1),
+        discontinued("tea"),
+        discontinued("cup"),
+    ])
+    .when(checkout(alice(), order(1)))
+    .then_err(DomainError::Discontinued { skus: skus(&["cup", "tea"]) });
+}
+
+#[test]
 fn checkout_names_discontinued_products_before_short_ones() {
     given([
         product_created("mug", 1000, 0),

@@ -44,6 +44,22 @@ fn registering_an_existing_customer_id_is_rejected() {
 }
 
 #[test]
+fn registering_the_email_one_already_holds_is_rejected_as_an_existing_customer() {
+    // The customer check comes first, so the claim held by the same customer is
+    // not what refuses it.
+    given([registered(alice(), "alice@example.com"), claimed(key(1), alice())])
+        .when(register(alice(), "alice@example.com", key(1)))
+        .then_err(DomainError::CustomerAlreadyExists { customer_id: alice() });
+}
+
+#[test]
+fn a_claimed_email_cannot_be_claimed_again_even_by_its_holder() {
+    let claim = email_claim::evolve(EmailClaim::default(), &claimed_event(key(1), alice()));
+    let again = EmailClaimCommand::Claim { email_key: key(1), customer_id: alice() };
+    assert_eq!(email_claim::decide(&claim, &again), Err(DomainError::EmailTaken));
+}
+
+#[test]
 fn registering_a_forgotten_customer_id_again_is_rejected() {
     given([forgotten(alice())])
         .when(register(alice(), "alice@example.com", key(1)))

@@ -41,6 +41,11 @@ fn out_of_stock_names_every_sku() {
 }
 
 #[test]
+fn discontinued_names_every_sku() {
+    assert_eq!(DomainError::Discontinued { skus: skus(&["a", "b"]) }.to_string(), "product discontinued: a, b");
+}
+
+#[test]
 fn a_validation_message_names_every_field() {
     let error = DomainError::Validation(vec![
         ValidationError::new("sku", "must not be blank"),

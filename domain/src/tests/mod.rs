@@ -1,6 +1,6 @@
 //! The domain's tests: given/when/then cases per aggregate over an in-memory
-//! [`shop::Shop`], property tests over random command sequences, and unit tests of
-//! values, stream names, events and errors.
+//! [`shop::Shop`], property tests over random command sequences, unit tests of
+//! values, stream names, events and errors, and checks that the crate stays pure.
 
 mod fixtures;
 mod shop;
@@ -14,4 +14,5 @@ mod events;
 mod orders;
 mod products;
 mod properties;
+mod purity;
 mod values;
