@@ -43,71 +43,100 @@ fn bad_settings_are_one_line_and_exit_code_2() {
     assert_refused(&shoplog(&["serve", "--data", data, "--cache-mib", "lots"]), "lots");
     assert_refused(&shoplog(&["serve", "--config", "/no/such/shoplog.toml"]), "does not exist");
     assert_refused(&shoplog(&["verify", "--data", "/no/such/dir"]), "does not exist");
+    assert_refused(&shoplog(&["serve", "--data"]), "--data");
+    assert_refused(&shoplog(&["serve", "--colour", "blue"]), "--colour");
+    assert_refused(&shoplog(&["frobnicate"]), "frobnicate");
+}
+
+/// A `shoplog serve` child process and the address it listens on.
+struct Served {
+    child: std::process::Child,
+    address: String,
+    /// What it printed to stdout until it listened.
+    printed: Vec<String>,
+}
+
+impl Served {
+    /// Start `shoplog serve` on a random port with `args` and `envs` (no other
+    /// `SHOPLOG_` setting from the test's environment), and wait until it listens.
+    fn start<A: AsRef<std::ffi::OsStr>>(args: &[A], envs: &[(&str, &str)]) -> Served {
+        let mut command = Command::new(SHOPLOG);
+        command.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
+        for (key, _) in std::env::vars_os().filter(|(key, _)| key.to_string_lossy().starts_with("SHOPLOG_")) {
+            command.env_remove(key);
+        }
+        let mut child =
+            command.envs(envs.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("starts");
+        let stdout = child.stdout.take().expect("piped");
+        let (lines_sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines_sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut printed = Vec::new();
+        let address = loop {
+            let line = lines.recv_timeout(Duration::from_secs(20)).expect("the server says where it listens");
+            printed.push(line.clone());
+            if let Some(rest) = line.strip_prefix("shoplog listening on http://") {
+                break rest.split_whitespace().next().expect("an address").to_owned();
+            }
+        };
+        Served { child, address, printed }
+    }
+
+    /// POST a JSON body with a bearer token (none when empty); the status and the body.
+    fn post(&self, path: &str, token: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(async {
+            let mut request = reqwest::Client::new().post(format!("http://{}{path}", self.address)).json(&body);
+            if !token.is_empty() {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.expect("answers");
+            let status = response.status().as_u16();
+            (status, response.json().await.unwrap_or_default())
+        })
+    }
+
+    /// Send `signal` (`TERM`, `INT`) and wait until the process ends; its exit status.
+    fn stop_with(mut self, signal: &str) -> std::process::ExitStatus {
+        let sent = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status();
+        assert!(sent.expect("kill runs").success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("polls") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "SIG{signal} did not stop the server");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 #[test]
 fn a_first_run_needs_no_setting_and_sigterm_stops_it() {
     let dir = tests::temp_dir();
     let data = dir.path().join("data");
-    let mut child = Command::new(SHOPLOG)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(&data)
-        .env_remove("SHOPLOG_ADMIN_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starts");
-    let stdout = child.stdout.take().expect("piped");
-    let (lines_sender, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut printed = Vec::new();
-    let address = loop {
-        let line = lines.recv_timeout(Duration::from_secs(20)).expect("the server says where it listens");
-        printed.push(line.clone());
-        if let Some(rest) = line.strip_prefix("shoplog listening on http://") {
-            break rest.split_whitespace().next().expect("an address").to_owned();
-        }
-    };
+    let served = Served::start(&[std::ffi::OsStr::new("--data"), data.as_os_str()], &[]);
     assert!(
-        printed.iter().any(|line| line.starts_with("admin-token: in ")),
-        "says where the admin token is: {printed:?}"
+        served.printed.iter().any(|line| line.starts_with("admin-token: in ")),
+        "says where the admin token is: {:?}",
+        served.printed
     );
     let admin_token = std::fs::read_to_string(data.join("admin-token")).expect("the generated token is there");
 
     // Speak HTTP to it with the generated token.
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let status = runtime.block_on(async {
-        reqwest::Client::new()
-            .post(format!("http://{address}/api/v1/products"))
-            .bearer_auth(admin_token.trim())
-            .json(&serde_json::json!({"sku": "first", "name": "First", "price_cents": 100}))
-            .send()
-            .await
-            .expect("answers")
-            .status()
-    });
-    assert_eq!(status, 201);
+    let body = serde_json::json!({"sku": "first", "name": "First", "price_cents": 100});
+    assert_eq!(served.post("/api/v1/products", admin_token.trim(), body).0, 201);
 
     // The data dir is locked while it runs.
     let data_arg = data.to_str().expect("utf-8 path");
     assert_refused(&shoplog(&["verify", "--data", data_arg]), "in use by a running server");
 
-    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill runs");
-    assert!(killed.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("polls") {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "SIGTERM did not stop the server");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = served.stop_with("TERM");
     assert!(status.success(), "{status:?}");
 
     let verified = shoplog(&["verify", "--data", data_arg]);
@@ -164,4 +193,57 @@ fn stats_counts_events_by_type_and_category() {
     }
     assert!(stdout.contains("size on disk: "), "{stdout}");
     assert_refused(&shoplog(&["stats", "--data", "/no/such/dir"]), "does not exist");
+}
+
+#[test]
+fn settings_come_from_the_file_the_environment_and_flags_in_that_order_and_ctrl_c_stops_it() {
+    let dir = tests::temp_dir();
+    let data = dir.path().join("data");
+    let config = dir.path().join("shoplog.toml");
+    let (file_token, env_token, flag_token) =
+        ("admin-token-from-the-file-01", "admin-token-from-the-env-001", "admin-token-from-a-flag-0001");
+    let secret = "a-token-secret-of-32-characters-or-more";
+    std::fs::write(&config, format!("admin_token = \"{file_token}\"\ntoken_secret = \"{secret}\"\n"))
+        .expect("writes the config");
+    let product = |sku: &str| serde_json::json!({"sku": sku, "name": "A", "price_cents": 100});
+    let customer = serde_json::json!({"email": "kim@example.com", "name": "Kim", "password": "correct horse"});
+    let args = |extra: &[&str]| {
+        let mut args =
+            vec![std::ffi::OsString::from("--data"), data.clone().into(), "--config".into(), config.clone().into()];
+        args.extend(extra.iter().map(std::ffi::OsString::from));
+        args
+    };
+
+    // The file alone: its token is the admin's. Its secret signs a customer's token.
+    let served = Served::start(&args(&[]), &[]);
+    assert_eq!(served.post("/api/v1/products", file_token, product("a-1")).0, 201);
+    assert_eq!(served.post("/api/v1/customers", "", customer.clone()).0, 201);
+    let (status, session) = served.post(
+        "/api/v1/sessions",
+        "",
+        serde_json::json!({"email": "kim@example.com", "password": "correct horse"}),
+    );
+    assert_eq!(status, 200, "{session}");
+    let customer_token = session["token"].as_str().expect("a token").to_owned();
+    let add = serde_json::json!({"sku": "a-1", "quantity": 1});
+    assert_eq!(served.post("/api/v1/cart/items", &customer_token, add.clone()).0, 200);
+    // Ctrl-C stops it as SIGTERM does.
+    assert!(served.stop_with("INT").success());
+
+    // The environment over the file.
+    let served = Served::start(&args(&[]), &[("SHOPLOG_ADMIN_TOKEN", env_token)]);
+    assert_eq!(served.post("/api/v1/products", file_token, product("a-2")).0, 401, "no longer a token");
+    assert_eq!(served.post("/api/v1/products", env_token, product("a-2")).0, 201);
+    assert!(served.stop_with("TERM").success());
+
+    // A flag over both; another secret from a flag: the customer's token no longer holds.
+    let other_secret = "another-token-secret-of-32-characters";
+    let served = Served::start(
+        &args(&["--admin-token", flag_token, "--token-secret", other_secret]),
+        &[("SHOPLOG_ADMIN_TOKEN", env_token)],
+    );
+    assert_eq!(served.post("/api/v1/products", env_token, product("a-3")).0, 401, "no longer a token");
+    assert_eq!(served.post("/api/v1/products", flag_token, product("a-3")).0, 201);
+    assert_eq!(served.post("/api/v1/cart/items", &customer_token, add).0, 401, "signed with the file's secret");
+    assert!(served.stop_with("TERM").success());
 }
