@@ -1,5 +1,6 @@
-//! The server itself: slow clients are cut off (headers and body), shutdown cannot hang, and the data
-//! dir of a running server cannot be opened twice.
+//! The server itself: slow clients are cut off (headers and body), shutdown answers
+//! the requests in flight and cannot hang, and the data dir of a running server
+//! cannot be opened twice.
 
 use std::time::{Duration, Instant};
 
@@ -80,4 +81,39 @@ async fn a_second_server_on_the_same_data_dir_is_refused_with_a_clear_error() {
     let message = format!("{refused:#}");
     assert!(message.contains("in use by another shoplog process"), "{message}");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_in_flight_when_shutdown_begins_is_answered_and_kept() {
+    let app = TestApp::spawn().await;
+    let mut stream = TcpStream::connect(app.address()).await.expect("connects");
+    let body = r#"{"sku":"late-1","name":"Late","price_cents":100,"initial_stock":1}"#;
+    let (first, rest) = body.split_at(20);
+    let headers = format!(
+        "POST /api/v1/products HTTP/1.1\r\nHost: shoplog\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{first}",
+        super::ADMIN,
+        body.len()
+    );
+    stream.write_all(headers.as_bytes()).await.expect("writes");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Shutdown begins while the request's body is half sent.
+    let stopping = tokio::spawn(app.stop_keeping_dir());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!stopping.is_finished(), "shutdown did not wait for the request in flight");
+    stream.write_all(rest.as_bytes()).await.expect("the server still reads the request");
+    let mut buffer = vec![0; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await;
+    let len = read.expect("an answer within 5 s").expect("reads");
+    let text = String::from_utf8_lossy(&buffer[..len]);
+    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
+
+    let dir = tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("shutdown ends once the request is answered")
+        .expect("the stop task ends");
+    let log = store::EventLog::open(dir.path()).expect("the data dir opens after the shutdown");
+    let events = log.read_stream("product-late-1", 1, 10).expect("reads");
+    assert_eq!(events.len(), 1, "the answered product is in the log");
 }
