@@ -1,8 +1,9 @@
 //! Durable acks, positions and versions, expected versions, atomic multi-stream
 //! appends, idempotency, size caps, the directory lock.
 
-use store::{EventLog, ExpectedVersion, Payload, RECORD_LEN_MAX, StoreError};
-use tests::{append, append_many, event, temp_dir};
+use store::{EventLog, ExpectedVersion, NewEvent, Payload, RECORD_LEN_MAX, StoreError};
+use tests::{append, append_many, event, sealed_event, temp_dir};
+use uuid::Uuid;
 
 #[tokio::test]
 async fn acknowledged_events_are_there_after_reopening() {
@@ -143,6 +144,42 @@ async fn a_repeated_idempotency_key_returns_the_first_result_and_writes_nothing(
     assert_eq!(log.head(), 1);
 }
 
+/// A retry of an append that was acknowledged but whose answer was lost finds
+/// its stream moved on by its own events: the key must be looked up before the
+/// expected version is checked, or the retry is refused as a conflict.
+#[tokio::test]
+async fn a_repeated_idempotent_append_is_a_duplicate_although_its_expected_version_is_now_stale() {
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    let create = || {
+        append("cart-3", ExpectedVersion::NoStream, vec![event("CartCreated", b"c")])
+            .with_idempotency("create", [3; 32])
+    };
+    let add = || {
+        append("cart-3", ExpectedVersion::Exact(1), vec![event("ItemAdded", b"a"), event("ItemAdded", b"b")])
+            .with_idempotency("add", [4; 32])
+    };
+    let created = log.append(create()).await.expect("appends");
+    let added = log.append(add()).await.expect("appends");
+    assert!(!created.duplicate && !added.duplicate);
+    assert_eq!((added.first_position, added.last_position), (2, 3));
+
+    let mut log = log;
+    for restart in [false, true] {
+        if restart {
+            // After a restart the keys are read from disk, not from the writer's memory.
+            drop(log);
+            log = EventLog::open(dir.path()).expect("reopens");
+        }
+        for (request, first) in [(create(), &created), (add(), &added)] {
+            let again = log.append(request).await.expect("a repeat is no conflict");
+            assert_eq!(again, store::AppendResult { duplicate: true, ..first.clone() });
+        }
+        assert_eq!(log.head(), 3, "the repeats wrote nothing");
+        assert_eq!(log.stream_version("cart-3").expect("reads"), 3);
+    }
+}
+
 #[tokio::test]
 async fn the_same_idempotency_key_sent_concurrently_writes_once() {
     let dir = temp_dir();
@@ -193,6 +230,122 @@ async fn records_over_the_cap_are_refused_and_big_ones_never_become_sled_blobs()
     log.verify().expect("verifies");
     let blobs = std::fs::read_dir(dir.path().join("blobs")).map(|entries| entries.count()).unwrap_or(0);
     assert_eq!(blobs, 0, "sled wrote blobs, which it never fsyncs");
+}
+
+/// The stored length of `event` appended alone to stream `big` of a new log, read
+/// with sled: the cap counts these bytes, so the tests at its edge measure the
+/// envelope (and the seal) rather than assume how they are encoded.
+async fn stored_len(event: NewEvent) -> usize {
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    log.append(append("big", ExpectedVersion::Any, vec![event])).await.expect("appends");
+    drop(log);
+    let events = tests::raw_sled(dir.path()).open_tree("events").expect("tree");
+    events.get(1u64.to_be_bytes()).expect("reads").expect("the record is stored alone at its position").len()
+}
+
+/// What a record of `event` in stream `big` takes besides its payload. Positions
+/// and versions below 128 all take one byte, so this holds for the first events.
+async fn overhead(event: NewEvent) -> usize {
+    let payload_len = event.payload.len();
+    stored_len(event).await - payload_len
+}
+
+#[tokio::test]
+async fn a_record_of_exactly_the_cap_is_taken_and_one_byte_more_is_refused() {
+    let overhead = overhead(event("Big", b"x")).await;
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    let refused = log
+        .append(append("big", ExpectedVersion::Any, vec![event("Big", &vec![7; RECORD_LEN_MAX - overhead + 1])]))
+        .await
+        .expect_err("one byte over the cap");
+    assert_eq!(
+        refused,
+        StoreError::RecordTooLarge {
+            stream: "big".into(),
+            event_type: "Big".into(),
+            len: RECORD_LEN_MAX + 1,
+            max: RECORD_LEN_MAX
+        }
+    );
+    assert_eq!(log.head(), 0);
+
+    let payload = vec![7; RECORD_LEN_MAX - overhead];
+    log.append(append("big", ExpectedVersion::Any, vec![event("Big", &payload)])).await.expect("exactly the cap");
+    assert_eq!(log.read_all(1, 1).expect("reads")[0].payload, Payload::Plain(payload));
+    drop(log);
+    let events = tests::raw_sled(dir.path()).open_tree("events").expect("tree");
+    let stored = events.get(1u64.to_be_bytes()).expect("reads").expect("stored alone at its position");
+    assert_eq!(stored.len(), RECORD_LEN_MAX, "the record stored is exactly at the cap");
+}
+
+/// Sealing adds a nonce and a tag to the payload, and the cap holds for the
+/// sealed record that is stored, not for the plain payload that was sent.
+#[tokio::test]
+async fn a_payload_that_fits_only_before_sealing_is_refused() {
+    let subject = Uuid::now_v7();
+    let sealed_overhead = overhead(sealed_event("Big", subject, b"x")).await;
+    let plain_overhead = overhead(event("Big", b"x")).await;
+    assert!(sealed_overhead >= plain_overhead + 40, "sealing adds a 24-byte nonce and a 16-byte tag");
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    let sealed_len_max = RECORD_LEN_MAX - sealed_overhead;
+
+    let too_large = vec![7; sealed_len_max + 1];
+    log.append(append("plain", ExpectedVersion::Any, vec![event("Big", &too_large)]))
+        .await
+        .expect("fits the cap unsealed");
+    let refused = log
+        .append(append("big", ExpectedVersion::Any, vec![sealed_event("Big", subject, &too_large)]))
+        .await
+        .expect_err("over the cap once sealed");
+    assert!(
+        matches!(refused, StoreError::RecordTooLarge { len, max: RECORD_LEN_MAX, .. } if len == RECORD_LEN_MAX + 1),
+        "{refused:?}"
+    );
+    assert_eq!(log.head(), 1);
+
+    let fits = vec![7; sealed_len_max];
+    log.append(append("big", ExpectedVersion::Any, vec![sealed_event("Big", subject, &fits)]))
+        .await
+        .expect("exactly the cap once sealed");
+    assert_eq!(log.read_stream("big", 1, 1).expect("reads")[0].payload, Payload::Plain(fits));
+}
+
+#[tokio::test]
+async fn a_multi_stream_append_whose_last_event_is_too_large_writes_nothing() {
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    log.append(append("product-a", ExpectedVersion::NoStream, vec![event("Created", b"a")])).await.expect("appends");
+    let refused = log
+        .append(append_many(vec![
+            ("order-1", ExpectedVersion::NoStream, vec![event("OrderPlaced", b"o")]),
+            ("product-a", ExpectedVersion::Exact(1), vec![event("StockReserved", b"r")]),
+            (
+                "cart-1",
+                ExpectedVersion::Any,
+                vec![event("CartCheckedOut", b"c"), event("Big", &vec![7; RECORD_LEN_MAX])],
+            ),
+        ]))
+        .await
+        .expect_err("the last event is over the cap");
+    assert!(
+        matches!(refused, StoreError::RecordTooLarge { ref stream, ref event_type, .. } if stream == "cart-1" && event_type == "Big"),
+        "{refused:?}"
+    );
+    let versions =
+        |log: &EventLog| ["order-1", "product-a", "cart-1"].map(|stream| log.stream_version(stream).expect("reads"));
+    assert_eq!(log.head(), 1);
+    assert_eq!(versions(&log), [0, 1, 0], "no stream of the refused append moved");
+
+    // No position was used up either: the next append takes position 2.
+    let next = log.append(append("cart-1", ExpectedVersion::NoStream, vec![event("CartCreated", b"n")])).await;
+    assert_eq!(next.expect("appends").first_position, 2);
+    drop(log);
+    let log = EventLog::open(dir.path()).expect("reopens");
+    assert_eq!(versions(&log), [0, 1, 1]);
+    assert_eq!(log.verify().expect("verifies").events, 2);
 }
 
 #[tokio::test]

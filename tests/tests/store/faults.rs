@@ -122,3 +122,42 @@ async fn a_failed_fsync_amid_checkpoints_loses_no_acknowledged_append() {
     );
     run.assert_consistent(dir.path()).await;
 }
+
+/// The syncs the store adds to sled's own, seen by strace (`-y` names each call's
+/// file): sled's `flush` alone does not reach stable storage (DESIGN §3.1), so a
+/// checkpoint `fdatasync`s sled's `db` file itself, and the data dir is fsynced
+/// when files are made in it. WAL files of 1 KiB make checkpoints frequent.
+#[test]
+fn the_store_syncs_sleds_file_at_checkpoints_and_the_data_dir_itself() {
+    let (dir, traces) = (tests::temp_dir(), tests::temp_dir());
+    let trace = traces.path().join("strace.txt");
+    let output = Command::new(strace())
+        .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(CHILD)
+        .arg(dir.path())
+        .args(["fault", "1"])
+        .output()
+        .expect("strace runs the child");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "child failed: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    let committed = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("stats "))
+        .and_then(|stats| stats.split(' ').nth(1))
+        .and_then(|appends| appends.parse::<u64>().ok());
+    assert_eq!(committed, Some(8 * 50 + 1), "every append went through:\n{stdout}");
+    let text = std::fs::read_to_string(&trace).expect("strace wrote its trace");
+    // A successful call on the file: `fdatasync(7</dir/db>) = 0`.
+    let synced = |call: &str, path: &std::path::Path| {
+        let needle = format!("{call}(");
+        let file = format!("<{}>)", path.display());
+        text.lines().filter(|line| line.contains(&needle) && line.contains(&file) && line.ends_with("= 0")).count()
+    };
+    let db = synced("fdatasync", &dir.path().join("db")) + synced("fsync", &dir.path().join("db"));
+    let wal = synced("fdatasync", &dir.path().join("wal")) + synced("fdatasync", &dir.path().join("wal.1"));
+    let data_dir = synced("fsync", dir.path()) + synced("fdatasync", dir.path());
+    assert!(wal >= 10, "the appends' batches are synced in the WAL: {wal} syncs\n{text}");
+    assert!(db >= 3, "sled's file is synced at each checkpoint: {db} syncs\n{text}");
+    assert!(data_dir >= 1, "the data dir is synced: {data_dir} syncs\n{text}");
+}

@@ -365,3 +365,82 @@ async fn old_schema_versions_are_upcast_on_read_and_the_chain_still_verifies() {
     );
     log.verify().expect("upcasting changes no stored byte");
 }
+
+/// Version 3 names the amount by what it holds and says whether tax is in it.
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+struct PriceV3 {
+    amount_cents: u64,
+    currency: String,
+    tax_included: bool,
+}
+
+fn price_v2_to_v3(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let old: PriceV2 = codec::decode(bytes).map_err(|error| error.to_string())?;
+    codec::encode(&PriceV3 { amount_cents: old.cents, currency: old.currency, tax_included: true })
+        .map_err(|error| error.to_string())
+}
+
+fn price_event(schema_version: u16, payload: &[u8]) -> store::NewEvent {
+    store::NewEvent { schema_version, ..event("PriceSet", payload) }
+}
+
+#[tokio::test]
+async fn upcasters_chain_so_every_old_version_reads_as_the_newest() {
+    let dir = temp_dir();
+    // Registered newest step first: the order of registration does not matter.
+    let upcasters = Upcasters::new().register("PriceSet", 2, price_v2_to_v3).register("PriceSet", 1, price_v1_to_v2);
+    let log = EventLog::open_with(dir.path(), Options { upcasters, ..Options::default() }).expect("opens");
+    let stored = [
+        price_event(1, &codec::encode(&PriceV1 { dollars: 12 }).expect("encodes")),
+        price_event(2, &codec::encode(&PriceV2 { cents: 5, currency: "EUR".into() }).expect("encodes")),
+        price_event(
+            3,
+            &codec::encode(&PriceV3 { amount_cents: 7, currency: "GBP".into(), tax_included: false }).expect("encodes"),
+        ),
+    ];
+    log.append(append("product-x", ExpectedVersion::Any, stored.to_vec())).await.expect("appends");
+
+    let expected = vec![
+        (3, PriceV3 { amount_cents: 1200, currency: "USD".into(), tax_included: true }),
+        (3, PriceV3 { amount_cents: 5, currency: "EUR".into(), tax_included: true }),
+        (3, PriceV3 { amount_cents: 7, currency: "GBP".into(), tax_included: false }),
+    ];
+    let decode = |events: Vec<store::RecordedEvent>| -> Vec<(u16, PriceV3)> {
+        events
+            .iter()
+            .map(|event| {
+                let payload = event.payload.bytes().expect("not sealed");
+                (event.schema_version, codec::decode(payload).expect("decodes as v3"))
+            })
+            .collect()
+    };
+    assert_eq!(decode(log.read_stream("product-x", 1, 10).expect("reads")), expected);
+    assert_eq!(decode(log.read_all(1, 10).expect("reads")), expected);
+}
+
+/// An upcaster that cannot read a stored payload makes that event unreadable: an
+/// error that names its position, never a panic, and the events before it still read.
+#[tokio::test]
+async fn a_failing_upcaster_is_an_error_naming_the_position() {
+    let dir = temp_dir();
+    let options = Options { upcasters: Upcasters::new().register("PriceSet", 1, price_v1_to_v2), ..Options::default() };
+    let log = EventLog::open_with(dir.path(), options).expect("opens");
+    log.append(append("product-x", ExpectedVersion::Any, vec![event("Other", b"fine")])).await.expect("appends");
+    // Not a PriceV1: the marker of a u64 varint, where `dollars` is a u32.
+    log.append(append("product-x", ExpectedVersion::Any, vec![price_event(1, &[0xfd])])).await.expect("appends");
+
+    for (read, what) in [
+        (log.read_all(1, 10), "read_all"),
+        (log.read_stream("product-x", 1, 10), "read_stream"),
+        (log.read_all(2, 1), "read_all from the event"),
+    ] {
+        match read {
+            Err(StoreError::Corrupt { position: 2, reason }) => {
+                assert!(reason.contains("upcasting PriceSet v1"), "{what}: {reason}");
+            }
+            other => panic!("{what}: the upcaster's failure should name position 2, got {other:?}"),
+        }
+    }
+    assert_eq!(log.read_all(1, 1).expect("the event before reads")[0].payload, Payload::Plain(b"fine".to_vec()));
+    assert_eq!(log.verify().expect("the stored bytes are sound").events, 2);
+}
