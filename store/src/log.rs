@@ -875,4 +875,57 @@ mod tests {
         assert_eq!(log.verify().expect("verifies").events, appended);
         assert_eq!(log.stream_version("u").expect("reads"), 30);
     }
+
+    /// Whether any file under `dir` holds `needle`.
+    fn files_hold(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                found.extend(files_hold(&path, needle));
+            } else if std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|window| window == needle))
+            {
+                found.push(path);
+            }
+        }
+        found
+    }
+
+    /// Forgetting a subject deletes its key. The write-ahead log held the key in
+    /// the frame of the batch that made it; a forget empties the log's files, so
+    /// none of them keeps the key once the forget is answered. sled may keep the
+    /// old bytes in its file until it reuses that segment; a backup made after
+    /// the forget, restored into a new directory, holds the key nowhere.
+    #[tokio::test]
+    async fn a_forgotten_subjects_key_is_in_no_wal_file_once_forgotten_nor_anywhere_in_a_restore() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = EventLog::open(dir.path()).expect("opens");
+        let subject = Uuid::now_v7();
+        let mut sealed = one_event("customer-1");
+        sealed.streams[0].events[0].subject = Some(subject);
+        log.append(sealed).await.expect("appends");
+        let key = log.inner.trees.keys.get(subject.as_bytes()).expect("reads").expect("a key was made").to_vec();
+        assert_eq!(key.len(), 32);
+        let wal_files = || {
+            let wal = |path: &PathBuf| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("wal"));
+            files_hold(dir.path(), &key).into_iter().filter(wal).collect::<Vec<_>>()
+        };
+        assert!(!wal_files().is_empty(), "the WAL holds the new key before the forget");
+        log.forget(subject, one_event("customer-1")).await.expect("forgets");
+        assert_eq!(log.inner.trees.keys.get(subject.as_bytes()).expect("reads").map(|key| key.len()), Some(0));
+        assert_eq!(wal_files(), Vec::<PathBuf>::new(), "a WAL file keeps the forgotten key");
+        // The log goes on after the checkpoint the forget made.
+        log.append(one_event("customer-2")).await.expect("appends after the forget");
+
+        let mut backup = Vec::new();
+        log.backup(&mut backup, &mut |_| {}).expect("backs up");
+        drop(log);
+        let restored = tempfile::tempdir().expect("temp dir");
+        let target = restored.path().join("data");
+        crate::restore_backup(backup.as_slice(), &target, crate::RestoreTo::End, &mut |_| {}).expect("restores");
+        assert_eq!(files_hold(&target, &key), Vec::<PathBuf>::new(), "the restore holds the forgotten key");
+        let log = EventLog::open(&target).expect("the restore opens");
+        assert_eq!(log.head(), 3);
+        log.verify().expect("the restore verifies");
+    }
 }

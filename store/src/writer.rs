@@ -156,6 +156,9 @@ struct Written {
     events: u64,
     /// The payload of the batch's write-ahead log frame; `None` when nothing was written.
     frame: Option<Vec<u8>>,
+    /// Whether the batch forgets a subject: its frame is not written, and a
+    /// checkpoint makes it durable instead (see [`Syncer::sync`]).
+    forgets: bool,
     /// The stream index groups the batch wrote, whole, for the next checkpoint.
     groups: Vec<(IVec, IVec)>,
 }
@@ -315,6 +318,7 @@ impl Writer {
             stream_heads: staged.stream_heads.into_iter().collect(),
             appends: staged.appends,
             events: staged.written as u64,
+            forgets: to_write.as_ref().is_some_and(|writes| writes.forgets),
             frame,
             groups,
         };
@@ -755,7 +759,14 @@ impl Syncer {
     /// ([`Syncer::switch_files`]); frames too long for an empty file make a
     /// checkpoint here instead. Never retried: a failed fsync may have dropped
     /// dirty pages, so a second try could succeed without the data being there.
+    ///
+    /// A batch that forgets a subject is made durable by a checkpoint too,
+    /// which empties both files: the frame of the batch that made the
+    /// subject's key holds the key, and would keep it on disk after the forget.
     fn sync(&mut self, pending: &[Written]) -> Result<(), String> {
+        if pending.iter().any(|written| written.forgets) {
+            return self.checkpoint();
+        }
         let frames = || pending.iter().filter_map(|written| written.frame.as_deref());
         if !self.wal.current().fits(frames().map(<[u8]>::len)) || self.unindexed.len() >= UNINDEXED_GROUPS_MAX {
             if !self.wal.fits_empty(frames().map(<[u8]>::len)) {
