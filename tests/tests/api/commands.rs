@@ -230,6 +230,120 @@ async fn the_order_rules_are_409_problems_over_http_and_write_nothing() {
 }
 
 #[tokio::test]
+async fn every_command_answers_its_version_as_etag_and_records_who_and_why() {
+    let app = TestApp::spawn().await;
+    app.create_product("mug-1", 1000, 10).await;
+    let registered = app
+        .post(
+            "/api/v1/customers",
+            None,
+            json!({"email": "lea@example.com", "name": "Lea", "password": "correct horse"}),
+        )
+        .await;
+    assert_eq!(registered.status, StatusCode::CREATED, "{registered:?}");
+    let customer_id = registered.body["customer_id"].as_str().expect("customer id").to_owned();
+    let token = app.login("lea@example.com").await;
+    let added = app.add_to_cart(&token, "mug-1", 2).await;
+    let removed = app.request(Method::DELETE, "/api/v1/cart/items/mug-1", Some(&token), None, &[]).await;
+    assert_eq!(app.add_to_cart(&token, "mug-1", 1).await.status, StatusCode::OK);
+    let placed = app.checkout(&token).await;
+    let order = placed.body["order_id"].as_str().expect("order id").to_owned();
+    let total = placed.body["total_cents"].as_i64().expect("total");
+    let paid = app.post(&format!("/api/v1/orders/{order}/pay"), Some(&token), json!({"amount_cents": total})).await;
+    let shipped = app.post(&format!("/api/v1/orders/{order}/ship"), Some(ADMIN), json!({})).await;
+    for reply in [&registered, &added, &removed, &placed, &paid, &shipped] {
+        assert!(reply.status.is_success(), "{reply:?}");
+        let version = reply.body["version"].as_u64().expect("a version");
+        assert_eq!(reply.headers["etag"], format!("\"{version}\""), "{reply:?}");
+    }
+
+    // Who: the admin, the public (a registration), the customer. Why: one
+    // correlation id for all the events of one command, a new one for each command.
+    let product = app.events_of("product-mug-1").await;
+    assert_eq!(product[0]["actor"], "admin");
+    let customer = app.events_of(&format!("customer-{customer_id}")).await;
+    assert_eq!(customer[0]["actor"], "public");
+    let order_events = app.events_of(&format!("order-{order}")).await;
+    let lea = format!("customer:{customer_id}");
+    assert_eq!(
+        order_events.iter().map(|event| event["actor"].as_str().unwrap_or("")).collect::<Vec<_>>(),
+        [lea.as_str(), lea.as_str(), "admin"]
+    );
+    let placed_at = order_events[0]["position"].as_u64().expect("position");
+    let all = app.get("/api/v1/events?from=1&limit=1000", Some(ADMIN)).await;
+    let all = all.body["events"].as_array().expect("events").clone();
+    let of_checkout: Vec<&serde_json::Value> =
+        all.iter().filter(|event| event["correlation_id"] == order_events[0]["correlation_id"]).collect();
+    assert!(of_checkout.len() >= 3, "the order, its stock reservation and the cart: {of_checkout:?}");
+    assert!(of_checkout.iter().any(|event| event["position"] == placed_at));
+    for event in &of_checkout {
+        assert_eq!(event["causation_id"], event["correlation_id"], "a command's events are caused by the command");
+        assert_eq!(event["recorded_at"], of_checkout[0]["recorded_at"], "one command, one time");
+    }
+    let correlations: std::collections::BTreeSet<&str> =
+        all.iter().filter_map(|event| event["correlation_id"].as_str()).collect();
+    assert!(correlations.len() >= 8, "each command has its own correlation id: {correlations:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn if_match_guards_carts_and_orders_too() {
+    let app = TestApp::spawn().await;
+    app.create_product("mug-1", 6000, 10).await;
+    let token = app.customer("nia@example.com").await;
+    let added = app.add_to_cart(&token, "mug-1", 1).await;
+    let version = added.body["version"].as_u64().expect("version");
+    let add_if = |version: u64| {
+        let if_match = format!("\"{version}\"");
+        let (app, token) = (&app, token.clone());
+        async move {
+            let body = json!({"sku": "mug-1", "quantity": 1});
+            app.request(Method::POST, "/api/v1/cart/items", Some(&token), Some(body), &[("If-Match", &if_match)]).await
+        }
+    };
+    let head = app.head();
+    add_if(version - 1).await.problem(412);
+    assert_eq!(app.head(), head, "a stale If-Match wrote");
+    let current = add_if(version).await;
+    assert_eq!(current.status, StatusCode::OK, "{current:?}");
+    assert_eq!(current.body["version"], version + 1);
+
+    let order = app.checkout(&token).await.body["order_id"].as_str().expect("order id").to_owned();
+    let pay = |if_match: &'static str| {
+        let (app, token, path) = (&app, token.clone(), format!("/api/v1/orders/{order}/pay"));
+        async move {
+            let body = json!({"amount_cents": 12000});
+            app.request(Method::POST, &path, Some(&token), Some(body), &[("If-Match", if_match)]).await
+        }
+    };
+    let head = app.head();
+    pay("\"2\"").await.problem(412);
+    assert_eq!(app.head(), head, "a stale If-Match on an order wrote");
+    let paid = pay("\"1\"").await;
+    assert_eq!((paid.status, paid.body["version"].clone()), (StatusCode::OK, json!(2)), "{paid:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_payment_of_no_money_is_a_422_naming_the_amount() {
+    let app = TestApp::spawn().await;
+    app.create_product("mug-1", 1000, 10).await;
+    let token = app.customer("mo@example.com").await;
+    assert_eq!(app.add_to_cart(&token, "mug-1", 1).await.status, StatusCode::OK);
+    let order = app.checkout(&token).await.body["order_id"].as_str().expect("order id").to_owned();
+    let head = app.head();
+    for amount in [0, -1] {
+        let reply =
+            app.post(&format!("/api/v1/orders/{order}/pay"), Some(&token), json!({"amount_cents": amount})).await;
+        assert_eq!(reply.problem(422)["errors"][0]["field"], "amount_cents", "{reply:?}");
+    }
+    // One cent passes validation and is refused by the rule: the wrong amount.
+    app.post(&format!("/api/v1/orders/{order}/pay"), Some(&token), json!({"amount_cents": 1})).await.problem(409);
+    assert_eq!(app.head(), head);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn the_audit_routes_page_through_the_log_and_redact_secrets() {
     let app = TestApp::spawn().await;
     app.create_product("p1", 100, 1).await;
