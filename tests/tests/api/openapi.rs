@@ -125,6 +125,26 @@ async fn the_document_names_every_served_route_with_its_security_and_problems() 
             }
         }
     }
+    // What a command takes and what it answers on success, as served.
+    for (path, success) in [
+        ("/api/v1/products", "201"),
+        ("/api/v1/products/{sku}/price", "200"),
+        ("/api/v1/products/{sku}/restock", "200"),
+        ("/api/v1/customers", "201"),
+        ("/api/v1/sessions", "200"),
+        ("/api/v1/cart/items", "200"),
+        ("/api/v1/cart/checkout", "201"),
+        ("/api/v1/orders/{order_id}/pay", "200"),
+    ] {
+        let operation = &document["paths"][path]["post"];
+        let body = &resolve(document, &operation["requestBody"])["content"]["application/json"]["schema"];
+        assert!(body.is_object(), "POST {path} documents its JSON body: {operation}");
+        let responses = operation["responses"].as_object().expect("responses");
+        let successes: Vec<&String> = responses.keys().filter(|status| status.starts_with('2')).collect();
+        assert_eq!(successes, [success], "POST {path} documents the success it answers");
+        let schema = &resolve(document, &responses[success])["content"]["application/json"]["schema"];
+        assert!(schema.is_object(), "POST {path} documents its {success} body");
+    }
     let login = &document["paths"]["/api/v1/sessions"]["post"]["responses"];
     assert!(resolve(document, &login["429"])["headers"].get("Retry-After").is_some());
 
