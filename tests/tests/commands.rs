@@ -600,3 +600,68 @@ async fn with_retries_disabled_racing_checkouts_report_contention_and_write_noth
     assert_eq!(placed + contended, CUSTOMERS);
     assert_eq!(stock_in_log(&log, "mug-1"), 100 - placed as u32);
 }
+
+#[tokio::test]
+async fn the_retry_deadline_ends_a_contended_command_however_many_attempts_remain() {
+    const CUSTOMERS: usize = 20;
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    let options = commands::Options {
+        attempts_max: 1_000,
+        retry_deadline: std::time::Duration::ZERO,
+        ..commands::Options::default()
+    };
+    let service = CommandService::with_options(log.clone(), options).expect("builds");
+    create_product(&service, "mug-1", 1299, 100).await;
+    let customers: Vec<CustomerId> = (0..CUSTOMERS).map(|_| new_customer()).collect();
+    for customer_id in &customers {
+        add_to_cart(&service, *customer_id, "mug-1", 1).await;
+    }
+    let mut placed = 0;
+    let mut contended = 0;
+    for (_, result) in race_checkouts(&service, &customers).await {
+        match result {
+            Ok(_) => placed += 1,
+            Err(CommandError::Contention { attempts, .. }) => {
+                assert_eq!(attempts, 1, "the deadline had passed after the first attempt");
+                contended += 1;
+            }
+            Err(other) => panic!("unexpected error: {other:?}"),
+        }
+    }
+    assert!(contended > 0, "no checkout met a conflict; the test proves nothing");
+    assert_eq!(placed + contended, CUSTOMERS);
+    assert_eq!(stock_in_log(&log, "mug-1"), 100 - placed as u32);
+}
+
+#[tokio::test]
+async fn a_cache_smaller_than_the_streams_in_use_still_decides_on_the_current_state() {
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    let options = commands::Options {
+        cache_streams_max: std::num::NonZeroUsize::new(2).expect("two"),
+        ..commands::Options::default()
+    };
+    let service = CommandService::with_options(log.clone(), options).expect("builds");
+    let skus: Vec<String> = (0..8).map(|index| format!("p-{index}")).collect();
+    for sku_text in &skus {
+        create_product(&service, sku_text, 100, 0).await;
+    }
+    for round in 1..=3u32 {
+        for sku_text in &skus {
+            service
+                .restock(&admin(), sku(sku_text), RestockQuantity::new(round).expect("literal"), None)
+                .await
+                .expect("restocks");
+        }
+    }
+    for sku_text in &skus {
+        let (product, version) = service.product(&sku(sku_text)).expect("reads").expect("exists");
+        assert_eq!(product.info().expect("exists").stock, 1 + 2 + 3, "{sku_text}");
+        assert_eq!(version, 4, "{sku_text}");
+        assert_eq!(stock_in_log(&log, sku_text), 6);
+    }
+    let stats = service.cache_stats();
+    assert!(stats.streams <= 2, "the cache holds at most two streams: {stats:?}");
+    assert!(stats.misses >= 8, "evicted streams were folded again from the log: {stats:?}");
+}
