@@ -98,6 +98,24 @@ async fn race_checkouts(
     results
 }
 
+/// Twenty customers, each with one unit of `mug-1` (stock 100) in the cart,
+/// checking out at once through a service with `options`: the log, the service
+/// and each checkout's result.
+async fn contended_checkouts(
+    dir: &Path,
+    options: commands::Options,
+) -> (EventLog, CommandService, Vec<(CustomerId, Result<commands::CommandOutcome, CommandError>)>) {
+    let log = EventLog::open(dir).expect("opens");
+    let service = CommandService::with_options(log.clone(), options).expect("builds");
+    create_product(&service, "mug-1", 1299, 100).await;
+    let customers: Vec<CustomerId> = (0..20).map(|_| new_customer()).collect();
+    for customer_id in &customers {
+        add_to_cart(&service, *customer_id, "mug-1", 1).await;
+    }
+    let results = race_checkouts(&service, &customers).await;
+    (log, service, results)
+}
+
 /// The product's stock, folded straight from its stream (not through any cache).
 fn stock_in_log(log: &EventLog, sku_text: &str) -> u32 {
     let stream = StreamId::Product(sku(sku_text)).to_string();
@@ -570,18 +588,11 @@ async fn outcomes_name_every_stream_written_in_append_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_retries_disabled_racing_checkouts_report_contention_and_write_nothing_for_it() {
-    const CUSTOMERS: usize = 20;
     let dir = temp_dir();
-    let log = EventLog::open(dir.path()).expect("opens");
     let options = commands::Options { attempts_max: 1, ..commands::Options::default() };
-    let service = CommandService::with_options(log.clone(), options).expect("builds");
-    create_product(&service, "mug-1", 1299, 100).await;
-    let customers: Vec<CustomerId> = (0..CUSTOMERS).map(|_| new_customer()).collect();
-    for customer_id in &customers {
-        add_to_cart(&service, *customer_id, "mug-1", 1).await;
-    }
+    let (log, service, results) = contended_checkouts(dir.path(), options).await;
     let (mut placed, mut contended) = (0, 0);
-    for (customer_id, result) in race_checkouts(&service, &customers).await {
+    for (customer_id, result) in results {
         match result {
             Ok(outcome) => {
                 assert_eq!(outcome.attempts, 1);
@@ -597,29 +608,22 @@ async fn with_retries_disabled_racing_checkouts_report_contention_and_write_noth
         }
     }
     assert!(contended > 0, "no checkout met a conflict; the test proves nothing");
-    assert_eq!(placed + contended, CUSTOMERS);
+    assert_eq!(placed + contended, 20);
     assert_eq!(stock_in_log(&log, "mug-1"), 100 - placed as u32);
 }
 
 #[tokio::test]
 async fn the_retry_deadline_ends_a_contended_command_however_many_attempts_remain() {
-    const CUSTOMERS: usize = 20;
     let dir = temp_dir();
-    let log = EventLog::open(dir.path()).expect("opens");
     let options = commands::Options {
         attempts_max: 1_000,
         retry_deadline: std::time::Duration::ZERO,
         ..commands::Options::default()
     };
-    let service = CommandService::with_options(log.clone(), options).expect("builds");
-    create_product(&service, "mug-1", 1299, 100).await;
-    let customers: Vec<CustomerId> = (0..CUSTOMERS).map(|_| new_customer()).collect();
-    for customer_id in &customers {
-        add_to_cart(&service, *customer_id, "mug-1", 1).await;
-    }
+    let (log, _service, results) = contended_checkouts(dir.path(), options).await;
     let mut placed = 0;
     let mut contended = 0;
-    for (_, result) in race_checkouts(&service, &customers).await {
+    for (_, result) in results {
         match result {
             Ok(_) => placed += 1,
             Err(CommandError::Contention { attempts, .. }) => {
@@ -630,7 +634,7 @@ async fn the_retry_deadline_ends_a_contended_command_however_many_attempts_remai
         }
     }
     assert!(contended > 0, "no checkout met a conflict; the test proves nothing");
-    assert_eq!(placed + contended, CUSTOMERS);
+    assert_eq!(placed + contended, 20);
     assert_eq!(stock_in_log(&log, "mug-1"), 100 - placed as u32);
 }
 
