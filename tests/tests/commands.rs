@@ -586,56 +586,38 @@ async fn outcomes_name_every_stream_written_in_append_order() {
     assert_eq!(outcome.version_of("product-mug-1"), Some(2));
 }
 
+/// Retries end at `attempts_max` (here one attempt) or at `retry_deadline` (here
+/// passed by the end of the first attempt, though 1,000 attempts remain): a
+/// contended checkout then reports the contention and leaves its cart as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn with_retries_disabled_racing_checkouts_report_contention_and_write_nothing_for_it() {
-    let dir = temp_dir();
-    let options = commands::Options { attempts_max: 1, ..commands::Options::default() };
-    let (log, service, results) = contended_checkouts(dir.path(), options).await;
-    let (mut placed, mut contended) = (0, 0);
-    for (customer_id, result) in results {
-        match result {
-            Ok(outcome) => {
-                assert_eq!(outcome.attempts, 1);
-                placed += 1;
+async fn a_contended_checkout_stops_at_its_attempts_or_its_deadline_and_writes_nothing_for_it() {
+    let defaults = commands::Options::default;
+    for options in [
+        commands::Options { attempts_max: 1, ..defaults() },
+        commands::Options { attempts_max: 1_000, retry_deadline: std::time::Duration::ZERO, ..defaults() },
+    ] {
+        let dir = temp_dir();
+        let (log, service, results) = contended_checkouts(dir.path(), options).await;
+        let (mut placed, mut contended) = (0, 0);
+        for (customer_id, result) in results {
+            match result {
+                Ok(outcome) => {
+                    assert_eq!(outcome.attempts, 1);
+                    placed += 1;
+                }
+                Err(CommandError::Contention { stream, attempts }) => {
+                    assert_eq!((stream.as_str(), attempts), ("product-mug-1", 1));
+                    let (cart, _) = service.cart(customer_id).expect("reads");
+                    assert!(!cart.is_empty(), "a contended checkout left the cart as it was");
+                    contended += 1;
+                }
+                Err(other) => panic!("unexpected error: {other:?}"),
             }
-            Err(CommandError::Contention { stream, attempts }) => {
-                assert_eq!((stream.as_str(), attempts), ("product-mug-1", 1));
-                let (cart, _) = service.cart(customer_id).expect("reads");
-                assert!(!cart.is_empty(), "a contended checkout left the cart as it was");
-                contended += 1;
-            }
-            Err(other) => panic!("unexpected error: {other:?}"),
         }
+        assert!(contended > 0, "no checkout met a conflict; the test proves nothing");
+        assert_eq!(placed + contended, 20);
+        assert_eq!(stock_in_log(&log, "mug-1"), 100 - placed as u32);
     }
-    assert!(contended > 0, "no checkout met a conflict; the test proves nothing");
-    assert_eq!(placed + contended, 20);
-    assert_eq!(stock_in_log(&log, "mug-1"), 100 - placed as u32);
-}
-
-#[tokio::test]
-async fn the_retry_deadline_ends_a_contended_command_however_many_attempts_remain() {
-    let dir = temp_dir();
-    let options = commands::Options {
-        attempts_max: 1_000,
-        retry_deadline: std::time::Duration::ZERO,
-        ..commands::Options::default()
-    };
-    let (log, _service, results) = contended_checkouts(dir.path(), options).await;
-    let mut placed = 0;
-    let mut contended = 0;
-    for (_, result) in results {
-        match result {
-            Ok(_) => placed += 1,
-            Err(CommandError::Contention { attempts, .. }) => {
-                assert_eq!(attempts, 1, "the deadline had passed after the first attempt");
-                contended += 1;
-            }
-            Err(other) => panic!("unexpected error: {other:?}"),
-        }
-    }
-    assert!(contended > 0, "no checkout met a conflict; the test proves nothing");
-    assert_eq!(placed + contended, 20);
-    assert_eq!(stock_in_log(&log, "mug-1"), 100 - placed as u32);
 }
 
 #[tokio::test]
