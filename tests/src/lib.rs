@@ -116,3 +116,14 @@ pub fn stolen_percent(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> 
 pub fn stolen_cell(stolen: Option<f64>) -> String {
     stolen.map_or_else(|| "-".to_owned(), |stolen| format!("{stolen:.0} %"))
 }
+
+/// The `strace` program, which the fault tests run their child under to inject
+/// failing syscalls; a test that needs it fails, saying how to install it.
+pub fn strace() -> &'static str {
+    let found = std::process::Command::new("strace").arg("-V").output().is_ok_and(|output| output.status.success());
+    assert!(
+        found,
+        "strace is needed to inject fsync failures: install it with `apt-get install -y strace` (.ci/run does)"
+    );
+    "strace"
+}

@@ -60,13 +60,25 @@ impl Served {
     /// Start `shoplog serve` on a random port with `args` and `envs` (no other
     /// `SHOPLOG_` setting from the test's environment), and wait until it listens.
     fn start<A: AsRef<std::ffi::OsStr>>(args: &[A], envs: &[(&str, &str)]) -> Served {
-        let mut command = Command::new(SHOPLOG);
-        command.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
+        let mut command = Served::command(SHOPLOG);
+        command.args(["serve", "--listen", "127.0.0.1:0"]).args(args).envs(envs.iter().copied());
+        Served::spawn(command.stderr(Stdio::null()))
+    }
+
+    /// A command running `program` with no `SHOPLOG_` setting from the test's environment.
+    fn command(program: &str) -> Command {
+        let mut command = Command::new(program);
         for (key, _) in std::env::vars_os().filter(|(key, _)| key.to_string_lossy().starts_with("SHOPLOG_")) {
             command.env_remove(key);
         }
-        let mut child =
-            command.envs(envs.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("starts");
+        command
+    }
+
+    /// Spawn `command`, which runs `shoplog serve`, in a process group of its own
+    /// (so that whatever it starts goes with it), and wait until it listens.
+    fn spawn(command: &mut Command) -> Served {
+        std::os::unix::process::CommandExt::process_group(command, 0);
+        let mut child = command.stdout(Stdio::piped()).spawn().expect("starts");
         let stdout = child.stdout.take().expect("piped");
         let (lines_sender, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -101,6 +113,13 @@ impl Served {
         })
     }
 
+    /// Kill the process group outright (SIGKILL) and wait for the process.
+    fn kill(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.wait();
+    }
+
     /// Send `signal` (`TERM`, `INT`) and wait until the process ends; its exit status.
     fn stop_with(mut self, signal: &str) -> std::process::ExitStatus {
         let sent = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status();
@@ -112,6 +131,15 @@ impl Served {
             }
             assert!(std::time::Instant::now() < deadline, "SIG{signal} did not stop the server");
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A test that fails does not leave its server running.
+impl Drop for Served {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
         }
     }
 }
@@ -246,4 +274,78 @@ fn settings_come_from_the_file_the_environment_and_flags_in_that_order_and_ctrl_
     assert_eq!(served.post("/api/v1/products", flag_token, product("a-3")).0, 201);
     assert_eq!(served.post("/api/v1/cart/items", &customer_token, add).0, 401, "signed with the file's secret");
     assert!(served.stop_with("TERM").success());
+}
+
+#[test]
+fn a_failed_fsync_makes_the_server_unready_and_refuse_writes_and_loses_no_acknowledged_command() {
+    let dir = tests::temp_dir();
+    let data = dir.path().join("data");
+    let stderr = dir.path().join("stderr.txt");
+    let token = "admin-token-for-the-fault-01";
+    // The third `fdatasync` of the write-ahead log, and every one after it, fails.
+    let wal = data.join("wal");
+    let mut command = Served::command(tests::strace());
+    command
+        .args([
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=fdatasync",
+            "-e",
+            "inject=fdatasync:error=EIO:when=3+",
+            "-P",
+        ])
+        .arg(&wal)
+        .args([SHOPLOG, "serve", "--listen", "127.0.0.1:0", "--admin-token", token, "--data"])
+        .arg(&data)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&stderr).expect("a file for stderr"));
+    // Its own process group, so that strace and the server can be killed together.
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let served = Served::spawn(&mut command);
+
+    let create = |sku: &str| {
+        served.post("/api/v1/products", token, serde_json::json!({"sku": sku, "name": "A", "price_cents": 100}))
+    };
+    assert_eq!(create("a-1").0, 201);
+    assert_eq!(create("a-2").0, 201);
+    let (status, problem) = create("a-3");
+    assert_eq!((status, &problem["status"]), (503, &serde_json::json!(503)), "{problem}");
+    assert_eq!(problem["detail"], "the event log is not accepting writes", "tells nothing of the cause: {problem}");
+    assert_eq!(create("a-4").0, 503, "the log stays refused");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let ready = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let request = client.get(format!("http://{}/readyz", served.address)).header("x-request-id", "probe-after-eio");
+        request.send().await.expect("answers").status().as_u16()
+    });
+    assert_eq!(ready, 503, "not ready after a failed fsync");
+
+    // Killed outright, strace and the server: what was acknowledged is on disk.
+    let mut served = served;
+    served.kill();
+    let log = (0..100)
+        .find_map(|_| match store::EventLog::open(&data) {
+            Ok(log) => Some(log),
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(50));
+                None
+            }
+        })
+        .expect("the data dir opens once the server is gone");
+    for sku in ["a-1", "a-2"] {
+        assert_eq!(
+            log.read_stream(&format!("product-{sku}"), 1, 10).expect("reads").len(),
+            1,
+            "{sku} was acknowledged"
+        );
+    }
+    log.verify().expect("the log verifies");
+
+    // The failure and the request it answered are in the log, with the request's span.
+    let logged = std::fs::read_to_string(&stderr).expect("reads stderr");
+    assert!(logged.contains("fdatasync of the write-ahead log failed"), "{logged}");
+    assert!(logged.contains("request{request_id=probe-after-eio method=GET path=/readyz}"), "{logged}");
 }

@@ -11,15 +11,6 @@ use super::crash::assert_acks_survived;
 
 const CHILD: &str = env!("CARGO_BIN_EXE_crash_appender");
 
-fn strace() -> &'static str {
-    let found = Command::new("strace").arg("-V").output().is_ok_and(|output| output.status.success());
-    assert!(
-        found,
-        "strace is needed to inject fsync failures: install it with `apt-get install -y strace` (.ci/run does)"
-    );
-    "strace"
-}
-
 /// The 12th `fdatasync` and every one after it fail with EIO.
 const INJECT: &str = "inject=fdatasync:error=EIO:when=12+";
 
@@ -32,7 +23,7 @@ struct FaultRun {
 
 impl FaultRun {
     fn new(dir: &std::path::Path, wal_kib: Option<&str>) -> FaultRun {
-        let output = Command::new(strace())
+        let output = Command::new(tests::strace())
             .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=fdatasync", "-e", INJECT])
             .arg(CHILD)
             .arg(dir)
@@ -131,7 +122,7 @@ async fn a_failed_fsync_amid_checkpoints_loses_no_acknowledged_append() {
 fn the_store_syncs_sleds_file_at_checkpoints_and_the_data_dir_itself() {
     let (dir, traces) = (tests::temp_dir(), tests::temp_dir());
     let trace = traces.path().join("strace.txt");
-    let output = Command::new(strace())
+    let output = Command::new(tests::strace())
         .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o"])
         .arg(&trace)
         .arg(CHILD)
