@@ -17,6 +17,12 @@
 //! only the replay, over a log filled faster (the same restocks, the products in
 //! turn, 256 product streams to an append). Bounded in count and time.
 //!
+//! `-- --restart --events 1000000` measures the restart target instead: the log
+//! filled as for `--replay-only`, the real `shoplog serve` started on it until
+//! its read models have caught up, then killed with SIGKILL under HTTP load, and
+//! started again: the time until it listens, until `/readyz` answers 200, and
+//! until a catalog query holds the last acknowledged command (target < 1 s).
+//!
 //! `-- --bare-sled [--pack N]` measures sled alone, for the memory target: records
 //! of the log's size inserted as the log lays them out (one key in `events` and
 //! one in `streams` per event), or `N` records packed into one key with no index,
@@ -36,6 +42,107 @@ use uuid::Uuid;
 
 const PRODUCTS: usize = 1000;
 const WRITERS: usize = 64;
+const ADMIN: &str = "bench-admin-token-restart-01";
+
+/// A real `shoplog serve` process on a data dir, and where it listens.
+struct Server {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Server {
+    /// Start it; returns once it says where it listens.
+    fn start(data: &std::path::Path) -> Server {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shoplog_cli"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--admin-token", ADMIN, "--data"])
+            .arg(data)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("shoplog starts");
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines.next().expect("shoplog says where it listens").expect("reads its stdout");
+            if let Some(rest) = line.strip_prefix("shoplog listening on ") {
+                break rest.split_whitespace().next().expect("an address").to_owned();
+            }
+        };
+        // Keep reading, so that the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+        Server { child, base }
+    }
+
+    fn signal(&mut self, signal: &str) {
+        let sent = std::process::Command::new("kill").args([signal, &self.child.id().to_string()]).status();
+        assert!(sent.is_ok_and(|status| status.success()), "kill {signal}");
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `url` every millisecond until it answers 200 (bounded: 120 s).
+async fn until_ok(client: &reqwest::Client, url: &str) {
+    let started = Instant::now();
+    loop {
+        if client.get(url).send().await.is_ok_and(|response| response.status() == 200) {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{url} never answered 200");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The restart target: rows of the results table.
+async fn measure_restart(data: &std::path::Path, events: u64) -> Vec<[String; 3]> {
+    let client = reqwest::Client::new();
+    let mut server = Server::start(data);
+    let caught_up = |base: &str, position: u64| format!("{base}/api/v1/products?limit=1&min_position={position}");
+    until_ok(&client, &caught_up(&server.base, events)).await;
+
+    // Restocks from 32 clients for a second, then SIGKILL while they go on.
+    let acknowledged = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let tasks: Vec<_> = (0..32)
+        .map(|client_index| {
+            let (client, base, acknowledged) = (client.clone(), server.base.clone(), acknowledged.clone());
+            tokio::spawn(async move {
+                for round in 0..100_000 {
+                    let url = format!("{base}/api/v1/products/{}/restock", sku((client_index + round * 32) % PRODUCTS));
+                    let sent = client.post(url).bearer_auth(ADMIN).json(&serde_json::json!({"quantity": 1})).send();
+                    let Ok(response) = sent.await else { break };
+                    let Ok(body) = response.json::<serde_json::Value>().await else { break };
+                    if let Some(position) = body["position"].as_u64() {
+                        acknowledged.fetch_max(position, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.signal("-KILL");
+    for task in tasks {
+        let _ = task.await;
+    }
+    let last = acknowledged.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(last > events, "the load was acknowledged before the kill");
+
+    let started = Instant::now();
+    let mut server = Server::start(data);
+    let listening = started.elapsed();
+    until_ok(&client, &format!("{}/readyz", server.base)).await;
+    let ready = started.elapsed();
+    until_ok(&client, &caught_up(&server.base, last)).await;
+    let serving = started.elapsed();
+    server.signal("-TERM");
+    let ms = |elapsed: Duration| format!("{:.0} ms", elapsed.as_secs_f64() * 1000.0);
+    let at = format!("after kill -9 under load, {last} events in the log");
+    vec![
+        [format!("restart {at}: listening"), ms(listening), String::new()],
+        [format!("restart {at}: /readyz 200"), ms(ready), "< 1 s".to_owned()],
+        [format!("restart {at}: the catalog holds the last acknowledged command"), ms(serving), "< 1 s".to_owned()],
+    ]
+}
 
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -275,6 +382,7 @@ fn main() {
         .and_then(|value| value.parse().ok())
         .unwrap_or(100_000);
     let replay_only = args.iter().any(|arg| arg == "--replay-only");
+    let restart = args.iter().any(|arg| arg == "--restart");
     let mut options = store::Options::default();
     if let Some(cache_mib) =
         args.iter().position(|arg| arg == "--cache-mib").and_then(|index| args.get(index + 1)?.parse::<u64>().ok())
@@ -297,7 +405,7 @@ fn main() {
     runtime.block_on(async {
         let log = store::EventLog::open_with(dir.path(), options).expect("opens");
         let service = CommandService::new(log.clone()).expect("service");
-        if replay_only {
+        if replay_only || restart {
             for product in 0..PRODUCTS {
                 let name = ProductName::parse("Bench product").expect("valid");
                 let price = PriceCents::new(100).expect("valid");
@@ -305,6 +413,17 @@ fn main() {
                 service.create_product(&context, sku(product), name, price, None, None).await.expect("creates");
             }
             append_restocks_in_bulk(&log, events.saturating_sub(PRODUCTS)).await;
+            if restart {
+                let head = log.head();
+                drop((service, log));
+                let rows = measure_restart(dir.path(), head).await;
+                println!("| measure | value | target |");
+                println!("|---|---:|---|");
+                for [measure, value, target] in rows {
+                    println!("| {measure} | {value} | {target} |");
+                }
+                return;
+            }
             let log = log.clone();
             let rows = tokio::task::spawn_blocking(move || measure_replay(&log)).await.expect("measures");
             println!("| measure | value | target |");
