@@ -133,11 +133,9 @@ mod tests {
             panic!("secret-detail-in-the-panic")
         }
         let router = Router::new().route("/boom", get(boom));
-        let request = Request::get("/boom").header(REQUEST_ID, "req-77").body(Body::empty());
-        let response = with_layers(router, Duration::from_secs(5))
-            .oneshot(request.map_err(|error| error.to_string()).unwrap_or_else(|error| panic!("{error}")))
-            .await
-            .unwrap_or_else(|error| match error {});
+        let request = Request::get("/boom").header(REQUEST_ID, "req-77").body(Body::empty()).expect("a request");
+        let response =
+            with_layers(router, Duration::from_secs(5)).oneshot(request).await.unwrap_or_else(|error| match error {});
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
         assert_eq!(response.headers()[REQUEST_ID], "req-77");

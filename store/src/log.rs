@@ -876,7 +876,7 @@ mod tests {
         assert_eq!(log.stream_version("u").expect("reads"), 30);
     }
 
-    /// Whether any file under `dir` holds `needle`.
+    /// The files under `dir` (and its subdirectories) that hold `needle`.
     fn files_hold(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         let mut found = Vec::new();
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
