@@ -23,10 +23,7 @@ async fn every_route_refuses_the_callers_its_role_does_not_admit_and_writes_noth
     app.create_product("mug-1", 1200, 10).await;
     let customer_id = app.register("ann@example.com").await;
     let ann = app.login("ann@example.com").await;
-    assert_eq!(app.add_to_cart(&ann, "mug-1", 1).await.status, StatusCode::OK);
-    let placed = app.checkout(&ann).await;
-    assert_eq!(placed.status, StatusCode::CREATED, "{placed:?}");
-    let order = placed.body["order_id"].as_str().expect("order id").to_owned();
+    let (order, _) = app.place_order(&ann, "mug-1", 1).await;
     assert_eq!(app.add_to_cart(&ann, "mug-1", 1).await.status, StatusCode::OK);
 
     let body = |value: Value| Some(value);
@@ -92,10 +89,7 @@ async fn a_customer_cannot_pay_cancel_or_read_another_customers_order() {
     app.create_product("mug-1", 1200, 10).await;
     let ann = app.customer("ann@example.com").await;
     let ben = app.customer("ben@example.com").await;
-    assert_eq!(app.add_to_cart(&ann, "mug-1", 2).await.status, StatusCode::OK);
-    let placed = app.checkout(&ann).await;
-    assert_eq!(placed.status, StatusCode::CREATED, "{placed:?}");
-    let order = placed.body["order_id"].as_str().expect("order id").to_owned();
+    let (order, placed) = app.place_order(&ann, "mug-1", 2).await;
     let total = placed.body["total_cents"].as_u64().expect("total");
 
     let head = app.head();

@@ -195,11 +195,8 @@ async fn the_order_rules_are_409_problems_over_http_and_write_nothing() {
     let app = TestApp::spawn().await;
     app.create_product("mug-1", 6000, 5).await;
     let ann = app.customer("ann@example.com").await;
-    assert_eq!(app.add_to_cart(&ann, "mug-1", 1).await.status, StatusCode::OK);
-    let placed = app.checkout(&ann).await;
-    assert_eq!(placed.status, StatusCode::CREATED, "{placed:?}");
+    let (order, placed) = app.place_order(&ann, "mug-1", 1).await;
     assert_eq!(placed.body["total_cents"], 6000, "no shipping from 5000 cents");
-    let order = placed.body["order_id"].as_str().expect("order id").to_owned();
     let (pay_path, ship_path, cancel_path) = (
         format!("/api/v1/orders/{order}/pay"),
         format!("/api/v1/orders/{order}/ship"),
@@ -329,8 +326,7 @@ async fn a_payment_of_no_money_is_a_422_naming_the_amount() {
     let app = TestApp::spawn().await;
     app.create_product("mug-1", 1000, 10).await;
     let token = app.customer("mo@example.com").await;
-    assert_eq!(app.add_to_cart(&token, "mug-1", 1).await.status, StatusCode::OK);
-    let order = app.checkout(&token).await.body["order_id"].as_str().expect("order id").to_owned();
+    let (order, _) = app.place_order(&token, "mug-1", 1).await;
     let head = app.head();
     for amount in [0, -1] {
         let reply =

@@ -162,6 +162,16 @@ impl TestApp {
         self.post("/api/v1/cart/checkout", Some(token), json!({})).await
     }
 
+    /// Add `quantity` of `sku` to the customer's cart and check out: the order's
+    /// id, and the 201 reply (with `total_cents` and `position`).
+    pub async fn place_order(&self, token: &str, sku: &str, quantity: u32) -> (String, Reply) {
+        let added = self.add_to_cart(token, sku, quantity).await;
+        assert_eq!(added.status, StatusCode::OK, "{added:?}");
+        let placed = self.checkout(token).await;
+        assert_eq!(placed.status, StatusCode::CREATED, "{placed:?}");
+        (placed.body["order_id"].as_str().expect("an order id").to_owned(), placed)
+    }
+
     /// The product's stock, folded from its stream through the audit route.
     pub async fn events_of(&self, stream: &str) -> Vec<Value> {
         let reply = self.get(&format!("/api/v1/streams/{stream}/events?limit=1000"), Some(ADMIN)).await;
