@@ -348,8 +348,18 @@ impl Slot {
 
     /// Make the rebuilt `generation` the serving one: recorded durably first, so
     /// the old trees are emptied only once no restart can go back to them.
-    fn switch_to(&self, generation: &Arc<Generation>) -> Result<(), ProjectionError> {
+    /// Returns false, and switches nothing, while the serving generation has
+    /// published a position the rebuilt one has not reached: the log moved on
+    /// after the rebuilt one caught up with its head, and switching then would
+    /// let the position (which never goes back) claim events the new generation
+    /// lacks, so a query that waited for one of them would not see it. The
+    /// rebuild reads on and tries again. (Under the write lock, no publish of
+    /// the serving generation can slip in between the check and the switch.)
+    fn switch_to(&self, generation: &Arc<Generation>) -> Result<bool, ProjectionError> {
         let mut active = self.active.write().unwrap_or_else(PoisonError::into_inner);
+        if generation.checkpoint() < *self.position.borrow() {
+            return Ok(false);
+        }
         let mut batch = sled::Batch::default();
         batch.insert(self.name.as_bytes(), &generation.number.to_be_bytes());
         batch.insert(format_key(self.name), &format_of(self.name).to_be_bytes());
@@ -364,7 +374,7 @@ impl Slot {
         self.position.send_modify(|position| *position = (*position).max(generation.checkpoint()));
         *self.building.lock().unwrap_or_else(PoisonError::into_inner) = None;
         tracing::info!(model = self.name, generation = generation.number, "rebuilt read model now serving");
-        Ok(())
+        Ok(true)
     }
 
     fn fail(&self, generation: &Arc<Generation>, error: &ProjectionError) {
@@ -672,11 +682,15 @@ async fn project(shared: &Arc<Shared>, work: &mut Work) -> Result<(), Projection
         if let Work::Rebuild { slot, generation } = &*work
             && generation.checkpoint() >= log.head()
         {
-            // Caught up: it serves from now on, and the live worker takes it on.
+            // Caught up: it serves from now on, and the live worker takes it on
+            // (unless the serving generation got ahead meanwhile: read on).
             let (slot_name, slot, generation) = (slot.name, Arc::clone(slot), Arc::clone(generation));
-            return tokio::task::spawn_blocking(move || slot.switch_to(&generation))
+            let switched = tokio::task::spawn_blocking(move || slot.switch_to(&generation))
                 .await
-                .map_err(|error| ProjectionError::Stopped { model: slot_name, reason: error.to_string() })?;
+                .map_err(|error| ProjectionError::Stopped { model: slot_name, reason: error.to_string() })??;
+            if switched {
+                return Ok(());
+            }
         }
         let mut members = work.members();
         if live && members.is_empty() {
@@ -1132,6 +1146,43 @@ mod tests {
         projections.wait_for(log.head(), WAIT).await.expect("the models catch up");
         let view = projections.catalog().get(&mug).expect("reads").value.expect("the mug is in the catalog");
         assert_eq!(view.on_hand, 8, "5 created and 3 restocked, each counted once");
+        projections.shutdown().await;
+    }
+
+    /// A rebuilt generation that caught up with the head while the serving one
+    /// then went on (and published a later position) does not switch in: the
+    /// position, which never goes back, would claim events it lacks. Once it has
+    /// them, it switches.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rebuilt_generation_behind_the_published_position_does_not_switch_in() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let log = EventLog::open(dir.path()).expect("a log");
+        let projections = Projections::start(log.clone()).expect("starts");
+        let mug = Sku::parse("mug").expect("a sku");
+        let created = ProductCreated {
+            sku: mug.clone(),
+            name: ProductName::parse("Mug").expect("a name"),
+            price_cents: domain::PriceCents::new(500).expect("a price"),
+            initial_stock: Stock::new(5).expect("a stock"),
+        };
+        append(&log, created.into()).await;
+        for _ in 0..3 {
+            let restocked = ProductRestocked { sku: mug.clone(), quantity: RestockQuantity::new(1).expect("1") };
+            append(&log, restocked.into()).await;
+        }
+        projections.wait_for(log.head(), WAIT).await.expect("the models catch up");
+        let slot = projections.slot("catalog").expect("a slot");
+        let published = slot.position();
+        assert_eq!(published, 4);
+
+        let rebuilt = Arc::new(Generation::open(&projections.shared, "catalog", 2).expect("opens"));
+        rebuilt.checkpoint.store(published - 1, Ordering::Release);
+        assert!(!slot.switch_to(&rebuilt).expect("no error"), "switched in behind the published position");
+        assert_eq!((slot.generation(), slot.position()), (1, published), "nothing changed");
+
+        rebuilt.checkpoint.store(published, Ordering::Release);
+        assert!(slot.switch_to(&rebuilt).expect("no error"), "caught up with the published position");
+        assert_eq!((slot.generation(), slot.position()), (2, published));
         projections.shutdown().await;
     }
 }

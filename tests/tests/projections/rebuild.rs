@@ -247,3 +247,68 @@ async fn a_model_that_fails_stops_alone_and_a_rebuild_brings_it_back() {
     assert_eq!(catalog.get(&super::sku("cup-1")).expect("queries").value.expect("listed").on_hand, 6);
     shop.projections.shutdown().await;
 }
+
+/// Read-your-writes across a switch: while a rebuilt generation catches up and
+/// switches in, commands go on. After each one is acknowledged at position P, a
+/// query that waited for P must see it, whichever generation answers: the
+/// position a model publishes never runs ahead of the generation that serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_waited_for_is_seen_while_a_rebuilt_generation_switches_in() {
+    let Paced { _dir, seed, log, projections, .. } =
+        paced("projections read your writes across a switch", Duration::from_millis(1)).await;
+    let service = CommandService::new(log.clone()).expect("builds");
+    let context = commands::CommandContext::new("test");
+    let catalog = projections.catalog();
+    let sku = domain::Sku::parse("rw-1").expect("a sku");
+    let name = domain::ProductName::parse("Read your writes").expect("a name");
+    let price = domain::PriceCents::new(100).expect("a price");
+    service.create_product(&context, sku.clone(), name.clone(), price, None, None).await.expect("creates");
+    // Other writers keep the log moving, so that the serving generation goes
+    // on past the rebuilt one's head while it switches in.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for writer in 0..4 {
+        let other = domain::Sku::parse(&format!("bg-{writer}")).expect("a sku");
+        service.create_product(&context, other.clone(), name.clone(), price, None, None).await.expect("creates");
+        let (service, context, stop) = (service.clone(), context.clone(), std::sync::Arc::clone(&stop));
+        writers.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let quantity = domain::RestockQuantity::new(1).expect("a quantity");
+                service.restock(&context, other.clone(), quantity, None).await.expect("restocks");
+            }
+        }));
+    }
+    let mut stock = 0;
+    for round in 1..=3 {
+        let generation = projections.rebuild("catalog").expect("a rebuild starts");
+        let deadline = std::time::Instant::now() + WAIT * 6;
+        // Restocks until a few after the switch.
+        let mut after_switch = 0;
+        while after_switch < 20 {
+            assert!(std::time::Instant::now() < deadline, "seed {seed}, round {round}: the rebuild never switched");
+            let quantity = domain::RestockQuantity::new(1).expect("a quantity");
+            let restocked = service.restock(&context, sku.clone(), quantity, None).await.expect("restocks");
+            stock += 1;
+            let position = restocked.position();
+            catalog.wait_for(position, WAIT).await.expect("the catalog reaches the write");
+            let answer = catalog.get(&sku).expect("queries");
+            let seen = answer.value.map(|product| product.available);
+            assert_eq!(
+                seen,
+                Some(stock),
+                "seed {seed}, round {round}: a query that waited for position {position} (generation {}, \
+                 answering at {}) does not see the restock",
+                catalog.generation(),
+                answer.position
+            );
+            if catalog.generation() == generation {
+                after_switch += 1;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("a writer ends");
+    }
+    projections.shutdown().await;
+}
