@@ -33,7 +33,7 @@ pub use backup::{BACKUP_MAGIC, BACKUP_VERSION, BackupSummary, RestoreTo, check_b
 pub use error::StoreError;
 pub use fill::ensure_new_or_empty;
 pub use import::{ImportEvent, ImportSummary, Importer};
-pub use log::{EventLog, Options, Subscription};
+pub use log::{EventLog, Options, Subscription, first_damaged_record};
 pub use types::{
     AppendRequest, AppendResult, CommitStats, EventRef, ExpectedVersion, Idempotency, Metadata, NewEvent, Payload,
     RecordedEvent, Recovery, STREAM_NAME_LEN_MAX, StreamAppend, StreamVersion, VerifyReport,

@@ -117,19 +117,7 @@ impl EventLog {
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Self, StoreError> {
         let path = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&path)?;
-        let config = sled_config(&path, options.cache_capacity_bytes);
-        // sled's background IO threads may hold the directory's lock for a moment
-        // after this process closed the log; a lock that stays held is another process's.
-        let mut attempts = 0;
-        let db = loop {
-            match config.open().map_err(|error| open_error(&path, error)) {
-                Err(StoreError::Locked { .. }) if attempts < LOCK_ATTEMPTS => {
-                    attempts += 1;
-                    std::thread::sleep(LOCK_RETRY_PAUSE);
-                }
-                opened => break opened?,
-            }
-        };
+        let db = open_sled(&path, options.cache_capacity_bytes)?;
         // sled's log file and the directory entries it just created must survive a power cut too.
         let db_file = File::open(path.join("db"))?;
         db_file.sync_all()?;
@@ -571,17 +559,9 @@ impl EventLog {
     /// error naming its position.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
         let trees = &self.inner.trees;
-        let mut previous_hash = GENESIS_HASH;
         let mut expected_position = 1;
         let mut stream_versions: HashMap<String, u64> = HashMap::new();
-        chunk::walk(&trees.events, 1, u64::MAX, |position, bytes| {
-            let record = record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
-            if record.header.position != position {
-                return Err(StoreError::corrupt(position, format!("record says position {}", record.header.position)));
-            }
-            if record::chain_hash(&previous_hash, record.body) != record.hash {
-                return Err(StoreError::corrupt(position, "hash does not match the record and the previous hash"));
-            }
+        let previous_hash = walk_chain(trees, |position, record| {
             // One allocation per stream, not per event.
             let version = match stream_versions.get_mut(&*record.header.stream) {
                 Some(version) => version,
@@ -606,9 +586,8 @@ impl EventLog {
                     format!("stream index of {} version {} does not point here", record.header.stream, *version),
                 ));
             }
-            previous_hash = record.hash;
             expected_position += 1;
-            Ok(true)
+            Ok(())
         })?;
         let head = expected_position - 1;
         let mut index_len = 0;
@@ -629,6 +608,62 @@ impl EventLog {
             return Err(StoreError::corrupt(head, format!("stored tail says head {} and another hash", tail.head)));
         }
         Ok(VerifyReport { events: head, head, streams: stream_versions.len() as u64, last_hash: previous_hash })
+    }
+}
+
+/// sled's database in `path`. sled's background IO threads may hold the
+/// directory's lock for a moment after this process closed the log; a lock that
+/// stays held is another process's.
+fn open_sled(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreError> {
+    let config = sled_config(path, cache_capacity_bytes);
+    let mut attempts = 0;
+    loop {
+        match config.open().map_err(|error| open_error(path, error)) {
+            Err(StoreError::Locked { .. }) if attempts < LOCK_ATTEMPTS => {
+                attempts += 1;
+                std::thread::sleep(LOCK_RETRY_PAUSE);
+            }
+            opened => return opened,
+        }
+    }
+}
+
+/// Walk the hash chain from position 1: each record parsed, at its position,
+/// its hash the chain's; `each` sees every sound record in order. Returns the
+/// last hash, or the first problem, naming its position.
+fn walk_chain(
+    trees: &Trees,
+    mut each: impl FnMut(u64, &record::StoredRecord<'_>) -> Result<(), StoreError>,
+) -> Result<[u8; 32], StoreError> {
+    let mut previous_hash = GENESIS_HASH;
+    chunk::walk(&trees.events, 1, u64::MAX, |position, bytes| {
+        let record = record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
+        if record.header.position != position {
+            return Err(StoreError::corrupt(position, format!("record says position {}", record.header.position)));
+        }
+        if record::chain_hash(&previous_hash, record.body) != record.hash {
+            return Err(StoreError::corrupt(position, "hash does not match the record and the previous hash"));
+        }
+        each(position, &record)?;
+        previous_hash = record.hash;
+        Ok(true)
+    })?;
+    Ok(previous_hash)
+}
+
+/// The first damaged record of the log in `dir` (its position and what is
+/// wrong), walking the hash chain from the start without opening the log, which
+/// writes (a crash's batches again) and checks the tail first: for `verify`
+/// when the open itself fails on damage, so that it still names the first bad
+/// position. `None` when the chain is sound.
+pub fn first_damaged_record(dir: impl AsRef<Path>) -> Result<Option<(u64, String)>, StoreError> {
+    let path = dir.as_ref();
+    let db = open_sled(path, Options::default().cache_capacity_bytes)?;
+    let trees = Trees::open(&db)?;
+    match walk_chain(&trees, |_, _| Ok(())) {
+        Ok(_) => Ok(None),
+        Err(StoreError::Corrupt { position, reason }) => Ok(Some((position, reason))),
+        Err(other) => Err(other),
     }
 }
 

@@ -143,7 +143,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { data } => {
-            let log = open_offline(&data)?;
+            let log = match open_offline(&data) {
+                Ok(log) => log,
+                Err(error) => {
+                    let Some(store::StoreError::Corrupt { position, reason }) = error.downcast_ref() else {
+                        return Err(error);
+                    };
+                    // The open checks the tail (and writes a crash's batches
+                    // again) first, so it stops at damage near the head; the
+                    // chain, walked from the start, names the first bad record.
+                    let first = store::first_damaged_record(&data)?;
+                    let (position, reason) = first.unwrap_or_else(|| (*position, reason.clone()));
+                    println!("corrupt at position {position}: {reason}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
             match log.verify() {
                 Ok(report) => {
                     // The log is sound; the read models' checkpoints must lie within it.

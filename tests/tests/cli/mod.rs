@@ -196,6 +196,21 @@ fn verify_names_the_first_bad_position_and_exits_1() {
     let output = shoplog(&["verify", "--data", dir.path().to_str().expect("utf-8")]);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("corrupt at position 2"), "{output:?}");
+
+    // The stored tail damaged too: the log does not even open (the tail is
+    // checked first, at the head), and verify still names the first bad
+    // position, with exit code 1.
+    {
+        let db = tests::raw_sled(dir.path());
+        let meta = db.open_tree("meta").expect("tree");
+        let mut last_hash = meta.get("last_hash").expect("reads").expect("exists").to_vec();
+        last_hash[0] ^= 1;
+        meta.insert("last_hash", last_hash).expect("writes");
+        db.flush().expect("flushes");
+    }
+    let output = shoplog(&["verify", "--data", dir.path().to_str().expect("utf-8")]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("corrupt at position 2"), "{output:?}");
 }
 
 #[test]
