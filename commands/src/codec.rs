@@ -6,10 +6,10 @@
 //! stored type name and schema version, the data subject, the bincode payload).
 //! Reading: [`decode`] turns a [`RecordedEvent`] back into an [`Event`], or into
 //! `None` when its payload was crypto-shredded ([`store::Payload::Forgotten`]: a
-//! `CustomerRegistered` whose customer was forgotten). A fold skips such an event;
-//! the `CustomerForgotten` after it ends the customer in `Forgotten`.
+//! `CustomerRegistered` whose customer was forgotten). A fold reads such an event
+//! as that customer's `CustomerForgotten` ([`decode_for_fold`]).
 
-use domain::{Event, EventSeed};
+use domain::{CustomerForgotten, CustomerId, Event, EventSeed};
 use store::{EventRef, NewEvent, RecordedEvent};
 use uuid::Uuid;
 
@@ -52,6 +52,26 @@ pub fn to_new_event(event: &Event) -> Result<NewEvent, EncodeError> {
 /// forgotten (crypto-shredded): folds skip those.
 pub fn decode(recorded: &RecordedEvent) -> Result<Option<Event>, DecodeError> {
     decode_payload(recorded.position, &recorded.event_type, recorded.schema_version, recorded.payload.bytes())
+}
+
+/// The event a fold of an aggregate applies for `recorded`: [`decode`]'s, except
+/// that a `CustomerRegistered` whose customer was forgotten (read back without
+/// its data) stands for that customer's `CustomerForgotten`. A log usually holds
+/// that event after it too, and applying it again changes nothing; but a log
+/// restored to a position before a forget holds the registration, unreadable
+/// (the key is gone: forgetting is never undone), without the forget. `None`
+/// for any other event that reads back without its data.
+pub fn decode_for_fold(recorded: &RecordedEvent) -> Result<Option<Event>, DecodeError> {
+    if let Some(event) = decode(recorded)? {
+        return Ok(Some(event));
+    }
+    let forgotten = match (recorded.event_type.as_str(), recorded.subject) {
+        ("CustomerRegistered", Some(subject)) => {
+            Some(CustomerForgotten { customer_id: CustomerId::new(subject) }.into())
+        }
+        _ => None,
+    };
+    Ok(forgotten)
 }
 
 /// [`decode`] of an event the log lends ([`store::EventLog::scan`]).

@@ -240,8 +240,18 @@ impl CommandService {
         self.execute(ctx, "register customer", &customer_stream, expected, |service| {
             let customer = service.load::<Customer>(&customer_stream)?;
             let claim = service.load::<EmailClaim>(&email_stream)?;
-            let events = domain::customer::decide(&customer.state, &claim.state, &command)?;
-            Ok(Decision::new(events).read(&customer_stream, &customer).read(&email_stream, &claim))
+            let Some(holder_id) = claim.state.claimed_by() else {
+                let events = domain::customer::decide(&customer.state, &claim.state, &Customer::default(), &command)?;
+                return Ok(Decision::new(events).read(&customer_stream, &customer).read(&email_stream, &claim));
+            };
+            // Whether the address's holder was forgotten (its claim then holds nothing).
+            let holder_stream = StreamId::Customer(holder_id).to_string();
+            let holder = service.load::<Customer>(&holder_stream)?;
+            let events = domain::customer::decide(&customer.state, &claim.state, &holder.state, &command)?;
+            Ok(Decision::new(events)
+                .read(&customer_stream, &customer)
+                .read(&email_stream, &claim)
+                .read(&holder_stream, &holder))
         })
         .await
     }
@@ -287,14 +297,15 @@ impl CommandService {
                 let email_key = EmailKey::parse(&"0".repeat(domain::value::EMAIL_KEY_LEN))
                     .expect("64 zeros are 64 lowercase hex characters");
                 let command = CustomerCommand::Forget(ForgetCustomer { customer_id, email_key });
-                let events = domain::customer::decide(&customer.state, &EmailClaim::Unclaimed, &command)?;
+                let events =
+                    domain::customer::decide(&customer.state, &EmailClaim::Unclaimed, &Customer::default(), &command)?;
                 return Ok(Decision::new(events).read(&customer_stream, &customer));
             };
             let email_key = service.email_key(&profile.email);
             let email_stream = StreamId::Email(email_key.clone()).to_string();
             let claim = service.load::<EmailClaim>(&email_stream)?;
             let command = CustomerCommand::Forget(ForgetCustomer { customer_id, email_key });
-            let events = domain::customer::decide(&customer.state, &claim.state, &command)?;
+            let events = domain::customer::decide(&customer.state, &claim.state, &Customer::default(), &command)?;
             let mut decision = Decision::new(events).read(&customer_stream, &customer).read(&email_stream, &claim);
             decision.forget = Some(customer_id.get());
             Ok(decision)
@@ -529,7 +540,7 @@ impl CommandService {
                     }
                     .into());
                 }
-                if let Some(event) = codec::decode(recorded)? {
+                if let Some(event) = codec::decode_for_fold(recorded)? {
                     state = state.evolve_with(&event).map_err(|_| DecodeError {
                         position: recorded.position,
                         event_type: recorded.event_type.clone(),

@@ -6,8 +6,10 @@
 //! `CustomerRegistered` is the only event that holds personal data, so the store
 //! seals it under the customer's key ([`crate::Event::subject`]). Forgetting
 //! appends `CustomerForgotten` and deletes that key; from then on the
-//! registration reads back without a payload. A fold skips such an unreadable
-//! event: [`evolve`] takes `CustomerForgotten` from any state, `Unregistered`
+//! registration reads back without a payload. The shell folds such an
+//! unreadable registration as the customer's `CustomerForgotten` (a log
+//! restored to a position before a forget holds it without the forget):
+//! [`evolve`] takes `CustomerForgotten` from any state, `Unregistered`
 //! included, to [`Customer::Forgotten`], which keeps the id and nothing else.
 
 use serde::{Deserialize, Serialize};
@@ -95,21 +97,45 @@ pub enum CustomerCommand {
     Forget(ForgetCustomer),
 }
 
-/// Decides a customer command over the customer's state and the state of the
-/// claim stream named by the command's `email_key`.
+/// Decides a customer command over the customer's state, the state of the
+/// claim stream named by the command's `email_key`, and the state of the
+/// customer who holds that claim (`Customer::Unregistered` when nobody does).
 ///
 /// Register yields `CustomerRegistered` (customer stream) and `EmailClaimed`
 /// (email stream); forget yields `CustomerForgotten` and, when this customer
-/// holds the claim, `EmailReleased`. Decision: a claim held by someone else (the
-/// address was already released and claimed again) is left alone.
-pub fn decide(customer: &Customer, claim: &EmailClaim, command: &CustomerCommand) -> Result<Vec<Event>, DomainError> {
+/// holds the claim, `EmailReleased`. Decisions: a claim held by someone else
+/// (the address was already released and claimed again) is left alone by a
+/// forget; a claim whose holder is forgotten holds nothing, and a registration
+/// releases it before claiming the address (a log restored to a position
+/// before a forget keeps the forget, since the key is gone, but not the
+/// `EmailReleased` that went with it).
+pub fn decide(
+    customer: &Customer,
+    claim: &EmailClaim,
+    holder: &Customer,
+    command: &CustomerCommand,
+) -> Result<Vec<Event>, DomainError> {
     match command {
         CustomerCommand::Register(register) => {
             if *customer != Customer::Unregistered {
                 return Err(DomainError::CustomerAlreadyExists { customer_id: register.customer_id });
             }
+            let mut claim = claim.clone();
+            let mut released = Vec::new();
+            if let (Some(holder_id), Customer::Forgotten { customer_id }) = (claim.claimed_by(), holder)
+                && holder_id == *customer_id
+            {
+                let release =
+                    EmailClaimCommand::Release { email_key: register.email_key.clone(), customer_id: holder_id };
+                released = email_claim::decide(&claim, &release)?;
+                for event in &released {
+                    if let Event::EmailClaim(event) = event {
+                        claim = email_claim::evolve(claim, event);
+                    }
+                }
+            }
             let claimed = email_claim::decide(
-                claim,
+                &claim,
                 &EmailClaimCommand::Claim { email_key: register.email_key.clone(), customer_id: register.customer_id },
             )?;
             let registered = CustomerRegistered {
@@ -118,7 +144,7 @@ pub fn decide(customer: &Customer, claim: &EmailClaim, command: &CustomerCommand
                 name: register.name.clone(),
                 password_hash: register.password_hash.clone(),
             };
-            Ok(std::iter::once(registered.into()).chain(claimed).collect())
+            Ok(std::iter::once(registered.into()).chain(released).chain(claimed).collect())
         }
         CustomerCommand::Forget(forget) => {
             let customer_id = forget.customer_id;

@@ -31,6 +31,16 @@ fn registering_a_taken_email_is_rejected() {
         .then_err(DomainError::EmailTaken);
 }
 
+/// A log restored to a position before a forget keeps the forget (the key is
+/// gone), not the release that went with it: the claim of a forgotten customer
+/// holds nothing, and registering the address releases it first.
+#[test]
+fn an_email_still_claimed_by_a_forgotten_customer_is_released_and_claimed_again() {
+    given([registered(alice(), "alice@example.com"), claimed(key(1), alice()), forgotten(alice())])
+        .when(register(bob(), "alice@example.com", key(1)))
+        .then([registered(bob(), "alice@example.com"), email_released(key(1), alice()), claimed(key(1), bob())]);
+}
+
 #[test]
 fn a_taken_email_is_a_conflict() {
     assert_eq!(DomainError::EmailTaken.kind(), ErrorKind::Conflict);

@@ -109,7 +109,8 @@ impl Decider for Shop {
                 };
                 let customer = shop.customers.get(&customer_id).cloned().unwrap_or_default();
                 let claim = shop.claims.get(email_key).cloned().unwrap_or_default();
-                customer::decide(&customer, &claim, command)
+                let holder = claim.claimed_by().and_then(|holder| shop.customers.get(&holder)).cloned();
+                customer::decide(&customer, &claim, &holder.unwrap_or_default(), command)
             }
             Command::AddItem(command) => {
                 cart::add_item(&shop.cart(command.customer_id), &shop.product(&command.sku), command)

@@ -325,3 +325,45 @@ async fn an_online_backup_with_a_bad_token_or_no_server_is_one_line() {
     assert!(!file.exists());
     assert_eq!(std::fs::read_dir(work.path()).expect("lists").count(), 0, "no partial file is left behind");
 }
+
+/// A restore to a position before a customer was forgotten keeps them
+/// forgotten (the backup holds no key for them, and forgetting is never
+/// undone), but not the release of their email that went with the forget: the
+/// address is still free to register again, and the old customer's token and
+/// password no longer work.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_to_before_a_forget_keeps_the_customer_forgotten_and_the_email_free() {
+    let app = TestApp::spawn().await;
+    let customer_id = app.register("ann@example.com").await;
+    let old_token = app.login("ann@example.com").await;
+    let before_forget = app.head();
+    let forgotten = app.post(&format!("/admin/customers/{customer_id}/forget"), Some(ADMIN), json!({})).await;
+    assert_eq!(forgotten.status, 200, "{forgotten:?}");
+    let data = app.stop_keeping_dir().await;
+    let work = tests::temp_dir();
+    let file = backup_file(work.path());
+    assert!(shoplog(&["backup", "--data", arg(data.path()), "--out", arg(&file)]).status.success());
+    let restored = tests::temp_dir();
+    let position = before_forget.to_string();
+    let output = shoplog(&["restore", "--in", arg(&file), "--data", arg(restored.path()), "--to-position", &position]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(events(restored.path()).len() as u64, before_forget, "the forget is cut off");
+
+    let app = TestApp::serve_dir(restored).await;
+    let login =
+        app.post("/api/v1/sessions", None, json!({"email": "ann@example.com", "password": "correct horse"})).await;
+    login.problem(401);
+    app.get("/api/v1/cart", Some(&old_token)).await.problem(401);
+    let again = app.register("ann@example.com").await;
+    assert_ne!(again, customer_id);
+    app.login("ann@example.com").await;
+    let claim: Vec<String> = app.get("/api/v1/events?from=1&limit=100", Some(ADMIN)).await.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|event| event["stream"].as_str().is_some_and(|stream| stream.starts_with("email-")))
+        .map(|event| event["type"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(claim, ["EmailClaimed", "EmailReleased", "EmailClaimed"], "the dead claim is released, then claimed");
+    app.stop().await;
+}
