@@ -397,6 +397,11 @@ pub(crate) fn tree_name(model: &str, number: u64) -> String {
     format!("{model}.g{number}")
 }
 
+/// The generation `tree` holds, when it is one of `model`'s ([`tree_name`]).
+fn generation_number(model: &str, tree: &str) -> Option<u64> {
+    tree.strip_prefix(model)?.strip_prefix(".g")?.parse().ok()
+}
+
 /// The key in the meta tree of the generation being rebuilt.
 pub(crate) fn building_key(name: &str) -> Vec<u8> {
     format!("{name}.building").into_bytes()
@@ -1000,6 +1005,16 @@ fn open_slot(shared: &Arc<Shared>, name: &'static str, apply: ApplyFn) -> Result
         }
         shared.meta.remove(building_key(name))?;
     }
+    // A generation retired by a switch is dropped once nothing holds it; a crash
+    // in between leaves its tree behind. No other generation than the active
+    // one is of any use now (the one being rebuilt was abandoned above).
+    for leftover in shared.log.own_trees() {
+        if generation_number(name, &leftover).is_some_and(|number| number != active_number) {
+            tracing::info!(model = name, tree = leftover, "dropping a read-model generation left behind");
+            shared.checkpoints.remove(leftover.as_bytes())?;
+            shared.log.drop_tree(&leftover)?;
+        }
+    }
     let generation = Arc::new(Generation::open(shared, name, active_number)?);
     let stored_format = match shared.meta.get(format_key(name))? {
         Some(bytes) => <[u8; 4]>::try_from(&bytes[..]).map(u32::from_be_bytes).map_err(|_| bad("the format"))?,
@@ -1183,6 +1198,41 @@ mod tests {
         rebuilt.checkpoint.store(published, Ordering::Release);
         assert!(slot.switch_to(&rebuilt).expect("no error"), "caught up with the published position");
         assert_eq!((slot.generation(), slot.position()), (2, published));
+        projections.shutdown().await;
+    }
+
+    /// A crash between a switch made durable and the old generation's drop
+    /// leaves the old tree behind; the next start drops it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_generation_a_crash_left_behind_is_dropped_at_the_next_start() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let log = EventLog::open(dir.path()).expect("a log");
+        let projections = Projections::start(log.clone()).expect("starts");
+        let created = ProductCreated {
+            sku: Sku::parse("mug").expect("a sku"),
+            name: ProductName::parse("Mug").expect("a name"),
+            price_cents: domain::PriceCents::new(500).expect("a price"),
+            initial_stock: Stock::new(5).expect("a stock"),
+        };
+        append(&log, created.into()).await;
+        projections.wait_for(log.head(), WAIT).await.expect("the models catch up");
+        let generation = projections.rebuild("catalog").expect("a rebuild starts");
+        projections.catalog().wait_for_generation(generation, WAIT).await.expect("switches");
+        projections.shutdown().await;
+        // What the crash left: the old generation's tree and checkpoint.
+        log.open_tree("catalog.g1").expect("a tree").insert(b"k", b"v".as_slice()).expect("writes");
+        log.open_tree("checkpoints").expect("a tree").insert(b"catalog.g1", &1u64.to_be_bytes()).expect("writes");
+        let leftover = |log: &EventLog| {
+            log.own_trees().into_iter().filter(|name| name.starts_with("catalog.g")).collect::<Vec<_>>()
+        };
+        assert_eq!(leftover(&log), ["catalog.g1", "catalog.g2"]);
+
+        let projections = Projections::start(log.clone()).expect("starts again");
+        assert_eq!(leftover(&log), ["catalog.g2"], "the left-behind generation is dropped");
+        assert!(log.open_tree("checkpoints").expect("a tree").get(b"catalog.g1").expect("reads").is_none());
+        assert_eq!(projections.catalog().generation(), 2);
+        assert!(log.has_tree("carts.g1"), "other models' serving generations stay");
+        projections.wait_for(log.head(), WAIT).await.expect("the models serve");
         projections.shutdown().await;
     }
 }

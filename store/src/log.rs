@@ -316,6 +316,16 @@ impl EventLog {
         self.inner.db.tree_names().iter().any(|existing| existing.as_ref() == name.as_bytes())
     }
 
+    /// The names of the trees made by [`EventLog::open_tree`].
+    pub fn own_trees(&self) -> Vec<String> {
+        let names = self.inner.db.tree_names();
+        names
+            .iter()
+            .filter_map(|name| name.strip_prefix(b"x:"))
+            .map(|name| String::from_utf8_lossy(name).into_owned())
+            .collect()
+    }
+
     /// Remove a tree made by [`EventLog::open_tree`] and everything in it (a retired
     /// read-model generation); `false` when there was none. No handle to it may be
     /// used afterwards.
