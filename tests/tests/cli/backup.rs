@@ -222,6 +222,29 @@ async fn restore_stops_at_a_position_or_a_time() {
     assert!(output.status.success(), "{output:?}");
     assert_eq!(events(&to_time), source[..expected].to_vec());
 
+    // A time between two events (a microsecond after one), and the same
+    // instant written with another offset: the events up to it.
+    let between = middle.recorded_at + chrono::Duration::microseconds(1);
+    let next = &source[expected];
+    assert!(next.recorded_at > between, "the next event is later than the time asked");
+    let offset = chrono::FixedOffset::east_opt(2 * 3600).expect("an offset");
+    for (name, time) in [
+        ("between", between.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        ("offset", between.with_timezone(&offset).to_rfc3339_opts(chrono::SecondsFormat::Micros, false)),
+    ] {
+        let dir = work.path().join(name);
+        let output = shoplog(&["restore", "--in", arg(&file), "--data", arg(&dir), "--to-time", &time]);
+        assert!(output.status.success(), "{time}: {output:?}");
+        assert_eq!(events(&dir), source[..expected].to_vec(), "{time}");
+        assert!(shoplog(&["verify", "--data", arg(&dir)]).status.success(), "{time}");
+    }
+    // A time after the last event: the whole log.
+    let after = source[source.len() - 1].recorded_at + chrono::Duration::seconds(1);
+    let whole = work.path().join("after");
+    let time = after.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    assert!(shoplog(&["restore", "--in", arg(&file), "--data", arg(&whole), "--to-time", &time]).status.success());
+    assert_eq!(events(&whole), source);
+
     // Bad points in time are refused and create nothing.
     let nowhere = work.path().join("nowhere");
     let past = (source.len() + 1).to_string();
@@ -298,6 +321,24 @@ async fn a_damaged_or_cut_backup_is_refused_and_leaves_nothing_behind() {
     drop(held);
     assert!(!target.exists());
     assert_refused(&shoplog(&["backup", "--out", arg(&target)]), "--data");
+
+    // A backup of a damaged log fails part way, after its file was begun: one
+    // line naming the position, and neither the file nor its partial left.
+    {
+        let db = tests::raw_sled(data.path());
+        let events = db.open_tree("events").expect("tree");
+        let (key, value) = events.iter().nth(1).expect("a second chunk").expect("reads");
+        let mut damaged = value.to_vec();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        events.insert(key, damaged).expect("writes");
+        db.flush().expect("flushes");
+    }
+    let out_dir = tests::temp_dir();
+    let out = out_dir.path().join("of-a-damaged-log.backup");
+    assert_refused(&shoplog(&["backup", "--data", arg(data.path()), "--out", arg(&out)]), "corrupt at position");
+    let left: Vec<_> = std::fs::read_dir(out_dir.path()).expect("lists").flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "a failed backup left {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
