@@ -154,3 +154,46 @@ async fn the_admin_sees_projection_lag_and_rebuilds_a_model_while_it_serves() {
     assert!(metrics.body.as_str().is_some_and(|text| text.contains("projection_lag_events")), "{metrics:?}");
     app.stop().await;
 }
+
+/// A model that cannot follow the log: `?min_position=` waits its 5 s, then
+/// answers 503 (a problem), and the model's lag shows in `/admin/projections`
+/// and `/metrics`; without a position the query answers at once, from behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_model_that_stays_behind_makes_min_position_a_503_after_its_wait() {
+    let app = TestApp::spawn().await;
+    app.create_product("mug-1", 1299, 5).await;
+    app.create_product("cup-1", 500, 5).await;
+    app.caught_up().await;
+    let dir = app.stop_keeping_dir().await;
+    {
+        // Damage the catalog's record of mug-1: the next event about it cannot be applied.
+        let log = store::EventLog::open(dir.path()).expect("opens");
+        let damaged = log.open_tree("catalog.g1").expect("opens").insert(b"p:mug-1", &[0xff, 0xff, 0xff][..]);
+        assert!(damaged.expect("writes").is_some(), "the catalog held mug-1");
+    }
+    let app = TestApp::serve_dir(dir).await;
+    let restocked = app.post("/api/v1/products/mug-1/restock", Some(ADMIN), json!({"quantity": 2})).await;
+    assert_eq!(restocked.status, StatusCode::OK, "{restocked:?}");
+    let position = restocked.body["position"].as_u64().expect("a position");
+
+    let started = Instant::now();
+    let waited = app.get(&format!("/api/v1/products/mug-1?min_position={position}"), None).await;
+    waited.problem(503);
+    assert!(started.elapsed() >= Duration::from_millis(4_500), "answered after {:?}", started.elapsed());
+    // (mug-1's own record is the damaged one: another product answers.)
+    let behind = app.get("/api/v1/products/cup-1", None).await;
+    assert_eq!(behind.status, StatusCode::OK, "{behind:?}");
+    let answered_at: u64 = behind.headers["x-projection-position"].to_str().expect("ascii").parse().expect("a number");
+    assert!(answered_at < position, "the catalog answers from behind the write: {answered_at}");
+
+    let status = app.get("/admin/projections", Some(ADMIN)).await;
+    let catalog = status.body.as_array().expect("models").iter().find(|model| model["name"] == "catalog").cloned();
+    let catalog = catalog.expect("the catalog is listed");
+    assert!(catalog["lag"].as_u64().is_some_and(|lag| lag >= 1), "{catalog}");
+    assert!(catalog["failure"].is_string(), "{catalog}");
+    let metrics = app.get("/metrics", None).await;
+    let text = metrics.body.as_str().expect("text");
+    let lag = text.lines().find_map(|line| line.strip_prefix(r#"projection_lag_events{projection="catalog"} "#));
+    assert!(lag.and_then(|lag| lag.parse::<f64>().ok()).is_some_and(|lag| lag >= 1.0), "{text}");
+    app.stop().await;
+}
