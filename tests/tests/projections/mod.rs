@@ -394,6 +394,40 @@ async fn dashboard_counts_revenue_of_paid_and_shipped_orders_but_not_cancelled_o
     assert_eq!(top, vec![("mug", 7)], "the cancelled paid cup is not sold");
 }
 
+/// Top products: most units sold first, ties in sku order, at most `top` of
+/// them (10 by default); units of a paid order cancelled later do not count.
+#[tokio::test]
+async fn dashboard_ranks_top_products_by_units_with_ties_in_sku_order_up_to_its_limit() {
+    let skus: Vec<String> = (1..=12).map(|index| format!("p{index:02}")).collect();
+    let mut events: Vec<Event> = skus.iter().map(|sku_text| created(sku_text, 100, 50)).collect();
+    // p02: 7 units; p01 and p03: 5 each (a tie); p04..p12: 1 each; p12 also 3
+    // more in a paid order cancelled later.
+    let mut orders: Vec<(&str, u32)> = vec![("p02", 4), ("p02", 3), ("p03", 5), ("p01", 2), ("p01", 3)];
+    orders.extend(skus[3..].iter().map(|sku_text| (sku_text.as_str(), 1)));
+    for (index, (sku_text, count)) in orders.iter().enumerate() {
+        let order_id = order(index as u128 + 1);
+        events.extend(checkout(order_id, customer(1), &[(sku_text, *count, 100)]));
+        events.push(paid(order_id, i64::from(*count) * 100 + 499));
+    }
+    let refunded = order(1_000);
+    events.extend(checkout(refunded, customer(2), &[("p12", 3, 100)]));
+    events.push(paid(refunded, 799));
+    events.extend(cancelled(refunded, &[("p12", 3)]));
+    let shop = given(events).await;
+
+    let top = |query: projections::SalesQuery| -> Vec<(String, u64)> {
+        let sales = shop.projections.dashboard().sales_with(query).expect("queries").value;
+        sales.top_products.iter().map(|top| (top.sku.as_str().to_owned(), top.units_sold)).collect()
+    };
+    let mut expected: Vec<(String, u64)> = vec![("p02".into(), 7), ("p01".into(), 5), ("p03".into(), 5)];
+    expected.extend(skus[3..10].iter().map(|sku_text| (sku_text.clone(), 1)));
+    assert_eq!(top(projections::SalesQuery::default()), expected, "the first ten");
+    assert_eq!(top(projections::SalesQuery { top: 3, ..Default::default() }), expected[..3].to_vec());
+    let all = top(projections::SalesQuery { top: 20, ..Default::default() });
+    assert_eq!(all.len(), 12);
+    assert_eq!(all[11], ("p12".to_owned(), 1), "the cancelled order's units are taken back");
+}
+
 #[tokio::test]
 async fn dashboard_lists_active_products_running_low_fewest_first() {
     let shop = given([
