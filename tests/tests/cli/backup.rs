@@ -408,3 +408,61 @@ async fn a_restore_to_before_a_forget_keeps_the_customer_forgotten_and_the_email
     assert_eq!(claim, ["EmailClaimed", "EmailReleased", "EmailClaimed"], "the dead claim is released, then claimed");
     app.stop().await;
 }
+
+/// Long work draws a progress bar on a terminal (a pseudo-terminal from
+/// `script`) and none when its output is piped: restore (with its check and
+/// its rebuild of the read models), replay, export and import.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_long_command_draws_a_progress_bar_on_a_terminal_and_none_when_piped() {
+    let app = TestApp::spawn().await;
+    fill_shop(&app).await;
+    let data = app.stop_keeping_dir().await;
+    let work = tests::temp_dir();
+    let file = backup_file(work.path());
+    assert!(shoplog(&["backup", "--data", arg(data.path()), "--out", arg(&file)]).status.success());
+    let on_terminal = |args: &[&str]| {
+        let command = std::iter::once(super::SHOPLOG).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
+        let output = std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .output()
+            .expect("runs script (util-linux)");
+        assert!(output.status.success(), "{command}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let piped = |args: &[&str]| {
+        let output = shoplog(args);
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let export = work.path().join("shop.ndjson");
+    let (restored, imported) = (work.path().join("restored"), work.path().join("imported"));
+    let (restored_again, imported_again) = (work.path().join("restored-again"), work.path().join("imported-again"));
+    let export_again = work.path().join("again.ndjson");
+    for (terminal, plain, labels) in [
+        (
+            vec!["restore", "--in", arg(&file), "--data", arg(&restored)],
+            vec!["restore", "--in", arg(&file), "--data", arg(&restored_again)],
+            &["checking", "restoring", "rebuilding read models"][..],
+        ),
+        (vec!["replay", "--data", arg(&restored)], vec!["replay", "--data", arg(&restored_again)], &["replaying"][..]),
+        (
+            vec!["export", "--data", arg(&restored), "--with-secrets", "--out", arg(&export)],
+            vec!["export", "--data", arg(&restored_again), "--with-secrets", "--out", arg(&export_again)],
+            &["exporting"][..],
+        ),
+        (
+            vec!["import", "--data", arg(&imported), "--in", arg(&export)],
+            vec!["import", "--data", arg(&imported_again), "--in", arg(&export_again)],
+            &["importing"][..],
+        ),
+    ] {
+        let drawn = on_terminal(&terminal);
+        for label in labels {
+            assert!(drawn.contains(label), "{terminal:?} drew no {label:?} bar: {drawn}");
+        }
+        let stderr = piped(&plain);
+        for label in labels {
+            assert!(!stderr.contains(label), "{plain:?} drew a bar into a pipe: {stderr}");
+        }
+    }
+}
