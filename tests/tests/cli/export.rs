@@ -187,3 +187,62 @@ async fn a_forgotten_customer_is_in_no_backup_restore_or_export() {
             && event.payload == store::Payload::Forgotten));
     }
 }
+
+/// Import checks every line, not only the header: each way a line can be wrong
+/// is one line of error naming where, exit 2, and no data dir left.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_with_a_bad_line_is_refused_naming_it() {
+    let app = TestApp::spawn().await;
+    fill_shop(&app).await;
+    let data = app.stop_keeping_dir().await;
+    let work = tests::temp_dir();
+    let full = work.path().join("full.ndjson");
+    assert!(shoplog(&["export", "--data", arg(data.path()), "--with-secrets", "--out", arg(&full)]).status.success());
+    let lines = lines(&full);
+    // The first event of a stream that has a second one, and a registration.
+    let twice = (1..lines.len())
+        .find(|&index| lines[index + 1..].iter().any(|line| line["stream"] == lines[index]["stream"]))
+        .expect("a stream with two events");
+    let registration = (1..lines.len()).find(|&index| lines[index]["type"] == "CustomerRegistered").expect("one");
+    type Edit = Box<dyn Fn(&mut Vec<Value>)>;
+    let cases: Vec<(&str, Edit, String)> = vec![
+        (
+            "a version gap",
+            Box::new(move |lines| lines[twice]["version"] = json!(2)),
+            format!("position {twice}: stream"),
+        ),
+        (
+            "a time going back",
+            Box::new(move |lines| lines[2]["recorded_at"] = json!("2001-01-01T00:00:00Z")),
+            "recorded before the event ahead of it".to_owned(),
+        ),
+        (
+            "data that does not decode",
+            Box::new(move |lines| lines[1]["data"] = json!({"colour": "blue"})),
+            "does not decode".to_owned(),
+        ),
+        (
+            "a redacted hash in an export that says it holds secrets",
+            Box::new(move |lines| lines[registration]["data"]["password_hash"] = json!("[redacted]")),
+            "redacted password hash".to_owned(),
+        ),
+        (
+            "another subject",
+            Box::new(move |lines| lines[registration]["subject"] = json!(uuid::Uuid::now_v7())),
+            "belongs to subject".to_owned(),
+        ),
+        ("not an event", Box::new(move |lines| lines[3] = json!({"hello": 1})), "line 4: not an event".to_owned()),
+    ];
+    for (what, edit, needle) in cases {
+        let mut edited = lines.clone();
+        edit(&mut edited);
+        let file = work.path().join("edited.ndjson");
+        let text: Vec<String> = edited.iter().map(Value::to_string).collect();
+        std::fs::write(&file, text.join("\n")).expect("writes");
+        let target = work.path().join("imported");
+        let output = shoplog(&["import", "--data", arg(&target), "--in", arg(&file)]);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_refused(&output, &needle);
+        assert!(!target.exists(), "{what}: a refused import left a data dir ({stderr})");
+    }
+}
