@@ -466,3 +466,29 @@ async fn every_long_command_draws_a_progress_bar_on_a_terminal_and_none_when_pip
         }
     }
 }
+
+/// `GET /admin/backup` is a snapshot: its body ends exactly at the head its
+/// `X-Head-Position` names, however long the client takes to read it while
+/// commands go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_backup_route_streams_a_snapshot_that_ends_at_its_head_position() {
+    let app = TestApp::spawn().await;
+    fill_shop(&app).await;
+    let response = app.client.get(format!("{}/admin/backup", app.base)).bearer_auth(ADMIN).send().await;
+    let mut response = response.expect("answers");
+    assert_eq!(response.status(), 200);
+    let head: u64 = response.headers()["x-head-position"].to_str().expect("ascii").parse().expect("a number");
+    let mut body = Vec::new();
+    let mut written_meanwhile = 0;
+    while let Some(chunk) = response.chunk().await.expect("reads") {
+        body.extend_from_slice(&chunk);
+        // A slow reader: commands are acknowledged between its reads.
+        let restocked = app.post("/api/v1/products/mug-1/restock", Some(ADMIN), json!({"quantity": 1})).await;
+        written_meanwhile += u32::from(restocked.status == 200);
+    }
+    assert!(written_meanwhile > 0);
+    assert!(app.head() > head, "the log moved on while the backup was read");
+    let summary = store::check_backup(body.as_slice(), &mut |_| {}).expect("a sound backup");
+    assert_eq!(summary.last_position, head, "the backup ends at its head, not later");
+    app.stop().await;
+}
