@@ -607,6 +607,8 @@ struct LogEvent {
     position: u64,
     stream: String,
     version: u64,
+    event_type: String,
+    data: Value,
     correlation_id: String,
 }
 
@@ -630,6 +632,8 @@ async fn read_log(http: &Http) -> (u64, Vec<LogEvent>) {
                 position: number("position"),
                 stream: text("stream"),
                 version: number("version"),
+                event_type: text("type"),
+                data: event["data"].clone(),
                 correlation_id: text("correlation_id"),
             });
         }
@@ -639,6 +643,39 @@ async fn read_log(http: &Http) -> (u64, Vec<LogEvent>) {
         }
     }
     panic!("the log did not end within 100,000 pages");
+}
+
+/// The main event of an acknowledged command of the load is that command's: the
+/// event type its route writes, with the quantity, price or sku it was sent.
+fn assert_main_event_is_the_command(round: usize, ack: &Ack, sent: &Sent, main: &LogEvent) {
+    let path = sent.path.as_str();
+    let (event_type, fields): (&str, &[&str]) = if path.ends_with("/restock") {
+        ("ProductRestocked", &["quantity"])
+    } else if path.ends_with("/price") {
+        ("ProductPriceChanged", &["price_cents"])
+    } else if path == "/api/v1/products" {
+        ("ProductCreated", &["sku", "price_cents"])
+    } else if path.ends_with("/discontinue") {
+        ("ProductDiscontinued", &[])
+    } else if path == "/api/v1/cart/items" {
+        ("CartItemAdded", &["sku", "quantity"])
+    } else if path.starts_with("/api/v1/cart/items/") {
+        ("CartItemRemoved", &[])
+    } else if path == "/api/v1/cart/checkout" {
+        ("CartCheckedOut", &[])
+    } else if path.ends_with("/pay") {
+        ("OrderPaid", &["amount_cents"])
+    } else if path.ends_with("/cancel") {
+        ("OrderCancelled", &[])
+    } else if path.ends_with("/ship") {
+        ("OrderShipped", &[])
+    } else {
+        panic!("round {round}: {ack}: a command of an unknown route {path}");
+    };
+    assert_eq!(main.event_type, event_type, "round {round}: {ack}: its main event is {main:?}");
+    for field in fields {
+        assert_eq!(main.data[field], sent.body[field], "round {round}: {ack}: {field} of {main:?}");
+    }
 }
 
 /// What the checks of a round saw.
@@ -697,6 +734,9 @@ async fn check(
             "round {round}: {ack}: position {} holds another command's event ({last:?}, main {main:?})",
             ack.position
         );
+        if let Some(sent) = &ack.sent {
+            assert_main_event_is_the_command(round, ack, sent, main);
+        }
     }
 
     // The read models, caught up after the crash, equal a fresh rebuild of each.
