@@ -1123,6 +1123,17 @@ mod tests {
         log.append(request).await.expect("appends");
     }
 
+    /// A mug with 5 units in stock.
+    fn mug_created() -> Event {
+        ProductCreated {
+            sku: Sku::parse("mug").expect("a sku"),
+            name: ProductName::parse("Mug").expect("a name"),
+            price_cents: domain::PriceCents::new(500).expect("a price"),
+            initial_stock: Stock::new(5).expect("a stock"),
+        }
+        .into()
+    }
+
     /// What a crash between a live batch's records and its checkpoints leaves:
     /// the catalog's record counts the restock, its checkpoint does not. At the
     /// next start the redo writes the batch again whole, so the restock is
@@ -1134,13 +1145,7 @@ mod tests {
         let log = EventLog::open(dir.path()).expect("a log");
         let mug = Sku::parse("mug").expect("a sku");
         let projections = Projections::start(log.clone()).expect("starts");
-        let created = ProductCreated {
-            sku: mug.clone(),
-            name: ProductName::parse("Mug").expect("a name"),
-            price_cents: domain::PriceCents::new(500).expect("a price"),
-            initial_stock: Stock::new(5).expect("a stock"),
-        };
-        append(&log, created.into()).await;
+        append(&log, mug_created()).await;
         projections.wait_for(log.head(), WAIT).await.expect("the models catch up");
 
         projections.shared.halt_before_checkpoints.store(true, Ordering::Release);
@@ -1174,13 +1179,7 @@ mod tests {
         let log = EventLog::open(dir.path()).expect("a log");
         let projections = Projections::start(log.clone()).expect("starts");
         let mug = Sku::parse("mug").expect("a sku");
-        let created = ProductCreated {
-            sku: mug.clone(),
-            name: ProductName::parse("Mug").expect("a name"),
-            price_cents: domain::PriceCents::new(500).expect("a price"),
-            initial_stock: Stock::new(5).expect("a stock"),
-        };
-        append(&log, created.into()).await;
+        append(&log, mug_created()).await;
         for _ in 0..3 {
             let restocked = ProductRestocked { sku: mug.clone(), quantity: RestockQuantity::new(1).expect("1") };
             append(&log, restocked.into()).await;
@@ -1208,13 +1207,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temp dir");
         let log = EventLog::open(dir.path()).expect("a log");
         let projections = Projections::start(log.clone()).expect("starts");
-        let created = ProductCreated {
-            sku: Sku::parse("mug").expect("a sku"),
-            name: ProductName::parse("Mug").expect("a name"),
-            price_cents: domain::PriceCents::new(500).expect("a price"),
-            initial_stock: Stock::new(5).expect("a stock"),
-        };
-        append(&log, created.into()).await;
+        append(&log, mug_created()).await;
         projections.wait_for(log.head(), WAIT).await.expect("the models catch up");
         let generation = projections.rebuild("catalog").expect("a rebuild starts");
         projections.catalog().wait_for_generation(generation, WAIT).await.expect("switches");

@@ -66,6 +66,18 @@ fn backup_file(dir: &Path) -> PathBuf {
     dir.join("shop.backup")
 }
 
+/// A filled shop, stopped, and its offline backup: the data dir, a work dir, and
+/// the backup file in it.
+async fn backed_up_shop() -> (tempfile::TempDir, tempfile::TempDir, PathBuf) {
+    let app = TestApp::spawn().await;
+    fill_shop(&app).await;
+    let data = app.stop_keeping_dir().await;
+    let work = tests::temp_dir();
+    let file = backup_file(work.path());
+    assert!(shoplog(&["backup", "--data", arg(data.path()), "--out", arg(&file)]).status.success());
+    (data, work, file)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_offline_backup_restores_the_same_log_and_read_models() {
     let app = TestApp::spawn().await;
@@ -197,13 +209,8 @@ async fn an_online_backup_taken_while_writing_ends_at_its_head_and_restores_it()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_stops_at_a_position_or_a_time() {
-    let app = TestApp::spawn().await;
-    fill_shop(&app).await;
-    let data = app.stop_keeping_dir().await;
+    let (data, work, file) = backed_up_shop().await;
     let source = events(data.path());
-    let work = tests::temp_dir();
-    let file = backup_file(work.path());
-    assert!(shoplog(&["backup", "--data", arg(data.path()), "--out", arg(&file)]).status.success());
 
     let to_position = work.path().join("to-position");
     let output = shoplog(&["restore", "--in", arg(&file), "--data", arg(&to_position), "--to-position", "7"]);
@@ -269,12 +276,7 @@ async fn restore_stops_at_a_position_or_a_time() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_damaged_or_cut_backup_is_refused_and_leaves_nothing_behind() {
-    let app = TestApp::spawn().await;
-    fill_shop(&app).await;
-    let data = app.stop_keeping_dir().await;
-    let work = tests::temp_dir();
-    let file = backup_file(work.path());
-    assert!(shoplog(&["backup", "--data", arg(data.path()), "--out", arg(&file)]).status.success());
+    let (data, work, file) = backed_up_shop().await;
     let bytes = std::fs::read(&file).expect("reads");
     assert!(store::check_backup(&bytes[..], &mut |_| {}).is_ok());
 
@@ -414,12 +416,7 @@ async fn a_restore_to_before_a_forget_keeps_the_customer_forgotten_and_the_email
 /// its rebuild of the read models), replay, export and import.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_long_command_draws_a_progress_bar_on_a_terminal_and_none_when_piped() {
-    let app = TestApp::spawn().await;
-    fill_shop(&app).await;
-    let data = app.stop_keeping_dir().await;
-    let work = tests::temp_dir();
-    let file = backup_file(work.path());
-    assert!(shoplog(&["backup", "--data", arg(data.path()), "--out", arg(&file)]).status.success());
+    let (_data, work, file) = backed_up_shop().await;
     let on_terminal = |args: &[&str]| {
         let command = std::iter::once(super::SHOPLOG).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
         let output = std::process::Command::new("script")
