@@ -7,7 +7,7 @@
 //! | module | stream | decisions |
 //! |---|---|---|
 //! | [`product`] | `product-<sku>` | [`product::decide`] (create, change price, restock, discontinue) |
-//! | [`customer`] + [`email_claim`] | `customer-<uuid>`, `email-<key>` | [`customer::decide`] (register, forget), over both states |
+//! | [`customer`] + [`email_claim`] | `customer-<uuid>`, `email-<key>` | [`customer::decide`] (register, forget), over both states and the state of the claim's holder |
 //! | [`cart`] | `cart-<customer uuid>` | [`cart::add_item`] (over the cart and the product), [`cart::remove_item`] |
 //! | [`checkout`] | order, products, cart | [`checkout::decide`], over the cart and every product in it |
 //! | [`order`] | `order-<uuid>` | [`order::decide`] (pay, cancel, ship) |
