@@ -252,6 +252,9 @@ async fn a_model_that_fails_stops_alone_and_a_rebuild_brings_it_back() {
 /// switches in, commands go on. After each one is acknowledged at position P, a
 /// query that waited for P must see it, whichever generation answers: the
 /// position a model publishes never runs ahead of the generation that serves.
+/// (The window in which a switch could break this is narrow; the runtime's unit
+/// test `a_rebuilt_generation_behind_the_published_position_does_not_switch_in`
+/// builds it directly.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_waited_for_is_seen_while_a_rebuilt_generation_switches_in() {
     let Paced { _dir, seed, log, projections, .. } =
