@@ -71,3 +71,50 @@ fn hash(password: &[u8]) -> Result<String, CommandError> {
         .map(|hash| hash.to_string())
         .map_err(|error| CommandError::Hasher { reason: error.to_string() })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// On a runtime of one thread, a hash that ran on that thread would finish
+    /// before anything else could run; run on the blocking pool, the other
+    /// future runs while the hash is still going.
+    #[tokio::test(flavor = "current_thread")]
+    async fn hashing_and_verifying_leave_the_async_thread_free() {
+        let hasher = Hasher::new(2).expect("hasher");
+        let password = || Password::parse("correct horse battery").expect("a valid password");
+
+        let hashed = AtomicBool::new(false);
+        let (phc, hashed_before_the_other_ran) = tokio::join!(
+            async {
+                let phc = hasher.hash(password()).await;
+                hashed.store(true, Ordering::SeqCst);
+                phc
+            },
+            async { hashed.load(Ordering::SeqCst) },
+        );
+        let phc = phc.expect("hashes");
+        assert!(!hashed_before_the_other_ran, "the hash ran on the async thread");
+
+        let verified = AtomicBool::new(false);
+        let (matches, verified_before_the_other_ran) = tokio::join!(
+            async {
+                let matches = hasher.verify(password(), Some(phc)).await;
+                verified.store(true, Ordering::SeqCst);
+                matches
+            },
+            async { verified.load(Ordering::SeqCst) },
+        );
+        assert!(matches.expect("verifies"), "the password matches its own hash");
+        assert!(!verified_before_the_other_ran, "the verification ran on the async thread");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_email_is_verified_against_the_dummy_and_never_matches() {
+        let hasher = Hasher::new(1).expect("hasher");
+        let password = Password::parse("not the password").expect("a valid password");
+        assert!(!hasher.verify(password, None).await.expect("verifies"), "no stored hash: no match");
+    }
+}
