@@ -5,7 +5,9 @@
 //! versions 1..=n with no gap; and every read model equals a fresh rebuild of
 //! itself. Every command carries an `Idempotency-Key`: sent again after the restart,
 //! an acknowledged one answers its first outcome and writes nothing, and one whose
-//! answer the kill cut off applies exactly once. The rounds share one data dir, so
+//! answer the kill cut off applies exactly once. Some commands break the rules on
+//! purpose (a restock of no product, a payment of the wrong amount): every event in
+//! the log belongs to a command that got a 2xx, so a refused one wrote nothing. The rounds share one data dir, so
 //! the log grows. `SHOPLOG_KILL_ROUNDS` runs more rounds; `SHOPLOG_KILL_SEED`
 //! replays the kill moments and the command mix.
 
@@ -60,6 +62,7 @@ fn acknowledged_commands_survive_sigkill_under_load_and_read_models_equal_a_rebu
     let mut acks: Vec<Ack> = Vec::new();
     let mut shop: Option<Shop> = None;
     let mut last_head = 0;
+    let mut refused = BTreeMap::new();
     for round in 0..rounds {
         let mut server = Server::start(&data);
         let http = Http { client: client.clone(), base: server.base.clone() };
@@ -72,6 +75,9 @@ fn acknowledged_commands_survive_sigkill_under_load_and_read_models_equal_a_rebu
         assert!(!load.acks.is_empty(), "round {round}: no command was acknowledged before the kill");
         assert!(!load.unanswered.is_empty(), "round {round}: the load was over before the kill");
         acks.extend(load.acks.iter().cloned());
+        for (status, count) in &load.refused {
+            *refused.entry(*status).or_insert(0) += count;
+        }
 
         let verified = verify(&data);
         assert!(verified.head >= last_head, "round {round}: the head went back from {last_head} to {}", verified.head);
@@ -91,6 +97,9 @@ fn acknowledged_commands_survive_sigkill_under_load_and_read_models_equal_a_rebu
             checked.head,
         );
         server.stop();
+    }
+    for status in [404, 409] {
+        assert!(refused.contains_key(&status), "no command was refused with {status} in any round: {refused:?}");
     }
 }
 
@@ -290,6 +299,8 @@ struct Sent {
     token: String,
     body: Value,
     idempotency_key: String,
+    /// The status the rules refuse it with, for a command that breaks them on purpose.
+    refused: Option<u16>,
 }
 
 impl Sent {
@@ -406,9 +417,42 @@ impl Load {
             token: token.to_owned(),
             body,
             idempotency_key: format!("kill9-{}-{}", self.name, self.sent),
+            refused: None,
         };
+        self.send(http, sent).await
+    }
+
+    /// Send one command that breaks the rules, which must be refused with `status`
+    /// if the server answers it.
+    async fn refused(
+        &mut self,
+        http: &Http,
+        command: String,
+        (method, path): (Method, &str),
+        token: &str,
+        body: Value,
+        status: u16,
+    ) -> Option<Reply> {
+        self.sent += 1;
+        let sent = Sent {
+            command,
+            stream: String::new(),
+            method,
+            path: path.to_owned(),
+            token: token.to_owned(),
+            body,
+            idempotency_key: format!("kill9-{}-{}", self.name, self.sent),
+            refused: Some(status),
+        };
+        self.send(http, sent).await
+    }
+
+    async fn send(&mut self, http: &Http, sent: Sent) -> Option<Reply> {
         match sent.send(http).await {
             Ok(reply) => {
+                if let Some(status) = sent.refused {
+                    assert_eq!(reply.status.as_u16(), status, "`{}` must be refused: {reply:?}", sent.command);
+                }
                 if reply.status.is_success() {
                     self.acks.push(Ack::of_sent(sent, &reply));
                 } else {
@@ -493,7 +537,12 @@ async fn admin_client(http: Http, mut load: Load, skus: Arc<Vec<String>>, mut rn
             let body = json!({"price_cents": price});
             let command = format!("price {sku} at {price}");
             load.command(&http, command, &format!("product-{sku}"), (Method::POST, &path), ADMIN, body).await
-        } else if roll < 95 || created.is_empty() {
+        } else if roll < 90 {
+            // Refused by the rules: no product has this sku.
+            let path = "/api/v1/products/kill9-no-such-product/restock";
+            let command = "restock a product that does not exist".to_owned();
+            load.refused(&http, command, (Method::POST, path), ADMIN, json!({"quantity": 1}), 404).await
+        } else if roll < 97 || created.is_empty() {
             let sku = format!("{}-{number}", load.name);
             let body = json!({"sku": sku, "name": format!("New {sku}"), "price_cents": 1_000, "initial_stock": 5});
             let command = format!("create {sku}");
@@ -545,7 +594,18 @@ async fn customer_client(
         let answered = if let Some(order) = open.take() {
             let stream = format!("order-{}", order.id);
             let (command, path, token, body) = match (order.paid, roll) {
-                (false, 0..75) => ("pay", "pay", token, json!({"amount_cents": order.total_cents})),
+                (false, 0..70) => ("pay", "pay", token, json!({"amount_cents": order.total_cents})),
+                // Refused by the rules, and the order stays open.
+                (false, 70..75) => {
+                    let path = format!("/api/v1/orders/{}/pay", order.id);
+                    let body = json!({"amount_cents": order.total_cents + 1});
+                    let command = format!("pay {} one cent too much", order.id);
+                    if load.refused(&http, command, (Method::POST, &path), token, body, 409).await.is_none() {
+                        return load;
+                    }
+                    open = Some(order);
+                    continue;
+                }
                 (true, 0..50) => ("ship", "ship", ADMIN, json!({})),
                 (_, 75..90) | (true, 50..70) => ("cancel", "cancel", token, json!({})),
                 // Left as it is: placed, or paid and never shipped.
@@ -739,6 +799,21 @@ async fn check(
         }
     }
 
+    // Every event was written by a command that got a 2xx (before the kill, or
+    // sent again after it): one that was refused wrote nothing, not even when the
+    // kill came right after its answer.
+    let acknowledged: HashSet<&str> = acks
+        .iter()
+        .filter_map(|ack| by_version.get(&(ack.stream.as_str(), ack.version)))
+        .map(|main| main.correlation_id.as_str())
+        .collect();
+    for event in &events {
+        assert!(
+            acknowledged.contains(event.correlation_id.as_str()),
+            "round {round}: {event:?} belongs to no command that got a 2xx: a refused one wrote it"
+        );
+    }
+
     // The read models, caught up after the crash, equal a fresh rebuild of each.
     let generations = wait_for_models(http, round, head, &HashMap::new()).await;
     let recovered = read_models(http, head, shop).await;
@@ -789,6 +864,10 @@ async fn send_again(
         let command = &sent.command;
         let reply =
             sent.send(http).await.unwrap_or_else(|error| panic!("round {round}: {command} sent again: {error}"));
+        if let Some(status) = sent.refused {
+            assert_eq!(reply.status.as_u16(), status, "round {round}: `{command}`, cut off, sent again: {reply:?}");
+            continue;
+        }
         assert!(reply.status.is_success(), "round {round}: `{command}`, cut off, sent again: {reply:?}");
         let ack = Ack::of_sent(sent.clone(), &reply);
         let duplicate = reply.body["duplicate"].as_bool().expect("an answer says whether it is a duplicate");
