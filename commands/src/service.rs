@@ -593,14 +593,25 @@ impl CommandService {
         loop {
             attempts += 1;
             tracing::Span::current().record("attempts", attempts);
+            let decided = decide(self);
             if let Some(expected) = expected {
                 let actual = self.inner.log.stream_version(main)?;
-                if actual != expected {
+                // The command's stream not found (another customer's order, or
+                // none at all) is a 404 whatever `If-Match` says: a failure found
+                // before the command is carried out comes before preconditions
+                // (RFC 9110 §13.2.1), and a 412 would tell the version of an
+                // order that is not the caller's.
+                let not_found = match &decided {
+                    Err(CommandError::NotYours { .. }) => true,
+                    Err(CommandError::Domain(refusal)) => refusal.kind() == domain::ErrorKind::NotFound && actual == 0,
+                    _ => false,
+                };
+                if actual != expected && !not_found {
                     let refusal = CommandError::PreconditionFailed { stream: main.to_owned(), expected, actual };
                     return self.refuse(ctx, main, refusal, attempts).await;
                 }
             }
-            let decision = match decide(self) {
+            let decision = match decided {
                 Ok(decision) => decision,
                 Err(refusal @ CommandError::Domain(_)) => return self.refuse(ctx, main, refusal, attempts).await,
                 Err(error) => return Err(error),

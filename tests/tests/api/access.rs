@@ -98,6 +98,18 @@ async fn a_customer_cannot_pay_cancel_or_read_another_customers_order() {
     paid.problem(404);
     let cancelled = app.post(&format!("/api/v1/orders/{order}/cancel"), Some(&ben), json!({})).await;
     cancelled.problem(404);
+    // With an If-Match, right or wrong, still not found: a 412 would tell the
+    // version of an order that is not his.
+    for version in ["1", "99"] {
+        let path = format!("/api/v1/orders/{order}/pay");
+        let body = Some(json!({"amount_cents": total}));
+        let paid = app.request(Method::POST, &path, Some(&ben), body, &[("if-match", &format!("\"{version}\""))]).await;
+        let problem = paid.problem(404);
+        assert!(!problem.to_string().contains("version"), "If-Match {version}: {problem}");
+    }
+    // An order that does not exist is not found either, whatever If-Match says.
+    let nowhere = "/api/v1/orders/01a20b21-03d4-7544-aed4-a9d83193f1d3/cancel";
+    app.request(Method::POST, nowhere, Some(&ben), Some(json!({})), &[("if-match", "\"3\"")]).await.problem(404);
     // Read once the orders model holds Ann's order, so that "not found" is not
     // merely "not projected yet".
     let position = placed.body["position"].as_u64().expect("position");
