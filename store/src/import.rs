@@ -17,7 +17,7 @@ use crate::error::StoreError;
 use crate::fill::Filler;
 use crate::record::{self, Header};
 use crate::seal::{self, SubjectKey};
-use crate::types::{Payload, STREAM_NAME_LEN_MAX};
+use crate::types::{Payload, is_event_type, is_stream_name};
 
 /// One event to import, with its whole envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,8 +86,11 @@ impl Importer {
                 self.filler.head + 1
             )));
         }
-        if event.stream.is_empty() || event.stream.len() > STREAM_NAME_LEN_MAX || event.stream.contains('\0') {
+        if !is_stream_name(&event.stream) {
             return Err(bad(format!("{:?} is not a stream name", event.stream)));
+        }
+        if !is_event_type(&event.event_type) {
+            return Err(bad(format!("{:?} is not an event type", event.event_type)));
         }
         let current = self.versions.get(&event.stream).copied().unwrap_or(0);
         if event.version != current + 1 {

@@ -36,7 +36,8 @@ pub use import::{ImportEvent, ImportSummary, Importer};
 pub use log::{EventLog, Options, Subscription, first_damaged_record};
 pub use types::{
     AppendRequest, AppendResult, CommitStats, EventRef, ExpectedVersion, Idempotency, Metadata, NewEvent, Payload,
-    RecordedEvent, Recovery, STREAM_NAME_LEN_MAX, StreamAppend, StreamVersion, VerifyReport,
+    RecordedEvent, Recovery, STREAM_NAME_LEN_MAX, StreamAppend, StreamVersion, VerifyReport, is_event_type,
+    is_stream_name,
 };
 pub use upcast::{UpcastFn, Upcasters};
 

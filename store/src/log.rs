@@ -19,7 +19,9 @@ use crate::error::StoreError;
 use crate::record::{self, GENESIS_HASH, StoredRecord};
 use crate::seal;
 use crate::trees::{self, Trees, be_u64};
-use crate::types::{AppendRequest, AppendResult, CommitStats, EventRef, RecordedEvent, Recovery, VerifyReport};
+use crate::types::{
+    AppendRequest, AppendResult, CommitStats, EventRef, RecordedEvent, Recovery, VerifyReport, is_stream_name,
+};
 use crate::upcast::Upcasters;
 use crate::wal::{WAL_LEN_MAX, Wals};
 use crate::writer::{Applied, Counters, DurableHeads, Health, Job, Syncer, Tail, Writer, drop_torn_batch, replay};
@@ -439,7 +441,11 @@ impl EventLog {
     }
 
     /// Up to `limit` events of `stream` from `from_version` on (versions start at 1).
+    /// A name no stream can have ([`is_stream_name`]) has none.
     pub fn read_stream(&self, stream: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        if !is_stream_name(stream) {
+            return Ok(Vec::new());
+        }
         let head = self.head();
         let from = from_version.max(1);
         let mut events = Vec::new();
@@ -465,6 +471,9 @@ impl EventLog {
     /// to since the log was opened is answered from memory (the syncer's
     /// `DurableHeads`); any other from the end of its index.
     pub fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
+        if !is_stream_name(stream) {
+            return Ok(0);
+        }
         let head = self.head();
         if let Some(known) = self.inner.durable_heads.get(stream)
             && known.position <= head

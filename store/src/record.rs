@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::codec::{self, CodecError};
+use crate::types::{is_event_type, is_stream_name};
 
 /// The only record format so far. A reader refuses any other.
 pub const FORMAT_V1: u8 = 1;
@@ -85,6 +86,16 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<StoredRecord<'_>, String> {
     hash.copy_from_slice(&bytes[HASH_START..BODY_START]);
     let body = &bytes[BODY_START..];
     let (header, header_len) = codec::decode_prefix::<Header>(body).map_err(|error| format!("bad header: {error}"))?;
+    // What an append could never have written (`writer::validate`).
+    if header.position == 0 || header.version == 0 {
+        return Err(format!("position {} and version {}: both start at 1", header.position, header.version));
+    }
+    if !is_stream_name(&header.stream) {
+        return Err(format!("{:?} is not a stream name", header.stream));
+    }
+    if !is_event_type(&header.event_type) {
+        return Err(format!("{:?} is not an event type", header.event_type));
+    }
     Ok(StoredRecord { header, hash, body, payload: &body[header_len..] })
 }
 
@@ -158,6 +169,27 @@ mod tests {
         assert_eq!(record.hash, hash);
         assert_eq!(chain_hash(&GENESIS_HASH, record.body), record.hash);
         assert_eq!(encoded, frozen, "records are now encoded differently from the frozen v1 bytes");
+    }
+
+    /// A header an append could never have written is damage: positions and
+    /// versions start at 1, a stream name has no NUL, and an event type has no
+    /// control character (it becomes the live feed's `event:` line).
+    #[test]
+    fn a_header_no_append_could_write_is_refused() {
+        let cases: [(&str, fn(&mut Header<'static>)); 6] = [
+            ("position 0", |header| header.position = 0),
+            ("version 0", |header| header.version = 0),
+            ("a NUL in the stream name", |header| header.stream = "order-1\0\0".into()),
+            ("an empty stream name", |header| header.stream = "".into()),
+            ("a line break in the type", |header| header.event_type = "Order\nPaid".into()),
+            ("an empty type", |header| header.event_type = "".into()),
+        ];
+        for (what, change) in cases {
+            let mut bad = header();
+            change(&mut bad);
+            let (bytes, _) = encode(&bad, b"payload", &GENESIS_HASH).expect("encodes");
+            assert!(parse(&bytes).is_err(), "{what} parsed");
+        }
     }
 
     #[test]

@@ -257,7 +257,7 @@ pub(crate) fn stream_key(stream: &str, first: u64) -> Vec<u8> {
 /// Where `version` lies in its group's value, in bytes: its group holds the
 /// versions before it in these bytes.
 pub(crate) fn group_offset(version: u64) -> usize {
-    8 * (version - group_first(version)) as usize
+    8 * version.saturating_sub(group_first(version)) as usize
 }
 
 /// The position a group's value holds for `version`, if it holds one.

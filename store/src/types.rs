@@ -10,6 +10,20 @@ use uuid::Uuid;
 /// The largest stream name the log takes, in bytes.
 pub const STREAM_NAME_LEN_MAX: usize = 256;
 
+/// Whether `name` can name a stream: 1 to [`STREAM_NAME_LEN_MAX`] bytes and no
+/// NUL (the stream index separates a name from its versions with a NUL, so a
+/// name holding one would read another stream's entries).
+pub fn is_stream_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= STREAM_NAME_LEN_MAX && !name.contains('\0')
+}
+
+/// Whether `name` can be an event's type: not empty and no control characters
+/// (it becomes, among others, the `event:` line of the live feed, where a line
+/// break would end the field).
+pub fn is_event_type(name: &str) -> bool {
+    !name.is_empty() && !name.chars().any(char::is_control)
+}
+
 /// What the appender expects a stream's current version to be. A mismatch fails
 /// the whole append (every stream in it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -46,7 +46,7 @@ use crate::error::StoreError;
 use crate::record::{self, Header};
 use crate::seal::{self, SubjectKey};
 use crate::trees::{self, Trees};
-use crate::types::{AppendRequest, AppendResult, STREAM_NAME_LEN_MAX, StreamVersion};
+use crate::types::{AppendRequest, AppendResult, STREAM_NAME_LEN_MAX, StreamVersion, is_event_type, is_stream_name};
 use crate::wal::Wals;
 use crate::{RECORD_LEN_MAX, codec};
 
@@ -1167,7 +1167,7 @@ fn validate(request: &AppendRequest) -> Result<(), StoreError> {
     }
     for (index, stream) in request.streams.iter().enumerate() {
         let name = &stream.stream;
-        if name.is_empty() || name.len() > STREAM_NAME_LEN_MAX || name.contains('\0') {
+        if !is_stream_name(name) {
             return invalid(format!(
                 "stream name must be 1 to {STREAM_NAME_LEN_MAX} bytes without NUL, got {} bytes",
                 name.len()
@@ -1179,8 +1179,11 @@ fn validate(request: &AppendRequest) -> Result<(), StoreError> {
         if request.streams[..index].iter().any(|earlier| earlier.stream == *name) {
             return invalid(format!("stream {name} appears twice"));
         }
-        if let Some(event) = stream.events.iter().find(|event| event.event_type.is_empty()) {
-            return invalid(format!("event {} on stream {name} has no type", event.event_id));
+        if let Some(event) = stream.events.iter().find(|event| !is_event_type(&event.event_type)) {
+            return invalid(format!(
+                "event {} on stream {name} has the type {:?}: it must be non-empty, without control characters",
+                event.event_id, event.event_type
+            ));
         }
     }
     Ok(())

@@ -232,6 +232,15 @@ async fn an_export_with_a_bad_line_is_refused_naming_it() {
             "belongs to subject".to_owned(),
         ),
         ("not an event", Box::new(move |lines| lines[3] = json!({"hello": 1})), "line 4: not an event".to_owned()),
+        (
+            // Forgotten, so no data to decode as the type: the type itself is checked.
+            "a line break in a forgotten event's type",
+            Box::new(move |lines| {
+                lines[registration]["data"] = Value::Null;
+                lines[registration]["type"] = json!("Customer\nRegistered");
+            }),
+            "is not an event type".to_owned(),
+        ),
     ];
     for (what, edit, needle) in cases {
         let mut edited = lines.clone();

@@ -358,6 +358,8 @@ async fn malformed_appends_are_refused_and_change_nothing() {
         append("a\0b", ExpectedVersion::Any, vec![event("E", b"")]),
         append(&"x".repeat(257), ExpectedVersion::Any, vec![event("E", b"")]),
         append("s", ExpectedVersion::Any, vec![event("", b"")]),
+        append("s", ExpectedVersion::Any, vec![event("Line\nBreak", b"")]),
+        append("s", ExpectedVersion::Any, vec![event("Tab\tbed", b"")]),
         append_many(vec![
             ("s", ExpectedVersion::Any, vec![event("E", b"")]),
             ("s", ExpectedVersion::Any, vec![event("E", b"")]),
@@ -368,6 +370,24 @@ async fn malformed_appends_are_refused_and_change_nothing() {
         assert!(matches!(refused, StoreError::InvalidAppend { .. }), "{request:?} gave {refused:?}");
     }
     assert_eq!(log.head(), 0);
+}
+
+/// The stream index keys a stream's groups by its name, a NUL and a version: a
+/// name holding NULs, which no stream can have, reads no other stream's events.
+#[tokio::test]
+async fn a_name_no_stream_can_have_reads_nothing() {
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    log.append(append("product-mug", ExpectedVersion::Any, vec![event("E", b"1"), event("E", b"2")]))
+        .await
+        .expect("appends");
+    assert_eq!(log.read_stream("product-mug", 1, 10).expect("reads").len(), 2);
+    for nuls in 1..=9 {
+        let name = format!("product-mug{}", "\0".repeat(nuls));
+        assert_eq!(log.read_stream(&name, 1, 10).expect("reads").len(), 0, "{nuls} NULs");
+        assert_eq!(log.stream_version(&name).expect("reads"), 0, "{nuls} NULs");
+    }
+    assert_eq!(log.read_stream(&"x".repeat(257), 1, 10).expect("reads").len(), 0);
 }
 
 #[tokio::test]
