@@ -176,7 +176,8 @@ mod tests {
     /// control character (it becomes the live feed's `event:` line).
     #[test]
     fn a_header_no_append_could_write_is_refused() {
-        let cases: [(&str, fn(&mut Header<'static>)); 6] = [
+        type Change = fn(&mut Header<'static>);
+        let cases: [(&str, Change); 6] = [
             ("position 0", |header| header.position = 0),
             ("version 0", |header| header.version = 0),
             ("a NUL in the stream name", |header| header.stream = "order-1\0\0".into()),
