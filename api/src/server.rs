@@ -221,7 +221,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // HTTP/1 only, and without the protocol sniffing of `serve_connection_with_upgrades`:
+    // that waits for 24 bytes with no timer, so a client that sent fewer (or none)
+    // held its connection for ever. Here the header-read timer runs from the start.
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
     tokio::pin!(shutdown);
     loop {
@@ -241,8 +244,7 @@ pub async fn run(
             request.extensions_mut().insert(ConnectInfo(remote));
             request
         });
-        let connection =
-            builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
             if let Err(error) = connection.await {

@@ -9,19 +9,43 @@ use tokio::net::TcpStream;
 
 use super::TestApp;
 
+/// Slow-loris: a client that starts its headers and never finishes them, and one
+/// that sends nothing at all, are cut off once the header-read timeout has
+/// passed; one that sends the first bytes of HTTP/2's preface (which a server
+/// that sniffs the protocol waits on) is refused at once, as HTTP/1 it is not.
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     let app = TestApp::spawn_with(|config| config.header_read_timeout_ms = 300).await;
+    let sends: [&[u8]; 2] = [b"GET /healthz HTTP/1.1\r\nHost: shoplog\r\nX-Slow: ", b""];
+    for sent in sends {
+        let what = String::from_utf8_lossy(sent);
+        let mut stream = TcpStream::connect(app.address()).await.expect("connects");
+        stream.write_all(sent).await.expect("writes");
+        let started = Instant::now();
+        let mut buffer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buffer)).await;
+        assert!(read.is_ok(), "{what:?}: the connection was still open after 5 s");
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(250), "{what:?}: cut off before the timeout: {elapsed:?}");
+        let text = String::from_utf8_lossy(&buffer);
+        assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{what:?}: {text}");
+    }
+    // A kept-alive connection left idle after its request is cut off the same way.
     let mut stream = TcpStream::connect(app.address()).await.expect("connects");
-    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: shoplog\r\nX-Slow: ").await.expect("writes");
-    let started = Instant::now();
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: shoplog\r\n\r\n").await.expect("writes");
     let mut buffer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buffer)).await;
-    assert!(read.is_ok(), "the connection was still open after 5 s");
-    let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(250), "cut off before the timeout: {elapsed:?}");
+    assert!(read.is_ok(), "an idle kept-alive connection was still open after 5 s");
     let text = String::from_utf8_lossy(&buffer);
-    assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+
+    let mut stream = TcpStream::connect(app.address()).await.expect("connects");
+    stream.write_all(b"PRI * HTTP/2.0\r\n").await.expect("writes");
+    let mut buffer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buffer)).await;
+    assert!(read.is_ok(), "the start of HTTP/2's preface held the connection open for 5 s");
+    let text = String::from_utf8_lossy(&buffer);
+    assert!(text.is_empty() || text.starts_with("HTTP/1.1 4"), "{text}");
     app.stop().await;
 }
 
