@@ -206,8 +206,7 @@ fn configured_or_generated(
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut file = store::create_private_file(path)?;
     file.write_all(contents.as_bytes())?;
     file.sync_all()
 }

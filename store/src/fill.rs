@@ -33,7 +33,7 @@ impl Filler {
     /// Create the log in `dir`, which must not exist or be empty.
     pub fn create(dir: &Path) -> Result<Self, StoreError> {
         ensure_new_or_empty(dir)?;
-        std::fs::create_dir_all(dir)?;
+        crate::private::create_private_dir(dir)?;
         let db = sled_config(dir, 64 * 1024 * 1024).open()?;
         let trees = Trees::open(&db)?;
         Ok(Filler {

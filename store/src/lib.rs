@@ -21,6 +21,7 @@ mod error;
 mod fill;
 mod import;
 mod log;
+mod private;
 mod record;
 mod seal;
 mod trees;
@@ -34,6 +35,7 @@ pub use error::StoreError;
 pub use fill::ensure_new_or_empty;
 pub use import::{ImportEvent, ImportSummary, Importer};
 pub use log::{EventLog, Options, Subscription, first_damaged_record};
+pub use private::{create_private_dir, create_private_file};
 pub use types::{
     AppendRequest, AppendResult, CommitStats, EventRef, ExpectedVersion, Idempotency, Metadata, NewEvent, Payload,
     RecordedEvent, Recovery, STREAM_NAME_LEN_MAX, StreamAppend, StreamVersion, VerifyReport, is_event_type,

@@ -118,7 +118,7 @@ impl EventLog {
     /// Open (or create) the log in `dir`.
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Self, StoreError> {
         let path = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&path)?;
+        crate::private::create_private_dir(&path)?;
         let db = open_sled(&path, options.cache_capacity_bytes)?;
         // sled's log file and the directory entries it just created must survive a power cut too.
         let db_file = File::open(path.join("db"))?;

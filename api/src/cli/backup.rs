@@ -111,7 +111,7 @@ fn backup_offline(data: &Path, partial: &Path) -> anyhow::Result<()> {
         ),
         _ => error,
     })?;
-    let file = File::create_new(partial).with_context(|| format!("cannot create {}", partial.display()))?;
+    let file = store::create_private_file(partial).with_context(|| format!("cannot create {}", partial.display()))?;
     let progress = bar("backing up", log.head(), "events");
     log.backup(&file, &mut |done| progress.set_position(done))?;
     progress.finish_and_clear();
@@ -136,7 +136,8 @@ fn backup_online(server: &str, token: &str, partial: &Path) -> anyhow::Result<()
             let detail = response.text().await.unwrap_or_default();
             anyhow::bail!("{url} answered {response_status}: {}", super::problem_detail(&detail));
         }
-        let mut file = File::create_new(partial).with_context(|| format!("cannot create {}", partial.display()))?;
+        let mut file =
+            store::create_private_file(partial).with_context(|| format!("cannot create {}", partial.display()))?;
         let progress = bar("downloading", 0, "bytes");
         while let Some(chunk) = response
             .chunk()

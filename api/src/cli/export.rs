@@ -109,7 +109,8 @@ pub(super) fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         }
         Some(out) => {
             super::backup::write_then_rename(out, |partial| {
-                let file = File::create_new(partial).with_context(|| format!("cannot create {}", partial.display()))?;
+                let file = store::create_private_file(partial)
+                    .with_context(|| format!("cannot create {}", partial.display()))?;
                 let progress = bar("exporting", total, "events");
                 write_export(&log, &header, &file, &progress)?;
                 progress.finish_and_clear();

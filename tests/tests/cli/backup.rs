@@ -66,6 +66,34 @@ fn backup_file(dir: &Path) -> PathBuf {
     dir.join("shop.backup")
 }
 
+/// The permission bits of `path`.
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+}
+
+/// A backup, an export with secrets and a data dir hold the keys that unseal
+/// customers' data and sign their tokens: each is its owner's only.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_holds_the_shops_secrets_is_readable_by_its_owner_only() {
+    let (data, work, file) = backed_up_shop().await;
+    assert_eq!(mode(&file), 0o600, "the backup");
+    let restored = work.path().join("restored");
+    assert!(shoplog(&["restore", "--in", arg(&file), "--data", arg(&restored)]).status.success());
+    assert_eq!(mode(&restored), 0o700, "a restored data dir");
+    let exported = work.path().join("shop.ndjson");
+    let output = shoplog(&["export", "--data", arg(&restored), "--with-secrets", "--out", arg(&exported)]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(mode(&exported), 0o600, "an export with secrets");
+    let imported = work.path().join("imported");
+    assert!(shoplog(&["import", "--data", arg(&imported), "--in", arg(&exported)]).status.success());
+    assert_eq!(mode(&imported), 0o700, "an imported data dir");
+    let served = work.path().join("served");
+    let app = TestApp::spawn_with(|config| config.data = served.clone()).await;
+    assert_eq!(mode(&served), 0o700, "a data dir the server made");
+    app.stop().await;
+}
+
 /// A filled shop, stopped, and its offline backup: the data dir, a work dir, and
 /// the backup file in it.
 async fn backed_up_shop() -> (tempfile::TempDir, tempfile::TempDir, PathBuf) {
@@ -181,6 +209,7 @@ async fn an_online_backup_taken_while_writing_ends_at_its_head_and_restores_it()
     let acknowledged = writer.await.expect("the writer ends");
     assert!(output.status.success(), "{output:?}");
     assert!(acknowledged > 0);
+    assert_eq!(mode(&file), 0o600, "a backup holds every secret of the shop: its owner's only");
 
     let summary = store::check_backup(std::fs::File::open(&file).expect("opens"), &mut |_| {}).expect("sound");
     assert!(summary.last_position >= started_at, "the backup ends at the head when it started, or later");
