@@ -76,7 +76,7 @@ fn mode(path: &Path) -> u32 {
 /// customers' data and sign their tokens: each is its owner's only.
 #[tokio::test(flavor = "multi_thread")]
 async fn what_holds_the_shops_secrets_is_readable_by_its_owner_only() {
-    let (data, work, file) = backed_up_shop().await;
+    let (_data, work, file) = backed_up_shop().await;
     assert_eq!(mode(&file), 0o600, "the backup");
     let restored = work.path().join("restored");
     assert!(shoplog(&["restore", "--in", arg(&file), "--data", arg(&restored)]).status.success());
