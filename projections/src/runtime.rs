@@ -227,15 +227,35 @@ impl Generation {
 
 impl Drop for Generation {
     /// A retired generation leaves nothing behind: its checkpoint is forgotten and
-    /// its tree emptied and dropped from the database.
+    /// its tree dropped from the database (sled frees its pages; no key is removed
+    /// one by one). On a thread of its own: the last holder may be the live
+    /// worker, which would stop every model meanwhile, or a switch holding the
+    /// model's write lock, which would stop its queries. No later generation of
+    /// the model reuses the number ([`Slot::next_number`]), so nothing opens the
+    /// tree while it goes; a crash before it has gone leaves it to the next start.
     fn drop(&mut self) {
         if !self.retired.load(Ordering::Acquire) {
             return;
         }
-        let dropped = self.clear().and_then(|()| Ok(self.log.drop_tree(&self.tree_name)?));
-        if let Err(error) = dropped {
-            tracing::warn!(tree = self.tree_name, %error, "could not drop a retired read-model tree");
+        let (log, checkpoints, tree_name) = (self.log.clone(), self.checkpoints.clone(), self.tree_name.clone());
+        let spawned = std::thread::Builder::new()
+            .name("shoplog-drop-gen".to_owned())
+            .spawn(move || drop_generation(&log, &checkpoints, &tree_name));
+        if spawned.is_err() {
+            // No thread to be had: here, then.
+            drop_generation(&self.log, &self.checkpoints, &self.tree_name);
         }
+    }
+}
+
+/// Forget generation `tree_name`'s checkpoint and drop its tree.
+fn drop_generation(log: &EventLog, checkpoints: &sled::Tree, tree_name: &str) {
+    let dropped = checkpoints
+        .remove(tree_name.as_bytes())
+        .map_err(ProjectionError::from)
+        .and_then(|_| Ok(log.drop_tree(tree_name)?));
+    if let Err(error) = dropped {
+        tracing::warn!(tree = tree_name, %error, "could not drop a retired read-model tree");
     }
 }
 
@@ -253,6 +273,10 @@ pub(crate) struct Slot {
     generation: watch::Sender<u64>,
     building: Mutex<Option<Arc<Generation>>>,
     failure: Mutex<Option<String>>,
+    /// The number the next rebuild takes: past every generation this runtime
+    /// opened, so a rebuild never opens the tree of one still being dropped (a
+    /// failed rebuild's, say).
+    next_number: AtomicU64,
 }
 
 impl Slot {
@@ -938,7 +962,7 @@ impl Projections {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(ProjectionError::Stopped { model: slot.name, reason: "the runtime is shut down".into() });
         }
-        let number = slot.active().number + 1;
+        let number = slot.next_number.fetch_add(1, Ordering::AcqRel);
         self.shared.meta.insert(building_key(slot.name), &number.to_be_bytes())?;
         let generation = Arc::new(Generation::open(&self.shared, slot.name, number)?);
         generation.clear()?;
@@ -1042,6 +1066,8 @@ fn open_slot(shared: &Arc<Shared>, name: &'static str, apply: ApplyFn) -> Result
         active: RwLock::new(generation),
         building: Mutex::new(None),
         failure: Mutex::new(None),
+        // Every other generation was dropped above.
+        next_number: AtomicU64::new(active_number + 1),
     });
     Ok((slot, of_another_format))
 }
@@ -1200,6 +1226,44 @@ mod tests {
         projections.shutdown().await;
     }
 
+    /// A rebuild asked for right after one failed gets a number of its own: the
+    /// failed generation's tree is dropped beside it, and reusing its number
+    /// would have the drop remove what the new rebuild writes. The failed tree
+    /// goes, and the new generation serves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rebuild_after_a_failed_one_never_reuses_its_generation() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let log = EventLog::open(dir.path()).expect("a log");
+        // Slow rebuilds (a batch an event, 100 ms apart), so the first is still
+        // building when it is failed.
+        let options = Options { batch_len_max: 1, rebuild_batch_pause: Some(Duration::from_millis(100)) };
+        let projections = Projections::start_with(log.clone(), options).expect("starts");
+        append(&log, mug_created()).await;
+        let mug = Sku::parse("mug").expect("a sku");
+        for _ in 0..3 {
+            let restocked = ProductRestocked { sku: mug.clone(), quantity: RestockQuantity::new(1).expect("1") };
+            append(&log, restocked.into()).await;
+        }
+        projections.wait_for(log.head(), WAIT).await.expect("the models catch up");
+        let slot = projections.slot("catalog").expect("a slot");
+
+        let failed = projections.rebuild("catalog").expect("a rebuild starts");
+        let building = slot.building.lock().unwrap_or_else(PoisonError::into_inner).clone().expect("building");
+        slot.fail(&building, &ProjectionError::Stopped { model: "catalog", reason: "a test's failure".into() });
+        drop(building);
+        let retried = projections.rebuild("catalog").expect("a rebuild starts again");
+        assert_ne!(retried, failed, "the retry reused the failed generation's number");
+        projections.catalog().wait_for_generation(retried, WAIT).await.expect("the retry serves");
+        let deadline = std::time::Instant::now() + WAIT;
+        while log.has_tree(&tree_name("catalog", failed)) {
+            assert!(std::time::Instant::now() < deadline, "the failed generation was never dropped");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let view = projections.catalog().get(&mug).expect("reads").value.expect("the retry holds the mug");
+        assert_eq!(view.on_hand, 5 + 3, "created with 5, restocked 3 times");
+        projections.shutdown().await;
+    }
+
     /// A crash between a switch made durable and the old generation's drop
     /// leaves the old tree behind; the next start drops it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1212,6 +1276,12 @@ mod tests {
         let generation = projections.rebuild("catalog").expect("a rebuild starts");
         projections.catalog().wait_for_generation(generation, WAIT).await.expect("switches");
         projections.shutdown().await;
+        // The retired generation goes on a thread of its own.
+        let deadline = std::time::Instant::now() + WAIT;
+        while log.has_tree("catalog.g1") {
+            assert!(std::time::Instant::now() < deadline, "the retired generation was never dropped");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         // What the crash left: the old generation's tree and checkpoint.
         log.open_tree("catalog.g1").expect("a tree").insert(b"k", b"v".as_slice()).expect("writes");
         log.open_tree("checkpoints").expect("a tree").insert(b"catalog.g1", &1u64.to_be_bytes()).expect("writes");
