@@ -31,7 +31,9 @@ pub const PROJECTION_POSITION: &str = "x-projection-position";
 impl From<ProjectionError> for ApiError {
     fn from(error: ProjectionError) -> Self {
         match error {
-            error @ ProjectionError::Timeout { .. } => ApiError::Unavailable(error.to_string()),
+            error @ (ProjectionError::Timeout { .. } | ProjectionError::Stopped { .. }) => {
+                ApiError::Unavailable(error.to_string())
+            }
             error @ ProjectionError::UnknownModel { .. } => ApiError::NotFound(error.to_string()),
             error @ ProjectionError::RebuildRunning { .. } => {
                 ApiError::Conflict { detail: error.to_string(), skus: Vec::new() }
@@ -594,7 +596,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_model_that_did_not_catch_up_in_time_is_503_and_an_unknown_one_404() {
+    fn a_model_that_did_not_catch_up_in_time_or_stopped_is_503_and_an_unknown_one_404() {
         let timeout = ProjectionError::Timeout { model: "catalog", position: 9, reached: 3 };
         assert_eq!(ApiError::from(timeout).status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
@@ -602,5 +604,7 @@ mod tests {
             StatusCode::NOT_FOUND
         );
         assert_eq!(ApiError::from(ProjectionError::RebuildRunning { model: "carts" }).status(), StatusCode::CONFLICT);
+        let torn = ProjectionError::Stopped { model: "catalog", reason: "a storage error cut a batch short".into() };
+        assert_eq!(ApiError::from(torn).status(), StatusCode::SERVICE_UNAVAILABLE, "a model that stopped is 503");
     }
 }

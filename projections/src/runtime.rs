@@ -178,6 +178,10 @@ pub(crate) struct Generation {
     cache: Mutex<Cache>,
     stop: watch::Sender<bool>,
     retired: AtomicBool,
+    /// A write of a batch to it failed part way: it may hold part of a batch
+    /// under an older checkpoint, so it answers no query until a restart writes
+    /// the batch again from its redo, or a rebuild replaces it.
+    torn: AtomicBool,
     /// To drop the tree once retired.
     log: EventLog,
 }
@@ -198,6 +202,7 @@ impl Generation {
             batch_lock: RwLock::new(()),
             stop: watch::Sender::new(false),
             retired: AtomicBool::new(false),
+            torn: AtomicBool::new(false),
             log: shared.log.clone(),
         })
     }
@@ -295,6 +300,12 @@ impl Slot {
         };
         let value = {
             let _batch_whole = generation.batch_lock.read().unwrap_or_else(PoisonError::into_inner);
+            if generation.torn.load(Ordering::Acquire) {
+                return Err(ProjectionError::Stopped {
+                    model: self.name,
+                    reason: "a storage error cut a batch short; restart the server or rebuild the model".into(),
+                });
+            }
             query(&generation.tree)?
         };
         Ok(Answer { position, value })
@@ -555,11 +566,14 @@ fn commit_live(shared: &Shared, members: &[Member], events: &[Decoded]) -> Vec<O
         for (index, writes, _) in applied {
             let generation = &members[index].generation;
             let _batch_whole = generation.batch_lock.write().unwrap_or_else(PoisonError::into_inner);
+            // Torn until the batch is whole (a test halts after the first model's writes).
+            generation.torn.store(true, Ordering::Release);
             writes.write_each(&generation.tree)?;
-        }
-        #[cfg(test)]
-        if shared.halt_before_checkpoints.load(Ordering::Acquire) {
-            return Err(ProjectionError::Storage("halted before the checkpoints (a test)".to_owned()));
+            #[cfg(test)]
+            if shared.halt_before_checkpoints.load(Ordering::Acquire) {
+                return Err(ProjectionError::Storage("halted part way through a batch (a test)".to_owned()));
+            }
+            generation.torn.store(false, Ordering::Release);
         }
         for &(index, position) in &positions {
             let generation = &members[index].generation;
@@ -1160,9 +1174,10 @@ mod tests {
         .into()
     }
 
-    /// What a crash between a live batch's records and its checkpoints leaves:
-    /// the catalog's record counts the restock, its checkpoint does not. At the
-    /// next start the redo writes the batch again whole, so the restock is
+    /// What a failed write or a crash part way through a live batch leaves: the
+    /// catalog's record counts the restock, its checkpoint does not. Until a
+    /// restart the catalog answers no query (it could hold part of a batch). At
+    /// the next start the redo writes the batch again whole, so the restock is
     /// counted once (applying it again from the old checkpoint would count it
     /// twice).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1182,6 +1197,10 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "every model stops at the halted batch");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        // The catalog holds part of the batch under its old checkpoint: it
+        // answers nothing rather than that.
+        let refused = projections.catalog().get(&mug).expect_err("a torn model answers no query");
+        assert!(matches!(refused, ProjectionError::Stopped { model: "catalog", .. }), "{refused:?}");
         projections.shutdown().await;
         let checkpoints = log.open_tree(CHECKPOINTS_TREE).expect("the checkpoints");
         assert_eq!(read_checkpoint(&checkpoints, "catalog.g1").expect("reads"), 1, "the checkpoint was not written");
