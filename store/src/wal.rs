@@ -29,8 +29,11 @@
 //! holds zeros, or the frames of an earlier turn: a file written again keeps
 //! its blocks (it is not truncated, so its `fdatasync`s have no file size to
 //! record and no zeros to write), and the frames after the new ones are of
-//! batches a checkpoint made durable in sled, which `writer::replay` skips (it
-//! orders the frames of both files by position). A file grows a mebibyte at a
+//! batches a checkpoint made durable in sled, which `writer::replay` skips: it
+//! ends a file's frames at the first that does not follow the one before it
+//! (a power cut can leave such an old frame between two new ones, when the disk
+//! kept the later frame's sectors and not the earlier one's), and orders the
+//! frames of both files by position. A file grows a mebibyte at a
 //! time, with zeros, up to its cap.
 
 use std::fs::{File, OpenOptions};
@@ -143,13 +146,13 @@ pub(crate) struct Wals {
 
 impl Wals {
     /// Open both files in `dir` (see [`Wal::open`]) and read the payloads of
-    /// their frames, the current ones and any of an earlier turn, in no
-    /// particular order: `writer::replay` orders them by position.
-    pub fn open(dir: &Path, len_max: u64) -> io::Result<(Wals, Vec<Vec<u8>>)> {
-        let (first, mut payloads) = Wal::open(dir, WAL_FILES[0], len_max)?;
-        let (second, more) = Wal::open(dir, WAL_FILES[1], len_max)?;
-        payloads.extend(more);
-        Ok((Wals { files: [first, second], current: 0 }, payloads))
+    /// their frames, file by file, the current ones and any of an earlier turn:
+    /// `writer::replay` keeps each file's frames while they follow one another
+    /// and orders them by position.
+    pub fn open(dir: &Path, len_max: u64) -> io::Result<(Wals, [Vec<Vec<u8>>; 2])> {
+        let (first, first_payloads) = Wal::open(dir, WAL_FILES[0], len_max)?;
+        let (second, second_payloads) = Wal::open(dir, WAL_FILES[1], len_max)?;
+        Ok((Wals { files: [first, second], current: 0 }, [first_payloads, second_payloads]))
     }
 
     /// The file frames are written to now.
@@ -286,7 +289,7 @@ mod tests {
     fn the_files_take_turns_and_a_file_written_again_keeps_its_older_frames_after_the_new_ones() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (mut wals, found) = Wals::open(dir.path(), 200).expect("opens");
-        assert!(found.is_empty());
+        assert!(found.concat().is_empty());
         assert!(!wals.holds_frames());
         wals.current().write(b"one").expect("writes");
         wals.current().write(b"two").expect("writes");
@@ -295,7 +298,7 @@ mod tests {
         assert!(wals.holds_frames());
         drop(wals);
         let (mut wals, found) = Wals::open(dir.path(), 200).expect("opens");
-        assert_eq!(found, vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+        assert_eq!(found, [vec![b"one".to_vec(), b"two".to_vec()], vec![b"three".to_vec()]]);
 
         // Back to the first file: written from its start, over "one"; "two",
         // of the turn before, still follows.
@@ -304,7 +307,7 @@ mod tests {
         wals.current().write(b"ONE").expect("writes");
         drop(wals);
         let (mut wals, found) = Wals::open(dir.path(), 200).expect("opens");
-        assert_eq!(found, vec![b"ONE".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+        assert_eq!(found, [vec![b"ONE".to_vec(), b"two".to_vec()], vec![b"three".to_vec()]]);
         let len = |name: &str| std::fs::metadata(dir.path().join(name)).expect("exists").len();
         assert_eq!(len(WAL_FILES[0]), 200, "written again, not truncated");
 
@@ -312,6 +315,6 @@ mod tests {
         assert_eq!((len(WAL_FILES[0]), len(WAL_FILES[1])), (0, 0));
         drop(wals);
         let (_, found) = Wals::open(dir.path(), 200).expect("opens");
-        assert!(found.is_empty());
+        assert!(found.concat().is_empty());
     }
 }

@@ -502,18 +502,29 @@ fn transact(trees: &Trees, writes: &BatchWrites) -> Result<(), String> {
 
 /// Write to sled again the batches of the write-ahead log's frames that sled
 /// lost in a crash, in order of position (the frames come from both of the
-/// WAL's files), before the log is opened (after [`drop_torn_batch`]); returns
-/// how many there were. A frame of a batch sled has is skipped: a file written
-/// again still holds frames of an earlier turn after the new ones. A frame that
-/// does not begin right after the stored head is damage: sled lost batches the
-/// WAL does not hold.
-pub(crate) fn replay(trees: &Trees, frames: &[Vec<u8>]) -> Result<u64, StoreError> {
+/// WAL's files, frame by frame for each file), before the log is opened (after
+/// [`drop_torn_batch`]); returns how many there were. A file's frames end at the
+/// first one that does not follow the one before it: a file written again still
+/// holds frames of an earlier turn after the new ones, and a power cut can leave
+/// one of those between two new frames (the disk wrote the later one's sectors
+/// and not the earlier one's, whose batch was then never acknowledged). A
+/// frame of a batch sled has is skipped. A frame that does not begin right
+/// after the stored head is damage: sled lost batches the WAL does not hold.
+pub(crate) fn replay(trees: &Trees, files: &[Vec<Vec<u8>>]) -> Result<u64, StoreError> {
     let mut head = trees::read_head(trees)?;
-    let mut batches = frames
-        .iter()
-        .map(|frame| BatchWrites::decode(frame))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|reason| StoreError::corrupt(head + 1, format!("write-ahead log: {reason}")))?;
+    let mut batches = Vec::new();
+    for frames in files {
+        let mut file_head = None;
+        for frame in frames {
+            let writes = BatchWrites::decode(frame)
+                .map_err(|reason| StoreError::corrupt(head + 1, format!("write-ahead log: {reason}")))?;
+            if file_head.is_some_and(|file_head: u64| writes.first != file_head + 1) {
+                break;
+            }
+            file_head = Some(writes.tail.head);
+            batches.push(writes);
+        }
+    }
     batches.sort_by_key(|writes| writes.first);
     let mut replayed = 0;
     for writes in batches {

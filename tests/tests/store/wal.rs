@@ -131,6 +131,52 @@ async fn a_wal_that_does_not_continue_the_log_is_refused_and_kept() {
     );
 }
 
+/// The whole frames at the start of a WAL file's bytes: `"SLW1"`, the payload's
+/// length (u32 BE), a 32-byte hash, the payload.
+fn frames(bytes: &[u8]) -> Vec<&[u8]> {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while bytes.get(at..at + 4) == Some(b"SLW1".as_slice()) {
+        let len = u32::from_be_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
+        frames.push(&bytes[at..at + 40 + len]);
+        at += 40 + len;
+    }
+    frames
+}
+
+/// A file written again still holds frames of an earlier turn after the new
+/// ones. A power cut during the `fdatasync` of two new frames can keep the
+/// second and not the first, whose place then still holds an old frame: the
+/// file's frames end at the old frame, the batch past it (never acknowledged:
+/// its `fdatasync` never returned) is not replayed, and the log opens.
+#[tokio::test]
+async fn an_old_frame_between_two_new_ones_ends_the_files_frames() {
+    let root = temp_dir();
+    let (log_dir, sled_one) = (root.path().join("log"), root.path().join("one"));
+    let log = EventLog::open(&log_dir).expect("opens");
+    append_batch(&log, "a", 2).await;
+    let old_wal = std::fs::read(log_dir.join(WAL)).expect("reads the WAL of an open log");
+    drop(log);
+    copy_dir(&log_dir, &sled_one);
+    let log = EventLog::open(&log_dir).expect("reopens");
+    append_batch(&log, "b", 3).await;
+    append_batch(&log, "a", 1).await;
+    append_batch(&log, "c", 2).await;
+    let new_wal = std::fs::read(log_dir.join(WAL)).expect("reads the WAL of an open log");
+    drop(log);
+    let (old, new) = (frames(&old_wal), frames(&new_wal));
+    assert_eq!((old.len(), new.len()), (1, 3), "one frame a batch");
+
+    // Positions 3–5; where 6's frame was, the old frame of 1–2; then 7–8.
+    let mut bytes = [new[0], old[0], new[2]].concat();
+    bytes.resize(new_wal.len(), 0);
+    std::fs::write(sled_one.join(WAL), &bytes).expect("writes");
+    let log = EventLog::open(&sled_one).expect("opens: no acknowledged batch is missing");
+    assert_eq!(log.recovery().batches_replayed, 1);
+    assert_eq!(log.head(), 5, "the batches past the old frame were never acknowledged");
+    assert_eq!(log.verify().expect("verifies").events, 5);
+}
+
 /// When the first file is full the syncer goes on in the second, while a
 /// checkpoint runs: batches acknowledged from both files, which sled lost, are
 /// written to sled again at open, in order.
