@@ -214,7 +214,7 @@ impl EventLog {
         progress(tally.events);
 
         for subject in subjects {
-            let forgotten = match trees::read_subject_key(trees, subject)? {
+            let forgotten = match trees::visible_subject_key(trees, subject)? {
                 Some(Some(key)) => {
                     out.frame(KEY, &[&subject.as_bytes()[..], &key[..]].concat())?;
                     false

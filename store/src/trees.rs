@@ -71,6 +71,8 @@ pub(crate) struct Trees {
     pub meta: sled::Tree,
     /// The stream index groups not in `streams` yet.
     pub recent: Arc<RecentGroups>,
+    /// The keys of subjects a batch not yet durable forgets (see [`Forgetting`]).
+    pub forgetting: Arc<Forgetting>,
 }
 
 impl Trees {
@@ -82,6 +84,7 @@ impl Trees {
             keys: db.open_tree("keys")?,
             meta: db.open_tree("meta")?,
             recent: Arc::default(),
+            forgetting: Arc::default(),
         })
     }
 
@@ -417,6 +420,45 @@ pub(crate) fn read_stream_head(trees: &Trees, stream: &str) -> Result<(u64, u64)
 }
 
 /// The subject's key: `None` when it never had one, `Some(None)` once forgotten.
+/// The keys of the subjects that a batch forgets, from when the writer deletes
+/// them in sled until the batch is durable: readers, who read no event past the
+/// durable head, see no forget that is not durable either, so a forget that then
+/// fails (and is never acknowledged) was never seen.
+#[derive(Debug, Default)]
+pub(crate) struct Forgetting(std::sync::Mutex<HashMap<Uuid, SubjectKey>>);
+
+impl Forgetting {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, SubjectKey>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keep `subject`'s key for readers, before the writer deletes it.
+    pub fn hold(&self, subject: Uuid, key: SubjectKey) {
+        self.lock().insert(subject, key);
+    }
+
+    /// The forgets of `subjects` are durable: readers see them from now on.
+    pub fn release(&self, subjects: &[Uuid]) {
+        let mut held = self.lock();
+        for subject in subjects {
+            held.remove(subject);
+        }
+    }
+
+    fn get(&self, subject: Uuid) -> Option<SubjectKey> {
+        self.lock().get(&subject).copied()
+    }
+}
+
+/// A subject's key as readers see it: as [`read_subject_key`], but a forget
+/// that is not durable yet is not seen ([`Forgetting`]).
+pub(crate) fn visible_subject_key(trees: &Trees, subject: Uuid) -> Result<Option<Option<SubjectKey>>, StoreError> {
+    match trees.forgetting.get(subject) {
+        Some(key) => Ok(Some(Some(key))),
+        None => read_subject_key(trees, subject),
+    }
+}
+
 pub(crate) fn read_subject_key(trees: &Trees, subject: Uuid) -> Result<Option<Option<SubjectKey>>, StoreError> {
     let Some(bytes) = trees.keys.get(subject.as_bytes())? else {
         return Ok(None);

@@ -159,6 +159,9 @@ struct Written {
     /// Whether the batch forgets a subject: its frame is not written, and a
     /// checkpoint makes it durable instead (see [`Syncer::sync`]).
     forgets: bool,
+    /// The subjects it forgets, whose keys readers see until it is durable
+    /// ([`trees::Forgetting`]).
+    forgotten: Vec<Uuid>,
     /// The stream index groups the batch wrote, whole, for the next checkpoint.
     groups: Vec<(IVec, IVec)>,
 }
@@ -264,7 +267,8 @@ impl Writer {
             }
             // Written to sled while the syncer writes and syncs the frame.
             if let Some(writes) = writes
-                && let Err(reason) = apply(&self.trees, &writes)
+                && let Err(reason) =
+                    hold_forgotten_keys(&self.trees, &writes).and_then(|()| apply(&self.trees, &writes))
             {
                 // The syncer answers none of this batch (nor any after it).
                 self.health.fail(reason);
@@ -319,6 +323,7 @@ impl Writer {
             appends: staged.appends,
             events: staged.written as u64,
             forgets: to_write.as_ref().is_some_and(|writes| writes.forgets),
+            forgotten: to_write.as_ref().map(forgotten_subjects).unwrap_or_default(),
             frame,
             groups,
         };
@@ -449,6 +454,22 @@ impl BatchWrites {
 
 /// Write a batch to sled: key by key with the stored head last (see the module's
 /// doc), or in one transaction when it forgets a subject.
+/// The subjects a batch forgets: those whose key it writes empty.
+fn forgotten_subjects(writes: &BatchWrites) -> Vec<Uuid> {
+    writes.keys.iter().filter(|(_, key)| key.is_empty()).map(|(subject, _)| Uuid::from_bytes(*subject)).collect()
+}
+
+/// Keep for readers the keys of the subjects `writes` forgets, before they are
+/// deleted; the syncer lets go of them once the batch is durable.
+fn hold_forgotten_keys(trees: &Trees, writes: &BatchWrites) -> Result<(), String> {
+    for subject in forgotten_subjects(writes) {
+        if let Some(Some(key)) = trees::read_subject_key(trees, subject).map_err(|error| error.to_string())? {
+            trees.forgetting.hold(subject, key);
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn apply(trees: &Trees, writes: &BatchWrites) -> Result<(), String> {
     if writes.forgets { transact(trees, writes) } else { insert_in_order(trees, writes) }
 }
@@ -718,6 +739,10 @@ impl Syncer {
                         let events = pending.iter().map(|written| written.events).sum();
                         self.counters.events.fetch_add(events, Ordering::Relaxed);
                     }
+                    // Durable now: readers see the forgets.
+                    for written in &pending {
+                        self.trees.forgetting.release(&written.forgotten);
+                    }
                     // Before the head moves: see `DurableHeads`.
                     self.durable_heads
                         .record(pending.iter_mut().flat_map(|written| std::mem::take(&mut written.stream_heads)));
@@ -855,6 +880,10 @@ impl Syncer {
     fn checkpoint(&mut self) -> Result<(), String> {
         self.finish_checkpoint()?;
         self.written_to_sled(self.received_head)?;
+        #[cfg(test)]
+        if let Some(hold) = &self.checkpoint_hold {
+            hold.pass();
+        }
         let checkpoint = self.next_checkpoint();
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
         checkpoint.run()?;
