@@ -126,11 +126,14 @@ impl Wal {
         self.file.sync_data()
     }
 
-    /// Empty the file. Only once sled holds every frame's writes durably: the
-    /// truncation need not be durable itself, since a frame found again later
-    /// is of a batch sled already has, and replaying skips it.
+    /// Empty the file, durably. Only once sled holds every frame's writes
+    /// durably: for the log a frame found again later would do no harm (it is of
+    /// a batch sled already has, and replaying skips it), but the frame of the
+    /// batch that made a subject's key holds the key, and after a forget a power
+    /// cut must not bring it back.
     fn start_over(&mut self) -> io::Result<()> {
         self.file.set_len(0)?;
+        self.file.sync_data()?;
         self.offset = 0;
         self.allocated = 0;
         Ok(())

@@ -9,7 +9,8 @@
 //! `crash_appender DIR fault [WAL_KIB]`: 8 tasks × 50 appends, then one more append
 //! (`after ok|err …`), the counts of answers (`answered <ok> <err>`), the writer's
 //! committed batches and appends (`stats <batches> <appends>`) and the log's
-//! failure (`failure …`); exits 0.
+//! failure (`failure …`), then forgets a subject it sealed data of (`forget ok`
+//! or `forget err <kind>`); exits 0.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -104,9 +105,25 @@ fn main() -> ExitCode {
             let _ = writeln!(out, "stats {} {}", stats.batches, stats.appends);
             let _ = writeln!(out, "failure {}", log.failure().unwrap_or_else(|| "none".to_owned()));
             let _ = out.flush();
+            drop(out);
+            let line = match forget_one(&log).await {
+                Ok(()) => "forget ok".to_owned(),
+                Err(error) => format!("forget err {}", kind(&error)),
+            };
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
         }
     });
     ExitCode::SUCCESS
+}
+
+/// Seal an event under a new subject, then forget the subject.
+async fn forget_one(log: &EventLog) -> Result<(), StoreError> {
+    let subject = Uuid::now_v7();
+    log.append(append("person-1", ExpectedVersion::Any, vec![sealed_event("E", subject, b"personal")])).await?;
+    log.forget(subject, append("person-1", ExpectedVersion::Any, vec![event("Forgotten", b"")])).await?;
+    Ok(())
 }
 
 /// A mix of appends: single events, sealed personal data, and atomic appends to
