@@ -751,8 +751,20 @@ impl CommandService {
         let count = usize::try_from(result.last_position + 1 - result.first_position).unwrap_or(usize::MAX);
         let recorded = self.inner.log.read_all(result.first_position, count)?;
         let events = recorded.iter().map(codec::decode).filter_map(Result::transpose).collect::<Result<_, _>>()?;
+        // A command that names its new stream afresh on each try (a registration,
+        // with a new customer id) tried `main` this time; the first answer's main
+        // stream is the one of the same category that the append wrote.
+        let category = |stream: &str| StreamId::parse(stream).ok().map(|id| id.category());
+        let main_stream = match result.streams.iter().any(|written| written.stream == main) {
+            true => main.to_owned(),
+            false => result
+                .streams
+                .iter()
+                .find(|written| category(&written.stream).is_some() && category(&written.stream) == category(main))
+                .map_or_else(|| main.to_owned(), |written| written.stream.clone()),
+        };
         Ok(CommandOutcome {
-            main_stream: main.to_owned(),
+            main_stream,
             first_position: result.first_position,
             last_position: result.last_position,
             streams: result.streams,

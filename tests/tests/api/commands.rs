@@ -183,6 +183,36 @@ async fn an_idempotency_key_is_the_callers_own_and_its_replay_repeats_the_etag()
     app.stop().await;
 }
 
+/// A registration makes a new customer id on each try, so its repeat must answer
+/// the stream the first one wrote, not the one it made up: also when the email
+/// was released first (its holder was forgotten), which the append writes first.
+#[tokio::test]
+async fn a_repeated_registration_answers_its_first_response() {
+    let app = TestApp::spawn().await;
+    let forgotten = app.register("old@example.com").await;
+    let reply = app.post(&format!("/admin/customers/{forgotten}/forget"), Some(ADMIN), json!({})).await;
+    assert!(reply.status.is_success(), "{reply:?}");
+    for (email, key) in [("new@example.com", "register-1"), ("old@example.com", "register-2")] {
+        let body = json!({"email": email, "name": "Someone", "password": "correct horse"});
+        let headers = [("Idempotency-Key", key)];
+        let register = || app.request(Method::POST, "/api/v1/customers", None, Some(body.clone()), &headers);
+        let first = register().await;
+        assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
+        let head = app.head();
+        let again = register().await;
+        assert_eq!(again.status, StatusCode::CREATED, "{again:?}");
+        assert_eq!(app.head(), head, "{email}: the repeat wrote nothing");
+        assert_eq!(again.body["duplicate"], true, "{again:?}");
+        let customer_id = first.body["customer_id"].as_str().expect("an id");
+        assert_eq!(first.body["stream"], format!("customer-{customer_id}"), "{first:?}");
+        for field in ["stream", "version", "position", "customer_id"] {
+            assert_eq!(again.body[field], first.body[field], "{email}: {field} of {again:?}");
+        }
+        assert_eq!(again.headers["etag"], first.headers["etag"], "{email}: the ETag");
+    }
+    app.stop().await;
+}
+
 /// The customer id of a registered email, from a login.
 async fn customer_id_of(app: &TestApp, email: &str) -> String {
     let reply = app.post("/api/v1/sessions", None, json!({"email": email, "password": "correct horse"})).await;
