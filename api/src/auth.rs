@@ -180,30 +180,63 @@ impl FromRequestParts<AppState> for Customer {
     }
 }
 
+/// The key a client address is counted under: an IPv4 address (an IPv4-mapped
+/// IPv6 one too) whole, an IPv6 address by its /64, which one client usually has
+/// all of, so that it cannot take a fresh address for each attempt.
+pub fn address_key(address: std::net::IpAddr) -> String {
+    match address {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                format!("{a:x}:{b:x}:{c:x}:{d:x}::/64")
+            }
+        },
+    }
+}
+
 /// A fixed-window limiter per key (an email, a client address), bounded in size.
+///
+/// Full (a flood of distinct keys), it makes room by dropping the expired
+/// entries, then those of a single attempt, and keeps every key that has made
+/// more: the counts an attack on one account builds up are never forgotten to
+/// make room for others. Still full (that many keys with two attempts or more
+/// within a window), it refuses keys it does not know until entries expire:
+/// logins wait, but no count is lost.
 #[derive(Debug)]
 pub struct RateLimiter {
     window: Duration,
     attempts_max: u32,
+    keys_max: usize,
     entries: Mutex<HashMap<String, (Instant, u32)>>,
 }
 
-/// The most keys a limiter tracks; past it, expired entries are dropped first.
+/// The most keys a limiter tracks.
 const LIMITER_KEYS_MAX: usize = 100_000;
 
 impl RateLimiter {
     pub fn new(attempts_max: u32, window: Duration) -> Self {
-        RateLimiter { window, attempts_max, entries: Mutex::new(HashMap::new()) }
+        Self::with_keys_max(attempts_max, window, LIMITER_KEYS_MAX)
+    }
+
+    fn with_keys_max(attempts_max: u32, window: Duration, keys_max: usize) -> Self {
+        RateLimiter { window, attempts_max, keys_max: keys_max.max(1), entries: Mutex::new(HashMap::new()) }
     }
 
     /// Count one attempt for `key`; `Err(seconds)` to wait when over the limit.
     pub fn check(&self, key: &str) -> Result<(), u64> {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if entries.len() >= LIMITER_KEYS_MAX {
+        if entries.len() >= self.keys_max && !entries.contains_key(key) {
             entries.retain(|_, (started, _)| now.duration_since(*started) < self.window);
-            if entries.len() >= LIMITER_KEYS_MAX {
-                entries.clear();
+            if entries.len() >= self.keys_max {
+                entries.retain(|_, (_, attempts)| *attempts > 1);
+            }
+            if entries.len() >= self.keys_max {
+                let oldest = entries.values().map(|(started, _)| *started).min().unwrap_or(now);
+                let left = self.window.saturating_sub(now.duration_since(oldest));
+                return Err(left.as_secs().max(1));
             }
         }
         let entry = entries.entry(key.to_owned()).or_insert((now, 0));
@@ -256,6 +289,42 @@ mod tests {
         assert_eq!(tokens.authenticate("", Utc::now()), None);
         assert_eq!(tokens.authenticate("admin-token-012345678", Utc::now()), None);
         assert_eq!(tokens.authenticate("admin-token-0123456789", Utc::now()), Some(Principal::Admin));
+    }
+
+    /// A flood of single attempts under distinct keys does not wipe the count of
+    /// the key under attack; a table full of keys that each tried twice refuses
+    /// new keys rather than forget any count.
+    #[test]
+    fn a_full_limiter_keeps_the_counts_of_keys_that_tried_more_than_once() {
+        let limiter = RateLimiter::with_keys_max(3, Duration::from_secs(60), 10);
+        for _ in 0..3 {
+            assert_eq!(limiter.check("victim"), Ok(()));
+        }
+        for flood in 0..100 {
+            assert_eq!(limiter.check(&format!("flood-{flood}")), Ok(()), "a single attempt of a new key");
+        }
+        assert!(limiter.check("victim").is_err(), "the flood wiped the victim's count");
+
+        let limiter = RateLimiter::with_keys_max(3, Duration::from_secs(60), 4);
+        for key in ["a", "b", "c", "d"] {
+            assert_eq!(limiter.check(key), Ok(()));
+            assert_eq!(limiter.check(key), Ok(()));
+        }
+        let wait = limiter.check("e").expect_err("no room without forgetting a count");
+        assert!((1..=60).contains(&wait), "{wait}");
+        assert_eq!(limiter.check("a"), Ok(()), "known keys go on being counted");
+        assert!(limiter.check("a").is_err(), "a's fourth attempt");
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64_and_an_ipv4_one_by_its_address() {
+        let key = |text: &str| address_key(text.parse().expect("an address"));
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:bbbb:cccc:dddd:eeee"), "one /64");
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"), "another /64");
+        assert_eq!(key("2001:db8:1:2::1"), "2001:db8:1:2::/64");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7", "IPv4-mapped");
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
     }
 
     #[test]

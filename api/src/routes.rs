@@ -498,7 +498,7 @@ async fn login(
     let email = field("email", Email::parse(&input.body.email))
         .map_err(|error| domain::DomainError::Validation(vec![error]))?;
     for (limiter, key) in
-        [(&state.login_by_address, remote.ip().to_string()), (&state.login_by_email, email.normalized())]
+        [(&state.login_by_address, crate::auth::address_key(remote.ip())), (&state.login_by_email, email.normalized())]
     {
         limiter.check(&key).map_err(|retry_after_seconds| ApiError::TooManyRequests { retry_after_seconds })?;
     }
