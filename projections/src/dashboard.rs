@@ -397,7 +397,12 @@ impl Dashboard {
                 let start = key(BY_AVAILABLE, &[&[bucket]]);
                 let end = prefix_end(&start);
                 let mut in_bucket = Vec::new();
-                for entry in tree.range(start..end) {
+                // Buckets 0 and 1 hold one number of units each, so their sku
+                // order is the list's order: read no more than the list takes
+                // (a shop with many sold-out products reads 100 of them, not all).
+                let needed = query.low_stock_len_max - low_stock.len();
+                let read_max = if bucket <= 1 { needed } else { usize::MAX };
+                for entry in tree.range(start..end).take(read_max) {
                     let (key, _) = entry?;
                     let sku = sku_of(key.get(BY_AVAILABLE.len() + 1..).unwrap_or_default())?;
                     let stored = name_of(&sku)?;
