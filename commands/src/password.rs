@@ -51,17 +51,22 @@ impl Hasher {
         Ok(known && matches)
     }
 
-    /// Run `work` on the blocking pool inside the caller's span, once a permit is free.
+    /// Run `work` on the blocking pool inside the caller's span, once a permit is
+    /// free. The permit goes with the work, not with the caller: a caller that
+    /// gives up (a request timed out) leaves its hash running, and the permit is
+    /// free only once that hash is done, so never more than `parallel_max` run.
     async fn blocking<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, CommandError> {
-        let _permit = self
-            .permits
-            .acquire()
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
             .await
             .map_err(|_| CommandError::Hasher { reason: "the hasher is shut down".to_owned() })?;
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(work))
-            .await
-            .map_err(|error| CommandError::Hasher { reason: error.to_string() })
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            span.in_scope(work)
+        })
+        .await
+        .map_err(|error| CommandError::Hasher { reason: error.to_string() })
     }
 }
 
@@ -109,6 +114,29 @@ mod tests {
         );
         assert!(matches.expect("verifies"), "the password matches its own hash");
         assert!(!verified_before_the_other_ran, "the verification ran on the async thread");
+    }
+
+    /// A caller that gives up on its hash (a request that timed out) does not
+    /// free its place: the next hash starts only once the abandoned one is done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_hash_keeps_its_place_until_it_is_done() {
+        let hasher = Hasher::new(1).expect("hasher");
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let work = || {
+            let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+            move || {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                running.fetch_sub(1, Ordering::SeqCst);
+            }
+        };
+        // Given up on 20 ms in, while its work goes on for 200.
+        let abandoned = tokio::time::timeout(std::time::Duration::from_millis(20), hasher.blocking(work())).await;
+        assert!(abandoned.is_err(), "the first caller gave up");
+        hasher.blocking(work()).await.expect("the second runs");
+        assert_eq!(most.load(Ordering::SeqCst), 1, "two hashes ran at once with one permit");
     }
 
     #[tokio::test]

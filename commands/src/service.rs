@@ -593,6 +593,10 @@ impl CommandService {
         loop {
             attempts += 1;
             tracing::Span::current().record("attempts", attempts);
+            // With If-Match, the decision must rest on exactly the expected version
+            // of main: it was there before the decision loaded main and still after
+            // (versions only grow, so that is the version the decision read).
+            let before = expected.map(|_| self.inner.log.stream_version(main)).transpose()?;
             let decided = decide(self);
             if let Some(expected) = expected {
                 let actual = self.inner.log.stream_version(main)?;
@@ -606,6 +610,14 @@ impl CommandService {
                     Err(CommandError::Domain(refusal)) => refusal.kind() == domain::ErrorKind::NotFound && actual == 0,
                     _ => false,
                 };
+                if actual == expected && before != Some(expected) && !not_found {
+                    // It reached the expected version while the command was
+                    // decided: decide again, on that version.
+                    if attempts >= options.attempts_max || Instant::now() >= deadline {
+                        return Err(CommandError::Contention { stream: main.to_owned(), attempts });
+                    }
+                    continue;
+                }
                 if actual != expected && !not_found {
                     let refusal = CommandError::PreconditionFailed { stream: main.to_owned(), expected, actual };
                     return self.refuse(ctx, main, refusal, attempts).await;
@@ -802,4 +814,68 @@ fn group(main: &str, expected: Option<u64>, decision: Decision) -> Vec<Group> {
         }
     }
     groups
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::{PriceCents, ProductDiscontinued, ProductName, Sku, Stock};
+
+    use super::*;
+
+    /// With If-Match, a decision counts only if it rests on the expected version.
+    /// Here another command discontinues the product between this discontinue's
+    /// load of it and the If-Match check, making the product's version the
+    /// expected one. Checked against the version after the decision alone, the
+    /// product would be discontinued twice; decided again on that version, this
+    /// one is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn if_match_holds_a_decision_to_the_version_it_read() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let log = EventLog::open(dir.path()).expect("a log");
+        let service = CommandService::new(log.clone()).expect("a service");
+        let (ctx, sku) = (CommandContext::new("admin"), Sku::parse("mug").expect("a sku"));
+        let (name, price) = (ProductName::parse("Mug").expect("a name"), PriceCents::new(500).expect("a price"));
+        let stock = Stock::new(5).expect("a stock");
+        service.create_product(&ctx, sku.clone(), name, price, Some(stock), None).await.expect("creates");
+        let main = StreamId::Product(sku.clone()).to_string();
+        let another_command = || {
+            let event = codec::to_new_event(&Event::from(ProductDiscontinued { sku: sku.clone() }))?;
+            let streams =
+                vec![StreamAppend { stream: main.clone(), expected: ExpectedVersion::Any, events: vec![event] }];
+            let request = AppendRequest { streams, metadata: ctx.metadata(), idempotency: None, recorded_at: None };
+            // From a thread of its own: a decision is not async.
+            let appended = std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                        Ok::<_, std::io::Error>(runtime.block_on(log.append(request)))
+                    })
+                    .join()
+            });
+            match appended {
+                Ok(Ok(Ok(_))) => Ok(()),
+                _ => Err(CommandError::Hasher { reason: "the other command was not appended".to_owned() }),
+            }
+        };
+
+        let mut landed = false;
+        let outcome = service
+            .execute(&ctx, "discontinue", &main, Some(2), |service| {
+                let product = service.load::<domain::Product>(&main)?;
+                if !landed {
+                    landed = true;
+                    another_command()?;
+                }
+                let command = domain::ProductCommand::Discontinue { sku: sku.clone() };
+                let events = domain::product::decide(&product.state, &command)?;
+                Ok(Decision::new(events).read(&main, &product))
+            })
+            .await;
+        assert!(landed);
+        match outcome {
+            Err(CommandError::Domain(domain::DomainError::Discontinued { .. })) => {}
+            other => panic!("decided on version 1 for an If-Match of 2: {other:?}"),
+        }
+        assert_eq!(log.stream_version(&main).expect("reads"), 2, "discontinued once");
+    }
 }
