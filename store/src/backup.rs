@@ -260,6 +260,9 @@ enum Item<'a> {
         hash: [u8; 32],
         micros: i64,
         subject: Option<Uuid>,
+        /// The command that appended it: the events of one append share their
+        /// correlation id and their time.
+        correlation_id: Uuid,
     },
     Key {
         subject: Uuid,
@@ -291,9 +294,21 @@ pub fn restore_backup(
     let mut filler = Filler::create(dir)?;
     let mut subjects = BTreeSet::new();
     let (mut restored, mut cut) = (Tally::new(), false);
+    // The append the last record belongs to (its correlation id and time) and
+    // where it began; and the append a position cut would split, if it does.
+    let (mut append, mut append_start, mut split) = (None, 0, None);
     let whole = read(input, progress, &mut |item| {
         match item {
-            Item::Record { position, stream, version, bytes, hash, micros, subject } => {
+            Item::Record { position, stream, version, bytes, hash, micros, subject, correlation_id } => {
+                if append != Some((correlation_id, micros)) {
+                    (append, append_start) = (Some((correlation_id, micros)), position);
+                }
+                if let RestoreTo::Position(last) = to
+                    && position > last
+                    && append_start <= last
+                {
+                    split = Some((append_start, position));
+                }
                 cut = cut
                     || match to {
                         RestoreTo::End => false,
@@ -318,6 +333,16 @@ pub fn restore_backup(
         }
         Ok(())
     })?;
+    if let (RestoreTo::Position(last), Some((start, end))) = (to, split) {
+        let before = match start {
+            1 => String::new(),
+            _ => format!("{} or ", start - 1),
+        };
+        return Err(StoreError::bad_input(format!(
+            "position {last} splits the events one command appended together (positions {start} to {end}): \
+             restore to {before}{end}"
+        )));
+    }
     if restored.events == 0 && whole.events > 0 {
         return Err(StoreError::bad_input(match to {
             RestoreTo::Time(time) => format!("no event in the backup was recorded at or before {time}"),
@@ -474,6 +499,7 @@ fn read(
                     hash: record.hash,
                     micros: record.header.recorded_at_micros,
                     subject: record.header.subject,
+                    correlation_id: record.header.correlation_id,
                 })?;
                 if position.is_multiple_of(4096) {
                     progress(position);

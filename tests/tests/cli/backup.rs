@@ -241,12 +241,35 @@ async fn restore_stops_at_a_position_or_a_time() {
     let (data, work, file) = backed_up_shop().await;
     let source = events(data.path());
 
+    // The events of one command are appended together (a checkout's order,
+    // reservations and cart): a position between two of them is refused, naming
+    // the positions around that command; one after it restores.
+    let one_append = |a: &store::RecordedEvent, b: &store::RecordedEvent| {
+        a.correlation_id == b.correlation_id && a.recorded_at == b.recorded_at
+    };
+    // Position `inside` and the one after it are of one command.
+    let inside = (1..source.len()).find(|&at| one_append(&source[at - 1], &source[at])).expect("a many-event command");
+    let mut start = inside;
+    while start > 1 && one_append(&source[start - 2], &source[start - 1]) {
+        start -= 1;
+    }
+    let mut end = inside + 1;
+    while end < source.len() && one_append(&source[end - 1], &source[end]) {
+        end += 1;
+    }
+    let splitting = work.path().join("splitting");
+    let output =
+        shoplog(&["restore", "--in", arg(&file), "--data", arg(&splitting), "--to-position", &inside.to_string()]);
+    assert_refused(&output, &format!("splits the events one command appended together (positions {start} to {end})"));
+    assert!(!splitting.exists(), "a refused restore left a data dir");
+
     let to_position = work.path().join("to-position");
-    let output = shoplog(&["restore", "--in", arg(&file), "--data", arg(&to_position), "--to-position", "7"]);
+    let output =
+        shoplog(&["restore", "--in", arg(&file), "--data", arg(&to_position), "--to-position", &end.to_string()]);
     assert!(output.status.success(), "{output:?}");
-    assert_eq!(events(&to_position), source[..7].to_vec());
+    assert_eq!(events(&to_position), source[..end].to_vec());
     assert!(shoplog(&["verify", "--data", arg(&to_position)]).status.success());
-    assert!(models(&to_position).values().all(|(checkpoint, _)| *checkpoint == 7));
+    assert!(models(&to_position).values().all(|(checkpoint, _)| *checkpoint == end as u64));
 
     // A time in the middle: every event recorded at or before it, no other.
     let middle = &source[source.len() / 2];
