@@ -90,7 +90,9 @@ pub(super) fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
 pub(super) fn write_then_rename<T>(out: &Path, write: impl FnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
     anyhow::ensure!(!out.exists(), "{} already exists; choose a new file name", out.display());
     let name = out.file_name().map_or_else(|| "out".into(), |name| name.to_string_lossy().into_owned());
+    super::interrupt::remove_left_behind(out, "partial");
     let partial = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    let _writing = super::interrupt::Writing::new(&partial);
     let written = write(&partial).and_then(|value| {
         std::fs::rename(&partial, out).with_context(|| format!("cannot rename to {}", out.display()))?;
         sync_parent(out)?;
@@ -219,7 +221,9 @@ pub(super) fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
 /// directory is removed and `target` is left as it was.
 pub(super) fn install_dir<T>(target: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
     store::ensure_new_or_empty(target)?;
+    super::interrupt::remove_left_behind(target, "incoming");
     let staging = store::staging_dir(target);
+    let _writing = super::interrupt::Writing::new(&staging);
     if staging.exists() {
         std::fs::remove_dir_all(&staging).with_context(|| format!("cannot clear {}", staging.display()))?;
     }

@@ -13,6 +13,7 @@ use crate::config::{Config, Secret};
 mod backup;
 mod export;
 mod forget;
+mod interrupt;
 mod progress;
 mod replay;
 
@@ -134,6 +135,9 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if !matches!(cli.command, Command::Serve(_)) {
+        interrupt::watch();
+    }
     match cli.command {
         Command::Serve(args) => {
             let config =

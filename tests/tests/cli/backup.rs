@@ -541,3 +541,102 @@ async fn the_backup_route_streams_a_snapshot_that_ends_at_its_head_position() {
     assert_eq!(summary.last_position, head, "the backup ends at its head, not later");
     app.stop().await;
 }
+
+/// A log of `restocks` restocks of a few products, appended straight to the
+/// store many to an append: big enough that restoring it takes a while.
+async fn big_log(dir: &Path, restocks: usize) {
+    use domain::{Event, PriceCents, ProductName, ProductRestocked, RestockQuantity, Sku, Stock};
+    let log = store::EventLog::open(dir).expect("opens");
+    let service = commands::CommandService::new(log.clone()).expect("a service");
+    let context = commands::CommandContext::new("admin");
+    let skus: Vec<Sku> = (0..8).map(|index| Sku::parse(&format!("big-{index}")).expect("a sku")).collect();
+    for sku in &skus {
+        let (name, price) = (ProductName::parse("Big").expect("a name"), PriceCents::new(100).expect("a price"));
+        let stock = Some(Stock::new(1).expect("a stock"));
+        service.create_product(&context, sku.clone(), name, price, stock, None).await.expect("creates");
+    }
+    // Each append: 32 restocks of each product.
+    for _ in 0..restocks.div_ceil(256) {
+        let streams = skus
+            .iter()
+            .map(|sku| {
+                let event =
+                    Event::from(ProductRestocked { sku: sku.clone(), quantity: RestockQuantity::new(1).expect("1") });
+                let events = (0..32).map(|_| commands::codec::to_new_event(&event).expect("encodes")).collect();
+                store::StreamAppend {
+                    stream: event.stream().to_string(),
+                    expected: store::ExpectedVersion::Any,
+                    events,
+                }
+            })
+            .collect();
+        let correlation_id = uuid::Uuid::now_v7();
+        let metadata = store::Metadata { actor: "admin".to_owned(), correlation_id, causation_id: correlation_id };
+        let request = store::AppendRequest { streams, metadata, idempotency: None, recorded_at: None };
+        log.append(request).await.expect("appends");
+    }
+}
+
+/// The hidden staging dirs and partial files beside `target`.
+fn hidden_beside(target: &Path) -> Vec<String> {
+    let name = target.file_name().expect("a name").to_string_lossy().into_owned();
+    let parent = target.parent().expect("a parent");
+    std::fs::read_dir(parent)
+        .expect("lists")
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|entry| entry.starts_with(&format!(".{name}.")))
+        .collect()
+}
+
+/// Ctrl-C in the middle of a restore removes its staging dir (which holds every
+/// key of the shop) and exits 130. What a run that could not clean up (SIGKILL)
+/// left beside a target is removed by the next run on it, which says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_restore_or_backup_leaves_nothing_behind() {
+    let work = tests::temp_dir();
+    let data = work.path().join("data");
+    big_log(&data, 60_000).await;
+    let file = backup_file(work.path());
+    assert!(shoplog(&["backup", "--data", arg(&data), "--out", arg(&file)]).status.success());
+
+    let target = work.path().join("restored");
+    let mut child = std::process::Command::new(super::SHOPLOG)
+        .args(["restore", "--in", arg(&file), "--data", arg(&target)])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("restore starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while hidden_beside(&target).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the restore never began its staging dir");
+        assert!(child.try_wait().expect("polls").is_none(), "the restore ended before it was interrupted");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let sent = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    assert!(sent.success());
+    let output = child.wait_with_output().expect("the restore ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(hidden_beside(&target), Vec::<String>::new(), "the staging dir was left behind: {stderr}");
+    assert!(!target.exists(), "an interrupted restore made the target");
+
+    // What a killed run left: a staging dir and a partial file of processes gone.
+    let gone = 4_194_305; // past the largest pid Linux hands out
+    let left_dir = work.path().join(format!(".restored.incoming-{gone}"));
+    std::fs::create_dir(&left_dir).expect("creates");
+    std::fs::write(left_dir.join("db"), b"keys").expect("writes");
+    let output = shoplog(&["restore", "--in", arg(&file), "--data", arg(&target)]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("left by an interrupted run"), "{output:?}");
+    assert_eq!(hidden_beside(&target), Vec::<String>::new());
+
+    let again = work.path().join("again.backup");
+    let left_file = work.path().join(format!(".again.backup.partial-{gone}"));
+    std::fs::write(&left_file, b"part of a backup").expect("writes");
+    let output = shoplog(&["backup", "--data", arg(&target), "--out", arg(&again)]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(!left_file.exists(), "the partial file a killed backup left is still there");
+}

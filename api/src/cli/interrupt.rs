@@ -1,0 +1,90 @@
+//! What long operator work writes before it is whole (a restore's or an import's
+//! staging directory, a backup's or an export's partial file) holds the shop's
+//! data and keys, and is hidden (its name starts with a dot). Nothing may leave
+//! it behind:
+//!
+//! - Ctrl-C or SIGTERM removes it before the process exits with 130 ([`watch`],
+//!   [`Writing`]);
+//! - a SIGKILL or a power cut cannot be caught: the next run on the same target
+//!   removes what an interrupted run left there ([`remove_left_behind`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+/// The paths being written now.
+static WRITING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// From now on, Ctrl-C and SIGTERM remove what is being written and exit 130.
+/// For the operator commands only: `serve` shuts down on them instead.
+pub(super) fn watch() {
+    let started = std::thread::Builder::new().name("shoplog-interrupt".to_owned()).spawn(|| {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        runtime.block_on(async {
+            let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+                return;
+            };
+            tokio::select! {
+                interrupted = tokio::signal::ctrl_c() => if interrupted.is_err() { return },
+                _ = terminate.recv() => {}
+            }
+            let writing = std::mem::take(&mut *WRITING.lock().unwrap_or_else(PoisonError::into_inner));
+            for path in writing {
+                if remove(&path) {
+                    eprintln!("shoplog: interrupted; removed {}", path.display());
+                }
+            }
+            eprintln!("shoplog: interrupted");
+            std::process::exit(130);
+        });
+    });
+    if let Err(error) = started {
+        tracing::warn!(%error, "no thread to watch for Ctrl-C: an interrupted run leaves its staging behind");
+    }
+}
+
+/// A path being written: removed on Ctrl-C or SIGTERM until this is dropped.
+#[derive(Debug)]
+pub(super) struct Writing(PathBuf);
+
+impl Writing {
+    pub(super) fn new(path: &Path) -> Writing {
+        WRITING.lock().unwrap_or_else(PoisonError::into_inner).push(path.to_path_buf());
+        Writing(path.to_path_buf())
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        WRITING.lock().unwrap_or_else(PoisonError::into_inner).retain(|path| *path != self.0);
+    }
+}
+
+/// Remove what runs no longer alive left beside `target` as `.<name>.<what>-<pid>`
+/// (`what`: `incoming` for a staging dir, `partial` for a file), saying so on
+/// stderr.
+pub(super) fn remove_left_behind(target: &Path, what: &str) {
+    let Some(name) = target.file_name() else { return };
+    let prefix = format!(".{}.{what}-", name.to_string_lossy());
+    let parent = match target.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file_name.strip_prefix(&prefix).and_then(|pid| pid.parse::<u32>().ok()) else { continue };
+        let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && remove(&entry.path()) {
+            eprintln!("shoplog: removed {}, left by an interrupted run", entry.path().display());
+        }
+    }
+}
+
+/// Remove a file or a whole directory; whether something was there.
+fn remove(path: &Path) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.is_dir() => std::fs::remove_dir_all(path).is_ok(),
+        Ok(_) => std::fs::remove_file(path).is_ok(),
+        Err(_) => false,
+    }
+}
