@@ -221,6 +221,7 @@ pub(super) fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
 /// directory is removed and `target` is left as it was.
 pub(super) fn install_dir<T>(target: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
     store::ensure_new_or_empty(target)?;
+    ensure_replaceable(target)?;
     super::interrupt::remove_left_behind(target, "incoming");
     let staging = store::staging_dir(target);
     let _writing = super::interrupt::Writing::new(&staging);
@@ -241,6 +242,36 @@ pub(super) fn install_dir<T>(target: &Path, fill: impl FnOnce(&Path) -> anyhow::
         let _ = std::fs::remove_dir_all(&staging);
     }
     installed
+}
+
+/// An existing (empty) target is replaced by the staging dir, renamed over it:
+/// refuse one that cannot be, before any work (the current directory, which the
+/// staging dir's name would put inside itself; a mount point, which cannot be
+/// removed and lies on another disk than the staging dir).
+fn ensure_replaceable(target: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !target.exists() {
+        return Ok(());
+    }
+    let canonical = std::fs::canonicalize(target).with_context(|| format!("cannot resolve {}", target.display()))?;
+    let suggestion = canonical.join("data");
+    let here = std::env::current_dir().and_then(std::fs::canonicalize).ok();
+    anyhow::ensure!(
+        here.as_deref() != Some(canonical.as_path()),
+        "{} is the current directory: name a new directory to fill instead, e.g. {}",
+        target.display(),
+        suggestion.display()
+    );
+    if let Some(parent) = canonical.parent() {
+        let dev = |path: &Path| std::fs::metadata(path).map(|metadata| metadata.dev()).ok();
+        anyhow::ensure!(
+            dev(parent) == dev(&canonical),
+            "{} is a mount point: name a new directory on it to fill instead, e.g. {}",
+            target.display(),
+            suggestion.display()
+        );
+    }
+    Ok(())
 }
 
 /// Verify the log just written and build its read models.

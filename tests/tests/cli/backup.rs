@@ -590,8 +590,9 @@ fn hidden_beside(target: &Path) -> Vec<String> {
 }
 
 /// Ctrl-C in the middle of a restore removes its staging dir (which holds every
-/// key of the shop) and exits 130. What a run that could not clean up (SIGKILL)
-/// left beside a target is removed by the next run on it, which says so.
+/// key of the shop) and exits 130. A restore into the current directory is
+/// refused before any work. What a run that could not clean up (SIGKILL) left
+/// beside a target is removed by the next run on it, which says so.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_interrupted_restore_or_backup_leaves_nothing_behind() {
     let work = tests::temp_dir();
@@ -622,6 +623,20 @@ async fn an_interrupted_restore_or_backup_leaves_nothing_behind() {
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert_eq!(hidden_beside(&target), Vec::<String>::new(), "the staging dir was left behind: {stderr}");
     assert!(!target.exists(), "an interrupted restore made the target");
+
+    // The current directory, empty, cannot be replaced by a staging dir: refused
+    // before any work, naming a directory to use instead.
+    let here = work.path().join("here");
+    std::fs::create_dir(&here).expect("creates");
+    let output = std::process::Command::new(super::SHOPLOG)
+        .args(["restore", "--in", arg(&file), "--data", "."])
+        .current_dir(&here)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("runs");
+    assert_refused(&output, "is the current directory");
+    assert_eq!(std::fs::read_dir(&here).expect("lists").count(), 0, "a refused restore wrote into .");
+    assert_eq!(hidden_beside(&here), Vec::<String>::new());
 
     // What a killed run left: a staging dir and a partial file of processes gone.
     let gone = 4_194_305; // past the largest pid Linux hands out
