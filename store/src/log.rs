@@ -848,13 +848,23 @@ fn read_tail(trees: &Trees) -> Result<Tail, StoreError> {
             .ok_or_else(|| StoreError::corrupt(head, "stored time is not 8 bytes"))?,
     };
     let last = chunk::last(&trees.events, |last, bytes| {
-        if last != head {
-            return Err(StoreError::corrupt(head, format!("the stored head is {head} but the last event is {last}")));
+        // The first bad position: the first one missing, or the first past the head.
+        if last < head {
+            let missing = format!("positions {} to {head} are missing: the last event is at {last}", last + 1);
+            return Err(StoreError::corrupt(last + 1, format!("{missing}, the stored head at {head}")));
+        }
+        if last > head {
+            return Err(StoreError::corrupt(
+                head + 1,
+                format!("the stored head is {head} but the last event is {last}"),
+            ));
         }
         Ok(record::parse(bytes).map_err(|reason| StoreError::corrupt(head, reason))?.hash)
     })?;
     match last {
-        None if head != 0 => return Err(StoreError::corrupt(head, "the stored head has no event")),
+        None if head != 0 => {
+            return Err(StoreError::corrupt(1, format!("positions 1 to {head} are missing: the log holds no event")));
+        }
         Some(hash) if hash != last_hash => {
             return Err(StoreError::corrupt(head, "the last event's hash is not the stored last hash"));
         }

@@ -163,7 +163,7 @@ async fn a_stored_head_that_went_back_without_a_torn_batch_is_reported_not_repai
     rewind_stored_head(dir.path(), 3);
     match EventLog::open(dir.path()) {
         Err(store::StoreError::Corrupt { position, reason }) => {
-            assert_eq!(position, 3, "{reason}");
+            assert_eq!(position, 4, "the first position past the stored head: {reason}");
             assert!(reason.contains("the last event is 7"), "{reason}");
         }
         other => panic!("the open should report the damage, got {other:?}"),
@@ -172,4 +172,21 @@ async fn a_stored_head_that_went_back_without_a_torn_batch_is_reported_not_repai
     rewind_stored_head(dir.path(), 7);
     let log = EventLog::open(dir.path()).expect("opens");
     assert_eq!(log.verify().expect("verifies").events, 7);
+    drop(log);
+
+    // The other way round: the last batch's records lost, the head kept. The
+    // first bad position is the first one missing.
+    {
+        let db = tests::raw_sled(dir.path());
+        let removed = db.open_tree("events").expect("tree").remove(7u64.to_be_bytes()).expect("removes");
+        assert!(removed.is_some(), "position 7 was stored under its own key");
+        db.flush().expect("flushes");
+    }
+    match EventLog::open(dir.path()) {
+        Err(store::StoreError::Corrupt { position, reason }) => {
+            assert_eq!(position, 7, "the first position missing: {reason}");
+            assert!(reason.contains("positions 7 to 7 are missing"), "{reason}");
+        }
+        other => panic!("the open should report the lost tail, got {other:?}"),
+    }
 }
