@@ -580,7 +580,26 @@ impl EventLog {
         let trees = &self.inner.trees;
         let mut expected_position = 1;
         let mut stream_versions: HashMap<String, u64> = HashMap::new();
+        let mut subjects_checked = std::collections::HashSet::new();
         let previous_hash = walk_chain(trees, |position, record| {
+            // A sealed record's subject has a key, or the tombstone of a forget:
+            // with neither, its data reads as forgotten though nothing forgot it.
+            if let Some(subject) = record.header.subject
+                && subjects_checked.insert(subject)
+            {
+                match trees::read_subject_key(trees, subject) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        return Err(StoreError::corrupt(
+                            position,
+                            format!("subject {subject} has neither a key nor the tombstone of a forget"),
+                        ));
+                    }
+                    Err(_) => {
+                        return Err(StoreError::corrupt(position, format!("the key of subject {subject} is damaged")));
+                    }
+                }
+            }
             // One allocation per stream, not per event.
             let version = match stream_versions.get_mut(&*record.header.stream) {
                 Some(version) => version,

@@ -133,7 +133,7 @@ impl Wal {
     /// cut must not bring it back.
     fn start_over(&mut self) -> io::Result<()> {
         self.file.set_len(0)?;
-        self.file.sync_data()?;
+        self.file.sync_data().map_err(|error| io::Error::new(error.kind(), format!("fdatasync: {error}")))?;
         self.offset = 0;
         self.allocated = 0;
         Ok(())

@@ -176,3 +176,33 @@ async fn a_stream_index_entry_of_the_wrong_shape_is_found() {
     assert_eq!(position, 5, "{reason}");
     assert!(reason.contains("an index entry of stream odd does not have the index's shape"), "{reason}");
 }
+
+/// A sealed record's subject has a key, or the tombstone of a forget: a key lost
+/// or damaged is found at the first record of that subject (reads would take
+/// its data for forgotten, or fail; a backup would refuse the log).
+#[tokio::test]
+async fn a_subject_key_lost_or_damaged_is_found_at_the_subjects_first_record() {
+    for (what, damage) in [("lost", None), ("damaged", Some(vec![7u8; 3]))] {
+        let dir = temp_dir();
+        let subject = uuid::Uuid::now_v7();
+        {
+            let log = EventLog::open(dir.path()).expect("opens");
+            log.append(append("plain", ExpectedVersion::Any, vec![event("E", b"1")])).await.expect("appends");
+            let sealed = || append("person", ExpectedVersion::Any, vec![tests::sealed_event("E", subject, b"secret")]);
+            log.append(sealed()).await.expect("appends");
+            log.append(sealed()).await.expect("appends");
+            assert_eq!(log.verify().expect("sound log verifies").events, 3);
+        }
+        tamper(dir.path(), |db| {
+            let keys = db.open_tree("keys").expect("tree");
+            match &damage {
+                None => keys.remove(subject.as_bytes()).map(drop),
+                Some(bytes) => keys.insert(subject.as_bytes(), bytes.as_slice()).map(drop),
+            }
+            .expect("writes");
+        });
+        let (position, reason) = corrupt_position(dir.path());
+        assert_eq!(position, 2, "{what}: {reason}");
+        assert!(reason.contains(&subject.to_string()), "{what}: {reason}");
+    }
+}
