@@ -577,6 +577,12 @@ impl EventLog {
     /// index (each event indexed at its version, nothing else in it) and the stored tail. The first problem found is an
     /// error naming its position.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        self.verify_with(&mut |_| {})
+    }
+
+    /// [`EventLog::verify`], calling `progress` with the positions checked so far
+    /// now and then.
+    pub fn verify_with(&self, progress: &mut dyn FnMut(u64)) -> Result<VerifyReport, StoreError> {
         let trees = &self.inner.trees;
         let mut expected_position = 1;
         let mut stream_versions: HashMap<String, u64> = HashMap::new();
@@ -625,9 +631,13 @@ impl EventLog {
                 ));
             }
             expected_position += 1;
+            if position.is_multiple_of(4096) {
+                progress(position);
+            }
             Ok(())
         })?;
         let head = expected_position - 1;
+        progress(head);
         let mut index_len = 0;
         for entry in trees.index_groups(.., false) {
             let (key, group) = entry?;

@@ -162,7 +162,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(1));
                 }
             };
-            match log.verify() {
+            let checking = progress::bar("verifying", log.head(), "events");
+            let verified = log.verify_with(&mut |done| checking.set_position(done));
+            checking.finish_and_clear();
+            match verified {
                 Ok(report) => {
                     // The log is sound; the read models' checkpoints must lie within it.
                     let checkpoints = projections::checkpoints(&log)?;
@@ -276,10 +279,12 @@ fn stats(log: &store::EventLog) -> anyhow::Result<Stats> {
     const PAGE_LEN: usize = 4096;
     let mut stats = Stats { events: 0, by_type: Default::default(), by_category: Default::default() };
     let mut next = 1;
+    let counting = progress::bar("counting", log.head(), "events");
     loop {
         let page = log.read_all(next, PAGE_LEN)?;
         let Some(last) = page.last() else { break };
         next = last.position + 1;
+        counting.set_position(last.position);
         for event in &page {
             stats.events += 1;
             *stats.by_type.entry(event.event_type.clone()).or_default() += 1;
@@ -287,6 +292,7 @@ fn stats(log: &store::EventLog) -> anyhow::Result<Stats> {
             *stats.by_category.entry(category.to_owned()).or_default() += 1;
         }
     }
+    counting.finish_and_clear();
     Ok(stats)
 }
 

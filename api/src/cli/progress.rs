@@ -1,5 +1,6 @@
-//! Progress bars for long CLI work (backup, restore, replay, import, export): drawn
-//! on stderr only when stdout is a terminal, so scripts and pipes stay quiet.
+//! Progress bars for long CLI work (backup, restore, replay, import, export, verify,
+//! stats): drawn on stderr only when stdout is a terminal, so scripts and pipes
+//! stay quiet.
 
 use std::io::IsTerminal;
 

@@ -494,6 +494,8 @@ async fn every_long_command_draws_a_progress_bar_on_a_terminal_and_none_when_pip
             &["checking", "restoring", "rebuilding read models"][..],
         ),
         (vec!["replay", "--data", arg(&restored)], vec!["replay", "--data", arg(&restored_again)], &["replaying"][..]),
+        (vec!["verify", "--data", arg(&restored)], vec!["verify", "--data", arg(&restored_again)], &["verifying"][..]),
+        (vec!["stats", "--data", arg(&restored)], vec!["stats", "--data", arg(&restored_again)], &["counting"][..]),
         (
             vec!["export", "--data", arg(&restored), "--with-secrets", "--out", arg(&export)],
             vec!["export", "--data", arg(&restored_again), "--with-secrets", "--out", arg(&export_again)],
