@@ -1,8 +1,10 @@
 //! `shoplog backup` and `shoplog restore` (DESIGN §3, §7).
 //!
 //! A backup is written to a temporary file next to `--out`, fsynced, checked, and
-//! only then renamed into place ([`write_then_rename`], which export uses too), so a backup that failed never leaves a file that
-//! looks whole; an existing `--out` is never overwritten. A restore checks the whole
+//! only then given its name ([`write_then_rename`], which export uses too, links
+//! it, so that a file made under that name meanwhile is never replaced), so a
+//! backup that failed never leaves a file that looks whole; an existing `--out`
+//! is never overwritten. A restore checks the whole
 //! file (header, every record's hash chain, trailer, checksum) before it writes
 //! anything, fills a staging directory next to `--data`, verifies the log there,
 //! rebuilds the read models, and only then renames it into place: it never leaves
@@ -88,13 +90,20 @@ pub(super) fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
 /// (and fsyncs) the temporary path it is given: only a whole file gets the name,
 /// and a failed one leaves nothing behind.
 pub(super) fn write_then_rename<T>(out: &Path, write: impl FnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
-    anyhow::ensure!(!out.exists(), "{} already exists; choose a new file name", out.display());
+    let exists = || anyhow::anyhow!("{} already exists; choose a new file name", out.display());
+    anyhow::ensure!(!out.exists(), exists());
     let name = out.file_name().map_or_else(|| "out".into(), |name| name.to_string_lossy().into_owned());
     super::interrupt::remove_left_behind(out, "partial");
     let partial = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
     let _writing = super::interrupt::Writing::new(&partial);
     let written = write(&partial).and_then(|value| {
-        std::fs::rename(&partial, out).with_context(|| format!("cannot rename to {}", out.display()))?;
+        // A link, not a rename: it fails if `out` was made meanwhile, where a
+        // rename would replace it.
+        std::fs::hard_link(&partial, out).map_err(|error| match error.kind() {
+            std::io::ErrorKind::AlreadyExists => exists(),
+            _ => anyhow::Error::new(error).context(format!("cannot name the file {}", out.display())),
+        })?;
+        std::fs::remove_file(&partial).with_context(|| format!("cannot remove {}", partial.display()))?;
         sync_parent(out)?;
         Ok(value)
     });
@@ -172,7 +181,7 @@ fn sync_parent(path: &Path) -> anyhow::Result<()> {
 }
 
 pub(super) fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
-    let open = || File::open(&args.input).with_context(|| format!("cannot open {}", args.input.display()));
+    let open = || super::open_input(&args.input);
     store::ensure_new_or_empty(&args.data)?;
     let checking = bar("checking", 0, "events");
     let whole = store::check_backup(open()?, &mut |done| checking.set_position(done))

@@ -16,7 +16,6 @@
 //! it, rebuilds the read models and renames it into place.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -155,10 +154,7 @@ fn write_export(
 
 pub(super) fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let input: Box<dyn BufRead> = match &args.input {
-        Some(path) if path != Path::new("-") => Box::new(BufReader::with_capacity(
-            1 << 20,
-            File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
-        )),
+        Some(path) if path != Path::new("-") => Box::new(BufReader::with_capacity(1 << 20, super::open_input(path)?)),
         _ => Box::new(std::io::stdin().lock()),
     };
     let mut lines = input.lines();

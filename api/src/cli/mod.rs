@@ -232,6 +232,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Open the file an operator command reads (a backup, an export).
+pub(crate) fn open_input(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    anyhow::ensure!(!path.is_dir(), "{} is a directory, not a file", path.display());
+    anyhow::Context::with_context(std::fs::File::open(path), || format!("cannot open {}", path.display()))
+}
+
 /// Open the log of a stopped server; a running one holds its lock.
 pub(crate) fn open_offline(data: &std::path::Path) -> anyhow::Result<store::EventLog> {
     anyhow::ensure!(data.is_dir(), "data directory {} does not exist", data.display());

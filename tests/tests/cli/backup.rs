@@ -315,6 +315,11 @@ async fn restore_stops_at_a_position_or_a_time() {
         &shoplog(&["restore", "--in", arg(&file), "--data", arg(&nowhere), "--to-position", "0"]),
         "not in the backup",
     );
+    // A directory where a file is wanted.
+    for command in ["restore", "import"] {
+        let output = shoplog(&[command, "--in", arg(work.path()), "--data", arg(&nowhere)]);
+        assert_refused(&output, "is a directory, not a file");
+    }
     assert_refused(
         &shoplog(&["restore", "--in", arg(&file), "--data", arg(&nowhere), "--to-time", "2001-01-01T00:00:00Z"]),
         "no event",
