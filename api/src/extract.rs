@@ -89,8 +89,15 @@ fn parse_body<T: DeserializeOwned>(bytes: &[u8], headers: &HeaderMap) -> Result<
     if !body.is_object() {
         return Err(ApiError::validation("body", "must be a JSON object"));
     }
-    serde_json::from_value(integral_floats_as_integers(body))
-        .map_err(|error| ApiError::validation("body", error.to_string()))
+    serde_path_to_error::deserialize(integral_floats_as_integers(body)).map_err(|error| {
+        let message = error.inner().to_string();
+        let field = match error.path().to_string().as_str() {
+            // The body itself: a field missing or unknown, which serde names in backticks.
+            "." => message.split('`').nth(1).unwrap_or("body").to_owned(),
+            path => path.to_owned(),
+        };
+        ApiError::validation(&field, message)
+    })
 }
 
 /// JSON has one number type, and JSON Schema counts `81.0` as the integer 81: so
@@ -178,15 +185,19 @@ mod tests {
         parse(body, "application/json")
     }
 
-    fn validation_message(result: Result<Restock, ApiError>) -> String {
+    /// The one field a validation error names, and its message.
+    fn validation(result: Result<Restock, ApiError>) -> (String, String) {
         match result {
             Err(ApiError::Validation(errors)) => {
                 assert_eq!(errors.len(), 1);
-                assert_eq!(errors[0].field, "body");
-                errors[0].message.clone()
+                (errors[0].field.clone(), errors[0].message.clone())
             }
             other => panic!("expected a validation error, got {other:?}"),
         }
+    }
+
+    fn validation_message(result: Result<Restock, ApiError>) -> String {
+        validation(result).1
     }
 
     #[test]
@@ -196,10 +207,17 @@ mod tests {
         // Through the value: an integral float is an integer, a repeated field keeps its last value.
         assert_eq!(json(r#"{"quantity": 3.0}"#).ok(), Some(Restock { quantity: 3, note: None }));
         assert_eq!(json(r#"{"quantity": 1, "quantity": 2}"#).ok(), Some(Restock { quantity: 2, note: None }));
-        assert!(validation_message(json(r#"{"quantity": 3.5}"#)).contains("invalid type"));
-        assert!(validation_message(json(r#"{"quantity": 3, "extra": 1}"#)).contains("unknown field"));
-        assert!(validation_message(json(r#"{}"#)).contains("missing field `quantity`"));
-        assert_eq!(validation_message(json("[3]")), "must be a JSON object");
+        // Each error names its field: the value's, or the one missing or unknown.
+        let (field, message) = validation(json(r#"{"quantity": 3.5}"#));
+        assert_eq!(field, "quantity");
+        assert!(message.contains("invalid type"), "{message}");
+        let (field, message) = validation(json(r#"{"quantity": -3}"#));
+        assert_eq!((field.as_str(), message.contains("invalid value")), ("quantity", true), "{message}");
+        let (field, message) = validation(json(r#"{"quantity": 3, "extra": 1}"#));
+        assert_eq!((field.as_str(), message.contains("unknown field")), ("extra", true), "{message}");
+        let (field, message) = validation(json(r#"{}"#));
+        assert_eq!((field.as_str(), message.contains("missing field `quantity`")), ("quantity", true), "{message}");
+        assert_eq!(validation(json("[3]")), ("body".to_owned(), "must be a JSON object".to_owned()));
         assert!(
             matches!(json(r#"{"quantity": "#), Err(ApiError::BadRequest(message)) if message.starts_with("malformed JSON"))
         );
