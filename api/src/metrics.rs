@@ -59,12 +59,14 @@ pub fn render(log: &store::EventLog, projections: &projections::Projections) -> 
     }
     let stats = log.commit_stats();
     metrics::gauge!("log_head_position").set(log.head() as f64);
-    metrics::gauge!("log_committed_appends").set(stats.appends as f64);
-    metrics::gauge!("log_committed_events").set(stats.events as f64);
-    metrics::gauge!("log_fsync_batches").set(stats.batches as f64);
+    // Counters since the process started: `rate(log_committed_appends_total[1m]) /
+    // rate(log_fsync_batches_total[1m])` is the batch size per fsync now.
+    metrics::counter!("log_committed_appends_total").absolute(stats.appends);
+    metrics::counter!("log_committed_events_total").absolute(stats.events);
+    metrics::counter!("log_fsync_batches_total").absolute(stats.batches);
     let mean_batch = if stats.batches == 0 { 0.0 } else { stats.appends as f64 / stats.batches as f64 };
     metrics::gauge!("log_fsync_batch_appends_mean").set(mean_batch);
-    metrics::gauge!("log_checkpoints").set(stats.checkpoints as f64);
+    metrics::counter!("log_checkpoints_total").absolute(stats.checkpoints);
     metrics::gauge!("log_accepting_appends").set(if log.failure().is_none() { 1.0 } else { 0.0 });
     let mut text = handle().map(PrometheusHandle::render).unwrap_or_default();
     if !text.is_empty() && !text.ends_with('\n') {

@@ -196,13 +196,21 @@ async fn health_readiness_and_metrics_answer() {
         text.contains(r#"http_request_duration_seconds_bucket{method="POST",path="/api/v1/products",le="+Inf"}"#),
         "{text}"
     );
-    assert!(text.contains("log_fsync_batches"), "{text}");
-    assert!(text.contains("log_checkpoints"), "{text}");
+    // The log's counters are counters, as Prometheus names them.
+    for counter in [
+        "log_committed_appends_total",
+        "log_committed_events_total",
+        "log_fsync_batches_total",
+        "log_checkpoints_total",
+    ] {
+        assert!(text.contains(&format!("# TYPE {counter} counter")), "{counter}: {text}");
+    }
     let value = |name: &str| -> f64 {
         let series = text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok());
         series.unwrap_or_else(|| panic!("no {name} in {text}"))
     };
-    assert!(value("log_committed_appends") >= 1.0, "{text}");
+    assert!(value("log_committed_appends_total") >= 1.0, "{text}");
+    assert!(value("log_fsync_batches_total") >= 1.0, "{text}");
     assert!(value("log_head_position") >= 1.0, "{text}");
     assert!(value("log_fsync_batch_appends_mean") >= 1.0, "the batch size per fsync: {text}");
     assert_eq!(value("log_accepting_appends"), 1.0, "{text}");
