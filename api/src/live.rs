@@ -66,13 +66,25 @@ pub async fn live_events(
         (None, Some(from)) => from,
         (None, None) => state.log.head() + 1,
     };
-    let feed = Feed { subscription: state.log.subscribe(from), stopping: state.stopping.subscribe() };
+    let feed =
+        Feed { subscription: state.log.subscribe(from), stopping: state.stopping.subscribe(), log: state.log.clone() };
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         let next = tokio::select! {
             next = feed.subscription.next() => next,
             _ = feed.stopping.wait_for(|stopping| *stopping) => return None,
         };
-        let event = match next.map_err(ApiError::from).and_then(EventJson::from_recorded) {
+        // The subscription reads ahead (and opens sealed data as it reads): a
+        // subject forgotten since is forgotten in what is sent from now on.
+        let forgotten_since = |mut event: store::RecordedEvent| -> Result<store::RecordedEvent, ApiError> {
+            if let Some(subject) = event.subject
+                && event.payload != store::Payload::Forgotten
+                && feed.log.is_forgotten(subject)?
+            {
+                event.payload = store::Payload::Forgotten;
+            }
+            Ok(event)
+        };
+        let event = match next.map_err(ApiError::from).and_then(forgotten_since).and_then(EventJson::from_recorded) {
             Ok(event) => event,
             Err(error) => {
                 tracing::warn!(%error, "live feed ended");
@@ -95,4 +107,69 @@ pub async fn live_events(
 struct Feed {
     subscription: store::Subscription,
     stopping: tokio::sync::watch::Receiver<bool>,
+    log: store::EventLog,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::{Request, header};
+    use domain::{CustomerName, Email, Password, PriceCents, ProductName, Sku, Stock};
+    use futures_util::StreamExt;
+    use tower::ServiceExt;
+
+    use crate::config::{Config, Secret};
+
+    const ADMIN: &str = "admin-token-of-the-live-test";
+
+    /// The feed reads the log ahead of what it has sent (and opens sealed data as
+    /// it reads): a customer forgotten while their registration waits there is
+    /// sent forgotten, as the forget was acknowledged before it was sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subject_forgotten_while_its_event_waits_in_the_feed_is_sent_forgotten() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let config = Config {
+            data: dir.path().to_path_buf(),
+            listen: ([127, 0, 0, 1], 0).into(),
+            admin_token: Some(Secret::new(ADMIN)),
+            ..Config::default()
+        };
+        let running = crate::server::start(&config).await.expect("starts");
+        let state = running.state.clone();
+        let admin = commands::CommandContext::new("admin");
+        let (sku, name) = (Sku::parse("mug").expect("a sku"), ProductName::parse("Mug").expect("a name"));
+        let (price, stock) = (PriceCents::new(500).expect("a price"), Some(Stock::new(1).expect("a stock")));
+        state.service.create_product(&admin, sku, name, price, stock, None).await.expect("position 1");
+        let email = Email::parse("forget.me@example.com").expect("an email");
+        let (customer, password) =
+            (CustomerName::parse("Forget Me").expect("a name"), Password::parse("correct horse"));
+        let registered = state
+            .service
+            .register_customer(&admin, email, customer, password.expect("a password"), None)
+            .await
+            .expect("positions 2 and 3");
+        let customer_id = registered.customer_id().expect("a customer id");
+
+        let request = Request::get("/api/v1/events/live?from=1")
+            .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+            .body(Body::empty())
+            .expect("a request");
+        let response = crate::app(state.clone(), Duration::from_secs(10)).oneshot(request).await.expect("answers");
+        let mut feed = response.into_body().into_data_stream();
+        let text = |frame: Option<Result<axum::body::Bytes, axum::Error>>| {
+            String::from_utf8_lossy(&frame.expect("a frame").expect("data")).into_owned()
+        };
+        let first = text(feed.next().await);
+        assert!(first.contains("id: 1\n"), "{first}");
+
+        state.service.forget_customer(&admin, customer_id, None).await.expect("forgets");
+        let second = text(feed.next().await);
+        assert!(second.contains("id: 2\n") && second.contains("CustomerRegistered"), "{second}");
+        assert!(second.contains(r#""forgotten":true"#), "sent as it was before the forget: {second}");
+        assert!(!second.contains("forget.me@example.com"), "{second}");
+        drop(feed);
+        running.stop().await.expect("stops");
+    }
 }

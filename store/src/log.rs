@@ -272,6 +272,13 @@ impl EventLog {
         self.inner.health.failure()
     }
 
+    /// Whether `subject`'s data is gone (forgotten, durably, or never restored
+    /// with its key): for a reader that holds events read earlier, such as a
+    /// live feed's buffer, to check again before it hands one on.
+    pub fn is_forgotten(&self, subject: Uuid) -> Result<bool, StoreError> {
+        Ok(!matches!(trees::visible_subject_key(&self.inner.trees, subject)?, Some(Some(_))))
+    }
+
     /// A random 32-byte secret stored under `name` in the data dir, made (and made
     /// durable) on first use. The log uses none itself; the shell keys email hashes
     /// and signs tokens with them. Backups carry them with the log.
