@@ -247,6 +247,50 @@ async fn the_dashboard_shows_the_servers_numbers_and_follows_them_live_in_a_brow
     app.stop().await;
 }
 
+/// When the first load of the sales view fails (the server restarting), the
+/// page follows the live feed from what commits next, not from the start of the
+/// log (every event ever, to every tab), and loads the view once the feed is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_whose_first_load_failed_follows_the_feed_from_now_not_from_the_start() {
+    let app = TestApp::spawn().await;
+    app.create_product("mug-1", 1250, 10).await;
+    let position = buy_and_pay(&app, "early@example.com", "mug-1", 1).await;
+    let sales = sales_at(&app, position).await;
+
+    let driver = ChromeDriver::start().await;
+    driver.open(&format!("{}/", app.base)).await;
+    // The page's first load of the sales view fails; every request's
+    // `Last-Event-ID` is kept for the test to read.
+    let patched = driver
+        .script(
+            r#"window.shoplogFeedResumes = [];
+               const realFetch = window.fetch;
+               let failed = false;
+               window.fetch = function (url, options) {
+                 const headers = (options && options.headers) || {};
+                 if (String(url).includes("/events/live")) {
+                   const resume = headers["Last-Event-ID"];
+                   window.shoplogFeedResumes.push(resume === undefined ? null : resume);
+                 }
+                 if (!failed && String(url).includes("/dashboard/sales")) {
+                   failed = true;
+                   return Promise.reject(new Error("a test's failure"));
+                 }
+                 return realFetch.apply(this, arguments);
+               };
+               return true;"#,
+        )
+        .await;
+    assert_eq!(patched, json!(true));
+    driver.type_into("#token", VIEWER).await;
+    driver.click("#token-submit").await;
+    driver.wait_for_texts(&shown_numbers(&sales)).await;
+    let resumes = driver.script("return window.shoplogFeedResumes;").await;
+    assert_eq!(resumes.get(0), Some(&Value::Null), "the feed was asked to resume after position 0: {resumes}");
+    driver.quit().await;
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn the_dashboard_page_is_html_that_names_no_other_host() {
     let app = TestApp::spawn().await;
