@@ -59,6 +59,9 @@ pub struct AppState {
     /// Set when the server starts shutting down, so long-lived responses (the live
     /// event feed) end instead of holding the shutdown until its deadline.
     pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The log's head when the server started: it is ready once every read
+    /// model has reached it (see `routes::readyz`).
+    pub started_at_head: u64,
 }
 
 impl AppState {
@@ -75,6 +78,7 @@ impl AppState {
         // times the attempts of one email.
         let by_address = login_attempts_per_minute.saturating_mul(10);
         AppState {
+            started_at_head: log.head(),
             log,
             service,
             projections: Arc::new(projections),

@@ -85,7 +85,12 @@ struct Ready {
     head_position: u64,
 }
 
-/// Readiness: ready while the log accepts appends (it stops after a failed fsync).
+/// Readiness: ready while the log accepts appends (it stops after a failed fsync)
+/// and every read model serves what the log held when the server started (after
+/// a crash they catch up on the last batches; a model of an older format is
+/// rebuilt, and answers nothing until then). A model that falls behind or fails
+/// later shows in `/admin/projections` and `/metrics`, not here: commands and the
+/// other models still serve.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -93,10 +98,20 @@ struct Ready {
     responses((status = 200, description = "Ready", body = Ready), (status = 503, response = Unavailable))
 )]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
-    match state.log.failure() {
-        None => Ok(Json(Ready { status: "ready", head_position: state.log.head() })),
-        Some(_) => Err(ApiError::Unavailable("the event log is not accepting writes".to_owned())),
+    if state.log.failure().is_some() {
+        return Err(ApiError::Unavailable("the event log is not accepting writes".to_owned()));
     }
+    if let Some(reason) = models_not_ready(&state.projections.status(), state.started_at_head) {
+        return Err(ApiError::Unavailable(reason));
+    }
+    Ok(Json(Ready { status: "ready", head_position: state.log.head() }))
+}
+
+/// Why the read models are not ready yet: the first one that has not reached
+/// `started_at_head`.
+fn models_not_ready(statuses: &[projections::ProjectionStatus], started_at_head: u64) -> Option<String> {
+    let behind = statuses.iter().find(|status| status.checkpoint < started_at_head)?;
+    Some(format!("read model {} is catching up: at position {} of {started_at_head}", behind.name, behind.checkpoint))
 }
 
 /// The Prometheus text exposition format's media type.
@@ -839,4 +854,36 @@ async fn events(
     let mut response = Json(EventsPage { events, next }).into_response();
     response.headers_mut().insert("x-head-position", HeaderValue::from(state.log.head()));
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use projections::{ProjectionStatus, RebuildStatus};
+
+    use super::*;
+
+    fn status(name: &'static str, checkpoint: u64, rebuild: Option<u64>) -> ProjectionStatus {
+        ProjectionStatus {
+            name,
+            generation: 1,
+            checkpoint,
+            head: 100,
+            lag: 100 - checkpoint,
+            rebuild: rebuild.map(|checkpoint| RebuildStatus { generation: 2, checkpoint }),
+            failure: None,
+        }
+    }
+
+    /// Ready once every model has reached the head the server started at: a model
+    /// emptied for being of an older format, rebuilding, is not; a model lagging
+    /// behind later writes, or rebuilt while its old generation serves, is.
+    #[test]
+    fn readiness_waits_for_every_model_to_reach_the_head_at_start() {
+        let caught_up = [status("catalog", 90, None), status("carts", 95, Some(40))];
+        assert_eq!(models_not_ready(&caught_up, 90), None);
+        let emptied = [status("catalog", 90, None), status("dashboard", 0, Some(30))];
+        let reason = models_not_ready(&emptied, 90).expect("not ready");
+        assert!(reason.contains("dashboard") && reason.contains("0 of 90"), "{reason}");
+        assert_eq!(models_not_ready(&[], 0), None);
+    }
 }

@@ -127,3 +127,38 @@ pub fn strace() -> &'static str {
     );
     "strace"
 }
+
+/// A log of `restocks` restocks of a few products, appended straight to the
+/// store many to an append: big enough that restoring it takes a while.
+pub async fn big_log(dir: &std::path::Path, restocks: usize) {
+    use domain::{Event, PriceCents, ProductName, ProductRestocked, RestockQuantity, Sku, Stock};
+    let log = store::EventLog::open(dir).expect("opens");
+    let service = commands::CommandService::new(log.clone()).expect("a service");
+    let context = commands::CommandContext::new("admin");
+    let skus: Vec<Sku> = (0..8).map(|index| Sku::parse(&format!("big-{index}")).expect("a sku")).collect();
+    for sku in &skus {
+        let (name, price) = (ProductName::parse("Big").expect("a name"), PriceCents::new(100).expect("a price"));
+        let stock = Some(Stock::new(1).expect("a stock"));
+        service.create_product(&context, sku.clone(), name, price, stock, None).await.expect("creates");
+    }
+    // Each append: 32 restocks of each product.
+    for _ in 0..restocks.div_ceil(256) {
+        let streams = skus
+            .iter()
+            .map(|sku| {
+                let event =
+                    Event::from(ProductRestocked { sku: sku.clone(), quantity: RestockQuantity::new(1).expect("1") });
+                let events = (0..32).map(|_| commands::codec::to_new_event(&event).expect("encodes")).collect();
+                store::StreamAppend {
+                    stream: event.stream().to_string(),
+                    expected: store::ExpectedVersion::Any,
+                    events,
+                }
+            })
+            .collect();
+        let correlation_id = uuid::Uuid::now_v7();
+        let metadata = store::Metadata { actor: "admin".to_owned(), correlation_id, causation_id: correlation_id };
+        let request = store::AppendRequest { streams, metadata, idempotency: None, recorded_at: None };
+        log.append(request).await.expect("appends");
+    }
+}

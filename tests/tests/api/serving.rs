@@ -141,3 +141,35 @@ async fn a_request_in_flight_when_shutdown_begins_is_answered_and_kept() {
     let events = log.read_stream("product-late-1", 1, 10).expect("reads");
     assert_eq!(events.len(), 1, "the answered product is in the log");
 }
+
+/// A read model of an older format is emptied at start and rebuilt; until it
+/// has reached the head the server started at, `/readyz` answers 503. Once it
+/// answers 200, the model serves the whole log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_a_read_model_rebuilt_at_start() {
+    let dir = tests::temp_dir();
+    tests::big_log(dir.path(), 30_000).await;
+    let head = {
+        let log = store::EventLog::open(dir.path()).expect("opens");
+        // What a binary from before the dashboard's format 2 leaves: no format recorded.
+        log.open_tree("projections").expect("the meta tree").remove("dashboard.format").expect("removes");
+        log.head()
+    };
+    let app = TestApp::serve_dir(dir).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut refused = 0;
+    loop {
+        let ready = app.get("/readyz", None).await;
+        if ready.status == 200 {
+            break;
+        }
+        assert_eq!(ready.problem(503)["status"], 503);
+        refused += 1;
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let sales = app.get("/api/v1/dashboard/sales", Some(super::VIEWER)).await;
+    let position: u64 = sales.headers["x-projection-position"].to_str().expect("text").parse().expect("a number");
+    assert!(position >= head, "ready while the dashboard answered at {position} of {head} ({refused} refusals)");
+    app.stop().await;
+}

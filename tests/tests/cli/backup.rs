@@ -549,41 +549,6 @@ async fn the_backup_route_streams_a_snapshot_that_ends_at_its_head_position() {
     app.stop().await;
 }
 
-/// A log of `restocks` restocks of a few products, appended straight to the
-/// store many to an append: big enough that restoring it takes a while.
-async fn big_log(dir: &Path, restocks: usize) {
-    use domain::{Event, PriceCents, ProductName, ProductRestocked, RestockQuantity, Sku, Stock};
-    let log = store::EventLog::open(dir).expect("opens");
-    let service = commands::CommandService::new(log.clone()).expect("a service");
-    let context = commands::CommandContext::new("admin");
-    let skus: Vec<Sku> = (0..8).map(|index| Sku::parse(&format!("big-{index}")).expect("a sku")).collect();
-    for sku in &skus {
-        let (name, price) = (ProductName::parse("Big").expect("a name"), PriceCents::new(100).expect("a price"));
-        let stock = Some(Stock::new(1).expect("a stock"));
-        service.create_product(&context, sku.clone(), name, price, stock, None).await.expect("creates");
-    }
-    // Each append: 32 restocks of each product.
-    for _ in 0..restocks.div_ceil(256) {
-        let streams = skus
-            .iter()
-            .map(|sku| {
-                let event =
-                    Event::from(ProductRestocked { sku: sku.clone(), quantity: RestockQuantity::new(1).expect("1") });
-                let events = (0..32).map(|_| commands::codec::to_new_event(&event).expect("encodes")).collect();
-                store::StreamAppend {
-                    stream: event.stream().to_string(),
-                    expected: store::ExpectedVersion::Any,
-                    events,
-                }
-            })
-            .collect();
-        let correlation_id = uuid::Uuid::now_v7();
-        let metadata = store::Metadata { actor: "admin".to_owned(), correlation_id, causation_id: correlation_id };
-        let request = store::AppendRequest { streams, metadata, idempotency: None, recorded_at: None };
-        log.append(request).await.expect("appends");
-    }
-}
-
 /// The hidden staging dirs and partial files beside `target`.
 fn hidden_beside(target: &Path) -> Vec<String> {
     let name = target.file_name().expect("a name").to_string_lossy().into_owned();
@@ -604,7 +569,7 @@ fn hidden_beside(target: &Path) -> Vec<String> {
 async fn an_interrupted_restore_or_backup_leaves_nothing_behind() {
     let work = tests::temp_dir();
     let data = work.path().join("data");
-    big_log(&data, 60_000).await;
+    tests::big_log(&data, 60_000).await;
     let file = backup_file(work.path());
     assert!(shoplog(&["backup", "--data", arg(&data), "--out", arg(&file)]).status.success());
 
