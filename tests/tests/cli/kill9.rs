@@ -265,9 +265,19 @@ impl Http {
         self.expect(Method::GET, path, token, None, 200).await
     }
 
-    /// The log's durable head.
+    /// The log's durable head, once the server is ready (after a restart its read
+    /// models first catch up with the log).
     async fn head(&self) -> u64 {
-        self.get("/readyz", None).await.body["head_position"].as_u64().expect("readyz names the head")
+        let deadline = Instant::now() + MODELS_WAIT_MAX;
+        loop {
+            let reply = self.send(Method::GET, "/readyz", None, None, None).await.expect("the server answers");
+            if reply.status == StatusCode::OK {
+                return reply.body["head_position"].as_u64().expect("readyz names the head");
+            }
+            assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
+            assert!(Instant::now() < deadline, "the server never became ready: {reply:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
