@@ -16,35 +16,30 @@ use super::TestApp;
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     let app = TestApp::spawn_with(|config| config.header_read_timeout_ms = 300).await;
-    let sends: [&[u8]; 2] = [b"GET /healthz HTTP/1.1\r\nHost: shoplog\r\nX-Slow: ", b""];
-    for sent in sends {
-        let what = String::from_utf8_lossy(sent);
+    // Send `sent` on a new connection; what the server answered before it closed
+    // the connection, and how long that took (`None`: still open after 5 s).
+    let send = async |sent: &[u8]| {
         let mut stream = TcpStream::connect(app.address()).await.expect("connects");
         stream.write_all(sent).await.expect("writes");
         let started = Instant::now();
         let mut buffer = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buffer)).await;
-        assert!(read.is_ok(), "{what:?}: the connection was still open after 5 s");
-        let elapsed = started.elapsed();
+        read.ok().map(|_| (String::from_utf8_lossy(&buffer).into_owned(), started.elapsed()))
+    };
+    let sends: [&[u8]; 2] = [b"GET /healthz HTTP/1.1\r\nHost: shoplog\r\nX-Slow: ", b""];
+    for sent in sends {
+        let what = String::from_utf8_lossy(sent);
+        let (text, elapsed) = send(sent).await.unwrap_or_else(|| panic!("{what:?}: still open after 5 s"));
         assert!(elapsed >= Duration::from_millis(250), "{what:?}: cut off before the timeout: {elapsed:?}");
-        let text = String::from_utf8_lossy(&buffer);
         assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{what:?}: {text}");
     }
     // A kept-alive connection left idle after its request is cut off the same way.
-    let mut stream = TcpStream::connect(app.address()).await.expect("connects");
-    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: shoplog\r\n\r\n").await.expect("writes");
-    let mut buffer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buffer)).await;
-    assert!(read.is_ok(), "an idle kept-alive connection was still open after 5 s");
-    let text = String::from_utf8_lossy(&buffer);
+    let idle = send(b"GET /healthz HTTP/1.1\r\nHost: shoplog\r\n\r\n").await;
+    let (text, _) = idle.expect("an idle kept-alive connection was still open after 5 s");
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 
-    let mut stream = TcpStream::connect(app.address()).await.expect("connects");
-    stream.write_all(b"PRI * HTTP/2.0\r\n").await.expect("writes");
-    let mut buffer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buffer)).await;
-    assert!(read.is_ok(), "the start of HTTP/2's preface held the connection open for 5 s");
-    let text = String::from_utf8_lossy(&buffer);
+    let preface = send(b"PRI * HTTP/2.0\r\n").await;
+    let (text, _) = preface.expect("the start of HTTP/2's preface held the connection open for 5 s");
     assert!(text.is_empty() || text.starts_with("HTTP/1.1 4"), "{text}");
     app.stop().await;
 }
