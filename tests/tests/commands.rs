@@ -47,9 +47,17 @@ fn new_customer() -> CustomerId {
     CustomerId::new(Uuid::now_v7())
 }
 
+/// A log and a service on it that keeps deciding again under contention far
+/// longer than the default: a loaded CI machine's stalled `fdatasync` must not
+/// turn a race these tests count into a `Contention` error.
 fn open(dir: &Path) -> (EventLog, CommandService) {
     let log = EventLog::open(dir).expect("opens");
-    let service = CommandService::new(log.clone()).expect("builds");
+    let options = commands::Options {
+        attempts_max: 10_000,
+        retry_deadline: std::time::Duration::from_secs(60),
+        ..commands::Options::default()
+    };
+    let service = CommandService::with_options(log.clone(), options).expect("builds");
     (log, service)
 }
 

@@ -61,7 +61,8 @@ async fn kill_rounds(seed: u64, rebuilds: bool) -> Kills {
         if rebuilds {
             child.arg("rebuilds");
         }
-        let mut child = child.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("the child starts");
+        let mut child =
+            tests::KillOnDrop(child.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("the child starts"));
         let stdout = child.stdout.take().expect("stdout is piped");
         let (lines, receiver) = mpsc::channel();
         let reader = std::thread::spawn(move || {

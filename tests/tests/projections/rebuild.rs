@@ -39,6 +39,9 @@ pub(crate) async fn rebuild_all(projections: &Projections) {
 }
 
 pub(crate) fn assert_same(live: &[(String, Dump)], rebuilt: &[(String, Dump)]) {
+    let names = |dumps: &[(String, Dump)]| dumps.iter().map(|(name, _)| name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(live), ["catalog", "carts", "orders", "dashboard"], "every model is compared");
+    assert_eq!(names(rebuilt), names(live), "the same models on both sides");
     for ((name, live), (_, rebuilt)) in live.iter().zip(rebuilt) {
         assert!(!live.is_empty() || name == "carts", "the {name} model is empty");
         assert_eq!(live.len(), rebuilt.len(), "{name}: {} records live, {} rebuilt", live.len(), rebuilt.len());

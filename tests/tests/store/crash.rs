@@ -69,14 +69,16 @@ fn acknowledged_appends_survive_sigkill_at_random_moments() {
     let mut replayed = 0;
     for round in 0..rounds {
         let wal_kib = if round % 2 == 1 { "64" } else { "16384" };
-        let mut child = Command::new(CHILD)
-            .arg(dir.path())
-            .arg("run")
-            .arg(wal_kib)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the child starts");
+        let mut child = tests::KillOnDrop(
+            Command::new(CHILD)
+                .arg(dir.path())
+                .arg("run")
+                .arg(wal_kib)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("the child starts"),
+        );
         let (lines, reader) = collect_lines(&mut child);
         // Let it get going (its first ack), then kill it at a random moment.
         let first = lines.recv_timeout(Duration::from_secs(20)).expect("the child acknowledges something");
