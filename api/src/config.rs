@@ -138,6 +138,12 @@ impl Config {
                 return Err(format!("{key} must be at least 16 characters"));
             }
         }
+        if let (Some(admin), Some(viewer)) = (&self.admin_token, &self.viewer_token)
+            && admin.expose() == viewer.expose()
+        {
+            // The admin's would win: the viewer token would be an admin's.
+            return Err("viewer_token must differ from admin_token".to_owned());
+        }
         if self.token_secret.as_ref().is_some_and(|secret| secret.expose().len() < 32) {
             return Err("token_secret must be at least 32 characters".to_owned());
         }
@@ -162,13 +168,33 @@ impl Config {
     }
 }
 
-/// figment's error on one line, naming the key and its source.
+/// The settings that hold secrets: an error about one never repeats its value.
+const SECRET_KEYS: [&str; 3] = ["admin_token", "viewer_token", "token_secret"];
+
+/// figment's error on one line, naming the key and its source. A TOML parse
+/// error's excerpt of the file (its `N | …` lines and caret) is left out: it
+/// spans lines, and the line may hold a secret.
 fn one_line(error: &figment::Error) -> String {
     let mut parts = Vec::new();
     for error in error.clone() {
-        let key = if error.path.is_empty() { String::new() } else { format!("{}: ", error.path.join(".")) };
+        let path = error.path.join(".");
+        let key = if path.is_empty() { String::new() } else { format!("{path}: ") };
         let source = error.metadata.as_ref().map(|metadata| format!(" (from {})", metadata.name)).unwrap_or_default();
-        parts.push(format!("{key}{}{source}", error.kind));
+        let kind = if SECRET_KEYS.contains(&path.as_str()) {
+            "must be text (quote a token of digits only)".to_owned()
+        } else {
+            let text = error.kind.to_string();
+            let excerpt = |line: &&str| {
+                line.trim_start().trim_start_matches(|c: char| c.is_ascii_digit()).trim_start().starts_with('|')
+            };
+            text.lines()
+                .filter(|line| !excerpt(line))
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .collect::<Vec<_>>()
+                .join(": ")
+        };
+        parts.push(format!("{key}{kind}{source}"));
     }
     parts.join("; ")
 }
@@ -230,6 +256,37 @@ mod tests {
             jail.set_env("SHOPLOG_CACHE_MIB", "0");
             let error = Config::load(None, NoFlags {}).expect_err("zero");
             assert_eq!(error, format!("cache_mib must be from 1 to {CACHE_MIB_MAX}"));
+            Ok(())
+        });
+    }
+
+    /// A file that is not TOML is one line naming where, without the line itself
+    /// (it may hold a token); a token of digits only (a number to TOML and to the
+    /// environment) is refused without repeating it; a viewer token equal to the
+    /// admin's is refused.
+    #[test]
+    fn bad_files_and_tokens_are_one_line_that_repeats_no_secret() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("broken.toml", "admin_token = s3cret-admin-token-xyz\n")?;
+            let error = Config::load(Some(std::path::Path::new("broken.toml")), NoFlags {}).expect_err("not TOML");
+            assert!(!error.contains('\n'), "{error}");
+            assert!(error.contains("line 1"), "{error}");
+            assert!(!error.contains("s3cret"), "{error}");
+
+            jail.set_env("SHOPLOG_ADMIN_TOKEN", "1234567890123456789");
+            let error = Config::load(None, NoFlags {}).expect_err("a number");
+            assert!(error.contains("admin_token") && !error.contains("1234567890123456789"), "{error}");
+            jail.set_env("SHOPLOG_ADMIN_TOKEN", "\"1234567890123456789\"");
+            let quoted = Config::load(None, NoFlags {}).expect("quoted, it is text");
+            assert_eq!(
+                quoted.admin_token.map(|token| token.expose().to_owned()).as_deref(),
+                Some("1234567890123456789")
+            );
+
+            jail.set_env("SHOPLOG_ADMIN_TOKEN", "the-same-token-for-both");
+            jail.set_env("SHOPLOG_VIEWER_TOKEN", "the-same-token-for-both");
+            let error = Config::load(None, NoFlags {}).expect_err("equal tokens");
+            assert_eq!(error, "viewer_token must differ from admin_token");
             Ok(())
         });
     }
