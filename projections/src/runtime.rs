@@ -157,6 +157,9 @@ struct Shared {
     halt_before_checkpoints: AtomicBool,
     options: Options,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    /// The threads dropping retired generations: `shutdown` waits for them, so
+    /// that the log they hold a handle of closes cleanly after it.
+    droppers: Droppers,
     closed: AtomicBool,
     /// Stops the live worker.
     stop: watch::Sender<bool>,
@@ -182,9 +185,13 @@ pub(crate) struct Generation {
     /// under an older checkpoint, so it answers no query until a restart writes
     /// the batch again from its redo, or a rebuild replaces it.
     torn: AtomicBool,
-    /// To drop the tree once retired.
+    /// To drop the tree once retired, on a thread `droppers` keeps.
     log: EventLog,
+    droppers: Droppers,
 }
+
+/// Threads dropping retired generations' trees.
+type Droppers = Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>;
 
 impl Generation {
     fn open(shared: &Shared, model: &str, number: u64) -> Result<Generation, ProjectionError> {
@@ -204,6 +211,7 @@ impl Generation {
             retired: AtomicBool::new(false),
             torn: AtomicBool::new(false),
             log: shared.log.clone(),
+            droppers: Arc::clone(&shared.droppers),
         })
     }
 
@@ -246,15 +254,26 @@ impl Drop for Generation {
         let spawned = std::thread::Builder::new()
             .name("shoplog-drop-gen".to_owned())
             .spawn(move || drop_generation(&log, &checkpoints, &tree_name));
-        if spawned.is_err() {
+        match spawned {
+            Ok(thread) => {
+                let mut droppers = self.droppers.lock().unwrap_or_else(PoisonError::into_inner);
+                droppers.retain(|thread| !thread.is_finished());
+                droppers.push(thread);
+            }
             // No thread to be had: here, then.
-            drop_generation(&self.log, &self.checkpoints, &self.tree_name);
+            Err(_) => drop_generation(&self.log, &self.checkpoints, &self.tree_name),
         }
     }
 }
 
+/// Tests: how long each drop of a retired generation waits first, in ms.
+#[cfg(test)]
+static DROP_DELAY_MS: AtomicU64 = AtomicU64::new(0);
+
 /// Forget generation `tree_name`'s checkpoint and drop its tree.
 fn drop_generation(log: &EventLog, checkpoints: &sled::Tree, tree_name: &str) {
+    #[cfg(test)]
+    std::thread::sleep(Duration::from_millis(DROP_DELAY_MS.load(Ordering::Relaxed)));
     let dropped = checkpoints
         .remove(tree_name.as_bytes())
         .map_err(ProjectionError::from)
@@ -879,6 +898,7 @@ impl Projections {
             log,
             options,
             workers: Mutex::new(Vec::new()),
+            droppers: Droppers::default(),
             closed: AtomicBool::new(false),
             stop: watch::Sender::new(false),
         });
@@ -1000,6 +1020,13 @@ impl Projections {
                     tracing::error!(%error, "a projection worker panicked");
                 }
             }
+        }
+        // The retired generations the workers let go of are being dropped, each
+        // on a thread holding a handle of the log: the log closes after them.
+        let droppers = std::mem::take(&mut *self.shared.droppers.lock().unwrap_or_else(PoisonError::into_inner));
+        let joined = tokio::task::spawn_blocking(move || droppers.into_iter().all(|thread| thread.join().is_ok()));
+        if !matches!(joined.await, Ok(true)) {
+            tracing::error!("a thread dropping a retired read-model generation panicked");
         }
     }
 
@@ -1292,15 +1319,15 @@ mod tests {
         let projections = Projections::start(log.clone()).expect("starts");
         append(&log, mug_created()).await;
         projections.wait_for(log.head(), WAIT).await.expect("the models catch up");
+        // Each drop takes a while: the shutdown must wait for it.
+        DROP_DELAY_MS.store(300, Ordering::Relaxed);
         let generation = projections.rebuild("catalog").expect("a rebuild starts");
         projections.catalog().wait_for_generation(generation, WAIT).await.expect("switches");
         projections.shutdown().await;
-        // The retired generation goes on a thread of its own.
-        let deadline = std::time::Instant::now() + WAIT;
-        while log.has_tree("catalog.g1") {
-            assert!(std::time::Instant::now() < deadline, "the retired generation was never dropped");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        // The retired generation goes on a thread of its own, which the shutdown
+        // waits for (the thread holds a handle of the log, which closes after it).
+        assert!(!log.has_tree("catalog.g1"), "the shutdown left the retired generation being dropped");
+        DROP_DELAY_MS.store(0, Ordering::Relaxed);
         // What the crash left: the old generation's tree and checkpoint.
         log.open_tree("catalog.g1").expect("a tree").insert(b"k", b"v".as_slice()).expect("writes");
         log.open_tree("checkpoints").expect("a tree").insert(b"catalog.g1", &1u64.to_be_bytes()).expect("writes");
