@@ -43,10 +43,11 @@ impl Running {
 
 /// Open everything `config` names and start serving in the background.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
-    let state = open_state(config)?;
-    seed_demo(config, &state).await?;
+    // First: an address in use changes nothing in the data dir.
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let state = open_state(config)?;
+    seed_demo(config, &state).await?;
     let address = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = app(state.clone(), config.request_timeout());
@@ -61,10 +62,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 
 /// Serve until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let state = open_state(&config)?;
-    seed_demo(&config, &state).await?;
+    // First: an address in use changes nothing in the data dir (no dir, no token
+    // files, no demo shop made before the refusal).
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let state = open_state(&config)?;
+    seed_demo(&config, &state).await?;
     let address = listener.local_addr()?;
     println!("shoplog listening on http://{address} (data in {})", config.data.display());
     let stopping = Arc::clone(&state.stopping);

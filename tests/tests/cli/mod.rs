@@ -46,6 +46,15 @@ fn bad_settings_are_one_line_and_exit_code_2() {
     assert_refused(&shoplog(&["serve", "--data"]), "--data");
     assert_refused(&shoplog(&["serve", "--colour", "blue"]), "--colour");
     assert_refused(&shoplog(&["frobnicate"]), "frobnicate");
+
+    // An address in use is refused before the data dir is touched: no dir, no
+    // token files, no demo shop.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let address = taken.local_addr().expect("an address").to_string();
+    let fresh = dir.path().join("fresh");
+    let fresh_arg = fresh.to_str().expect("utf-8 path");
+    assert_refused(&shoplog(&["serve", "--demo", "--data", fresh_arg, "--listen", &address]), "cannot listen");
+    assert!(!fresh.exists(), "a refused serve made its data dir");
 }
 
 /// A `shoplog serve` child process and the address it listens on.
