@@ -48,14 +48,17 @@ pub fn append_many(streams: Vec<(&str, ExpectedVersion, Vec<NewEvent>)>) -> Appe
 
 /// Whether any file under `dir` holds `needle`: the tests grep data dirs for
 /// personal data that must never be there in clear.
+/// A directory or file it cannot read fails the test: a search that read nothing
+/// would find nothing.
 pub fn files_contain(dir: &std::path::Path, needle: &[u8]) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else { return false };
-    entries.flatten().any(|entry| {
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|error| panic!("cannot list {}: {error}", dir.display()));
+    entries.map(|entry| entry.unwrap_or_else(|error| panic!("cannot list {}: {error}", dir.display()))).any(|entry| {
         let path = entry.path();
         if path.is_dir() {
             files_contain(&path, needle)
         } else {
-            std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|window| window == needle))
+            let bytes = std::fs::read(&path).unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()));
+            bytes.windows(needle.len()).any(|window| window == needle)
         }
     })
 }

@@ -170,6 +170,8 @@ async fn a_forgotten_customer_is_in_no_backup_restore_or_export() {
     let output = shoplog(&["replay", "--data", arg(&restored)]);
     assert!(output.status.success(), "{output:?}");
 
+    // The search sees what is in clear: another customer's email in the export.
+    assert!(tests::files_contain(work.path(), b"shopper0@example.com"), "the search finds nothing at all");
     for needle in [EMAIL, NAME] {
         for place in [data.path(), work.path()] {
             assert!(!tests::files_contain(place, needle.as_bytes()), "{needle} found under {}", place.display());

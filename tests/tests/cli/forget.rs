@@ -81,6 +81,7 @@ fn forget_offline_shreds_the_customer_in_a_stopped_data_dir() {
         let again = register(&service).await.expect("the email can be registered again");
         assert_ne!(again, customer_id);
     });
+    assert!(tests::files_contain(dir.path(), b"CustomerForgotten"), "the search sees what is in clear");
     assert!(!tests::files_contain(dir.path(), b"Cli Forgettable"), "the name is on disk in clear");
 
     let head_before = head(dir.path());
