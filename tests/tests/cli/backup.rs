@@ -528,8 +528,11 @@ async fn every_long_command_draws_a_progress_bar_on_a_terminal_and_none_when_pip
 /// commands go on.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_backup_route_streams_a_snapshot_that_ends_at_its_head_position() {
-    let app = TestApp::spawn().await;
-    fill_shop(&app).await;
+    // Several MiB: the server sends it 256 KiB at a time, so most of it is read
+    // from the log while the commands below are acknowledged.
+    let dir = tests::temp_dir();
+    tests::big_log(dir.path(), 40_000).await;
+    let app = TestApp::serve_dir(dir).await;
     let response = app.client.get(format!("{}/admin/backup", app.base)).bearer_auth(ADMIN).send().await;
     let mut response = response.expect("answers");
     assert_eq!(response.status(), 200);
@@ -539,10 +542,11 @@ async fn the_backup_route_streams_a_snapshot_that_ends_at_its_head_position() {
     while let Some(chunk) = response.chunk().await.expect("reads") {
         body.extend_from_slice(&chunk);
         // A slow reader: commands are acknowledged between its reads.
-        let restocked = app.post("/api/v1/products/mug-1/restock", Some(ADMIN), json!({"quantity": 1})).await;
+        let restocked = app.post("/api/v1/products/big-0/restock", Some(ADMIN), json!({"quantity": 1})).await;
         written_meanwhile += u32::from(restocked.status == 200);
     }
-    assert!(written_meanwhile > 0);
+    assert!(body.len() > 4 * 256 * 1024, "a backup of {} bytes is sent in one piece", body.len());
+    assert!(written_meanwhile > 4, "{written_meanwhile} commands acknowledged while the backup was read");
     assert!(app.head() > head, "the log moved on while the backup was read");
     let summary = store::check_backup(body.as_slice(), &mut |_| {}).expect("a sound backup");
     assert_eq!(summary.last_position, head, "the backup ends at its head, not later");
