@@ -71,7 +71,8 @@ impl Served {
     fn start<A: AsRef<std::ffi::OsStr>>(args: &[A], envs: &[(&str, &str)]) -> Served {
         let mut command = Served::command(SHOPLOG);
         command.args(["serve", "--listen", "127.0.0.1:0"]).args(args).envs(envs.iter().copied());
-        Served::spawn(command.stderr(Stdio::null()))
+        // Its logs go with the test's output, shown when the test fails.
+        Served::spawn(command.stderr(Stdio::inherit()))
     }
 
     /// A command running `program` with no `SHOPLOG_` setting from the test's environment.
@@ -97,15 +98,19 @@ impl Served {
                 }
             }
         });
-        let mut printed = Vec::new();
-        let address = loop {
-            let line = lines.recv_timeout(Duration::from_secs(20)).expect("the server says where it listens");
-            printed.push(line.clone());
+        // Killed on drop from here on, also when it never listens.
+        let mut served = Served { child, address: String::new(), printed: Vec::new() };
+        served.address = loop {
+            let Ok(line) = lines.recv_timeout(Duration::from_secs(20)) else {
+                let status = served.child.try_wait();
+                panic!("the server never said where it listens (exit: {status:?}); it printed {:?}", served.printed);
+            };
+            served.printed.push(line.clone());
             if let Some(rest) = line.strip_prefix("shoplog listening on http://") {
                 break rest.split_whitespace().next().expect("an address").to_owned();
             }
         };
-        Served { child, address, printed }
+        served
     }
 
     /// POST a JSON body with a bearer token (none when empty); the status and the body.
