@@ -182,8 +182,9 @@ async fn an_online_backup_taken_while_writing_ends_at_its_head_and_restores_it()
         let (client, base, stop) = (app.client.clone(), app.base.clone(), stop.clone());
         tokio::spawn(async move {
             let mut acknowledged = 0u32;
-            for round in 0..2000 {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            for round in 0..100_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) || std::time::Instant::now() > until {
                     break;
                 }
                 let answer = client
@@ -199,19 +200,27 @@ async fn an_online_backup_taken_while_writing_ends_at_its_head_and_restores_it()
             acknowledged
         })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Until the log moves past `position`, with the writer going on.
+    let moved_past = async |position: u64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while app.head() <= position {
+            assert!(std::time::Instant::now() < deadline, "no command was acknowledged past {position}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    moved_past(app.head()).await;
     let started_at = app.head();
     let args = ["backup", "--server", &app.base, "--token", ADMIN, "--out", arg(&file)].map(str::to_owned);
     let output =
         tokio::task::spawn_blocking(move || shoplog(&args.each_ref().map(String::as_str))).await.expect("runs");
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(mode(&file), 0o600, "a backup holds every secret of the shop: its owner's only");
+    let summary = store::check_backup(std::fs::File::open(&file).expect("opens"), &mut |_| {}).expect("sound");
+    moved_past(summary.last_position).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acknowledged = writer.await.expect("the writer ends");
-    assert!(output.status.success(), "{output:?}");
     assert!(acknowledged > 0);
-    assert_eq!(mode(&file), 0o600, "a backup holds every secret of the shop: its owner's only");
 
-    let summary = store::check_backup(std::fs::File::open(&file).expect("opens"), &mut |_| {}).expect("sound");
     assert!(summary.last_position >= started_at, "the backup ends at the head when it started, or later");
     let data = app.stop_keeping_dir().await;
     let source = events(data.path());
