@@ -207,11 +207,25 @@ fn configured_or_generated(
     Ok(Secret::new(token))
 }
 
+/// Write a new file readable by its owner only, whole or not at all: the
+/// contents go to a temporary file first, which then takes the name (a link,
+/// which fails if the name is taken), so a kill part way leaves no empty token
+/// file that every later start would refuse.
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
-    let mut file = store::create_private_file(path)?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()
+    let name = path.file_name().map_or_else(|| "file".into(), |name| name.to_string_lossy().into_owned());
+    let partial = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    let written = store::create_private_file(&partial).and_then(|mut file| {
+        file.write_all(contents.as_bytes())?;
+        file.sync_all()?;
+        std::fs::hard_link(&partial, path)
+    });
+    let _ = std::fs::remove_file(&partial);
+    written?;
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+        _ => Ok(()),
+    }
 }
 
 /// Accept connections until `shutdown` completes, then drain them for at most `grace`.

@@ -169,6 +169,18 @@ fn a_first_run_needs_no_setting_and_sigterm_stops_it() {
         served.printed
     );
     let admin_token = std::fs::read_to_string(data.join("admin-token")).expect("the generated token is there");
+    for name in ["admin-token", "viewer-token"] {
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(data.join(name)).expect("stat").permissions());
+        assert_eq!(mode & 0o777, 0o600, "{name} is its owner's only");
+    }
+    let hidden: Vec<_> = std::fs::read_dir(&data)
+        .expect("lists")
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with('.'))
+        .map(|entry| entry.file_name())
+        .collect();
+    assert!(hidden.is_empty(), "a token file's partial is left: {hidden:?}");
 
     // Speak HTTP to it with the generated token.
     let body = serde_json::json!({"sku": "first", "name": "First", "price_cents": 100});
