@@ -419,7 +419,6 @@ pub(crate) fn read_stream_head(trees: &Trees, stream: &str) -> Result<(u64, u64)
     Ok((first + len - 1, positions.last().ok_or_else(|| index_damaged(stream))?))
 }
 
-/// The subject's key: `None` when it never had one, `Some(None)` once forgotten.
 /// The keys of the subjects that a batch forgets, from when the writer deletes
 /// them in sled until the batch is durable: readers, who read no event past the
 /// durable head, see no forget that is not durable either, so a forget that then
@@ -459,6 +458,7 @@ pub(crate) fn visible_subject_key(trees: &Trees, subject: Uuid) -> Result<Option
     }
 }
 
+/// The subject's key: `None` when it never had one, `Some(None)` once forgotten.
 pub(crate) fn read_subject_key(trees: &Trees, subject: Uuid) -> Result<Option<Option<SubjectKey>>, StoreError> {
     let Some(bytes) = trees.keys.get(subject.as_bytes())? else {
         return Ok(None);

@@ -452,8 +452,6 @@ impl BatchWrites {
     }
 }
 
-/// Write a batch to sled: key by key with the stored head last (see the module's
-/// doc), or in one transaction when it forgets a subject.
 /// The subjects a batch forgets: those whose key it writes empty.
 fn forgotten_subjects(writes: &BatchWrites) -> Vec<Uuid> {
     writes.keys.iter().filter(|(_, key)| key.is_empty()).map(|(subject, _)| Uuid::from_bytes(*subject)).collect()
@@ -470,6 +468,8 @@ fn hold_forgotten_keys(trees: &Trees, writes: &BatchWrites) -> Result<(), String
     Ok(())
 }
 
+/// Write a batch to sled: key by key with the stored head last (see the module's
+/// doc), or in one transaction when it forgets a subject.
 pub(crate) fn apply(trees: &Trees, writes: &BatchWrites) -> Result<(), String> {
     if writes.forgets { transact(trees, writes) } else { insert_in_order(trees, writes) }
 }
