@@ -65,5 +65,6 @@ pub use replay::{
     CheckpointStatus, ReplayError, ReplayOptions, ReplayReport, ReplayedModel, checkpoints, replay, replay_with,
 };
 pub use runtime::{
-    Answer, ApplyFn, Dump, MODELS, Options, PAGE_LEN_MAX, Page, ProjectionStatus, Projections, RebuildStatus,
+    Answer, ApplyFn, Dump, MODELS, Options, PAGE_LEN_MAX, Page, ProjectionStatus, Projections, RebuildGate,
+    RebuildStatus,
 };

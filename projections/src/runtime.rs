@@ -112,11 +112,38 @@ pub struct Options {
     /// A pause between a rebuild's batches, so a rebuild leaves room to the live
     /// workers and the writer on a small machine (`None`: as fast as it goes).
     pub rebuild_batch_pause: Option<Duration>,
+    /// Holds every rebuild after each batch while closed: for a test that must
+    /// see a rebuild part way, whatever the machine's pace (`None`: no gate).
+    pub rebuild_gate: Option<RebuildGate>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { batch_len_max: 4096, rebuild_batch_pause: None }
+        Options { batch_len_max: 4096, rebuild_batch_pause: None, rebuild_gate: None }
+    }
+}
+
+/// A gate rebuilds wait at after each batch until it is opened (see
+/// [`Options::rebuild_gate`]); a stopping runtime passes it.
+#[derive(Debug, Clone)]
+pub struct RebuildGate(Arc<watch::Sender<bool>>);
+
+impl RebuildGate {
+    pub fn closed() -> RebuildGate {
+        RebuildGate(Arc::new(watch::Sender::new(false)))
+    }
+
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub fn close(&self) {
+        self.0.send_replace(false);
+    }
+
+    async fn pass(&self) {
+        let mut open = self.0.subscribe();
+        let _ = open.wait_for(|open| *open).await;
     }
 }
 
@@ -859,6 +886,13 @@ async fn project(shared: &Arc<Shared>, work: &mut Work) -> Result<(), Projection
                 _ = stop.changed() => {}
             }
         }
+        if !live && let Some(gate) = &options.rebuild_gate {
+            // `wait_for`, not `changed`: a stop seen before (by the pause) still passes.
+            tokio::select! {
+                () = gate.pass() => {}
+                _ = stop.wait_for(|stopped| *stopped) => {}
+            }
+        }
     }
 }
 
@@ -1282,7 +1316,8 @@ mod tests {
         let log = EventLog::open(dir.path()).expect("a log");
         // Slow rebuilds (a batch an event, 100 ms apart), so the first is still
         // building when it is failed.
-        let options = Options { batch_len_max: 1, rebuild_batch_pause: Some(Duration::from_millis(100)) };
+        let options =
+            Options { batch_len_max: 1, rebuild_batch_pause: Some(Duration::from_millis(100)), rebuild_gate: None };
         let projections = Projections::start_with(log.clone(), options).expect("starts");
         append(&log, mug_created()).await;
         let mug = Sku::parse("mug").expect("a sku");

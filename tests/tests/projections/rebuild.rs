@@ -79,8 +79,8 @@ async fn a_rebuilt_model_equals_the_live_one_after_thousands_of_random_commands(
 }
 
 /// A log after 800 random commands, with its models caught up, under a runtime
-/// whose rebuilds pause between batches of 32 events, so that a test sees them
-/// part way.
+/// whose rebuilds pause between batches of 32 events, and wait after each at a
+/// gate (open until a test closes it), so that a test sees them part way.
 struct Paced {
     _dir: tempfile::TempDir,
     seed: u64,
@@ -88,35 +88,52 @@ struct Paced {
     options: Options,
     projections: Projections,
     shop: RandomShop,
+    gate: projections::RebuildGate,
 }
 
 async fn paced(name: &str, pause: Duration) -> Paced {
     let seed = tests::seed(name);
     let dir = tests::temp_dir();
     let log = EventLog::open(dir.path()).expect("opens");
-    let options = Options { batch_len_max: 32, rebuild_batch_pause: Some(pause) };
+    let gate = projections::RebuildGate::closed();
+    gate.open();
+    let options = Options { batch_len_max: 32, rebuild_batch_pause: Some(pause), rebuild_gate: Some(gate.clone()) };
     let projections = Projections::start_with(log.clone(), options.clone()).expect("starts");
     let mut shop = RandomShop::new(CommandService::new(log.clone()).expect("builds"), seed, false);
     for _ in 0..800 {
         shop.step().await;
     }
     projections.wait_for(log.head(), WAIT).await.expect("the live models catch up");
-    Paced { _dir: dir, seed, log, options, projections, shop }
+    Paced { _dir: dir, seed, log, options, projections, shop, gate }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_answer_from_the_old_generation_until_the_rebuild_has_caught_up() {
-    let Paced { _dir, seed, log, projections, mut shop, .. } =
+    let Paced { _dir, seed, log, projections, mut shop, gate, .. } =
         paced("projections rebuild while serving", Duration::from_millis(2)).await;
     let head = log.head();
     let dashboard = projections.dashboard();
     let before = dashboard.sales().expect("queries");
     let records_before = dashboard.dump().expect("dumps").value;
 
+    gate.close();
     let generation = projections.rebuild("dashboard").expect("a rebuild starts");
     assert_eq!(generation, 2);
     assert!(matches!(projections.rebuild("dashboard"), Err(projections::ProjectionError::RebuildRunning { .. })));
-    let mut seen_partway = false;
+    // Held at the gate after its first batch: part way, whatever the pace.
+    let rebuild_checkpoint = || {
+        let status = projections.status().into_iter().find(|status| status.name == "dashboard").expect("listed");
+        status.rebuild.map(|rebuild| rebuild.checkpoint).unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + WAIT * 6;
+    while rebuild_checkpoint() == 0 {
+        assert!(std::time::Instant::now() < deadline, "seed {seed}: the rebuild applied no batch");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(rebuild_checkpoint() < head, "seed {seed}: the rebuild is part way");
+    assert_eq!(dashboard.generation(), 1, "the old generation serves while the rebuild is held");
+    assert_eq!(dashboard.sales().expect("queries during the rebuild"), before, "the old generation, unchanged");
+    gate.open();
     let deadline = std::time::Instant::now() + WAIT * 6;
     while dashboard.generation() == 1 {
         assert!(std::time::Instant::now() < deadline, "seed {seed}: the rebuild never switched");
@@ -127,11 +144,9 @@ async fn queries_answer_from_the_old_generation_until_the_rebuild_has_caught_up(
         }
         if let Some(rebuild) = status.rebuild {
             assert_eq!(rebuild.generation, 2);
-            seen_partway |= rebuild.checkpoint > 0 && rebuild.checkpoint < head;
         }
         tokio::task::yield_now().await;
     }
-    assert!(seen_partway, "seed {seed}: the rebuild was seen part way through");
     assert!(dashboard.position() >= head, "the new generation switched in only once caught up");
     assert_eq!(dashboard.sales().expect("queries").value, before.value);
     assert_eq!(dashboard.dump().expect("dumps").value, records_before);
@@ -165,24 +180,27 @@ async fn queries_answer_from_the_old_generation_until_the_rebuild_has_caught_up(
 /// the same records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_stopped_part_way_is_thrown_away_at_the_next_start() {
-    let Paced { _dir, seed, log, options, projections, .. } =
+    let Paced { _dir, seed, log, options, projections, gate, .. } =
         paced("projections rebuild stopped", Duration::from_millis(5)).await;
     let head = log.head();
     let live = dumps(&projections);
 
+    // Held at the gate after its first batch, and stopped there.
+    gate.close();
     assert_eq!(projections.rebuild("dashboard").expect("a rebuild starts"), 2);
     let deadline = std::time::Instant::now() + WAIT * 6;
     loop {
-        assert!(std::time::Instant::now() < deadline, "seed {seed}: the rebuild was never seen part way");
+        assert!(std::time::Instant::now() < deadline, "seed {seed}: the rebuild applied no batch");
         let status = projections.status().into_iter().find(|status| status.name == "dashboard").expect("listed");
         let checkpoint = status.rebuild.map(|rebuild| rebuild.checkpoint).unwrap_or_default();
-        assert!(checkpoint < head, "seed {seed}: the rebuild finished before it could be stopped");
-        if checkpoint > head / 4 {
+        assert!(checkpoint < head, "seed {seed}: the rebuild went past the gate");
+        if checkpoint > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     projections.shutdown().await;
+    gate.open();
     let building = log.open_tree("dashboard.g2").expect("opens");
     assert!(!building.is_empty(), "the stopped rebuild wrote part of generation 2");
     drop(building);
