@@ -152,12 +152,53 @@ fn write_export(
     Ok(())
 }
 
+/// The longest line an import reads: far past any event's (a record is under
+/// 128 KiB, and its JSON a few times that), far below what would exhaust memory.
+const LINE_LEN_MAX: usize = 8 * 1024 * 1024;
+
+/// The lines of `input`, each refused once it is longer than `len_max` bytes
+/// without ending (`lines()` would read a file with no line break whole).
+struct BoundedLines<R> {
+    input: R,
+    len_max: usize,
+}
+
+impl<R: BufRead> Iterator for BoundedLines<R> {
+    type Item = std::io::Result<String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::io::Read;
+        let mut line = Vec::new();
+        let read = (&mut self.input).take(self.len_max as u64 + 1).read_until(b'\n', &mut line);
+        match read {
+            Err(error) => Some(Err(error)),
+            Ok(0) => None,
+            Ok(_) if line.len() > self.len_max && !line.ends_with(b"\n") => Some(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a line longer than {} bytes", self.len_max),
+            ))),
+            Ok(_) => {
+                if line.ends_with(b"\n") {
+                    line.pop();
+                    if line.ends_with(b"\r") {
+                        line.pop();
+                    }
+                }
+                Some(
+                    String::from_utf8(line)
+                        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "a line that is not UTF-8")),
+                )
+            }
+        }
+    }
+}
+
 pub(super) fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let input: Box<dyn BufRead> = match &args.input {
         Some(path) if path != Path::new("-") => Box::new(BufReader::with_capacity(1 << 20, super::open_input(path)?)),
         _ => Box::new(std::io::stdin().lock()),
     };
-    let mut lines = input.lines();
+    let mut lines = BoundedLines { input, len_max: LINE_LEN_MAX };
     let first = lines.next().transpose().context("cannot read the export")?.unwrap_or_default();
     let header: Header = serde_json::from_str(&first)
         .map_err(|_| anyhow::anyhow!("not a shoplog export: the first line is not its header"))?;
@@ -259,4 +300,26 @@ fn parse_line(line: &str) -> anyhow::Result<store::ImportEvent> {
         subject: line.subject,
         payload,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(text: &[u8], len_max: usize) -> Vec<Result<String, String>> {
+        BoundedLines { input: text, len_max }.map(|line| line.map_err(|error| error.to_string())).collect()
+    }
+
+    #[test]
+    fn lines_end_at_a_line_break_and_none_runs_past_its_bound() {
+        assert_eq!(
+            lines(b"one\ntwo\r\nthree", 8),
+            [Ok("one".to_owned()), Ok("two".to_owned()), Ok("three".to_owned())]
+        );
+        assert_eq!(lines(b"12345678\n", 8), [Ok("12345678".to_owned())], "a line of the bound's length is read");
+        let too_long = lines(b"123456789\nnext\n", 8);
+        assert_eq!(too_long.first(), Some(&Err("a line longer than 8 bytes".to_owned())));
+        assert_eq!(lines(&[0xff, b'\n'], 8), [Err("a line that is not UTF-8".to_owned())]);
+        assert!(lines(b"", 8).is_empty());
+    }
 }

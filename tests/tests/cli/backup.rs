@@ -329,6 +329,11 @@ async fn restore_stops_at_a_position_or_a_time() {
         let output = shoplog(&[command, "--in", arg(work.path()), "--data", arg(&nowhere)]);
         assert_refused(&output, "is a directory, not a file");
     }
+    // A file with no line break is refused once a line is past any event's
+    // length, not read whole.
+    let output = shoplog(&["import", "--in", "/dev/zero", "--data", arg(&nowhere)]);
+    assert_refused(&output, "a line longer than");
+    assert!(!nowhere.exists());
     assert_refused(
         &shoplog(&["restore", "--in", arg(&file), "--data", arg(&nowhere), "--to-time", "2001-01-01T00:00:00Z"]),
         "no event",
