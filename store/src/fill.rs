@@ -49,6 +49,21 @@ impl Filler {
         })
     }
 
+    /// Tests: write out partial index groups once `streams_max` streams have one.
+    #[cfg(test)]
+    pub(crate) fn buffer_streams_max(&mut self, streams_max: usize) {
+        self.groups = trees::GroupBuffer::with_streams_max(streams_max);
+    }
+
+    /// The last version of `stream` put so far (0: none), from the index being
+    /// written: memory does not grow with the number of streams.
+    pub fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
+        match self.groups.last_version(stream) {
+            Some(version) => Ok(version),
+            None => Ok(trees::read_stream_head(&self.trees, stream)?.0),
+        }
+    }
+
     /// Add the next record: it must be at `head + 1` and chained to `last_hash`
     /// (the callers check that; this only writes).
     pub fn put(

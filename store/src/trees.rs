@@ -310,6 +310,19 @@ impl Default for GroupBuffer {
 const GROUPS_BUFFERED_MAX: usize = 65_536;
 
 impl GroupBuffer {
+    /// A buffer that writes out its partial groups once it holds `streams_max`
+    /// streams (tests: a small one writes out often).
+    #[cfg(test)]
+    pub fn with_streams_max(streams_max: usize) -> Self {
+        GroupBuffer { groups: std::collections::HashMap::new(), streams_max: streams_max.max(1) }
+    }
+
+    /// The last version of `stream` indexed here, if a partial group of it is
+    /// held (a whole group, or one written out to make room, is in `streams`).
+    pub fn last_version(&self, stream: &str) -> Option<u64> {
+        self.groups.get(stream).map(|(first, positions)| (first + (positions.len() / 8) as u64).saturating_sub(1))
+    }
+
     /// Index `version` of `stream` at `position`. Versions of a stream come in
     /// order, with none missing.
     pub fn put(&mut self, streams: &sled::Tree, stream: &str, version: u64, position: u64) -> Result<(), StoreError> {
