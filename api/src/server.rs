@@ -213,19 +213,16 @@ fn configured_or_generated(
 /// file that every later start would refuse.
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
-    let name = path.file_name().map_or_else(|| "file".into(), |name| name.to_string_lossy().into_owned());
-    let partial = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    let partial = store::beside(path, "partial");
     let written = store::create_private_file(&partial).and_then(|mut file| {
         file.write_all(contents.as_bytes())?;
         file.sync_all()?;
-        std::fs::hard_link(&partial, path)
+        store::link_into_place(&partial, path)
     });
-    let _ = std::fs::remove_file(&partial);
-    written?;
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
-        _ => Ok(()),
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
     }
+    written
 }
 
 /// Accept connections until `shutdown` completes, then drain them for at most `grace`.

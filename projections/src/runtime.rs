@@ -1212,6 +1212,14 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(10);
 
+    /// `times` restocks of one unit of the mug, an append each.
+    async fn restock_mug(log: &EventLog, times: usize) {
+        for _ in 0..times {
+            let mug = Sku::parse("mug").expect("a sku");
+            append(log, ProductRestocked { sku: mug, quantity: RestockQuantity::new(1).expect("1") }.into()).await;
+        }
+    }
+
     async fn append(log: &EventLog, event: Event) {
         let metadata = Metadata {
             actor: "test".to_owned(),
@@ -1284,12 +1292,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temp dir");
         let log = EventLog::open(dir.path()).expect("a log");
         let projections = Projections::start(log.clone()).expect("starts");
-        let mug = Sku::parse("mug").expect("a sku");
         append(&log, mug_created()).await;
-        for _ in 0..3 {
-            let restocked = ProductRestocked { sku: mug.clone(), quantity: RestockQuantity::new(1).expect("1") };
-            append(&log, restocked.into()).await;
-        }
+        restock_mug(&log, 3).await;
         projections.wait_for(log.head(), WAIT).await.expect("the models catch up");
         let slot = projections.slot("catalog").expect("a slot");
         let published = slot.position();
@@ -1321,10 +1325,7 @@ mod tests {
         let projections = Projections::start_with(log.clone(), options).expect("starts");
         append(&log, mug_created()).await;
         let mug = Sku::parse("mug").expect("a sku");
-        for _ in 0..3 {
-            let restocked = ProductRestocked { sku: mug.clone(), quantity: RestockQuantity::new(1).expect("1") };
-            append(&log, restocked.into()).await;
-        }
+        restock_mug(&log, 3).await;
         projections.wait_for(log.head(), WAIT).await.expect("the models catch up");
         let slot = projections.slot("catalog").expect("a slot");
 

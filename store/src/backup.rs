@@ -22,7 +22,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -351,13 +351,6 @@ pub fn restore_backup(
     }
     filler.finish()?;
     Ok(restored.summary(whole.taken_at, whole.bytes))
-}
-
-/// A staging directory next to `dir`, for writing a whole data directory before
-/// renaming it into place.
-pub fn staging_dir(dir: &Path) -> PathBuf {
-    let name = dir.file_name().map_or_else(|| "data".into(), |name| name.to_string_lossy().into_owned());
-    dir.with_file_name(format!(".{name}.incoming-{}", std::process::id()))
 }
 
 /// Reads frames, checking every byte before handing items on.

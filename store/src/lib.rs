@@ -30,12 +30,12 @@ mod upcast;
 mod wal;
 mod writer;
 
-pub use backup::{BACKUP_MAGIC, BACKUP_VERSION, BackupSummary, RestoreTo, check_backup, restore_backup, staging_dir};
+pub use backup::{BACKUP_MAGIC, BACKUP_VERSION, BackupSummary, RestoreTo, check_backup, restore_backup};
 pub use error::StoreError;
 pub use fill::ensure_new_or_empty;
 pub use import::{ImportEvent, ImportSummary, Importer};
 pub use log::{EventLog, Options, Subscription, first_damaged_record};
-pub use private::{create_private_dir, create_private_file};
+pub use private::{beside, create_private_dir, create_private_file, link_into_place, sync_parent};
 pub use types::{
     AppendRequest, AppendResult, CommitStats, EventRef, ExpectedVersion, Idempotency, Metadata, NewEvent, Payload,
     RecordedEvent, Recovery, STREAM_NAME_LEN_MAX, StreamAppend, StreamVersion, VerifyReport, is_event_type,

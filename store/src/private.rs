@@ -3,7 +3,33 @@
 
 use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Where a file or directory is written before it takes `path`'s name: the
+/// hidden sibling `.<name>.<what>-<pid>` (by which a run finds what a killed
+/// one left).
+pub fn beside(path: &Path, what: &str) -> PathBuf {
+    let name = path.file_name().map_or_else(|| "data".into(), |name| name.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.{what}-{}", std::process::id()))
+}
+
+/// Give the whole, synced file `partial` the name `path`, durably: a link, which
+/// fails (`AlreadyExists`) if `path` was made meanwhile where a rename would
+/// replace it; then `partial` goes and the directory is synced.
+pub fn link_into_place(partial: &Path, path: &Path) -> std::io::Result<()> {
+    std::fs::hard_link(partial, path)?;
+    std::fs::remove_file(partial)?;
+    sync_parent(path)
+}
+
+/// `fsync` the directory that holds `path`, so an entry made in it is durable.
+pub fn sync_parent(path: &Path) -> std::io::Result<()> {
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()
+}
 
 /// Create `dir` as `rwx------` if it does not exist (its parents as the umask
 /// says); an existing directory keeps its mode.

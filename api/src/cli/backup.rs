@@ -92,19 +92,14 @@ pub(super) fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
 pub(super) fn write_then_rename<T>(out: &Path, write: impl FnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
     let exists = || anyhow::anyhow!("{} already exists; choose a new file name", out.display());
     anyhow::ensure!(!out.exists(), exists());
-    let name = out.file_name().map_or_else(|| "out".into(), |name| name.to_string_lossy().into_owned());
     super::interrupt::remove_left_behind(out, "partial");
-    let partial = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    let partial = store::beside(out, "partial");
     let _writing = super::interrupt::Writing::new(&partial);
     let written = write(&partial).and_then(|value| {
-        // A link, not a rename: it fails if `out` was made meanwhile, where a
-        // rename would replace it.
-        std::fs::hard_link(&partial, out).map_err(|error| match error.kind() {
+        store::link_into_place(&partial, out).map_err(|error| match error.kind() {
             std::io::ErrorKind::AlreadyExists => exists(),
             _ => anyhow::Error::new(error).context(format!("cannot name the file {}", out.display())),
         })?;
-        std::fs::remove_file(&partial).with_context(|| format!("cannot remove {}", partial.display()))?;
-        sync_parent(out)?;
         Ok(value)
     });
     if written.is_err() {
@@ -172,14 +167,6 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-fn sync_parent(path: &Path) -> anyhow::Result<()> {
-    let parent = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    File::open(parent).and_then(|dir| dir.sync_all()).with_context(|| format!("cannot fsync {}", parent.display()))
-}
-
 pub(super) fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let open = || super::open_input(&args.input);
     store::ensure_new_or_empty(&args.data)?;
@@ -232,7 +219,7 @@ pub(super) fn install_dir<T>(target: &Path, fill: impl FnOnce(&Path) -> anyhow::
     store::ensure_new_or_empty(target)?;
     ensure_replaceable(target)?;
     super::interrupt::remove_left_behind(target, "incoming");
-    let staging = store::staging_dir(target);
+    let staging = store::beside(target, "incoming");
     let _writing = super::interrupt::Writing::new(&staging);
     if staging.exists() {
         std::fs::remove_dir_all(&staging).with_context(|| format!("cannot clear {}", staging.display()))?;
@@ -244,7 +231,7 @@ pub(super) fn install_dir<T>(target: &Path, fill: impl FnOnce(&Path) -> anyhow::
             std::fs::remove_dir(target).with_context(|| format!("cannot replace the empty {}", target.display()))?;
         }
         std::fs::rename(&staging, target).with_context(|| format!("cannot move the data into {}", target.display()))?;
-        sync_parent(target)?;
+        store::sync_parent(target).with_context(|| format!("cannot fsync the directory of {}", target.display()))?;
         Ok(filled)
     });
     if installed.is_err() {

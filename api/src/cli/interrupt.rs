@@ -59,9 +59,9 @@ impl Drop for Writing {
     }
 }
 
-/// Remove what runs no longer alive left beside `target` as `.<name>.<what>-<pid>`
-/// (`what`: `incoming` for a staging dir, `partial` for a file), saying so on
-/// stderr.
+/// Remove what runs no longer alive left beside `target` ([`store::beside`]:
+/// `.<name>.<what>-<pid>`, `what` being `incoming` for a staging dir and
+/// `partial` for a file), saying so on stderr.
 pub(super) fn remove_left_behind(target: &Path, what: &str) {
     let Some(name) = target.file_name() else { return };
     let prefix = format!(".{}.{what}-", name.to_string_lossy());
