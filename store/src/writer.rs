@@ -323,7 +323,7 @@ impl Writer {
             appends: staged.appends,
             events: staged.written as u64,
             forgets: to_write.as_ref().is_some_and(|writes| writes.forgets),
-            forgotten: to_write.as_ref().map(forgotten_subjects).unwrap_or_default(),
+            forgotten: to_write.as_ref().filter(|writes| writes.forgets).map(forgotten_subjects).unwrap_or_default(),
             frame,
             groups,
         };
@@ -460,6 +460,9 @@ fn forgotten_subjects(writes: &BatchWrites) -> Vec<Uuid> {
 /// Keep for readers the keys of the subjects `writes` forgets, before they are
 /// deleted; the syncer lets go of them once the batch is durable.
 fn hold_forgotten_keys(trees: &Trees, writes: &BatchWrites) -> Result<(), String> {
+    if !writes.forgets {
+        return Ok(());
+    }
     for subject in forgotten_subjects(writes) {
         if let Some(Some(key)) = trees::read_subject_key(trees, subject).map_err(|error| error.to_string())? {
             trees.forgetting.hold(subject, key);
