@@ -60,4 +60,4 @@ mod service;
 pub use cache::CacheStats;
 pub use error::CommandError;
 pub use outcome::{CommandContext, CommandOutcome};
-pub use service::{CommandService, Options};
+pub use service::{CommandService, EMAIL_KEY_SECRET, Options, email_key};

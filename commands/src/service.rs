@@ -24,7 +24,7 @@ use crate::password::Hasher;
 const PAGE_LEN: usize = 512;
 
 /// The name of the log secret that keys email hashes (DESIGN §5).
-const EMAIL_KEY_SECRET: &str = "email-key";
+pub const EMAIL_KEY_SECRET: &str = "email-key";
 
 /// How the service behaves; [`Options::default`] suits a server.
 #[derive(Debug, Clone)]
@@ -77,6 +77,15 @@ impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("[redacted]")
     }
+}
+
+/// The name of `email`'s claim stream key under `secret` (the log's `email-key`
+/// secret): the keyed blake3 hash of the lowercased address, in hex. Import checks
+/// an export's secret with it.
+pub fn email_key(secret: &[u8; 32], email: &Email) -> EmailKey {
+    let hash = blake3::keyed_hash(secret, email.normalized().as_bytes());
+    EmailKey::parse(hash.to_hex().as_str())
+        .expect("a blake3 hash in hex is 64 lowercase hex characters, which is an email key's rule")
 }
 
 /// A state as loaded, with the stream version it is folded to (0: no events).
@@ -150,9 +159,7 @@ impl CommandService {
     /// The name of `email`'s claim stream key: the keyed blake3 hash of the
     /// lowercased address, in hex. No address ever sits in a stream name.
     pub fn email_key(&self, email: &Email) -> EmailKey {
-        let hash = blake3::keyed_hash(&self.inner.email_secret.0, email.normalized().as_bytes());
-        EmailKey::parse(hash.to_hex().as_str())
-            .expect("a blake3 hash in hex is 64 lowercase hex characters, which is an email key's rule")
+        email_key(&self.inner.email_secret.0, email)
     }
 
     // Products --------------------------------------------------------------------------------

@@ -12,8 +12,12 @@
 //!
 //! `import` takes a full export with secrets (from position 1), checks every line as
 //! it goes (positions and versions without gaps, each event's data decoding as its
-//! type and version), writes a fresh hash chain into a staging directory, verifies
-//! it, rebuilds the read models and renames it into place.
+//! type and version, the header's `email-key` secret hashing each registered
+//! customer's email to the key of its claim), writes a fresh hash chain into a
+//! staging directory, verifies it, rebuilds the read models and renames it into
+//! place. The other secrets are taken as they are: a header without the
+//! customer-token key (a shop that signs tokens with a configured secret has none)
+//! gets a new one, and customers log in again.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -215,12 +219,16 @@ pub(super) fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(header.from == 1, "not a full export: it starts at position {}, not 1", header.from);
     let summary = super::backup::install_dir(&args.data, |staging| {
         let mut importer = store::Importer::create(staging)?;
+        let mut email_keys = EmailKeyCheck::default();
         for (name, value) in &header.secrets {
             let value = hex::decode(value)
                 .ok()
                 .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
                 .ok_or_else(|| anyhow::anyhow!("the header's secret {name} is not 32 bytes of hex"))?;
             importer.put_secret(name, &value)?;
+            if name == commands::EMAIL_KEY_SECRET {
+                email_keys.secret = Some(value);
+            }
         }
         let progress = bar("importing", header.head, "events");
         for (number, line) in lines.enumerate() {
@@ -229,7 +237,10 @@ pub(super) fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
             if line.trim().is_empty() {
                 continue;
             }
-            let event = parse_line(&line).with_context(|| format!("line {line_number}"))?;
+            let (event, data) = parse_line(&line).with_context(|| format!("line {line_number}"))?;
+            if let Some(data) = &data {
+                email_keys.check(data, event.position).with_context(|| format!("line {line_number}"))?;
+            }
             anyhow::ensure!(
                 event.position <= header.head,
                 "line {line_number}: position {} is past the header's head {}",
@@ -259,10 +270,65 @@ pub(super) fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One event line back into an event to import: its data must decode as its type
-/// and version, name the same subject, and not be redacted.
-fn parse_line(line: &str) -> anyhow::Result<store::ImportEvent> {
+/// Checks the header's `email-key` secret against the log's registrations. A
+/// registration appends the customer's `CustomerRegistered` (which holds the email)
+/// and the claim stream's `EmailClaimed` (which holds the key of the email under
+/// that secret) in one append, so the two are next to each other. A header
+/// without the secret, or with another log's, would make the imported shop hash
+/// emails to other claim streams: duplicates would no longer be caught and no
+/// registered customer could log in. Forgotten registrations hold no email and
+/// are not checked.
+#[derive(Default)]
+struct EmailKeyCheck {
+    secret: Option<[u8; 32]>,
+    registered: Option<(domain::CustomerId, domain::Email)>,
+    claimed: Option<(domain::CustomerId, domain::EmailKey)>,
+}
+
+impl EmailKeyCheck {
+    fn check(&mut self, event: &domain::Event, position: u64) -> anyhow::Result<()> {
+        match event {
+            domain::Event::Customer(domain::CustomerEvent::Registered(registered)) => {
+                anyhow::ensure!(
+                    self.secret.is_some(),
+                    "position {position}: a customer's registration, but the header has no secret {}; \
+                     export again with --with-secrets and import that file unedited",
+                    commands::EMAIL_KEY_SECRET
+                );
+                self.registered = Some((registered.customer_id, registered.email.clone()));
+            }
+            domain::Event::EmailClaim(domain::EmailClaimEvent::Claimed(claimed)) => {
+                self.claimed = Some((claimed.customer_id, claimed.email_key.clone()));
+            }
+            _ => return Ok(()),
+        }
+        let (Some(secret), Some((registered, email)), Some((claimant, key))) =
+            (&self.secret, &self.registered, &self.claimed)
+        else {
+            return Ok(());
+        };
+        if registered != claimant {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            commands::email_key(secret, email) == *key,
+            "position {position}: customer {registered}'s email does not hash to the key of its claim under \
+             the header's secret {}: the header's secrets are not this log's; export again with --with-secrets \
+             and import that file unedited",
+            commands::EMAIL_KEY_SECRET
+        );
+        self.registered = None;
+        self.claimed = None;
+        Ok(())
+    }
+}
+
+/// One event line back into an event to import, with its decoded data (none for
+/// a forgotten subject's): its data must decode as its type and version, name the
+/// same subject, and not be redacted.
+fn parse_line(line: &str) -> anyhow::Result<(store::ImportEvent, Option<domain::Event>)> {
     let line: EventLine = serde_json::from_str(line).map_err(|error| anyhow::anyhow!("not an event: {error}"))?;
+    let mut decoded = None;
     let payload = match &line.data {
         None => store::Payload::Forgotten,
         Some(data) => {
@@ -283,10 +349,12 @@ fn parse_line(line: &str) -> anyhow::Result<store::ImportEvent> {
                 event.subject(),
                 line.subject
             );
-            store::Payload::Plain(store::codec::encode(&event)?)
+            let payload = store::Payload::Plain(store::codec::encode(&event)?);
+            decoded = Some(event);
+            payload
         }
     };
-    Ok(store::ImportEvent {
+    let event = store::ImportEvent {
         position: line.position,
         stream: line.stream,
         version: line.version,
@@ -299,7 +367,8 @@ fn parse_line(line: &str) -> anyhow::Result<store::ImportEvent> {
         causation_id: line.causation_id,
         subject: line.subject,
         payload,
-    })
+    };
+    Ok((event, decoded))
 }
 
 #[cfg(test)]

@@ -116,6 +116,21 @@ async fn a_redacted_partial_or_cut_export_is_refused() {
         text.lines().enumerate().filter(|(index, _)| *index != 5).map(|(_, line)| line).collect();
     std::fs::write(&gap, without_fifth.join("\n")).expect("writes");
     assert_refused(&shoplog(&["import", "--data", arg(&target), "--in", arg(&gap)]), "expected position 5 next");
+    // A hand-edited header: without the email index's key, or with another one.
+    // Imported, the shop would hash emails to other claim streams: no customer
+    // could log in and every email could be registered again.
+    let mut header: Value = serde_json::from_str(text.lines().next().expect("a header")).expect("JSON");
+    assert!(header["secrets"]["email-key"].is_string(), "the export carries the key: {header}");
+    let rest: Vec<&str> = text.lines().skip(1).collect();
+    for (name, key) in [("no-email-key", None), ("other-email-key", Some(json!("ab".repeat(32))))] {
+        match key {
+            None => drop(header["secrets"].as_object_mut().expect("an object").remove("email-key")),
+            Some(key) => header["secrets"]["email-key"] = key,
+        }
+        let edited = work.path().join(format!("{name}.ndjson"));
+        std::fs::write(&edited, format!("{header}\n{}", rest.join("\n"))).expect("writes");
+        assert_refused(&shoplog(&["import", "--data", arg(&target), "--in", arg(&edited)]), "email-key");
+    }
     let garbage = work.path().join("garbage.ndjson");
     std::fs::write(&garbage, "hello\n").expect("writes");
     assert_refused(&shoplog(&["import", "--data", arg(&target), "--in", arg(&garbage)]), "not a shoplog export");
