@@ -52,6 +52,9 @@ pub struct Config {
     pub header_read_timeout_ms: u64,
     /// How long a graceful shutdown waits for requests in flight.
     pub shutdown_timeout_ms: u64,
+    /// How long a command keeps deciding again after a version conflict with a
+    /// concurrent one before it answers 409 (contention).
+    pub command_retry_ms: u64,
     /// Login attempts allowed per email per minute (ten times as many per client address).
     pub login_attempts_per_minute: u32,
     /// Seed a demo shop into an empty log on start (`serve --demo`); a log that
@@ -73,6 +76,7 @@ impl Default for Config {
             request_timeout_ms: 10_000,
             header_read_timeout_ms: 5_000,
             shutdown_timeout_ms: 10_000,
+            command_retry_ms: commands::Options::default().retry_deadline.as_millis() as u64,
             login_attempts_per_minute: 10,
             demo: false,
             cache_mib: store::Options::default().cache_capacity_bytes / MIB,
@@ -81,7 +85,7 @@ impl Default for Config {
 }
 
 /// The keys read from `SHOPLOG_<KEY>`.
-const ENV_KEYS: [&str; 11] = [
+const ENV_KEYS: [&str; 12] = [
     "data",
     "listen",
     "admin_token",
@@ -90,6 +94,7 @@ const ENV_KEYS: [&str; 11] = [
     "request_timeout_ms",
     "header_read_timeout_ms",
     "shutdown_timeout_ms",
+    "command_retry_ms",
     "login_attempts_per_minute",
     "demo",
     "cache_mib",
@@ -122,6 +127,7 @@ impl Config {
             ("request_timeout_ms", self.request_timeout_ms),
             ("header_read_timeout_ms", self.header_read_timeout_ms),
             ("shutdown_timeout_ms", self.shutdown_timeout_ms),
+            ("command_retry_ms", self.command_retry_ms),
         ] {
             if value == 0 {
                 return Err(format!("{key} must be above 0"));
@@ -153,6 +159,15 @@ impl Config {
     /// The log's options: sled's page cache as configured, the rest as the store's defaults.
     pub fn log_options(&self) -> store::Options {
         store::Options { cache_capacity_bytes: self.cache_mib * MIB, ..store::Options::default() }
+    }
+
+    /// The command service's options: the retry deadline as configured, the rest
+    /// as its defaults.
+    pub fn command_options(&self) -> commands::Options {
+        commands::Options {
+            retry_deadline: Duration::from_millis(self.command_retry_ms),
+            ..commands::Options::default()
+        }
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -241,6 +256,21 @@ mod tests {
             jail.create_file("bad.toml", "colour = \"blue\"\n")?;
             let error = Config::load(Some(std::path::Path::new("bad.toml")), NoFlags {}).expect_err("unknown key");
             assert!(error.contains("colour"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_command_retry_deadline_reaches_the_command_service_and_is_refused_at_zero() {
+        figment::Jail::expect_with(|jail| {
+            let default = Config::load(None, NoFlags {}).expect("defaults load");
+            assert_eq!(default.command_options().retry_deadline, commands::Options::default().retry_deadline);
+            jail.set_env("SHOPLOG_COMMAND_RETRY_MS", "250");
+            let config = Config::load(None, NoFlags {}).expect("loads");
+            assert_eq!(config.command_options().retry_deadline, Duration::from_millis(250));
+            jail.set_env("SHOPLOG_COMMAND_RETRY_MS", "0");
+            let error = Config::load(None, NoFlags {}).expect_err("zero");
+            assert_eq!(error, "command_retry_ms must be above 0");
             Ok(())
         });
     }

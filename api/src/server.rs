@@ -123,7 +123,8 @@ fn open_state(config: &Config) -> anyhow::Result<AppState> {
         Some(secret) => secret.clone(),
         None => Secret::new(hex::encode(log.secret("customer-token")?)),
     };
-    let service = commands::CommandService::new(log.clone()).context("cannot start the command service")?;
+    let service = commands::CommandService::with_options(log.clone(), config.command_options())
+        .context("cannot start the command service")?;
     let runtime = ProjectionRuntime::new().context("cannot start the read models' runtime")?;
     let projections = runtime.start(log.clone()).context("cannot start the read models")?;
     Ok(AppState::new(

@@ -11,7 +11,15 @@ use super::TestApp;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forty_customers_racing_for_ten_units_get_ten_orders_and_thirty_out_of_stock_answers() {
-    let app = Arc::new(TestApp::spawn().await);
+    // A long retry deadline: a slow `fdatasync` on a busy machine must not be
+    // answered as contention; what is counted is out of stock.
+    let app = Arc::new(
+        TestApp::spawn_with(|config| {
+            config.command_retry_ms = 60_000;
+            config.request_timeout_ms = 120_000;
+        })
+        .await,
+    );
     app.create_product("last", 700, 10).await;
     let mut tokens = Vec::new();
     for index in 0..40 {
