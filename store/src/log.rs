@@ -468,7 +468,15 @@ impl EventLog {
                 if position > head || events.len() >= limit {
                     break 'groups;
                 }
-                events.push(self.read_position(position)?);
+                let event = self.read_position(position)?;
+                if event.stream != stream || event.version != version {
+                    let found = format!("{} v{}", event.stream, event.version);
+                    return Err(StoreError::corrupt(
+                        position,
+                        format!("the index of stream {stream} names it as v{version}, the record is {found}"),
+                    ));
+                }
+                events.push(event);
             }
         }
         Ok(events)
@@ -1034,6 +1042,87 @@ mod tests {
         hold.set(false);
         forgetting.await.expect("the forget ends").expect("forgets");
         assert_eq!(payload(&log), crate::Payload::Forgotten, "a durable forget is seen");
+    }
+
+    /// A damaged stream index is reported as damage, never a panic or another
+    /// stream's events: a group whose versions would run past `u64::MAX`, and a
+    /// group that names a position holding another stream's event.
+    #[tokio::test]
+    async fn a_damaged_stream_index_is_damage_not_a_panic_or_another_streams_events() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = EventLog::open(dir.path()).expect("opens");
+        log.append(one_event("b-1")).await.expect("appends");
+        let streams = &log.inner.trees.streams;
+        let first = u64::MAX - 14;
+        assert_eq!(trees::group_first(first), first, "a group's first version");
+        let positions: Vec<u8> = (0..15u64).flat_map(|_| 1u64.to_be_bytes()).collect();
+        streams.insert(trees::stream_key("huge-1", first), positions).expect("writes");
+        streams.insert(trees::stream_key("a-1", 1), &1u64.to_be_bytes()).expect("writes");
+
+        let error = log.read_stream("huge-1", first, 100).expect_err("damage");
+        assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+        let error = log.stream_version("huge-1").expect_err("damage");
+        assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+        let error = log.read_stream("a-1", 1, 100).expect_err("another stream's event");
+        assert!(matches!(error, StoreError::Corrupt { position: 1, .. }), "{error}");
+        assert!(error.to_string().contains("b-1 v1"), "{error}");
+        assert_eq!(log.read_stream("b-1", 1, 100).expect("reads").len(), 1, "the sound stream reads");
+    }
+
+    /// A reader that reads a subject's key while the writer forgets it: between
+    /// the reader's first look and its second, the writer holds the key and
+    /// deletes it, and the forget is not durable yet. The reader must still get
+    /// the key (it read `keys` first, before the delete); looking in `Forgetting`
+    /// first missed the hold and then found the tombstone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_racing_a_forget_does_not_see_it_before_it_is_durable() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let hold = Arc::new(crate::writer::Hold::default());
+        let log =
+            EventLog::open_with(dir.path(), Options { checkpoint_hold: Some(Arc::clone(&hold)), ..Options::default() })
+                .expect("opens");
+        let subject = Uuid::now_v7();
+        let mut sealed = one_event("customer-1");
+        sealed.streams[0].events[0].subject = Some(subject);
+        log.append(sealed).await.expect("appends");
+        hold.set(true);
+        struct OpenOnDrop(Arc<crate::writer::Hold>);
+        impl Drop for OpenOnDrop {
+            fn drop(&mut self) {
+                self.0.set(false);
+            }
+        }
+        let _open_on_drop = OpenOnDrop(Arc::clone(&hold));
+
+        let (in_between, reader_waits) = std::sync::mpsc::channel();
+        let reader = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let keys = log.inner.trees.keys.clone();
+                crate::trees::AFTER_FIRST_KEY_READ.with(|hook| {
+                    *hook.borrow_mut() = Some(Box::new(move || {
+                        let _ = in_between.send(());
+                        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                        while keys.get(subject.as_bytes()).ok().flatten().is_some_and(|key| !key.is_empty()) {
+                            assert!(std::time::Instant::now() < deadline, "the writer never deleted the key");
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                        }
+                    }));
+                });
+                log.is_forgotten(subject)
+            })
+        };
+        reader_waits.recv_timeout(std::time::Duration::from_secs(10)).expect("the reader reads");
+        let forgetting = {
+            let log = log.clone();
+            tokio::spawn(async move { log.forget(subject, one_event("customer-1")).await })
+        };
+        let seen = tokio::task::spawn_blocking(move || reader.join()).await.expect("joins").expect("reader ends");
+        assert!(!seen.expect("reads"), "a forget not yet durable was seen");
+        assert!(!forgetting.is_finished(), "the forget was answered before its checkpoint");
+        hold.set(false);
+        forgetting.await.expect("the forget ends").expect("forgets");
+        assert!(log.is_forgotten(subject).expect("reads"), "a durable forget is seen");
     }
 
     /// Forgetting a subject deletes its key. The write-ahead log held the key in

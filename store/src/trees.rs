@@ -287,7 +287,12 @@ pub(crate) fn parse_group<'v>(
 ) -> Option<(u64, impl DoubleEndedIterator<Item = u64> + ExactSizeIterator + 'v)> {
     let first = be_u64(key.get(key.len().checked_sub(8)?..)?)?;
     let len = value.len() as u64 / 8;
-    let shaped = first == group_first(first) && value.len().is_multiple_of(8) && (1..=STREAM_GROUP_LEN).contains(&len);
+    // Versions counted on from `first` must not overflow (a damaged key could
+    // name a first version near `u64::MAX`).
+    let shaped = first == group_first(first)
+        && value.len().is_multiple_of(8)
+        && (1..=STREAM_GROUP_LEN).contains(&len)
+        && first.checked_add(len).is_some_and(|end| end < u64::MAX);
     // Every piece is 8 bytes long (`chunks_exact`).
     let positions = value.chunks_exact(8).map(|bytes| u64::from_be_bytes(bytes.try_into().unwrap_or_default()));
     shaped.then_some((first, positions))
@@ -464,11 +469,31 @@ impl Forgetting {
 
 /// A subject's key as readers see it: as [`read_subject_key`], but a forget
 /// that is not durable yet is not seen ([`Forgetting`]).
+///
+/// `keys` is read first and [`Forgetting`] only for a tombstone: the writer holds
+/// a key before it deletes it, so a reader that sees the tombstone also sees the
+/// hold until the forget is durable. The other order could miss the hold, then
+/// see the tombstone the writer wrote meanwhile.
 pub(crate) fn visible_subject_key(trees: &Trees, subject: Uuid) -> Result<Option<Option<SubjectKey>>, StoreError> {
-    match trees.forgetting.get(subject) {
-        Some(key) => Ok(Some(Some(key))),
-        None => read_subject_key(trees, subject),
+    let stored = read_subject_key(trees, subject)?;
+    #[cfg(test)]
+    AFTER_FIRST_KEY_READ.with(|hook| {
+        if let Some(hook) = hook.borrow().as_ref() {
+            hook();
+        }
+    });
+    match stored {
+        Some(None) => Ok(Some(trees.forgetting.get(subject))),
+        stored => Ok(stored),
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Runs on a reader's thread between the first and the second place
+    /// [`visible_subject_key`] reads, so a test can let a forget run there.
+    pub(crate) static AFTER_FIRST_KEY_READ: std::cell::RefCell<Option<Box<dyn Fn()>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// The subject's key: `None` when it never had one, `Some(None)` once forgotten.
