@@ -165,6 +165,26 @@ impl FromRequestParts<AppState> for Reader {
     }
 }
 
+/// The admin or a logged-in customer: who may read orders (a customer only their
+/// own). Being an extractor, it refuses a viewer before the query is looked at.
+#[derive(Debug, Clone, Copy)]
+pub enum AdminOrCustomer {
+    Admin,
+    Customer(CustomerId),
+}
+
+impl FromRequestParts<AppState> for AdminOrCustomer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match principal(parts, state).await? {
+            Principal::Admin => Ok(AdminOrCustomer::Admin),
+            Principal::Customer(id) => Ok(AdminOrCustomer::Customer(id)),
+            Principal::Viewer => Err(ApiError::Forbidden("orders are for their customer or the admin".to_owned())),
+        }
+    }
+}
+
 /// A logged-in customer.
 #[derive(Debug, Clone, Copy)]
 pub struct Customer(pub CustomerId);

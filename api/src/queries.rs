@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::auth::{Admin, Caller, Customer, Principal, Reader};
+use crate::auth::{Admin, AdminOrCustomer, Customer, Reader};
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery};
 use crate::openapi;
@@ -357,10 +357,9 @@ pub struct OrdersQuery {
 )]
 pub async fn orders(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    reader: AdminOrCustomer,
     ApiQuery(query): ApiQuery<OrdersQuery>,
 ) -> Result<Response, ApiError> {
-    let principal = caller.ok_or(ApiError::Unauthorized)?;
     let min_position = check_min_position(&state, query.min_position)?;
     let limit = page_limit(query.limit)?;
     if query.before.is_some_and(|before| before > i64::MAX as u64) {
@@ -368,10 +367,9 @@ pub async fn orders(
     }
     let orders = state.projections.orders();
     reach(orders.wait_for(min_position, MIN_POSITION_WAIT), query.min_position).await?;
-    let answer = match principal {
-        Principal::Admin => orders.page_all(query.before, limit)?,
-        Principal::Customer(customer) => orders.page_for(customer, query.before, limit)?,
-        Principal::Viewer => return Err(ApiError::Forbidden("orders are for their customer or the admin".to_owned())),
+    let answer = match reader {
+        AdminOrCustomer::Admin => orders.page_all(query.before, limit)?,
+        AdminOrCustomer::Customer(customer) => orders.page_for(customer, query.before, limit)?,
     };
     let page =
         OrderPage { items: answer.value.items.into_iter().map(OrderJson::from).collect(), next: answer.value.next };
@@ -393,14 +391,10 @@ pub async fn orders(
 )]
 pub async fn order(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    reader: AdminOrCustomer,
     ApiPath(order_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<Consistency>,
 ) -> Result<Response, ApiError> {
-    let principal = caller.ok_or(ApiError::Unauthorized)?;
-    if principal == Principal::Viewer {
-        return Err(ApiError::Forbidden("orders are for their customer or the admin".to_owned()));
-    }
     let min_position = check_min_position(&state, query.min_position)?;
     let not_found = || ApiError::NotFound(format!("order {order_id} not found"));
     let id = OrderId::parse(&order_id).map_err(|_| not_found())?;
@@ -408,7 +402,7 @@ pub async fn order(
     reach(orders.wait_for(min_position, MIN_POSITION_WAIT), query.min_position).await?;
     let answer = orders.get(id)?;
     let view = answer.value.ok_or_else(not_found)?;
-    if let Principal::Customer(customer) = principal
+    if let AdminOrCustomer::Customer(customer) = reader
         && view.customer_id != customer
     {
         return Err(not_found());
