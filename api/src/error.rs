@@ -47,8 +47,14 @@ pub enum ApiError {
     TooManyRequests { retry_after_seconds: u64 },
     #[error("{0}")]
     Unavailable(String),
-    #[error("the request took too long")]
+    /// The request had not arrived (its body included) within the request timeout.
+    #[error("the request was not received in time")]
     Timeout,
+    /// The request had arrived but was not answered within the request timeout.
+    #[error(
+        "the request took longer than the server's request timeout; a command may have been carried out:          send it again with the same Idempotency-Key to get its outcome"
+    )]
+    TimedOut,
     /// Anything else: logged with its cause, answered as a bare 500.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -79,6 +85,7 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TimedOut => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -225,7 +232,7 @@ pub async fn problems_for_bare_errors(request: axum::extract::Request, next: axu
     let detail = match status {
         StatusCode::NOT_FOUND => "no such route".to_owned(),
         StatusCode::METHOD_NOT_ALLOWED => "this route does not take that method".to_owned(),
-        StatusCode::REQUEST_TIMEOUT => "the request took too long".to_owned(),
+        StatusCode::REQUEST_TIMEOUT => "the request was not received in time".to_owned(),
         StatusCode::PAYLOAD_TOO_LARGE => format!("request body is over {} bytes", crate::BODY_LEN_MAX),
         _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
     };

@@ -27,6 +27,7 @@ mod openapi;
 mod queries;
 mod routes;
 pub mod server;
+mod timeout;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +38,6 @@ use axum::http::{HeaderName, Request};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use config::Config;
@@ -104,8 +104,9 @@ pub fn app(state: AppState, request_timeout: Duration) -> Router {
 /// What every route gets around it: a request id (the client's `x-request-id`,
 /// else a new one) on the request, its span and the response; the request's
 /// metrics; problem+json for axum's own bare errors; a panic answered as a bare
-/// 500 that tells nothing; a 408 once `request_timeout` has passed (reading the
-/// body included); the body size limit.
+/// 500 that tells nothing; once `request_timeout` has passed, a 408 for a request
+/// still coming in or a 503 for one that had arrived ([`timeout`]); the body size
+/// limit.
 fn with_layers(router: Router, request_timeout: Duration) -> Router {
     let layers = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -117,7 +118,7 @@ fn with_layers(router: Router, request_timeout: Duration) -> Router {
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(axum::middleware::from_fn(error::problems_for_bare_errors))
         .layer(CatchPanicLayer::custom(error::panic_response))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, request_timeout))
+        .layer(axum::middleware::from_fn_with_state(request_timeout, timeout::limit))
         .layer(DefaultBodyLimit::max(BODY_LEN_MAX));
     router.layer(layers)
 }
@@ -130,6 +131,48 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+
+    async fn problem_of(response: axum::response::Response) -> serde_json::Value {
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
+        let body = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
+        serde_json::from_slice(&body).unwrap_or_default()
+    }
+
+    /// A request whose body had arrived when the time was up may have been
+    /// carried out: 503, saying how to learn the outcome, never a 408, which
+    /// invites sending it again. One still coming in gets 408.
+    #[tokio::test]
+    async fn the_request_timeout_answers_408_only_while_the_request_is_still_coming_in() {
+        async fn slow(body: axum::body::Bytes) -> String {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            format!("{} bytes", body.len())
+        }
+        let router = || with_layers(Router::new().route("/slow", axum::routing::post(slow)), Duration::from_millis(50));
+
+        for body in [Body::from("{\"quantity\":1}"), Body::empty()] {
+            let request = Request::post("/slow").body(body).expect("a request");
+            let response = router().oneshot(request).await.unwrap_or_else(|error| match error {});
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let problem = problem_of(response).await;
+            assert!(problem["detail"].as_str().is_some_and(|detail| detail.contains("Idempotency-Key")), "{problem}");
+        }
+
+        let (sender, never_ends) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(1);
+        sender.send(Ok(axum::body::Bytes::from_static(b"{\"quan"))).await.expect("sends");
+        let body = Body::from_stream(tokio_stream_of(never_ends));
+        let request = Request::post("/slow").body(body).expect("a request");
+        let response = router().oneshot(request).await.unwrap_or_else(|error| match error {});
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(problem_of(response).await["status"], 408);
+        drop(sender);
+    }
+
+    /// The receiving end of a channel as a stream.
+    fn tokio_stream_of<T: Send + 'static>(
+        mut receiver: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> + Send + 'static {
+        futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+    }
 
     #[tokio::test]
     async fn a_panicking_handler_gets_a_500_problem_that_tells_nothing_and_keeps_its_request_id() {

@@ -6,7 +6,7 @@
 //! undocumented and no documented route is missing. This module holds what the
 //! handlers share: the document's info, the three bearer schemes (one per role, all
 //! `Authorization: Bearer`), the problem+json responses the handlers refer to, and
-//! the statuses the middleware can answer on any route (408, 500).
+//! the statuses the middleware can answer on any route (408, 500, 503).
 
 use utoipa::openapi::content::ContentBuilder;
 use utoipa::openapi::header::HeaderBuilder;
@@ -142,9 +142,13 @@ problems! {
     Unprocessable: "Invalid fields (each named in `errors`), or a rule on the input alone";
     TooManyRequests: "Too many login attempts for this email or from this address",
         "Retry-After": Integer = "Seconds to wait";
-    RequestTimeout: "The request took longer than the server's request timeout";
+    RequestTimeout: "The request (its body included) had not arrived within the server's request timeout; \
+        nothing was done";
     Internal: "An internal error; the body reveals nothing, the server log has the cause";
-    Unavailable: "The event log is not accepting writes (after a failed fsync, or shutting down)";
+    Unavailable: "The event log is not accepting writes (after a failed fsync, or shutting down), a read \
+        model is not ready, or the request took longer than the server's request timeout once it had \
+        arrived: a command may then have been carried out, and sending it again with the same \
+        `Idempotency-Key` gets its outcome";
     MethodNotAllowed: "Any route, for a method it does not take",
         "Allow": String = "The methods the route takes";
 }
@@ -224,7 +228,7 @@ pub fn document(mut openapi: Document) -> Document {
         for operation in operations(item) {
             optional_body_is_not_null(operation);
             // The timeout and panic layers wrap every route.
-            for (status, name) in [("408", "RequestTimeout"), ("500", "Internal")] {
+            for (status, name) in [("408", "RequestTimeout"), ("500", "Internal"), ("503", "Unavailable")] {
                 operation
                     .responses
                     .responses
