@@ -212,6 +212,11 @@ pub(crate) struct Generation {
     /// under an older checkpoint, so it answers no query until a restart writes
     /// the batch again from its redo, or a rebuild replaces it.
     torn: AtomicBool,
+    /// Why the live worker stopped applying events to it, once it has: it then
+    /// stays behind the log for good, so it answers no query (rather than a
+    /// state that grows older and older) until a rebuild replaces it or a
+    /// restart opens it again.
+    stopped: Mutex<Option<String>>,
     /// To drop the tree once retired, on a thread `droppers` keeps.
     log: EventLog,
     droppers: Droppers,
@@ -237,6 +242,7 @@ impl Generation {
             stop: watch::Sender::new(false),
             retired: AtomicBool::new(false),
             torn: AtomicBool::new(false),
+            stopped: Mutex::new(None),
             log: shared.log.clone(),
             droppers: Arc::clone(&shared.droppers),
         })
@@ -244,6 +250,24 @@ impl Generation {
 
     fn checkpoint(&self) -> u64 {
         self.checkpoint.load(Ordering::Acquire)
+    }
+
+    /// Why it answers no query, if it does not. `torn` is set while each batch
+    /// is written, so it means a torn batch only under the batch lock (as in
+    /// [`Slot::read`]); a batch that failed part way stops the generation too.
+    fn refusal(&self) -> Option<String> {
+        if self.torn.load(Ordering::Acquire) {
+            return Some("a storage error cut a batch short; restart the server or rebuild the model".to_owned());
+        }
+        self.stopped_reason()
+    }
+
+    /// Why the live worker stopped applying events to it, if it did.
+    fn stopped_reason(&self) -> Option<String> {
+        let stopped = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
+        stopped
+            .as_ref()
+            .map(|reason| format!("it stopped at an event ({reason}); rebuild the model or restart the server"))
     }
 
     /// Empty the tree and forget the checkpoint.
@@ -346,11 +370,8 @@ impl Slot {
         };
         let value = {
             let _batch_whole = generation.batch_lock.read().unwrap_or_else(PoisonError::into_inner);
-            if generation.torn.load(Ordering::Acquire) {
-                return Err(ProjectionError::Stopped {
-                    model: self.name,
-                    reason: "a storage error cut a batch short; restart the server or rebuild the model".into(),
-                });
+            if let Some(reason) = generation.refusal() {
+                return Err(ProjectionError::Stopped { model: self.name, reason });
             }
             query(&generation.tree)?
         };
@@ -369,7 +390,18 @@ impl Slot {
         *self.generation.borrow()
     }
 
+    /// Why the serving generation stopped, if it did: it answers no query.
+    pub(crate) fn stopped(&self) -> Option<String> {
+        self.active().stopped_reason()
+    }
+
     pub(crate) async fn wait_for(&self, position: u64, timeout: Duration) -> Result<u64, ProjectionError> {
+        if let Some(reason) = self.stopped()
+            && self.position() < position
+        {
+            // It will never get there.
+            return Err(ProjectionError::Stopped { model: self.name, reason });
+        }
         let mut receiver = self.position.subscribe();
         let reached = tokio::time::timeout(timeout, receiver.wait_for(|reached| *reached >= position)).await;
         match reached {
@@ -468,6 +500,8 @@ impl Slot {
             if let Err(error) = self.shared.meta.remove(building_key(self.name)) {
                 tracing::warn!(model = self.name, %error, "could not forget the abandoned rebuild");
             }
+        } else {
+            *generation.stopped.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
         }
         *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
     }
@@ -1005,6 +1039,11 @@ impl Projections {
     /// Where every read model stands.
     pub fn status(&self) -> Vec<ProjectionStatus> {
         self.slots().iter().map(|slot| slot.status()).collect()
+    }
+
+    /// The first read model whose serving generation answers no query, and why.
+    pub fn refusing(&self) -> Option<(&'static str, String)> {
+        self.slots().iter().find_map(|slot| slot.stopped().map(|reason| (slot.name, reason)))
     }
 
     /// Wait until every read model reached `position`, within `timeout` in all.

@@ -169,3 +169,49 @@ async fn readiness_waits_for_a_read_model_rebuilt_at_start() {
     assert!(position >= head, "ready while the dashboard answered at {position} of {head} ({refused} refusals)");
     app.stop().await;
 }
+
+/// A read model that stops at an event it cannot apply stays behind the log for
+/// good: its queries answer 503 naming it (not an older and older state), and
+/// the server is not ready, until a rebuild brings it back.
+#[tokio::test]
+async fn a_read_model_that_stopped_answers_503_and_the_server_is_not_ready_until_it_is_rebuilt() {
+    let app = TestApp::spawn().await;
+    app.create_product("mug-1", 1200, 5).await;
+    let dir = app.stop_keeping_dir().await;
+    {
+        // The catalog's record of mug-1, damaged where a fresh server reads it.
+        let log = store::EventLog::open(dir.path()).expect("opens");
+        let catalog = log.open_tree("catalog.g1").expect("opens");
+        assert!(catalog.insert(b"p:mug-1", &[0xff, 0xff, 0xff][..]).expect("writes").is_some(), "mug-1 listed");
+    }
+    let app = TestApp::serve_dir(dir).await;
+    assert_eq!(app.get("/readyz", None).await.status, 200, "ready before the next event about mug-1");
+    let restocked =
+        app.post("/api/v1/products/mug-1/restock", Some(super::ADMIN), serde_json::json!({"quantity": 1})).await;
+    assert_eq!(restocked.status, 200, "{restocked:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let not_ready = loop {
+        let ready = app.get("/readyz", None).await;
+        if ready.status != 200 {
+            break ready;
+        }
+        assert!(Instant::now() < deadline, "still ready with a stopped catalog");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(not_ready.problem(503)["detail"].as_str().is_some_and(|detail| detail.contains("catalog")));
+    let products = app.get("/api/v1/products", None).await;
+    assert!(products.problem(503)["detail"].as_str().is_some_and(|detail| detail.contains("catalog")), "{products:?}");
+    assert_eq!(app.get("/api/v1/dashboard/sales", Some(super::VIEWER)).await.status, 200, "the others answer");
+
+    let rebuild = app.post("/admin/projections/catalog/rebuild", Some(super::ADMIN), serde_json::json!({})).await;
+    assert!(rebuild.status.is_success(), "{rebuild:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.get("/readyz", None).await.status != 200 {
+        assert!(Instant::now() < deadline, "not ready after the rebuild");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mug = app.get("/api/v1/products/mug-1", None).await;
+    assert_eq!(mug.status, 200, "{mug:?}");
+    app.stop().await;
+}

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use commands::CommandService;
-use projections::{Dump, Options, Projections};
+use projections::{Dump, Options, ProjectionError, Projections};
 use store::EventLog;
 
 use super::WAIT;
@@ -253,14 +253,23 @@ async fn a_model_that_fails_stops_alone_and_a_rebuild_brings_it_back() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(catalog.position() < failed_at, "the failed model did not move past the event it could not apply");
+    // It stays behind for good, so it answers nothing rather than an older and
+    // older state, and a wait for a position it lacks ends at once.
+    let refused = catalog.get(&super::sku("cup-1")).expect_err("a stopped model answers no query");
+    assert!(matches!(refused, ProjectionError::Stopped { model: "catalog", .. }), "{refused:?}");
+    assert!(shop.projections.refusing().is_some_and(|(model, _)| model == "catalog"));
     shop.append(None, super::restocked("cup-1", 1)).await;
     let later = shop.log.head();
     shop.projections.dashboard().wait_for(later, WAIT).await.expect("the others go on after the failure");
-    assert!(catalog.wait_for(later, Duration::from_millis(200)).await.is_err(), "the failed model stays behind");
+    let started = std::time::Instant::now();
+    let waited = catalog.wait_for(later, WAIT).await.expect_err("the failed model stays behind");
+    assert!(matches!(waited, ProjectionError::Stopped { .. }), "{waited:?}");
+    assert!(started.elapsed() < WAIT, "the wait did not end at once");
 
     let generation = shop.projections.rebuild("catalog").expect("a rebuild starts");
     catalog.wait_for_generation(generation, WAIT).await.expect("the rebuilt catalog serves");
     assert_eq!(failure(&shop.projections), None, "a rebuild clears the failure");
+    assert_eq!(shop.projections.refusing(), None, "the rebuilt catalog answers");
     shop.append(None, super::restocked("mug-1", 1)).await;
     shop.settle().await;
     let mug = catalog.get(&super::sku("mug-1")).expect("queries").value.expect("listed");
