@@ -37,12 +37,22 @@ pub(crate) struct Decoded {
     pub envelope: Envelope,
     /// `None`: a forgotten payload, which no read model uses.
     pub event: Option<domain::Event>,
+    /// The command it came from: the events of one append share it and their
+    /// time, which is how a batch is told not to end inside an append.
+    pub correlation_id: uuid::Uuid,
+}
+
+impl Decoded {
+    /// Whether `self` and `other` come from the same append.
+    pub fn same_append(&self, other: &Decoded) -> bool {
+        (self.correlation_id, self.envelope.recorded_at) == (other.correlation_id, other.envelope.recorded_at)
+    }
 }
 
 impl Decoded {
     pub fn of_ref(event: &store::EventRef<'_>) -> Result<Decoded, ProjectionError> {
         let envelope = Envelope { position: event.position, recorded_at: event.recorded_at };
-        Ok(Decoded { envelope, event: commands::codec::decode_ref(event)? })
+        Ok(Decoded { envelope, event: commands::codec::decode_ref(event)?, correlation_id: event.correlation_id })
     }
 }
 

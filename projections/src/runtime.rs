@@ -774,6 +774,17 @@ fn decode_into(batch: &mut Vec<Decoded>, event: &store::EventRef<'_>) -> Result<
     Ok(())
 }
 
+/// Where the last append of `batch` begins; the batch's length (nothing to carry)
+/// when the whole batch is one append (an append longer than a batch is applied
+/// in pieces: nothing else can be done).
+fn last_append_start(batch: &[Decoded]) -> usize {
+    let Some(last) = batch.last() else {
+        return 0;
+    };
+    let start = batch.iter().rposition(|event| !event.same_append(last)).map_or(0, |before| before + 1);
+    if start == 0 { batch.len() } else { start }
+}
+
 async fn project(shared: &Arc<Shared>, work: &mut Work) -> Result<(), ProjectionError> {
     let log = &shared.log;
     let options = &shared.options;
@@ -857,7 +868,15 @@ async fn project(shared: &Arc<Shared>, work: &mut Work) -> Result<(), Projection
                 continue;
             }
         }
-        let next = spare.take().unwrap_or_else(|| Vec::with_capacity(batch_len_max));
+        // A full live batch may end inside an append (a checkout's order, stock
+        // reservations and cart): its last append goes to the next batch, so that
+        // a query never sees part of one, nor a position no command answered.
+        let carried = match live && batch.len() >= batch_len_max {
+            true => batch.split_off(last_append_start(&batch)),
+            false => Vec::new(),
+        };
+        let mut next = spare.take().unwrap_or_else(|| Vec::with_capacity(batch_len_max));
+        next.extend(carried);
         let mut events = std::mem::replace(&mut batch, next);
         let mut task = match &*work {
             Work::Live { .. } => {
@@ -1269,6 +1288,52 @@ mod tests {
         let request =
             AppendRequest::single(event.stream().to_string(), ExpectedVersion::Any, vec![new_event], metadata);
         log.append(request).await.expect("appends");
+    }
+
+    /// A live batch that fills up never ends inside an append: a model only ever
+    /// publishes the last position of an append, so no query sees part of one
+    /// (a checkout's order without its reservations, say).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_live_batch_ends_where_an_append_ends() {
+        const APPENDS: usize = 40;
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let log = EventLog::open(dir.path()).expect("a log");
+        append(&log, mug_created()).await;
+        let mut ends = vec![log.head()];
+        for _ in 0..APPENDS {
+            let restock = Event::from(ProductRestocked {
+                sku: Sku::parse("mug").expect("a sku"),
+                quantity: RestockQuantity::new(1).expect("1"),
+            });
+            let events = (0..3).map(|_| commands::codec::to_new_event(&restock).expect("encodes")).collect();
+            let metadata = Metadata {
+                actor: "test".to_owned(),
+                correlation_id: uuid::Uuid::now_v7(),
+                causation_id: uuid::Uuid::now_v7(),
+            };
+            let request = AppendRequest::single("product-mug", ExpectedVersion::Any, events, metadata);
+            log.append(request).await.expect("appends");
+            ends.push(log.head());
+        }
+
+        let options = Options { batch_len_max: 4, ..Options::default() };
+        let projections = Projections::start_with(log.clone(), options).expect("starts");
+        let mut published = projections.catalog().slot.position.subscribe();
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while *published.borrow_and_update() < log.head() {
+            seen.push(*published.borrow());
+            tokio::time::timeout_at(deadline, published.changed()).await.expect("catches up").expect("runs");
+        }
+        seen.push(*published.borrow());
+        seen.dedup();
+        assert!(seen.len() > APPENDS / 4, "too few positions seen to tell: {seen:?}");
+        for position in seen.into_iter().filter(|position| *position > 0) {
+            assert!(ends.contains(&position), "published {position}, inside an append (ends: {ends:?})");
+        }
+        let mug = projections.catalog().get(&Sku::parse("mug").expect("a sku")).expect("reads").value.expect("a mug");
+        assert_eq!(mug.on_hand, 5 + 3 * APPENDS as u32, "every restock counted once");
+        projections.shutdown().await;
     }
 
     /// A mug with 5 units in stock.
