@@ -56,9 +56,28 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for CommandInput<T> {
         })?;
         let body = parse_body(&bytes, &headers)?;
         let mut hasher = request_hash;
-        hasher.update(&bytes);
+        if idempotency_key.is_some() {
+            hasher.update(&canonical_json(&bytes));
+        }
         Ok(CommandInput { body, idempotency_key, if_match, request_hash: *hasher.finalize().as_bytes() })
     }
+}
+
+/// The body as the JSON value it means, for telling a repeated request from
+/// another one under the same `Idempotency-Key`: object keys sorted, no
+/// whitespace, `81.0` as `81`, an empty body as `{}`. A client that serializes its
+/// body again for a retry (other key order, other spacing) repeats the request;
+/// another value is another request (409). Only called on a body that parsed.
+fn canonical_json(bytes: &[u8]) -> Vec<u8> {
+    let value = match bytes.iter().all(u8::is_ascii_whitespace) {
+        true => serde_json::Value::Object(serde_json::Map::new()),
+        false => match serde_json::from_slice(bytes) {
+            Ok(value) => integral_floats_as_integers(value),
+            Err(_) => return bytes.to_vec(),
+        },
+    };
+    // A map of `serde_json` keeps its keys sorted (no `preserve_order`).
+    serde_json::to_vec(&value).unwrap_or_else(|_| bytes.to_vec())
 }
 
 /// A command's body as `T`. Most bodies read straight into `T`; one that does

@@ -200,8 +200,10 @@ impl IntoParams for IdempotencyKey {
             ObjectBuilder::new().min_length(Some(1)).max_length(Some(255)).pattern(Some("^[!-~]([\\t -~]*[!-~])?$"));
         vec![header(
             "Idempotency-Key",
-            "Makes the command safe to retry: the same key (per caller) returns the first response and \
-             writes nothing; the same key with another request is 409.",
+            "Makes the command safe to retry: the same key (per caller) with the same method, path and \
+             JSON value (key order and spacing aside) returns the first response (with `duplicate: true`) \
+             and writes nothing; the same key with another request is 409. A request refused with a 4xx \
+             keeps no key: sent again, it is decided afresh.",
             schema,
         )]
     }

@@ -143,6 +143,49 @@ async fn a_repeated_idempotency_key_gives_the_first_response_and_writes_nothing(
     app.stop().await;
 }
 
+/// "The same body" is the same JSON value: a client that serializes its body
+/// again for a retry (other key order, spacing, `1.0` for `1`, an empty body
+/// for `{}`) repeats the request; another value under the key is a 409.
+#[tokio::test]
+async fn a_repeated_idempotency_key_with_the_same_json_written_otherwise_is_a_repeat() {
+    let app = TestApp::spawn().await;
+    app.create_product("mug-1", 1000, 5).await;
+    let token = app.customer("dee@example.com").await;
+    let send = async |path: &str, body: &'static str, key: &str| {
+        let response = app
+            .client
+            .post(format!("http://{}{path}", app.address()))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body)
+            .send()
+            .await
+            .expect("the server answers");
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.expect("a JSON answer");
+        (status, body)
+    };
+    let (status, first) = send("/api/v1/cart/items", r#"{"sku":"mug-1","quantity":2}"#, "add-1").await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let head = app.head();
+    for again in [r#"{ "quantity": 2, "sku": "mug-1" }"#, "{\"quantity\":2.0,\n\"sku\":\"mug-1\"}"] {
+        let (status, body) = send("/api/v1/cart/items", again, "add-1").await;
+        assert_eq!(status, StatusCode::OK, "{again}: {body}");
+        assert_eq!(body["position"], first["position"], "{again}: {body}");
+    }
+    let (status, body) = send("/api/v1/cart/items", r#"{"sku":"mug-1","quantity":3}"#, "add-1").await;
+    assert_eq!(status, StatusCode::CONFLICT, "another value: {body}");
+    assert_eq!(app.head(), head, "no repeat wrote");
+
+    let (status, placed) = send("/api/v1/cart/checkout", "", "checkout-1").await;
+    assert_eq!(status, StatusCode::CREATED, "{placed}");
+    let (status, again) = send("/api/v1/cart/checkout", " {} ", "checkout-1").await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(again["order_id"], placed["order_id"]);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn an_idempotency_key_is_the_callers_own_and_its_replay_repeats_the_etag() {
     let app = TestApp::spawn().await;
