@@ -591,6 +591,9 @@ impl EventLog {
     /// Walk the whole log: the hash chain, every record's position, the stream
     /// index (each event indexed at its version, nothing else in it) and the stored tail. The first problem found is an
     /// error naming its position.
+    ///
+    /// It checks a log at rest (`shoplog verify` opens the log offline): a batch
+    /// appended while it walks can be reported as damage.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
         self.verify_with(&mut |_| {})
     }

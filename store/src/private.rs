@@ -2,6 +2,7 @@
 //! signs customer tokens, password hashes) are made readable by their owner only.
 
 use std::fs::File;
+use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -16,9 +17,29 @@ pub fn beside(path: &Path, what: &str) -> PathBuf {
 /// Give the whole, synced file `partial` the name `path`, durably: a link, which
 /// fails (`AlreadyExists`) if `path` was made meanwhile where a rename would
 /// replace it; then `partial` goes and the directory is synced.
+///
+/// A filesystem without hard links (FAT or exFAT, such as a USB stick) refuses
+/// the link (`EPERM` or unsupported): there the file is renamed, once `path` is
+/// seen not to exist (a file made in the moment between would be replaced).
 pub fn link_into_place(partial: &Path, path: &Path) -> std::io::Result<()> {
-    std::fs::hard_link(partial, path)?;
-    std::fs::remove_file(partial)?;
+    link_or_rename(partial, path, |from, to| std::fs::hard_link(from, to))
+}
+
+fn link_or_rename(
+    partial: &Path,
+    path: &Path,
+    link: impl FnOnce(&Path, &Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    match link(partial, path) {
+        Ok(()) => std::fs::remove_file(partial)?,
+        Err(error) if matches!(error.kind(), ErrorKind::PermissionDenied | ErrorKind::Unsupported) => {
+            if std::fs::symlink_metadata(path).is_ok() {
+                return Err(std::io::Error::new(ErrorKind::AlreadyExists, format!("{} exists", path.display())));
+            }
+            std::fs::rename(partial, path)?;
+        }
+        Err(error) => return Err(error),
+    }
     sync_parent(path)
 }
 
@@ -72,5 +93,29 @@ mod tests {
         assert!(create_private_file(&file).is_err(), "an existing file is never overwritten");
         std::fs::write(root.path().join("plain"), b"x").expect("writes");
         assert!(create_private_dir(&root.path().join("plain")).is_err(), "a file is not a directory");
+    }
+
+    /// Where the filesystem has no hard links (FAT: `EPERM`), the whole file is
+    /// renamed into place instead, still never over a file that is there.
+    #[test]
+    fn without_hard_links_a_file_is_renamed_into_place_but_never_over_another() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let no_links = |_: &Path, _: &Path| Err(std::io::Error::from_raw_os_error(1)); // EPERM
+        let (partial, path) = (root.path().join(".shop.backup.partial"), root.path().join("shop.backup"));
+        std::fs::write(&partial, b"backup").expect("writes");
+        link_or_rename(&partial, &path, no_links).expect("renamed into place");
+        assert_eq!(std::fs::read(&path).expect("reads"), b"backup");
+        assert!(!partial.exists(), "the partial name is gone");
+
+        std::fs::write(&partial, b"another").expect("writes");
+        let refused = link_or_rename(&partial, &path, no_links).expect_err("a file is there");
+        assert_eq!(refused.kind(), ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).expect("reads"), b"backup", "the file there is kept");
+        let refused = link_into_place(&partial, &path).expect_err("a file is there");
+        assert_eq!(refused.kind(), ErrorKind::AlreadyExists, "with links too");
+        let other = std::io::Error::from_raw_os_error(28); // ENOSPC: not about links
+        let failed = link_or_rename(&partial, &root.path().join("x"), |_, _| Err(other)).expect_err("fails");
+        assert_eq!(failed.raw_os_error(), Some(28));
+        assert!(partial.exists() && !root.path().join("x").exists(), "nothing renamed on another error");
     }
 }

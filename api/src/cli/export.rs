@@ -7,7 +7,8 @@
 //! secrets: fine for reading, not enough to rebuild a shop. With it, the header
 //! carries the log's named secrets (the key of the email index and the key that
 //! signs customer tokens), so an import keeps every stream name, every password
-//! and every token valid. Such an export holds credentials: keep it like a backup.
+//! and every customer token valid (the admin and viewer tokens are the server's
+//! settings or files beside the log, not part of it). Such an export holds credentials: keep it like a backup.
 //! Forgotten customers stay forgotten either way (their events carry `data: null`).
 //!
 //! `import` takes a full export with secrets (from position 1), checks every line as
