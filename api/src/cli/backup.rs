@@ -226,11 +226,15 @@ pub(super) fn install_dir<T>(target: &Path, fill: impl FnOnce(&Path) -> anyhow::
     }
     let installed = fill(&staging).and_then(|filled| {
         settle(&staging)?;
-        if target.exists() {
-            // Empty, as checked: make room for the rename.
-            std::fs::remove_dir(target).with_context(|| format!("cannot replace the empty {}", target.display()))?;
-        }
+        // An existing target is empty, as checked: rename(2) replaces an empty
+        // directory in one step, and the data dir then takes its mode, as README
+        // promises for a data dir that already exists.
+        let existing = std::fs::metadata(target).ok().map(|metadata| metadata.permissions());
         std::fs::rename(&staging, target).with_context(|| format!("cannot move the data into {}", target.display()))?;
+        if let Some(permissions) = existing {
+            std::fs::set_permissions(target, permissions)
+                .with_context(|| format!("cannot give {} its mode back", target.display()))?;
+        }
         store::sync_parent(target).with_context(|| format!("cannot fsync the directory of {}", target.display()))?;
         Ok(filled)
     });

@@ -88,6 +88,13 @@ async fn what_holds_the_shops_secrets_is_readable_by_its_owner_only() {
     let imported = work.path().join("imported");
     assert!(shoplog(&["import", "--data", arg(&imported), "--in", arg(&exported)]).status.success());
     assert_eq!(mode(&imported), 0o700, "an imported data dir");
+    // An empty data dir the operator made keeps its mode.
+    let prepared = work.path().join("prepared");
+    std::fs::create_dir(&prepared).expect("creates");
+    std::fs::set_permissions(&prepared, std::os::unix::fs::PermissionsExt::from_mode(0o750)).expect("chmod");
+    assert!(shoplog(&["restore", "--in", arg(&file), "--data", arg(&prepared)]).status.success());
+    assert_eq!(mode(&prepared), 0o750, "an existing data dir restored into");
+    assert!(shoplog(&["verify", "--data", arg(&prepared)]).status.success(), "the restore is whole");
     let served = work.path().join("served");
     let app = TestApp::spawn_with(|config| config.data = served.clone()).await;
     assert_eq!(mode(&served), 0o700, "a data dir the server made");
