@@ -1002,6 +1002,29 @@ mod tests {
         found
     }
 
+    /// A log whose checkpoints a test can hold, with one event sealed under a
+    /// subject (at position 1): the log, its hold and the subject.
+    async fn log_with_a_sealed_event(dir: &Path) -> (EventLog, Arc<crate::writer::Hold>, Uuid) {
+        let hold = Arc::new(crate::writer::Hold::default());
+        let log = EventLog::open_with(dir, Options { checkpoint_hold: Some(Arc::clone(&hold)), ..Options::default() })
+            .expect("opens");
+        let subject = Uuid::now_v7();
+        let mut sealed = one_event("customer-1");
+        sealed.streams[0].events[0].subject = Some(subject);
+        log.append(sealed).await.expect("appends");
+        (log, hold, subject)
+    }
+
+    /// Opens a held checkpoint again whatever happens, or a failing assertion
+    /// would leave the syncer waiting and the test hanging in the log's drop.
+    struct OpenOnDrop(Arc<crate::writer::Hold>);
+
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            self.0.set(false);
+        }
+    }
+
     /// The writer deletes a forgotten subject's key in sled before the forget is
     /// durable (a checkpoint makes it so); until then readers still read the
     /// subject's events, as they read no event past the durable head: a forget
@@ -1009,26 +1032,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn readers_see_a_forget_only_once_it_is_durable() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let hold = Arc::new(crate::writer::Hold::default());
-        let log =
-            EventLog::open_with(dir.path(), Options { checkpoint_hold: Some(Arc::clone(&hold)), ..Options::default() })
-                .expect("opens");
-        let subject = Uuid::now_v7();
-        let mut sealed = one_event("customer-1");
-        sealed.streams[0].events[0].subject = Some(subject);
-        log.append(sealed).await.expect("appends");
+        let (log, hold, subject) = log_with_a_sealed_event(dir.path()).await;
         let payload = |log: &EventLog| log.read_all(1, 1).expect("reads").remove(0).payload;
         assert!(matches!(payload(&log), crate::Payload::Plain(_)));
 
         hold.set(true);
-        // Opened again whatever happens, or a failing assertion would leave the
-        // syncer waiting and the test hanging in the log's drop.
-        struct OpenOnDrop(Arc<crate::writer::Hold>);
-        impl Drop for OpenOnDrop {
-            fn drop(&mut self) {
-                self.0.set(false);
-            }
-        }
         let _open_on_drop = OpenOnDrop(Arc::clone(&hold));
         let forgetting = {
             let log = log.clone();
@@ -1080,21 +1088,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reader_racing_a_forget_does_not_see_it_before_it_is_durable() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let hold = Arc::new(crate::writer::Hold::default());
-        let log =
-            EventLog::open_with(dir.path(), Options { checkpoint_hold: Some(Arc::clone(&hold)), ..Options::default() })
-                .expect("opens");
-        let subject = Uuid::now_v7();
-        let mut sealed = one_event("customer-1");
-        sealed.streams[0].events[0].subject = Some(subject);
-        log.append(sealed).await.expect("appends");
+        let (log, hold, subject) = log_with_a_sealed_event(dir.path()).await;
         hold.set(true);
-        struct OpenOnDrop(Arc<crate::writer::Hold>);
-        impl Drop for OpenOnDrop {
-            fn drop(&mut self) {
-                self.0.set(false);
-            }
-        }
         let _open_on_drop = OpenOnDrop(Arc::clone(&hold));
 
         let (in_between, reader_waits) = std::sync::mpsc::channel();
