@@ -403,10 +403,16 @@ impl Slot {
             return Err(ProjectionError::Stopped { model: self.name, reason });
         }
         let mut receiver = self.position.subscribe();
-        let reached = tokio::time::timeout(timeout, receiver.wait_for(|reached| *reached >= position)).await;
-        match reached {
-            Ok(Ok(reached)) => Ok(*reached),
-            _ => Err(ProjectionError::Timeout { model: self.name, position, reached: self.position() }),
+        // `fail` wakes the waiters too: a model that stops meanwhile ends the wait.
+        let done = |reached: &u64| *reached >= position || self.stopped().is_some();
+        let reached = tokio::time::timeout(timeout, receiver.wait_for(done)).await.ok().and_then(Result::ok);
+        match reached.map(|reached| *reached) {
+            Some(reached) if reached >= position => Ok(reached),
+            Some(_) => Err(ProjectionError::Stopped {
+                model: self.name,
+                reason: self.stopped().unwrap_or_else(|| "it stopped".to_owned()),
+            }),
+            None => Err(ProjectionError::Timeout { model: self.name, position, reached: self.position() }),
         }
     }
 
@@ -502,6 +508,8 @@ impl Slot {
             }
         } else {
             *generation.stopped.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
+            // Wake whoever waits for a position: it will not come (see `wait_for`).
+            self.position.send_modify(|_| {});
         }
         *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
     }
