@@ -578,6 +578,10 @@ impl EventLog {
 
     /// Every event from `from` on: first those already in the log, then each new
     /// one as it becomes durable, in position order, with no gap and no repeat.
+    ///
+    /// A subscription is a handle of the log: the log stays open (and a wait in
+    /// `next` goes on) while it lives, so its owner stops it on a signal of its
+    /// own, as the read models and the live feed do.
     pub fn subscribe(&self, from: u64) -> Subscription {
         Subscription {
             log: self.clone(),
