@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::auth::{Admin, AdminOrCustomer, Customer, Reader};
+use crate::auth::{Admin, AdminOrCustomer, Caller, Customer, Reader};
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery};
 use crate::openapi;
@@ -140,12 +140,14 @@ pub struct ProductsQuery {
     get, path = "/api/v1/products", tag = "catalog", params(ProductsQuery),
     responses(
         (status = 200, description = "A page of products", body = ProductPage, headers(("X-Projection-Position" = u64, description = "The log position the answer reflects"))),
+        (status = 401, response = openapi::Unauthorized),
         (status = 422, response = openapi::Unprocessable),
         (status = 503, response = openapi::Unavailable),
     )
 )]
 pub async fn products(
     State(state): State<AppState>,
+    _: Caller,
     ApiQuery(query): ApiQuery<ProductsQuery>,
 ) -> Result<Response, ApiError> {
     let min_position = check_min_position(&state, query.min_position)?;
@@ -181,6 +183,7 @@ pub struct Consistency {
     params(("sku" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$"), Consistency),
     responses(
         (status = 200, description = "The product", body = ProductJson, headers(("X-Projection-Position" = u64, description = "The log position the answer reflects"))),
+        (status = 401, response = openapi::Unauthorized),
         (status = 404, response = openapi::NotFound),
         (status = 422, response = openapi::Unprocessable),
         (status = 503, response = openapi::Unavailable),
@@ -188,6 +191,7 @@ pub struct Consistency {
 )]
 pub async fn product(
     State(state): State<AppState>,
+    _: Caller,
     ApiPath(sku): ApiPath<String>,
     ApiQuery(query): ApiQuery<Consistency>,
 ) -> Result<Response, ApiError> {

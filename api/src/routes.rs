@@ -510,6 +510,7 @@ struct Session {
 )]
 async fn login(
     State(state): State<AppState>,
+    _: Caller,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     input: CommandInput<Login>,
 ) -> Result<Json<Session>, ApiError> {

@@ -316,5 +316,17 @@ async fn serve_demo_seeds_a_shop_with_orders_in_every_state_and_products_low_on_
     assert!(sales["low_stock"].as_array().is_some_and(|low| low.len() >= 2), "{sales}");
     let catalog = app.get("/api/v1/products", None).await;
     assert_eq!(catalog.body["items"].as_array().map(Vec::len), Some(8), "{catalog:?}");
-    app.stop().await;
+
+    // Only into an empty log: served again with --demo, the shop is left as it is.
+    let dir = app.stop_keeping_dir().await;
+    let head = store::EventLog::open(dir.path()).expect("opens").head();
+    let config = api::Config {
+        data: dir.path().to_path_buf(),
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        demo: true,
+        ..api::Config::default()
+    };
+    let running = api::server::start(&config).await.expect("serves the shop again");
+    assert_eq!(running.state.log.head(), head, "a second demo was seeded into a shop");
+    running.stop().await.expect("stops");
 }

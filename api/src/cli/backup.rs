@@ -127,11 +127,11 @@ fn backup_offline(data: &Path, partial: &Path) -> anyhow::Result<()> {
 
 fn backup_online(server: &str, token: &str, partial: &Path) -> anyhow::Result<()> {
     use std::io::Write;
-    let url = format!("{}/admin/backup", server.trim_end_matches('/'));
+    let url = super::server_url(server, "/admin/backup")?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut response = reqwest::Client::new()
-            .get(&url)
+            .get(url.clone())
             .bearer_auth(token)
             .send()
             .await

@@ -107,10 +107,8 @@ fn actor() -> String {
 
 /// Forget through the server at `server`; the position of the last event written.
 fn online(server: &str, token: &Secret, customer_id: CustomerId) -> anyhow::Result<u64> {
+    let url = super::server_url(server, &format!("/admin/customers/{customer_id}/forget"))?;
     let base = server.trim_end_matches('/');
-    let url = reqwest::Url::parse(&format!("{base}/admin/customers/{customer_id}/forget"))
-        .with_context(|| format!("--server {server} is not a URL"))?;
-    anyhow::ensure!(url.scheme() == "http", "--server {server}: only http:// URLs are supported");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (status, body) = runtime.block_on(async {
         let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build()?;

@@ -255,6 +255,15 @@ pub(crate) fn open_offline(data: &std::path::Path) -> anyhow::Result<store::Even
 #[error("data directory {} is in use by a running server; stop it first", .0.display())]
 pub(crate) struct InUse(pub std::path::PathBuf);
 
+/// The URL of `path` on the server `--server` names: plain HTTP only (the
+/// binary has no TLS client; see ARCHITECTURE.md, Decisions).
+pub(crate) fn server_url(server: &str, path: &str) -> anyhow::Result<reqwest::Url> {
+    let url = reqwest::Url::parse(&format!("{}{path}", server.trim_end_matches('/')))
+        .map_err(|_| anyhow::anyhow!("--server {server} is not a URL"))?;
+    anyhow::ensure!(url.scheme() == "http", "--server {server}: only http:// URLs are supported");
+    Ok(url)
+}
+
 /// One line for a server that refused the CLI's token.
 pub(crate) fn refused_by_server(response: &reqwest::Response) -> anyhow::Result<()> {
     match response.status() {

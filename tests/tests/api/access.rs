@@ -87,6 +87,13 @@ async fn every_route_refuses_the_callers_its_role_does_not_admit_and_writes_noth
     assert_eq!(app.get("/api/v1/products", None).await.status, StatusCode::OK);
     assert_eq!(app.get("/api/v1/products/mug-1", None).await.status, StatusCode::OK);
     app.get("/api/v1/orders", Some("not-a-token")).await.problem(401);
+    app.get("/api/v1/products", Some("not-a-token")).await.problem(401);
+    app.get("/api/v1/products/mug-1", Some("not-a-token")).await.problem(401);
+    let login = json!({"email": "ann@example.com", "password": "correct horse"});
+    app.post("/api/v1/sessions", Some("not-a-token"), login).await.problem(401);
+    let registration = json!({"email": "new@example.com", "name": "New", "password": "correct horse"});
+    app.post("/api/v1/customers", Some("not-a-token"), registration).await.problem(401);
+    assert_eq!(app.head(), head, "a refused request wrote to the log");
     app.stop().await;
 }
 

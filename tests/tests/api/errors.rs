@@ -181,6 +181,38 @@ async fn login_is_rate_limited_with_retry_after() {
     app.stop().await;
 }
 
+/// The limit per client address (ten times the one per email) stops one client
+/// trying one password on many emails; a login answers its token, the customer
+/// and when the token expires (24 h on).
+#[tokio::test]
+async fn login_is_limited_per_client_address_too_and_answers_when_its_token_expires() {
+    let app = TestApp::spawn_with(|config| config.login_attempts_per_minute = 1).await;
+    let customer_id = app.register("uma@example.com").await;
+    let before = chrono::Utc::now();
+    let session =
+        app.post("/api/v1/sessions", None, json!({"email": "uma@example.com", "password": "correct horse"})).await;
+    assert_eq!(session.status, 200, "{session:?}");
+    assert!(session.body["token"].as_str().is_some_and(|token| !token.is_empty()), "{session:?}");
+    assert_eq!(session.body["customer_id"].as_str(), Some(customer_id.as_str()), "{session:?}");
+    let expires_at: chrono::DateTime<chrono::Utc> =
+        session.body["expires_at"].as_str().expect("expires_at").parse().expect("an RFC 3339 time");
+    let lifetime = expires_at - before;
+    assert!(
+        (chrono::Duration::hours(24)..=chrono::Duration::hours(24) + chrono::Duration::minutes(1)).contains(&lifetime)
+    );
+
+    // One attempt so far from this address; nine more, each on an email of its own.
+    for index in 0..9 {
+        let attempt = json!({"email": format!("nobody{index}@example.com"), "password": "wrong password"});
+        app.post("/api/v1/sessions", None, attempt).await.problem(401);
+    }
+    let fresh = json!({"email": "fresh@example.com", "password": "wrong password"});
+    let limited = app.post("/api/v1/sessions", None, fresh).await;
+    limited.problem(429);
+    assert!(limited.headers.contains_key("retry-after"), "{limited:?}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn health_readiness_and_metrics_answer() {
     let app = TestApp::spawn().await;

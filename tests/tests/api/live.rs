@@ -101,3 +101,30 @@ async fn without_a_position_the_feed_starts_with_what_commits_next_and_customers
     app.get("/api/v1/events/live", None).await.problem(401);
     app.stop().await;
 }
+
+/// Password hashes are redacted in every API: the live feed and the global
+/// event route as much as a stream's events (the viewer reads the feed).
+#[tokio::test]
+async fn the_feed_and_the_global_event_route_redact_password_hashes() {
+    let app = TestApp::spawn().await;
+    app.register("hal@example.com").await;
+    let head = app.head();
+    let mut feed = Feed::open(&app, VIEWER, "?from=1", None).await;
+    let mut registered = None;
+    for _ in 0..head {
+        let (_, kind, data) = feed.next().await;
+        if kind == "CustomerRegistered" {
+            registered = Some(data);
+        }
+    }
+    let registered = registered.expect("the feed carries the registration");
+    assert_eq!(registered["data"]["email"], "hal@example.com", "{registered}");
+    assert_eq!(registered["data"]["password_hash"], "[redacted]", "{registered}");
+
+    let page = app.get("/api/v1/events?from=1&limit=100", Some(ADMIN)).await;
+    let events = page.body["events"].as_array().expect("events");
+    let registered = events.iter().find(|event| event["type"] == "CustomerRegistered").expect("listed");
+    assert_eq!(registered["data"]["password_hash"], "[redacted]", "{registered}");
+    assert!(!page.body.to_string().contains("$argon2"), "{}", page.body);
+    app.stop().await;
+}

@@ -443,6 +443,8 @@ async fn an_online_backup_with_a_bad_token_or_no_server_is_one_line() {
     assert_refused(&output, "refused the token");
     app.stop().await;
     assert_refused(&shoplog(&["backup", "--server", &base, "--token", ADMIN, "--out", arg(&file)]), "cannot reach");
+    let https = base.replacen("http://", "https://", 1);
+    assert_refused(&shoplog(&["backup", "--server", &https, "--token", ADMIN, "--out", arg(&file)]), "only http://");
     assert!(!file.exists());
     assert_eq!(std::fs::read_dir(work.path()).expect("lists").count(), 0, "no partial file is left behind");
 }

@@ -46,6 +46,9 @@ fn bad_settings_are_one_line_and_exit_code_2() {
     assert_refused(&shoplog(&["serve", "--data"]), "--data");
     assert_refused(&shoplog(&["serve", "--colour", "blue"]), "--colour");
     assert_refused(&shoplog(&["frobnicate"]), "frobnicate");
+    // Settings read SHOPLOG_<NAME> as well as their flag: the data dir of a CLI command too.
+    let output = Command::new(SHOPLOG).args(["verify"]).env("SHOPLOG_DATA", "/no/such/dir").output().expect("runs");
+    assert_refused(&output, "/no/such/dir");
 
     // An address in use is refused before the data dir is touched: no dir, no
     // token files, no demo shop.
