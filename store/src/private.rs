@@ -53,14 +53,16 @@ pub fn sync_parent(path: &Path) -> std::io::Result<()> {
 }
 
 /// Create `dir` as `rwx------` if it does not exist (its parents as the umask
-/// says); an existing directory keeps its mode.
+/// says), its entry in its parent made durable; an existing directory keeps its
+/// mode.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => sync_parent(dir),
         Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
-        other => other,
+        Err(error) => Err(error),
     }
 }
 

@@ -436,6 +436,10 @@ async fn the_audit_routes_page_through_the_log_and_redact_secrets() {
     assert_eq!(events[0]["type"], "ProductCreated");
     assert_eq!(events[0]["data"]["sku"], "p1");
     assert_eq!(events[0]["hash"].as_str().map(str::len), Some(64));
+    // Event ids are UUIDv7 (DESIGN §3): time-ordered like the log.
+    let ids: Vec<uuid::Uuid> =
+        events.iter().map(|event| event["event_id"].as_str().expect("an id").parse().expect("a UUID")).collect();
+    assert!(ids.iter().all(|id| id.get_version_num() == 7), "{ids:?}");
     assert_eq!(page.body["next"], 3);
     let customer = app.events_of(&format!("customer-{customer_id}")).await;
     assert_eq!(customer[0]["type"], "CustomerRegistered");

@@ -117,19 +117,21 @@ async fn a_failed_fsync_amid_checkpoints_loses_no_acknowledged_append() {
 /// The syncs the store adds to sled's own, seen by strace (`-y` names each call's
 /// file): sled's `flush` alone does not reach stable storage (DESIGN §3.1), so a
 /// checkpoint `fdatasync`s sled's `db` file itself, and the data dir is fsynced
-/// when files are made in it. WAL files of 1 KiB make checkpoints frequent. A WAL
+/// when files are made in it, as is its parent once the data dir is made. WAL
+/// files of 1 KiB make checkpoints frequent. A WAL
 /// file emptied (after a forget, and at close) is synced too: the frame of the
 /// batch that made a forgotten subject's key holds the key, and a power cut must
 /// not bring it back.
 #[test]
 fn the_store_syncs_sleds_file_at_checkpoints_and_the_data_dir_itself() {
-    let (dir, traces) = (tests::temp_dir(), tests::temp_dir());
+    let (parent, traces) = (tests::temp_dir(), tests::temp_dir());
+    let dir = parent.path().join("data");
     let trace = traces.path().join("strace.txt");
     let output = Command::new(tests::strace())
         .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync,ftruncate", "-o"])
         .arg(&trace)
         .arg(CHILD)
-        .arg(dir.path())
+        .arg(&dir)
         .args(["fault", "1"])
         .output()
         .expect("strace runs the child");
@@ -148,18 +150,20 @@ fn the_store_syncs_sleds_file_at_checkpoints_and_the_data_dir_itself() {
         let file = format!("<{}>)", path.display());
         text.lines().filter(|line| line.contains(&needle) && line.contains(&file) && line.ends_with("= 0")).count()
     };
-    let db = synced("fdatasync", &dir.path().join("db")) + synced("fsync", &dir.path().join("db"));
-    let wal = synced("fdatasync", &dir.path().join("wal")) + synced("fdatasync", &dir.path().join("wal.1"));
-    let data_dir = synced("fsync", dir.path()) + synced("fdatasync", dir.path());
+    let db = synced("fdatasync", &dir.join("db")) + synced("fsync", &dir.join("db"));
+    let wal = synced("fdatasync", &dir.join("wal")) + synced("fdatasync", &dir.join("wal.1"));
+    let data_dir = synced("fsync", &dir) + synced("fdatasync", &dir);
     assert!(wal >= 10, "the appends' batches are synced in the WAL: {wal} syncs\n{text}");
     assert!(db >= 3, "sled's file is synced at each checkpoint: {db} syncs\n{text}");
     assert!(data_dir >= 1, "the data dir is synced: {data_dir} syncs\n{text}");
+    let parent_dir = synced("fsync", parent.path());
+    assert!(parent_dir >= 1, "the new data dir's entry is synced in its parent: {parent_dir} syncs\n{text}");
     assert!(stdout.lines().any(|line| line == "forget ok"), "the forget went through:\n{stdout}");
     // Every emptying of a WAL file (`ftruncate(7</dir/wal>, 0) = 0`) is followed by
     // a sync of that file.
     let lines: Vec<&str> = text.lines().collect();
     let mut emptied = 0;
-    for file in [dir.path().join("wal"), dir.path().join("wal.1")] {
+    for file in [dir.join("wal"), dir.join("wal.1")] {
         let named = format!("<{}>", file.display());
         for (at, line) in lines.iter().enumerate() {
             if line.contains("ftruncate(") && line.contains(&named) && line.ends_with("= 0") {
