@@ -63,6 +63,10 @@ pub struct Config {
     /// sled's page cache, in MiB: what bounds the memory the log takes however
     /// long it grows (see docs/BENCHMARKS.md, the read side).
     pub cache_mib: u64,
+    /// The ISO 4217 code of the shop's one currency (DESIGN §5), named beside
+    /// every amount the read routes answer. The log holds cents only: change it
+    /// only with the prices.
+    pub currency: String,
 }
 
 impl Default for Config {
@@ -80,12 +84,13 @@ impl Default for Config {
             login_attempts_per_minute: 10,
             demo: false,
             cache_mib: store::Options::default().cache_capacity_bytes / MIB,
+            currency: "USD".to_owned(),
         }
     }
 }
 
 /// The keys read from `SHOPLOG_<KEY>`.
-const ENV_KEYS: [&str; 12] = [
+const ENV_KEYS: [&str; 13] = [
     "data",
     "listen",
     "admin_token",
@@ -98,6 +103,7 @@ const ENV_KEYS: [&str; 12] = [
     "login_attempts_per_minute",
     "demo",
     "cache_mib",
+    "currency",
 ];
 
 const MIB: u64 = 1024 * 1024;
@@ -135,6 +141,9 @@ impl Config {
         }
         if !(1..=CACHE_MIB_MAX).contains(&self.cache_mib) {
             return Err(format!("cache_mib must be from 1 to {CACHE_MIB_MAX}"));
+        }
+        if !(self.currency.len() == 3 && self.currency.bytes().all(|byte| byte.is_ascii_uppercase())) {
+            return Err("currency must be an ISO 4217 code: three capital letters, such as USD".to_owned());
         }
         if self.login_attempts_per_minute == 0 {
             return Err("login_attempts_per_minute must be above 0".to_owned());
@@ -271,6 +280,21 @@ mod tests {
             jail.set_env("SHOPLOG_COMMAND_RETRY_MS", "0");
             let error = Config::load(None, NoFlags {}).expect_err("zero");
             assert_eq!(error, "command_retry_ms must be above 0");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_currency_is_usd_unless_set_and_must_be_three_capital_letters() {
+        figment::Jail::expect_with(|jail| {
+            assert_eq!(Config::load(None, NoFlags {}).expect("defaults load").currency, "USD");
+            jail.set_env("SHOPLOG_CURRENCY", "EUR");
+            assert_eq!(Config::load(None, NoFlags {}).expect("loads").currency, "EUR");
+            for bad in ["eur", "EURO", "E1R", ""] {
+                jail.set_env("SHOPLOG_CURRENCY", bad);
+                let error = Config::load(None, NoFlags {}).expect_err("refused");
+                assert!(error.starts_with("currency must be an ISO 4217 code"), "{bad}: {error}");
+            }
             Ok(())
         });
     }

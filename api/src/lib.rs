@@ -62,6 +62,8 @@ pub struct AppState {
     /// The log's head when the server started: it is ready once every read
     /// model has reached it (see `routes::readyz`).
     pub started_at_head: u64,
+    /// The ISO 4217 code of every amount (DESIGN §5: one currency per deployment).
+    pub currency: Arc<str>,
 }
 
 impl AppState {
@@ -72,6 +74,7 @@ impl AppState {
         projection_runtime: server::ProjectionRuntime,
         tokens: auth::Tokens,
         login_attempts_per_minute: u32,
+        currency: &str,
     ) -> Self {
         let limiter = |attempts| Arc::new(auth::RateLimiter::new(attempts, Duration::from_secs(60)));
         // One address may stand for many people (a NAT, an office): it gets ten
@@ -87,6 +90,7 @@ impl AppState {
             login_by_email: limiter(login_attempts_per_minute),
             login_by_address: limiter(by_address),
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
+            currency: Arc::from(currency),
         }
     }
 }

@@ -98,10 +98,12 @@ pub struct ProductJson {
     available: u32,
     /// `active` or `discontinued`.
     status: String,
+    /// The ISO 4217 code of its amounts: the shop's one currency (`currency` setting).
+    currency: String,
 }
 
-impl From<projections::ProductView> for ProductJson {
-    fn from(view: projections::ProductView) -> Self {
+impl ProductJson {
+    fn new(view: projections::ProductView, currency: &str) -> Self {
         ProductJson {
             sku: view.sku.to_string(),
             name: view.name.to_string(),
@@ -110,6 +112,7 @@ impl From<projections::ProductView> for ProductJson {
             reserved: view.reserved,
             available: view.available,
             status: view.status.as_str().to_owned(),
+            currency: currency.to_owned(),
         }
     }
 }
@@ -162,7 +165,7 @@ pub async fn products(
     reach(catalog.wait_for(min_position, MIN_POSITION_WAIT), query.min_position).await?;
     let answer = catalog.page(after.as_ref(), limit)?;
     let page = ProductPage {
-        items: answer.value.items.into_iter().map(ProductJson::from).collect(),
+        items: answer.value.items.into_iter().map(|view| ProductJson::new(view, &state.currency)).collect(),
         next: answer.value.next.map(|sku| sku.to_string()),
     };
     Ok(answered(answer.position, page))
@@ -201,7 +204,7 @@ pub async fn product(
     reach(catalog.wait_for(min_position, MIN_POSITION_WAIT), query.min_position).await?;
     let answer = catalog.get(&sku)?;
     let product = answer.value.ok_or_else(|| ApiError::NotFound(format!("product {sku} not found")))?;
-    Ok(answered(answer.position, ProductJson::from(product)))
+    Ok(answered(answer.position, ProductJson::new(product, &state.currency)))
 }
 
 // ---- cart ----
@@ -224,6 +227,8 @@ pub struct CartJson {
     /// 499 when 0 < subtotal < 5000, else 0.
     shipping_cents: i64,
     total_cents: i64,
+    /// The ISO 4217 code of its amounts: the shop's one currency (`currency` setting).
+    currency: String,
 }
 
 /// The caller's cart with its totals.
@@ -263,6 +268,7 @@ pub async fn cart(
         subtotal_cents: view.subtotal_cents.get(),
         shipping_cents: view.shipping_cents.get(),
         total_cents: view.total_cents.get(),
+        currency: state.currency.to_string(),
     };
     Ok(answered(answer.position, cart))
 }
@@ -290,6 +296,8 @@ pub struct OrderJson {
     paid_at: Option<DateTime<Utc>>,
     shipped_at: Option<DateTime<Utc>>,
     cancelled_at: Option<DateTime<Utc>>,
+    /// The ISO 4217 code of its amounts: the shop's one currency (`currency` setting).
+    currency: String,
 }
 
 fn status_name(status: OrderStatus) -> &'static str {
@@ -301,8 +309,8 @@ fn status_name(status: OrderStatus) -> &'static str {
     }
 }
 
-impl From<projections::OrderView> for OrderJson {
-    fn from(view: projections::OrderView) -> Self {
+impl OrderJson {
+    fn new(view: projections::OrderView, currency: &str) -> Self {
         OrderJson {
             order_id: view.order_id.get(),
             customer_id: view.customer_id.get(),
@@ -323,6 +331,7 @@ impl From<projections::OrderView> for OrderJson {
             paid_at: view.paid_at,
             shipped_at: view.shipped_at,
             cancelled_at: view.cancelled_at,
+            currency: currency.to_owned(),
         }
     }
 }
@@ -375,8 +384,10 @@ pub async fn orders(
         AdminOrCustomer::Admin => orders.page_all(query.before, limit)?,
         AdminOrCustomer::Customer(customer) => orders.page_for(customer, query.before, limit)?,
     };
-    let page =
-        OrderPage { items: answer.value.items.into_iter().map(OrderJson::from).collect(), next: answer.value.next };
+    let page = OrderPage {
+        items: answer.value.items.into_iter().map(|view| OrderJson::new(view, &state.currency)).collect(),
+        next: answer.value.next,
+    };
     Ok(answered(answer.position, page))
 }
 
@@ -411,7 +422,7 @@ pub async fn order(
     {
         return Err(not_found());
     }
-    Ok(answered(answer.position, OrderJson::from(view)))
+    Ok(answered(answer.position, OrderJson::new(view, &state.currency)))
 }
 
 // ---- dashboard ----
@@ -453,6 +464,8 @@ pub struct SalesJson {
     by_day: Vec<DayJson>,
     top_products: Vec<TopProductJson>,
     low_stock: Vec<LowStockJson>,
+    /// The ISO 4217 code of its amounts: the shop's one currency (`currency` setting).
+    currency: String,
 }
 
 /// The sales dashboard (admin or viewer).
@@ -503,6 +516,7 @@ pub async fn sales(
             .into_iter()
             .map(|low| LowStockJson { sku: low.sku.to_string(), name: low.name.to_string(), available: low.available })
             .collect(),
+        currency: state.currency.to_string(),
     };
     Ok(answered(answer.position, sales))
 }

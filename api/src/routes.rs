@@ -192,6 +192,8 @@ struct CheckedOutReply {
     committed: Committed,
     order_id: Uuid,
     total_cents: i64,
+    /// The ISO 4217 code of `total_cents`: the shop's one currency.
+    currency: String,
 }
 
 /// A changed order: [`Committed`] and the order's id.
@@ -634,6 +636,7 @@ async fn checkout(
         committed: Committed::of(&outcome),
         order_id: placed.order_id.get(),
         total_cents: placed.total_cents.get(),
+        currency: state.currency.to_string(),
     };
     Ok(command_response(StatusCode::CREATED, &outcome, reply))
 }

@@ -134,6 +134,7 @@ fn open_state(config: &Config) -> anyhow::Result<AppState> {
         runtime,
         Tokens::new(admin, viewer, signing_key),
         config.login_attempts_per_minute,
+        &config.currency,
     ))
 }
 

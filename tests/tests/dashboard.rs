@@ -170,10 +170,10 @@ impl ChromeDriver {
     }
 }
 
-/// How the page writes an amount of cents.
-fn money(cents: i64) -> String {
+/// How the page writes an amount of cents in `currency`.
+fn money(cents: i64, currency: &str) -> String {
     let sign = if cents < 0 { "-" } else { "" };
-    format!("{sign}{}.{:02}", cents.abs() / 100, cents.abs() % 100)
+    format!("{sign}{}.{:02} {currency}", cents.abs() / 100, cents.abs() % 100)
 }
 
 /// A customer buys `quantity` of `sku` and pays; the position of the payment.
@@ -204,7 +204,10 @@ async fn sales_at(app: &TestApp, position: u64) -> Value {
 fn shown_numbers(sales: &Value) -> Vec<(&'static str, String)> {
     let count = |status: &str| sales["orders_by_status"][status].as_u64().expect("a count").to_string();
     vec![
-        ("revenue", money(sales["revenue_cents"].as_i64().expect("revenue"))),
+        (
+            "revenue",
+            money(sales["revenue_cents"].as_i64().expect("revenue"), sales["currency"].as_str().expect("a code")),
+        ),
         ("orders-placed", count("placed")),
         ("orders-paid", count("paid")),
         ("orders-shipped", count("shipped")),

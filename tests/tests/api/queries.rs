@@ -197,3 +197,35 @@ async fn a_read_model_that_stopped_makes_min_position_a_503_at_once_and_shows_it
     assert!(lag.and_then(|lag| lag.parse::<f64>().ok()).is_some_and(|lag| lag >= 1.0), "{text}");
     app.stop().await;
 }
+
+/// The shop's one currency (DESIGN §5, the `currency` setting, USD by default)
+/// is named beside the amounts of every read and of a checkout.
+#[tokio::test]
+async fn every_amount_comes_with_the_shops_currency() {
+    let app = TestApp::spawn().await;
+    app.create_product("mug-1", 1299, 5).await;
+    let product = app.get("/api/v1/products/mug-1", None).await;
+    assert_eq!(product.body["currency"], "USD", "{product:?}");
+    app.stop().await;
+
+    let app = TestApp::spawn_with(|config| config.currency = "EUR".to_owned()).await;
+    app.create_product("mug-1", 1299, 5).await;
+    let token = app.customer("eve@example.com").await;
+    assert!(app.add_to_cart(&token, "mug-1", 1).await.status.is_success());
+    let placed = app.checkout(&token).await;
+    assert_eq!(placed.body["currency"], "EUR", "{placed:?}");
+    let at = placed.body["position"].as_u64().expect("a position");
+    for (path, token) in [
+        ("/api/v1/products/mug-1", None),
+        ("/api/v1/cart", Some(token.as_str())),
+        ("/api/v1/dashboard/sales", Some(ADMIN)),
+    ] {
+        let reply = app.get(&format!("{path}?min_position={at}"), token).await;
+        assert_eq!(reply.body["currency"], "EUR", "{path}: {reply:?}");
+    }
+    let products = app.get("/api/v1/products", None).await;
+    assert_eq!(products.body["items"][0]["currency"], "EUR", "{products:?}");
+    let orders = app.get(&format!("/api/v1/orders?min_position={at}"), Some(&token)).await;
+    assert_eq!(orders.body["items"][0]["currency"], "EUR", "{orders:?}");
+    app.stop().await;
+}
