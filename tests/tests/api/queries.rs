@@ -26,7 +26,7 @@ async fn a_query_with_min_position_reads_its_own_write() {
     assert!(projection_position(&product) >= position);
     assert_eq!(
         product.body,
-        json!({"sku": "mug-7", "name": "Product mug-7", "price_cents": 1299, "on_hand": 5, "reserved": 0, "available": 5, "status": "active"})
+        json!({"sku": "mug-7", "name": "Product mug-7", "price_cents": 1299, "on_hand": 5, "reserved": 0, "available": 5, "status": "active", "currency": "USD"})
     );
 
     let restocked = app.post("/api/v1/products/mug-7/restock", Some(ADMIN), json!({"quantity": 3})).await;
@@ -203,8 +203,8 @@ async fn a_read_model_that_stopped_makes_min_position_a_503_at_once_and_shows_it
 #[tokio::test]
 async fn every_amount_comes_with_the_shops_currency() {
     let app = TestApp::spawn().await;
-    app.create_product("mug-1", 1299, 5).await;
-    let product = app.get("/api/v1/products/mug-1", None).await;
+    let created = app.create_product("mug-1", 1299, 5).await;
+    let product = app.get(&format!("/api/v1/products/mug-1?min_position={}", position_of(&created)), None).await;
     assert_eq!(product.body["currency"], "USD", "{product:?}");
     app.stop().await;
 
@@ -223,7 +223,7 @@ async fn every_amount_comes_with_the_shops_currency() {
         let reply = app.get(&format!("{path}?min_position={at}"), token).await;
         assert_eq!(reply.body["currency"], "EUR", "{path}: {reply:?}");
     }
-    let products = app.get("/api/v1/products", None).await;
+    let products = app.get(&format!("/api/v1/products?min_position={at}"), None).await;
     assert_eq!(products.body["items"][0]["currency"], "EUR", "{products:?}");
     let orders = app.get(&format!("/api/v1/orders?min_position={at}"), Some(&token)).await;
     assert_eq!(orders.body["items"][0]["currency"], "EUR", "{orders:?}");
