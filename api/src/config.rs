@@ -165,9 +165,10 @@ impl Config {
         Ok(())
     }
 
-    /// The log's options: sled's page cache as configured, the rest as the store's defaults.
+    /// The log's options: sled's page cache as configured, the rest as the shop's
+    /// (its upcasters) and the store's defaults.
     pub fn log_options(&self) -> store::Options {
-        store::Options { cache_capacity_bytes: self.cache_mib * MIB, ..store::Options::default() }
+        store::Options { cache_capacity_bytes: self.cache_mib * MIB, ..commands::codec::log_options() }
     }
 
     /// The command service's options: the retry deadline as configured, the rest

@@ -33,6 +33,22 @@ pub struct DecodeError {
     pub reason: String,
 }
 
+/// The shop's upcasters: what turns each older schema version of an event's
+/// payload into the next (DESIGN §3.8). Every log of the shop is opened with them
+/// ([`log_options`]: `serve` and every CLI command), and a test decodes every
+/// frozen version in `tests/fixtures/events/` through a log opened so. None yet:
+/// every event type is at version 1. Bumping a type's version means registering
+/// here the step from the old one, and keeping the old one's frozen bytes.
+pub fn upcasters() -> store::Upcasters {
+    store::Upcasters::new()
+}
+
+/// The options the shop's log is opened with: the store's defaults and the
+/// shop's [`upcasters`].
+pub fn log_options() -> store::Options {
+    store::Options { upcasters: upcasters(), ..store::Options::default() }
+}
+
 /// The event as the log takes it: a fresh uuid v7, its stored type name and
 /// schema version, its data subject (the store seals the payload under it) and
 /// its payload in the store's codec.

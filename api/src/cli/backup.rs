@@ -276,7 +276,7 @@ fn ensure_replaceable(target: &Path) -> anyhow::Result<()> {
 
 /// Verify the log just written and build its read models.
 fn settle(dir: &Path) -> anyhow::Result<()> {
-    let log = store::EventLog::open(dir)?;
+    let log = store::EventLog::open_with(dir, commands::codec::log_options())?;
     log.verify().context("the restored log does not verify")?;
     let progress = bar("rebuilding read models", log.head(), "events");
     projections::replay(&log, None, None, &mut |done| progress.set_position(done))

@@ -243,7 +243,7 @@ pub(crate) fn open_offline(data: &std::path::Path) -> anyhow::Result<store::Even
     anyhow::ensure!(data.is_dir(), "data directory {} does not exist", data.display());
     // Opening would create a log: an offline command never changes a dir that holds none.
     anyhow::ensure!(data.join("db").is_file(), "data directory {} holds no shoplog log", data.display());
-    store::EventLog::open(data).map_err(|error| match error {
+    store::EventLog::open_with(data, commands::codec::log_options()).map_err(|error| match error {
         store::StoreError::Locked { path } => anyhow::Error::new(InUse(path)),
         other => anyhow::Error::new(other),
     })
