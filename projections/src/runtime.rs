@@ -215,8 +215,9 @@ pub(crate) struct Generation {
     /// Why the live worker stopped applying events to it, once it has: it then
     /// stays behind the log for good, so it answers no query (rather than a
     /// state that grows older and older) until a rebuild replaces it or a
-    /// restart opens it again.
-    stopped: Mutex<Option<String>>,
+    /// restart opens it again. Set once; read without a lock (waiters read it
+    /// inside a watch channel's lock, see [`Slot::wait_for`]).
+    stopped: std::sync::OnceLock<String>,
     /// To drop the tree once retired, on a thread `droppers` keeps.
     log: EventLog,
     droppers: Droppers,
@@ -242,7 +243,7 @@ impl Generation {
             stop: watch::Sender::new(false),
             retired: AtomicBool::new(false),
             torn: AtomicBool::new(false),
-            stopped: Mutex::new(None),
+            stopped: std::sync::OnceLock::new(),
             log: shared.log.clone(),
             droppers: Arc::clone(&shared.droppers),
         })
@@ -264,10 +265,8 @@ impl Generation {
 
     /// Why the live worker stopped applying events to it, if it did.
     fn stopped_reason(&self) -> Option<String> {
-        let stopped = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
-        stopped
-            .as_ref()
-            .map(|reason| format!("it stopped at an event ({reason}); rebuild the model or restart the server"))
+        let reason = self.stopped.get()?;
+        Some(format!("it stopped at an event ({reason}); rebuild the model or restart the server"))
     }
 
     /// Empty the tree and forget the checkpoint.
@@ -403,14 +402,17 @@ impl Slot {
             return Err(ProjectionError::Stopped { model: self.name, reason });
         }
         let mut receiver = self.position.subscribe();
-        // `fail` wakes the waiters too: a model that stops meanwhile ends the wait.
-        let done = |reached: &u64| *reached >= position || self.stopped().is_some();
+        // `fail` wakes the waiters too: a model that stops meanwhile ends the
+        // wait. The check runs under the channel's lock, so it takes none (a
+        // switch holds `active` while it sends on the channel).
+        let serving = self.active();
+        let done = |reached: &u64| *reached >= position || serving.stopped.get().is_some();
         let reached = tokio::time::timeout(timeout, receiver.wait_for(done)).await.ok().and_then(Result::ok);
         match reached.map(|reached| *reached) {
             Some(reached) if reached >= position => Ok(reached),
             Some(_) => Err(ProjectionError::Stopped {
                 model: self.name,
-                reason: self.stopped().unwrap_or_else(|| "it stopped".to_owned()),
+                reason: serving.stopped_reason().unwrap_or_else(|| "it stopped".to_owned()),
             }),
             None => Err(ProjectionError::Timeout { model: self.name, position, reached: self.position() }),
         }
@@ -507,7 +509,8 @@ impl Slot {
                 tracing::warn!(model = self.name, %error, "could not forget the abandoned rebuild");
             }
         } else {
-            *generation.stopped.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
+            // The first failure is the one that stopped it.
+            let _ = generation.stopped.set(error.to_string());
             // Wake whoever waits for a position: it will not come (see `wait_for`).
             self.position.send_modify(|_| {});
         }
