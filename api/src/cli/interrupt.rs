@@ -28,9 +28,19 @@ pub(super) fn watch() {
                 _ = terminate.recv() => {}
             }
             let writing = std::mem::take(&mut *WRITING.lock().unwrap_or_else(PoisonError::into_inner));
-            for path in writing {
-                if remove(&path) {
+            for path in &writing {
+                if remove(path) {
                     eprintln!("shoplog: interrupted; removed {}", path.display());
+                }
+            }
+            // The work goes on until the exit: a thread that was just then
+            // opening a log in the staging dir makes it again (sled creates its
+            // directory). It does so once, and then fails; watch a little
+            // while and remove it again.
+            for _ in 0..25 {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                for path in &writing {
+                    remove(path);
                 }
             }
             eprintln!("shoplog: interrupted");
