@@ -218,7 +218,7 @@ impl From<QueryRejection> for ApiError {
 }
 
 /// Turn any error response that is not problem+json yet (axum's 404 for unknown
-/// routes and 405 for wrong methods, a layer's 408 or 413) into one.
+/// routes and 405 for wrong methods, the body limit's 413) into one.
 pub async fn problems_for_bare_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
@@ -232,7 +232,6 @@ pub async fn problems_for_bare_errors(request: axum::extract::Request, next: axu
     let detail = match status {
         StatusCode::NOT_FOUND => "no such route".to_owned(),
         StatusCode::METHOD_NOT_ALLOWED => "this route does not take that method".to_owned(),
-        StatusCode::REQUEST_TIMEOUT => "the request was not received in time".to_owned(),
         StatusCode::PAYLOAD_TOO_LARGE => format!("request body is over {} bytes", crate::BODY_LEN_MAX),
         _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
     };

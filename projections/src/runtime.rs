@@ -1290,15 +1290,19 @@ mod tests {
     }
 
     async fn append(log: &EventLog, event: Event) {
+        append_together(log, &[event]).await;
+    }
+
+    /// `events`, all of one stream, in one append (one command's).
+    async fn append_together(log: &EventLog, events: &[Event]) {
         let metadata = Metadata {
             actor: "test".to_owned(),
             correlation_id: uuid::Uuid::now_v7(),
             causation_id: uuid::Uuid::now_v7(),
         };
-        let new_event = commands::codec::to_new_event(&event).expect("encodes");
-        let request =
-            AppendRequest::single(event.stream().to_string(), ExpectedVersion::Any, vec![new_event], metadata);
-        log.append(request).await.expect("appends");
+        let stream = events.first().expect("an event").stream().to_string();
+        let new_events = events.iter().map(|event| commands::codec::to_new_event(event).expect("encodes")).collect();
+        log.append(AppendRequest::single(stream, ExpectedVersion::Any, new_events, metadata)).await.expect("appends");
     }
 
     /// A live batch that fills up never ends inside an append: a model only ever
@@ -1316,14 +1320,7 @@ mod tests {
                 sku: Sku::parse("mug").expect("a sku"),
                 quantity: RestockQuantity::new(1).expect("1"),
             });
-            let events = (0..3).map(|_| commands::codec::to_new_event(&restock).expect("encodes")).collect();
-            let metadata = Metadata {
-                actor: "test".to_owned(),
-                correlation_id: uuid::Uuid::now_v7(),
-                causation_id: uuid::Uuid::now_v7(),
-            };
-            let request = AppendRequest::single("product-mug", ExpectedVersion::Any, events, metadata);
-            log.append(request).await.expect("appends");
+            append_together(&log, &[restock.clone(), restock.clone(), restock]).await;
             ends.push(log.head());
         }
 

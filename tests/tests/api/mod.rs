@@ -224,6 +224,21 @@ impl TestApp {
     }
 
     /// Serve an existing data dir (restored, imported) with the test tokens.
+    /// Stop once the read models are caught up, damage the catalog's record of
+    /// `sku` (where the next server reads it: the next event about that product
+    /// cannot be applied), and serve the data dir again.
+    pub async fn restart_with_a_damaged_catalog_record(self, sku: &str) -> TestApp {
+        self.caught_up().await;
+        let dir = self.stop_keeping_dir().await;
+        {
+            let log = store::EventLog::open(dir.path()).expect("opens");
+            let catalog = log.open_tree("catalog.g1").expect("opens");
+            let key = format!("p:{sku}");
+            assert!(catalog.insert(key.as_bytes(), &[0xff, 0xff, 0xff][..]).expect("writes").is_some(), "{sku} listed");
+        }
+        TestApp::serve_dir(dir).await
+    }
+
     pub async fn serve_dir(dir: tempfile::TempDir) -> TestApp {
         let config = Config {
             data: dir.path().to_path_buf(),

@@ -163,15 +163,7 @@ async fn a_read_model_that_stopped_makes_min_position_a_503_at_once_and_shows_it
     let app = TestApp::spawn().await;
     app.create_product("mug-1", 1299, 5).await;
     app.create_product("cup-1", 500, 5).await;
-    app.caught_up().await;
-    let dir = app.stop_keeping_dir().await;
-    {
-        // Damage the catalog's record of mug-1: the next event about it cannot be applied.
-        let log = store::EventLog::open(dir.path()).expect("opens");
-        let damaged = log.open_tree("catalog.g1").expect("opens").insert(b"p:mug-1", &[0xff, 0xff, 0xff][..]);
-        assert!(damaged.expect("writes").is_some(), "the catalog held mug-1");
-    }
-    let app = TestApp::serve_dir(dir).await;
+    let app = app.restart_with_a_damaged_catalog_record("mug-1").await;
     let restocked = app.post("/api/v1/products/mug-1/restock", Some(ADMIN), json!({"quantity": 2})).await;
     assert_eq!(restocked.status, StatusCode::OK, "{restocked:?}");
     let position = restocked.body["position"].as_u64().expect("a position");

@@ -177,14 +177,7 @@ async fn readiness_waits_for_a_read_model_rebuilt_at_start() {
 async fn a_read_model_that_stopped_answers_503_and_the_server_is_not_ready_until_it_is_rebuilt() {
     let app = TestApp::spawn().await;
     app.create_product("mug-1", 1200, 5).await;
-    let dir = app.stop_keeping_dir().await;
-    {
-        // The catalog's record of mug-1, damaged where a fresh server reads it.
-        let log = store::EventLog::open(dir.path()).expect("opens");
-        let catalog = log.open_tree("catalog.g1").expect("opens");
-        assert!(catalog.insert(b"p:mug-1", &[0xff, 0xff, 0xff][..]).expect("writes").is_some(), "mug-1 listed");
-    }
-    let app = TestApp::serve_dir(dir).await;
+    let app = app.restart_with_a_damaged_catalog_record("mug-1").await;
     assert_eq!(app.get("/readyz", None).await.status, 200, "ready before the next event about mug-1");
     let restocked =
         app.post("/api/v1/products/mug-1/restock", Some(super::ADMIN), serde_json::json!({"quantity": 1})).await;
