@@ -991,6 +991,42 @@ mod tests {
         assert_eq!(log.stream_version("u").expect("reads"), 30);
     }
 
+    /// A checkpoint thread that panicked took the index groups it was to
+    /// insert with it: the log stops taking appends and says why, and its
+    /// close makes no checkpoint that would mark those groups indexed, so the
+    /// next open indexes them again from the records and no stream comes back shorter.
+    #[tokio::test]
+    async fn a_checkpoint_that_panicked_fails_the_log_and_loses_no_stream_version() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let hold = Arc::new(crate::writer::Hold::default());
+        hold.panic_next();
+        let options = || Options { wal_len_max: 2048, ..Options::default() };
+        let log = EventLog::open_with(dir.path(), Options { checkpoint_hold: Some(Arc::clone(&hold)), ..options() })
+            .expect("opens");
+        for _ in 0..3 {
+            log.append(one_event("s")).await.expect("appends");
+        }
+        let mut appended = 3;
+        while log.commit_stats().checkpoints == 0 {
+            log.append(one_event("t")).await.expect("appends");
+            appended += 1;
+            assert!(appended < 100, "no checkpoint began");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while log.failure().is_none() {
+            assert!(std::time::Instant::now() < deadline, "a checkpoint that panicked left the log healthy");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(log.failure().is_some_and(|reason| reason.contains("checkpoint")), "{:?}", log.failure());
+        assert!(log.append(one_event("s")).await.is_err(), "a failed log took an append");
+        drop(log);
+
+        let log = EventLog::open_with(dir.path(), options()).expect("reopens");
+        assert_eq!(log.stream_version("s").expect("reads"), 3);
+        assert_eq!(log.stream_version("t").expect("reads"), appended - 3);
+        assert_eq!(log.verify().expect("verifies").events, appended);
+    }
+
     /// The files under `dir` (and its subdirectories) that hold `needle`.
     fn files_hold(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         let mut found = Vec::new();

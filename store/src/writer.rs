@@ -218,6 +218,21 @@ impl Applied {
     }
 }
 
+/// Fails the log when the thread it lives on panics: appends are refused from
+/// then on, the server reports not ready, and the log's close makes no
+/// checkpoint (a checkpoint thread that panicked took index groups with it,
+/// which the next open indexes again from the records, unless a checkpoint
+/// marked them indexed meanwhile).
+struct FailOnPanic(Arc<Health>, &'static str);
+
+impl Drop for FailOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.fail(format!("the log's {} thread panicked", self.1));
+        }
+    }
+}
+
 /// Marks the writer gone when its thread ends, however it ends, so that the
 /// syncer never waits for a batch that will not be written.
 struct WriterGone(Arc<Applied>);
@@ -259,6 +274,7 @@ impl Writer {
             }
         };
         let _gone = WriterGone(Arc::clone(&self.applied));
+        let _fail_on_panic = FailOnPanic(Arc::clone(&self.health), "writer");
         while let Some(first) = self.jobs.blocking_recv() {
             let (batch, writes) = self.stage(first);
             let head = batch.head;
@@ -607,30 +623,45 @@ pub(crate) fn drop_torn_batch(trees: &Trees) -> Result<Option<u64>, StoreError> 
         trees.idempotency.remove(key)?;
     }
     // The writer makes a batch's chunks from its own records only, so every
-    // chunk of the torn batch begins past the head.
+    // chunk of the torn batch begins past the head. They are read as they
+    // are, gaps and all: a crash during an earlier open's drop of this batch
+    // can have left some of its chunks removed and some not.
     let mut dropped = 0;
-    chunk::walk(&trees.events, first, u64::MAX, |position, bytes| {
-        let record = record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
-        // Cut the stream's index group back to the versions before this one
-        // (since format 5 a batch's groups reach sled only at a checkpoint,
-        // after its tail; a log written before, or a head set back by hand,
-        // can still have them).
-        let version = record.header.version;
-        let key = trees::group_key(&record.header.stream, version);
-        let kept = trees::group_offset(version);
-        if let Some(group) = trees.streams.get(&key)?
-            && trees::group_position(&group, version) == Some(position)
-        {
-            match kept {
-                0 => trees.streams.remove(key)?,
-                _ => trees.streams.insert(key, &group[..kept])?,
+    let mut chunks = Vec::new();
+    for item in trees.events.range(first.to_be_bytes()..) {
+        let (key, bytes) = item?;
+        let start = trees::be_u64(&key).ok_or_else(|| StoreError::corrupt(first, "event key is not a position"))?;
+        let records = chunk::Records::parse(&bytes).map_err(|reason| StoreError::corrupt(start, reason))?;
+        for index in 0..records.len() {
+            let position = start.checked_add(index as u64);
+            let bytes = records.get(index);
+            let (Some(position), Some(bytes)) = (position, bytes) else {
+                return Err(StoreError::corrupt(start, "a chunk of the torn batch is cut short"));
             };
+            let record = record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
+            // Cut the stream's index group back to the versions before this one
+            // (since format 5 a batch's groups reach sled only at a checkpoint,
+            // after its tail; a log written before, or a head set back by hand,
+            // can still have them).
+            let version = record.header.version;
+            let key = trees::group_key(&record.header.stream, version);
+            let kept = trees::group_offset(version);
+            if let Some(group) = trees.streams.get(&key)?
+                && trees::group_position(&group, version) == Some(position)
+            {
+                match kept {
+                    0 => trees.streams.remove(key)?,
+                    _ => trees.streams.insert(key, &group[..kept])?,
+                };
+            }
+            dropped += 1;
         }
-        dropped += 1;
-        Ok::<bool, StoreError>(true)
-    })?;
-    for key in trees.events.range(first.to_be_bytes()..).keys() {
-        trees.events.remove(key?)?;
+        chunks.push(key);
+    }
+    // The last chunk first: what a crash part way leaves still begins right
+    // after the head.
+    for key in chunks.into_iter().rev() {
+        trees.events.remove(key)?;
     }
     // The tail may hold the torn batch's hash and time: take them from the
     // record at the head again.
@@ -685,16 +716,25 @@ pub(crate) struct Syncer {
 pub(crate) struct Hold {
     closed: Mutex<bool>,
     changed: std::sync::Condvar,
+    panics: std::sync::atomic::AtomicBool,
 }
 
 #[cfg(test)]
 impl Hold {
+    /// The next checkpoint to pass panics there.
+    pub(crate) fn panic_next(&self) {
+        self.panics.store(true, Ordering::SeqCst);
+    }
+
     pub(crate) fn set(&self, closed: bool) {
         *self.closed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = closed;
         self.changed.notify_all();
     }
 
     fn pass(&self) {
+        if self.panics.swap(false, Ordering::SeqCst) {
+            panic!("a test's checkpoint hold panics here");
+        }
         let mut closed = self.closed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         while *closed {
             closed = self.changed.wait(closed).unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -708,6 +748,7 @@ const UNINDEXED_GROUPS_MAX: usize = 16_384;
 
 impl Syncer {
     fn run(mut self, to_sync: std::sync::mpsc::Receiver<Written>) {
+        let _fail_on_panic = FailOnPanic(Arc::clone(&self.health), "syncer");
         let mut carried = None;
         loop {
             let Some(first) = carried.take().or_else(|| to_sync.recv().ok().map(|written| self.receive(written)))
@@ -833,6 +874,7 @@ impl Syncer {
         #[cfg(test)]
         let hold = self.checkpoint_hold.clone();
         let started = std::thread::Builder::new().name("shoplog-checkpoint".to_owned()).spawn(move || {
+            let _fail_on_panic = FailOnPanic(Arc::clone(&health), "checkpoint");
             #[cfg(test)]
             if let Some(hold) = hold {
                 hold.pass();
@@ -867,7 +909,13 @@ impl Syncer {
     fn finish_checkpoint(&mut self) -> Result<(), String> {
         match self.checkpointing.take() {
             None => Ok(()),
-            Some(running) => running.join().map_err(|_| "the checkpoint thread panicked".to_owned())?,
+            Some(running) => running.join().unwrap_or_else(|_| {
+                // Its guard failed the log already; the close must not checkpoint
+                // past the index groups it took with it.
+                let reason = "the checkpoint thread panicked".to_owned();
+                self.health.fail(reason.clone());
+                Err(reason)
+            }),
         }
     }
 

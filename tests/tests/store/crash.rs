@@ -151,6 +151,49 @@ async fn a_batch_torn_by_a_crash_is_dropped_whole_at_the_next_open() {
     assert!(log.append(second_batch()).await.expect("answers").duplicate);
 }
 
+/// A crash during the open that drops a torn batch can leave some of that
+/// batch's chunks removed and others not: the next open drops what is left
+/// of it, and the log holds the batches before it.
+#[tokio::test]
+async fn a_torn_batch_an_earlier_open_had_partly_dropped_is_dropped_at_the_next() {
+    let dir = tests::temp_dir();
+    {
+        let log = EventLog::open(dir.path()).expect("opens");
+        let first =
+            tests::append("a", store::ExpectedVersion::NoStream, (0..3).map(|_| tests::event("E", b"x")).collect());
+        log.append(first).await.expect("appends");
+        // Seventy records: more than one chunk holds.
+        let long =
+            tests::append("b", store::ExpectedVersion::NoStream, (0..70).map(|_| tests::event("E", b"y")).collect());
+        assert_eq!(log.append(long).await.expect("appends").last_position, 73);
+    }
+    rewind_stored_head(dir.path(), 3);
+    {
+        let db = tests::raw_sled(dir.path());
+        let events = db.open_tree("events").expect("tree");
+        let chunks: Vec<Vec<u8>> = events.iter().keys().map(|key| key.expect("reads").to_vec()).collect();
+        assert!(chunks.len() >= 3, "the torn batch spans two chunks at least: {chunks:?}");
+        // An open dropping it cut the stream index first (every entry of `b`,
+        // whose versions all came with it), then removed its first chunk, and
+        // then the process died.
+        let streams = db.open_tree("streams").expect("tree");
+        let index_of_b: Vec<_> = streams.scan_prefix(b"b\0").keys().map(|key| key.expect("reads")).collect();
+        assert!(!index_of_b.is_empty(), "a checkpoint indexed b");
+        for key in index_of_b {
+            streams.remove(key).expect("removes");
+        }
+        events.remove(4u64.to_be_bytes()).expect("removes").expect("a chunk began at 4");
+        db.flush().expect("flushes");
+    }
+
+    let log = EventLog::open(dir.path()).expect("what is left of a torn batch is no reason to refuse to open");
+    assert_eq!(log.head(), 3);
+    assert_eq!(log.verify().expect("verifies").events, 3);
+    assert_eq!(log.stream_version("b").expect("reads"), 0);
+    let again = tests::append("b", store::ExpectedVersion::NoStream, vec![tests::event("E", b"z")]);
+    assert_eq!(log.append(again).await.expect("appends").last_position, 4);
+}
+
 #[tokio::test]
 async fn a_stored_head_that_went_back_without_a_torn_batch_is_reported_not_repaired() {
     let dir = tests::temp_dir();
