@@ -122,7 +122,10 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
-        figment = figment.merge(Env::prefixed("SHOPLOG_").only(&ENV_KEYS)).merge(Serialized::defaults(flags));
+        figment = figment
+            .merge(Env::prefixed("SHOPLOG_").only(&ENV_KEYS).ignore(&TEXT_KEYS))
+            .merge(TextEnv(Env::prefixed("SHOPLOG_").only(&TEXT_KEYS)))
+            .merge(Flags(flags));
         let config: Config = figment.extract().map_err(|error| one_line(&error))?;
         config.check()?;
         Ok(config)
@@ -193,6 +196,53 @@ impl Config {
     }
 }
 
+/// The settings that are text (a path, an address, a token, a code): read from
+/// the environment as they are. figment's `Env` reads a value as the type it
+/// looks like, so `SHOPLOG_DATA=2024` was a number, which no path deserializes
+/// from, and a token of digits only was one too.
+const TEXT_KEYS: [&str; 6] = ["data", "listen", "admin_token", "viewer_token", "token_secret", "currency"];
+
+/// The `SHOPLOG_*` variables of [`TEXT_KEYS`], each a string. A value in double
+/// quotes is the text between them, as figment read it (and as the hint for a
+/// token of digits once said to write it).
+struct TextEnv(Env);
+
+impl figment::Provider for TextEnv {
+    fn metadata(&self) -> figment::Metadata {
+        // `Env`'s: errors name the variable (`SHOPLOG_DATA`), not the key.
+        self.0.metadata()
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let text = |value: String| match value.strip_prefix('"').and_then(|value| value.strip_suffix('"')) {
+            Some(quoted) => quoted.to_owned(),
+            None => value,
+        };
+        let dict = self
+            .0
+            .iter()
+            .map(|(key, value)| (key.as_str().to_owned(), figment::value::Value::from(text(value))))
+            .collect();
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+const FLAGS_SOURCE: &str = "command-line flags";
+
+/// The flags given on the command line, named so in errors (figment would name
+/// the Rust type they were read into).
+struct Flags<T>(T);
+
+impl<T: Serialize> figment::Provider for Flags<T> {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(FLAGS_SOURCE)
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Serialized::defaults(&self.0).data()
+    }
+}
+
 /// The settings that hold secrets: an error about one never repeats its value.
 const SECRET_KEYS: [&str; 3] = ["admin_token", "viewer_token", "token_secret"];
 
@@ -204,7 +254,16 @@ fn one_line(error: &figment::Error) -> String {
     for error in error.clone() {
         let path = error.path.join(".");
         let key = if path.is_empty() { String::new() } else { format!("{path}: ") };
-        let source = error.metadata.as_ref().map(|metadata| format!(" (from {})", metadata.name)).unwrap_or_default();
+        // The flag or the variable itself (`--listen`, `SHOPLOG_LISTEN`) where the
+        // source is one of those; else the source (the file's path).
+        let source = error.metadata.as_ref().map(|metadata| match metadata.name.as_ref() {
+            FLAGS_SOURCE => format!(" (from --{})", path.replace('_', "-")),
+            name if name.ends_with("environment variable(s)") => {
+                format!(" (from SHOPLOG_{})", path.to_ascii_uppercase())
+            }
+            name => format!(" (from {name})"),
+        });
+        let source = source.unwrap_or_default();
         let kind = if SECRET_KEYS.contains(&path.as_str()) {
             "must be text (quote a token of digits only)".to_owned()
         } else {
@@ -316,9 +375,9 @@ mod tests {
     }
 
     /// A file that is not TOML is one line naming where, without the line itself
-    /// (it may hold a token); a token of digits only (a number to TOML and to the
-    /// environment) is refused without repeating it; a viewer token equal to the
-    /// admin's is refused.
+    /// (it may hold a token); a token of digits only is text in the environment,
+    /// quoted or not, and in a file (where TOML makes it a number unless quoted)
+    /// is refused without repeating it; a viewer token equal to the admin's is refused.
     #[test]
     fn bad_files_and_tokens_are_one_line_that_repeats_no_secret() {
         figment::Jail::expect_with(|jail| {
@@ -328,20 +387,47 @@ mod tests {
             assert!(error.contains("line 1"), "{error}");
             assert!(!error.contains("s3cret"), "{error}");
 
-            jail.set_env("SHOPLOG_ADMIN_TOKEN", "1234567890123456789");
-            let error = Config::load(None, NoFlags {}).expect_err("a number");
+            jail.create_file("digits.toml", "admin_token = 1234567890123456789\n")?;
+            let error = Config::load(Some(std::path::Path::new("digits.toml")), NoFlags {}).expect_err("a number");
             assert!(error.contains("admin_token") && !error.contains("1234567890123456789"), "{error}");
-            jail.set_env("SHOPLOG_ADMIN_TOKEN", "\"1234567890123456789\"");
-            let quoted = Config::load(None, NoFlags {}).expect("quoted, it is text");
-            assert_eq!(
-                quoted.admin_token.map(|token| token.expose().to_owned()).as_deref(),
-                Some("1234567890123456789")
-            );
+
+            for value in ["1234567890123456789", "\"1234567890123456789\""] {
+                jail.set_env("SHOPLOG_ADMIN_TOKEN", value);
+                let config = Config::load(None, NoFlags {}).expect("text from the environment");
+                let token = config.admin_token.map(|token| token.expose().to_owned());
+                assert_eq!(token.as_deref(), Some("1234567890123456789"), "{value}");
+            }
 
             jail.set_env("SHOPLOG_ADMIN_TOKEN", "the-same-token-for-both");
             jail.set_env("SHOPLOG_VIEWER_TOKEN", "the-same-token-for-both");
             let error = Config::load(None, NoFlags {}).expect_err("equal tokens");
             assert_eq!(error, "viewer_token must differ from admin_token");
+            Ok(())
+        });
+    }
+
+    /// A path, an address or a currency is taken as the text it is: `2024` and
+    /// `007` are directories, not numbers. A bad flag names the command line,
+    /// not the type the flags were read into.
+    #[test]
+    fn text_settings_from_the_environment_stay_text_and_a_bad_flag_says_it_is_one() {
+        figment::Jail::expect_with(|jail| {
+            for dir in ["2024", "007"] {
+                jail.set_env("SHOPLOG_DATA", dir);
+                let config = Config::load(None, NoFlags {}).expect("a path of digits");
+                assert_eq!(config.data, PathBuf::from(dir));
+            }
+            jail.set_env("SHOPLOG_LISTEN", "nonsense");
+            let error = Config::load(None, NoFlags {}).expect_err("not an address");
+            assert!(error.starts_with("listen: ") && error.ends_with("(from SHOPLOG_LISTEN)"), "{error}");
+
+            #[derive(Serialize)]
+            struct ListenFlag {
+                listen: &'static str,
+            }
+            let error = Config::load(None, ListenFlag { listen: "nonsense" }).expect_err("not an address");
+            assert!(error.ends_with("(from --listen)"), "{error}");
+            assert!(!error.contains("ListenFlag"), "{error}");
             Ok(())
         });
     }

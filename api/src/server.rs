@@ -119,6 +119,13 @@ fn open_state(config: &Config) -> anyhow::Result<AppState> {
     })?;
     let admin = configured_or_generated(&config.admin_token, &config.data, "admin-token", "SHOPLOG_ADMIN_TOKEN")?;
     let viewer = configured_or_generated(&config.viewer_token, &config.data, "viewer-token", "SHOPLOG_VIEWER_TOKEN")?;
+    // Config::check compares two configured tokens; one may come from its file.
+    // The admin's would win: the viewer token would be an admin's.
+    anyhow::ensure!(
+        admin.expose() != viewer.expose(),
+        "the viewer token must differ from the admin token (one of them is in {})",
+        config.data.display()
+    );
     let signing_key = match &config.token_secret {
         Some(secret) => secret.clone(),
         None => Secret::new(hex::encode(log.secret("customer-token")?)),

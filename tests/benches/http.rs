@@ -158,7 +158,7 @@ fn main() {
     let baseline_seconds = flag("--baseline-seconds").unwrap_or(seconds);
     // The binary's tracing subscriber (info, to stderr): each request's span is
     // part of what a request costs.
-    api::cli::init_tracing();
+    api::cli::init_tracing().expect("RUST_LOG and SHOPLOG_LOG_FORMAT are sound");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let work = tempfile::tempdir().expect("temp dir");
 

@@ -22,8 +22,7 @@ use super::open_offline;
 use super::progress::bar;
 
 #[derive(Debug, clap::Args)]
-// Both may be set (SHOPLOG_DATA in the environment, --server on the line): the
-// server wins, since an offline backup of a dir a server holds cannot work anyway.
+// Both may be set (one in the environment, one on the line): see `choose_source`.
 #[command(group = clap::ArgGroup::new("source").required(true).multiple(true).args(["data", "server"]))]
 pub(super) struct BackupArgs {
     /// The file to write; it must not exist yet.
@@ -31,10 +30,10 @@ pub(super) struct BackupArgs {
     out: PathBuf,
     /// Back up the data dir of a stopped server.
     #[arg(long, env = "SHOPLOG_DATA")]
-    data: Option<PathBuf>,
+    pub(super) data: Option<PathBuf>,
     /// Back up a running server through `GET /admin/backup` (needs --token).
-    #[arg(long, env = "SHOPLOG_SERVER", requires = "token")]
-    server: Option<String>,
+    #[arg(long, env = "SHOPLOG_SERVER")]
+    pub(super) server: Option<String>,
     /// The server's admin token.
     #[arg(long, env = "SHOPLOG_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -66,7 +65,10 @@ fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
 pub(super) fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
     let summary = write_then_rename(&args.out, |partial| {
         match (&args.server, &args.data) {
-            (Some(server), _) => backup_online(server, args.token.as_deref().unwrap_or_default(), partial)?,
+            (Some(server), _) => {
+                let token = args.token.as_deref().ok_or_else(|| anyhow::anyhow!("--server needs --token T"))?;
+                backup_online(server, token, partial)?
+            }
             (None, Some(data)) => backup_offline(data, partial)?,
             (None, None) => anyhow::bail!("say which log to back up: --data DIR or --server URL"),
         }

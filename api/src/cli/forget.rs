@@ -34,13 +34,13 @@ pub(super) struct ForgetArgs {
     /// The customer's id (required)
     #[arg(long, value_name = "ID")]
     customer: Option<Uuid>,
-    /// Forget offline, in the data directory of a stopped server (--server wins when
-    /// both are set, so SHOPLOG_DATA in the environment does not get in its way)
+    /// Forget offline, in the data directory of a stopped server (when both are
+    /// set, the one on the command line wins over the environment's)
     #[arg(long, value_name = "DIR", env = "SHOPLOG_DATA")]
-    data: Option<PathBuf>,
+    pub(super) data: Option<PathBuf>,
     /// Forget through a running server instead, such as http://127.0.0.1:8080
     #[arg(long, value_name = "URL", env = "SHOPLOG_SERVER")]
-    server: Option<String>,
+    pub(super) server: Option<String>,
     /// The running server's admin token (with --server)
     #[arg(long, value_name = "T", env = "SHOPLOG_TOKEN", hide_env_values = true)]
     token: Option<Secret>,

@@ -5,7 +5,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::config::{Config, Secret};
@@ -102,8 +103,14 @@ impl std::str::FromStr for Secret {
 
 /// Parse, run, and turn any error into one line and exit code 2.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command().try_get_matches().and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
+        Err(error) if error.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // `shoplog` alone: clap would print the help, whose first line says nothing is missing.
+            eprintln!("shoplog: say which command to run, such as `shoplog serve` (see shoplog --help)");
+            return ExitCode::from(2);
+        }
         Err(error) if error.use_stderr() => {
             // clap's usage errors span several lines; the first one names the problem.
             // Its first paragraph (the problem and what it names) goes on one line.
@@ -124,8 +131,12 @@ pub fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    init_tracing();
-    match run(cli) {
+    if let Err(error) = init_tracing() {
+        eprintln!("shoplog: {error}");
+        return ExitCode::from(2);
+    }
+    let given = matches.subcommand().map(|(_, matches)| matches);
+    match run(cli, given) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("shoplog: {error:#}");
@@ -134,7 +145,31 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// Which log a command with an offline and an online form works on, when both
+/// `--data` and `--server` are set: the one given on the command line wins over
+/// one from the environment (`SHOPLOG_DATA`, `SHOPLOG_SERVER`), so an exported
+/// `SHOPLOG_SERVER` never turns `backup --data DIR` or `forget --data DIR` into
+/// work on a server; both on the command line is refused; both from the
+/// environment, the server wins (an offline command cannot open the data dir of
+/// a running server anyway). Clears the one not taken.
+fn choose_source<S>(
+    given: Option<&ArgMatches>,
+    data: &mut Option<PathBuf>,
+    server: &mut Option<S>,
+) -> anyhow::Result<()> {
+    if data.is_none() || server.is_none() {
+        return Ok(());
+    }
+    let on_line = |id: &str| given.and_then(|matches| matches.value_source(id)) == Some(ValueSource::CommandLine);
+    match (on_line("data"), on_line("server")) {
+        (true, true) => anyhow::bail!("give --data DIR or --server URL, not both"),
+        (true, false) => *server = None,
+        (false, _) => *data = None,
+    }
+    Ok(())
+}
+
+fn run(cli: Cli, given: Option<&ArgMatches>) -> anyhow::Result<ExitCode> {
     if !matches!(cli.command, Command::Serve(_)) {
         interrupt::watch();
     }
@@ -223,12 +258,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Backup(args) => backup::backup(args),
+        Command::Backup(mut args) => {
+            choose_source(given, &mut args.data, &mut args.server)?;
+            backup::backup(args)
+        }
         Command::Restore(args) => backup::restore(args),
         Command::Replay(args) => replay::run(args),
         Command::Export(args) => export::export(args),
         Command::Import(args) => export::import(args),
-        Command::Forget(args) => forget::run(args),
+        Command::Forget(mut args) => {
+            choose_source(given, &mut args.data, &mut args.server)?;
+            forget::run(args)
+        }
     }
 }
 
@@ -312,8 +353,9 @@ fn stats(log: &store::EventLog) -> anyhow::Result<Stats> {
 }
 
 /// The one place the tracing subscriber is built: logs to stderr, `RUST_LOG`
-/// filters (default `info`), `SHOPLOG_LOG_FORMAT=json` for JSON lines, colours
-/// only on a terminal.
+/// filters (default `info`), `SHOPLOG_LOG_FORMAT=json` for JSON lines
+/// (`text`, the default, for plain lines), colours only on a terminal. A bad
+/// `RUST_LOG` or `SHOPLOG_LOG_FORMAT` is an error naming it.
 ///
 /// Spans at `info` cost every request their formatting, logged or not: each
 /// request has one (`request`: its id, method and path, which every log line in
@@ -321,18 +363,27 @@ fn stats(log: &store::EventLog) -> anyhow::Result<Stats> {
 /// position) and an append's are at `debug` (`RUST_LOG=info,commands=debug,store=debug`
 /// shows them). At `info` the three spans cost a command 13–18 µs of CPU
 /// (docs/BENCHMARKS.md).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+pub fn init_tracing() -> Result<(), String> {
+    let filter = match std::env::var("RUST_LOG") {
+        Err(std::env::VarError::NotPresent) => tracing_subscriber::EnvFilter::new("info"),
+        Err(std::env::VarError::NotUnicode(_)) => return Err("RUST_LOG is not valid UTF-8".to_owned()),
+        Ok(directives) => tracing_subscriber::EnvFilter::try_new(&directives)
+            .map_err(|error| format!("RUST_LOG={directives} is not a log filter: {error}"))?,
+    };
+    let json = match std::env::var("SHOPLOG_LOG_FORMAT").as_deref() {
+        Err(std::env::VarError::NotPresent) | Ok("text") => false,
+        Ok("json") => true,
+        Ok(other) => return Err(format!("SHOPLOG_LOG_FORMAT={other}: must be json or text")),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err("SHOPLOG_LOG_FORMAT: must be json or text".to_owned());
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let installed = if std::env::var("SHOPLOG_LOG_FORMAT").is_ok_and(|format| format == "json") {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+    let installed = if json { builder.json().try_init() } else { builder.try_init() };
     // A second call (tests) keeps the first subscriber.
     drop(installed);
+    Ok(())
 }

@@ -654,3 +654,41 @@ async fn an_interrupted_restore_or_backup_leaves_nothing_behind() {
     assert!(output.status.success(), "{output:?}");
     assert!(!left_file.exists(), "the partial file a killed backup left is still there");
 }
+
+/// An exported `SHOPLOG_SERVER` (with `SHOPLOG_TOKEN` or without) does not turn
+/// an offline `backup --data DIR` or `forget --data DIR` into work on that
+/// server: what the command line says wins over the environment. Both on the
+/// command line is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn data_on_the_command_line_wins_over_a_server_in_the_environment() {
+    let app = TestApp::spawn().await;
+    let customer_id = app.register("ann@example.com").await;
+    let data = app.stop_keeping_dir().await;
+    let work = tests::temp_dir();
+    // Nothing listens there: a command that went to it would fail.
+    let elsewhere = "http://127.0.0.1:9";
+    let with_server_in_env = |args: &[&str], token: bool| {
+        let mut command = std::process::Command::new(super::SHOPLOG);
+        command.args(args).env("SHOPLOG_SERVER", elsewhere).env_remove("SHOPLOG_TOKEN").env_remove("RUST_LOG");
+        if token {
+            command.env("SHOPLOG_TOKEN", ADMIN);
+        }
+        command.output().expect("runs shoplog")
+    };
+    for (name, token) in [("without-token.backup", false), ("with-token.backup", true)] {
+        let file = work.path().join(name);
+        let output = with_server_in_env(&["backup", "--data", arg(data.path()), "--out", arg(&file)], token);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(String::from_utf8_lossy(&output.stdout).contains("backed up"), "{output:?}");
+        assert!(file.is_file(), "{name}");
+    }
+    let both = work.path().join("both.backup");
+    let args = ["backup", "--data", arg(data.path()), "--server", elsewhere, "--token", ADMIN, "--out", arg(&both)];
+    assert_refused(&shoplog(&args), "not both");
+    assert!(!both.exists());
+
+    let output = with_server_in_env(&["forget", "--customer", &customer_id, "--data", arg(data.path())], true);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let forgotten = events(data.path()).into_iter().filter(|event| event.event_type == "CustomerForgotten").count();
+    assert_eq!(forgotten, 1, "the forget went to the data dir");
+}

@@ -31,7 +31,7 @@ fn assert_refused(output: &std::process::Output, needle: &str) {
 fn bad_settings_are_one_line_and_exit_code_2() {
     let dir = tests::temp_dir();
     let data = dir.path().to_str().expect("utf-8 path");
-    assert_refused(&shoplog(&["serve", "--data", data, "--listen", "nonsense"]), "listen");
+    assert_refused(&shoplog(&["serve", "--data", data, "--listen", "nonsense"]), "(from --listen)");
     let output = Command::new(SHOPLOG)
         .args(["serve", "--data", data])
         .env("SHOPLOG_REQUEST_TIMEOUT_MS", "soon")
@@ -46,6 +46,23 @@ fn bad_settings_are_one_line_and_exit_code_2() {
     assert_refused(&shoplog(&["serve", "--data"]), "--data");
     assert_refused(&shoplog(&["serve", "--colour", "blue"]), "--colour");
     assert_refused(&shoplog(&["frobnicate"]), "frobnicate");
+    assert_refused(&shoplog(&[]), "say which command to run");
+    // The logs' settings too.
+    for (variable, value) in [("SHOPLOG_LOG_FORMAT", "xml"), ("RUST_LOG", "[bad")] {
+        let output =
+            Command::new(SHOPLOG).args(["verify", "--data", data]).env(variable, value).output().expect("runs");
+        assert_refused(&output, variable);
+    }
+    // A viewer token equal to the admin token in the data dir would be an admin's.
+    let with_token = dir.path().join("with-admin-token");
+    std::fs::create_dir(&with_token).expect("makes a dir");
+    std::fs::write(with_token.join("admin-token"), "the-same-token-for-both\n").expect("writes");
+    let args = ["serve", "--data", with_token.to_str().expect("utf-8"), "--listen", "127.0.0.1:0"];
+    // Under `timeout`: a server that started would answer 124, not hang the test.
+    let mut command = Command::new("timeout");
+    command.args(["20", SHOPLOG]).args(args).args(["--viewer-token", "the-same-token-for-both"]);
+    let output = command.env_remove("SHOPLOG_VIEWER_TOKEN").env_remove("SHOPLOG_ADMIN_TOKEN").output();
+    assert_refused(&output.expect("runs"), "viewer token must differ from the admin token");
     // Settings read SHOPLOG_<NAME> as well as their flag: the data dir of a CLI command too.
     let output = Command::new(SHOPLOG).args(["verify"]).env("SHOPLOG_DATA", "/no/such/dir").output().expect("runs");
     assert_refused(&output, "/no/such/dir");
