@@ -161,12 +161,16 @@ impl EventLog {
             tracing::info!(reindexed, "indexed again the records whose stream index was in memory at a crash");
         }
         trees.meta.insert(trees::META_INDEXED, &head.to_be_bytes())?;
-        if stored_format != Some(trees::LOG_FORMAT) {
+        let marked = stored_format != Some(trees::LOG_FORMAT);
+        if marked {
             trees.meta.insert(trees::META_FORMAT, &[trees::LOG_FORMAT])?;
         }
-        if dropped.is_some() || replayed > 0 || old_index || reindexed > 0 {
+        if dropped.is_some() || replayed > 0 || old_index || reindexed > 0 || marked {
             // Made durable before anything new is written at those positions,
-            // and before the WAL that held them is emptied.
+            // and before the WAL that held them is emptied. A new format mark
+            // too, before any batch is acknowledged from a WAL file that a
+            // binary of the older format would not read (`wal.1` since format 6):
+            // after a crash, that binary must find the new mark and refuse the log.
             flush_sled(&db)?;
             db_file.sync_data()?;
         }

@@ -307,3 +307,33 @@ async fn checkpoints_keep_the_wal_under_its_cap_and_lose_nothing() {
     }
     std::fs::remove_dir_all(&copied).expect("removes the copy");
 }
+
+/// Opening a log of an older format marks it with the current one, durably,
+/// before any batch is acknowledged: a crash (here: the dir copied while the
+/// log is open, which is what kill -9 leaves) must not leave acknowledged
+/// batches in a file the older binary does not read under the older mark,
+/// which that binary would then open and lose them.
+#[tokio::test]
+async fn the_format_mark_of_an_upgraded_log_is_durable_before_its_first_acknowledgement() {
+    let root = temp_dir();
+    let (log_dir, copy) = (root.path().join("log"), root.path().join("copy"));
+    {
+        let log = EventLog::open(&log_dir).expect("opens");
+        append_batch(&log, "a", 1).await;
+    }
+    let format = |dir: &Path| {
+        let db = tests::raw_sled(dir);
+        db.open_tree("meta").expect("tree").get("format").expect("reads").map(|mark| mark.to_vec())
+    };
+    let current = format(&log_dir).expect("a closed log is marked");
+    {
+        let db = tests::raw_sled(&log_dir);
+        db.open_tree("meta").expect("tree").insert("format", &[5]).expect("writes");
+        db.flush().expect("flushes");
+    }
+    let log = EventLog::open(&log_dir).expect("opens a log of format 5");
+    append_batch(&log, "a", 1).await;
+    copy_dir(&log_dir, &copy);
+    drop(log);
+    assert_eq!(format(&copy), Some(current));
+}
