@@ -293,6 +293,7 @@ mod tests {
             store::StoreError::Corrupt { position: 7, reason: secret.to_owned() }.into(),
             store::StoreError::Durability { reason: secret.to_owned() }.into(),
             store::StoreError::Unavailable { reason: secret.to_owned() }.into(),
+            projections::ProjectionError::Stopped { model: "catalog", reason: secret.to_owned() }.into(),
         ];
         for error in causes {
             let (status, body) = answer(error).await;

@@ -31,9 +31,10 @@ pub const PROJECTION_POSITION: &str = "x-projection-position";
 impl From<ProjectionError> for ApiError {
     fn from(error: ProjectionError) -> Self {
         match error {
-            error @ (ProjectionError::Timeout { .. } | ProjectionError::Stopped { .. }) => {
-                ApiError::Unavailable(error.to_string())
-            }
+            error @ ProjectionError::Timeout { .. } => ApiError::Unavailable(error.to_string()),
+            // Why it stopped (a storage or decoding error) is in the server's
+            // log, not in an answer: a 5xx tells nothing internal.
+            ProjectionError::Stopped { model, .. } => ApiError::Unavailable(stopped(model)),
             error @ ProjectionError::UnknownModel { .. } => ApiError::NotFound(error.to_string()),
             error @ ProjectionError::RebuildRunning { .. } => {
                 ApiError::Conflict { detail: error.to_string(), skus: Vec::new() }
@@ -41,6 +42,14 @@ impl From<ProjectionError> for ApiError {
             other => ApiError::internal(other),
         }
     }
+}
+
+/// What a 503 says of a read model that answers no query.
+pub(crate) fn stopped(model: &str) -> String {
+    format!(
+        "read model {model} is stopped and answers no query: rebuild it (POST /admin/projections/{model}/rebuild) \
+         or restart the server; the server's log says why"
+    )
 }
 
 /// A query's answer: the body and the position it reflects.

@@ -101,8 +101,8 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> 
     if state.log.failure().is_some() {
         return Err(ApiError::Unavailable("the event log is not accepting writes".to_owned()));
     }
-    if let Some((model, reason)) = state.projections.refusing() {
-        return Err(ApiError::Unavailable(format!("read model {model} answers no query: {reason}")));
+    if let Some((model, _)) = state.projections.refusing() {
+        return Err(ApiError::Unavailable(crate::queries::stopped(model)));
     }
     if let Some(reason) = models_not_ready(&state.projections.status(), state.started_at_head) {
         return Err(ApiError::Unavailable(reason));

@@ -182,6 +182,9 @@ struct Shared {
     /// as a crash between the two would.
     #[cfg(test)]
     halt_before_checkpoints: AtomicBool,
+    /// Tests: the next switch says it reached its first flush, then waits to be let go.
+    #[cfg(test)]
+    switch_flush_gate: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
     options: Options,
     workers: Mutex<Vec<JoinHandle<()>>>,
     /// The threads dropping retired generations: `shutdown` waits for them, so
@@ -218,6 +221,9 @@ pub(crate) struct Generation {
     /// restart opens it again. Set once; read without a lock (waiters read it
     /// inside a watch channel's lock, see [`Slot::wait_for`]).
     stopped: std::sync::OnceLock<String>,
+    /// Emptied at start for being of another format: a rebuild is to fill it,
+    /// and the live worker leaves it alone.
+    awaits_rebuild: AtomicBool,
     /// To drop the tree once retired, on a thread `droppers` keeps.
     log: EventLog,
     droppers: Droppers,
@@ -244,6 +250,7 @@ impl Generation {
             retired: AtomicBool::new(false),
             torn: AtomicBool::new(false),
             stopped: std::sync::OnceLock::new(),
+            awaits_rebuild: AtomicBool::new(false),
             log: shared.log.clone(),
             droppers: Arc::clone(&shared.droppers),
         })
@@ -263,10 +270,12 @@ impl Generation {
         self.stopped_reason()
     }
 
-    /// Why the live worker stopped applying events to it, if it did.
+    /// Why it answers no query for good, if it does not: the live worker
+    /// stopped applying events to it, or it was emptied for a new format and
+    /// the rebuild meant to fill it failed.
     fn stopped_reason(&self) -> Option<String> {
         let reason = self.stopped.get()?;
-        Some(format!("it stopped at an event ({reason}); rebuild the model or restart the server"))
+        Some(format!("{reason}; rebuild the model or restart the server"))
     }
 
     /// Empty the tree and forget the checkpoint.
@@ -476,17 +485,46 @@ impl Slot {
     /// lacks, so a query that waited for one of them would not see it. The
     /// rebuild reads on and tries again. (Under the write lock, no publish of
     /// the serving generation can slip in between the check and the switch.)
+    ///
+    /// The rebuilt generation's records, written unflushed while it was built,
+    /// are made durable before the lock is taken: that flush can take long,
+    /// and the lock stops the model's queries. Under the lock only the switch's
+    /// own record is flushed. If that fails, the record is put back as it was,
+    /// so that no later flush makes durable a switch that did not happen.
     fn switch_to(&self, generation: &Arc<Generation>) -> Result<bool, ProjectionError> {
+        #[cfg(test)]
+        if let Some((reached, release)) =
+            self.shared.switch_flush_gate.lock().unwrap_or_else(PoisonError::into_inner).take()
+        {
+            let _ = reached.send(());
+            let _ = release.recv();
+        }
+        self.shared.log.make_durable()?;
         let mut active = self.active.write().unwrap_or_else(PoisonError::into_inner);
         if generation.checkpoint() < *self.position.borrow() {
             return Ok(false);
         }
+        let meta = &self.shared.meta;
+        let keys = [self.name.as_bytes().to_vec(), format_key(self.name), building_key(self.name)];
+        let before = keys.iter().map(|key| meta.get(key)).collect::<Result<Vec<_>, _>>()?;
         let mut batch = sled::Batch::default();
-        batch.insert(self.name.as_bytes(), &generation.number.to_be_bytes());
-        batch.insert(format_key(self.name), &format_of(self.name).to_be_bytes());
-        batch.remove(building_key(self.name));
-        self.shared.meta.apply_batch(batch)?;
-        self.shared.log.make_durable()?;
+        batch.insert(keys[0].as_slice(), &generation.number.to_be_bytes());
+        batch.insert(keys[1].as_slice(), &format_of(self.name).to_be_bytes());
+        batch.remove(keys[2].as_slice());
+        meta.apply_batch(batch)?;
+        if let Err(error) = self.shared.log.make_durable() {
+            let mut undo = sled::Batch::default();
+            for (key, value) in keys.iter().zip(before) {
+                match value {
+                    Some(value) => undo.insert(key.as_slice(), value),
+                    None => undo.remove(key.as_slice()),
+                }
+            }
+            if let Err(undo_error) = meta.apply_batch(undo) {
+                tracing::error!(model = self.name, %undo_error, "could not put back the record of a failed switch");
+            }
+            return Err(error.into());
+        }
         let old = std::mem::replace(&mut *active, Arc::clone(generation));
         old.retire();
         // The generation before the position: whoever waited for the position
@@ -494,12 +532,16 @@ impl Slot {
         self.generation.send_replace(generation.number);
         self.position.send_modify(|position| *position = (*position).max(generation.checkpoint()));
         *self.building.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        // What failed before (the generation this one replaces, or an earlier rebuild) is over.
+        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = None;
         tracing::info!(model = self.name, generation = generation.number, "rebuilt read model now serving");
         Ok(true)
     }
 
     fn fail(&self, generation: &Arc<Generation>, error: &ProjectionError) {
         tracing::error!(model = self.name, generation = generation.number, %error, "projection stopped");
+        // Before `building`: a switch takes `active`, then `building`.
+        let serving = self.active();
         let mut building = self.building.lock().unwrap_or_else(PoisonError::into_inner);
         if building.as_ref().is_some_and(|building| Arc::ptr_eq(building, generation)) {
             // A failed rebuild is abandoned; the serving generation goes on.
@@ -508,9 +550,15 @@ impl Slot {
             if let Err(error) = self.shared.meta.remove(building_key(self.name)) {
                 tracing::warn!(model = self.name, %error, "could not forget the abandoned rebuild");
             }
+            // Unless it was emptied for this rebuild to fill: it would answer
+            // empty for good.
+            if serving.awaits_rebuild.load(Ordering::Acquire) {
+                let _ = serving.stopped.set(format!("emptied for a new format, its rebuild failed ({error})"));
+                self.position.send_modify(|_| {});
+            }
         } else {
             // The first failure is the one that stopped it.
-            let _ = generation.stopped.set(error.to_string());
+            let _ = generation.stopped.set(format!("it stopped at an event ({error})"));
             // Wake whoever waits for a position: it will not come (see `wait_for`).
             self.position.send_modify(|_| {});
         }
@@ -992,6 +1040,8 @@ impl Projections {
             redo_sequence: AtomicU64::new(0),
             #[cfg(test)]
             halt_before_checkpoints: AtomicBool::new(false),
+            #[cfg(test)]
+            switch_flush_gate: Mutex::new(None),
             meta,
             log,
             options,
@@ -1200,6 +1250,7 @@ fn open_slot(shared: &Arc<Shared>, name: &'static str, apply: ApplyFn) -> Result
             "read model stored in another format: emptied, and rebuilt from the log"
         );
         generation.clear()?;
+        generation.awaits_rebuild.store(true, Ordering::Release);
     }
     let slot = Arc::new(Slot {
         name,
@@ -1419,6 +1470,85 @@ mod tests {
         rebuilt.checkpoint.store(published, Ordering::Release);
         assert!(slot.switch_to(&rebuilt).expect("no error"), "caught up with the published position");
         assert_eq!((slot.generation(), slot.position()), (2, published));
+        projections.shutdown().await;
+    }
+
+    /// A model emptied at start for being of another format, whose rebuild then
+    /// fails, answers nothing (503) rather than empty answers for good, and
+    /// says so; a rebuild brings it back, and its failure is then over.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_model_emptied_for_its_format_whose_rebuild_failed_answers_nothing_until_rebuilt() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let log = EventLog::open(dir.path()).expect("a log");
+        append(&log, mug_created()).await;
+        restock_mug(&log, 3).await;
+        let projections = Projections::start(log.clone()).expect("starts");
+        projections.wait_for(log.head(), WAIT).await.expect("the models catch up");
+        projections.shutdown().await;
+        log.open_tree(META_TREE).expect("the meta tree").remove(format_key("dashboard")).expect("removes");
+
+        let gate = RebuildGate::closed();
+        let options = Options { rebuild_gate: Some(gate.clone()), ..Options::default() };
+        let projections = Projections::start_with(log.clone(), options).expect("restarts");
+        // The dashboard's format is 2: a log with none recorded is of format 1.
+        let slot = projections.slot("dashboard").expect("a slot");
+        let building = slot.building.lock().unwrap_or_else(PoisonError::into_inner).clone().expect("rebuilding");
+        slot.fail(&building, &ProjectionError::Stopped { model: "dashboard", reason: "a test's failure".into() });
+        drop(building);
+        let refused = projections.dashboard().sales().expect_err("an emptied model whose rebuild failed");
+        assert!(matches!(refused, ProjectionError::Stopped { model: "dashboard", .. }), "{refused:?}");
+        assert_eq!(projections.refusing().map(|(model, _)| model), Some("dashboard"));
+
+        let generation = projections.rebuild("dashboard").expect("a rebuild starts");
+        // The serving generation fails meanwhile: what the status reports until the switch.
+        slot.fail(&slot.active(), &ProjectionError::Stopped { model: "dashboard", reason: "serving".into() });
+        assert!(projections.status().iter().any(|status| status.failure.is_some()));
+        gate.open();
+        projections.dashboard().wait_for_generation(generation, WAIT).await.expect("the rebuild serves");
+        let sales = projections.dashboard().sales().expect("answers");
+        assert_eq!(sales.position, log.head());
+        assert_eq!(projections.refusing(), None);
+        let status = projections.status().into_iter().find(|status| status.name == "dashboard").expect("listed");
+        assert_eq!(status.failure, None, "the rebuilt generation serves; the failure is over");
+        projections.shutdown().await;
+    }
+
+    /// A switch flushes the rebuilt generation (all it wrote, unflushed, while
+    /// it was built) before it takes the lock that stops the model's queries:
+    /// the model answers while that flush goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_switch_flushes_the_rebuilt_generation_before_it_stops_the_models_queries() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let log = EventLog::open(dir.path()).expect("a log");
+        let projections = Projections::start(log.clone()).expect("starts");
+        append(&log, mug_created()).await;
+        restock_mug(&log, 3).await;
+        projections.wait_for(log.head(), WAIT).await.expect("the models catch up");
+        let slot = Arc::clone(projections.slot("catalog").expect("a slot"));
+        let rebuilt = Arc::new(Generation::open(&projections.shared, "catalog", 2).expect("opens"));
+        rebuilt.checkpoint.store(slot.position(), Ordering::Release);
+
+        let (reached, at_flush) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel();
+        *projections.shared.switch_flush_gate.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((reached, released));
+        let switching = std::thread::spawn({
+            let slot = Arc::clone(&slot);
+            move || slot.switch_to(&rebuilt)
+        });
+        at_flush.recv_timeout(WAIT).expect("the switch reached its flush");
+        let (answered, answer) = std::sync::mpsc::channel();
+        let catalog = projections.catalog().clone();
+        std::thread::spawn(move || {
+            let mug = Sku::parse("mug").expect("a sku");
+            let _ = answered.send(catalog.get(&mug).map(|view| view.value.map(|mug| mug.on_hand)));
+        });
+        let during_the_flush = answer.recv_timeout(Duration::from_secs(5));
+        let _ = release.send(());
+        assert!(switching.join().expect("the switch ends").expect("switches"), "switched");
+        let on_hand = during_the_flush.expect("the catalog answered during the switch's flush").expect("reads");
+        assert_eq!(on_hand, Some(5 + 3));
+        assert_eq!(slot.generation(), 2);
         projections.shutdown().await;
     }
 
