@@ -56,6 +56,9 @@ pub struct AppState {
     pub tokens: Arc<auth::Tokens>,
     pub login_by_email: Arc<auth::RateLimiter>,
     pub login_by_address: Arc<auth::RateLimiter>,
+    /// Registrations per client address: as many as logins, counted apart, so
+    /// that neither starves the other. Each costs a password hash.
+    pub register_by_address: Arc<auth::RateLimiter>,
     /// Set when the server starts shutting down, so long-lived responses (the live
     /// event feed) end instead of holding the shutdown until its deadline.
     pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
@@ -89,6 +92,7 @@ impl AppState {
             tokens: Arc::new(tokens),
             login_by_email: limiter(login_attempts_per_minute),
             login_by_address: limiter(by_address),
+            register_by_address: limiter(by_address),
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
             currency: Arc::from(currency),
         }

@@ -52,7 +52,11 @@ pub async fn track(request: Request, next: Next) -> Response {
 
 /// The text exposition, with the log's counters and the read models' lag brought
 /// up to date.
-pub fn render(log: &store::EventLog, projections: &projections::Projections) -> String {
+pub fn render(
+    log: &store::EventLog,
+    projections: &projections::Projections,
+    service: &commands::CommandService,
+) -> String {
     for status in projections.status() {
         metrics::gauge!("projection_lag_events", "projection" => status.name).set(status.lag as f64);
         metrics::gauge!("projection_checkpoint_position", "projection" => status.name).set(status.checkpoint as f64);
@@ -68,6 +72,11 @@ pub fn render(log: &store::EventLog, projections: &projections::Projections) -> 
     metrics::gauge!("log_fsync_batch_appends_mean").set(mean_batch);
     metrics::counter!("log_checkpoints_total").absolute(stats.checkpoints);
     metrics::gauge!("log_accepting_appends").set(if log.failure().is_none() { 1.0 } else { 0.0 });
+    // Each is tens of milliseconds of a core: a jump is a sign-up or a
+    // password-guessing flood.
+    let passwords = service.password_stats();
+    metrics::counter!("password_hashes_total").absolute(passwords.hashes);
+    metrics::counter!("password_verifications_total").absolute(passwords.verifications);
     let mut text = handle().map(PrometheusHandle::render).unwrap_or_default();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');

@@ -128,7 +128,7 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4";
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"))
 )]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], crate::metrics::render(&state.log, &state.projections))
+    ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], crate::metrics::render(&state.log, &state.projections, &state.service))
 }
 
 // ---- commands ----
@@ -432,7 +432,8 @@ struct Register {
 /// Register a customer.
 ///
 /// Public; but a request that does carry an `Authorization` header must carry a
-/// valid one (401 otherwise).
+/// valid one (401 otherwise). Limited per client address, as logins are (429
+/// with `Retry-After`).
 #[utoipa::path(
     post,
     path = "/api/v1/customers",
@@ -453,12 +454,14 @@ struct Register {
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
         (status = 503, response = Unavailable),
     )
 )]
 async fn register(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     input: CommandInput<Register>,
 ) -> Result<Response, ApiError> {
     let body = &input.body;
@@ -467,6 +470,12 @@ async fn register(
         field("name", CustomerName::parse(&body.name)),
         field("password", Password::parse(&body.password)),
     ))?;
+    // Each registration costs a password hash: limited per client address.
+    let address = crate::auth::address_key(remote.ip());
+    state
+        .register_by_address
+        .check(&address)
+        .map_err(|retry_after_seconds| ApiError::TooManyRequests { retry_after_seconds })?;
     let outcome = state.service.register_customer(&context(caller, &input), email, name, password, None).await?;
     let customer_id =
         outcome.customer_id().ok_or_else(|| ApiError::internal(anyhow::anyhow!("registration wrote no customer")))?;

@@ -5,9 +5,11 @@
 //! bounded cache of folded states so a load reads only the events it has not seen),
 //! call the domain's decision, and append the events it emits, grouped by stream in
 //! emitted order, in one atomic append with each stream's expected version. On a
-//! version conflict it loads and decides again, a bounded number of times; with an
-//! `expected` version from the caller (HTTP `If-Match`) it never retries, and a
-//! mismatch is [`CommandError::PreconditionFailed`].
+//! version conflict it loads and decides again, a bounded number of times. With an
+//! `expected` version from the caller (HTTP `If-Match`) the command's own stream
+//! stays pinned at it: a mismatch there is [`CommandError::PreconditionFailed`],
+//! never a retry; a conflict on another stream it touches (a product, in a
+//! checkout with `If-Match` on the cart) is decided again like any other.
 //!
 //! Uniqueness lives in the log (DESIGN §5): a product is created with `NoStream`
 //! on `product-<sku>`; a registration claims `email-<keyed hash>` in the same
@@ -60,4 +62,5 @@ mod service;
 pub use cache::CacheStats;
 pub use error::CommandError;
 pub use outcome::{CommandContext, CommandOutcome};
+pub use password::PasswordStats;
 pub use service::{CommandService, EMAIL_KEY_SECRET, Options, email_key};

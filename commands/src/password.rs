@@ -2,6 +2,7 @@
 //! computed and verified on tokio's blocking pool, a bounded number at a time.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
@@ -18,24 +19,54 @@ pub(crate) struct Hasher {
     /// A hash of a password no one has, verified when a login names an unknown
     /// email so that the answer takes as long as for a known one.
     dummy: Arc<str>,
+    /// How many hashes and verifications were asked for.
+    counts: Arc<[AtomicU64; 2]>,
+}
+
+/// How much password work the service was asked for since it started (each is
+/// tens of milliseconds of a core): for `/metrics`, where a jump shows a
+/// password-guessing or sign-up flood.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PasswordStats {
+    /// New hashes: registrations.
+    pub hashes: u64,
+    /// Verifications: logins, an unknown email's included.
+    pub verifications: u64,
 }
 
 impl Hasher {
     /// Computes the dummy hash on the calling thread (one hash).
     pub(crate) fn new(parallel_max: usize) -> Result<Self, CommandError> {
         let dummy = hash(b"no-one's password, for timing")?;
-        Ok(Hasher { permits: Arc::new(Semaphore::new(parallel_max.max(1))), dummy: dummy.into() })
+        Ok(Hasher {
+            permits: Arc::new(Semaphore::new(parallel_max.max(1))),
+            dummy: dummy.into(),
+            counts: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
+        })
+    }
+
+    pub(crate) fn stats(&self) -> PasswordStats {
+        let [hashes, verifications] = &*self.counts;
+        PasswordStats { hashes: hashes.load(Ordering::Relaxed), verifications: verifications.load(Ordering::Relaxed) }
     }
 
     /// A fresh argon2id hash of `password`.
     pub(crate) async fn hash(&self, password: Password) -> Result<PasswordHash, CommandError> {
+        self.counts[0].fetch_add(1, Ordering::Relaxed);
         let phc = self.blocking(move || hash(password.as_str().as_bytes())).await??;
         PasswordHash::new(phc).map_err(|error| CommandError::Hasher { reason: error.to_string() })
+    }
+
+    /// A hash that stands in for one not computed, in a command that is refused
+    /// whatever its password (the dummy's: no one's password).
+    pub(crate) fn placeholder(&self) -> Result<PasswordHash, CommandError> {
+        PasswordHash::new(self.dummy.to_string()).map_err(|error| CommandError::Hasher { reason: error.to_string() })
     }
 
     /// Whether `password` matches `stored`; `None` verifies against the dummy hash
     /// (and answers false), taking the same time.
     pub(crate) async fn verify(&self, password: Password, stored: Option<PasswordHash>) -> Result<bool, CommandError> {
+        self.counts[1].fetch_add(1, Ordering::Relaxed);
         let known = stored.is_some();
         let phc = stored.map_or_else(|| self.dummy.to_string(), |stored| stored.as_str().to_owned());
         let matches = self

@@ -238,10 +238,18 @@ impl CommandService {
         expected: Option<u64>,
     ) -> Result<CommandOutcome, CommandError> {
         let customer_id = CustomerId::new(Uuid::now_v7());
-        let password_hash = self.inner.hasher.hash(password).await?;
         let email_key = self.email_key(&email);
         let customer_stream = StreamId::Customer(customer_id).to_string();
         let email_stream = StreamId::Email(email_key.clone()).to_string();
+        // A taken address is refused without hashing the password: a hash is
+        // tens of milliseconds of a core, and registrations of a taken address
+        // sent over and over would otherwise hold up every login's
+        // verification, which waits for the same few cores.
+        let taken = self.registered_holder(&email_stream)?.is_some();
+        let password_hash = match taken {
+            true => self.inner.hasher.placeholder()?,
+            false => self.inner.hasher.hash(password).await?,
+        };
         let command =
             CustomerCommand::Register(RegisterCustomer { customer_id, email, email_key, name, password_hash });
         self.execute(ctx, "register customer", &customer_stream, expected, |service| {
@@ -249,12 +257,21 @@ impl CommandService {
             let claim = service.load::<EmailClaim>(&email_stream)?;
             let Some(holder_id) = claim.state.claimed_by() else {
                 let events = domain::customer::decide(&customer.state, &claim.state, &Customer::default(), &command)?;
+                if taken {
+                    // Freed since it was found taken (its holder forgotten): the
+                    // request is answered as of then, and the placeholder is
+                    // never stored as anyone's password.
+                    return Err(domain::DomainError::EmailTaken.into());
+                }
                 return Ok(Decision::new(events).read(&customer_stream, &customer).read(&email_stream, &claim));
             };
             // Whether the address's holder was forgotten (its claim then holds nothing).
             let holder_stream = StreamId::Customer(holder_id).to_string();
             let holder = service.load::<Customer>(&holder_stream)?;
             let events = domain::customer::decide(&customer.state, &claim.state, &holder.state, &command)?;
+            if taken {
+                return Err(domain::DomainError::EmailTaken.into());
+            }
             Ok(Decision::new(events)
                 .read(&customer_stream, &customer)
                 .read(&email_stream, &claim)
@@ -269,19 +286,33 @@ impl CommandService {
     #[tracing::instrument(skip_all)]
     pub async fn login(&self, email: &Email, password: &Password) -> Result<CustomerId, CommandError> {
         let email_stream = StreamId::Email(self.email_key(email)).to_string();
-        let claim = self.load::<EmailClaim>(&email_stream)?;
-        let registered = match claim.state.claimed_by() {
-            None => None,
-            Some(customer_id) => match &*self.load::<Customer>(&StreamId::Customer(customer_id).to_string())?.state {
-                Customer::Registered(profile) => Some((customer_id, profile.password_hash.clone())),
-                Customer::Unregistered | Customer::Forgotten { .. } => None,
-            },
-        };
-        let (customer_id, stored) = registered.unzip();
+        let (customer_id, stored) = self.registered_holder(&email_stream)?.unzip();
         match (customer_id, self.inner.hasher.verify(password.clone(), stored).await?) {
             (Some(customer_id), true) => Ok(customer_id),
             _ => Err(CommandError::InvalidCredentials),
         }
+    }
+
+    /// The registered customer who holds the email whose claim stream this is,
+    /// with their password hash; `None` when no one does (never claimed, or
+    /// released, or its holder forgotten).
+    fn registered_holder(
+        &self,
+        email_stream: &str,
+    ) -> Result<Option<(CustomerId, domain::PasswordHash)>, CommandError> {
+        let claim = self.load::<EmailClaim>(email_stream)?;
+        let Some(customer_id) = claim.state.claimed_by() else {
+            return Ok(None);
+        };
+        Ok(match &*self.load::<Customer>(&StreamId::Customer(customer_id).to_string())?.state {
+            Customer::Registered(profile) => Some((customer_id, profile.password_hash.clone())),
+            Customer::Unregistered | Customer::Forgotten { .. } => None,
+        })
+    }
+
+    /// How much password work was asked for since the service started.
+    pub fn password_stats(&self) -> crate::PasswordStats {
+        self.inner.hasher.stats()
     }
 
     /// Crypto-shred a customer (DESIGN §3.9): `CustomerForgotten`, and

@@ -213,6 +213,48 @@ async fn login_is_limited_per_client_address_too_and_answers_when_its_token_expi
     app.stop().await;
 }
 
+/// A registration costs a password hash (tens of milliseconds of a core, on the
+/// cores logins verify on): one of a taken address is refused before hashing,
+/// and registrations are limited per client address (as many as logins,
+/// counted apart). `/metrics` counts the hashes and verifications.
+#[tokio::test]
+async fn registrations_of_a_taken_address_cost_no_hash_and_are_limited_per_client_address() {
+    let app = TestApp::spawn_with(|config| config.login_attempts_per_minute = 1).await;
+    let counter = |text: &str, name: &str| -> u64 {
+        let line = text.lines().find(|line| line.starts_with(&format!("{name} ")));
+        line.and_then(|line| line.split_whitespace().nth(1)).and_then(|value| value.parse().ok()).unwrap_or(0)
+    };
+    let metrics = || async { app.get("/metrics", None).await.body.as_str().unwrap_or_default().to_owned() };
+    app.register("vera@example.com").await;
+    let hashes = counter(&metrics().await, "password_hashes_total");
+    assert_eq!(hashes, 1, "one registration, one hash");
+
+    let head = app.head();
+    let again = json!({"email": "VERA@example.com", "name": "Vera", "password": "another password"});
+    for _ in 0..3 {
+        let refused = app.post("/api/v1/customers", None, again.clone()).await;
+        assert_eq!(refused.status, 409, "{refused:?}");
+    }
+    assert_eq!(counter(&metrics().await, "password_hashes_total"), hashes, "a taken address was hashed");
+    assert_eq!(app.head(), head);
+
+    // Ten a minute from one address here (ten times `login_attempts_per_minute`):
+    // four so far.
+    for index in 0..6 {
+        let fresh = json!({"email": format!("new{index}@example.com"), "name": "New", "password": "correct horse"});
+        assert_eq!(app.post("/api/v1/customers", None, fresh).await.status, 201);
+    }
+    let fresh = json!({"email": "one-too-many@example.com", "name": "New", "password": "correct horse"});
+    let limited = app.post("/api/v1/customers", None, fresh).await;
+    limited.problem(429);
+    assert!(limited.headers.contains_key("retry-after"), "{limited:?}");
+    // Logins are counted apart: the address may still log in.
+    let login = app.post("/api/v1/sessions", None, json!({"email": "vera@example.com", "password": "correct horse"}));
+    assert_eq!(login.await.status, 200);
+    assert_eq!(counter(&metrics().await, "password_verifications_total"), 1);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn health_readiness_and_metrics_answer() {
     let app = TestApp::spawn().await;
