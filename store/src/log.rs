@@ -730,11 +730,21 @@ fn walk_chain(
 /// writes (a crash's batches again) and checks the tail first: for `verify`
 /// when the open itself fails on damage, so that it still names the first bad
 /// position. `None` when the chain is sound.
-pub fn first_damaged_record(dir: impl AsRef<Path>) -> Result<Option<(u64, String)>, StoreError> {
+/// `progress` is told the position reached now and then.
+pub fn first_damaged_record(
+    dir: impl AsRef<Path>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Option<(u64, String)>, StoreError> {
     let path = dir.as_ref();
     let db = open_sled(path, Options::default().cache_capacity_bytes)?;
     let trees = Trees::open(&db)?;
-    match walk_chain(&trees, |_, _| Ok(())) {
+    let walked = walk_chain(&trees, |position, _| {
+        if position.is_multiple_of(4096) {
+            progress(position);
+        }
+        Ok(())
+    });
+    match walked {
         Ok(_) => Ok(None),
         Err(StoreError::Corrupt { position, reason }) => Ok(Some((position, reason))),
         Err(other) => Err(other),

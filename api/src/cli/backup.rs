@@ -74,7 +74,10 @@ pub(super) fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
         }
         // Read back whole before it gets its name.
         let file = File::open(partial).with_context(|| format!("cannot read back {}", partial.display()))?;
-        store::check_backup(file, &mut |_| {}).context("the backup written is not sound")
+        let checking = bar("checking the backup", 0, "events");
+        let checked = store::check_backup(file, &mut |done| checking.set_position(done));
+        checking.finish_and_clear();
+        checked.context("the backup written is not sound")
     })?;
     println!(
         "backed up {} events up to position {} ({} keys, {} forgotten, {} bytes) to {}",
@@ -279,7 +282,10 @@ fn ensure_replaceable(target: &Path) -> anyhow::Result<()> {
 /// Verify the log just written and build its read models.
 fn settle(dir: &Path) -> anyhow::Result<()> {
     let log = store::EventLog::open_with(dir, commands::codec::log_options())?;
-    log.verify().context("the restored log does not verify")?;
+    let verifying = bar("verifying", log.head(), "events");
+    let verified = log.verify_with(&mut |done| verifying.set_position(done));
+    verifying.finish_and_clear();
+    verified.context("the restored log does not verify")?;
     let progress = bar("rebuilding read models", log.head(), "events");
     projections::replay(&log, None, None, &mut |done| progress.set_position(done))
         .context("cannot rebuild the read models")?;

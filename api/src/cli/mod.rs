@@ -191,7 +191,10 @@ fn run(cli: Cli, given: Option<&ArgMatches>) -> anyhow::Result<ExitCode> {
                     // The open checks the tail (and writes a crash's batches
                     // again) first, so it stops at damage near the head; the
                     // chain, walked from the start, names the first bad record.
-                    let first = store::first_damaged_record(&data)?;
+                    let walking = progress::bar("walking the hash chain", 0, "events");
+                    let first = store::first_damaged_record(&data, &mut |done| walking.set_position(done));
+                    walking.finish_and_clear();
+                    let first = first?;
                     let (position, reason) = first.unwrap_or_else(|| (*position, reason.clone()));
                     println!("corrupt at position {position}: {reason}");
                     return Ok(ExitCode::from(1));

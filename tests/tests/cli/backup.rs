@@ -492,8 +492,9 @@ async fn a_restore_to_before_a_forget_keeps_the_customer_forgotten_and_the_email
 }
 
 /// Long work draws a progress bar on a terminal (a pseudo-terminal from
-/// `script`) and none when its output is piped: restore (with its check and
-/// its rebuild of the read models), replay, export and import.
+/// `script`) and none when its output is piped: restore (with its check, its
+/// verify and its rebuild of the read models), backup (with its check of what it
+/// wrote), replay, verify, stats, export and import.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_long_command_draws_a_progress_bar_on_a_terminal_and_none_when_piped() {
     let (_data, work, file) = backed_up_shop().await;
@@ -515,11 +516,17 @@ async fn every_long_command_draws_a_progress_bar_on_a_terminal_and_none_when_pip
     let (restored, imported) = (work.path().join("restored"), work.path().join("imported"));
     let (restored_again, imported_again) = (work.path().join("restored-again"), work.path().join("imported-again"));
     let export_again = work.path().join("again.ndjson");
+    let (backup, backup_again) = (work.path().join("terminal.backup"), work.path().join("piped.backup"));
     for (terminal, plain, labels) in [
         (
             vec!["restore", "--in", arg(&file), "--data", arg(&restored)],
             vec!["restore", "--in", arg(&file), "--data", arg(&restored_again)],
-            &["checking", "restoring", "rebuilding read models"][..],
+            &["checking", "restoring", "verifying", "rebuilding read models"][..],
+        ),
+        (
+            vec!["backup", "--data", arg(&restored), "--out", arg(&backup)],
+            vec!["backup", "--data", arg(&restored_again), "--out", arg(&backup_again)],
+            &["backing up", "checking the backup"][..],
         ),
         (vec!["replay", "--data", arg(&restored)], vec!["replay", "--data", arg(&restored_again)], &["replaying"][..]),
         (vec!["verify", "--data", arg(&restored)], vec!["verify", "--data", arg(&restored_again)], &["verifying"][..]),
