@@ -90,8 +90,67 @@ pub enum ReplayError {
     #[error("position {to_position} is past the log's head {head}")]
     PastHead { to_position: u64, head: u64 },
 
+    /// The position to stop at is inside one append: the models would hold
+    /// part of one command's events (an order without its reservations).
+    #[error(
+        "position {to_position} splits the events one command appended together (positions {first} to {last}): \
+         replay to {}", append_ends(*first, *last)
+    )]
+    SplitsAnAppend { to_position: u64, first: u64, last: u64 },
+
     #[error(transparent)]
     Projection(#[from] ProjectionError),
+}
+
+/// The positions that end an append on either side of the one from `first` to `last`.
+fn append_ends(first: u64, last: u64) -> String {
+    match first {
+        1 => last.to_string(),
+        _ => format!("{} or {last}", first - 1),
+    }
+}
+
+/// The first and last positions of the append that `position` cuts in two (its
+/// event and the next one are of the same append), if it does. The events of one
+/// append share their correlation id and their time.
+fn append_split_at(log: &EventLog, position: u64) -> Result<Option<(u64, u64)>, ProjectionError> {
+    const PAGE: usize = 256;
+    let same = |a: &store::RecordedEvent, b: &store::RecordedEvent| {
+        (a.correlation_id, a.recorded_at) == (b.correlation_id, b.recorded_at)
+    };
+    let around = log.read_all(position.max(1), 2)?;
+    let [at, next] = around.as_slice() else { return Ok(None) };
+    if position == 0 || !same(at, next) {
+        return Ok(None);
+    }
+    let mut last = next.position;
+    'forward: loop {
+        let page = log.read_all(last + 1, PAGE)?;
+        for event in &page {
+            if !same(event, at) {
+                break 'forward;
+            }
+            last = event.position;
+        }
+        if page.len() < PAGE {
+            break;
+        }
+    }
+    let mut first = at.position;
+    'back: while first > 1 {
+        let from = first.saturating_sub(PAGE as u64).max(1);
+        let page = log.read_all(from, (first - from) as usize)?;
+        if page.is_empty() {
+            break;
+        }
+        for event in page.iter().rev() {
+            if !same(event, at) {
+                break 'back;
+            }
+            first = event.position;
+        }
+    }
+    Ok(Some((first, last)))
 }
 
 impl From<sled::Error> for ReplayError {
@@ -215,6 +274,9 @@ pub fn replay_with(
     let target = options.to_position.unwrap_or(head);
     if target > head {
         return Err(ReplayError::PastHead { to_position: target, head });
+    }
+    if let Some((first, last)) = append_split_at(log, target)? {
+        return Err(ReplayError::SplitsAnAppend { to_position: target, first, last });
     }
     let meta = log.open_tree(META_TREE)?;
     let checkpoints = log.open_tree(CHECKPOINTS_TREE)?;

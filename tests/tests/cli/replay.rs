@@ -9,7 +9,7 @@ use std::path::Path;
 use store::EventLog;
 
 use super::{assert_refused, shoplog};
-use crate::projections::replay::{Filled, filled, runtime_state, served};
+use crate::projections::replay::{Filled, appends, filled, runtime_state, served};
 
 fn path(dir: &Path) -> &str {
     dir.to_str().expect("utf-8 path")
@@ -78,7 +78,9 @@ fn replay_of_one_projection_rebuilds_only_that_model() {
 #[test]
 fn replay_to_a_position_stops_there_and_the_server_catches_up_when_it_starts() {
     let (runtime, filled) = fill("cli replay to a position", 400);
-    let position = filled.head / 3;
+    // The end of an append about a third of the way in.
+    let ends = appends(filled.dir.path()).into_iter().map(|(_, last)| last);
+    let position = ends.take_while(|last| *last <= filled.head / 3).last().expect("an append ends early on");
     let output = shoplog(&["replay", "--data", path(filled.dir.path()), "--to-position", &position.to_string()]);
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     let printed = stdout(&output);
@@ -123,6 +125,20 @@ fn bad_replay_inputs_are_one_line_and_exit_code_2_and_change_nothing() {
         &format!("position {past} is past the log's head {}", filled.head),
     );
     assert_refused(&shoplog(&["replay", "--data", data, "--to-position", "soon"]), "soon");
+    // Inside one command's events (a checkout's order, reservations and cart):
+    // the models would hold part of it.
+    let (first, last) = appends(filled.dir.path()).into_iter().find(|(first, last)| last > first).expect("a checkout");
+    let end_before = match first {
+        1 => String::new(),
+        _ => format!("{} or ", first - 1),
+    };
+    assert_refused(
+        &shoplog(&["replay", "--data", data, "--to-position", &first.to_string()]),
+        &format!(
+            "position {first} splits the events one command appended together (positions {first} to {last}): \
+             replay to {end_before}{last}"
+        ),
+    );
     let empty = tests::temp_dir();
     assert_refused(&shoplog(&["replay", "--data", path(empty.path())]), "holds no shoplog log");
     assert_eq!(std::fs::read_dir(empty.path()).expect("lists").count(), 0, "an empty dir stays empty");

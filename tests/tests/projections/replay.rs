@@ -25,6 +25,23 @@ pub(crate) struct Filled {
 
 /// Run `steps` random commands (with customers registered and forgotten) through
 /// the command side while the runtime follows, then close everything.
+/// The first and last positions of every append in the log in `dir` (its
+/// events share their correlation id and time), in order.
+pub(crate) fn appends(dir: &std::path::Path) -> Vec<(u64, u64)> {
+    let log = EventLog::open(dir).expect("opens");
+    let mut appends: Vec<(u64, u64)> = Vec::new();
+    let mut last_key = None;
+    for event in log.read_all(1, usize::MAX).expect("reads") {
+        let key = Some((event.correlation_id, event.recorded_at));
+        match appends.last_mut() {
+            Some((_, last)) if key == last_key => *last = event.position,
+            _ => appends.push((event.position, event.position)),
+        }
+        last_key = key;
+    }
+    appends
+}
+
 pub(crate) async fn filled(test: &str, steps: usize) -> Filled {
     let seed = tests::seed(test);
     let dir = tests::temp_dir();
@@ -133,7 +150,9 @@ async fn a_replay_equals_the_live_models_with_tiny_pages_batches_and_caches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_to_a_position_leaves_checkpoints_there_and_the_runtime_catches_up() {
     let filled = filled("replay to a position", 800).await;
-    let position = filled.head / 2;
+    // The end of an append about half way: a replay never stops inside one.
+    let ends = appends(filled.dir.path()).into_iter().map(|(_, last)| last);
+    let position = ends.take_while(|last| *last <= filled.head / 2).last().expect("an append ends early on");
     let options = ReplayOptions { to_position: Some(position), page_len: 64, ..ReplayOptions::default() };
     let (log, report, _) = open_and_replay(filled.dir.path(), options);
     assert_eq!((report.events, report.position, report.head), (position, position, filled.head));
