@@ -1332,6 +1332,17 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(10);
 
+    /// A log holding the mug (created with 5, restocked 3 times) and a runtime
+    /// whose models have caught up with it.
+    async fn a_mug_caught_up(dir: &std::path::Path) -> (EventLog, Projections) {
+        let log = EventLog::open(dir).expect("a log");
+        let projections = Projections::start(log.clone()).expect("starts");
+        append(&log, mug_created()).await;
+        restock_mug(&log, 3).await;
+        projections.wait_for(log.head(), WAIT).await.expect("the models catch up");
+        (log, projections)
+    }
+
     /// `times` restocks of one unit of the mug, an append each.
     async fn restock_mug(log: &EventLog, times: usize) {
         for _ in 0..times {
@@ -1453,11 +1464,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_rebuilt_generation_behind_the_published_position_does_not_switch_in() {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let log = EventLog::open(dir.path()).expect("a log");
-        let projections = Projections::start(log.clone()).expect("starts");
-        append(&log, mug_created()).await;
-        restock_mug(&log, 3).await;
-        projections.wait_for(log.head(), WAIT).await.expect("the models catch up");
+        let (log, projections) = a_mug_caught_up(dir.path()).await;
         let slot = projections.slot("catalog").expect("a slot");
         let published = slot.position();
         assert_eq!(published, 4);
@@ -1479,11 +1486,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_model_emptied_for_its_format_whose_rebuild_failed_answers_nothing_until_rebuilt() {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let log = EventLog::open(dir.path()).expect("a log");
-        append(&log, mug_created()).await;
-        restock_mug(&log, 3).await;
-        let projections = Projections::start(log.clone()).expect("starts");
-        projections.wait_for(log.head(), WAIT).await.expect("the models catch up");
+        let (log, projections) = a_mug_caught_up(dir.path()).await;
         projections.shutdown().await;
         log.open_tree(META_TREE).expect("the meta tree").remove(format_key("dashboard")).expect("removes");
 
@@ -1519,11 +1522,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_switch_flushes_the_rebuilt_generation_before_it_stops_the_models_queries() {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let log = EventLog::open(dir.path()).expect("a log");
-        let projections = Projections::start(log.clone()).expect("starts");
-        append(&log, mug_created()).await;
-        restock_mug(&log, 3).await;
-        projections.wait_for(log.head(), WAIT).await.expect("the models catch up");
+        let (log, projections) = a_mug_caught_up(dir.path()).await;
         let slot = Arc::clone(projections.slot("catalog").expect("a slot"));
         let rebuilt = Arc::new(Generation::open(&projections.shared, "catalog", 2).expect("opens"));
         rebuilt.checkpoint.store(slot.position(), Ordering::Release);
