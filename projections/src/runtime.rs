@@ -1464,7 +1464,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_rebuilt_generation_behind_the_published_position_does_not_switch_in() {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let (log, projections) = a_mug_caught_up(dir.path()).await;
+        let (_log, projections) = a_mug_caught_up(dir.path()).await;
         let slot = projections.slot("catalog").expect("a slot");
         let published = slot.position();
         assert_eq!(published, 4);
@@ -1522,7 +1522,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_switch_flushes_the_rebuilt_generation_before_it_stops_the_models_queries() {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let (log, projections) = a_mug_caught_up(dir.path()).await;
+        let (_log, projections) = a_mug_caught_up(dir.path()).await;
         let slot = Arc::clone(projections.slot("catalog").expect("a slot"));
         let rebuilt = Arc::new(Generation::open(&projections.shared, "catalog", 2).expect("opens"));
         rebuilt.checkpoint.store(slot.position(), Ordering::Release);
