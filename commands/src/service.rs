@@ -255,27 +255,30 @@ impl CommandService {
         self.execute(ctx, "register customer", &customer_stream, expected, |service| {
             let customer = service.load::<Customer>(&customer_stream)?;
             let claim = service.load::<EmailClaim>(&email_stream)?;
-            let Some(holder_id) = claim.state.claimed_by() else {
-                let events = domain::customer::decide(&customer.state, &claim.state, &Customer::default(), &command)?;
-                if taken {
-                    // Freed since it was found taken (its holder forgotten): the
-                    // request is answered as of then, and the placeholder is
-                    // never stored as anyone's password.
-                    return Err(domain::DomainError::EmailTaken.into());
+            let decision = match claim.state.claimed_by() {
+                None => {
+                    let events =
+                        domain::customer::decide(&customer.state, &claim.state, &Customer::default(), &command)?;
+                    Decision::new(events).read(&customer_stream, &customer).read(&email_stream, &claim)
                 }
-                return Ok(Decision::new(events).read(&customer_stream, &customer).read(&email_stream, &claim));
+                Some(holder_id) => {
+                    // Whether the address's holder was forgotten (its claim then holds nothing).
+                    let holder_stream = StreamId::Customer(holder_id).to_string();
+                    let holder = service.load::<Customer>(&holder_stream)?;
+                    let events = domain::customer::decide(&customer.state, &claim.state, &holder.state, &command)?;
+                    Decision::new(events)
+                        .read(&customer_stream, &customer)
+                        .read(&email_stream, &claim)
+                        .read(&holder_stream, &holder)
+                }
             };
-            // Whether the address's holder was forgotten (its claim then holds nothing).
-            let holder_stream = StreamId::Customer(holder_id).to_string();
-            let holder = service.load::<Customer>(&holder_stream)?;
-            let events = domain::customer::decide(&customer.state, &claim.state, &holder.state, &command)?;
             if taken {
+                // Freed since it was found taken (its holder forgotten): the
+                // request is answered as of then, and the placeholder is never
+                // stored as anyone's password.
                 return Err(domain::DomainError::EmailTaken.into());
             }
-            Ok(Decision::new(events)
-                .read(&customer_stream, &customer)
-                .read(&email_stream, &claim)
-                .read(&holder_stream, &holder))
+            Ok(decision)
         })
         .await
     }

@@ -657,7 +657,7 @@ impl EventLog {
                 ));
             }
             expected_position += 1;
-            if position.is_multiple_of(4096) {
+            if position.is_multiple_of(PROGRESS_EVERY) {
                 progress(position);
             }
             Ok(())
@@ -739,7 +739,7 @@ pub fn first_damaged_record(
     let db = open_sled(path, Options::default().cache_capacity_bytes)?;
     let trees = Trees::open(&db)?;
     let walked = walk_chain(&trees, |position, _| {
-        if position.is_multiple_of(4096) {
+        if position.is_multiple_of(PROGRESS_EVERY) {
             progress(position);
         }
         Ok(())
@@ -750,6 +750,9 @@ pub fn first_damaged_record(
         Err(other) => Err(other),
     }
 }
+
+/// How often (in positions) a walk of the whole log tells its progress.
+const PROGRESS_EVERY: u64 = 4096;
 
 /// Events in position order from a starting position: catch-up, then live.
 #[derive(Debug)]
