@@ -217,10 +217,9 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// Turn any error response that is not problem+json yet (axum's 404 for unknown
+/// Turn an error response that is not problem+json yet (axum's 404 for unknown
 /// routes and 405 for wrong methods, the body limit's 413) into one.
-pub async fn problems_for_bare_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let response = next.run(request).await;
+pub(crate) fn problem_for_bare_error(response: Response) -> Response {
     let status = response.status();
     let is_problem = response
         .headers()

@@ -19,6 +19,7 @@ pub mod config;
 mod dashboard;
 mod demo;
 pub mod error;
+mod every_request;
 mod extract;
 mod json;
 mod live;
@@ -34,11 +35,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Request};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 pub use config::Config;
 
@@ -99,8 +97,6 @@ impl AppState {
     }
 }
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
 /// The whole HTTP app, for `serve` and for tests.
 pub fn app(state: AppState, request_timeout: Duration) -> Router {
     // Install the recorder before the first request is counted.
@@ -109,24 +105,14 @@ pub fn app(state: AppState, request_timeout: Duration) -> Router {
     with_layers(router.merge(openapi::docs(spec)).with_state(state), request_timeout)
 }
 
-/// What every route gets around it: a request id (the client's `x-request-id`,
-/// else a new one) on the request, its span and the response; the request's
-/// metrics; problem+json for axum's own bare errors; a panic answered as a bare
-/// 500 that tells nothing; once `request_timeout` has passed, a 408 for a request
-/// still coming in or a 503 for one that had arrived ([`timeout`]); the body size
-/// limit.
+/// What every route gets around it: [`every_request::around`] (its request
+/// id, span and metrics, problem+json for axum's own bare errors, the request
+/// timeout), inside that a panic answered as a bare 500 that tells nothing, and
+/// the body size limit.
 fn with_layers(router: Router, request_timeout: Duration) -> Router {
     let layers = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-            let request_id = request.headers().get(REQUEST_ID).and_then(|value| value.to_str().ok()).unwrap_or("-");
-            tracing::info_span!("request", %request_id, method = %request.method(), path = %request.uri().path())
-        }))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(axum::middleware::from_fn(metrics::track))
-        .layer(axum::middleware::from_fn(error::problems_for_bare_errors))
+        .layer(axum::middleware::from_fn_with_state(request_timeout, every_request::around))
         .layer(CatchPanicLayer::custom(error::panic_response))
-        .layer(axum::middleware::from_fn_with_state(request_timeout, timeout::limit))
         .layer(DefaultBodyLimit::max(BODY_LEN_MAX));
     router.layer(layers)
 }
@@ -139,6 +125,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+    use crate::every_request::REQUEST_ID;
 
     async fn problem_of(response: axum::response::Response) -> serde_json::Value {
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");

@@ -11,6 +11,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde::Deserialize;
+use tracing::Instrument;
 use utoipa::IntoParams;
 
 use crate::AppState;
@@ -68,39 +69,45 @@ pub async fn live_events(
     };
     let feed =
         Feed { subscription: state.log.subscribe(from), stopping: state.stopping.subscribe(), log: state.log.clone() };
-    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
-        let next = tokio::select! {
-            next = feed.subscription.next() => next,
-            _ = feed.stopping.wait_for(|stopping| *stopping) => return None,
-        };
-        // The subscription reads ahead (and opens sealed data as it reads): a
-        // subject forgotten since is forgotten in what is sent from now on.
-        let forgotten_since = |mut event: store::RecordedEvent| -> Result<store::RecordedEvent, ApiError> {
-            if let Some(subject) = event.subject
-                && event.payload != store::Payload::Forgotten
-                && feed.log.is_forgotten(subject)?
-            {
-                event.payload = store::Payload::Forgotten;
-            }
-            Ok(event)
-        };
-        let event = match next.map_err(ApiError::from).and_then(forgotten_since).and_then(EventJson::from_recorded) {
-            Ok(event) => event,
-            Err(error) => {
-                tracing::warn!(%error, "live feed ended");
-                return None;
-            }
-        };
-        let sse = Event::default().id(event.position.to_string()).event(event.event_type.clone()).json_data(&event);
-        match sse {
-            Ok(sse) => Some((Ok(sse), feed)),
-            Err(error) => {
-                tracing::warn!(%error, "live feed ended");
-                None
-            }
-        }
-    });
+    // The feed is read after the handler has answered: its log lines go in the
+    // request's span all the same.
+    let span = tracing::Span::current();
+    let stream = futures_util::stream::unfold(feed, move |feed| next_event(feed).instrument(span.clone()));
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// The feed's next event, or `None` once it ends.
+async fn next_event(mut feed: Feed) -> Option<(Result<Event, Infallible>, Feed)> {
+    let next = tokio::select! {
+        next = feed.subscription.next() => next,
+        _ = feed.stopping.wait_for(|stopping| *stopping) => return None,
+    };
+    // The subscription reads ahead (and opens sealed data as it reads): a
+    // subject forgotten since is forgotten in what is sent from now on.
+    let forgotten_since = |mut event: store::RecordedEvent| -> Result<store::RecordedEvent, ApiError> {
+        if let Some(subject) = event.subject
+            && event.payload != store::Payload::Forgotten
+            && feed.log.is_forgotten(subject)?
+        {
+            event.payload = store::Payload::Forgotten;
+        }
+        Ok(event)
+    };
+    let event = match next.map_err(ApiError::from).and_then(forgotten_since).and_then(EventJson::from_recorded) {
+        Ok(event) => event,
+        Err(error) => {
+            tracing::warn!(%error, "live feed ended");
+            return None;
+        }
+    };
+    let sse = Event::default().id(event.position.to_string()).event(event.event_type.clone()).json_data(&event);
+    match sse {
+        Ok(sse) => Some((Ok(sse), feed)),
+        Err(error) => {
+            tracing::warn!(%error, "live feed ended");
+            None
+        }
+    }
 }
 
 /// What the feed reads from, and what ends it.

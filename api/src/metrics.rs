@@ -20,12 +20,10 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, OnceLock, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::Method;
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::http::{Method, StatusCode};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -39,15 +37,25 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
     HANDLE.get_or_init(|| PrometheusBuilder::new().install_recorder().ok()).as_ref()
 }
 
-/// Count every request and time it, by method, matched route and status.
-pub async fn track(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = method_label(request.method());
-    let path = request.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(request).await;
-    let path = path.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
-    REQUESTS.record(method, path, response.status().as_u16(), started.elapsed());
-    response
+/// What a request is counted under: its method and matched route.
+pub(crate) struct RequestLabels {
+    method: &'static str,
+    path: Option<MatchedPath>,
+}
+
+impl RequestLabels {
+    pub(crate) fn of(request: &Request) -> Self {
+        RequestLabels {
+            method: method_label(request.method()),
+            path: request.extensions().get::<MatchedPath>().cloned(),
+        }
+    }
+
+    /// Count the request, answered with `status` after `duration`.
+    pub(crate) fn count(&self, status: StatusCode, duration: Duration) {
+        let path = self.path.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
+        REQUESTS.record(self.method, path, status.as_u16(), duration);
+    }
 }
 
 /// The text exposition, with the log's counters and the read models' lag brought

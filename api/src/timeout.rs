@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body::{Frame, SizeHint};
@@ -24,7 +24,7 @@ use crate::error::ApiError;
 
 /// Answers [`ApiError::Timeout`] (408) or [`ApiError::TimedOut`] (503) once
 /// `timeout` has passed.
-pub async fn limit(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+pub(crate) async fn limit(timeout: Duration, request: Request, next: Next) -> Response {
     let received = Arc::new(AtomicBool::new(http_body::Body::is_end_stream(request.body())));
     let request = request.map(|body| Body::new(Watched { inner: body, received: Arc::clone(&received) }));
     match tokio::time::timeout(timeout, next.run(request)).await {
