@@ -5,9 +5,9 @@
 //! request id, propagation and trace layers, and three `from_fn` middlewares).
 //! Each layer cloned the service below it and boxed or wrapped the request's
 //! future, and the request id was a UUID formatted through `Display` and parsed
-//! back into a header value: together about a fifth of the CPU the serving
-//! threads spent on a command (docs/BENCHMARKS.md). One function does the same
-//! work once.
+//! back into a header value: the six took about a fifth of the serving threads'
+//! CPU for a command, the span's own cost included. One function does the same
+//! work once, and that CPU fell by an eighth (docs/BENCHMARKS.md).
 
 use std::time::{Duration, Instant};
 
