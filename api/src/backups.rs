@@ -33,7 +33,11 @@ pub async fn backup(State(state): State<AppState>, _: Admin) -> Response {
     let head = state.log.head();
     let (chunks, body) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let log = state.log.clone();
+    // The backup is written after the handler has answered, on a thread of its
+    // own: its log lines go in the request's span all the same.
+    let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
         let mut out = ChunkWriter { buffer: Vec::with_capacity(CHUNK_LEN), chunks: chunks.clone() };
         let written = log.backup_up_to(head, &mut out, &mut |_| {}).and_then(|summary| {
             out.send().map_err(|error| store::StoreError::Storage(error.to_string()))?;

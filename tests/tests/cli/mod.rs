@@ -337,6 +337,41 @@ fn settings_come_from_the_file_the_environment_and_flags_in_that_order_and_ctrl_
     assert!(served.stop_with("TERM").success());
 }
 
+/// Every log line of a request carries its span, also those written after the
+/// handler has answered: an online backup is written on a thread of its own.
+#[test]
+fn an_online_backups_log_line_carries_its_requests_span() {
+    let dir = tests::temp_dir();
+    let stderr = dir.path().join("stderr.txt");
+    let token = "admin-token-for-the-span-01";
+    let mut command = Served::command(SHOPLOG);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-token", token, "--data"])
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&stderr).expect("a file for stderr"));
+    let served = Served::spawn(&mut command);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let backup = runtime.block_on(async {
+        let request = reqwest::Client::new()
+            .get(format!("http://{}/admin/backup", served.address))
+            .bearer_auth(token)
+            .header("x-request-id", "backup-probe-7");
+        let response = request.send().await.expect("answers");
+        (response.status().as_u16(), response.bytes().await.expect("the whole backup").len())
+    });
+    assert_eq!(backup.0, 200);
+    assert!(backup.1 > 0, "a backup has a header and a trailer");
+    assert!(served.stop_with("TERM").success());
+
+    let logged = std::fs::read_to_string(&stderr).expect("reads stderr");
+    let line = logged.lines().find(|line| line.contains("online backup sent"));
+    assert!(
+        line.is_some_and(|line| line.contains("request{request_id=backup-probe-7 method=GET path=/admin/backup}")),
+        "{logged}"
+    );
+}
+
 #[test]
 fn a_failed_fsync_makes_the_server_unready_and_refuse_writes_and_loses_no_acknowledged_command() {
     let dir = tests::temp_dir();
