@@ -404,26 +404,37 @@ impl Slot {
     }
 
     pub(crate) async fn wait_for(&self, position: u64, timeout: Duration) -> Result<u64, ProjectionError> {
-        if let Some(reason) = self.stopped()
-            && self.position() < position
-        {
-            // It will never get there.
-            return Err(ProjectionError::Stopped { model: self.name, reason });
-        }
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut receiver = self.position.subscribe();
-        // `fail` wakes the waiters too: a model that stops meanwhile ends the
-        // wait. The check runs under the channel's lock, so it takes none (a
-        // switch holds `active` while it sends on the channel).
-        let serving = self.active();
-        let done = |reached: &u64| *reached >= position || serving.stopped.get().is_some();
-        let reached = tokio::time::timeout(timeout, receiver.wait_for(done)).await.ok().and_then(Result::ok);
-        match reached.map(|reached| *reached) {
-            Some(reached) if reached >= position => Ok(reached),
-            Some(_) => Err(ProjectionError::Stopped {
-                model: self.name,
-                reason: serving.stopped_reason().unwrap_or_else(|| "it stopped".to_owned()),
-            }),
-            None => Err(ProjectionError::Timeout { model: self.name, position, reached: self.position() }),
+        loop {
+            let serving = self.active();
+            if let Some(reason) = serving.stopped_reason()
+                && self.position() < position
+            {
+                // It will never get there.
+                return Err(ProjectionError::Stopped { model: self.name, reason });
+            }
+            // `fail` wakes the waiters too: a model that stops meanwhile ends the
+            // wait; so does a switch, after which the wait watches the generation
+            // that serves then (a rebuilt one that stops ends it as well). The
+            // check runs under the position channel's lock, so it takes no other
+            // lock than the generation channel's, which a switch never holds
+            // while it sends on the position channel.
+            let done = |reached: &u64| {
+                *reached >= position || serving.stopped.get().is_some() || *self.generation.borrow() != serving.number
+            };
+            let reached = tokio::time::timeout_at(deadline, receiver.wait_for(done)).await.ok().and_then(Result::ok);
+            match reached.map(|reached| *reached) {
+                Some(reached) if reached >= position => return Ok(reached),
+                Some(_) if serving.stopped.get().is_none() => continue,
+                Some(_) => {
+                    return Err(ProjectionError::Stopped {
+                        model: self.name,
+                        reason: serving.stopped_reason().unwrap_or_else(|| "it stopped".to_owned()),
+                    });
+                }
+                None => return Err(ProjectionError::Timeout { model: self.name, position, reached: self.position() }),
+            }
         }
     }
 
@@ -1477,6 +1488,40 @@ mod tests {
         rebuilt.checkpoint.store(published, Ordering::Release);
         assert!(slot.switch_to(&rebuilt).expect("no error"), "caught up with the published position");
         assert_eq!((slot.generation(), slot.position()), (2, published));
+        projections.shutdown().await;
+    }
+
+    /// A `?min_position` wait follows the generation that serves: when a
+    /// rebuilt one switches in during the wait and then stops, the wait ends
+    /// with the stop at once instead of running out its time on the generation
+    /// it began on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wait_ends_when_the_generation_switched_in_meanwhile_stops() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (log, projections) = a_mug_caught_up(dir.path()).await;
+        let slot = Arc::clone(projections.slot("catalog").expect("a slot"));
+        let waiting = tokio::spawn({
+            let slot = Arc::clone(&slot);
+            let beyond = log.head() + 1;
+            async move { slot.wait_for(beyond, WAIT).await }
+        });
+        let deadline = std::time::Instant::now() + WAIT;
+        while slot.position.receiver_count() == 0 {
+            assert!(std::time::Instant::now() < deadline, "the wait never began");
+            tokio::task::yield_now().await;
+        }
+
+        let rebuilt = Arc::new(Generation::open(&projections.shared, "catalog", 2).expect("opens"));
+        rebuilt.checkpoint.store(slot.position(), Ordering::Release);
+        assert!(slot.switch_to(&rebuilt).expect("no error"), "switched");
+        slot.fail(&rebuilt, &ProjectionError::Stopped { model: "catalog", reason: "a test's failure".into() });
+
+        let ended = tokio::time::timeout(Duration::from_secs(3), waiting)
+            .await
+            .expect("the wait ends when the serving generation stops, not at its timeout")
+            .expect("the wait's task ends");
+        let stopped = ended.expect_err("the position never comes");
+        assert!(matches!(stopped, ProjectionError::Stopped { model: "catalog", .. }), "{stopped:?}");
         projections.shutdown().await;
     }
 
