@@ -214,6 +214,16 @@ pub(crate) fn command_response(status: StatusCode, outcome: &CommandOutcome, bod
     response
 }
 
+/// A 201's `Location`: where the created resource is read (RFC 9110 §15.3.2;
+/// without one a client would take the route it posted to). A customer has no
+/// route of its own to read, so a registration answers none.
+fn created_at(mut response: Response, path: &str) -> Response {
+    if let Ok(location) = HeaderValue::from_str(path) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
 fn field<T>(name: &'static str, result: Result<T, domain::ValidationError>) -> Result<T, domain::ValidationError> {
     result.map_err(|error| domain::ValidationError { field: name, ..error })
 }
@@ -286,7 +296,10 @@ struct CreateProduct {
     request_body = CreateProduct,
     responses(
         (status = 201, description = "Created", body = ProductCreatedReply,
-            headers(("ETag" = String, description = "The product stream's version, quoted")),
+            headers(
+                ("ETag" = String, description = "The product stream's version, quoted"),
+                ("Location" = String, description = "Where the product is read: `/api/v1/products/{sku}`"),
+            ),
             links(
                 ("ChangePrice" = (operation_id = "change_price", parameters(("sku" = "$response.body#/sku")))),
                 ("Restock" = (operation_id = "restock", parameters(("sku" = "$response.body#/sku")))),
@@ -320,7 +333,8 @@ async fn create_product(
     let ctx = context(Some(Principal::Admin), &input);
     let outcome = state.service.create_product(&ctx, sku.clone(), name, price, Some(stock), input.if_match).await?;
     let reply = ProductCreatedReply { committed: Committed::of(&outcome), sku: sku.as_str().to_owned() };
-    Ok(command_response(StatusCode::CREATED, &outcome, reply))
+    let location = format!("/api/v1/products/{sku}");
+    Ok(created_at(command_response(StatusCode::CREATED, &outcome, reply), &location))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -619,7 +633,10 @@ async fn remove_cart_item(
     request_body = Option<Empty>,
     responses(
         (status = 201, description = "Order placed", body = CheckedOutReply,
-            headers(("ETag" = String, description = "The cart stream's version, quoted")),
+            headers(
+                ("ETag" = String, description = "The cart stream's version, quoted"),
+                ("Location" = String, description = "Where the order is read: `/api/v1/orders/{order_id}`"),
+            ),
             links(
                 ("Pay" = (
                     operation_id = "pay",
@@ -647,7 +664,8 @@ async fn checkout(
         total_cents: placed.total_cents.get(),
         currency: state.currency.to_string(),
     };
-    Ok(command_response(StatusCode::CREATED, &outcome, reply))
+    let location = format!("/api/v1/orders/{}", reply.order_id);
+    Ok(created_at(command_response(StatusCode::CREATED, &outcome, reply), &location))
 }
 
 fn order_id(text: &str) -> Result<OrderId, ApiError> {

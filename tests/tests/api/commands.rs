@@ -14,6 +14,7 @@ async fn a_customer_buys_pays_and_gets_shipped_through_every_command_route() {
     assert_eq!(created.body["version"], 1);
     assert_eq!(created.headers["etag"], "\"1\"");
     assert_eq!(created.body["sku"], "mug-1");
+    assert_eq!(created.headers["location"], "/api/v1/products/mug-1", "a 201 says where to read what it made");
 
     let priced = app.post("/api/v1/products/mug-1/price", Some(ADMIN), json!({"price_cents": 1500})).await;
     assert_eq!((priced.status, priced.body["version"].clone()), (StatusCode::OK, json!(2)), "{priced:?}");
@@ -34,6 +35,14 @@ async fn a_customer_buys_pays_and_gets_shipped_through_every_command_route() {
     assert_eq!(placed.status, StatusCode::CREATED, "{placed:?}");
     assert_eq!(placed.body["total_cents"], 3499, "2 × 1500 plus 499 shipping under 5000");
     let order_id = placed.body["order_id"].as_str().expect("order id").to_owned();
+    let location = placed.headers["location"].to_str().expect("a text Location").to_owned();
+    assert_eq!(location, format!("/api/v1/orders/{order_id}"));
+    let at_location = app.get(&format!("{location}?min_position={}", placed.body["position"]), Some(&token)).await;
+    assert_eq!(
+        (at_location.status, &at_location.body["order_id"]),
+        (StatusCode::OK, &json!(order_id)),
+        "{at_location:?}"
+    );
 
     let paid = app.post(&format!("/api/v1/orders/{order_id}/pay"), Some(&token), json!({"amount_cents": 3499})).await;
     assert_eq!(paid.status, StatusCode::OK, "{paid:?}");
@@ -127,6 +136,7 @@ async fn a_repeated_idempotency_key_gives_the_first_response_and_writes_nothing(
     assert_eq!(again.body["order_id"], first.body["order_id"]);
     assert_eq!(again.body["total_cents"], first.body["total_cents"]);
     assert_eq!(again.body["position"], first.body["position"]);
+    assert_eq!(again.headers["location"], first.headers["location"], "the repeat points at the first order");
     assert_eq!(app.head(), head, "the repeat wrote nothing");
 
     let other_body = app
