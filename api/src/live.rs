@@ -80,7 +80,10 @@ pub async fn live_events(
 async fn next_event(mut feed: Feed) -> Option<(Result<Event, Infallible>, Feed)> {
     let next = tokio::select! {
         next = feed.subscription.next() => next,
-        _ = feed.stopping.wait_for(|stopping| *stopping) => return None,
+        _ = feed.stopping.wait_for(|stopping| *stopping) => {
+            tracing::debug!("live feed ended: the server is stopping");
+            return None;
+        }
     };
     // The subscription reads ahead (and opens sealed data as it reads): a
     // subject forgotten since is forgotten in what is sent from now on.

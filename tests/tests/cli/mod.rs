@@ -372,6 +372,43 @@ fn an_online_backups_log_line_carries_its_requests_span() {
     );
 }
 
+/// The live feed is read after its handler has answered, and its log lines
+/// carry the request's span too: here the one it writes when a shutdown ends it.
+#[test]
+fn the_live_feeds_log_line_carries_its_requests_span() {
+    let dir = tests::temp_dir();
+    let stderr = dir.path().join("stderr.txt");
+    let token = "admin-token-for-the-feed-01";
+    let mut command = Served::command(SHOPLOG);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-token", token, "--data"])
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "info,api::live=debug")
+        .stderr(std::fs::File::create(&stderr).expect("a file for stderr"));
+    let served = Served::spawn(&mut command);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let feed = runtime.block_on(async {
+        let request = reqwest::Client::new()
+            .get(format!("http://{}/api/v1/events/live", served.address))
+            .bearer_auth(token)
+            .header("x-request-id", "feed-probe-3");
+        request.send().await.expect("answers")
+    });
+    assert_eq!(feed.status(), 200);
+    // Read the feed until it ends, as a client would, while the server stops.
+    let reading = runtime.spawn(async move { feed.bytes().await.map(|bytes| bytes.len()) });
+    assert!(served.stop_with("TERM").success());
+    let ended = runtime.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(10), reading).await });
+    assert!(ended.is_ok(), "the feed ends when the server stops");
+
+    let logged = std::fs::read_to_string(&stderr).expect("reads stderr");
+    let line = logged.lines().find(|line| line.contains("live feed ended"));
+    assert!(
+        line.is_some_and(|line| line.contains("request{request_id=feed-probe-3 method=GET path=/api/v1/events/live}")),
+        "{logged}"
+    );
+}
+
 #[test]
 fn a_failed_fsync_makes_the_server_unready_and_refuse_writes_and_loses_no_acknowledged_command() {
     let dir = tests::temp_dir();
