@@ -109,6 +109,27 @@ impl Drop for Inner {
     }
 }
 
+/// The length of every file under `dir`, summed; a file that goes while it is
+/// counted (sled removes blobs) counts for nothing.
+fn files_len(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let len = match entry.file_type() {
+            Ok(kind) if kind.is_dir() => files_len(&entry.path()),
+            Ok(kind) if kind.is_file() => entry.metadata().map(|metadata| metadata.len()),
+            Ok(_) => Ok(0),
+            Err(error) => Err(error),
+        };
+        match len {
+            Ok(len) => total += len,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(total)
+}
+
 impl EventLog {
     /// Open (or create) the log in `dir` with default options.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
@@ -369,9 +390,12 @@ impl EventLog {
         }
     }
 
-    /// The data directory's size on disk, as sled counts it.
+    /// The bytes the data directory's files hold: sled's file and blobs, the
+    /// write-ahead log's two files and the rest. (sled's own count,
+    /// `Db::size_on_disk`, is of its own file only, about where its last
+    /// segment ends: it leaves the write-ahead log out.)
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.inner.db.size_on_disk()?)
+        Ok(files_len(&self.inner.path)?)
     }
 
     /// Up to `limit` events of the whole log from `from` on, in position order.

@@ -250,7 +250,8 @@ fn run(cli: Cli, given: Option<&ArgMatches>) -> anyhow::Result<ExitCode> {
             let stats = stats(&log)?;
             println!("events: {}", stats.events);
             println!("head position: {}", log.head());
-            println!("size on disk: {} bytes", log.size_on_disk()?);
+            let size = log.size_on_disk()?;
+            println!("size on disk: {} ({size} bytes)", indicatif::HumanBytes(size));
             println!("by category:");
             for (category, count) in &stats.by_category {
                 println!("  {category}: {count}");
