@@ -346,20 +346,35 @@ fn settings_come_from_the_file_the_environment_and_flags_in_that_order_and_ctrl_
     assert!(served.stop_with("TERM").success());
 }
 
+/// A server with `token` as its admin token and its stderr in a file (returned
+/// beside it), logging what `rust_log` lets through.
+fn served_logging(dir: &std::path::Path, token: &str, rust_log: &str) -> (Served, std::path::PathBuf) {
+    let stderr = dir.join("stderr.txt");
+    let mut command = Served::command(SHOPLOG);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-token", token, "--data"])
+        .arg(dir.join("data"))
+        .env("RUST_LOG", rust_log)
+        .stderr(std::fs::File::create(&stderr).expect("a file for stderr"));
+    (Served::spawn(&mut command), stderr)
+}
+
+/// The line of `stderr` that says `message` carries the span of the `GET` of
+/// `path` whose request id was `request_id`.
+fn assert_logged_in_request_span(stderr: &std::path::Path, message: &str, request_id: &str, path: &str) {
+    let logged = std::fs::read_to_string(stderr).expect("reads stderr");
+    let span = format!("request{{request_id={request_id} method=GET path={path}}}");
+    let line = logged.lines().find(|line| line.contains(message));
+    assert!(line.is_some_and(|line| line.contains(&span)), "no {message:?} in {span}:\n{logged}");
+}
+
 /// Every log line of a request carries its span, also those written after the
 /// handler has answered: an online backup is written on a thread of its own.
 #[test]
 fn an_online_backups_log_line_carries_its_requests_span() {
     let dir = tests::temp_dir();
-    let stderr = dir.path().join("stderr.txt");
     let token = "admin-token-for-the-span-01";
-    let mut command = Served::command(SHOPLOG);
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-token", token, "--data"])
-        .arg(dir.path().join("data"))
-        .env("RUST_LOG", "info")
-        .stderr(std::fs::File::create(&stderr).expect("a file for stderr"));
-    let served = Served::spawn(&mut command);
+    let (served, stderr) = served_logging(dir.path(), token, "info");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let backup = runtime.block_on(async {
         let request = reqwest::Client::new()
@@ -372,13 +387,7 @@ fn an_online_backups_log_line_carries_its_requests_span() {
     assert_eq!(backup.0, 200);
     assert!(backup.1 > 0, "a backup has a header and a trailer");
     assert!(served.stop_with("TERM").success());
-
-    let logged = std::fs::read_to_string(&stderr).expect("reads stderr");
-    let line = logged.lines().find(|line| line.contains("online backup sent"));
-    assert!(
-        line.is_some_and(|line| line.contains("request{request_id=backup-probe-7 method=GET path=/admin/backup}")),
-        "{logged}"
-    );
+    assert_logged_in_request_span(&stderr, "online backup sent", "backup-probe-7", "/admin/backup");
 }
 
 /// The live feed is read after its handler has answered, and its log lines
@@ -386,15 +395,8 @@ fn an_online_backups_log_line_carries_its_requests_span() {
 #[test]
 fn the_live_feeds_log_line_carries_its_requests_span() {
     let dir = tests::temp_dir();
-    let stderr = dir.path().join("stderr.txt");
     let token = "admin-token-for-the-feed-01";
-    let mut command = Served::command(SHOPLOG);
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--admin-token", token, "--data"])
-        .arg(dir.path().join("data"))
-        .env("RUST_LOG", "info,api::live=debug")
-        .stderr(std::fs::File::create(&stderr).expect("a file for stderr"));
-    let served = Served::spawn(&mut command);
+    let (served, stderr) = served_logging(dir.path(), token, "info,api::live=debug");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let feed = runtime.block_on(async {
         let request = reqwest::Client::new()
@@ -409,13 +411,7 @@ fn the_live_feeds_log_line_carries_its_requests_span() {
     assert!(served.stop_with("TERM").success());
     let ended = runtime.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(10), reading).await });
     assert!(ended.is_ok(), "the feed ends when the server stops");
-
-    let logged = std::fs::read_to_string(&stderr).expect("reads stderr");
-    let line = logged.lines().find(|line| line.contains("live feed ended"));
-    assert!(
-        line.is_some_and(|line| line.contains("request{request_id=feed-probe-3 method=GET path=/api/v1/events/live}")),
-        "{logged}"
-    );
+    assert_logged_in_request_span(&stderr, "live feed ended", "feed-probe-3", "/api/v1/events/live");
 }
 
 #[test]
