@@ -18,6 +18,13 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     bincode::serde::encode_to_vec(value, config()).map_err(|error| CodecError(error.to_string()))
 }
 
+/// Encode a value at the end of `out`, in the same format as [`encode`].
+pub(crate) fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    bincode::serde::encode_into_std_write(value, out, config())
+        .map(|_| ())
+        .map_err(|error| CodecError(error.to_string()))
+}
+
 /// Decode a whole payload; trailing bytes are an error, so a payload is never read
 /// as a different, shorter type by accident.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {

@@ -211,7 +211,7 @@ impl EventLog {
             health: Arc::clone(&health),
             tail,
             batch_len_max: options.batch_len_max.max(1),
-            stream_heads: HashMap::new(),
+            stream_heads: Default::default(),
             syncer: Some(Syncer {
                 db: db.clone(),
                 trees: trees.clone(),

@@ -30,7 +30,7 @@
 //! of the batch gets an error and the log refuses appends until it is reopened.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -49,6 +49,13 @@ use crate::trees::{self, Trees};
 use crate::types::{AppendRequest, AppendResult, STREAM_NAME_LEN_MAX, StreamVersion, is_event_type, is_stream_name};
 use crate::wal::Wals;
 use crate::{RECORD_LEN_MAX, codec};
+
+/// The writer's maps, looked up and filled for every append: foldhash (the
+/// hasher of hashbrown's own maps), where SipHash was some 10 % of staging. Its
+/// seeds are random per process, and its keys are stream names the command
+/// side forms (`product-<sku>`, `cart-<uuid>`, ...) in maps bounded by
+/// [`STREAM_HEADS_CACHED_MAX`] or by a batch.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// One request for the writer.
 pub(crate) struct Job {
@@ -101,7 +108,7 @@ pub(crate) struct StreamHead {
 /// reaches [`STREAM_HEADS_CACHED_MAX`] entries.
 #[derive(Debug, Default)]
 pub(crate) struct DurableHeads {
-    heads: Mutex<HashMap<String, StreamHead>>,
+    heads: Mutex<FastMap<String, StreamHead>>,
 }
 
 impl DurableHeads {
@@ -138,7 +145,7 @@ pub(crate) struct Writer {
     /// head is not looked up in sled for every append. Only the writer
     /// writes streams, so an entry stays true; it is emptied when it reaches
     /// [`STREAM_HEADS_CACHED_MAX`].
-    pub stream_heads: HashMap<String, u64>,
+    pub stream_heads: FastMap<String, u64>,
     /// The second stage, handed to its own thread when the writer starts.
     pub syncer: Option<Syncer>,
     /// Shared with the syncer: how far sled holds the batches handed over.
@@ -328,7 +335,12 @@ impl Writer {
                 self.stream_heads.clear();
             }
             for (stream, head) in &staged.stream_heads {
-                self.stream_heads.insert(stream.clone(), head.version);
+                match self.stream_heads.get_mut(stream.as_str()) {
+                    Some(version) => *version = head.version,
+                    None => {
+                        self.stream_heads.insert(stream.clone(), head.version);
+                    }
+                }
             }
             to_write = Some(writes);
         }
@@ -1002,14 +1014,14 @@ struct Staged {
     /// Each record with its position, packed into chunks when written.
     events: Vec<(u64, Vec<u8>)>,
     /// Stream index groups the batch writes, whole: key → positions.
-    streams: BTreeMap<Vec<u8>, Vec<u8>>,
+    streams: FastMap<Vec<u8>, Vec<u8>>,
     idempotency: Vec<([u8; 32], Vec<u8>)>,
     keys: Vec<([u8; 16], Vec<u8>)>,
     /// Whether the batch forgets a subject (and so is written in a transaction).
     forgets: bool,
-    stream_heads: HashMap<String, StreamHead>,
-    subject_keys: HashMap<Uuid, KeyState>,
-    idempotency_keys: HashMap<[u8; 32], ([u8; 32], AppendResult)>,
+    stream_heads: FastMap<String, StreamHead>,
+    subject_keys: FastMap<Uuid, KeyState>,
+    idempotency_keys: FastMap<[u8; 32], ([u8; 32], AppendResult)>,
     /// Events and appends staged for writing (counted on after the writes are taken).
     written: usize,
     appends: u64,
@@ -1020,13 +1032,13 @@ impl Staged {
         Staged {
             tail,
             events: Vec::new(),
-            streams: BTreeMap::new(),
+            streams: FastMap::default(),
             idempotency: Vec::new(),
             keys: Vec::new(),
             forgets: false,
-            stream_heads: HashMap::new(),
-            subject_keys: HashMap::new(),
-            idempotency_keys: HashMap::new(),
+            stream_heads: FastMap::default(),
+            subject_keys: FastMap::default(),
+            idempotency_keys: FastMap::default(),
             written: 0,
             appends: 0,
         }
@@ -1055,7 +1067,7 @@ impl Staged {
     fn stage(
         &mut self,
         trees: &Trees,
-        known_heads: &HashMap<String, u64>,
+        known_heads: &FastMap<String, u64>,
         request: &AppendRequest,
         forget: Option<Uuid>,
     ) -> Result<AppendResult, StoreError> {
@@ -1105,7 +1117,7 @@ impl Staged {
                 tail.head += 1;
                 version += 1;
                 let payload = match event.subject {
-                    None => event.payload.clone(),
+                    None => Cow::Borrowed(event.payload.as_slice()),
                     Some(subject) => {
                         if forget == Some(subject) {
                             return Err(StoreError::SubjectForgotten { subject });
@@ -1118,7 +1130,7 @@ impl Staged {
                                 None => *new_keys.entry(subject).or_insert_with(seal::new_key),
                             },
                         };
-                        seal::seal(&key, event.event_id, &event.payload).map_err(StoreError::Storage)?
+                        Cow::Owned(seal::seal(&key, event.event_id, &event.payload).map_err(StoreError::Storage)?)
                     }
                 };
                 let header = Header {
@@ -1216,7 +1228,7 @@ impl Staged {
         Ok(result)
     }
 
-    fn stream_head(&self, trees: &Trees, known: &HashMap<String, u64>, stream: &str) -> Result<u64, StoreError> {
+    fn stream_head(&self, trees: &Trees, known: &FastMap<String, u64>, stream: &str) -> Result<u64, StoreError> {
         if let Some(version) = self.stream_heads.get(stream).map(|head| &head.version).or_else(|| known.get(stream)) {
             return Ok(*version);
         }
