@@ -59,16 +59,18 @@ pub(crate) fn assert_acks_survived(dir: &Path, acked: &[(u64, Uuid)]) -> (u64, s
     let report = log.verify().expect("the log verifies after the crash");
     let mut acked = acked.to_vec();
     acked.sort_unstable_by_key(|(position, _)| *position);
-    let mut page = Vec::new();
+    let mut page: Vec<store::RecordedEvent> = Vec::new();
     for (position, event_id) in &acked {
-        let page_start = page.first().map_or(0, |event: &store::RecordedEvent| event.position);
-        if page.is_empty() || *position >= page_start + page.len() as u64 {
+        // The offset of `position` in the page, when the page holds it.
+        let offset = |page: &[store::RecordedEvent]| {
+            let offset = position.checked_sub(page.first()?.position)?;
+            usize::try_from(offset).ok().filter(|offset| *offset < page.len())
+        };
+        if offset(&page).is_none() {
             page = log.read_all(*position, PAGE).expect("reads");
         }
-        let page_start = page.first().map_or(0, |event| event.position);
-        let found = position
-            .checked_sub(page_start)
-            .and_then(|offset| page.get(usize::try_from(offset).ok()?))
+        let found = offset(&page)
+            .map(|offset| &page[offset])
             .unwrap_or_else(|| panic!("acknowledged position {position} is gone (head {})", report.head));
         assert_eq!(found.position, *position, "the log's positions are contiguous");
         assert_eq!(found.event_id, *event_id, "acknowledged position {position} holds another event");
