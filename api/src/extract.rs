@@ -4,8 +4,11 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{HeaderMap, header};
 use serde::de::DeserializeOwned;
+use utoipa::PartialSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::Schema;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, FieldError};
 
 /// `axum::extract::Path` with our rejection (404 for a path that does not parse).
 #[derive(Debug, FromRequestParts)]
@@ -31,7 +34,7 @@ pub struct CommandInput<T> {
     pub request_hash: [u8; 32],
 }
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for CommandInput<T> {
+impl<S: Send + Sync, T: DeserializeOwned + PartialSchema> FromRequest<S> for CommandInput<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
@@ -95,8 +98,9 @@ fn canonical_json(bytes: &[u8]) -> Vec<u8> {
 /// A command's body as `T`. Most bodies read straight into `T`; one that does
 /// not (an error to report, a float such as `81.0` for an integer, a repeated
 /// field) is read again through `serde_json::Value`, which gives the answer
-/// every body got before this shortcut: the same `T`, or the same error.
-fn parse_body<T: DeserializeOwned>(bytes: &[u8], headers: &HeaderMap) -> Result<T, ApiError> {
+/// every body got before this shortcut: the same `T`, or the errors of every
+/// field at once (see [`every_error`]).
+fn parse_body<T: DeserializeOwned + PartialSchema>(bytes: &[u8], headers: &HeaderMap) -> Result<T, ApiError> {
     let first = bytes.iter().find(|byte| !byte.is_ascii_whitespace());
     if first == Some(&b'{')
         && is_json(headers)
@@ -117,18 +121,81 @@ fn parse_body<T: DeserializeOwned>(bytes: &[u8], headers: &HeaderMap) -> Result<
         }
     };
     // serde would read a struct from an array too, by position; the API takes objects only.
+    let body = integral_floats_as_integers(body);
     if !body.is_object() {
         return Err(ApiError::validation("body", "must be a JSON object"));
     }
-    serde_path_to_error::deserialize(integral_floats_as_integers(body)).map_err(|error| {
-        let message = error.inner().to_string();
-        let field = match error.path().to_string().as_str() {
-            // The body itself: a field missing or unknown, which serde names in backticks.
-            "." => message.split('`').nth(1).unwrap_or("body").to_owned(),
-            path => path.to_owned(),
-        };
-        ApiError::validation(&field, message)
-    })
+    match serde_path_to_error::deserialize(&body) {
+        Ok(value) => Ok(value),
+        Err(error) => Err(ApiError::Validation(every_error::<T>(body, &error))),
+    }
+}
+
+/// A field error as serde found it: the field its path names, or for the body
+/// itself (a field missing or unknown) the one serde names in backticks.
+fn field_error(error: &serde_path_to_error::Error<serde_json::Error>) -> FieldError {
+    let message = error.inner().to_string();
+    let field = match error.path().to_string().as_str() {
+        "." => message.split('`').nth(1).unwrap_or("body").to_owned(),
+        path => path.to_owned(),
+    };
+    FieldError { field, message }
+}
+
+/// Every error of a body that does not read into `T`, where serde stops at the
+/// first: a client fixing a request learns all that is wrong with it at once.
+/// Each field that has an error (a value of the wrong type or range, a field
+/// unknown) is named with serde's message and taken out, and the rest read
+/// again, until what is left reads or a field is missing. Then every required
+/// field of `T` (from its OpenAPI schema, which the same derive keeps true to
+/// it) that the body left out is named. Values that read but break a rule
+/// (a sku with a space) are checked only once the body reads, by the command.
+fn every_error<T: DeserializeOwned + PartialSchema>(
+    mut body: serde_json::Value,
+    first: &serde_path_to_error::Error<serde_json::Error>,
+) -> Vec<FieldError> {
+    let given: Vec<String> = body.as_object().map(|fields| fields.keys().cloned().collect()).unwrap_or_default();
+    let mut errors = Vec::new();
+    let mut error = field_error(first);
+    // Each turn but the last takes a field out: at most one turn a field, and one more.
+    for _ in 0..=given.len() {
+        let Some(fields) = body.as_object_mut() else { break };
+        let top = key_of(&given, &error.field);
+        if fields.remove(top).is_none() {
+            break;
+        }
+        errors.push(error);
+        match serde_path_to_error::deserialize::<_, T>(&body) {
+            Ok(_) => return errors,
+            Err(next) => error = field_error(&next),
+        }
+    }
+    let missing = match T::schema() {
+        RefOr::T(Schema::Object(object)) => object.required,
+        _ => Vec::new(),
+    };
+    let missing: Vec<FieldError> = missing
+        .into_iter()
+        .filter(|field| !given.contains(field))
+        .map(|field| FieldError { message: format!("missing field `{field}`"), field })
+        .collect();
+    // The last error, unless it is of a field already named: one taken out
+    // (which serde then finds missing) or one the schema finds missing.
+    let top = key_of(&given, &error.field);
+    if !given.iter().any(|field| field == top) && !missing.iter().any(|missing| missing.field == top) {
+        errors.push(error);
+    }
+    errors.extend(missing);
+    errors
+}
+
+/// The body's field an error's path starts at: `lines[0].sku` → `lines`, and
+/// a field whose own name holds a `.` or `[` as it is.
+fn key_of<'a>(given: &[String], path: &'a str) -> &'a str {
+    match given.iter().any(|field| field == path) {
+        true => path,
+        false => path.split(['.', '[']).next().unwrap_or(path),
+    }
 }
 
 /// JSON has one number type, and JSON Schema counts `81.0` as the integer 81: so
@@ -198,7 +265,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 mod tests {
     use super::*;
 
-    #[derive(Debug, serde::Deserialize, PartialEq)]
+    #[derive(Debug, serde::Deserialize, PartialEq, utoipa::ToSchema)]
     #[serde(deny_unknown_fields)]
     struct Restock {
         quantity: u32,
@@ -253,6 +320,51 @@ mod tests {
             matches!(json(r#"{"quantity": "#), Err(ApiError::BadRequest(message)) if message.starts_with("malformed JSON"))
         );
         assert!(validation_message(json(" \n")).contains("missing field `quantity`"), "an empty body reads as {{}}");
+    }
+
+    #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
+    #[expect(dead_code, reason = "only read, for its errors")]
+    struct AddLine {
+        sku: String,
+        quantity: u32,
+        note: Option<String>,
+        #[serde(default)]
+        lines: Vec<u32>,
+    }
+
+    /// Every error a body gets, as (field, message).
+    fn every(body: &str) -> Vec<(String, String)> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().expect("a header value"));
+        match parse_body::<AddLine>(body.as_bytes(), &headers) {
+            Err(ApiError::Validation(errors)) => errors.into_iter().map(|error| (error.field, error.message)).collect(),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    fn fields(errors: &[(String, String)]) -> Vec<&str> {
+        errors.iter().map(|(field, _)| field.as_str()).collect()
+    }
+
+    #[test]
+    fn a_body_gets_the_errors_of_every_field_at_once_not_the_first_only() {
+        // Every required field left out, in the order the type declares them.
+        let errors = every("{}");
+        assert_eq!(fields(&errors), ["sku", "quantity"]);
+        assert_eq!(errors[1].1, "missing field `quantity`");
+        // Unknown fields and values of the wrong type (in key order), then what is missing.
+        let errors = every(r#"{"quantity": "two", "extra": 1, "note": 5, "lines": [1, "x"]}"#);
+        assert_eq!(fields(&errors), ["extra", "lines[1]", "note", "quantity", "sku"], "{errors:?}");
+        assert!(errors[0].1.starts_with("unknown field `extra`"), "{errors:?}");
+        assert!(errors.iter().skip(1).take(3).all(|(_, message)| message.starts_with("invalid type")), "{errors:?}");
+        // A field taken out for its bad value is not named again as missing.
+        assert_eq!(fields(&every(r#"{"sku": "mug", "quantity": -1}"#)), ["quantity"]);
+        // An optional field's bad value alone: that one error.
+        assert_eq!(fields(&every(r#"{"sku": "mug", "quantity": 1, "note": 5}"#)), ["note"]);
+        assert_eq!(fields(&every(r#"{"sku": 5, "quantity": 1, "colour": "red"}"#)), ["colour", "sku"]);
+        // An unknown field whose name looks like a path is taken out whole.
+        assert_eq!(fields(&every(r#"{"a.b": 1, "quantity": 1}"#)), ["a.b", "sku"]);
     }
 
     #[test]

@@ -89,6 +89,14 @@ async fn validation_errors_name_every_bad_field() {
         assert_eq!(problem["errors"][0]["field"], field, "{body}: {problem}");
         assert!(problem["errors"][0]["message"].as_str().is_some_and(|message| !message.is_empty()), "{problem}");
     }
+    // A body with several such errors gets them all at once: the unknown field
+    // and the value of the wrong type, then every required field left out.
+    let reply = app.post("/api/v1/products", Some(ADMIN), json!({"price_cents": "ten", "colour": 1})).await;
+    let problem = reply.problem(422);
+    let fields: Vec<&str> =
+        problem["errors"].as_array().expect("errors").iter().filter_map(|error| error["field"].as_str()).collect();
+    assert_eq!(fields, ["colour", "price_cents", "sku", "name"], "{problem}");
+    assert_eq!(problem["errors"][3]["message"], "missing field `name`", "{problem}");
     let short_password =
         app.post("/api/v1/customers", None, json!({"email": "a@b.co", "name": "A", "password": "short"})).await;
     assert_eq!(short_password.problem(422)["errors"][0]["field"], "password");
