@@ -157,8 +157,10 @@ fn every_error<T: DeserializeOwned + PartialSchema>(
     let given: Vec<String> = body.as_object().map(|fields| fields.keys().cloned().collect()).unwrap_or_default();
     let mut errors = Vec::new();
     let mut error = field_error(first);
-    // Each turn but the last takes a field out: at most one turn a field, and one more.
-    for _ in 0..=given.len() {
+    // Each turn but the last takes a field out: at most one turn a field, and
+    // one more; and no more than a 422 names, so a body of thousands of unknown
+    // fields is not read thousands of times nor answered with thousands of errors.
+    for _ in 0..=given.len().min(FIELD_ERRORS_MAX) {
         let Some(fields) = body.as_object_mut() else { break };
         let top = key_of(&given, &error.field);
         if fields.remove(top).is_none() {
@@ -186,8 +188,12 @@ fn every_error<T: DeserializeOwned + PartialSchema>(
         errors.push(error);
     }
     errors.extend(missing);
+    errors.truncate(FIELD_ERRORS_MAX);
     errors
 }
+
+/// The most field errors one 422 names: the first ones, in the order above.
+const FIELD_ERRORS_MAX: usize = 20;
 
 /// The body's field an error's path starts at: `lines[0].sku` → `lines`, and
 /// a field whose own name holds a `.` or `[` as it is.
@@ -363,6 +369,11 @@ mod tests {
         // An optional field's bad value alone: that one error.
         assert_eq!(fields(&every(r#"{"sku": "mug", "quantity": 1, "note": 5}"#)), ["note"]);
         assert_eq!(fields(&every(r#"{"sku": 5, "quantity": 1, "colour": "red"}"#)), ["colour", "sku"]);
+        // At most 20 errors, however many fields are wrong.
+        let many: Vec<String> = (0..500).map(|n| format!("\"x{n:03}\": 1")).collect();
+        let errors = every(&format!("{{{}}}", many.join(", ")));
+        assert_eq!(errors.len(), FIELD_ERRORS_MAX);
+        assert_eq!((errors[0].0.as_str(), errors[19].0.as_str()), ("x000", "x019"));
         // An unknown field whose name looks like a path is taken out whole.
         assert_eq!(fields(&every(r#"{"a.b": 1, "quantity": 1}"#)), ["a.b", "sku"]);
     }
