@@ -3,7 +3,7 @@
 //! ([`ApiError::status`]); a 5xx body reveals nothing internal, and its cause is
 //! logged once, here, inside the request's span.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use commands::CommandError;
@@ -208,12 +208,6 @@ impl From<JsonRejection> for ApiError {
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
         ApiError::NotFound(rejection.body_text())
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(rejection: QueryRejection) -> Self {
-        ApiError::validation("query", rejection.body_text())
     }
 }
 

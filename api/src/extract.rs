@@ -2,11 +2,13 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use serde::de::DeserializeOwned;
-use utoipa::PartialSchema;
-use utoipa::openapi::RefOr;
+use utoipa::openapi::path::ParameterIn;
 use utoipa::openapi::schema::Schema;
+use utoipa::openapi::{RefOr, Required};
+use utoipa::{IntoParams, PartialSchema};
 
 use crate::error::{ApiError, FieldError};
 
@@ -15,10 +17,40 @@ use crate::error::{ApiError, FieldError};
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct ApiPath<T>(pub T);
 
-/// `axum::extract::Query` with our rejection (422 naming the query).
-#[derive(Debug, FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
+/// A query string read into `T`, like `axum::extract::Query`, but a query that
+/// does not read gets a 422 naming every bad parameter at once (a value that does
+/// not parse, a parameter unknown or repeated, one required and left out), each
+/// under its own name, as a body does (see [`every_error`]).
+#[derive(Debug)]
 pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + IntoParams> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let pairs = Pairs(form_urlencoded::parse(query.as_bytes()).into_owned().collect());
+        let first = match pairs.read::<T>() {
+            Ok(value) => return Ok(ApiQuery(value)),
+            Err(error) => error,
+        };
+        let mut given: Vec<String> = Vec::new();
+        for (name, _) in &pairs.0 {
+            if !given.contains(name) {
+                given.push(name.clone());
+            }
+        }
+        let required = T::into_params(|| Some(ParameterIn::Query))
+            .into_iter()
+            .filter(|parameter| matches!(parameter.required, Required::True))
+            .map(|parameter| parameter.name)
+            .collect();
+        Err(ApiError::Validation(every_error::<T>(pairs, &given, first, required)))
+    }
+}
+
+/// A query string's parameters, in order, decoded.
+struct Pairs(Vec<(String, String)>);
 
 /// The largest accepted `Idempotency-Key`.
 const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
@@ -125,15 +157,22 @@ fn parse_body<T: DeserializeOwned + PartialSchema>(bytes: &[u8], headers: &Heade
     if !body.is_object() {
         return Err(ApiError::validation("body", "must be a JSON object"));
     }
-    match serde_path_to_error::deserialize(&body) {
-        Ok(value) => Ok(value),
-        Err(error) => Err(ApiError::Validation(every_error::<T>(body, &error))),
-    }
+    let first = match body.read() {
+        Ok(value) => return Ok(value),
+        Err(error) => error,
+    };
+    let given: Vec<String> = body.as_object().map(|fields| fields.keys().cloned().collect()).unwrap_or_default();
+    let required = match T::schema() {
+        RefOr::T(Schema::Object(object)) => object.required,
+        _ => Vec::new(),
+    };
+    Err(ApiError::Validation(every_error::<T>(body, &given, first, required)))
 }
 
-/// A field error as serde found it: the field its path names, or for the body
-/// itself (a field missing or unknown) the one serde names in backticks.
-fn field_error(error: &serde_path_to_error::Error<serde_json::Error>) -> FieldError {
+/// A field error as serde found it: the field its path names, or for the
+/// request itself (a field missing, unknown or repeated) the one serde names in
+/// backticks.
+fn field_error<E: std::fmt::Display>(error: &serde_path_to_error::Error<E>) -> FieldError {
     let message = error.inner().to_string();
     let field = match error.path().to_string().as_str() {
         "." => message.split('`').nth(1).unwrap_or("body").to_owned(),
@@ -142,48 +181,77 @@ fn field_error(error: &serde_path_to_error::Error<serde_json::Error>) -> FieldEr
     FieldError { field, message }
 }
 
-/// Every error of a body that does not read into `T`, where serde stops at the
-/// first: a client fixing a request learns all that is wrong with it at once.
-/// Each field that has an error (a value of the wrong type or range, a field
-/// unknown) is named with serde's message and taken out, and the rest read
-/// again, until what is left reads or a field is missing. Then every required
-/// field of `T` (from its OpenAPI schema, which the same derive keeps true to
-/// it) that the body left out is named. Values that read but break a rule
-/// (a sku with a space) are checked only once the body reads, by the command.
-fn every_error<T: DeserializeOwned + PartialSchema>(
-    mut body: serde_json::Value,
-    first: &serde_path_to_error::Error<serde_json::Error>,
+/// A request's named fields (a body's top-level keys, a query's parameters),
+/// which can be read into a type and have a field taken out.
+trait Fields {
+    fn read<T: DeserializeOwned>(&self) -> Result<T, FieldError>;
+
+    /// Take `name` out (every occurrence); false when it is not there.
+    fn remove(&mut self, name: &str) -> bool;
+}
+
+impl Fields for serde_json::Value {
+    fn read<T: DeserializeOwned>(&self) -> Result<T, FieldError> {
+        serde_path_to_error::deserialize(self).map_err(|error| field_error(&error))
+    }
+
+    fn remove(&mut self, name: &str) -> bool {
+        self.as_object_mut().is_some_and(|fields| fields.remove(name).is_some())
+    }
+}
+
+impl Fields for Pairs {
+    fn read<T: DeserializeOwned>(&self) -> Result<T, FieldError> {
+        let encoded = form_urlencoded::Serializer::new(String::new()).extend_pairs(&self.0).finish();
+        let parameters = serde_urlencoded::Deserializer::new(form_urlencoded::parse(encoded.as_bytes()));
+        serde_path_to_error::deserialize(parameters).map_err(|error| field_error(&error))
+    }
+
+    fn remove(&mut self, name: &str) -> bool {
+        let before = self.0.len();
+        self.0.retain(|(given, _)| given != name);
+        self.0.len() != before
+    }
+}
+
+/// Every error of a request's fields that do not read into `T`, where serde
+/// stops at the first: a client fixing a request learns all that is wrong with
+/// it at once. Each field that has an error (a value of the wrong type or
+/// range, a field unknown) is named with serde's message and taken out, and the
+/// rest read again, until what is left reads or a field is missing. Then every
+/// `required` field of `T` (from its OpenAPI schema or parameters, which the
+/// same derive keeps true to it) that the request left out is named. Values
+/// that read but break a rule (a sku with a space) are checked only once the
+/// request reads, by the handler or the command.
+fn every_error<T: DeserializeOwned>(
+    mut fields: impl Fields,
+    given: &[String],
+    first: FieldError,
+    required: Vec<String>,
 ) -> Vec<FieldError> {
-    let given: Vec<String> = body.as_object().map(|fields| fields.keys().cloned().collect()).unwrap_or_default();
     let mut errors = Vec::new();
-    let mut error = field_error(first);
+    let mut error = first;
     // Each turn but the last takes a field out: at most one turn a field, and
-    // one more; and no more than a 422 names, so a body of thousands of unknown
+    // one more; and no more than a 422 names, so a request of thousands of unknown
     // fields is not read thousands of times nor answered with thousands of errors.
     for _ in 0..=given.len().min(FIELD_ERRORS_MAX) {
-        let Some(fields) = body.as_object_mut() else { break };
-        let top = key_of(&given, &error.field);
-        if fields.remove(top).is_none() {
+        if !fields.remove(key_of(given, &error.field)) {
             break;
         }
         errors.push(error);
-        match serde_path_to_error::deserialize::<_, T>(&body) {
+        match fields.read::<T>() {
             Ok(_) => return errors,
-            Err(next) => error = field_error(&next),
+            Err(next) => error = next,
         }
     }
-    let missing = match T::schema() {
-        RefOr::T(Schema::Object(object)) => object.required,
-        _ => Vec::new(),
-    };
-    let missing: Vec<FieldError> = missing
+    let missing: Vec<FieldError> = required
         .into_iter()
         .filter(|field| !given.contains(field))
         .map(|field| FieldError { message: format!("missing field `{field}`"), field })
         .collect();
     // The last error, unless it is of a field already named: one taken out
     // (which serde then finds missing) or one the schema finds missing.
-    let top = key_of(&given, &error.field);
+    let top = key_of(given, &error.field);
     if !given.iter().any(|field| field == top) && !missing.iter().any(|missing| missing.field == top) {
         errors.push(error);
     }
@@ -195,7 +263,7 @@ fn every_error<T: DeserializeOwned + PartialSchema>(
 /// The most field errors one 422 names: the first ones, in the order above.
 const FIELD_ERRORS_MAX: usize = 20;
 
-/// The body's field an error's path starts at: `lines[0].sku` → `lines`, and
+/// The request's field an error's path starts at: `lines[0].sku` → `lines`, and
 /// a field whose own name holds a `.` or `[` as it is.
 fn key_of<'a>(given: &[String], path: &'a str) -> &'a str {
     match given.iter().any(|field| field == path) {
@@ -376,6 +444,50 @@ mod tests {
         assert_eq!((errors[0].0.as_str(), errors[19].0.as_str()), ("x000", "x019"));
         // An unknown field whose name looks like a path is taken out whole.
         assert_eq!(fields(&every(r#"{"a.b": 1, "quantity": 1}"#)), ["a.b", "sku"]);
+    }
+
+    #[derive(Debug, serde::Deserialize, IntoParams, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    #[into_params(parameter_in = Query)]
+    struct Page {
+        stream: String,
+        from: Option<u64>,
+        limit: Option<usize>,
+    }
+
+    async fn query(query: &str) -> Result<Page, ApiError> {
+        let request = Request::builder().uri(format!("/events?{query}")).body(()).expect("a request");
+        let (mut parts, ()) = request.into_parts();
+        ApiQuery::<Page>::from_request_parts(&mut parts, &()).await.map(|ApiQuery(page)| page)
+    }
+
+    async fn query_errors(text: &str) -> Vec<(String, String)> {
+        match query(text).await {
+            Err(ApiError::Validation(errors)) => errors.into_iter().map(|error| (error.field, error.message)).collect(),
+            other => panic!("expected a validation error for {text:?}, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_query_gets_the_errors_of_every_parameter_at_once_each_under_its_name() {
+        let page = query("stream=a%20b&from=%31&limit=2").await.ok();
+        assert_eq!(page, Some(Page { stream: "a b".to_owned(), from: Some(1), limit: Some(2) }));
+        // Bad values and unknown parameters in the order given, then what is missing.
+        let errors = query_errors("from=abc&colour=red&limit=-1").await;
+        assert_eq!(fields(&errors), ["from", "colour", "limit", "stream"], "{errors:?}");
+        assert_eq!(errors[0].1, "invalid digit found in string");
+        assert!(errors[1].1.starts_with("unknown field `colour`"), "{errors:?}");
+        assert_eq!(errors[3].1, "missing field `stream`");
+        // A repeated parameter is named once, and a good one is not named at all.
+        let errors = query_errors("stream=s&from=1&from=2&limit=x").await;
+        assert_eq!(fields(&errors), ["from", "limit"], "{errors:?}");
+        assert!(errors[0].1.starts_with("duplicate field `from`"), "{errors:?}");
+        assert_eq!(fields(&query_errors("").await), ["stream"]);
+        // At most 20 errors, however many parameters are wrong.
+        let many: Vec<String> = (0..500).map(|n| format!("x{n:03}=1")).collect();
+        let errors = query_errors(&many.join("&")).await;
+        assert_eq!(errors.len(), FIELD_ERRORS_MAX);
+        assert_eq!((errors[0].0.as_str(), errors[19].0.as_str()), ("x000", "x019"));
     }
 
     #[test]
