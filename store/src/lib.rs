@@ -15,6 +15,7 @@
 //! not yet durable.
 
 mod backup;
+mod chain;
 mod chunk;
 pub mod codec;
 mod error;

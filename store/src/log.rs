@@ -14,6 +14,7 @@ use chrono::DateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+use crate::chain;
 use crate::chunk;
 use crate::error::StoreError;
 use crate::record::{self, GENESIS_HASH, StoredRecord};
@@ -727,26 +728,26 @@ fn open_sled(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreEr
 }
 
 /// Walk the hash chain from position 1: each record parsed, at its position,
-/// its hash the chain's; `each` sees every sound record in order. Returns the
-/// last hash, or the first problem, naming its position.
+/// its hash the chain's (checked on a second thread, see [`chain`]); `each`
+/// sees every record that parsed, in order, maybe before its hash is checked.
+/// Returns the last hash, or the first problem, naming its position.
 fn walk_chain(
     trees: &Trees,
     mut each: impl FnMut(u64, &record::StoredRecord<'_>) -> Result<(), StoreError>,
 ) -> Result<[u8; 32], StoreError> {
-    let mut previous_hash = GENESIS_HASH;
-    chunk::walk(&trees.events, 1, u64::MAX, |position, bytes| {
-        let record = record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
-        if record.header.position != position {
-            return Err(StoreError::corrupt(position, format!("record says position {}", record.header.position)));
-        }
-        if record::chain_hash(&previous_hash, record.body) != record.hash {
-            return Err(StoreError::corrupt(position, "hash does not match the record and the previous hash"));
-        }
-        each(position, &record)?;
-        previous_hash = record.hash;
-        Ok(true)
-    })?;
-    Ok(previous_hash)
+    let broken = |position| StoreError::corrupt(position, "hash does not match the record and the previous hash");
+    chain::checked(GENESIS_HASH, broken, |chain| {
+        chunk::walk(&trees.events, 1, u64::MAX, |position, bytes| {
+            let record = record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
+            if record.header.position != position {
+                return Err(StoreError::corrupt(position, format!("record says position {}", record.header.position)));
+            }
+            chain.link(position, record.body, record.hash)?;
+            each(position, &record)?;
+            Ok(true)
+        })?;
+        Ok(chain.last_hash())
+    })
 }
 
 /// The first damaged record of the log in `dir` (its position and what is

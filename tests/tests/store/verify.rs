@@ -206,3 +206,53 @@ async fn a_subject_key_lost_or_damaged_is_found_at_the_subjects_first_record() {
         assert!(reason.contains(&subject.to_string()), "{what}: {reason}");
     }
 }
+
+/// Flip the last byte of the chunk stored at the first key at or past `at`:
+/// the last payload byte of the chunk's last record, whose position it returns.
+fn flip_a_chunks_last_record(dir: &Path, at: u64) -> u64 {
+    let db = tests::raw_sled(dir);
+    let events = db.open_tree("events").expect("tree");
+    let position = |key: sled::IVec| u64::from_be_bytes(key.as_ref().try_into().expect("a position"));
+    let mut keys = events.range(at.to_be_bytes()..).keys().map(|key| position(key.expect("reads")));
+    let (first, next) = (keys.next().expect("a chunk"), keys.next().expect("a chunk after it"));
+    let mut bytes = events.get(first.to_be_bytes()).expect("reads").expect("exists").to_vec();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x5a;
+    events.insert(first.to_be_bytes(), bytes).expect("writes");
+    db.flush().expect("flushes");
+    next - 1
+}
+
+/// The whole-log walks check the hash chain on a second thread, a batch of
+/// records at a time (`store/src/chain.rs`): in a log of many batches, the
+/// first damage is still the one named, by `verify` and by `backup`. (Which
+/// error wins when the walk itself fails later is `chain.rs`'s unit tests'.)
+#[tokio::test]
+async fn in_a_long_log_verify_and_backup_name_the_first_of_two_damaged_records() {
+    let dir = temp_dir();
+    {
+        let log = EventLog::open(dir.path()).expect("opens");
+        for batch in 0..50u32 {
+            let events = (0..100u32).map(|index| event("E", &(batch * 100 + index).to_be_bytes())).collect();
+            log.append(append("many", ExpectedVersion::Any, events)).await.expect("appends");
+        }
+        assert_eq!(log.verify().expect("a sound log verifies").events, 5000);
+    }
+    let later = flip_a_chunks_last_record(dir.path(), 4000);
+    let first = flip_a_chunks_last_record(dir.path(), 1200);
+    assert!(first < 1400 && later > 4000, "{first}, {later}");
+
+    let log = EventLog::open(dir.path()).expect("opens");
+    match log.verify() {
+        Err(StoreError::Corrupt { position, .. }) => assert_eq!(position, first),
+        other => panic!("verify should name position {first}, got {other:?}"),
+    }
+    match log.backup(Vec::new(), &mut |_| {}) {
+        Err(StoreError::Corrupt { position, .. }) => assert_eq!(position, first),
+        other => panic!("backup should refuse at position {first}, got {other:?}"),
+    }
+    drop(log);
+    // Repaired, the later damage is found.
+    flip_a_chunks_last_record(dir.path(), 1200);
+    assert_eq!(corrupt_position(dir.path()).0, later);
+}
