@@ -28,7 +28,8 @@ const BATCH_LEN: usize = 1024;
 const BATCH_BYTES: usize = 1 << 20;
 
 /// Batches waiting for the checking thread at most: the walk waits past that,
-/// so memory stays bounded (some 5 MiB) however long the log.
+/// so memory stays bounded (some 6 MiB with the batch being checked and the
+/// one being filled) however long the log.
 const BATCHES_QUEUED: usize = 4;
 
 #[derive(Debug, Default)]
