@@ -29,11 +29,11 @@ impl<S: Send + Sync, T: DeserializeOwned + IntoParams> FromRequestParts<S> for A
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or_default();
-        let pairs = Pairs(form_urlencoded::parse(query.as_bytes()).into_owned().collect());
-        let first = match pairs.read::<T>() {
+        let first = match read_query::<T>(query) {
             Ok(value) => return Ok(ApiQuery(value)),
             Err(error) => error,
         };
+        let pairs = Pairs(form_urlencoded::parse(query.as_bytes()).into_owned().collect());
         let mut given: Vec<String> = Vec::new();
         for (name, _) in &pairs.0 {
             if !given.contains(name) {
@@ -51,6 +51,12 @@ impl<S: Send + Sync, T: DeserializeOwned + IntoParams> FromRequestParts<S> for A
 
 /// A query string's parameters, in order, decoded.
 struct Pairs(Vec<(String, String)>);
+
+/// `query` (still encoded) read into `T`, or the first error.
+fn read_query<T: DeserializeOwned>(query: &str) -> Result<T, FieldError> {
+    let parameters = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize(parameters).map_err(|error| field_error(&error))
+}
 
 /// The largest accepted `Idempotency-Key`.
 const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
@@ -202,9 +208,7 @@ impl Fields for serde_json::Value {
 
 impl Fields for Pairs {
     fn read<T: DeserializeOwned>(&self) -> Result<T, FieldError> {
-        let encoded = form_urlencoded::Serializer::new(String::new()).extend_pairs(&self.0).finish();
-        let parameters = serde_urlencoded::Deserializer::new(form_urlencoded::parse(encoded.as_bytes()));
-        serde_path_to_error::deserialize(parameters).map_err(|error| field_error(&error))
+        read_query(&form_urlencoded::Serializer::new(String::new()).extend_pairs(&self.0).finish())
     }
 
     fn remove(&mut self, name: &str) -> bool {
