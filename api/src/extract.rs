@@ -34,18 +34,12 @@ impl<S: Send + Sync, T: DeserializeOwned + IntoParams> FromRequestParts<S> for A
             Err(error) => error,
         };
         let pairs = Pairs(form_urlencoded::parse(query.as_bytes()).into_owned().collect());
-        let mut given: Vec<String> = Vec::new();
-        for (name, _) in &pairs.0 {
-            if !given.contains(name) {
-                given.push(name.clone());
-            }
-        }
         let required = T::into_params(|| Some(ParameterIn::Query))
             .into_iter()
             .filter(|parameter| matches!(parameter.required, Required::True))
             .map(|parameter| parameter.name)
             .collect();
-        Err(ApiError::Validation(every_error::<T>(pairs, &given, first, required)))
+        Err(ApiError::Validation(every_error::<T>(pairs, first, required)))
     }
 }
 
@@ -167,12 +161,11 @@ fn parse_body<T: DeserializeOwned + PartialSchema>(bytes: &[u8], headers: &Heade
         Ok(value) => return Ok(value),
         Err(error) => error,
     };
-    let given: Vec<String> = body.as_object().map(|fields| fields.keys().cloned().collect()).unwrap_or_default();
     let required = match T::schema() {
         RefOr::T(Schema::Object(object)) => object.required,
         _ => Vec::new(),
     };
-    Err(ApiError::Validation(every_error::<T>(body, &given, first, required)))
+    Err(ApiError::Validation(every_error::<T>(body, first, required)))
 }
 
 /// A field error as serde found it: the field its path names, or for the
@@ -190,6 +183,9 @@ fn field_error<E: std::fmt::Display>(error: &serde_path_to_error::Error<E>) -> F
 /// A request's named fields (a body's top-level keys, a query's parameters),
 /// which can be read into a type and have a field taken out.
 trait Fields {
+    /// Every field's name, once each, in the order given.
+    fn names(&self) -> Vec<String>;
+
     fn read<T: DeserializeOwned>(&self) -> Result<T, FieldError>;
 
     /// Take `name` out (every occurrence); false when it is not there.
@@ -197,6 +193,10 @@ trait Fields {
 }
 
 impl Fields for serde_json::Value {
+    fn names(&self) -> Vec<String> {
+        self.as_object().map(|fields| fields.keys().cloned().collect()).unwrap_or_default()
+    }
+
     fn read<T: DeserializeOwned>(&self) -> Result<T, FieldError> {
         serde_path_to_error::deserialize(self).map_err(|error| field_error(&error))
     }
@@ -207,6 +207,12 @@ impl Fields for serde_json::Value {
 }
 
 impl Fields for Pairs {
+    fn names(&self) -> Vec<String> {
+        // A set, not a search of the list: a long query may hold thousands.
+        let mut seen = std::collections::HashSet::new();
+        self.0.iter().filter(|(name, _)| seen.insert(name.as_str())).map(|(name, _)| name.clone()).collect()
+    }
+
     fn read<T: DeserializeOwned>(&self) -> Result<T, FieldError> {
         read_query(&form_urlencoded::Serializer::new(String::new()).extend_pairs(&self.0).finish())
     }
@@ -229,10 +235,10 @@ impl Fields for Pairs {
 /// request reads, by the handler or the command.
 fn every_error<T: DeserializeOwned>(
     mut fields: impl Fields,
-    given: &[String],
     first: FieldError,
     required: Vec<String>,
 ) -> Vec<FieldError> {
+    let given = &fields.names();
     let mut errors = Vec::new();
     let mut error = first;
     // Each turn but the last takes a field out: at most one turn a field, and
