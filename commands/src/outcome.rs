@@ -99,6 +99,18 @@ impl CommandOutcome {
         })
     }
 
+    /// The orders the command cancelled (a forget cancels the customer's unpaid
+    /// orders), in position order.
+    pub fn cancelled_orders(&self) -> Vec<OrderId> {
+        self.events
+            .iter()
+            .filter_map(|event| match event {
+                Event::Order(OrderEvent::Cancelled(cancelled)) => Some(cancelled.order_id),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The customer the command registered or forgot.
     pub fn customer_id(&self) -> Option<CustomerId> {
         self.events.iter().find_map(|event| match event {

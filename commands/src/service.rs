@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::{
-    AddCartItem, Cart, Cents, Checkout, Customer, CustomerCommand, CustomerId, CustomerName, Email, EmailClaim,
-    EmailKey, Event, ForgetCustomer, Order, OrderCommand, OrderId, Password, PriceCents, Product, ProductCommand,
-    ProductName, Quantity, RegisterCustomer, RemoveCartItem, RestockQuantity, Sku, Stock, StreamId,
+    AddCartItem, Cart, CartEvent, Cents, Checkout, Customer, CustomerCommand, CustomerId, CustomerName, Email,
+    EmailClaim, EmailKey, Event, ForgetCustomer, Order, OrderCommand, OrderId, Password, PriceCents, Product,
+    ProductCommand, ProductName, Quantity, RegisterCustomer, RemoveCartItem, RestockQuantity, Sku, Stock, StreamId,
 };
 use store::{AppendRequest, AppendResult, EventLog, ExpectedVersion, NewEvent, StoreError, StreamAppend};
 use tokio::time::Instant;
@@ -99,13 +99,27 @@ struct Loaded<A> {
 struct Decision {
     events: Vec<Event>,
     read: BTreeMap<String, ExpectedVersion>,
+    /// Streams the decision rests on but does not write: appended as conditions
+    /// (no events, the version read expected), so that a write to one racing
+    /// the command makes it decide again.
+    conditions: BTreeMap<String, ExpectedVersion>,
     /// Crypto-shred this subject in the same append.
     forget: Option<Uuid>,
 }
 
 impl Decision {
     fn new(events: Vec<Event>) -> Self {
-        Decision { events, read: BTreeMap::new(), forget: None }
+        Decision { events, read: BTreeMap::new(), conditions: BTreeMap::new(), forget: None }
+    }
+
+    /// The decision rests on `stream` at `version` without writing it.
+    fn condition(mut self, stream: &str, version: u64) -> Self {
+        let expected = match version {
+            0 => ExpectedVersion::NoStream,
+            version => ExpectedVersion::Exact(version),
+        };
+        self.conditions.insert(stream.to_owned(), expected);
+        self
     }
 
     /// The decision read `stream` at `version`: append it expecting exactly that.
@@ -323,6 +337,14 @@ impl CommandService {
     /// [`EventLog::forget`], which deletes the customer's key in the same
     /// transaction. The claim stream's key comes from the email in the customer's
     /// state, read before the key is gone. The address can be registered again.
+    ///
+    /// In the same append, each of the customer's orders that is still unpaid
+    /// is cancelled and its stock released ([`domain::order::cancel_unpaid`]).
+    /// Their orders are found in their cart stream (`CartCheckedOut`), which the
+    /// append has as a condition: a checkout appended meanwhile makes the forget
+    /// decide again, and see that order too. A checkout decided before the
+    /// forget and appended after it is refused the other way round (see
+    /// [`CommandService::checkout`]).
     pub async fn forget_customer(
         &self,
         ctx: &CommandContext,
@@ -346,8 +368,27 @@ impl CommandService {
             let email_stream = StreamId::Email(email_key.clone()).to_string();
             let claim = service.load::<EmailClaim>(&email_stream)?;
             let command = CustomerCommand::Forget(ForgetCustomer { customer_id, email_key });
-            let events = domain::customer::decide(&customer.state, &claim.state, &Customer::default(), &command)?;
-            let mut decision = Decision::new(events).read(&customer_stream, &customer).read(&email_stream, &claim);
+            let mut events = domain::customer::decide(&customer.state, &claim.state, &Customer::default(), &command)?;
+            let mut decision = Decision::new(Vec::new()).read(&customer_stream, &customer).read(&email_stream, &claim);
+            let cart_stream = StreamId::Cart(customer_id).to_string();
+            let (order_ids, cart_version) = service.orders_checked_out(&cart_stream)?;
+            decision = decision.condition(&cart_stream, cart_version);
+            let mut orders = Vec::with_capacity(order_ids.len());
+            for order_id in order_ids {
+                let order_stream = StreamId::Order(order_id).to_string();
+                let order = service.load::<Order>(&order_stream)?;
+                decision = decision.read(&order_stream, &order);
+                orders.push(order);
+            }
+            let cancelled = domain::order::cancel_unpaid(orders.iter().map(|order| &*order.state));
+            for event in &cancelled {
+                if let Event::Product(_) = event {
+                    // A release is right whatever the product's state (see `cancel_order`).
+                    decision = decision.blind(&event.stream().to_string());
+                }
+            }
+            events.extend(cancelled);
+            decision.events = events;
             decision.forget = Some(customer_id.get());
             Ok(decision)
         })
@@ -408,10 +449,14 @@ impl CommandService {
     ) -> Result<CommandOutcome, CommandError> {
         let cart_stream = StreamId::Cart(customer_id).to_string();
         let command = Checkout { order_id: OrderId::new(Uuid::now_v7()), customer_id };
+        let customer_stream = StreamId::Customer(customer_id).to_string();
         self.execute(ctx, "checkout", &cart_stream, expected, |service| {
+            let customer = service.load::<Customer>(&customer_stream)?;
+            domain::checkout::check_customer(&customer.state, customer_id)?;
             let cart = service.load::<Cart>(&cart_stream)?;
             let mut products = BTreeMap::new();
-            let mut decision = Decision::new(Vec::new()).read(&cart_stream, &cart);
+            let mut decision =
+                Decision::new(Vec::new()).read(&cart_stream, &cart).condition(&customer_stream, customer.version);
             for sku in cart.state.lines().keys() {
                 let stream = StreamId::Product(sku.clone()).to_string();
                 let product = service.load::<Product>(&stream)?;
@@ -423,6 +468,22 @@ impl CommandService {
             Ok(decision)
         })
         .await
+    }
+
+    /// The orders placed from a cart stream (its `CartCheckedOut` events, in
+    /// order), and the stream's version at the last event read.
+    fn orders_checked_out(&self, cart_stream: &str) -> Result<(Vec<OrderId>, u64), CommandError> {
+        let (mut orders, mut version) = (Vec::new(), 0);
+        loop {
+            let page = self.inner.log.read_stream(cart_stream, version + 1, PAGE_LEN)?;
+            let Some(last) = page.last() else { return Ok((orders, version)) };
+            version = last.version;
+            for recorded in &page {
+                if let Some(Event::Cart(CartEvent::CheckedOut(checked_out))) = codec::decode(recorded)? {
+                    orders.push(checked_out.order_id);
+                }
+            }
+        }
     }
 
     // Orders ----------------------------------------------------------------------------------
@@ -670,18 +731,22 @@ impl CommandService {
                 Err(error) => return Err(error),
             };
             let forget = decision.forget;
+            let mut conditions = decision.conditions.clone();
             let groups = group(main, expected, decision);
+            for group in &groups {
+                conditions.remove(&group.stream);
+            }
+            let written = groups.iter().map(|group| {
+                Ok(StreamAppend {
+                    stream: group.stream.clone(),
+                    expected: group.expected,
+                    events: group.events.iter().map(codec::to_new_event).collect::<Result<_, _>>()?,
+                })
+            });
+            let conditions =
+                conditions.into_iter().map(|(stream, expected)| Ok(StreamAppend { stream, expected, events: vec![] }));
             let request = AppendRequest {
-                streams: groups
-                    .iter()
-                    .map(|group| {
-                        Ok(StreamAppend {
-                            stream: group.stream.clone(),
-                            expected: group.expected,
-                            events: group.events.iter().map(codec::to_new_event).collect::<Result<_, _>>()?,
-                        })
-                    })
-                    .collect::<Result<_, CommandError>>()?,
+                streams: written.chain(conditions).collect::<Result<_, CommandError>>()?,
                 metadata: ctx.metadata(),
                 idempotency: ctx.idempotency.clone(),
                 recorded_at: None,

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::cart::{Cart, CartCheckedOut, Totals};
+use crate::customer::Customer;
 use crate::error::DomainError;
 use crate::event::Event;
 use crate::order::{OrderLine, OrderPlaced};
@@ -16,6 +17,20 @@ use crate::value::{CustomerId, OrderId, Sku};
 pub struct Checkout {
     pub order_id: OrderId,
     pub customer_id: CustomerId,
+}
+
+/// Whether the customer may check out: not once forgotten (a checkout that
+/// raced the forget would place an order nobody can pay or cancel). A
+/// forgotten customer no longer exists for the shop: `CustomerNotFound`. Who
+/// the customer is, the shell has checked (their token); a forget is what can
+/// change after that, so the shell appends the checkout on condition of the
+/// customer stream's version, and a forget appended meanwhile makes it decide
+/// again.
+pub fn check_customer(customer: &Customer, customer_id: CustomerId) -> Result<(), DomainError> {
+    match customer {
+        Customer::Forgotten { .. } => Err(DomainError::CustomerNotFound { customer_id }),
+        Customer::Unregistered | Customer::Registered(_) => Ok(()),
+    }
 }
 
 /// Decides a checkout over the cart and the state of each product in it

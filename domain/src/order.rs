@@ -222,6 +222,22 @@ pub fn decide(order: &Order, command: &OrderCommand) -> Result<Vec<Event>, Domai
     }
 }
 
+/// What forgetting a customer does to their orders: each one still placed
+/// (unpaid) is cancelled, its stock released, as [`decide`] cancels it. Nobody
+/// could pay or cancel it any more (the customer's tokens are refused, and only
+/// the customer may cancel), so it would hold its stock for good. A paid order
+/// stays: the shop has the money and ships it.
+pub fn cancel_unpaid<'a>(orders: impl IntoIterator<Item = &'a Order>) -> Vec<Event> {
+    let mut events = Vec::new();
+    for order in orders {
+        if let Order::Placed(info) = order {
+            // A placed order can always be cancelled.
+            events.extend(decide(order, &OrderCommand::Cancel { order_id: info.order_id }).unwrap_or_default());
+        }
+    }
+    events
+}
+
 /// Applies one event. Total: an event that does not fit the status (which
 /// `decide` never emits) leaves the state unchanged.
 pub fn evolve(order: Order, event: &OrderEvent) -> Order {

@@ -73,7 +73,12 @@ pub struct NewEvent {
     pub payload: Vec<u8>,
 }
 
-/// Events for one stream within an append.
+/// Events for one stream within an append. A stream with no events is only a
+/// condition: its `expected` version must hold, like that of every stream the
+/// append writes, or the whole append fails; nothing is written to it, and the
+/// result does not list it. A decision that rests on a stream it does not write
+/// uses one, so that a write to that stream racing it makes it decide again.
+/// A condition must check something: `Any` with no events is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamAppend {
     pub stream: String,
@@ -150,7 +155,8 @@ pub struct StreamVersion {
 pub struct AppendResult {
     pub first_position: u64,
     pub last_position: u64,
-    /// Each stream of the request with its version after the append, in request order.
+    /// Each stream the request wrote with its version after the append, in
+    /// request order (a stream that was only a condition is not listed).
     pub streams: Vec<StreamVersion>,
     /// True when this is the stored result of an earlier append with the same
     /// idempotency key: nothing was written this time.

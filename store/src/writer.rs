@@ -46,7 +46,9 @@ use crate::error::StoreError;
 use crate::record::{self, Header};
 use crate::seal::{self, SubjectKey};
 use crate::trees::{self, Trees};
-use crate::types::{AppendRequest, AppendResult, STREAM_NAME_LEN_MAX, StreamVersion, is_event_type, is_stream_name};
+use crate::types::{
+    AppendRequest, AppendResult, ExpectedVersion, STREAM_NAME_LEN_MAX, StreamVersion, is_event_type, is_stream_name,
+};
 use crate::wal::Wals;
 use crate::{RECORD_LEN_MAX, codec};
 
@@ -1161,8 +1163,8 @@ impl Staged {
             }
             if version > current {
                 heads.push((&stream.stream, StreamHead { version, position: tail.head }));
+                versions.push(StreamVersion { stream: stream.stream.clone(), version });
             }
-            versions.push(StreamVersion { stream: stream.stream.clone(), version });
         }
 
         // The index groups this request continues that the batch has not
@@ -1276,8 +1278,8 @@ fn validate(request: &AppendRequest) -> Result<(), StoreError> {
                 name.len()
             ));
         }
-        if stream.events.is_empty() {
-            return invalid(format!("stream {name} has no events"));
+        if stream.events.is_empty() && stream.expected == ExpectedVersion::Any {
+            return invalid(format!("stream {name} has no events and expects any version: it checks nothing"));
         }
         if request.streams[..index].iter().any(|earlier| earlier.stream == *name) {
             return invalid(format!("stream {name} appears twice"));

@@ -477,6 +477,108 @@ async fn forgetting_a_customer_makes_the_email_registrable_again() {
     log.verify().expect("the log verifies");
 }
 
+async fn register(service: &CommandService, address: &str) -> CustomerId {
+    service
+        .register_customer(&CommandContext::new("public"), email(address), name("Ada"), password("analytical"), None)
+        .await
+        .expect("registers")
+        .customer_id()
+        .expect("names the customer")
+}
+
+/// Nobody could pay or cancel a forgotten customer's unpaid order, so the
+/// forget cancels it in the same append and its stock comes back; a paid
+/// order stays. A repeat of the forget (same idempotency key) names the same
+/// orders, and the forgotten customer cannot check out again.
+#[tokio::test]
+async fn forgetting_a_customer_cancels_their_unpaid_orders_and_releases_the_stock() {
+    let dir = temp_dir();
+    let (log, service) = open(dir.path());
+    create_product(&service, "mug-1", 1000, 10).await;
+    create_product(&service, "pot-1", 6000, 10).await;
+    let ada = register(&service, "ada@example.com").await;
+    let bob = register(&service, "bob@example.com").await;
+    add_to_cart(&service, ada, "mug-1", 2).await;
+    add_to_cart(&service, ada, "pot-1", 1).await;
+    let unpaid = checkout(&service, ada).await;
+    add_to_cart(&service, ada, "pot-1", 1).await;
+    let paid = checkout(&service, ada).await;
+    service.pay_order(&as_customer(ada), ada, paid, Cents::new(6000), None).await.expect("pays");
+    add_to_cart(&service, ada, "mug-1", 1).await;
+    let cancelled_before = checkout(&service, ada).await;
+    service.cancel_order(&as_customer(ada), ada, cancelled_before, None).await.expect("cancels");
+    add_to_cart(&service, bob, "mug-1", 3).await;
+    let bobs = checkout(&service, bob).await;
+    add_to_cart(&service, ada, "mug-1", 4).await;
+    assert_eq!((stock_in_log(&log, "mug-1"), stock_in_log(&log, "pot-1")), (5, 8));
+
+    let keyed = admin().with_idempotency("forget-ada", [9; 32]);
+    let forgotten = service.forget_customer(&keyed, ada, None).await.expect("forgets");
+    assert_eq!(forgotten.cancelled_orders(), vec![unpaid]);
+    let streams: Vec<&str> = forgotten.streams.iter().map(|written| written.stream.as_str()).collect();
+    let (customer, claim) = (format!("customer-{ada}"), streams[1]);
+    assert_eq!(streams, [customer.as_str(), claim, &format!("order-{unpaid}"), "product-mug-1", "product-pot-1"]);
+    assert_eq!((stock_in_log(&log, "mug-1"), stock_in_log(&log, "pot-1")), (7, 9), "the unpaid order's stock is back");
+    assert!(matches!(service.order(unpaid).expect("reads"), Some((Order::Cancelled(_), 2))));
+    assert!(matches!(service.order(paid).expect("reads"), Some((Order::Paid(_), 2))), "the shop ships it");
+    assert!(matches!(service.order(bobs).expect("reads"), Some((Order::Placed(_), 1))), "bob's is bob's");
+    assert_eq!(log.stream_version(&format!("cart-{ada}")).expect("reads"), 8, "the cart was only a condition");
+
+    let again = service.forget_customer(&keyed, ada, None).await.expect("repeats");
+    assert_eq!((again.duplicate, again.cancelled_orders()), (true, vec![unpaid]));
+    let head = log.head();
+    let refused = service.checkout(&as_customer(ada), ada, None).await;
+    assert_eq!(refused.map(|_| ()), Err(CommandError::Domain(DomainError::CustomerNotFound { customer_id: ada })));
+    assert_eq!(log.head(), head, "the refused checkout wrote nothing");
+    log.verify().expect("the log verifies");
+}
+
+/// A checkout racing a forget either lands before it (and the forget cancels
+/// the order it placed) or is refused: the forget rests on the cart stream's
+/// version and the checkout on the customer stream's, so whichever is appended
+/// second decides again. Never an unpaid order of a forgotten customer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_checkout_racing_a_forget_leaves_no_unpaid_order_behind() {
+    const ROUNDS: usize = 20;
+    let dir = temp_dir();
+    let (log, service) = open(dir.path());
+    create_product(&service, "mug-1", 1000, 1000).await;
+    let mut placed = 0;
+    for round in 0..ROUNDS {
+        let customer_id = register(&service, &format!("racer{round}@example.com")).await;
+        add_to_cart(&service, customer_id, "mug-1", 1).await;
+        let barrier = Arc::new(Barrier::new(2));
+        let checking_out = {
+            let (service, barrier) = (service.clone(), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                service.checkout(&as_customer(customer_id), customer_id, None).await
+            })
+        };
+        barrier.wait().await;
+        let forgotten = service.forget_customer(&admin(), customer_id, None).await.expect("forgets");
+        let checked_out = checking_out.await.expect("the task ends");
+        match checked_out {
+            Ok(outcome) => {
+                let order_id = outcome.order_id().expect("places an order");
+                assert_eq!(forgotten.cancelled_orders(), vec![order_id], "round {round}");
+                assert!(matches!(service.order(order_id).expect("reads"), Some((Order::Cancelled(_), 2))));
+                placed += 1;
+            }
+            Err(refused) => {
+                assert_eq!(
+                    refused,
+                    CommandError::Domain(DomainError::CustomerNotFound { customer_id }),
+                    "round {round}"
+                );
+                assert_eq!(forgotten.cancelled_orders(), vec![], "round {round}");
+            }
+        }
+    }
+    assert_eq!(stock_in_log(&log, "mug-1"), 1000, "every reservation was released ({placed} orders placed)");
+    log.verify().expect("the log verifies");
+}
+
 #[tokio::test]
 async fn a_load_after_many_commands_folds_only_the_events_it_has_not_seen() {
     let dir = temp_dir();

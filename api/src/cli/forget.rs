@@ -48,7 +48,7 @@ pub(super) struct ForgetArgs {
 
 pub(super) fn run(args: ForgetArgs) -> anyhow::Result<ExitCode> {
     let customer_id = CustomerId::new(args.customer.ok_or_else(|| anyhow::anyhow!("--customer ID is required"))?);
-    let position = match (&args.data, &args.server, &args.token) {
+    let forgotten = match (&args.data, &args.server, &args.token) {
         (_, Some(server), Some(token)) => online(server, token, customer_id)?,
         (_, Some(_), None) => anyhow::bail!("--server needs --token T, the server's admin token"),
         (Some(data), None, _) => offline(data, customer_id)?,
@@ -56,12 +56,23 @@ pub(super) fn run(args: ForgetArgs) -> anyhow::Result<ExitCode> {
             anyhow::bail!("say where: --data DIR (a stopped server's data dir) or --server URL --token T")
         }
     };
-    println!("forgot customer {customer_id} at position {position}");
+    println!("forgot customer {customer_id} at position {}", forgotten.position);
+    if !forgotten.cancelled_orders.is_empty() {
+        let orders: Vec<String> = forgotten.cancelled_orders.iter().map(Uuid::to_string).collect();
+        println!("cancelled their unpaid orders, releasing the stock: {}", orders.join(", "));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Forget in the log in `data`; the position of the last event written.
-fn offline(data: &Path, customer_id: CustomerId) -> anyhow::Result<u64> {
+/// What a forget wrote: the position of its last event, and the customer's
+/// unpaid orders it cancelled.
+struct Forgotten {
+    position: u64,
+    cancelled_orders: Vec<Uuid>,
+}
+
+/// Forget in the log in `data`.
+fn offline(data: &Path, customer_id: CustomerId) -> anyhow::Result<Forgotten> {
     let log = super::open_offline(data).map_err(|error| suggest_server(error, data))?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let outcome = runtime.block_on(async {
@@ -69,7 +80,10 @@ fn offline(data: &Path, customer_id: CustomerId) -> anyhow::Result<u64> {
         service.forget_customer(&CommandContext::new(actor()), customer_id, None).await
     });
     match outcome {
-        Ok(outcome) => Ok(outcome.position()),
+        Ok(outcome) => Ok(Forgotten {
+            position: outcome.position(),
+            cancelled_orders: outcome.cancelled_orders().into_iter().map(|order_id| order_id.get()).collect(),
+        }),
         Err(CommandError::Domain(DomainError::CustomerNotFound { .. })) => {
             anyhow::bail!("no customer {customer_id}")
         }
@@ -105,8 +119,8 @@ fn actor() -> String {
     if user.is_empty() { "cli".to_owned() } else { format!("cli:{user}") }
 }
 
-/// Forget through the server at `server`; the position of the last event written.
-fn online(server: &str, token: &Secret, customer_id: CustomerId) -> anyhow::Result<u64> {
+/// Forget through the server at `server`.
+fn online(server: &str, token: &Secret, customer_id: CustomerId) -> anyhow::Result<Forgotten> {
     let url = super::server_url(server, &format!("/admin/customers/{customer_id}/forget"))?;
     let base = server.trim_end_matches('/');
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -131,10 +145,20 @@ fn online(server: &str, token: &Secret, customer_id: CustomerId) -> anyhow::Resu
     })?;
     let detail = one_line(&super::problem_detail(&body));
     match status.as_u16() {
-        200 => serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|reply| reply["position"].as_u64())
-            .ok_or_else(|| anyhow::anyhow!("the server at {base} answered 200 without a position")),
+        200 => {
+            let reply: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let position = reply["position"]
+                .as_u64()
+                .ok_or_else(|| anyhow::anyhow!("the server at {base} answered 200 without a position"))?;
+            // A server from before forgets cancelled orders sends no list.
+            let cancelled_orders = match reply.get("cancelled_orders") {
+                None => Vec::new(),
+                Some(orders) => serde_json::from_value(orders.clone()).map_err(|_| {
+                    anyhow::anyhow!("the server at {base} answered 200 with cancelled_orders that are not order ids")
+                })?,
+            };
+            Ok(Forgotten { position, cancelled_orders })
+        }
         404 if detail == "no such route" => anyhow::bail!("the server at {base} has no forget route (is it shoplog?)"),
         404 => anyhow::bail!("no customer {customer_id}"),
         _ => anyhow::bail!("the server answered {status}: {detail}"),

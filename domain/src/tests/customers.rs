@@ -3,7 +3,10 @@
 use super::fixtures::*;
 use super::shop::Shop;
 use super::spec::{given, given_on};
-use crate::{Customer, DomainError, EmailClaim, EmailClaimCommand, ErrorKind, Event, Password, customer, email_claim};
+use crate::{
+    Customer, DomainError, EmailClaim, EmailClaimCommand, ErrorKind, Event, OrderStatus, Password, customer,
+    email_claim,
+};
 
 #[test]
 fn registering_claims_the_email() {
@@ -81,6 +84,50 @@ fn forgetting_a_customer_releases_their_email() {
     given([registered(alice(), "alice@example.com"), claimed(key(1), alice())])
         .when(forget(alice(), key(1)))
         .then([forgotten(alice()), email_released(key(1), alice())]);
+}
+
+/// An unpaid order of a forgotten customer could never be paid or cancelled
+/// again: forgetting cancels it and releases its stock. Paid, shipped and
+/// cancelled orders, and other customers' orders, are left alone.
+#[test]
+fn forgetting_a_customer_cancels_their_unpaid_orders_only() {
+    let shop = given([
+        product_created("mug", 1000, 10),
+        registered(alice(), "alice@example.com"),
+        claimed(key(1), alice()),
+        order_placed(order(1), alice(), &[("mug", 2, 1000)]),
+        reserved("mug", order(1), 2),
+        order_placed(order(2), alice(), &[("mug", 1, 1000)]),
+        reserved("mug", order(2), 1),
+        order_paid(order(2), 1499),
+        order_placed(order(3), bob(), &[("mug", 3, 1000)]),
+        reserved("mug", order(3), 3),
+        order_placed(order(4), alice(), &[("mug", 1, 1000)]),
+        reserved("mug", order(4), 1),
+        order_cancelled(order(4)),
+        released("mug", order(4), 1),
+    ])
+    .when(forget(alice(), key(1)))
+    .then([
+        forgotten(alice()),
+        email_released(key(1), alice()),
+        order_cancelled(order(1)),
+        released("mug", order(1), 2),
+    ]);
+    assert_eq!(shop.order(order(2)).status(), Some(OrderStatus::Paid), "the paid order is the shop's to ship");
+    assert_eq!(shop.order(order(3)).status(), Some(OrderStatus::Placed), "bob's order is bob's");
+}
+
+#[test]
+fn a_forgotten_customer_cannot_check_out() {
+    given([
+        product_created("mug", 1000, 10),
+        registered(alice(), "alice@example.com"),
+        forgotten(alice()),
+        item_added(alice(), "mug", 1),
+    ])
+    .when(checkout(alice(), order(1)))
+    .then_err(DomainError::CustomerNotFound { customer_id: alice() });
 }
 
 #[test]

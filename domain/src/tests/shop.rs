@@ -110,13 +110,23 @@ impl Decider for Shop {
                 let customer = shop.customers.get(&customer_id).cloned().unwrap_or_default();
                 let claim = shop.claims.get(email_key).cloned().unwrap_or_default();
                 let holder = claim.claimed_by().and_then(|holder| shop.customers.get(&holder)).cloned();
-                customer::decide(&customer, &claim, &holder.unwrap_or_default(), command)
+                let mut events = customer::decide(&customer, &claim, &holder.unwrap_or_default(), command)?;
+                if let CustomerCommand::Forget(_) = command {
+                    let theirs = shop
+                        .orders
+                        .values()
+                        .filter(|order| order.info().map(|info| info.customer_id) == Some(customer_id));
+                    events.extend(order::cancel_unpaid(theirs));
+                }
+                Ok(events)
             }
             Command::AddItem(command) => {
                 cart::add_item(&shop.cart(command.customer_id), &shop.product(&command.sku), command)
             }
             Command::RemoveItem(command) => cart::remove_item(&shop.cart(command.customer_id), command),
             Command::Checkout(command) => {
+                let customer = shop.customers.get(&command.customer_id).cloned().unwrap_or_default();
+                checkout::check_customer(&customer, command.customer_id)?;
                 let cart = shop.cart(command.customer_id);
                 let products = cart.lines().keys().map(|sku| (sku.clone(), shop.product(sku))).collect();
                 checkout::decide(&cart, &products, command)

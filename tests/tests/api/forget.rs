@@ -104,6 +104,12 @@ async fn a_forgotten_customer_shows_nowhere_their_email_is_free_and_their_orders
     let order_id = placed.body["order_id"].as_str().expect("an order id").to_owned();
     let paid = app.post(&format!("/api/v1/orders/{order_id}/pay"), Some(&token), json!({"amount_cents": 6000})).await;
     assert_eq!(paid.status, StatusCode::OK, "{paid:?}");
+    // An order left unpaid: nobody could pay or cancel it once the customer is
+    // forgotten, so the forget cancels it and its lamp comes back.
+    assert_eq!(app.add_to_cart(&token, "forget-lamp", 1).await.status, StatusCode::OK);
+    let unpaid = app.checkout(&token).await;
+    assert_eq!(unpaid.status, StatusCode::CREATED, "{unpaid:?}");
+    let unpaid_id = unpaid.body["order_id"].as_str().expect("an order id").to_owned();
     let before = app.get("/api/v1/events?from=1&limit=1000", Some(ADMIN)).await;
     assert!(before.body.to_string().contains(NAME), "the audit route shows the name until forgotten");
 
@@ -116,6 +122,11 @@ async fn a_forgotten_customer_shows_nowhere_their_email_is_free_and_their_orders
     assert_eq!(forgotten.body["customer_id"], customer_id.as_str());
     assert_eq!(forgotten.body["duplicate"], false);
     assert_eq!(forgotten.headers["etag"], "\"2\"");
+    assert_eq!(forgotten.body["cancelled_orders"], json!([unpaid_id]), "the unpaid order, not the paid one");
+    let lamp = app.get(&format!("/api/v1/products/forget-lamp?min_position={head}"), None).await;
+    assert_eq!((&lamp.body["available"], &lamp.body["reserved"]), (&json!(2), &json!(1)), "{lamp:?}");
+    let cancelled = app.get(&format!("/api/v1/orders/{unpaid_id}?min_position={head}"), Some(ADMIN)).await;
+    assert_eq!(cancelled.body["status"], "cancelled", "{cancelled:?}");
 
     // The audit routes: the registration reads as forgotten, metadata intact.
     let all = app.get("/api/v1/events?from=1&limit=1000", Some(ADMIN)).await;
@@ -123,8 +134,8 @@ async fn a_forgotten_customer_shows_nowhere_their_email_is_free_and_their_orders
     assert_shows_no_personal_data("GET /api/v1/events", &all.body.to_string());
     let events = all.body["events"].as_array().expect("events");
     let types: Vec<&str> = events.iter().filter_map(|event| event["type"].as_str()).collect();
-    assert!(types.ends_with(&["CustomerForgotten", "EmailReleased"]), "{types:?}");
-    let email_stream = events.last().expect("events")["stream"].as_str().expect("a stream").to_owned();
+    assert!(types.ends_with(&["CustomerForgotten", "EmailReleased", "OrderCancelled", "StockReleased"]), "{types:?}");
+    let email_stream = events[events.len() - 3]["stream"].as_str().expect("a stream").to_owned();
     assert!(email_stream.starts_with("email-"), "{email_stream}");
     let customer = app.events_of(&format!("customer-{customer_id}")).await;
     assert_eq!(customer.len(), 2);

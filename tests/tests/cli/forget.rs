@@ -89,6 +89,37 @@ fn forget_offline_shreds_the_customer_in_a_stopped_data_dir() {
     assert_eq!(head(dir.path()), head_before, "a second forget writes nothing");
 }
 
+/// The customer's unpaid order is cancelled with the forget, and the CLI says so.
+#[test]
+fn forget_offline_names_the_unpaid_orders_it_cancelled() {
+    let (dir, customer_id) = data_dir_with_a_customer();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let order_id = runtime.block_on(async {
+        let log = store::EventLog::open(dir.path()).expect("opens");
+        let service = CommandService::new(log).expect("builds");
+        let (admin, customer) = (CommandContext::new("admin"), domain::CustomerId::new(customer_id));
+        let sku = domain::Sku::parse("cli-mug").expect("literal sku");
+        let (name, price) = (domain::ProductName::parse("Mug").expect("a name"), domain::PriceCents::new(900));
+        let stock = Some(domain::Stock::new(4).expect("a stock"));
+        service.create_product(&admin, sku.clone(), name, price.expect("a price"), stock, None).await.expect("creates");
+        let quantity = domain::Quantity::new(3).expect("a quantity");
+        service.add_cart_item(&admin, customer, sku, quantity, None).await.expect("adds");
+        service.checkout(&admin, customer, None).await.expect("checks out").order_id().expect("an order").get()
+    });
+    drop(runtime);
+    let customer = customer_id.to_string();
+    let output = forget(&["--customer", &customer, "--data", path(dir.path())]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let head = head(dir.path());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!(
+            "forgot customer {customer} at position {head}\n\
+             cancelled their unpaid orders, releasing the stock: {order_id}\n"
+        )
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forget_online_goes_through_the_running_server() {
     let app = TestApp::spawn().await;

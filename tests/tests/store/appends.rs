@@ -116,6 +116,47 @@ async fn a_multi_stream_append_is_all_or_nothing() {
     assert_eq!(types, vec!["OrderPlaced", "StockReserved", "CartCheckedOut"]);
 }
 
+/// A stream with no events in an append is a condition: its expected version
+/// must hold or nothing is written, it gets no event, and the result leaves it out.
+#[tokio::test]
+async fn a_stream_without_events_is_a_condition_of_the_append() {
+    let dir = temp_dir();
+    let log = EventLog::open(dir.path()).expect("opens");
+    log.append(append("cart-1", ExpectedVersion::NoStream, vec![event("ItemAdded", b"a")])).await.expect("appends");
+
+    let forget = |cart_version| {
+        append_many(vec![
+            ("customer-1", ExpectedVersion::Any, vec![event("CustomerForgotten", b"f")]),
+            ("cart-1", ExpectedVersion::Exact(cart_version), vec![]),
+        ])
+    };
+    let refused = log.append(forget(2)).await.expect_err("the cart is at version 1");
+    assert_eq!(
+        refused,
+        StoreError::WrongExpectedVersion { stream: "cart-1".into(), expected: ExpectedVersion::Exact(2), actual: 1 }
+    );
+    assert_eq!((log.head(), log.stream_version("customer-1").expect("reads")), (1, 0), "nothing was written");
+
+    let written = log.append(forget(1)).await.expect("the cart is at version 1");
+    assert_eq!((written.first_position, written.last_position), (2, 2));
+    let streams: Vec<_> = written.streams.iter().map(|stream| (stream.stream.as_str(), stream.version)).collect();
+    assert_eq!(streams, vec![("customer-1", 1)], "the condition is not a stream written");
+    assert_eq!(log.stream_version("cart-1").expect("reads"), 1, "the condition's stream got nothing");
+    assert_eq!(log.read_stream("cart-1", 1, 10).expect("reads").len(), 1);
+
+    let checks_nothing = append_many(vec![
+        ("customer-2", ExpectedVersion::Any, vec![event("CustomerRegistered", b"r")]),
+        ("cart-1", ExpectedVersion::Any, vec![]),
+    ]);
+    let refused = log.append(checks_nothing).await.expect_err("a condition on any version checks nothing");
+    assert!(matches!(refused, StoreError::InvalidAppend { ref reason } if reason.contains("cart-1")), "{refused:?}");
+    let only_conditions = append_many(vec![("cart-1", ExpectedVersion::Exact(1), vec![])]);
+    let refused = log.append(only_conditions).await.expect_err("an append must write something");
+    assert!(matches!(refused, StoreError::InvalidAppend { .. }), "{refused:?}");
+    assert_eq!(log.head(), 2);
+    log.verify().expect("verifies");
+}
+
 #[tokio::test]
 async fn a_repeated_idempotency_key_returns_the_first_result_and_writes_nothing() {
     let dir = temp_dir();
