@@ -135,8 +135,10 @@ impl FromRequestParts<AppState> for Caller {
         let principal = state.tokens.authenticate(token, Utc::now()).ok_or(ApiError::Unauthorized)?;
         if let Principal::Customer(id) = principal {
             // A token outlives a forgetting (it is only signed, never stored): a
-            // forgotten customer's tokens stop working at once.
-            if state.service.customer_forgotten(id).map_err(ApiError::internal)? {
+            // forgotten customer's tokens stop working at once. So do the tokens
+            // of a customer the log does not hold (signed before a restore to an
+            // earlier position, whose backup carried the signing secret).
+            if !state.service.customer_registered(id).map_err(ApiError::internal)? {
                 return Err(ApiError::Unauthorized);
             }
         }

@@ -251,7 +251,11 @@ fn commands_error(error: CommandError) -> ApiError {
         CommandError::Domain(error) => error.into(),
         error @ CommandError::PreconditionFailed { .. } => ApiError::PreconditionFailed(error.to_string()),
         // Not "403": telling a customer that someone else's order exists leaks it.
-        CommandError::NotYours { order_id } => ApiError::NotFound(format!("order {order_id} not found")),
+        // Word for word what an order that does not exist gets, so that a
+        // customer cannot tell another's order from none.
+        CommandError::NotYours { order_id } => {
+            ApiError::NotFound(domain::DomainError::OrderNotFound { order_id }.to_string())
+        }
         CommandError::InvalidCredentials => ApiError::Unauthorized,
         error @ (CommandError::IdempotencyKeyReused | CommandError::Contention { .. }) => {
             ApiError::Conflict { detail: error.to_string(), skus: Vec::new() }

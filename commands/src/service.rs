@@ -569,11 +569,12 @@ impl CommandService {
         Ok((loaded.version > 0).then(|| (Product::clone(&loaded.state), loaded.version)))
     }
 
-    /// Whether the customer was forgotten (what authenticating their token asks on
-    /// every request: the state is not copied).
-    pub fn customer_forgotten(&self, customer_id: CustomerId) -> Result<bool, CommandError> {
+    /// Whether the customer is registered: neither forgotten nor unknown to the
+    /// log (what authenticating their token asks on every request: the state is
+    /// not copied).
+    pub fn customer_registered(&self, customer_id: CustomerId) -> Result<bool, CommandError> {
         let loaded = self.load::<Customer>(&StreamId::Customer(customer_id).to_string())?;
-        Ok(matches!(*loaded.state, Customer::Forgotten { .. }))
+        Ok(matches!(*loaded.state, Customer::Registered(_)))
     }
 
     /// A customer's state (registered or forgotten) and version, if any.

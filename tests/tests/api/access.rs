@@ -108,10 +108,13 @@ async fn a_customer_cannot_pay_cancel_or_read_another_customers_order() {
 
     let head = app.head();
     // The right amount: what is refused is the caller.
+    // In the very words an order that does not exist gets, so that order ids
+    // of others cannot be probed.
+    let not_found = format!("order {order} does not exist");
     let paid = app.post(&format!("/api/v1/orders/{order}/pay"), Some(&ben), json!({"amount_cents": total})).await;
-    paid.problem(404);
+    assert_eq!(paid.problem(404)["detail"], not_found.as_str());
     let cancelled = app.post(&format!("/api/v1/orders/{order}/cancel"), Some(&ben), json!({})).await;
-    cancelled.problem(404);
+    assert_eq!(cancelled.problem(404)["detail"], not_found.as_str());
     // With an If-Match, right or wrong, still not found: a 412 would tell the
     // version of an order that is not his.
     for version in ["1", "99"] {
@@ -123,7 +126,8 @@ async fn a_customer_cannot_pay_cancel_or_read_another_customers_order() {
     }
     // An order that does not exist is not found either, whatever If-Match says.
     let nowhere = "/api/v1/orders/01a20b21-03d4-7544-aed4-a9d83193f1d3/cancel";
-    app.request(Method::POST, nowhere, Some(&ben), Some(json!({})), &[("if-match", "\"3\"")]).await.problem(404);
+    let missing = app.request(Method::POST, nowhere, Some(&ben), Some(json!({})), &[("if-match", "\"3\"")]).await;
+    assert_eq!(missing.problem(404)["detail"], "order 01a20b21-03d4-7544-aed4-a9d83193f1d3 does not exist");
     // Read once the orders model holds Ann's order, so that "not found" is not
     // merely "not projected yet".
     let position = placed.body["position"].as_u64().expect("position");
@@ -140,5 +144,26 @@ async fn a_customer_cannot_pay_cancel_or_read_another_customers_order() {
     // Ann herself may pay it.
     let paid = app.post(&format!("/api/v1/orders/{order}/pay"), Some(&ann), json!({"amount_cents": total})).await;
     assert_eq!(paid.status, StatusCode::OK, "{paid:?}");
+    app.stop().await;
+}
+
+/// A token that verifies but names a customer the log does not hold (one
+/// signed before a restore to an earlier position, whose backup carried the
+/// signing secret) is refused, like a forgotten customer's.
+#[tokio::test]
+async fn a_token_of_a_customer_the_log_does_not_hold_is_refused() {
+    let app = TestApp::spawn().await;
+    app.create_product("mug-1", 1200, 10).await;
+    let stranger = domain::CustomerId::new(uuid::Uuid::now_v7());
+    let state = &app.running.as_ref().expect("running").state;
+    let (token, _) = state.tokens.issue(stranger, chrono::Utc::now());
+    let head = app.head();
+    app.get("/api/v1/cart", Some(&token)).await.problem(401);
+    app.post("/api/v1/cart/items", Some(&token), json!({"sku": "mug-1", "quantity": 1})).await.problem(401);
+    app.post("/api/v1/cart/checkout", Some(&token), json!({})).await.problem(401);
+    assert_eq!(app.head(), head, "a refused request wrote to the log");
+    // A registered customer's token, signed the same way, works.
+    let ann = app.customer("ann@example.com").await;
+    assert_eq!(app.get("/api/v1/cart", Some(&ann)).await.status, StatusCode::OK);
     app.stop().await;
 }
