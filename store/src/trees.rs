@@ -45,14 +45,17 @@ pub(crate) const META_FORMAT: &[u8] = b"format";
 /// above). 5: the `streams` tree may lag behind the records (it is written at
 /// checkpoints, [`RecentGroups`]); [`META_INDEXED`] says how far it goes. 6:
 /// the write-ahead log is two files written in turn (`wal`), so acknowledged
-/// batches may be in the second one. A log
+/// batches may be in the second one. 7: its frames name the durable head they
+/// were written after (`"SLW2"`, `wal`), which an older binary would take for
+/// the end of the file. A log
 /// of format 1 (every value one record, one index entry a version), 2 or 3 is
 /// opened by rebuilding its stream index from the records
 /// (`rebuild_stream_index`), a log of format 4 as indexed up to its head; all
-/// are then marked 6, and a binary that knows only an older format refuses the
-/// log instead of misreading it (one of format 5 would not read the second file).
-pub(crate) const LOG_FORMAT: u8 = 6;
-pub(crate) const LOG_FORMATS_READ: [u8; 6] = [1, 2, 3, 4, 5, LOG_FORMAT];
+/// are then marked 7, and a binary that knows only an older format refuses the
+/// log instead of misreading it (one of format 5 would not read the second
+/// file, one of format 6 no frame at all).
+pub(crate) const LOG_FORMAT: u8 = 7;
+pub(crate) const LOG_FORMATS_READ: [u8; 7] = [1, 2, 3, 4, 5, 6, LOG_FORMAT];
 /// The last position whose stream index entry the `streams` tree holds (u64 BE):
 /// written at each checkpoint after the groups. Opening the log indexes the
 /// records past it again (`index_records`).

@@ -21,11 +21,19 @@
 //! sled again (`writer::replay`), sled is made durable, and both files are
 //! emptied; a clean close empties them too.
 //!
-//! A frame: `"SLW1"`, the payload's length (u32 BE), the blake3 hash of the
-//! length and the payload, then the payload (`writer::BatchWrites`). Frames
+//! A frame: `"SLW2"`, the payload's length (u32 BE), the durable head when it
+//! was written (u64 BE: the last position an `fdatasync` had covered, so every
+//! position up to it was acknowledged or about to be), the blake3 hash of the
+//! length, that head and the payload, then the payload (`writer::BatchWrites`).
+//! Frames of log format 6 (`"SLW1"`) have no head, and are still read. Frames
 //! follow one another from the start of the file; the first one that is
 //! incomplete or does not match its hash ends the file's frames: it is a write
-//! a crash cut short, so it was never acknowledged. Past the frames the file
+//! a crash cut short, so it was never acknowledged, unless a frame written
+//! later says otherwise. The rest of the file is searched for whole frames,
+//! and one whose durable head is past what the files give back proves that a
+//! durable frame was damaged: opening the log then fails, naming the first
+//! position lost, and changes nothing (only the last `fdatasync`'s frames can
+//! be torn, and a frame written after them names a head that covers them). Past the frames the file
 //! holds zeros, or the frames of an earlier turn: a file written again keeps
 //! its blocks (it is not truncated, so its `fdatasync`s have no file size to
 //! record and no zeros to write), and the frames after the new ones are of
@@ -47,8 +55,11 @@ pub(crate) const WAL_FILES: [&str; 2] = ["wal", "wal.1"];
 /// The size cap of each of the WAL's files by default: reaching it switches files and starts a checkpoint.
 pub(crate) const WAL_LEN_MAX: u64 = 16 * 1024 * 1024;
 
-const MAGIC: [u8; 4] = *b"SLW1";
-const HEADER_LEN: usize = 4 + 4 + 32;
+/// The frames of log format 6, without the durable head.
+const MAGIC_V1: [u8; 4] = *b"SLW1";
+const HEADER_LEN_V1: usize = 4 + 4 + 32;
+const MAGIC: [u8; 4] = *b"SLW2";
+const HEADER_LEN: usize = 4 + 4 + 8 + 32;
 
 /// How much the file grows at a time, written with zeros ahead of the frames.
 const GROWTH: u64 = 1024 * 1024;
@@ -67,7 +78,7 @@ impl Wal {
     /// none, and read the payloads of its frames. The next frame is written
     /// where the last one read ends; the opener replays the frames and then
     /// calls [`Wal::start_over`] once sled holds them durably.
-    fn open(dir: &Path, name: &str, len_max: u64) -> io::Result<(Wal, Vec<Vec<u8>>)> {
+    fn open(dir: &Path, name: &str, len_max: u64) -> io::Result<(Wal, WalFrames)> {
         let path = dir.join(name);
         let existed = path.exists();
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
@@ -77,9 +88,14 @@ impl Wal {
         let mut bytes = Vec::new();
         (&file).read_to_end(&mut bytes)?;
         let (payloads, end) = frames(&bytes);
-        let payloads = payloads.into_iter().map(<[u8]>::to_vec).collect();
+        let mut durable_head = payloads.iter().filter_map(|frame| frame.durable_head).max();
+        // Zeros (or the file's end) after the frames: nothing was cut short there.
+        if bytes.get(end..end + 4).is_some_and(|next| next != [0; 4]) {
+            durable_head = durable_head.max(later_durable_head(&bytes, end));
+        }
+        let payloads = payloads.into_iter().map(|frame| frame.payload.to_vec()).collect();
         let wal = Wal { file, offset: end as u64, allocated: bytes.len() as u64, len_max: len_max.max(1) };
-        Ok((wal, payloads))
+        Ok((wal, WalFrames { payloads, durable_head }))
     }
 
     /// Whether frames with payloads of these lengths fit under the size cap
@@ -100,14 +116,16 @@ impl Wal {
         self.offset = 0;
     }
 
-    /// Write one frame; it is durable only after [`Wal::sync`].
-    pub fn write(&mut self, payload: &[u8]) -> io::Result<()> {
+    /// Write one frame, which `durable_head` says every position up to was
+    /// durable when it was written; it is durable only after [`Wal::sync`].
+    pub fn write(&mut self, payload: &[u8], durable_head: u64) -> io::Result<()> {
         let len = u32::try_from(payload.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a write-ahead log frame over 4 GiB"))?;
         let mut frame = Vec::with_capacity(HEADER_LEN + payload.len());
         frame.extend_from_slice(&MAGIC);
         frame.extend_from_slice(&len.to_be_bytes());
-        frame.extend_from_slice(frame_hash(len, payload).as_bytes());
+        frame.extend_from_slice(&durable_head.to_be_bytes());
+        frame.extend_from_slice(frame_hash(len, Some(durable_head), payload).as_bytes());
         frame.extend_from_slice(payload);
         let end = self.offset + frame.len() as u64;
         if end > self.allocated {
@@ -152,7 +170,7 @@ impl Wals {
     /// their frames, file by file, the current ones and any of an earlier turn:
     /// `writer::replay` keeps each file's frames while they follow one another
     /// and orders them by position.
-    pub fn open(dir: &Path, len_max: u64) -> io::Result<(Wals, [Vec<Vec<u8>>; 2])> {
+    pub fn open(dir: &Path, len_max: u64) -> io::Result<(Wals, [WalFrames; 2])> {
         let (first, first_payloads) = Wal::open(dir, WAL_FILES[0], len_max)?;
         let (second, second_payloads) = Wal::open(dir, WAL_FILES[1], len_max)?;
         Ok((Wals { files: [first, second], current: 0 }, [first_payloads, second_payloads]))
@@ -190,40 +208,89 @@ impl Wals {
     }
 }
 
+/// What one file holds: the payloads of its frames, in order, and the highest
+/// durable head any whole frame in it names, wherever it lies (see the module's doc).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct WalFrames {
+    pub payloads: Vec<Vec<u8>>,
+    pub durable_head: Option<u64>,
+}
+
 /// The length of frames with payloads of these lengths.
 fn frames_len(payload_lens: impl Iterator<Item = usize>) -> u64 {
     payload_lens.map(|len| (HEADER_LEN + len) as u64).sum()
 }
 
-fn frame_hash(len: u32, payload: &[u8]) -> blake3::Hash {
+fn frame_hash(len: u32, durable_head: Option<u64>, payload: &[u8]) -> blake3::Hash {
     let mut hasher = blake3::Hasher::new();
     hasher.update(&len.to_be_bytes());
+    if let Some(head) = durable_head {
+        hasher.update(&head.to_be_bytes());
+    }
     hasher.update(payload);
     hasher.finalize()
 }
 
-/// The payloads of the whole frames at the start of `bytes`, and where they end.
-fn frames(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
-    let mut payloads = Vec::new();
+/// A whole frame read back.
+struct Frame<'a> {
+    payload: &'a [u8],
+    /// `None` for a frame of log format 6.
+    durable_head: Option<u64>,
+    /// Where the next frame starts.
+    end: usize,
+}
+
+/// The whole frame at `at` in `bytes`, if there is one.
+fn frame_at(bytes: &[u8], at: usize) -> Option<Frame<'_>> {
+    let magic = bytes.get(at..at + 4)?;
+    let header_len = match magic {
+        _ if magic == MAGIC => HEADER_LEN,
+        _ if magic == MAGIC_V1 => HEADER_LEN_V1,
+        _ => return None,
+    };
+    let header = bytes.get(at..at + header_len)?;
+    let len = u32::from_be_bytes(header[4..8].try_into().ok()?);
+    let durable_head = match header_len {
+        HEADER_LEN => Some(u64::from_be_bytes(header[8..16].try_into().ok()?)),
+        _ => None,
+    };
+    let hash = &header[header_len - 32..];
+    let start = at + header_len;
+    let payload = bytes.get(start..start.checked_add(len as usize)?)?;
+    (frame_hash(len, durable_head, payload).as_bytes() == hash).then_some(Frame {
+        payload,
+        durable_head,
+        end: start + len as usize,
+    })
+}
+
+/// The whole frames at the start of `bytes`, and where they end.
+fn frames(bytes: &[u8]) -> (Vec<Frame<'_>>, usize) {
+    let mut frames = Vec::new();
     let mut at = 0;
-    while let Some(header) = bytes.get(at..at + HEADER_LEN) {
-        let (magic, rest) = header.split_at(4);
-        let (len, hash) = rest.split_at(4);
-        if magic != MAGIC {
-            break;
-        }
-        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
-        let start = at + HEADER_LEN;
-        let Some(payload) = bytes.get(start..start + len as usize) else {
-            break;
-        };
-        if frame_hash(len, payload).as_bytes() != hash {
-            break;
-        }
-        payloads.push(payload);
-        at = start + len as usize;
+    while let Some(frame) = frame_at(bytes, at) {
+        at = frame.end;
+        frames.push(frame);
     }
-    (payloads, at)
+    (frames, at)
+}
+
+/// The highest durable head named by a whole frame anywhere past `end`, where
+/// the frames stopped: a frame past a damaged one, or of an earlier turn.
+fn later_durable_head(bytes: &[u8], end: usize) -> Option<u64> {
+    let mut highest = None;
+    let mut at = end + 1;
+    while let Some(found) = bytes.get(at..).and_then(|rest| rest.windows(4).position(|window| window == MAGIC)) {
+        at += found;
+        match frame_at(bytes, at) {
+            Some(frame) => {
+                highest = highest.max(frame.durable_head);
+                at = frame.end;
+            }
+            None => at += 1,
+        }
+    }
+    highest
 }
 
 #[cfg(test)]
@@ -233,7 +300,13 @@ mod tests {
     const WAL_FILE: &str = WAL_FILES[0];
 
     fn wal_in(dir: &Path, len_max: u64) -> (Wal, Vec<Vec<u8>>) {
-        Wal::open(dir, WAL_FILE, len_max).expect("opens")
+        let (wal, found) = Wal::open(dir, WAL_FILE, len_max).expect("opens");
+        (wal, found.payloads)
+    }
+
+    fn wals_in(dir: &Path, len_max: u64) -> (Wals, [Vec<Vec<u8>>; 2]) {
+        let (wals, [first, second]) = Wals::open(dir, len_max).expect("opens");
+        (wals, [first.payloads, second.payloads])
     }
 
     #[test]
@@ -241,9 +314,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let (mut wal, found) = wal_in(dir.path(), WAL_LEN_MAX);
         assert!(found.is_empty());
-        wal.write(b"first").expect("writes");
-        wal.write(&[7; 300]).expect("writes");
-        wal.write(b"third").expect("writes");
+        wal.write(b"first", 0).expect("writes");
+        wal.write(&[7; 300], 0).expect("writes");
+        wal.write(b"third", 0).expect("writes");
         wal.sync().expect("syncs");
         drop(wal);
         let (_, found) = wal_in(dir.path(), WAL_LEN_MAX);
@@ -266,22 +339,50 @@ mod tests {
         assert_eq!(found, vec![b"first".to_vec(), vec![7; 300]]);
     }
 
+    /// The durable heads frames name are read from the frames, and from whole
+    /// frames past one that does not read; past zeros nothing is searched.
+    #[test]
+    fn the_highest_durable_head_is_found_past_a_damaged_frame() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut wal, _) = wal_in(dir.path(), WAL_LEN_MAX);
+        wal.write(b"first", 0).expect("writes");
+        wal.write(b"second", 3).expect("writes");
+        wal.write(b"third", 5).expect("writes");
+        drop(wal);
+        let open = || Wal::open(dir.path(), WAL_FILE, WAL_LEN_MAX).expect("opens").1;
+        let found = open();
+        assert_eq!((found.payloads.len(), found.durable_head), (3, Some(5)));
+
+        let path = dir.path().join(WAL_FILE);
+        let bytes = std::fs::read(&path).expect("reads");
+        let mut damaged = bytes.clone();
+        damaged[HEADER_LEN + 5 + HEADER_LEN + 2] ^= 1;
+        std::fs::write(&path, &damaged).expect("writes");
+        assert_eq!(open(), WalFrames { payloads: vec![b"first".to_vec()], durable_head: Some(5) });
+
+        // The second frame's place zeroed: the file ends there, as after a crash.
+        let mut zeroed = bytes.clone();
+        zeroed[HEADER_LEN + 5..2 * HEADER_LEN + 5 + 6].fill(0);
+        std::fs::write(&path, &zeroed).expect("writes");
+        assert_eq!(open(), WalFrames { payloads: vec![b"first".to_vec()], durable_head: Some(0) });
+    }
+
     #[test]
     fn writing_after_open_continues_and_starting_over_forgets_every_frame() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (mut wal, _) = wal_in(dir.path(), 200);
-        wal.write(b"one").expect("writes");
+        wal.write(b"one", 0).expect("writes");
         drop(wal);
         let (mut wal, found) = wal_in(dir.path(), 200);
         assert_eq!(found, vec![b"one".to_vec()]);
         assert!(wal.fits([100].into_iter()));
         assert!(!wal.fits([100, 100].into_iter()), "over the size cap");
-        wal.write(b"two").expect("writes");
+        wal.write(b"two", 0).expect("writes");
         drop(wal);
         let (mut wal, found) = wal_in(dir.path(), 200);
         assert_eq!(found, vec![b"one".to_vec(), b"two".to_vec()]);
         wal.start_over().expect("empties");
-        wal.write(b"three").expect("writes");
+        wal.write(b"three", 0).expect("writes");
         drop(wal);
         assert_eq!(std::fs::metadata(dir.path().join(WAL_FILE)).expect("exists").len(), 200, "grown up to the cap");
         let (_, found) = wal_in(dir.path(), 200);
@@ -291,25 +392,25 @@ mod tests {
     #[test]
     fn the_files_take_turns_and_a_file_written_again_keeps_its_older_frames_after_the_new_ones() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (mut wals, found) = Wals::open(dir.path(), 200).expect("opens");
+        let (mut wals, found) = wals_in(dir.path(), 200);
         assert!(found.concat().is_empty());
         assert!(!wals.holds_frames());
-        wals.current().write(b"one").expect("writes");
-        wals.current().write(b"two").expect("writes");
+        wals.current().write(b"one", 0).expect("writes");
+        wals.current().write(b"two", 0).expect("writes");
         wals.switch();
-        wals.current().write(b"three").expect("writes");
+        wals.current().write(b"three", 0).expect("writes");
         assert!(wals.holds_frames());
         drop(wals);
-        let (mut wals, found) = Wals::open(dir.path(), 200).expect("opens");
+        let (mut wals, found) = wals_in(dir.path(), 200);
         assert_eq!(found, [vec![b"one".to_vec(), b"two".to_vec()], vec![b"three".to_vec()]]);
 
         // Back to the first file: written from its start, over "one"; "two",
         // of the turn before, still follows.
         wals.switch();
         wals.switch();
-        wals.current().write(b"ONE").expect("writes");
+        wals.current().write(b"ONE", 0).expect("writes");
         drop(wals);
-        let (mut wals, found) = Wals::open(dir.path(), 200).expect("opens");
+        let (mut wals, found) = wals_in(dir.path(), 200);
         assert_eq!(found, [vec![b"ONE".to_vec(), b"two".to_vec()], vec![b"three".to_vec()]]);
         let len = |name: &str| std::fs::metadata(dir.path().join(name)).expect("exists").len();
         assert_eq!(len(WAL_FILES[0]), 200, "written again, not truncated");
@@ -317,7 +418,7 @@ mod tests {
         wals.start_over().expect("empties");
         assert_eq!((len(WAL_FILES[0]), len(WAL_FILES[1])), (0, 0));
         drop(wals);
-        let (_, found) = Wals::open(dir.path(), 200).expect("opens");
+        let (_, found) = wals_in(dir.path(), 200);
         assert!(found.concat().is_empty());
     }
 }

@@ -49,7 +49,7 @@ use crate::trees::{self, Trees};
 use crate::types::{
     AppendRequest, AppendResult, ExpectedVersion, STREAM_NAME_LEN_MAX, StreamVersion, is_event_type, is_stream_name,
 };
-use crate::wal::Wals;
+use crate::wal::{WalFrames, Wals};
 use crate::{RECORD_LEN_MAX, codec};
 
 /// The writer's maps, looked up and filled for every append: foldhash (the
@@ -564,12 +564,12 @@ fn transact(trees: &Trees, writes: &BatchWrites) -> Result<(), String> {
 /// and not the earlier one's, whose batch was then never acknowledged). A
 /// frame of a batch sled has is skipped. A frame that does not begin right
 /// after the stored head is damage: sled lost batches the WAL does not hold.
-pub(crate) fn replay(trees: &Trees, files: &[Vec<Vec<u8>>]) -> Result<u64, StoreError> {
+pub(crate) fn replay(trees: &Trees, files: &[WalFrames]) -> Result<u64, StoreError> {
     let mut head = trees::read_head(trees)?;
     let mut batches = Vec::new();
-    for frames in files {
+    for file in files {
         let mut file_head = None;
-        for frame in frames {
+        for frame in &file.payloads {
             let writes = BatchWrites::decode(frame)
                 .map_err(|reason| StoreError::corrupt(head + 1, format!("write-ahead log: {reason}")))?;
             if file_head.is_some_and(|file_head: u64| writes.first != file_head + 1) {
@@ -580,7 +580,7 @@ pub(crate) fn replay(trees: &Trees, files: &[Vec<Vec<u8>>]) -> Result<u64, Store
         }
     }
     batches.sort_by_key(|writes| writes.first);
-    let mut replayed = 0;
+    let mut to_apply = Vec::new();
     for writes in batches {
         if writes.tail.head <= head {
             continue;
@@ -594,9 +594,25 @@ pub(crate) fn replay(trees: &Trees, files: &[Vec<Vec<u8>>]) -> Result<u64, Store
                 ),
             ));
         }
-        apply(trees, &writes).map_err(StoreError::Storage)?;
         head = writes.tail.head;
-        replayed += 1;
+        to_apply.push(writes);
+    }
+    // Checked before anything is written: the open fails and changes nothing.
+    if let Some(durable) = files.iter().filter_map(|file| file.durable_head).max()
+        && durable > head
+    {
+        return Err(StoreError::corrupt(
+            head + 1,
+            format!(
+                "the write-ahead log is damaged: a frame in it was written once positions up to {durable} \
+                 were durable, but the log and the frames that read give back only up to {head} \
+                 (restore the data directory from a backup)"
+            ),
+        ));
+    }
+    let replayed = to_apply.len() as u64;
+    for writes in to_apply {
+        apply(trees, &writes).map_err(StoreError::Storage)?;
     }
     Ok(replayed)
 }
@@ -868,9 +884,11 @@ impl Syncer {
             }
             self.switch_files()?;
         }
+        // Every position up to it was made durable by an `fdatasync` before these frames.
+        let durable_head = *self.durable.borrow();
         let wal = self.wal.current();
         for frame in frames() {
-            wal.write(frame).map_err(|error| format!("writing the write-ahead log failed: {error}"))?;
+            wal.write(frame, durable_head).map_err(|error| format!("writing the write-ahead log failed: {error}"))?;
         }
         wal.sync().map_err(|error| format!("fdatasync of the write-ahead log failed: {error}"))
     }

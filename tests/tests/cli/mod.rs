@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const SHOPLOG: &str = env!("CARGO_BIN_EXE_shoplog_cli");
+pub(crate) const SHOPLOG: &str = env!("CARGO_BIN_EXE_shoplog_cli");
 
 fn shoplog(args: &[&str]) -> std::process::Output {
     Command::new(SHOPLOG).args(args).env_remove("RUST_LOG").output().expect("runs shoplog")

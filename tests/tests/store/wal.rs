@@ -131,28 +131,45 @@ async fn a_wal_that_does_not_continue_the_log_is_refused_and_kept() {
     );
 }
 
-/// The whole frames at the start of a WAL file's bytes: `"SLW1"`, the payload's
-/// length (u32 BE), a 32-byte hash, the payload.
+/// The length of a frame's header: `"SLW2"`, the payload's length (u32 BE), the
+/// durable head it was written after (u64 BE), a 32-byte hash.
+const HEADER_LEN: usize = 48;
+
+/// The whole frames at the start of a WAL file's bytes.
 fn frames(bytes: &[u8]) -> Vec<&[u8]> {
     let mut frames = Vec::new();
     let mut at = 0;
-    while bytes.get(at..at + 4) == Some(b"SLW1".as_slice()) {
+    while bytes.get(at..at + 4) == Some(b"SLW2".as_slice()) {
         let len = u32::from_be_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
-        frames.push(&bytes[at..at + 40 + len]);
-        at += 40 + len;
+        frames.push(&bytes[at..at + HEADER_LEN + len]);
+        at += HEADER_LEN + len;
     }
     frames
 }
 
-/// A file written again still holds frames of an earlier turn after the new
-/// ones. A power cut during the `fdatasync` of two new frames can keep the
-/// second and not the first, whose place then still holds an old frame: the
-/// file's frames end at the old frame, the batch past it (never acknowledged:
-/// its `fdatasync` never returned) is not replayed, and the log opens.
-#[tokio::test]
-async fn an_old_frame_between_two_new_ones_ends_the_files_frames() {
-    let root = temp_dir();
-    let (log_dir, sled_one) = (root.path().join("log"), root.path().join("one"));
+/// The durable head a frame names.
+fn durable_head(frame: &[u8]) -> u64 {
+    u64::from_be_bytes(frame[8..16].try_into().expect("8 bytes"))
+}
+
+/// `frame` as if written when the durable head was `head`, its hash made again.
+fn with_durable_head(frame: &[u8], head: u64) -> Vec<u8> {
+    let mut frame = frame.to_vec();
+    frame[8..16].copy_from_slice(&head.to_be_bytes());
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&frame[4..16]);
+    hasher.update(&frame[HEADER_LEN..]);
+    let hash = hasher.finalize();
+    frame[16..HEADER_LEN].copy_from_slice(hash.as_bytes());
+    frame
+}
+
+/// A log whose sled holds positions 1–2 (in the second returned directory, its
+/// WAL empty), and the WAL of the log (in the first) after three more batches,
+/// each acknowledged before the next: 3–5, 6, 7–8. Also the WAL of the log's
+/// first batch alone (one frame, 1–2).
+async fn a_log_and_the_wal_of_three_batches(root: &Path) -> (PathBuf, PathBuf, Vec<u8>, Vec<u8>) {
+    let (log_dir, sled_one) = (root.join("log"), root.join("one"));
     let log = EventLog::open(&log_dir).expect("opens");
     append_batch(&log, "a", 2).await;
     let old_wal = std::fs::read(log_dir.join(WAL)).expect("reads the WAL of an open log");
@@ -164,17 +181,70 @@ async fn an_old_frame_between_two_new_ones_ends_the_files_frames() {
     append_batch(&log, "c", 2).await;
     let new_wal = std::fs::read(log_dir.join(WAL)).expect("reads the WAL of an open log");
     drop(log);
+    (log_dir, sled_one, old_wal, new_wal)
+}
+
+/// A file written again still holds frames of an earlier turn after the new
+/// ones. A power cut during the `fdatasync` of two new frames can keep the
+/// second and not the first, whose place then still holds an old frame: the
+/// file's frames end at the old frame, the batch past it (never acknowledged:
+/// its `fdatasync` never returned) is not replayed, and the log opens. Both
+/// new frames name the durable head they were written after, the same one.
+#[tokio::test]
+async fn an_old_frame_between_two_new_ones_ends_the_files_frames() {
+    let root = temp_dir();
+    let (_, sled_one, old_wal, new_wal) = a_log_and_the_wal_of_three_batches(root.path()).await;
     let (old, new) = (frames(&old_wal), frames(&new_wal));
     assert_eq!((old.len(), new.len()), (1, 3), "one frame a batch");
+    assert_eq!(new.iter().map(|frame| durable_head(frame)).collect::<Vec<_>>(), [2, 5, 6]);
 
-    // Positions 3–5; where 6's frame was, the old frame of 1–2; then 7–8.
-    let mut bytes = [new[0], old[0], new[2]].concat();
+    // Positions 3–5; where 6's frame was, the old frame of 1–2; then 7–8, of
+    // the same `fdatasync` as 6 (so written once 5 was durable, not 6).
+    let mut bytes = [new[0], old[0], &with_durable_head(new[2], 5)].concat();
     bytes.resize(new_wal.len(), 0);
     std::fs::write(sled_one.join(WAL), &bytes).expect("writes");
     let log = EventLog::open(&sled_one).expect("opens: no acknowledged batch is missing");
     assert_eq!(log.recovery().batches_replayed, 1);
     assert_eq!(log.head(), 5, "the batches past the old frame were never acknowledged");
     assert_eq!(log.verify().expect("verifies").events, 5);
+}
+
+/// A frame damaged on disk after its `fdatasync` is no torn write: the frames
+/// written after it name a durable head that covers it. The open is refused,
+/// naming the first position lost, and leaves the WAL as it was, so that no
+/// acknowledged event is dropped without a word (and `verify` exits 1).
+#[tokio::test]
+async fn a_damaged_frame_that_later_frames_say_was_durable_is_refused_and_kept() {
+    let root = temp_dir();
+    let (_, sled_one, old_wal, new_wal) = a_log_and_the_wal_of_three_batches(root.path()).await;
+    let (old, new) = (frames(&old_wal), frames(&new_wal));
+    let mut flipped = new_wal.clone();
+    flipped[new[0].len() + HEADER_LEN + 10] ^= 4;
+    let mut old_between = [new[0], old[0], new[2]].concat();
+    old_between.resize(new_wal.len(), 0);
+    for (case, bytes) in [("a byte flipped in 6's frame", flipped), ("an old frame where 6's was", old_between)] {
+        let dir = root.path().join(case.replace(' ', "-"));
+        copy_dir(&sled_one, &dir);
+        std::fs::write(dir.join(WAL), &bytes).expect("writes");
+        match EventLog::open(&dir) {
+            Err(StoreError::Corrupt { position, reason }) => {
+                assert_eq!(position, 6, "{case}: {reason}");
+                assert!(reason.contains("write-ahead log is damaged"), "{case}: {reason}");
+                assert!(reason.contains("up to 6 were durable") && reason.contains("only up to 5"), "{reason}");
+            }
+            other => panic!("{case}: expected the damage to be refused, got {other:?}"),
+        }
+        assert_eq!(std::fs::read(dir.join(WAL)).expect("reads"), bytes, "{case}: the WAL is left as it was");
+        let verify = std::process::Command::new(crate::cli::SHOPLOG)
+            .args(["verify", "--data", dir.to_str().expect("utf-8")])
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("runs shoplog");
+        assert_eq!(verify.status.code(), Some(1), "{case}: {verify:?}");
+        let stdout = String::from_utf8_lossy(&verify.stdout);
+        assert!(stdout.starts_with("corrupt at position 6: the write-ahead log is damaged"), "{case}: {stdout}");
+        assert_eq!(std::fs::read(dir.join(WAL)).expect("reads"), bytes, "{case}: verify changed the WAL");
+    }
 }
 
 /// When the first file is full the syncer goes on in the second, while a
