@@ -7,7 +7,7 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc;
 
@@ -29,8 +29,12 @@ const CHUNK_LEN: usize = 256 * 1024;
         (status = 403, response = openapi::Forbidden),
     )
 )]
-pub async fn backup(State(state): State<AppState>, _: Admin) -> Response {
+pub async fn backup(State(state): State<AppState>, method: Method, _: Admin) -> Response {
     let head = state.log.head();
+    if method == Method::HEAD {
+        // The headers a GET would get, and no backup: nothing would read it.
+        return with_backup_headers(Body::empty().into_response(), head);
+    }
     let (chunks, body) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let log = state.log.clone();
     // The backup is written after the handler has answered, on a thread of its
@@ -53,7 +57,11 @@ pub async fn backup(State(state): State<AppState>, _: Admin) -> Response {
     });
     let stream =
         futures_util::stream::unfold(body, |mut body| async move { body.recv().await.map(|chunk| (chunk, body)) });
-    let mut response = Body::from_stream(stream).into_response();
+    with_backup_headers(Body::from_stream(stream).into_response(), head)
+}
+
+/// The headers of a backup ending at `head`.
+fn with_backup_headers(mut response: Response, head: u64) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     headers.insert("x-head-position", HeaderValue::from(head));

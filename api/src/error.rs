@@ -52,7 +52,8 @@ pub enum ApiError {
     Timeout,
     /// The request had arrived but was not answered within the request timeout.
     #[error(
-        "the request took longer than the server's request timeout; a command may have been carried out:          send it again with the same Idempotency-Key to get its outcome"
+        "the request took longer than the server's request timeout; a command may have been carried out: \
+         send it again with the same Idempotency-Key to get its outcome"
     )]
     TimedOut,
     /// Anything else: logged with its cause, answered as a bare 500.
@@ -299,6 +300,18 @@ mod tests {
             let problem: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
             assert_eq!(problem["status"], status.as_u16(), "{body}");
             assert!(problem["detail"].is_string(), "{body}");
+        }
+    }
+
+    /// Every detail reads as one sentence: no run of spaces a line break in
+    /// the source left behind.
+    #[tokio::test]
+    async fn details_have_no_runs_of_spaces() {
+        for error in [ApiError::Timeout, ApiError::TimedOut, ApiError::TooManyRequests { retry_after_seconds: 3 }] {
+            let (_, body) = answer(error).await;
+            let problem: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let detail = problem["detail"].as_str().unwrap_or_default();
+            assert!(!detail.is_empty() && !detail.contains("  "), "{body}");
         }
     }
 }

@@ -11,6 +11,17 @@
 //! problem+json. It never decides a shop rule itself and never writes to the
 //! log except through `CommandService`.
 
+/// `println!` that returns an error from the function instead of panicking
+/// when stdout cannot be written (a pipe closed early, a full disk): the
+/// command then ends with its one error line and exit code 2.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)
+            .map_err(|error| anyhow::anyhow!("cannot write to stdout: {error}"))?
+    }};
+}
+
 mod admin;
 pub mod auth;
 mod backups;

@@ -523,7 +523,8 @@ struct Session {
     tag = "customers",
     request_body = Login,
     responses(
-        (status = 200, description = "Logged in", body = Session),
+        (status = 200, description = "Logged in", body = Session,
+            headers(("Cache-Control" = String, description = "`no-store`: the answer holds a token"))),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
         (status = 413, response = PayloadTooLarge),
@@ -538,7 +539,7 @@ async fn login(
     _: Caller,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     input: CommandInput<Login>,
-) -> Result<Json<Session>, ApiError> {
+) -> Result<([(header::HeaderName, &'static str); 1], Json<Session>), ApiError> {
     let email = field("email", Email::parse(&input.body.email))
         .map_err(|error| domain::DomainError::Validation(vec![error]))?;
     for (limiter, key) in
@@ -550,7 +551,8 @@ async fn login(
     let password = Password::parse(&input.body.password).map_err(|_| ApiError::Unauthorized)?;
     let customer = state.service.login(&email, &password).await?;
     let (token, expires_at) = state.tokens.issue(customer, Utc::now());
-    Ok(Json(Session { token, customer_id: customer.get(), expires_at }))
+    // No cache may keep a bearer token (RFC 9111 §5.2.2.5).
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(Session { token, customer_id: customer.get(), expires_at })))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -79,7 +79,7 @@ pub(super) fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
         checking.finish_and_clear();
         checked.context("the backup written is not sound")
     })?;
-    println!(
+    say!(
         "backed up {} events up to position {} ({} keys, {} forgotten, {} bytes) to {}",
         summary.events,
         summary.last_position,
@@ -206,7 +206,7 @@ pub(super) fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         Ok(restored)
     })?;
     let last = restored.last_recorded_at.map_or_else(|| "-".to_owned(), |time| time.to_rfc3339());
-    println!(
+    say!(
         "restored {} of {} events (positions 1 to {}, the last recorded at {last}) from {} into {}; read models rebuilt",
         restored.events,
         whole.events,

@@ -260,7 +260,7 @@ pub(super) fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         );
         Ok(importer.finish()?.1)
     })?;
-    println!(
+    say!(
         "imported {} events in {} streams ({} customers, {} forgotten) into {}; read models rebuilt",
         summary.events,
         summary.streams,

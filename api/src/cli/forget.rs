@@ -56,10 +56,10 @@ pub(super) fn run(args: ForgetArgs) -> anyhow::Result<ExitCode> {
             anyhow::bail!("say where: --data DIR (a stopped server's data dir) or --server URL --token T")
         }
     };
-    println!("forgot customer {customer_id} at position {}", forgotten.position);
+    say!("forgot customer {customer_id} at position {}", forgotten.position);
     if !forgotten.cancelled_orders.is_empty() {
         let orders: Vec<String> = forgotten.cancelled_orders.iter().map(Uuid::to_string).collect();
-        println!("cancelled their unpaid orders, releasing the stock: {}", orders.join(", "));
+        say!("cancelled their unpaid orders, releasing the stock: {}", orders.join(", "));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -196,7 +196,7 @@ fn run(cli: Cli, given: Option<&ArgMatches>) -> anyhow::Result<ExitCode> {
                     walking.finish_and_clear();
                     let first = first?;
                     let (position, reason) = first.unwrap_or_else(|| (*position, reason.clone()));
-                    println!("corrupt at position {position}: {reason}");
+                    say!("corrupt at position {position}: {reason}");
                     return Ok(ExitCode::from(1));
                 }
             };
@@ -213,11 +213,11 @@ fn run(cli: Cli, given: Option<&ArgMatches>) -> anyhow::Result<ExitCode> {
                         .collect();
                     if !damaged.is_empty() {
                         for (name, problem) in damaged {
-                            println!("read model {name} is damaged: {problem} (the log itself is sound)");
+                            say!("read model {name} is damaged: {problem} (the log itself is sound)");
                         }
                         return Ok(ExitCode::from(1));
                     }
-                    println!(
+                    say!(
                         "ok: {} events in {} streams, head {}, last hash {}",
                         report.events,
                         report.streams,
@@ -232,14 +232,14 @@ fn run(cli: Cli, given: Option<&ArgMatches>) -> anyhow::Result<ExitCode> {
                         })
                         .collect();
                     if built.is_empty() {
-                        println!("read models: none built yet");
+                        say!("read models: none built yet");
                     } else {
-                        println!("read models: {}", built.join(", "));
+                        say!("read models: {}", built.join(", "));
                     }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(store::StoreError::Corrupt { position, reason }) => {
-                    println!("corrupt at position {position}: {reason}");
+                    say!("corrupt at position {position}: {reason}");
                     Ok(ExitCode::from(1))
                 }
                 Err(other) => Err(other.into()),
@@ -248,17 +248,17 @@ fn run(cli: Cli, given: Option<&ArgMatches>) -> anyhow::Result<ExitCode> {
         Command::Stats { data } => {
             let log = open_offline(&data)?;
             let stats = stats(&log)?;
-            println!("events: {}", stats.events);
-            println!("head position: {}", log.head());
+            say!("events: {}", stats.events);
+            say!("head position: {}", log.head());
             let size = log.size_on_disk()?;
-            println!("size on disk: {} ({size} bytes)", indicatif::HumanBytes(size));
-            println!("by category:");
+            say!("size on disk: {} ({size} bytes)", indicatif::HumanBytes(size));
+            say!("by category:");
             for (category, count) in &stats.by_category {
-                println!("  {category}: {count}");
+                say!("  {category}: {count}");
             }
-            println!("by type:");
+            say!("by type:");
             for (event_type, count) in &stats.by_type {
-                println!("  {event_type}: {count}");
+                say!("  {event_type}: {count}");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -18,9 +18,9 @@ pub(super) struct ReplayArgs {
     /// Rebuild only this read model: catalog, carts, orders or dashboard [default: all]
     #[arg(long, value_name = "NAME")]
     projection: Option<String>,
-    /// Apply events up to this position only [default: the head]; the server
-    /// applies the rest when it starts.
-    #[arg(long, value_name = "P")]
+    /// Apply events up to this position only, 1 or more [default: the head];
+    /// the server applies the rest when it starts.
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u64).range(1..))]
     to_position: Option<u64>,
 }
 
@@ -45,14 +45,14 @@ pub(super) fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         report.models.iter().map(|model| format!("{} (generation {})", model.name, model.generation)).collect();
     let seconds = report.elapsed.as_secs_f64();
     let rate = if seconds > 0.0 { report.events as f64 / seconds } else { 0.0 };
-    println!(
+    say!(
         "replayed {} events into {} up to position {} in {seconds:.2} s ({rate:.0} events/s)",
         report.events,
         names.join(", "),
         report.position
     );
     if report.position < report.head {
-        println!(
+        say!(
             "the log's head is {}: the server applies positions {} to {} when it starts",
             report.head,
             report.position + 1,

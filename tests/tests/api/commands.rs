@@ -281,6 +281,7 @@ async fn a_repeated_registration_answers_its_first_response() {
 async fn customer_id_of(app: &TestApp, email: &str) -> String {
     let reply = app.post("/api/v1/sessions", None, json!({"email": email, "password": "correct horse"})).await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(reply.headers["cache-control"], "no-store", "no cache keeps the token");
     reply.body["customer_id"].as_str().expect("customer id").to_owned()
 }
 

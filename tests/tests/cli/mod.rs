@@ -291,6 +291,19 @@ fn stats_counts_events_by_type_and_category() {
     let size = stdout.lines().find_map(|line| line.strip_prefix("size on disk: ")).expect("a size line");
     assert!(size.ends_with(&format!(" ({files_len} bytes)")), "{size:?} against {files_len} bytes of files");
     assert_refused(&shoplog(&["stats", "--data", "/no/such/dir"]), "does not exist");
+
+    // A stdout that cannot be written (a full disk; a pipe closed early is the
+    // same error) ends the command with its one line, not a panic.
+    for command in ["stats", "verify"] {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("opens /dev/full");
+        let output = Command::new(SHOPLOG)
+            .args([command, "--data", dir.path().to_str().expect("utf-8")])
+            .env_remove("RUST_LOG")
+            .stdout(full)
+            .output()
+            .expect("runs shoplog");
+        assert_refused(&output, "cannot write to stdout: No space left on device");
+    }
 }
 
 #[test]
@@ -376,18 +389,22 @@ fn an_online_backups_log_line_carries_its_requests_span() {
     let token = "admin-token-for-the-span-01";
     let (served, stderr) = served_logging(dir.path(), token, "info");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let backup = runtime.block_on(async {
-        let request = reqwest::Client::new()
-            .get(format!("http://{}/admin/backup", served.address))
-            .bearer_auth(token)
-            .header("x-request-id", "backup-probe-7");
+    let url = format!("http://{}/admin/backup", served.address);
+    let (head, backup) = runtime.block_on(async {
+        // A HEAD gets the headers and starts no backup.
+        let head = reqwest::Client::new().head(&url).bearer_auth(token).send().await.expect("answers");
+        let head = (head.status().as_u16(), head.headers().get("x-head-position").cloned());
+        let request = reqwest::Client::new().get(&url).bearer_auth(token).header("x-request-id", "backup-probe-7");
         let response = request.send().await.expect("answers");
-        (response.status().as_u16(), response.bytes().await.expect("the whole backup").len())
+        (head, (response.status().as_u16(), response.bytes().await.expect("the whole backup").len()))
     });
+    assert_eq!(head, (200, Some(reqwest::header::HeaderValue::from(0))));
     assert_eq!(backup.0, 200);
     assert!(backup.1 > 0, "a backup has a header and a trailer");
     assert!(served.stop_with("TERM").success());
     assert_logged_in_request_span(&stderr, "online backup sent", "backup-probe-7", "/admin/backup");
+    let logged = std::fs::read_to_string(&stderr).expect("reads stderr");
+    assert_eq!(logged.matches("online backup").count(), 1, "the HEAD made no backup:\n{logged}");
 }
 
 /// The live feed is read after its handler has answered, and its log lines

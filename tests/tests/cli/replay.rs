@@ -125,6 +125,8 @@ fn bad_replay_inputs_are_one_line_and_exit_code_2_and_change_nothing() {
         &format!("position {past} is past the log's head {}", filled.head),
     );
     assert_refused(&shoplog(&["replay", "--data", data, "--to-position", "soon"]), "soon");
+    // Position 0 would empty every read model: it is refused, as restore refuses it.
+    assert_refused(&shoplog(&["replay", "--data", data, "--to-position", "0"]), "'0' for '--to-position <P>'");
     // Inside one command's events (a checkout's order, reservations and cart):
     // the models would hold part of it.
     let (first, last) = appends(filled.dir.path()).into_iter().find(|(first, last)| last > first).expect("a checkout");
