@@ -220,7 +220,12 @@ pub(super) fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
 /// Fill a staging directory next to `target` with `fill`, verify the log there,
 /// rebuild its read models, and rename it into place; on any failure the staging
 /// directory is removed and `target` is left as it was.
+///
+/// A `target` that is a symbolic link stays one: the directory it points to
+/// (which may not exist yet) is the one filled, beside which the staging
+/// directory is made (rename(2) would not put a directory over the link).
 pub(super) fn install_dir<T>(target: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let target = &through_links(target)?;
     store::ensure_new_or_empty(target)?;
     ensure_replaceable(target)?;
     super::interrupt::remove_left_behind(target, "incoming");
@@ -247,6 +252,23 @@ pub(super) fn install_dir<T>(target: &Path, fill: impl FnOnce(&Path) -> anyhow::
         let _ = std::fs::remove_dir_all(&staging);
     }
     installed
+}
+
+/// Where `path` leads through symbolic links: the path itself when it is none.
+fn through_links(path: &Path) -> anyhow::Result<PathBuf> {
+    /// As many links as Linux follows in one path.
+    const LINKS_MAX: usize = 40;
+    let mut path = path.to_path_buf();
+    for _ in 0..LINKS_MAX {
+        let is_link = std::fs::symlink_metadata(&path).is_ok_and(|metadata| metadata.file_type().is_symlink());
+        if !is_link {
+            return Ok(path);
+        }
+        let link = std::fs::read_link(&path).with_context(|| format!("cannot read the link {}", path.display()))?;
+        // A relative link is relative to the directory holding it.
+        path = path.parent().map_or_else(|| link.clone(), |parent| parent.join(&link));
+    }
+    anyhow::bail!("{} goes through more than {LINKS_MAX} symbolic links", path.display())
 }
 
 /// An existing (empty) target is replaced by the staging dir, renamed over it:

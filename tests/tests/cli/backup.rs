@@ -176,6 +176,25 @@ async fn an_offline_backup_restores_the_same_log_and_read_models() {
     app.stop().await;
 }
 
+/// A data dir named through a symbolic link (to an empty directory, or to one
+/// not made yet) is filled where the link points, and the link stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_through_a_symbolic_link_fills_where_it_points() {
+    let (data, work, file) = backed_up_shop().await;
+    let source = events(data.path());
+    let empty = work.path().join("empty");
+    std::fs::create_dir(&empty).expect("creates");
+    for (link, points_to) in [("to-empty", Path::new("empty")), ("dangling", Path::new("not-yet"))] {
+        let link = work.path().join(link);
+        std::os::unix::fs::symlink(points_to, &link).expect("links");
+        let output = shoplog(&["restore", "--in", arg(&file), "--data", arg(&link)]);
+        assert!(output.status.success(), "{output:?}");
+        assert!(std::fs::symlink_metadata(&link).expect("exists").file_type().is_symlink(), "the link stays");
+        assert_eq!(events(&work.path().join(points_to)), source, "filled where {} points", link.display());
+        assert!(shoplog(&["verify", "--data", arg(&link)]).status.success());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_online_backup_taken_while_writing_ends_at_its_head_and_restores_it() {
     let app = TestApp::spawn().await;
