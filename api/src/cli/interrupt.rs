@@ -9,10 +9,30 @@
 //!   removes what an interrupted run left there ([`remove_left_behind`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 /// The paths being written now.
 static WRITING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Set once Ctrl-C or SIGTERM came: the run ends with 130, whatever the work
+/// still running meets meanwhile (the partial file it was about to rename,
+/// removed under it).
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether Ctrl-C or SIGTERM came.
+pub(super) fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// The work failed after an interruption, which is what made it fail: let the
+/// watcher end the run (it removes what was being written and exits 130),
+/// instead of a second error line and exit code 2. Should it not, exit 130 here.
+pub(super) fn end_interrupted() -> ! {
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    eprintln!("shoplog: interrupted");
+    std::process::exit(130)
+}
 
 /// From now on, Ctrl-C and SIGTERM remove what is being written and exit 130.
 /// For the operator commands only: `serve` shuts down on them instead.
@@ -27,6 +47,7 @@ pub(super) fn watch() {
                 interrupted = tokio::signal::ctrl_c() => if interrupted.is_err() { return },
                 _ = terminate.recv() => {}
             }
+            INTERRUPTED.store(true, Ordering::SeqCst);
             let writing = std::mem::take(&mut *WRITING.lock().unwrap_or_else(PoisonError::into_inner));
             for path in &writing {
                 if remove(path) {

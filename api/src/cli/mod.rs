@@ -138,6 +138,7 @@ pub fn main() -> ExitCode {
     let given = matches.subcommand().map(|(_, matches)| matches);
     match run(cli, given) {
         Ok(code) => code,
+        Err(_) if interrupt::interrupted() => interrupt::end_interrupted(),
         Err(error) => {
             eprintln!("shoplog: {error:#}");
             ExitCode::from(2)

@@ -624,7 +624,35 @@ async fn an_interrupted_restore_or_backup_leaves_nothing_behind() {
     let data = work.path().join("data");
     tests::big_log(&data, 60_000).await;
     let file = backup_file(work.path());
+    let started = std::time::Instant::now();
     assert!(shoplog(&["backup", "--data", arg(&data), "--out", arg(&file)]).status.success());
+    let whole = started.elapsed();
+
+    // SIGTERM at moments spread over the later part of a backup's run, where
+    // the file is synced and renamed (at about two thirds of a whole run, with
+    // the process's start and end, on this machine): the backup ends with 130
+    // and leaves nothing, or had ended whole with 0; never another error (it
+    // used to find its partial file removed under it, and end with 2).
+    for step in 14..=25u32 {
+        let out = work.path().join(format!("interrupted-{step}.backup"));
+        let child = std::process::Command::new(super::SHOPLOG)
+            .args(["backup", "--data", arg(&data), "--out", arg(&out)])
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("backup starts");
+        std::thread::sleep(whole * step / 32);
+        let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let output = child.wait_with_output().expect("the backup ends");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        match output.status.code() {
+            Some(130) => assert!(!out.exists(), "an interrupted backup left {}: {stderr}", out.display()),
+            Some(0) => assert!(out.exists(), "{stderr}"),
+            other => panic!("SIGTERM at {step}/32 of a backup's time: exit {other:?}: {stderr}"),
+        }
+        assert_eq!(hidden_beside(&out), Vec::<String>::new(), "a partial file was left behind: {stderr}");
+    }
 
     let target = work.path().join("restored");
     let mut child = std::process::Command::new(super::SHOPLOG)
