@@ -22,6 +22,7 @@ mod error;
 mod fill;
 mod import;
 mod log;
+mod mark;
 mod private;
 mod record;
 mod seal;

@@ -150,6 +150,20 @@ impl EventLog {
         let trees = Trees::open(&db)?;
         // Before anything is written: a log of an unknown format is refused as it is.
         let stored_format = read_format(&trees)?;
+        // And one whose sled file lost what a checkpoint had made durable (`mark`).
+        let checkpointed = crate::mark::read(&path).map_err(|reason| StoreError::corrupt(0, reason))?;
+        let stored_head = trees::read_head(&trees)?;
+        if let Some(checkpointed) = checkpointed
+            && stored_head < checkpointed
+        {
+            return Err(StoreError::corrupt(
+                stored_head + 1,
+                format!(
+                    "sled's file is damaged: it holds the log up to position {stored_head}, but a checkpoint had \
+                     made it durable up to {checkpointed} (restore the data directory from a backup)"
+                ),
+            ));
+        }
         let dropped = drop_torn_batch(&trees)?;
         if let Some(dropped @ 1..) = dropped {
             tracing::warn!(dropped, "dropped the records of a batch a crash left unfinished (never acknowledged)");
@@ -197,8 +211,11 @@ impl EventLog {
             db_file.sync_data()?;
         }
         // What sled holds now is durable: it was fsynced above, or when opened.
-        wal.start_over()?;
         let tail = read_tail(&trees)?;
+        if checkpointed != Some(tail.head) {
+            crate::mark::write(&path, tail.head)?;
+        }
+        wal.start_over()?;
 
         let (jobs_sender, jobs) = mpsc::channel(options.queue_len_max.max(1));
         let (durable_sender, durable) = watch::channel(tail.head);
@@ -214,6 +231,7 @@ impl EventLog {
             batch_len_max: options.batch_len_max.max(1),
             stream_heads: Default::default(),
             syncer: Some(Syncer {
+                dir: Arc::from(path.as_path()),
                 db: db.clone(),
                 trees: trees.clone(),
                 unindexed: HashMap::new(),
@@ -761,7 +779,11 @@ pub fn first_damaged_record(
     progress: &mut dyn FnMut(u64),
 ) -> Result<Option<(u64, String)>, StoreError> {
     let path = dir.as_ref();
-    let db = open_sled(path, Options::default().cache_capacity_bytes)?;
+    let db = match open_sled(path, Options::default().cache_capacity_bytes) {
+        Ok(db) => db,
+        Err(StoreError::Corrupt { position, reason }) => return Ok(Some((position, reason))),
+        Err(other) => return Err(other),
+    };
     let trees = Trees::open(&db)?;
     let walked = walk_chain(&trees, |position, _| {
         if position.is_multiple_of(PROGRESS_EVERY) {
@@ -910,6 +932,15 @@ fn open_error(path: &Path, error: sled::Error) -> StoreError {
         {
             StoreError::Locked { path: path.to_path_buf() }
         }
+        // sled found its own file damaged: no record of the log can be named
+        // (sled's recovery gives up before any), so the damage is at position 0.
+        sled::Error::Corruption { .. } => StoreError::corrupt(
+            0,
+            format!(
+                "sled's file in {} is damaged, sled cannot open it (restore the data directory from a backup)",
+                path.display()
+            ),
+        ),
         _ => StoreError::Storage(format!("opening {}: {error}", path.display())),
     }
 }

@@ -712,6 +712,8 @@ pub(crate) fn drop_torn_batch(trees: &Trees) -> Result<Option<u64>, StoreError> 
 /// The second stage: makes written batches durable, then answers their appenders
 /// and moves the durable head, strictly in order.
 pub(crate) struct Syncer {
+    /// The data directory, where a checkpoint records how far sled is durable (`mark`).
+    pub dir: Arc<std::path::Path>,
     pub db: sled::Db,
     pub trees: Trees,
     /// Our own handle to sled's log file, to `fdatasync` it after sled's flush
@@ -929,6 +931,7 @@ impl Syncer {
     /// A checkpoint of every batch handed over, which takes the index groups kept out of sled.
     fn next_checkpoint(&mut self) -> Checkpoint {
         Checkpoint {
+            dir: Arc::clone(&self.dir),
             db: self.db.clone(),
             trees: self.trees.clone(),
             db_file: Arc::clone(&self.db_file),
@@ -987,6 +990,7 @@ fn written_to_sled(applied: &Applied, health: &Health, head: u64) -> Result<(), 
 /// What a checkpoint makes durable in sled: every batch up to `head`, which
 /// sled holds unflushed, and the stream index groups kept out of sled until then.
 struct Checkpoint {
+    dir: Arc<std::path::Path>,
     db: sled::Db,
     trees: Trees,
     db_file: Arc<File>,
@@ -1008,6 +1012,8 @@ impl Checkpoint {
         self.trees.meta.insert(trees::META_INDEXED, &self.head.to_be_bytes()).map_err(failed)?;
         crate::log::flush_sled(&self.db).map_err(|error| format!("flush failed: {error}"))?;
         self.db_file.sync_data().map_err(|error| format!("fdatasync of sled's log failed: {error}"))?;
+        crate::mark::write(&self.dir, self.head)
+            .map_err(|error| format!("recording the checkpoint in {} failed: {error}", crate::mark::FILE))?;
         self.trees.recent.settle(&self.groups);
         Ok(())
     }

@@ -193,3 +193,14 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// Write the `checkpointed` file of the log in `dir` (`store`'s `mark`: how far
+/// the last checkpoint made sled durable) as a checkpoint at `head` would: for
+/// tests that shape a crash's state by hand.
+pub fn set_checkpointed(dir: &std::path::Path, head: u64) {
+    let mut bytes = b"SLC1".to_vec();
+    bytes.extend_from_slice(&head.to_be_bytes());
+    let hash = blake3::hash(&bytes);
+    bytes.extend_from_slice(hash.as_bytes());
+    std::fs::write(dir.join("checkpointed"), bytes).expect("writes the checkpoint mark");
+}

@@ -131,7 +131,8 @@ pub fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    if let Err(error) = init_tracing() {
+    let operating = !matches!(cli.command, Command::Serve(_));
+    if let Err(error) = init_tracing_for(operating) {
         eprintln!("shoplog: {error}");
         return ExitCode::from(2);
     }
@@ -369,8 +370,20 @@ fn stats(log: &store::EventLog) -> anyhow::Result<Stats> {
 /// shows them). At `info` the three spans cost a command 13–18 µs of CPU
 /// (docs/BENCHMARKS.md).
 pub fn init_tracing() -> Result<(), String> {
+    init_tracing_for(false)
+}
+
+/// The log filter when `RUST_LOG` is not set. An operator command does not
+/// show sled's own log lines: what it met is in the command's one error line
+/// (sled logs a damaged file as an `ERROR` line before its open fails), and
+/// `RUST_LOG` can still ask for them.
+fn default_log_filter(operating: bool) -> &'static str {
+    if operating { "info,sled=off" } else { "info" }
+}
+
+fn init_tracing_for(operating: bool) -> Result<(), String> {
     let filter = match std::env::var("RUST_LOG") {
-        Err(std::env::VarError::NotPresent) => tracing_subscriber::EnvFilter::new("info"),
+        Err(std::env::VarError::NotPresent) => tracing_subscriber::EnvFilter::new(default_log_filter(operating)),
         Err(std::env::VarError::NotUnicode(_)) => return Err("RUST_LOG is not valid UTF-8".to_owned()),
         Ok(directives) => tracing_subscriber::EnvFilter::try_new(&directives)
             .map_err(|error| format!("RUST_LOG={directives} is not a log filter: {error}"))?,

@@ -218,6 +218,40 @@ fn a_first_run_needs_no_setting_and_sigterm_stops_it() {
     assert!(String::from_utf8_lossy(&verified.stdout).starts_with("ok: 1 events"), "{verified:?}");
 }
 
+/// A byte of sled's own file damaged: sled recovers only the part of its log
+/// before it, silently (or, with a snapshot to check against, cannot open it
+/// at all). Either way `verify` says the file is damaged on one line of its
+/// own, naming the first position lost, with exit code 1 (no log line of
+/// sled's, and never "ok" over a log that lost acknowledged events): the
+/// checkpoints recorded how far sled was durable (`store::mark`). Every other
+/// command fails with that line and exit code 2.
+#[test]
+fn a_damaged_sled_file_is_corruption_in_one_line() {
+    let dir = tests::temp_dir();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let log = store::EventLog::open(dir.path()).expect("opens");
+        for _ in 0..20 {
+            log.append(tests::append("s", store::ExpectedVersion::Any, vec![tests::event("E", b"payload")]))
+                .await
+                .expect("appends");
+        }
+    });
+    let db = dir.path().join("db");
+    let mut bytes = std::fs::read(&db).expect("reads sled's file");
+    bytes[2000] ^= 4;
+    std::fs::write(&db, &bytes).expect("writes");
+    let data = dir.path().to_str().expect("utf-8");
+    let output = Command::new(SHOPLOG).args(["verify", "--data", data]).env_remove("RUST_LOG").output().expect("runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(stdout.starts_with("corrupt at position ") && stdout.contains("sled's file is damaged"), "{stdout}");
+    assert!(stdout.contains("a checkpoint had made it durable up to 20"), "{stdout}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stderr.is_empty(), "sled's own log line shows: {stderr}");
+    assert_refused(&shoplog(&["stats", "--data", data]), "sled's file is damaged");
+}
+
 #[test]
 fn verify_names_the_first_bad_position_and_exits_1() {
     let dir = tests::temp_dir();

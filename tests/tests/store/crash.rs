@@ -127,10 +127,13 @@ fn acknowledged_appends_survive_sigkill_at_random_moments() {
 
 /// Set the stored head back to `head` with sled itself: the state a crash leaves
 /// when it comes after a batch's records but before its commit mark, the head.
+/// The stored head put back to `head`, as a crash before the batch's commit
+/// mark leaves it: the last checkpoint was at or before it.
 fn rewind_stored_head(dir: &Path, head: u64) {
     let db = tests::raw_sled(dir);
     db.open_tree("meta").expect("tree").insert("head", &head.to_be_bytes()).expect("writes");
     db.flush().expect("flushes");
+    tests::set_checkpointed(dir, head);
 }
 
 fn second_batch() -> store::AppendRequest {
@@ -234,6 +237,21 @@ async fn a_stored_head_that_went_back_without_a_torn_batch_is_reported_not_repai
         Err(store::StoreError::Corrupt { position, reason }) => {
             assert_eq!(position, 4, "the first position past the stored head: {reason}");
             assert!(reason.contains("the last event is 7"), "{reason}");
+        }
+        other => panic!("the open should report the damage, got {other:?}"),
+    }
+    // The stored head going back below what a checkpoint made durable (here the
+    // close's, at 7) is damage of sled's file, whatever sled's records say.
+    {
+        let db = tests::raw_sled(dir.path());
+        db.open_tree("meta").expect("tree").insert("head", &3u64.to_be_bytes()).expect("writes");
+        db.flush().expect("flushes");
+    }
+    tests::set_checkpointed(dir.path(), 7);
+    match EventLog::open(dir.path()) {
+        Err(store::StoreError::Corrupt { position, reason }) => {
+            assert_eq!(position, 4, "{reason}");
+            assert!(reason.contains("a checkpoint had made it durable up to 7"), "{reason}");
         }
         other => panic!("the open should report the damage, got {other:?}"),
     }
