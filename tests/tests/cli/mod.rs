@@ -229,24 +229,48 @@ fn a_first_run_needs_no_setting_and_sigterm_stops_it() {
 fn a_damaged_sled_file_is_corruption_in_one_line() {
     let dir = tests::temp_dir();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
-        let log = store::EventLog::open(dir.path()).expect("opens");
-        for _ in 0..20 {
-            log.append(tests::append("s", store::ExpectedVersion::Any, vec![tests::event("E", b"payload")]))
-                .await
-                .expect("appends");
+    runtime.block_on(tests::big_log(dir.path(), 20));
+    let head = store::EventLog::open(dir.path()).expect("opens").head();
+    // A restored copy of it, whose sled has a snapshot to check its file against.
+    let (work, data) = (tests::temp_dir(), dir.path().to_str().expect("utf-8"));
+    let (file, restored) = (work.path().join("shop.backup"), work.path().join("restored"));
+    assert!(shoplog(&["backup", "--data", data, "--out", file.to_str().expect("utf-8")]).status.success());
+    let restoring = ["restore", "--in", file.to_str().expect("utf-8"), "--data", restored.to_str().expect("utf-8")];
+    let output = shoplog(&restoring);
+    assert!(output.status.success(), "{output:?}");
+    let snapshots = std::fs::read_dir(&restored).expect("lists").flatten();
+    assert!(snapshots.into_iter().any(|entry| entry.file_name().to_string_lossy().starts_with("snap.")));
+
+    let flip = |dir: &std::path::Path| {
+        let db = dir.join("db");
+        let mut bytes = std::fs::read(&db).expect("reads sled's file");
+        bytes[2000] ^= 4;
+        std::fs::write(&db, &bytes).expect("writes");
+    };
+    // Without its snapshots, sled recovers the part of its file before the
+    // damage, silently: the checkpoint's mark tells what was lost.
+    for entry in std::fs::read_dir(dir.path()).expect("lists").flatten() {
+        if entry.file_name().to_string_lossy().starts_with("snap.") {
+            std::fs::remove_file(entry.path()).expect("removes a snapshot");
         }
-    });
-    let db = dir.path().join("db");
-    let mut bytes = std::fs::read(&db).expect("reads sled's file");
-    bytes[2000] ^= 4;
-    std::fs::write(&db, &bytes).expect("writes");
-    let data = dir.path().to_str().expect("utf-8");
+    }
+    flip(dir.path());
+    flip(&restored);
+    let output = Command::new(SHOPLOG)
+        .args(["verify", "--data", restored.to_str().expect("utf-8")])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(stdout.contains("sled's file in") && stdout.contains("is damaged, sled cannot open it"), "{stdout}");
+    assert!(output.stderr.is_empty(), "sled's own log line shows: {output:?}");
+
     let output = Command::new(SHOPLOG).args(["verify", "--data", data]).env_remove("RUST_LOG").output().expect("runs");
     let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(stdout.starts_with("corrupt at position ") && stdout.contains("sled's file is damaged"), "{stdout}");
-    assert!(stdout.contains("a checkpoint had made it durable up to 20"), "{stdout}");
+    assert!(stdout.contains(&format!("a checkpoint had made it durable up to {head}")), "{stdout}");
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert!(stderr.is_empty(), "sled's own log line shows: {stderr}");
     assert_refused(&shoplog(&["stats", "--data", data]), "sled's file is damaged");
