@@ -166,7 +166,10 @@ impl From<DomainError> for ApiError {
             ErrorKind::NotFound => ApiError::NotFound(detail),
             ErrorKind::Conflict => {
                 let skus = match &error {
-                    DomainError::OutOfStock { skus } => skus.iter().map(ToString::to_string).collect(),
+                    // Every sku a checkout refuses, for a client to point at the lines.
+                    DomainError::OutOfStock { skus } | DomainError::Discontinued { skus } => {
+                        skus.iter().map(ToString::to_string).collect()
+                    }
                     _ => Vec::new(),
                 };
                 ApiError::Conflict { detail, skus }

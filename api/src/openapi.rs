@@ -134,8 +134,8 @@ problems! {
         "WWW-Authenticate": String = "`Bearer`";
     Forbidden: "The token is valid but its role may not do this";
     NotFound: "No such thing (or not yours), or no such route";
-    Conflict: "A business rule or a concurrency conflict; an out-of-stock checkout names the `skus`, \
-        a reused `Idempotency-Key` with another request lands here too";
+    Conflict: "A business rule or a concurrency conflict; a checkout refused for products out of stock or \
+        discontinued names their `skus`, a reused `Idempotency-Key` with another request lands here too";
     PreconditionFailed: "`If-Match` names another version than the stream's";
     PayloadTooLarge: "The request body is over 64 KiB";
     UnsupportedMediaType: "A non-empty body that is not `application/json`";

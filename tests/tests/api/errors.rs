@@ -140,6 +140,15 @@ async fn rule_conflicts_are_409_and_out_of_stock_names_the_skus() {
     let short = app.checkout(&token).await;
     assert_eq!(short.problem(409)["skus"], json!(["a-1"]));
     assert_eq!(app.head(), head);
+    // Discontinued products in the cart are named the same way.
+    for sku in ["a-1", "b-2"] {
+        let path = format!("/api/v1/products/{sku}/discontinue");
+        assert_eq!(app.post(&path, Some(ADMIN), json!({})).await.status, reqwest::StatusCode::OK);
+    }
+    let head = app.head();
+    let gone = app.checkout(&token).await;
+    assert_eq!(gone.problem(409)["skus"], json!(["a-1", "b-2"]), "{gone:?}");
+    assert_eq!(app.head(), head);
 
     let empty = app.customer("hal@example.com").await;
     let head = app.head();
