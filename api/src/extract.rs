@@ -58,6 +58,9 @@ const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
 /// A command's request: the JSON body (an empty body reads as `{}`), its
 /// `Idempotency-Key` and `If-Match` headers, and a hash of what was asked, so a
 /// repeated key can be told from a reused one.
+/// [`crate::BODY_LEN_MAX`] as a `Content-Length`.
+const BODY_LEN_MAX_U64: u64 = crate::BODY_LEN_MAX as u64;
+
 #[derive(Debug)]
 pub struct CommandInput<T> {
     pub body: T,
@@ -81,6 +84,11 @@ impl<S: Send + Sync, T: DeserializeOwned + PartialSchema> FromRequest<S> for Com
             hasher.update(&[0]);
             hasher
         };
+        // A body declared too long is refused at once, not read (or waited for).
+        let declared = parts.headers.get(axum::http::header::CONTENT_LENGTH);
+        if declared.and_then(|len| len.to_str().ok()?.parse::<u64>().ok()).is_some_and(|len| len > BODY_LEN_MAX_U64) {
+            return Err(ApiError::PayloadTooLarge(crate::BODY_LEN_MAX));
+        }
         let headers = parts.headers.clone();
         let bytes = Bytes::from_request(Request::from_parts(parts, body), state).await.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {

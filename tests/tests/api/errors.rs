@@ -172,6 +172,24 @@ async fn a_body_over_64_kib_is_refused_with_413() {
     let reply = app.post("/api/v1/products", Some(ADMIN), json!({"sku": "big", "name": name, "price_cents": 1})).await;
     reply.problem(413);
     assert_eq!(app.head(), head);
+
+    // A body declared too long is refused at once, before it is sent (and not
+    // after the request timeout, waiting for it).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = app.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.expect("connects");
+    let request = format!(
+        "POST /api/v1/products HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {ADMIN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("sends the head");
+    let mut answer = vec![0; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer)).await;
+    let len = read.expect("answered before the body came").expect("reads");
+    let answer = String::from_utf8_lossy(&answer[..len]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert_eq!(app.head(), head);
     app.stop().await;
 }
 
