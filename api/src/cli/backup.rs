@@ -97,6 +97,17 @@ pub(super) fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
 pub(super) fn write_then_rename<T>(out: &Path, write: impl FnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
     let exists = || anyhow::anyhow!("{} already exists; choose a new file name", out.display());
     anyhow::ensure!(!out.exists(), exists());
+    // Named here, before the hidden file beside it would be.
+    let directory = match out.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    anyhow::ensure!(
+        directory.is_dir(),
+        "cannot create {}: the directory {} does not exist",
+        out.display(),
+        directory.display()
+    );
     super::interrupt::remove_left_behind(out, "partial");
     let partial = store::beside(out, "partial");
     let _writing = super::interrupt::Writing::new(&partial);

@@ -141,10 +141,28 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(_) if interrupt::interrupted() => interrupt::end_interrupted(),
         Err(error) => {
-            eprintln!("shoplog: {error:#}");
+            eprintln!("shoplog: {}", error_line(&error));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error and its causes on one line, `: ` between them, each said once: an
+/// error whose message already holds its cause's (`reading the log: <cause>`)
+/// is not followed by that cause again.
+fn error_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Which log a command with an offline and an online form works on, when both
@@ -404,4 +422,23 @@ fn init_tracing_for(operating: bool) -> Result<(), String> {
     // A second call (tests) keeps the first subscriber.
     drop(installed);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a replay of a damaged log said: the store's error twice, once in
+    /// the read models' error that carries it and once as that error's cause.
+    #[test]
+    fn an_error_line_says_each_cause_once() {
+        let store = store::StoreError::Corrupt { position: 30, reason: "hash does not match".to_owned() };
+        let error = anyhow::Error::new(projections::ProjectionError::from(store)).context("cannot replay the log in d");
+        assert_eq!(
+            error_line(&error),
+            "cannot replay the log in d: reading the log: log corrupt at position 30: hash does not match"
+        );
+        let chained = anyhow::anyhow!("no such file").context("cannot open x").context("cannot back up");
+        assert_eq!(error_line(&chained), "cannot back up: cannot open x: no such file");
+    }
 }

@@ -130,6 +130,15 @@ async fn an_offline_backup_restores_the_same_log_and_read_models() {
     assert_eq!(leftovers, vec![std::ffi::OsString::from("shop.backup")], "no partial file is left behind");
     assert!(output.stderr.is_empty(), "no progress bar when stdout is not a terminal: {output:?}");
     assert_refused(&shoplog(&["backup", "--data", arg(data.path()), "--out", arg(&file)]), "already exists");
+    // Into a directory that is not there: the file given is named, not the hidden one beside it.
+    let nowhere = work.path().join("no-such-dir").join("shop.backup");
+    let refused = shoplog(&["backup", "--data", arg(data.path()), "--out", arg(&nowhere)]);
+    let message = format!(
+        "cannot create {}: the directory {} does not exist",
+        arg(&nowhere),
+        arg(&work.path().join("no-such-dir"))
+    );
+    assert_refused(&refused, &message);
 
     // On a terminal (a pseudo-terminal from `script`), a progress bar is drawn.
     let on_terminal = work.path().join("on-terminal.backup");
