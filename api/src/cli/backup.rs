@@ -13,6 +13,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -37,6 +38,10 @@ pub(super) struct BackupArgs {
     /// The server's admin token.
     #[arg(long, env = "SHOPLOG_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// With --server: give up when the server has sent nothing for this many
+    /// seconds (or has not accepted the connection within them).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,7 +72,7 @@ pub(super) fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
         match (&args.server, &args.data) {
             (Some(server), _) => {
                 let token = args.token.as_deref().ok_or_else(|| anyhow::anyhow!("--server needs --token T"))?;
-                backup_online(server, token, partial)?
+                backup_online(server, token, Duration::from_secs(args.timeout), partial)?
             }
             (None, Some(data)) => backup_offline(data, partial)?,
             (None, None) => anyhow::bail!("say which log to back up: --data DIR or --server URL"),
@@ -141,12 +146,14 @@ fn backup_offline(data: &Path, partial: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn backup_online(server: &str, token: &str, partial: &Path) -> anyhow::Result<()> {
+fn backup_online(server: &str, token: &str, timeout: Duration, partial: &Path) -> anyhow::Result<()> {
     use std::io::Write;
     let url = super::server_url(server, "/admin/backup")?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let mut response = reqwest::Client::new()
+        // The backup may be long: what bounds it is the silence between reads.
+        let client = reqwest::Client::builder().connect_timeout(timeout).read_timeout(timeout).build()?;
+        let mut response = client
             .get(url.clone())
             .bearer_auth(token)
             .send()

@@ -473,6 +473,19 @@ async fn an_online_backup_with_a_bad_token_or_no_server_is_one_line() {
     assert_refused(&shoplog(&["backup", "--server", &base, "--token", ADMIN, "--out", arg(&file)]), "cannot reach");
     let https = base.replacen("http://", "https://", 1);
     assert_refused(&shoplog(&["backup", "--server", &https, "--token", ADMIN, "--out", arg(&file)]), "only http://");
+
+    // A server that takes the connection and never answers: given up after --timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let silent_url = format!("http://{}", silent.local_addr().expect("an address"));
+    let started = std::time::Instant::now();
+    let output = shoplog(&["backup", "--server", &silent_url, "--token", ADMIN, "--timeout", "1", "--out", arg(&file)]);
+    assert_refused(&output, "timed out");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "it waited {:?}", started.elapsed());
+    drop(silent);
+    assert_refused(
+        &shoplog(&["backup", "--server", &base, "--token", ADMIN, "--timeout", "0", "--out", arg(&file)]),
+        "--timeout",
+    );
     assert!(!file.exists());
     assert_eq!(std::fs::read_dir(work.path()).expect("lists").count(), 0, "no partial file is left behind");
 }
