@@ -24,6 +24,10 @@ pub struct EventJson {
     pub causation_id: uuid::Uuid,
     pub data: Option<serde_json::Value>,
     pub forgotten: bool,
+    /// The event's personal data was withheld from this reader (`data` is
+    /// null): the viewer token reads dashboards, not customers' emails and names.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub withheld: bool,
     /// The data subject (a customer id) whose key seals the event's data, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<uuid::Uuid>,
@@ -31,6 +35,16 @@ pub struct EventJson {
 }
 
 impl EventJson {
+    /// The same event with its personal data (the data of an event sealed
+    /// under a customer) withheld, for a reader who may not see it.
+    pub fn without_personal_data(mut self) -> Self {
+        if self.subject.is_some() && self.data.is_some() {
+            self.data = None;
+            self.withheld = true;
+        }
+        self
+    }
+
     /// The event with its secrets (password hashes) redacted: what the API shows.
     pub fn from_recorded(event: RecordedEvent) -> Result<Self, ApiError> {
         Self::build(event, true)
@@ -61,6 +75,7 @@ impl EventJson {
             causation_id: event.causation_id,
             data,
             forgotten,
+            withheld: false,
             subject: event.subject,
             hash: hex::encode(event.hash),
         })

@@ -15,7 +15,7 @@ use tracing::Instrument;
 use utoipa::IntoParams;
 
 use crate::AppState;
-use crate::auth::Reader;
+use crate::auth::{Principal, Reader};
 use crate::error::ApiError;
 use crate::extract::ApiQuery;
 use crate::json::EventJson;
@@ -38,6 +38,10 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 }
 
 /// Server-sent events of the log, as events commit (admin or viewer).
+///
+/// A viewer gets the events of customers (registrations) without their data
+/// (`data` null, `withheld` true): the viewer token reads dashboards, and
+/// needs no customer's email or name.
 #[utoipa::path(
     get,
     path = "/api/v1/events/live",
@@ -57,7 +61,7 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 )]
 pub async fn live_events(
     State(state): State<AppState>,
-    _: Reader,
+    Reader(reader): Reader,
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<LiveQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -67,8 +71,12 @@ pub async fn live_events(
         (None, Some(from)) => from,
         (None, None) => state.log.head() + 1,
     };
-    let feed =
-        Feed { subscription: state.log.subscribe(from), stopping: state.stopping.subscribe(), log: state.log.clone() };
+    let feed = Feed {
+        subscription: state.log.subscribe(from),
+        stopping: state.stopping.subscribe(),
+        log: state.log.clone(),
+        personal_data: reader == Principal::Admin,
+    };
     // The feed is read after the handler has answered: its log lines go in the
     // request's span all the same.
     let span = tracing::Span::current();
@@ -97,7 +105,8 @@ async fn next_event(mut feed: Feed) -> Option<(Result<Event, Infallible>, Feed)>
         Ok(event)
     };
     let event = match next.map_err(ApiError::from).and_then(forgotten_since).and_then(EventJson::from_recorded) {
-        Ok(event) => event,
+        Ok(event) if feed.personal_data => event,
+        Ok(event) => event.without_personal_data(),
         Err(error) => {
             tracing::warn!(%error, "live feed ended");
             return None;
@@ -118,6 +127,8 @@ struct Feed {
     subscription: store::Subscription,
     stopping: tokio::sync::watch::Receiver<bool>,
     log: store::EventLog,
+    /// Whether the reader may see customers' personal data (the admin).
+    personal_data: bool,
 }
 
 #[cfg(test)]

@@ -103,13 +103,14 @@ async fn without_a_position_the_feed_starts_with_what_commits_next_and_customers
 }
 
 /// Password hashes are redacted in every API: the live feed and the global
-/// event route as much as a stream's events (the viewer reads the feed).
+/// event route as much as a stream's events (a viewer's feed does not even
+/// carry the registration's data, see below).
 #[tokio::test]
 async fn the_feed_and_the_global_event_route_redact_password_hashes() {
     let app = TestApp::spawn().await;
     app.register("hal@example.com").await;
     let head = app.head();
-    let mut feed = Feed::open(&app, VIEWER, "?from=1", None).await;
+    let mut feed = Feed::open(&app, ADMIN, "?from=1", None).await;
     let mut registered = None;
     for _ in 0..head {
         let (_, kind, data) = feed.next().await;
@@ -126,5 +127,32 @@ async fn the_feed_and_the_global_event_route_redact_password_hashes() {
     let registered = events.iter().find(|event| event["type"] == "CustomerRegistered").expect("listed");
     assert_eq!(registered["data"]["password_hash"], "[redacted]", "{registered}");
     assert!(!page.body.to_string().contains("$argon2"), "{}", page.body);
+    app.stop().await;
+}
+
+/// The viewer token reads dashboards: a customer's registration reaches it
+/// without the customer's data (`data` null, `withheld` true); the admin's feed
+/// has it (the password hash redacted, as everywhere).
+#[tokio::test]
+async fn a_viewer_gets_customers_events_without_their_personal_data() {
+    let app = TestApp::spawn().await;
+    app.create_product("seen-by-all", 100, 1).await;
+    let customer_id = app.register("private.person@example.com").await;
+    let mut as_viewer = Feed::open(&app, VIEWER, "?from=1", None).await;
+    let mut as_admin = Feed::open(&app, ADMIN, "?from=1", None).await;
+    let product = as_viewer.next().await;
+    assert_eq!((product.1.as_str(), &product.2["data"]["sku"]), ("ProductCreated", &Value::from("seen-by-all")));
+    let (_, kind, event) = as_viewer.next().await;
+    assert_eq!(kind, "CustomerRegistered");
+    assert_eq!(
+        (&event["data"], &event["withheld"], &event["forgotten"]),
+        (&Value::Null, &Value::Bool(true), &Value::Bool(false))
+    );
+    assert_eq!(event["subject"], customer_id.as_str(), "who the event is about is no secret");
+    assert!(!event.to_string().contains("private.person"), "{event}");
+    as_admin.next().await;
+    let (_, _, event) = as_admin.next().await;
+    assert_eq!(event["data"]["email"], "private.person@example.com", "{event}");
+    assert!(event.get("withheld").is_none(), "{event}");
     app.stop().await;
 }
