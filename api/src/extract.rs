@@ -3,7 +3,7 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use serde::de::DeserializeOwned;
 use utoipa::openapi::path::ParameterIn;
 use utoipa::openapi::schema::Schema;
@@ -327,7 +327,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
+    let Some(value) = single(headers, "idempotency-key", "Idempotency-Key")? else {
         return Ok(None);
     };
     let key = value.to_str().map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".to_owned()))?;
@@ -337,9 +337,20 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
+/// The one value of header `name`, if given; given twice, with two values that
+/// could differ, is a 400 naming it (which one would count is anyone's guess).
+fn single<'a>(headers: &'a HeaderMap, name: &str, shown: &str) -> Result<Option<&'a HeaderValue>, ApiError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::BadRequest(format!("{shown} must be given once")));
+    }
+    Ok(first)
+}
+
 /// `If-Match: "<version>"` (a weak `W/` prefix is accepted too).
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(value) = headers.get(header::IF_MATCH) else {
+    let Some(value) = single(headers, header::IF_MATCH.as_str(), "If-Match")? else {
         return Ok(None);
     };
     let bad = || ApiError::BadRequest("If-Match must be an ETag from this API, like \"3\"".to_owned());

@@ -349,6 +349,21 @@ async fn an_if_match_that_is_not_a_version_is_a_bad_request() {
             .await;
         reply.problem(400);
     }
+    // Given twice, a header that counts once is refused, whichever comes first:
+    // which of the two would count is anyone's guess.
+    let restock = |headers: &'static [(&'static str, &'static str)], token: Option<&'static str>| {
+        app.request(Method::POST, "/api/v1/products/tag/restock", token, Some(json!({"quantity": 1})), headers)
+    };
+    for (header, twice) in [
+        ("If-Match", &[("If-Match", "\"1\""), ("If-Match", "\"9\"")][..]),
+        ("Idempotency-Key", &[("Idempotency-Key", "a"), ("Idempotency-Key", "b")][..]),
+    ] {
+        let reply = restock(twice, Some(ADMIN)).await;
+        assert_eq!(reply.problem(400)["detail"], format!("{header} must be given once"), "{reply:?}");
+    }
+    // Two credentials: neither is taken.
+    restock(&[("Authorization", "Bearer not-the-token")], Some(ADMIN)).await.problem(401);
+    assert_eq!(app.head(), head, "a refused request wrote");
     let weak = app
         .request(
             Method::POST,
