@@ -65,11 +65,23 @@ pub async fn live_events(
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<LiveQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    // A start past the next position would send nothing until the log got
+    // there, skipping what commits meanwhile: refused (a client resuming
+    // from a position of a log since restored to an earlier one).
+    let head = state.log.head();
     let from = match (last_event_id(&headers)?, query.from) {
-        (Some(last), _) => last.saturating_add(1),
+        (Some(last), _) if last > head => {
+            return Err(ApiError::BadRequest(format!(
+                "Last-Event-ID {last} is past the log's head {head}: this log never sent it"
+            )));
+        }
+        (Some(last), _) => last + 1,
         (None, Some(0)) => return Err(ApiError::validation("from", "must be at least 1")),
+        (None, Some(from)) if from > head + 1 => {
+            return Err(ApiError::validation("from", format!("must be at most {}, the next position", head + 1)));
+        }
         (None, Some(from)) => from,
-        (None, None) => state.log.head() + 1,
+        (None, None) => head + 1,
     };
     let feed = Feed {
         subscription: state.log.subscribe(from),

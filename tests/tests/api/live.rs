@@ -99,6 +99,20 @@ async fn without_a_position_the_feed_starts_with_what_commits_next_and_customers
     let token = app.customer("lee@example.com").await;
     app.get("/api/v1/events/live", Some(&token)).await.problem(403);
     app.get("/api/v1/events/live", None).await.problem(401);
+
+    // A start past the next position would skip what commits meanwhile: refused.
+    let next = app.head() + 1;
+    let past = app.get(&format!("/api/v1/events/live?from={}", next + 1), Some(ADMIN)).await;
+    assert_eq!(past.problem(422)["errors"][0]["field"], "from", "{past:?}");
+    let never_sent = format!("{next}");
+    let resumed = app
+        .request(reqwest::Method::GET, "/api/v1/events/live", Some(ADMIN), None, &[("Last-Event-ID", &never_sent)])
+        .await;
+    assert!(resumed.problem(400)["detail"].as_str().is_some_and(|detail| detail.contains("past the log's head")));
+    let mut at_next = Feed::open(&app, ADMIN, &format!("?from={next}"), None).await;
+    app.create_product("newer", 100, 1).await;
+    assert_eq!(at_next.next().await.0, next);
+    drop(at_next);
     app.stop().await;
 }
 
