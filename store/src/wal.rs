@@ -33,8 +33,9 @@
 //! and one whose durable head is past what the files give back proves that a
 //! durable frame was damaged: opening the log then fails, naming the first
 //! position lost, and changes nothing (only the last `fdatasync`'s frames can
-//! be torn, and a frame written after them names a head that covers them). Past the frames the file
-//! holds zeros, or the frames of an earlier turn: a file written again keeps
+//! be torn, and a frame written after them names a head that covers them).
+//! Past the frames the file holds zeros, or the frames of an earlier turn
+//! (whose heads are below what sled holds): a file written again keeps
 //! its blocks (it is not truncated, so its `fdatasync`s have no file size to
 //! record and no zeros to write), and the frames after the new ones are of
 //! batches a checkpoint made durable in sled, which `writer::replay` skips: it
@@ -88,11 +89,10 @@ impl Wal {
         let mut bytes = Vec::new();
         (&file).read_to_end(&mut bytes)?;
         let (payloads, end) = frames(&bytes);
-        let mut durable_head = payloads.iter().filter_map(|frame| frame.durable_head).max();
-        // Zeros (or the file's end) after the frames: nothing was cut short there.
-        if bytes.get(end..end + 4).is_some_and(|next| next != [0; 4]) {
-            durable_head = durable_head.max(later_durable_head(&bytes, end));
-        }
+        // Past the frames: zeros, frames of an earlier turn, a frame cut short,
+        // or a damaged one (a sector of zeros too) and whole frames after it.
+        let durable_head =
+            payloads.iter().filter_map(|frame| frame.durable_head).max().max(later_durable_head(&bytes, end));
         let payloads = payloads.into_iter().map(|frame| frame.payload.to_vec()).collect();
         let wal = Wal { file, offset: end as u64, allocated: bytes.len() as u64, len_max: len_max.max(1) };
         Ok((wal, WalFrames { payloads, durable_head }))
@@ -280,8 +280,13 @@ fn frames(bytes: &[u8]) -> (Vec<Frame<'_>>, usize) {
 fn later_durable_head(bytes: &[u8], end: usize) -> Option<u64> {
     let mut highest = None;
     let mut at = end + 1;
-    while let Some(found) = bytes.get(at..).and_then(|rest| rest.windows(4).position(|window| window == MAGIC)) {
+    // The magic's first byte, then the rest: a file of zeros is passed over fast.
+    while let Some(found) = bytes.get(at..).and_then(|rest| rest.iter().position(|byte| *byte == MAGIC[0])) {
         at += found;
+        if bytes.get(at..at + 4) != Some(&MAGIC[..]) {
+            at += 1;
+            continue;
+        }
         match frame_at(bytes, at) {
             Some(frame) => {
                 highest = highest.max(frame.durable_head);
@@ -340,7 +345,7 @@ mod tests {
     }
 
     /// The durable heads frames name are read from the frames, and from whole
-    /// frames past one that does not read; past zeros nothing is searched.
+    /// frames past one that does not read, or that was zeroed.
     #[test]
     fn the_highest_durable_head_is_found_past_a_damaged_frame() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -360,11 +365,16 @@ mod tests {
         std::fs::write(&path, &damaged).expect("writes");
         assert_eq!(open(), WalFrames { payloads: vec![b"first".to_vec()], durable_head: Some(5) });
 
-        // The second frame's place zeroed: the file ends there, as after a crash.
+        // The second frame's place zeroed: the third is found past it all the same.
         let mut zeroed = bytes.clone();
         zeroed[HEADER_LEN + 5..2 * HEADER_LEN + 5 + 6].fill(0);
         std::fs::write(&path, &zeroed).expect("writes");
-        assert_eq!(open(), WalFrames { payloads: vec![b"first".to_vec()], durable_head: Some(0) });
+        assert_eq!(open(), WalFrames { payloads: vec![b"first".to_vec()], durable_head: Some(5) });
+
+        // The last frame cut short, as a crash leaves it: nothing past it.
+        let frames_end = 3 * HEADER_LEN + 5 + 6 + 5;
+        std::fs::write(&path, &bytes[..frames_end - 3]).expect("writes");
+        assert_eq!(open().durable_head, Some(3));
     }
 
     #[test]
