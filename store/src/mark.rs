@@ -55,7 +55,12 @@ pub(crate) fn read(dir: &Path) -> Result<Option<u64>, String> {
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(format!("cannot read the file {FILE}: {error}")),
     };
-    let damaged = || format!("the file {FILE}, which says how far sled is durable, is damaged");
+    let damaged = || {
+        format!(
+            "the file {FILE}, which says how far sled is durable, is damaged (removed, the log opens without \
+             that check)"
+        )
+    };
     if bytes.len() != LEN || bytes[..4] != MAGIC {
         return Err(damaged());
     }
