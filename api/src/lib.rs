@@ -22,6 +22,16 @@ macro_rules! say {
     }};
 }
 
+/// `println!` for what a running server tells its operator: a stdout that
+/// cannot be written (a pipe closed early) is no reason to stop serving, nor
+/// to panic.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod admin;
 pub mod auth;
 mod backups;

@@ -69,7 +69,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let state = open_state(&config)?;
     seed_demo(&config, &state).await?;
     let address = listener.local_addr()?;
-    say!("shoplog listening on http://{address} (data in {})", config.data.display());
+    tell!("shoplog listening on http://{address} (data in {})", config.data.display());
     let stopping = Arc::clone(&state.stopping);
     let router = app(state.clone(), config.request_timeout());
     let shutdown = async move {
@@ -78,7 +78,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     run(listener, router, config.header_read_timeout(), config.shutdown_timeout(), shutdown).await?;
     close(state).await;
-    say!("shoplog stopped");
+    tell!("shoplog stopped");
     Ok(())
 }
 
@@ -99,8 +99,8 @@ async fn seed_demo(config: &Config, state: &AppState) -> anyhow::Result<()> {
         return Ok(());
     }
     match crate::demo::seed(&state.service).await? {
-        Some(seeded) => say!("{seeded}"),
-        None => say!(
+        Some(seeded) => tell!("{seeded}"),
+        None => tell!(
             "demo: the log in {} already holds {} events; leaving the data as it is",
             config.data.display(),
             state.log.head()
@@ -212,7 +212,7 @@ fn configured_or_generated(
         Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
     };
     anyhow::ensure!(token.len() >= 16, "{} holds a token under 16 characters", path.display());
-    say!("{file}: in {} (set {variable} to choose your own)", path.display());
+    tell!("{file}: in {} (set {variable} to choose your own)", path.display());
     Ok(Secret::new(token))
 }
 

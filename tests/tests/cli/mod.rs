@@ -178,6 +178,35 @@ impl Drop for Served {
     }
 }
 
+/// A server whose stdout was closed (`shoplog serve | head -1`) goes on
+/// serving, and stops cleanly: what it tells on stdout is not worth dying for.
+#[test]
+fn a_server_whose_stdout_was_closed_serves_on_and_stops_cleanly() {
+    let dir = tests::temp_dir();
+    let mut command = Served::command(SHOPLOG);
+    command.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(dir.path().join("data"));
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("starts");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    let address = loop {
+        line.clear();
+        assert!(stdout.read_line(&mut line).expect("reads") > 0, "the server ended before it listened");
+        if let Some(rest) = line.strip_prefix("shoplog listening on http://") {
+            break rest.split_whitespace().next().expect("an address").to_owned();
+        }
+    };
+    drop(stdout);
+    let served = Served { child, address, printed: Vec::new() };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let health = runtime.block_on(async {
+        reqwest::get(format!("http://{}/healthz", served.address)).await.expect("answers").status().as_u16()
+    });
+    assert_eq!(health, 200, "it serves on");
+    let status = served.stop_with("TERM");
+    assert_eq!(status.code(), Some(0), "its goodbye to a closed stdout ended it otherwise: {status:?}");
+}
+
 #[test]
 fn a_first_run_needs_no_setting_and_sigterm_stops_it() {
     let dir = tests::temp_dir();
