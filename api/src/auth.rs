@@ -116,11 +116,7 @@ fn constant_time_eq(given: &str, expected: &str) -> bool {
 /// The bearer token; `None` (a 401) for a header that holds none, or one given
 /// twice (which of two credentials would count is anyone's guess).
 fn bearer(parts: &Parts) -> Option<&str> {
-    let mut values = parts.headers.get_all(AUTHORIZATION).iter();
-    let value = values.next()?.to_str().ok()?;
-    if values.next().is_some() {
-        return None;
-    }
+    let value = crate::extract::single(&parts.headers, AUTHORIZATION.as_str(), "Authorization").ok()??.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }

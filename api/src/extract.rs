@@ -339,7 +339,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 /// The one value of header `name`, if given; given twice, with two values that
 /// could differ, is a 400 naming it (which one would count is anyone's guess).
-fn single<'a>(headers: &'a HeaderMap, name: &str, shown: &str) -> Result<Option<&'a HeaderValue>, ApiError> {
+pub(crate) fn single<'a>(headers: &'a HeaderMap, name: &str, shown: &str) -> Result<Option<&'a HeaderValue>, ApiError> {
     let mut values = headers.get_all(name).iter();
     let first = values.next();
     if values.next().is_some() {

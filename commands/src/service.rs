@@ -114,21 +114,13 @@ impl Decision {
 
     /// The decision rests on `stream` at `version` without writing it.
     fn condition(mut self, stream: &str, version: u64) -> Self {
-        let expected = match version {
-            0 => ExpectedVersion::NoStream,
-            version => ExpectedVersion::Exact(version),
-        };
-        self.conditions.insert(stream.to_owned(), expected);
+        self.conditions.insert(stream.to_owned(), exactly(version));
         self
     }
 
     /// The decision read `stream` at `version`: append it expecting exactly that.
     fn read<A>(mut self, stream: &str, loaded: &Loaded<A>) -> Self {
-        let expected = match loaded.version {
-            0 => ExpectedVersion::NoStream,
-            version => ExpectedVersion::Exact(version),
-        };
-        self.read.insert(stream.to_owned(), expected);
+        self.read.insert(stream.to_owned(), exactly(loaded.version));
         self
     }
 
@@ -136,6 +128,14 @@ impl Decision {
     fn blind(mut self, stream: &str) -> Self {
         self.read.insert(stream.to_owned(), ExpectedVersion::Any);
         self
+    }
+}
+
+/// The expected version of a stream read at `version` (0: it had no events).
+fn exactly(version: u64) -> ExpectedVersion {
+    match version {
+        0 => ExpectedVersion::NoStream,
+        version => ExpectedVersion::Exact(version),
     }
 }
 

@@ -377,7 +377,8 @@ fn stats(log: &store::EventLog) -> anyhow::Result<Stats> {
 }
 
 /// The one place the tracing subscriber is built: logs to stderr, `RUST_LOG`
-/// filters (default `info`), `SHOPLOG_LOG_FORMAT=json` for JSON lines
+/// filters (default `info`, `info,sled=off` for the operator commands: see
+/// [`default_log_filter`]), `SHOPLOG_LOG_FORMAT=json` for JSON lines
 /// (`text`, the default, for plain lines), colours only on a terminal. A bad
 /// `RUST_LOG` or `SHOPLOG_LOG_FORMAT` is an error naming it.
 ///
