@@ -55,12 +55,12 @@ fn read_query<T: DeserializeOwned>(query: &str) -> Result<T, FieldError> {
 /// The largest accepted `Idempotency-Key`.
 const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
 
-/// A command's request: the JSON body (an empty body reads as `{}`), its
-/// `Idempotency-Key` and `If-Match` headers, and a hash of what was asked, so a
-/// repeated key can be told from a reused one.
 /// [`crate::BODY_LEN_MAX`] as a `Content-Length`.
 const BODY_LEN_MAX_U64: u64 = crate::BODY_LEN_MAX as u64;
 
+/// A command's request: the JSON body (an empty body reads as `{}`), its
+/// `Idempotency-Key` and `If-Match` headers, and a hash of what was asked, so a
+/// repeated key can be told from a reused one.
 #[derive(Debug)]
 pub struct CommandInput<T> {
     pub body: T,
@@ -80,7 +80,8 @@ impl<S: Send + Sync, T: DeserializeOwned + PartialSchema> FromRequest<S> for Com
             let mut hasher = blake3::Hasher::new();
             hasher.update(parts.method.as_str().as_bytes());
             hasher.update(&[0]);
-            hasher.update(parts.uri.path().as_bytes());
+            // The path as the router reads it: `mug%2D1` and `mug-1` name one product.
+            hasher.update(&percent_encoding::percent_decode_str(parts.uri.path()).collect::<Vec<u8>>());
             hasher.update(&[0]);
             hasher
         };
@@ -165,6 +166,12 @@ fn parse_body<T: DeserializeOwned + PartialSchema>(bytes: &[u8], headers: &Heade
     if !body.is_object() {
         return Err(ApiError::validation("body", "must be a JSON object"));
     }
+    // `serde_json::Value` keeps the last of a key given twice; the request is
+    // refused instead, as reading it into `T` would (a body's meaning must not
+    // hang on which of two values a reader keeps).
+    if let Some((field, key)) = repeated_key(bytes) {
+        return Err(ApiError::validation(field, format!("duplicate field `{key}`")));
+    }
     let first = match body.read() {
         Ok(value) => return Ok(value),
         Err(error) => error,
@@ -174,6 +181,90 @@ fn parse_body<T: DeserializeOwned + PartialSchema>(bytes: &[u8], headers: &Heade
         _ => Vec::new(),
     };
     Err(ApiError::Validation(every_error::<T>(body, first, required)))
+}
+
+/// The path (`lines[0].sku`, as a field error names it) and the name of the
+/// first key that an object in `bytes` gives twice, if any. Only called on a
+/// body that parsed.
+fn repeated_key(bytes: &[u8]) -> Option<(String, String)> {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    /// Walks one JSON value at `path`, noting the first repeated key in `found`.
+    struct Walk<'a> {
+        path: String,
+        found: &'a mut Option<(String, String)>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Walk<'_> {
+        type Value = ();
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Walk<'_> {
+        type Value = ();
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            formatter.write_str("any JSON value")
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
+            let mut index = 0;
+            while items
+                .next_element_seed(Walk { path: format!("{}[{index}]", self.path), found: self.found })?
+                .is_some()
+            {
+                index += 1;
+            }
+            Ok(())
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut fields: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = fields.next_key::<String>()? {
+                let path = match self.path.is_empty() {
+                    true => key.clone(),
+                    false => format!("{}.{key}", self.path),
+                };
+                if self.found.is_none() && !seen.insert(key.clone()) {
+                    *self.found = Some((path.clone(), key));
+                }
+                fields.next_value_seed(Walk { path, found: self.found })?;
+            }
+            Ok(())
+        }
+    }
+
+    let mut found = None;
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    Walk { path: String::new(), found: &mut found }.deserialize(&mut deserializer).ok()?;
+    found
 }
 
 /// A field error as serde found it: the field its path names, or for the
@@ -405,9 +496,12 @@ mod tests {
     fn a_body_reads_into_its_type_directly_or_through_a_json_value_with_one_answer() {
         assert_eq!(json(r#" {"quantity": 3}"#).ok(), Some(Restock { quantity: 3, note: None }));
         assert_eq!(json(r#"{"quantity": 3, "note": "x"}"#).ok(), Some(Restock { quantity: 3, note: Some("x".into()) }));
-        // Through the value: an integral float is an integer, a repeated field keeps its last value.
+        // Through the value: an integral float is an integer.
         assert_eq!(json(r#"{"quantity": 3.0}"#).ok(), Some(Restock { quantity: 3, note: None }));
-        assert_eq!(json(r#"{"quantity": 1, "quantity": 2}"#).ok(), Some(Restock { quantity: 2, note: None }));
+        // A field given twice is refused, even with one value twice, as a query parameter is.
+        for body in [r#"{"quantity": 1, "quantity": 2}"#, r#"{"quantity": 1, "\u0071uantity": 1}"#] {
+            assert_eq!(validation(json(body)), ("quantity".to_owned(), "duplicate field `quantity`".to_owned()));
+        }
         // Each error names its field: the value's, or the one missing or unknown.
         let (field, message) = validation(json(r#"{"quantity": 3.5}"#));
         assert_eq!(field, "quantity");
@@ -471,6 +565,11 @@ mod tests {
         let errors = every(&format!("{{{}}}", many.join(", ")));
         assert_eq!(errors.len(), FIELD_ERRORS_MAX);
         assert_eq!((errors[0].0.as_str(), errors[19].0.as_str()), ("x000", "x019"));
+        // A key given twice deep in the body is named by its path; the first such key only.
+        let repeated =
+            r#"{"sku": "mug", "quantity": 1, "lines": [1], "x": [{"a": 1}, {"b": {"c": 1, "c": 2}, "b": 3}]}"#;
+        assert_eq!(every(repeated), [("x[1].b.c".to_owned(), "duplicate field `c`".to_owned())]);
+        assert_eq!(repeated_key(br#"{"a": {"b": 1}, "c": {"b": 2}}"#), None, "one name in two objects");
         // An unknown field whose name looks like a path is taken out whole.
         assert_eq!(fields(&every(r#"{"a.b": 1, "quantity": 1}"#)), ["a.b", "sku"]);
     }

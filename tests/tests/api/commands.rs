@@ -193,6 +193,17 @@ async fn a_repeated_idempotency_key_with_the_same_json_written_otherwise_is_a_re
     let (status, again) = send("/api/v1/cart/checkout", " {} ", "checkout-1").await;
     assert_eq!(status, StatusCode::CREATED, "{again}");
     assert_eq!(again["order_id"], placed["order_id"]);
+
+    // A path written with percent-escapes names the product the plain one does: a repeat.
+    let key = [("Idempotency-Key", "restock-1")];
+    let restock =
+        async |path: &str| app.request(Method::POST, path, Some(ADMIN), Some(json!({"quantity": 3})), &key).await;
+    let first = restock("/api/v1/products/mug-1/restock").await;
+    assert_eq!(first.status, StatusCode::OK, "{first:?}");
+    let head = app.head();
+    let again = restock("/api/v1/products/mug%2D1/restock").await;
+    assert_eq!((again.status, &again.body["position"]), (StatusCode::OK, &first.body["position"]), "{again:?}");
+    assert_eq!(app.head(), head, "the repeat wrote nothing");
     app.stop().await;
 }
 

@@ -100,6 +100,19 @@ async fn validation_errors_name_every_bad_field() {
     let short_password =
         app.post("/api/v1/customers", None, json!({"email": "a@b.co", "name": "A", "password": "short"})).await;
     assert_eq!(short_password.problem(422)["errors"][0]["field"], "password");
+    // A field given twice is refused, whichever value a reader would keep.
+    let repeated = app
+        .client
+        .post(format!("http://{}/api/v1/products", app.address()))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .body(r#"{"sku": "twice", "name": "Twice", "price_cents": 10, "price_cents": 20}"#)
+        .send()
+        .await
+        .expect("the server answers");
+    assert_eq!(repeated.status().as_u16(), 422);
+    let problem: serde_json::Value = repeated.json().await.expect("a problem");
+    assert_eq!(problem["errors"], json!([{"field": "price_cents", "message": "duplicate field `price_cents`"}]));
     assert_eq!(app.head(), head);
     app.stop().await;
 }
