@@ -242,10 +242,17 @@ impl Email {
         Ok(Self(text))
     }
 
-    /// The lowercased address: what the shell hashes into the [`EmailKey`], so two
-    /// spellings of one address claim the same stream.
+    /// The address lowercased and in Unicode's composed form (NFC): what the
+    /// shell hashes into the [`EmailKey`], so two spellings of one address claim
+    /// the same stream, whether they differ in case or in how an accented letter
+    /// is encoded (`é` as one code point or as `e` and a combining accent, which
+    /// look the same to the customer typing it). An ASCII address is only lowercased.
     pub fn normalized(&self) -> String {
-        self.0.to_lowercase()
+        let lower = self.0.to_lowercase();
+        match icu_normalizer::ComposingNormalizerBorrowed::new_nfc().normalize(&lower) {
+            std::borrow::Cow::Borrowed(_) => lower,
+            std::borrow::Cow::Owned(composed) => composed,
+        }
     }
 }
 

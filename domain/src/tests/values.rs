@@ -124,6 +124,17 @@ fn emails_compare_for_uniqueness_lowercased() {
 }
 
 #[test]
+fn emails_compare_for_uniqueness_in_one_unicode_form() {
+    // `é` as one code point, and as `e` with a combining acute accent; `É` as `E` and the accent.
+    let composed = email("ren\u{e9}@example.com").normalized();
+    assert_eq!(composed, "ren\u{e9}@example.com");
+    assert_eq!(email("rene\u{301}@example.com").normalized(), composed);
+    assert_eq!(email("RENE\u{301}@EXAMPLE.COM").normalized(), composed);
+    // The address itself is kept as given.
+    assert_eq!(email("rene\u{301}@example.com").as_str(), "rene\u{301}@example.com");
+}
+
+#[test]
 fn invalid_emails_are_rejected() {
     for text in [
         "",

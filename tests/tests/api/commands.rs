@@ -288,6 +288,24 @@ async fn a_repeated_registration_answers_its_first_response() {
     app.stop().await;
 }
 
+/// An address is one account however it is spelled: in another case, or with
+/// an accented letter as one code point or as a letter and a combining accent
+/// (they look the same to the customer typing it).
+#[tokio::test]
+async fn one_address_in_another_case_or_unicode_form_is_taken_and_logs_in() {
+    let app = TestApp::spawn().await;
+    let registered = app.register("Ren\u{e9}@Example.com").await;
+    let head = app.head();
+    for other in ["ren\u{e9}@example.com", "rene\u{301}@example.com", "RENE\u{301}@EXAMPLE.COM"] {
+        let body = json!({"email": other, "name": "Someone", "password": "correct horse"});
+        let reply = app.post("/api/v1/customers", None, body).await;
+        assert_eq!(reply.status, StatusCode::CONFLICT, "{other:?}: {reply:?}");
+        assert_eq!(customer_id_of(&app, other).await, registered, "{other:?} logs in to the one account");
+    }
+    assert_eq!(app.head(), head, "no second account was written");
+    app.stop().await;
+}
+
 /// The customer id of a registered email, from a login.
 async fn customer_id_of(app: &TestApp, email: &str) -> String {
     let reply = app.post("/api/v1/sessions", None, json!({"email": email, "password": "correct horse"})).await;
