@@ -201,8 +201,8 @@ pub(super) fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         (Some(position), _) => {
             anyhow::ensure!(
                 (1..=whole.last_position).contains(&position),
-                "position {position} is not in the backup, which holds positions 1 to {}",
-                whole.last_position
+                "position {position} is not in the backup, which holds {}",
+                positions(whole.last_position)
             );
             RestoreTo::Position(position)
         }
@@ -223,16 +223,27 @@ pub(super) fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         progress.finish_and_clear();
         Ok(restored)
     })?;
-    let last = restored.last_recorded_at.map_or_else(|| "-".to_owned(), |time| time.to_rfc3339());
+    let last = restored.last_recorded_at.map(|time| format!(", the last recorded at {}", time.to_rfc3339()));
     say!(
-        "restored {} of {} events (positions 1 to {}, the last recorded at {last}) from {} into {}; read models rebuilt",
+        "restored {} of {} events ({}{}) from {} into {}; read models rebuilt",
         restored.events,
         whole.events,
-        restored.last_position,
+        positions(restored.last_position),
+        last.unwrap_or_default(),
         args.input.display(),
         args.data.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The positions of a log whose last is `last`: "positions 1 to 7", "position
+/// 1", or "no positions" for an empty one.
+fn positions(last: u64) -> String {
+    match last {
+        0 => "no positions".to_owned(),
+        1 => "position 1".to_owned(),
+        last => format!("positions 1 to {last}"),
+    }
 }
 
 /// Fill a staging directory next to `target` with `fill`, verify the log there,

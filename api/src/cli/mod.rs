@@ -307,7 +307,14 @@ pub(crate) fn open_input(path: &std::path::Path) -> anyhow::Result<std::fs::File
 pub(crate) fn open_offline(data: &std::path::Path) -> anyhow::Result<store::EventLog> {
     anyhow::ensure!(data.is_dir(), "data directory {} does not exist", data.display());
     // Opening would create a log: an offline command never changes a dir that holds none.
-    anyhow::ensure!(data.join("db").is_file(), "data directory {} holds no shoplog log", data.display());
+    match std::fs::metadata(data.join("db")) {
+        Ok(db) if db.is_file() => {}
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => anyhow::bail!(
+            "data directory {} cannot be read: permission denied (run shoplog as the user that owns it)",
+            data.display()
+        ),
+        _ => anyhow::bail!("data directory {} holds no shoplog log", data.display()),
+    }
     store::EventLog::open_with(data, commands::codec::log_options()).map_err(|error| match error {
         store::StoreError::Locked { path } => anyhow::Error::new(InUse(path)),
         other => anyhow::Error::new(other),

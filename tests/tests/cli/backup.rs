@@ -280,6 +280,28 @@ async fn an_online_backup_taken_while_writing_ends_at_its_head_and_restores_it()
     assert_eq!(source_models, restored_models);
 }
 
+/// A shop with no events yet backs up and restores, and the answers say so in words.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_log_backs_up_and_restores_with_no_positions() {
+    let app = TestApp::spawn().await;
+    let data = app.stop_keeping_dir().await;
+    assert!(events(data.path()).is_empty());
+    let work = tests::temp_dir();
+    let file = backup_file(work.path());
+    assert!(shoplog(&["backup", "--data", arg(data.path()), "--out", arg(&file)]).status.success());
+    let past = work.path().join("past");
+    let output = shoplog(&["restore", "--in", arg(&file), "--data", arg(&past), "--to-position", "1"]);
+    assert_refused(&output, "position 1 is not in the backup, which holds no positions");
+    assert!(!past.exists());
+    let restored = work.path().join("restored");
+    let output = shoplog(&["restore", "--in", arg(&file), "--data", arg(&restored)]);
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with("restored 0 of 0 events (no positions) from"), "{stdout}");
+    assert!(events(&restored).is_empty());
+    assert!(shoplog(&["verify", "--data", arg(&restored)]).status.success());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_stops_at_a_position_or_a_time() {
     let (data, work, file) = backed_up_shop().await;

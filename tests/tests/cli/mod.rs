@@ -27,6 +27,51 @@ fn assert_refused(output: &std::process::Output, needle: &str) {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// A data dir the user may not read (another user's) is named as such, by the
+/// offline commands and by `serve`, not as a dir holding no log. As root, which
+/// reads any file, the dir is given to `nobody` and shoplog run without the
+/// capabilities that pass over file permissions (`setpriv`, util-linux).
+#[test]
+fn a_data_dir_the_user_may_not_read_is_named_as_such() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tests::temp_dir();
+    let data = dir.path().join("data");
+    drop(store::EventLog::open(&data).expect("opens"));
+    let root = std::fs::metadata(dir.path()).expect("stat").uid() == 0;
+    let run = |args: &[&str]| match root {
+        true => Command::new("setpriv")
+            .arg("--bounding-set=-dac_override,-dac_read_search")
+            .arg(SHOPLOG)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("runs setpriv (util-linux: apt install util-linux)"),
+        false => shoplog(args),
+    };
+    let data_arg = data.to_str().expect("utf-8 path");
+    if root {
+        for path in [data.clone(), data.join("db")] {
+            std::os::unix::fs::chown(&path, Some(65534), Some(65534)).expect("chown to nobody");
+        }
+    }
+    let chmod = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    // The owner is `nobody` as root, and the user otherwise: what it keeps for itself.
+    let owners_only = |mode: u32| if root { mode } else { 0 };
+    // A dir that cannot be searched; then one that can, whose `db` cannot be opened.
+    for (dir_mode, db_mode) in [(owners_only(0o700), 0o600), (0o755, owners_only(0o600))] {
+        chmod(&data, dir_mode);
+        chmod(&data.join("db"), db_mode);
+        for command in ["verify", "serve"] {
+            let output = run(&[command, "--data", data_arg]);
+            assert_refused(&output, "permission denied (run shoplog as the user that owns");
+        }
+    }
+    chmod(&data, 0o700);
+    chmod(&data.join("db"), 0o600);
+}
+
 #[test]
 fn bad_settings_are_one_line_and_exit_code_2() {
     let dir = tests::temp_dir();
