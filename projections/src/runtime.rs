@@ -185,6 +185,10 @@ struct Shared {
     /// Tests: the next switch says it reached its first flush, then waits to be let go.
     #[cfg(test)]
     switch_flush_gate: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+    /// Tests: the next live batch says its records are written (its locks let
+    /// go, its checkpoints not yet recorded), then waits to be let go.
+    #[cfg(test)]
+    batch_written_gate: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
     options: Options,
     workers: Mutex<Vec<JoinHandle<()>>>,
     /// The threads dropping retired generations: `shutdown` waits for them, so
@@ -203,6 +207,11 @@ pub(crate) struct Generation {
     tree: sled::Tree,
     checkpoints: sled::Tree,
     checkpoint: AtomicU64,
+    /// The last position whose events the tree holds whole, set under
+    /// `batch_lock` as the live worker writes a batch (its checkpoint is
+    /// recorded after the lock is let go): with the checkpoint, the position a
+    /// query's answer reflects (see [`Generation::answers_at`]).
+    written: AtomicU64,
     /// Held by the live worker while it writes a batch to the tree, key by key,
     /// and by queries while they read: a query sees a batch whole or not at all.
     batch_lock: RwLock<()>,
@@ -245,6 +254,7 @@ impl Generation {
             tree,
             checkpoints: shared.checkpoints.clone(),
             checkpoint: AtomicU64::new(checkpoint),
+            written: AtomicU64::new(checkpoint),
             batch_lock: RwLock::new(()),
             stop: watch::Sender::new(false),
             retired: AtomicBool::new(false),
@@ -254,6 +264,14 @@ impl Generation {
             log: shared.log.clone(),
             droppers: Arc::clone(&shared.droppers),
         })
+    }
+
+    /// The position the tree's records reflect, read under `batch_lock`: the
+    /// live worker's last batch written whole, or the checkpoint of a rebuild
+    /// (which writes no batch under the lock). Never behind the slot's
+    /// published position while the generation serves: both follow the checkpoint.
+    fn answers_at(&self) -> u64 {
+        self.written.load(Ordering::Acquire).max(self.checkpoint())
     }
 
     fn checkpoint(&self) -> u64 {
@@ -367,23 +385,20 @@ impl Slot {
         Arc::clone(&self.active.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Run a query on the serving generation, with the position it had reached.
+    /// Run a query on the serving generation, with the position its answer
+    /// reflects: read under the same lock as the records, so never one behind
+    /// a batch the answer already shows (nor ahead of one it does not).
     pub(crate) fn read<T>(
         &self,
         query: impl FnOnce(&sled::Tree) -> Result<T, ProjectionError>,
     ) -> Result<Answer<T>, ProjectionError> {
-        let (generation, position) = {
-            let active = self.active.read().unwrap_or_else(PoisonError::into_inner);
-            (Arc::clone(&active), *self.position.borrow())
-        };
-        let value = {
-            let _batch_whole = generation.batch_lock.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(reason) = generation.refusal() {
-                return Err(ProjectionError::Stopped { model: self.name, reason });
-            }
-            query(&generation.tree)?
-        };
-        Ok(Answer { position, value })
+        let generation = self.active();
+        let _batch_whole = generation.batch_lock.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(reason) = generation.refusal() {
+            return Err(ProjectionError::Stopped { model: self.name, reason });
+        }
+        let value = query(&generation.tree)?;
+        Ok(Answer { position: generation.answers_at(), value })
     }
 
     pub(crate) fn name(&self) -> &'static str {
@@ -713,7 +728,7 @@ fn commit_live(shared: &Shared, members: &[Member], events: &[Decoded]) -> Vec<O
     let positions: Vec<(usize, u64)> = applied.iter().map(|(index, _, position)| (*index, *position)).collect();
     let sequence = shared.redo_sequence.fetch_add(1, Ordering::Relaxed);
     let written = redo.write(&shared.redo, sequence).and_then(|()| {
-        for (index, writes, _) in applied {
+        for (index, writes, position) in applied {
             let generation = &members[index].generation;
             let _batch_whole = generation.batch_lock.write().unwrap_or_else(PoisonError::into_inner);
             // Torn until the batch is whole (a test halts after the first model's writes).
@@ -723,7 +738,15 @@ fn commit_live(shared: &Shared, members: &[Member], events: &[Decoded]) -> Vec<O
             if shared.halt_before_checkpoints.load(Ordering::Acquire) {
                 return Err(ProjectionError::Storage("halted part way through a batch (a test)".to_owned()));
             }
+            generation.written.store(position, Ordering::Release);
             generation.torn.store(false, Ordering::Release);
+        }
+        #[cfg(test)]
+        if let Some((reached, release)) =
+            shared.batch_written_gate.lock().unwrap_or_else(PoisonError::into_inner).take()
+        {
+            let _ = reached.send(());
+            let _ = release.recv();
         }
         for &(index, position) in &positions {
             let generation = &members[index].generation;
@@ -1053,6 +1076,8 @@ impl Projections {
             halt_before_checkpoints: AtomicBool::new(false),
             #[cfg(test)]
             switch_flush_gate: Mutex::new(None),
+            #[cfg(test)]
+            batch_written_gate: Mutex::new(None),
             meta,
             log,
             options,
@@ -1558,6 +1583,34 @@ mod tests {
         assert_eq!(projections.refusing(), None);
         let status = projections.status().into_iter().find(|status| status.name == "dashboard").expect("listed");
         assert_eq!(status.failure, None, "the rebuilt generation serves; the failure is over");
+        projections.shutdown().await;
+    }
+
+    /// A query's answer comes with the position it reflects, also when it runs
+    /// after a batch's records are written and before the batch's checkpoint
+    /// is recorded and published: a client that reads and then follows the live
+    /// feed from the next position would otherwise apply an event twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_names_the_position_of_the_records_it_read() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (log, projections) = a_mug_caught_up(dir.path()).await;
+        let (reached, written) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel();
+        *projections.shared.batch_written_gate.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((reached, released));
+        restock_mug(&log, 1).await;
+        let read = tokio::task::spawn_blocking({
+            let catalog = projections.catalog().clone();
+            move || {
+                written.recv_timeout(WAIT).expect("the batch was written");
+                let answer = catalog.get(&Sku::parse("mug").expect("a sku"));
+                let _ = release.send(());
+                answer
+            }
+        });
+        let answer = read.await.expect("the read ends").expect("reads");
+        assert_eq!(answer.value.map(|mug| mug.on_hand), Some(5 + 3 + 1), "the batch's records");
+        assert_eq!(answer.position, log.head(), "the position of the records read, not the last published");
         projections.shutdown().await;
     }
 
