@@ -32,6 +32,10 @@ pub struct Options {
     /// The most streams whose folded state is kept in memory.
     pub cache_streams_max: NonZeroUsize,
     /// The most attempts of one command under contention (the first included).
+    /// No limit by default: `retry_deadline` is the one a server sets
+    /// (`command_retry_ms`). A cap of a few dozen attempts gave up within a
+    /// few hundred milliseconds while a handful of restocks of one product
+    /// raced, each attempt won by one of them.
     pub attempts_max: u32,
     /// How long a command keeps retrying under contention, from its start.
     pub retry_deadline: Duration,
@@ -46,7 +50,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             cache_streams_max: NonZeroUsize::new(10_000).expect("10,000 is not zero"),
-            attempts_max: 50,
+            attempts_max: u32::MAX,
             retry_deadline: Duration::from_secs(3),
             backoff_max: Duration::from_millis(10),
             hashes_parallel_max: std::thread::available_parallelism().map_or(2, NonZeroUsize::get),

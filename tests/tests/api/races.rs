@@ -9,6 +9,50 @@ use tokio::sync::Barrier;
 
 use super::TestApp;
 
+/// Commands that all change one stream (restocks of one product), sent without
+/// pause by 64 clients, each win in turn: none gives up for contention while
+/// its deadline runs, however many attempts it takes (a cap of 50 attempts
+/// answered some of them 409 within a second), and every unit is counted. The
+/// deadline is long here: a slow machine must not make it the one that ends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_clients_restocking_one_product_without_pause_all_succeed() {
+    const CLIENTS: usize = 64;
+    const RESTOCKS: usize = 8;
+    let app = Arc::new(
+        TestApp::spawn_with(|config| {
+            config.command_retry_ms = 60_000;
+            config.request_timeout_ms = 120_000;
+        })
+        .await,
+    );
+    app.create_product("busy", 700, 1).await;
+    let barrier = Arc::new(Barrier::new(CLIENTS));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (app, barrier) = (Arc::clone(&app), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let mut refused = Vec::new();
+                for _ in 0..RESTOCKS {
+                    let reply =
+                        app.post("/api/v1/products/busy/restock", Some(super::ADMIN), json!({"quantity": 1})).await;
+                    if reply.status != StatusCode::OK {
+                        refused.push(reply);
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+    for client in clients {
+        let refused = client.await.expect("the client ends");
+        assert!(refused.is_empty(), "{} refused, the first: {:?}", refused.len(), refused.first());
+    }
+    let version = app.log().stream_version("product-busy").expect("reads");
+    assert_eq!(version, 1 + (CLIENTS * RESTOCKS) as u64, "the creation and every restock");
+    app.log().verify().expect("verifies");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forty_customers_racing_for_ten_units_get_ten_orders_and_thirty_out_of_stock_answers() {
     // A long retry deadline: a slow `fdatasync` on a busy machine must not be
