@@ -100,6 +100,8 @@ pub(super) fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
 /// (and fsyncs) the temporary path it is given: only a whole file gets the name,
 /// and a failed one leaves nothing behind.
 pub(super) fn write_then_rename<T>(out: &Path, write: impl FnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    // First: a run that is refused must not leave an earlier run's partial file in place.
+    super::interrupt::remove_left_behind(out, "partial");
     let exists = || anyhow::anyhow!("{} already exists; choose a new file name", out.display());
     anyhow::ensure!(!out.exists(), exists());
     // Named here, before the hidden file beside it would be.
@@ -113,7 +115,6 @@ pub(super) fn write_then_rename<T>(out: &Path, write: impl FnOnce(&Path) -> anyh
         out.display(),
         directory.display()
     );
-    super::interrupt::remove_left_behind(out, "partial");
     let partial = store::beside(out, "partial");
     let _writing = super::interrupt::Writing::new(&partial);
     let written = write(&partial).and_then(|value| {
@@ -191,6 +192,7 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 pub(super) fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    remove_left_behind_dir(&args.data);
     let open = || super::open_input(&args.input);
     store::ensure_new_or_empty(&args.data)?;
     let checking = bar("checking", 0, "events");
@@ -254,10 +256,10 @@ fn positions(last: u64) -> String {
 /// (which may not exist yet) is the one filled, beside which the staging
 /// directory is made (rename(2) would not put a directory over the link).
 pub(super) fn install_dir<T>(target: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    remove_left_behind_dir(target);
     let target = &through_links(target)?;
     store::ensure_new_or_empty(target)?;
     ensure_replaceable(target)?;
-    super::interrupt::remove_left_behind(target, "incoming");
     let staging = store::beside(target, "incoming");
     let _writing = super::interrupt::Writing::new(&staging);
     if staging.exists() {
@@ -281,6 +283,13 @@ pub(super) fn install_dir<T>(target: &Path, fill: impl FnOnce(&Path) -> anyhow::
         let _ = std::fs::remove_dir_all(&staging);
     }
     installed
+}
+
+/// Remove the staging dirs that killed runs left beside the data dir `target`
+/// (it, or where its links lead). Called first by every command that fills one,
+/// before anything can refuse the run: those dirs hold a shop's data and keys.
+pub(super) fn remove_left_behind_dir(target: &Path) {
+    super::interrupt::remove_left_behind(&through_links(target).unwrap_or_else(|_| target.to_path_buf()), "incoming");
 }
 
 /// Where `path` leads through symbolic links: the path itself when it is none.

@@ -199,6 +199,7 @@ impl<R: BufRead> Iterator for BoundedLines<R> {
 }
 
 pub(super) fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
+    super::backup::remove_left_behind_dir(&args.data);
     let input: Box<dyn BufRead> = match &args.input {
         Some(path) if path != Path::new("-") => Box::new(BufReader::with_capacity(1 << 20, super::open_input(path)?)),
         _ => Box::new(std::io::stdin().lock()),

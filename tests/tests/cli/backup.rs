@@ -738,8 +738,25 @@ async fn an_interrupted_restore_or_backup_leaves_nothing_behind() {
     // What a killed run left: a staging dir and a partial file of processes gone.
     let gone = 4_194_305; // past the largest pid Linux hands out
     let left_dir = work.path().join(format!(".restored.incoming-{gone}"));
-    std::fs::create_dir(&left_dir).expect("creates");
-    std::fs::write(left_dir.join("db"), b"keys").expect("writes");
+    let leave_dir = || {
+        std::fs::create_dir(&left_dir).expect("creates");
+        std::fs::write(left_dir.join("db"), b"keys").expect("writes");
+    };
+    // It goes first, also in a run that is then refused (it holds keys).
+    let refused_and_cleared = |output: std::process::Output, refusal: &str| {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("left by an interrupted run") && stderr.contains(refusal), "{stderr}");
+    };
+    leave_dir();
+    let output = shoplog(&["restore", "--in", arg(&file), "--data", arg(&target), "--to-position", "999999"]);
+    refused_and_cleared(output, "not in the backup");
+    assert_eq!(hidden_beside(&target), Vec::<String>::new());
+    leave_dir();
+    let output = shoplog(&["import", "--in", arg(&file), "--data", arg(&target)]);
+    refused_and_cleared(output, "cannot read the export");
+    assert_eq!(hidden_beside(&target), Vec::<String>::new());
+    leave_dir();
     let output = shoplog(&["restore", "--in", arg(&file), "--data", arg(&target)]);
     assert!(output.status.success(), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("left by an interrupted run"), "{output:?}");
@@ -747,6 +764,12 @@ async fn an_interrupted_restore_or_backup_leaves_nothing_behind() {
 
     let again = work.path().join("again.backup");
     let left_file = work.path().join(format!(".again.backup.partial-{gone}"));
+    std::fs::write(&again, b"taken").expect("writes");
+    std::fs::write(&left_file, b"part of a backup").expect("writes");
+    let output = shoplog(&["backup", "--data", arg(&target), "--out", arg(&again)]);
+    refused_and_cleared(output, "already exists");
+    assert!(!left_file.exists(), "a refused backup left the partial file a killed one left");
+    std::fs::remove_file(&again).expect("removes");
     std::fs::write(&left_file, b"part of a backup").expect("writes");
     let output = shoplog(&["backup", "--data", arg(&target), "--out", arg(&again)]);
     assert!(output.status.success(), "{output:?}");
