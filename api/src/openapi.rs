@@ -52,6 +52,7 @@ pub const CUSTOMER: &str = "customer";
             Unauthorized,
             Forbidden,
             NotFound,
+            ModelNotFound,
             Conflict,
             PreconditionFailed,
             PayloadTooLarge,
@@ -134,6 +135,9 @@ problems! {
         "WWW-Authenticate": String = "`Bearer`";
     Forbidden: "The token is valid but its role may not do this";
     NotFound: "No such thing (or not yours), or no such route";
+    ModelNotFound: "No such thing (or not yours) in the read model: it may come with a later position",
+        "X-Projection-Position": Integer = "The log position the read model had reached (absent for an id \
+        that cannot be one)";
     Conflict: "A business rule or a concurrency conflict; a checkout refused for products out of stock or \
         discontinued names their `skus`, a reused `Idempotency-Key` with another request lands here too";
     PreconditionFailed: "`If-Match` names another version than the stream's";

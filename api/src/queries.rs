@@ -59,6 +59,14 @@ fn answered<T: Serialize>(position: u64, body: T) -> Response {
     response
 }
 
+/// A read model's 404: what it lacks, with the position it lacked it at (it may
+/// come with a later one), as an answer would have carried.
+fn missing_at(position: u64, detail: String) -> Response {
+    let mut response = ApiError::NotFound(detail).into_response();
+    response.headers_mut().insert(PROJECTION_POSITION, HeaderValue::from(position));
+    response
+}
+
 /// Wait for `min_position`, if one was asked for.
 async fn reach(
     wait: impl std::future::Future<Output = Result<u64, ProjectionError>>,
@@ -129,7 +137,7 @@ impl ProductJson {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProductPage {
     items: Vec<ProductJson>,
-    /// Pass as `after` for the next page; absent on the last.
+    /// Pass as `after` for the next page; null on the last.
     next: Option<String>,
 }
 
@@ -143,6 +151,8 @@ pub struct ProductsQuery {
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// Wait (up to 5 s) until the catalog reflects this log position.
+    /// Past that, 503. A position past the log's head (one no command was answered
+    /// with) is 422 at once: waiting would not make it come.
     #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     min_position: Option<u64>,
 }
@@ -185,6 +195,8 @@ pub async fn products(
 #[into_params(parameter_in = Query)]
 pub struct Consistency {
     /// Wait (up to 5 s) until the read model reflects this log position.
+    /// Past that, 503. A position past the log's head (one no command was answered
+    /// with) is 422 at once: waiting would not make it come.
     #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     min_position: Option<u64>,
 }
@@ -196,7 +208,7 @@ pub struct Consistency {
     responses(
         (status = 200, description = "The product", body = ProductJson, headers(("X-Projection-Position" = u64, description = "The log position the answer reflects"))),
         (status = 401, response = openapi::Unauthorized),
-        (status = 404, response = openapi::NotFound),
+        (status = 404, response = openapi::ModelNotFound),
         (status = 422, response = openapi::Unprocessable),
         (status = 503, response = openapi::Unavailable),
     )
@@ -212,7 +224,9 @@ pub async fn product(
     let catalog = state.projections.catalog();
     reach(catalog.wait_for(min_position, MIN_POSITION_WAIT), query.min_position).await?;
     let answer = catalog.get(&sku)?;
-    let product = answer.value.ok_or_else(|| ApiError::NotFound(format!("product {sku} not found")))?;
+    let Some(product) = answer.value else {
+        return Ok(missing_at(answer.position, format!("product {sku} not found")));
+    };
     Ok(answered(answer.position, ProductJson::new(product, &state.currency)))
 }
 
@@ -348,7 +362,7 @@ impl OrderJson {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OrderPage {
     items: Vec<OrderJson>,
-    /// Pass as `before` for the next (older) page; absent on the last.
+    /// Pass as `before` for the next (older) page; null on the last.
     next: Option<u64>,
 }
 
@@ -362,6 +376,8 @@ pub struct OrdersQuery {
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// Wait (up to 5 s) until the orders model reflects this log position.
+    /// Past that, 503. A position past the log's head (one no command was answered
+    /// with) is 422 at once: waiting would not make it come.
     #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     min_position: Option<u64>,
 }
@@ -408,7 +424,7 @@ pub async fn orders(
         (status = 200, description = "The order", body = OrderJson, headers(("X-Projection-Position" = u64, description = "The log position the answer reflects"))),
         (status = 401, response = openapi::Unauthorized),
         (status = 403, response = openapi::Forbidden),
-        (status = 404, response = openapi::NotFound),
+        (status = 404, response = openapi::ModelNotFound),
         (status = 422, response = openapi::Unprocessable),
         (status = 503, response = openapi::Unavailable),
     )
@@ -420,17 +436,18 @@ pub async fn order(
     ApiQuery(query): ApiQuery<Consistency>,
 ) -> Result<Response, ApiError> {
     let min_position = check_min_position(&state, query.min_position)?;
-    let not_found = || ApiError::NotFound(format!("order {order_id} not found"));
-    let id = OrderId::parse(&order_id).map_err(|_| not_found())?;
+    let id = OrderId::parse(&order_id).map_err(|_| ApiError::NotFound(format!("order {order_id} not found")))?;
     let orders = state.projections.orders();
     reach(orders.wait_for(min_position, MIN_POSITION_WAIT), query.min_position).await?;
     let answer = orders.get(id)?;
-    let view = answer.value.ok_or_else(not_found)?;
-    if let AdminOrCustomer::Customer(customer) = reader
-        && view.customer_id != customer
-    {
-        return Err(not_found());
-    }
+    // Another customer's order is missing too, in the same words, at the same position.
+    let view = answer.value.filter(|view| match reader {
+        AdminOrCustomer::Customer(customer) => view.customer_id == customer,
+        AdminOrCustomer::Admin => true,
+    });
+    let Some(view) = view else {
+        return Ok(missing_at(answer.position, format!("order {order_id} not found")));
+    };
     Ok(answered(answer.position, OrderJson::new(view, &state.currency)))
 }
 

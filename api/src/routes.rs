@@ -828,7 +828,7 @@ fn start(name: &'static str, from: Option<u64>) -> Result<u64, ApiError> {
     security(("admin" = [])),
     params(("stream" = String, Path, description = "A stream name, such as `product-mug-1` or `order-<uuid>`"), StreamPage),
     responses(
-        (status = 200, description = "A page of events (none for an unknown stream)", body = EventsPage),
+        (status = 200, description = "A page of events (none past the stream's last version)", body = EventsPage),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
@@ -845,6 +845,11 @@ async fn stream_events(
     let limit = page_limit(page.limit)?;
     let from_version = start("from_version", page.from_version)?;
     let recorded = state.log.read_stream(&stream, from_version, limit)?;
+    // A stream no event was ever appended to is not there (as EventStoreDB
+    // answers), where one read past its end is an empty page.
+    if recorded.is_empty() && state.log.stream_version(&stream)? == 0 {
+        return Err(ApiError::NotFound(format!("stream {stream} has no events")));
+    }
     let next = (recorded.len() == limit).then(|| recorded.last().map(|event| event.version + 1)).flatten();
     let events = recorded.into_iter().map(EventJson::from_recorded).collect::<Result<_, _>>()?;
     Ok(Json(EventsPage { events, next }))

@@ -431,9 +431,10 @@ async fn bad_queries_are_422_problems_naming_every_bad_parameter() {
             problem["errors"].as_array().expect("errors").iter().filter_map(|error| error["field"].as_str()).collect();
         assert_eq!(fields, expected, "{path}: {problem}");
     }
-    // An unknown stream has no events; it is not an error.
+    // A stream no event was appended to is not there; one read past its end is an empty page.
     let unknown = app.get("/api/v1/streams/product-ghost/events", Some(ADMIN)).await;
-    assert_eq!(unknown.status, 200, "{unknown:?}");
-    assert_eq!(unknown.body["events"], json!([]));
+    assert_eq!(unknown.problem(404)["detail"], "stream product-ghost has no events");
+    let past = app.get("/api/v1/streams/product-mug-1/events?from_version=2", Some(ADMIN)).await;
+    assert_eq!((past.status.as_u16(), &past.body["events"]), (200, &json!([])), "{past:?}");
     app.stop().await;
 }
