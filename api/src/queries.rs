@@ -246,6 +246,8 @@ pub struct CartLineJson {
 pub struct CartJson {
     customer_id: Uuid,
     lines: Vec<CartLineJson>,
+    /// The lines that can be checked out: a `discontinued` line (which a checkout
+    /// refuses until it is removed) is not counted here, nor in the shipping and total.
     subtotal_cents: i64,
     /// 499 when 0 < subtotal < 5000, else 0.
     shipping_cents: i64,

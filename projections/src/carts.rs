@@ -48,6 +48,7 @@ pub struct CartView {
     pub customer_id: CustomerId,
     /// In sku order.
     pub lines: Vec<CartLineView>,
+    /// Of the lines that can be checked out: a discontinued line is not counted.
     pub subtotal_cents: Cents,
     pub shipping_cents: Cents,
     pub total_cents: Cents,
@@ -177,8 +178,13 @@ impl Carts {
                     quantity,
                 });
             }
+            // What a checkout charges once the discontinued lines (which refuse
+            // it) are taken out: they are shown, flagged, and not counted.
             let totals = Totals::of_lines(
-                lines.iter().filter_map(|line| line.unit_price_cents.map(|price| (line.quantity, price))),
+                lines
+                    .iter()
+                    .filter(|line| !line.discontinued)
+                    .filter_map(|line| line.unit_price_cents.map(|price| (line.quantity, price))),
             );
             Ok(CartView {
                 customer_id,

@@ -278,8 +278,18 @@ async fn cart_totals_follow_the_current_price_and_ship_free_from_fifty() {
         (cart.subtotal_cents, cart.shipping_cents, cart.total_cents),
         (Cents::new(6000), Cents::ZERO, Cents::new(6000))
     );
-    shop.then([discontinued("mug")]).await;
-    assert!(shop.projections.carts().get(customer(1)).expect("queries").value.lines[0].discontinued);
+    // A discontinued line is shown, flagged, and left out of the totals: they are
+    // what a checkout charges once it is removed (a checkout with it is refused).
+    // So the cup alone is under fifty and pays shipping.
+    shop.then([created("cup", 4999, 10), added(customer(1), "cup", 1), discontinued("mug")]).await;
+    let cart = shop.projections.carts().get(customer(1)).expect("queries").value;
+    let flags: Vec<(&str, bool)> = cart.lines.iter().map(|line| (line.sku.as_str(), line.discontinued)).collect();
+    assert_eq!(flags, [("cup", false), ("mug", true)]);
+    assert_eq!(cart.lines[1].line_total_cents, Cents::new(6000), "the line still shows what it would cost");
+    assert_eq!(
+        (cart.subtotal_cents, cart.shipping_cents, cart.total_cents),
+        (Cents::new(4999), Cents::new(499), Cents::new(5498))
+    );
 }
 
 #[tokio::test]
