@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::AppState;
 use crate::auth::Admin;
+use crate::extract::{ApiQuery, NoQuery};
 use crate::openapi;
 
 /// Bytes per chunk of the response.
@@ -27,9 +28,10 @@ const CHUNK_LEN: usize = 256 * 1024;
             headers(("X-Head-Position" = u64, description = "The last position in the backup"))),
         (status = 401, response = openapi::Unauthorized),
         (status = 403, response = openapi::Forbidden),
+        (status = 422, response = openapi::Unprocessable),
     )
 )]
-pub async fn backup(State(state): State<AppState>, method: Method, _: Admin) -> Response {
+pub async fn backup(State(state): State<AppState>, method: Method, _: Admin, _: ApiQuery<NoQuery>) -> Response {
     let head = state.log.head();
     if method == Method::HEAD {
         // The headers a GET would get, and no backup: nothing would read it.

@@ -43,6 +43,13 @@ impl<S: Send + Sync, T: DeserializeOwned + IntoParams> FromRequestParts<S> for A
     }
 }
 
+/// The query of a route that takes no parameters: any is a 422 naming it, as an
+/// unknown one is on every other route (`ApiQuery<NoQuery>`).
+#[derive(Debug, serde::Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct NoQuery {}
+
 /// A query string's parameters, in order, decoded.
 struct Pairs(Vec<(String, String)>);
 

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::{Admin, AdminOrCustomer, Caller, Customer, Reader};
 use crate::error::ApiError;
-use crate::extract::{ApiPath, ApiQuery};
+use crate::extract::{ApiPath, ApiQuery, NoQuery};
 use crate::openapi;
 
 /// How long `?min_position=` waits.
@@ -596,9 +596,14 @@ impl From<ProjectionStatus> for ProjectionJson {
         (status = 200, description = "The read models", body = Vec<ProjectionJson>),
         (status = 401, response = openapi::Unauthorized),
         (status = 403, response = openapi::Forbidden),
+        (status = 422, response = openapi::Unprocessable),
     )
 )]
-pub async fn projection_status(State(state): State<AppState>, _: Admin) -> Json<Vec<ProjectionJson>> {
+pub async fn projection_status(
+    State(state): State<AppState>,
+    _: Admin,
+    _: ApiQuery<NoQuery>,
+) -> Json<Vec<ProjectionJson>> {
     Json(state.projections.status().into_iter().map(ProjectionJson::from).collect())
 }
 

@@ -411,6 +411,9 @@ async fn bad_queries_are_422_problems_naming_every_bad_parameter() {
         ("/api/v1/events?limit=1001", "limit"),
         ("/api/v1/streams/product-mug-1/events?limit=0", "limit"),
         ("/api/v1/streams/product-mug-1/events?from_version=x", "from_version"),
+        // Routes that take no parameters name any given.
+        ("/admin/projections?colour=red", "colour"),
+        ("/admin/backup?colour=red", "colour"),
     ] {
         let reply = app.get(path, Some(ADMIN)).await;
         let problem = reply.problem(422);
