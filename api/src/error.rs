@@ -178,6 +178,12 @@ impl From<DomainError> for ApiError {
     }
 }
 
+/// What a 503 of the log says: the cause (a failed `fdatasync`, a full disk) is
+/// in the server's log, not in an answer; a log that failed an `fdatasync`
+/// takes writes again only after a restart (DESIGN §3).
+pub(crate) const LOG_NOT_WRITING: &str = "the event log is not accepting writes: the server is stopping, or its \
+    log names what failed (a full disk, a failing one); once that is fixed, a restart takes writes again";
+
 impl From<CommandError> for ApiError {
     fn from(error: CommandError) -> Self {
         commands_error(error)
@@ -188,7 +194,7 @@ impl From<store::StoreError> for ApiError {
     fn from(error: store::StoreError) -> Self {
         match error {
             store::StoreError::Unavailable { .. } | store::StoreError::Durability { .. } => {
-                ApiError::Unavailable("the event log is not accepting writes".to_owned())
+                ApiError::Unavailable(LOG_NOT_WRITING.to_owned())
             }
             other => ApiError::internal(other),
         }
@@ -264,7 +270,7 @@ fn commands_error(error: CommandError) -> ApiError {
         error @ (CommandError::IdempotencyKeyReused | CommandError::Contention { .. }) => {
             ApiError::Conflict { detail: error.to_string(), skus: Vec::new() }
         }
-        CommandError::Unavailable(_) => ApiError::Unavailable("the event log is not accepting writes".to_owned()),
+        CommandError::Unavailable(_) => ApiError::Unavailable(LOG_NOT_WRITING.to_owned()),
         error @ (CommandError::Hasher { .. }
         | CommandError::Encode(_)
         | CommandError::Decode(_)

@@ -149,7 +149,7 @@ problems! {
     RequestTimeout: "The request (its body included) had not arrived within the server's request timeout; \
         nothing was done";
     Internal: "An internal error; the body reveals nothing, the server log has the cause";
-    Unavailable: "The event log is not accepting writes (after a failed fsync, or shutting down), a read \
+    Unavailable: "The event log is not accepting writes (after a failed fsync, on a full disk, or shutting down), a read \
         model is not ready, or the request took longer than the server's request timeout once it had \
         arrived: a command may then have been carried out, and sending it again with the same \
         `Idempotency-Key` gets its outcome";

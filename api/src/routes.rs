@@ -99,7 +99,7 @@ struct Ready {
 )]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     if state.log.failure().is_some() {
-        return Err(ApiError::Unavailable("the event log is not accepting writes".to_owned()));
+        return Err(ApiError::Unavailable(crate::error::LOG_NOT_WRITING.to_owned()));
     }
     if let Some((model, _)) = state.projections.refusing() {
         return Err(ApiError::Unavailable(crate::queries::stopped(model)));

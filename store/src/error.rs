@@ -61,14 +61,27 @@ pub enum StoreError {
 
 impl From<sled::Error> for StoreError {
     fn from(error: sled::Error) -> Self {
-        StoreError::Storage(error.to_string())
+        match &error {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => disk_full(io),
+            _ => StoreError::Storage(error.to_string()),
+        }
     }
 }
 
 impl From<std::io::Error> for StoreError {
     fn from(error: std::io::Error) -> Self {
-        StoreError::Storage(error.to_string())
+        match error.kind() {
+            std::io::ErrorKind::StorageFull => disk_full(&error),
+            _ => StoreError::Storage(error.to_string()),
+        }
     }
+}
+
+/// A full disk is not the store's fault nor the caller's: the log takes nothing
+/// until there is room (sled may need to write even to read), which a client
+/// hears as "not accepting writes" (503), not as an internal error.
+fn disk_full(error: &std::io::Error) -> StoreError {
+    StoreError::Unavailable { reason: format!("the disk holding the log is full ({error})") }
 }
 
 impl StoreError {
@@ -78,5 +91,27 @@ impl StoreError {
 
     pub(crate) fn corrupt(position: u64, reason: impl Into<String>) -> Self {
         StoreError::Corrupt { position, reason: reason.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full disk (`ENOSPC`), from sled or from the store's own files, is the
+    /// log not taking writes (a 503 over HTTP), not a storage error (a 500).
+    #[test]
+    fn a_full_disk_is_the_log_not_taking_writes_and_other_io_errors_are_storage_errors() {
+        let full = || std::io::Error::from_raw_os_error(28);
+        for error in [StoreError::from(full()), StoreError::from(sled::Error::Io(full()))] {
+            assert!(
+                matches!(&error, StoreError::Unavailable { reason } if reason.starts_with("the disk holding the log is full")),
+                "{error:?}"
+            );
+        }
+        let denied = || std::io::Error::from_raw_os_error(13);
+        for error in [StoreError::from(denied()), StoreError::from(sled::Error::Io(denied()))] {
+            assert!(matches!(error, StoreError::Storage(_)), "{error:?}");
+        }
     }
 }

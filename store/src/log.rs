@@ -941,6 +941,10 @@ fn open_error(path: &Path, error: sled::Error) -> StoreError {
                 path.display()
             ),
         ),
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => StoreError::Storage(format!(
+            "opening {}: the disk is full (opening may write: free some space, then start again)",
+            path.display()
+        )),
         sled::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => StoreError::Storage(format!(
             "opening {}: permission denied (run shoplog as the user that owns the data directory)",
             path.display()

@@ -197,6 +197,10 @@ fn run(cli: Cli, given: Option<&ArgMatches>) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => {
             let config =
                 Config::load(args.config.as_deref(), &args).map_err(|error| anyhow::anyhow!("bad setting: {error}"))?;
+            // A restore or import killed on its way into this dir left its
+            // staging dir (a shop's data and keys) beside it: the server starts
+            // on whatever the dir holds, so nothing else would remove it.
+            backup::remove_left_behind_dir(&config.data);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(crate::server::serve(config))?;
             Ok(ExitCode::SUCCESS)

@@ -769,6 +769,16 @@ async fn an_interrupted_restore_or_backup_leaves_nothing_behind() {
     let output = shoplog(&["backup", "--data", arg(&target), "--out", arg(&again)]);
     refused_and_cleared(output, "already exists");
     assert!(!left_file.exists(), "a refused backup left the partial file a killed one left");
+    // A server started on the dir a killed restore was filling removes its staging dir too
+    // (here it then fails: the dir is a file).
+    let served = work.path().join("served");
+    std::fs::write(&served, b"not a dir").expect("writes");
+    let left_beside_served = work.path().join(format!(".served.incoming-{gone}"));
+    std::fs::create_dir(&left_beside_served).expect("creates");
+    let output = shoplog(&["serve", "--data", arg(&served), "--listen", "127.0.0.1:0"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("left by an interrupted run"), "{stderr}");
+    assert!(!left_beside_served.exists(), "serve left the staging dir a killed restore left");
     std::fs::remove_file(&again).expect("removes");
     std::fs::write(&left_file, b"part of a backup").expect("writes");
     let output = shoplog(&["backup", "--data", arg(&target), "--out", arg(&again)]);
