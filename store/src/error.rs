@@ -63,6 +63,12 @@ impl From<sled::Error> for StoreError {
     fn from(error: sled::Error) -> Self {
         match &error {
             sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => disk_full(io),
+            // sled found a page of its file damaged as it read it: no position
+            // can be named (the page may hold any records), so the damage is at 0.
+            sled::Error::Corruption { .. } => StoreError::corrupt(
+                0,
+                "sled's file is damaged (a page of it read back wrong): restore the data directory from a backup",
+            ),
             _ => StoreError::Storage(error.to_string()),
         }
     }
@@ -101,7 +107,7 @@ mod tests {
     /// A full disk (`ENOSPC`), from sled or from the store's own files, is the
     /// log not taking writes (a 503 over HTTP), not a storage error (a 500).
     #[test]
-    fn a_full_disk_is_the_log_not_taking_writes_and_other_io_errors_are_storage_errors() {
+    fn a_full_disk_is_the_log_not_taking_writes_a_damaged_page_corruption_and_other_io_errors_storage_errors() {
         let full = || std::io::Error::from_raw_os_error(28);
         for error in [StoreError::from(full()), StoreError::from(sled::Error::Io(full()))] {
             assert!(
@@ -109,6 +115,11 @@ mod tests {
                 "{error:?}"
             );
         }
+        let damaged = StoreError::from(sled::Error::Corruption { at: None, bt: () });
+        assert!(
+            matches!(&damaged, StoreError::Corrupt { position: 0, reason } if reason.contains("restore")),
+            "{damaged:?}"
+        );
         let denied = || std::io::Error::from_raw_os_error(13);
         for error in [StoreError::from(denied()), StoreError::from(sled::Error::Io(denied()))] {
             assert!(matches!(error, StoreError::Storage(_)), "{error:?}");

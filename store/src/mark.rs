@@ -57,8 +57,8 @@ pub(crate) fn read(dir: &Path) -> Result<Option<u64>, String> {
     };
     let damaged = || {
         format!(
-            "the file {FILE}, which says how far sled is durable, is damaged (removed, the log opens without \
-             that check)"
+            "the file {FILE}, which says how far sled is durable, is damaged: remove it and the log opens \
+             without that check (the log itself may be whole: `shoplog verify` walks it)"
         )
     };
     if bytes.len() != LEN || bytes[..4] != MAGIC {
