@@ -419,7 +419,21 @@ impl EventLog {
 
     /// Up to `limit` events of the whole log from `from` on, in position order.
     pub fn read_all(&self, from: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.read_all_chained(from, None, limit)
+        self.noted(self.read_all_chained(from, None, limit))
+    }
+
+    /// `result`, and if it found the log damaged, the log then takes no more
+    /// appends (as after a failed `fdatasync`): a command acknowledged now would be
+    /// lost by the restore from a backup that the damage calls for, and a damaged
+    /// history cannot be backed up whole. `/readyz` says so.
+    fn noted<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::Corrupt { position, reason }) = &result {
+            tracing::error!(position, %reason, "the log is damaged; it takes no more appends");
+            self.inner.health.fail(format!(
+                "log corrupt at position {position}: {reason} (restore the data directory from a backup)"
+            ));
+        }
+        result
     }
 
     /// [`Self::read_all`], given the hash of the record before `from` when the
@@ -497,6 +511,15 @@ impl EventLog {
     /// Up to `limit` events of `stream` from `from_version` on (versions start at 1).
     /// A name no stream can have ([`is_stream_name`]) has none.
     pub fn read_stream(&self, stream: &str, from_version: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.noted(self.read_stream_unnoted(stream, from_version, limit))
+    }
+
+    fn read_stream_unnoted(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         if !is_stream_name(stream) {
             return Ok(Vec::new());
         }

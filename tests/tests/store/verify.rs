@@ -256,3 +256,23 @@ async fn in_a_long_log_verify_and_backup_name_the_first_of_two_damaged_records()
     flip_a_chunks_last_record(dir.path(), 1200);
     assert_eq!(corrupt_position(dir.path()).0, later);
 }
+
+/// A read that finds the log damaged (an audit read, a backup's, a command's
+/// load of its stream, all through `EventLog::noted`) stops the log's appends,
+/// as a failed `fdatasync` does: a command acknowledged then would be lost by
+/// the restore from a backup that the damage calls for. Until a read finds it,
+/// appends go on.
+#[tokio::test]
+async fn a_read_that_finds_damage_stops_the_logs_appends() {
+    let more = || append("even", ExpectedVersion::Any, vec![event("E", b"more")]);
+    let dir = temp_dir();
+    log_with_five_events(dir.path()).await;
+    flip_byte(dir.path(), 2, 40);
+    let log = EventLog::open(dir.path()).expect("opens");
+    log.append(more()).await.expect("no read has found the damage yet");
+    let found = log.read_all(1, 10);
+    assert!(matches!(found, Err(StoreError::Corrupt { position: 2, .. })), "{found:?}");
+    assert!(log.failure().is_some_and(|reason| reason.contains("corrupt at position 2")), "{:?}", log.failure());
+    let refused = log.append(more()).await;
+    assert!(matches!(refused, Err(StoreError::Unavailable { .. })), "{refused:?}");
+}
