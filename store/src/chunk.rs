@@ -176,15 +176,45 @@ pub(crate) fn read<T>(
     position: u64,
     read: impl FnOnce(&[u8]) -> Result<T, StoreError>,
 ) -> Result<Option<T>, StoreError> {
+    in_chunk(events, position, |records, index| records.get(index).map(read).transpose())
+}
+
+/// The bytes of the record at `position` and of the one before it (`None` at
+/// position 1, or when the log holds no record there), handed to `read`: one
+/// lookup when both lie in one chunk, as all but a chunk's first record do.
+pub(crate) fn read_with_previous<T>(
+    events: &sled::Tree,
+    position: u64,
+    read: impl FnOnce(Option<&[u8]>, &[u8]) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    in_chunk(events, position, |records, index| {
+        let Some(record) = records.get(index) else {
+            return Ok(None);
+        };
+        match index.checked_sub(1) {
+            Some(before) => read(records.get(before), record),
+            None if position <= 1 => read(None, record),
+            None => match in_chunk(events, position - 1, |before, index| Ok(before.get(index).map(<[u8]>::to_vec)))? {
+                Some(before) => read(Some(&before), record),
+                None => read(None, record),
+            },
+        }
+        .map(Some)
+    })
+}
+
+/// The records of the value that would hold `position`, and its index among
+/// them, handed to `read` (which finds no record there if the log has none).
+fn in_chunk<T>(
+    events: &sled::Tree,
+    position: u64,
+    read: impl FnOnce(&Records<'_>, usize) -> Result<Option<T>, StoreError>,
+) -> Result<Option<T>, StoreError> {
     let Some((first, bytes)) = at_or_before(events, position)? else {
         return Ok(None);
     };
     let records = Records::parse(&bytes).map_err(|reason| StoreError::corrupt(first, reason))?;
-    let index = usize::try_from(position - first).unwrap_or(usize::MAX);
-    match records.get(index) {
-        Some(record) => read(record).map(Some),
-        None => Ok(None),
-    }
+    read(&records, usize::try_from(position - first).unwrap_or(usize::MAX))
 }
 
 /// Lend the records from `from` to `to` (both included), in position order, to

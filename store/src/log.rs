@@ -591,9 +591,21 @@ impl EventLog {
         .ok_or_else(|| StoreError::corrupt(position, "missing from the log"))
     }
 
+    /// The event at `position`, checked against the hash chain as a read of the
+    /// whole log checks it: its stored hash must be that of the record before it
+    /// and its own bytes, so a changed byte in it is found by a stream's read too
+    /// (a command deciding on a damaged history would write on it).
     fn read_position(&self, position: u64) -> Result<RecordedEvent, StoreError> {
-        chunk::read(&self.inner.trees.events, position, |bytes| {
+        chunk::read_with_previous(&self.inner.trees.events, position, |before, bytes| {
             let record = record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
+            let previous_hash = match before {
+                None if position <= 1 => GENESIS_HASH,
+                None => return Err(StoreError::corrupt(position - 1, "missing from the log")),
+                Some(before) => record::parse(before).map_err(|reason| StoreError::corrupt(position - 1, reason))?.hash,
+            };
+            if record::chain_hash(&previous_hash, record.body) != record.hash {
+                return Err(StoreError::corrupt(position, "hash does not match the record and the previous hash"));
+            }
             Ok(self.decode_record(position, record)?.into_owned())
         })?
         .ok_or_else(|| StoreError::corrupt(position, "indexed event is missing"))

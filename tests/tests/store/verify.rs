@@ -62,9 +62,62 @@ async fn a_flipped_byte_anywhere_in_a_stored_record_is_found_at_its_position() {
             "flip at byte {offset}: reading in order checks the chain: {read:?}"
         );
         drop(log);
+        // Position 3 is the second event of stream `even`: a command loading the
+        // stream checks the record against the chain too.
+        let log = EventLog::open(dir.path()).expect("opens");
+        let read = log.read_stream("even", 1, 10);
+        assert!(
+            matches!(read, Err(StoreError::Corrupt { position: 3, .. })),
+            "flip at byte {offset}: a stream's read checks the chain: {read:?}"
+        );
+        assert!(log.failure().is_some_and(|reason| reason.contains("corrupt at position 3")), "{:?}", log.failure());
+        let other = log.read_stream("even", 2, 10);
+        assert!(matches!(other, Err(StoreError::Corrupt { position: 3, .. })), "from the damaged one on: {other:?}");
+        drop(log);
         flip_byte(dir.path(), 3, offset);
         assert_eq!(EventLog::open(dir.path()).expect("opens").verify().expect("repaired").events, 5);
     }
+}
+
+/// Records appended together lie in one chunk: a stream's read checks each
+/// against the record before it in the chunk, and the first against the chunk
+/// before.
+#[tokio::test]
+async fn a_stream_read_finds_a_changed_byte_inside_a_chunk() {
+    let dir = temp_dir();
+    {
+        let log = EventLog::open(dir.path()).expect("opens");
+        log.append(append("lone", ExpectedVersion::Any, vec![event("E", &[9; 40])])).await.expect("appends");
+        let events = (0..5u8).map(|index| event("E", &[index + 100; 40])).collect();
+        log.append(append("packed", ExpectedVersion::Any, events)).await.expect("appends");
+        assert_eq!(log.read_stream("packed", 1, 10).expect("a sound stream reads").len(), 5);
+    }
+    for (payload, position) in [(100u8, 2), (102, 4), (104, 6)] {
+        tamper(dir.path(), |db| {
+            let events = db.open_tree("events").expect("tree");
+            let mut bytes = events.get(2u64.to_be_bytes()).expect("reads").expect("the chunk of five").to_vec();
+            let at = bytes.windows(40).position(|window| window == [payload; 40]).expect("the payload is in the chunk");
+            bytes[at + 7] ^= 0x5a;
+            events.insert(2u64.to_be_bytes(), bytes).expect("writes");
+        });
+        let log = EventLog::open(dir.path()).expect("opens");
+        let read = log.read_stream("packed", 1, 10);
+        assert!(
+            matches!(read, Err(StoreError::Corrupt { position: found, .. }) if found == position),
+            "payload {payload}: {read:?}"
+        );
+        let lone = log.read_stream("lone", 1, 10);
+        assert_eq!(lone.map(|events| events.len()).ok(), Some(1), "another stream's records are sound");
+        drop(log);
+        tamper(dir.path(), |db| {
+            let events = db.open_tree("events").expect("tree");
+            let mut bytes = events.get(2u64.to_be_bytes()).expect("reads").expect("the chunk of five").to_vec();
+            let at = bytes.windows(40).position(|window| window.iter().filter(|&&byte| byte == payload).count() == 39);
+            bytes[at.expect("the changed payload") + 7] ^= 0x5a;
+            events.insert(2u64.to_be_bytes(), bytes).expect("writes");
+        });
+    }
+    assert_eq!(EventLog::open(dir.path()).expect("opens").read_stream("packed", 1, 10).expect("repaired").len(), 5);
 }
 
 /// `verify` stops at the first damage it meets: a report of a later one would send
