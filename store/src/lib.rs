@@ -36,7 +36,7 @@ pub use backup::{BACKUP_MAGIC, BACKUP_VERSION, BackupSummary, RestoreTo, check_b
 pub use error::StoreError;
 pub use fill::ensure_new_or_empty;
 pub use import::{ImportEvent, ImportSummary, Importer};
-pub use log::{EventLog, Options, Subscription, first_damaged_record};
+pub use log::{EventLog, Options, Subscription, first_damaged_record, sled_file_lost};
 pub use private::{beside, create_private_dir, create_private_file, link_into_place, sync_parent};
 pub use types::{
     AppendRequest, AppendResult, CommitStats, EventRef, ExpectedVersion, Idempotency, Metadata, NewEvent, Payload,

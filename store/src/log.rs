@@ -24,7 +24,7 @@ use crate::types::{
     AppendRequest, AppendResult, CommitStats, EventRef, RecordedEvent, Recovery, VerifyReport, is_stream_name,
 };
 use crate::upcast::Upcasters;
-use crate::wal::{WAL_LEN_MAX, Wals};
+use crate::wal::{WAL_FILES, WAL_LEN_MAX, Wals};
 use crate::writer::{Applied, Counters, DurableHeads, Health, Job, Syncer, Tail, Writer, drop_torn_batch, replay};
 
 /// sled's segment size for a new log. Its blob threshold is a quarter of it (2 MiB),
@@ -767,6 +767,9 @@ impl EventLog {
 /// directory's lock for a moment after this process closed the log; a lock that
 /// stays held is another process's.
 fn open_sled(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreError> {
+    if let Some(lost) = sled_file_lost(path) {
+        return Err(StoreError::corrupt(1, lost));
+    }
     let config = sled_config(path, cache_capacity_bytes);
     let mut attempts = 0;
     loop {
@@ -778,6 +781,26 @@ fn open_sled(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreEr
             opened => return opened,
         }
     }
+}
+
+/// Why `path` holds what is left of a log whose sled file (`db`) is gone, if
+/// it does: the checkpoint mark names a position past 0, or a write-ahead log
+/// file holds frames. sled would make a new, empty file there, and the log would
+/// start again from position 1 over the lost one; this is said before anything
+/// is written.
+pub fn sled_file_lost(path: &Path) -> Option<String> {
+    if path.join("db").exists() {
+        return None;
+    }
+    let restore = "restore the data directory from a backup";
+    if let Ok(Some(checkpointed @ 1..)) = crate::mark::read(path) {
+        return Some(format!(
+            "sled's file db is missing, and with it the log a checkpoint had made durable up to position \
+             {checkpointed} ({restore})"
+        ));
+    }
+    let frames = WAL_FILES.iter().any(|name| std::fs::metadata(path.join(name)).is_ok_and(|file| file.len() > 0));
+    frames.then(|| format!("sled's file db is missing, though the write-ahead log beside it holds frames of the log ({restore})"))
 }
 
 /// Walk the hash chain from position 1: each record parsed, at its position,

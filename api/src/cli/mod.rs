@@ -317,7 +317,11 @@ pub(crate) fn open_offline(data: &std::path::Path) -> anyhow::Result<store::Even
             "data directory {} cannot be read: permission denied (run shoplog as the user that owns it)",
             data.display()
         ),
-        _ => anyhow::bail!("data directory {} holds no shoplog log", data.display()),
+        // What is left of a log whose sled file is gone: damage, named as such.
+        _ => match store::sled_file_lost(data) {
+            Some(reason) => return Err(store::StoreError::Corrupt { position: 1, reason }.into()),
+            None => anyhow::bail!("data directory {} holds no shoplog log", data.display()),
+        },
     }
     store::EventLog::open_with(data, commands::codec::log_options()).map_err(|error| match error {
         store::StoreError::Locked { path } => anyhow::Error::new(InUse(path)),

@@ -350,6 +350,36 @@ fn a_damaged_sled_file_is_corruption_in_one_line() {
     assert_refused(&shoplog(&["stats", "--data", data]), "sled's file is damaged");
 }
 
+/// A data dir whose sled file is gone, beside what is left of its log (the
+/// checkpoint mark, or frames in the write-ahead log), is a lost log: `verify`
+/// says so with exit code 1, every other command and `serve` refuse it in one
+/// line, and none of them makes a new, empty log there.
+#[test]
+fn a_deleted_sled_file_is_named_as_a_lost_log_and_no_new_one_is_made() {
+    let dir = tests::temp_dir();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(tests::big_log(dir.path(), 20));
+    let head = store::EventLog::open(dir.path()).expect("opens").head();
+    let data = dir.path().to_str().expect("utf-8");
+    std::fs::remove_file(dir.path().join("db")).expect("removes sled's file");
+    let output = shoplog(&["verify", "--data", data]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(stdout.starts_with("corrupt at position 1: sled's file db is missing"), "{stdout}");
+    assert!(stdout.contains(&format!("durable up to position {head} (restore the data directory")), "{stdout}");
+    for command in ["stats", "replay", "serve"] {
+        assert_refused(&shoplog(&[command, "--data", data]), "sled's file db is missing");
+    }
+    // With no checkpoint mark, frames in the write-ahead log tell the same.
+    std::fs::remove_file(dir.path().join("checkpointed")).expect("removes the mark");
+    std::fs::write(dir.path().join("wal"), b"frames of the lost log").expect("writes");
+    let output = shoplog(&["verify", "--data", data]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("the write-ahead log beside it holds frames"));
+    assert_refused(&shoplog(&["serve", "--data", data]), "sled's file db is missing");
+    assert!(!dir.path().join("db").exists(), "no new sled file was made");
+}
+
 #[test]
 fn verify_names_the_first_bad_position_and_exits_1() {
     let dir = tests::temp_dir();
