@@ -770,6 +770,13 @@ fn open_sled(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreEr
     if let Some(lost) = sled_file_lost(path) {
         return Err(StoreError::corrupt(1, lost));
     }
+    if sled_settings_damaged(path) {
+        return Err(StoreError::Storage(format!(
+            "sled's settings file conf in {} is damaged: remove it and start again (sled writes it anew from the \
+             settings shoplog always gives it; the log is in the file db beside it)",
+            path.display()
+        )));
+    }
     let config = sled_config(path, cache_capacity_bytes);
     let mut attempts = 0;
     loop {
@@ -800,7 +807,22 @@ pub fn sled_file_lost(path: &Path) -> Option<String> {
         ));
     }
     let frames = WAL_FILES.iter().any(|name| std::fs::metadata(path.join(name)).is_ok_and(|file| file.len() > 0));
-    frames.then(|| format!("sled's file db is missing, though the write-ahead log beside it holds frames of the log ({restore})"))
+    frames.then(|| {
+        format!("sled's file db is missing, though the write-ahead log beside it holds frames of the log ({restore})")
+    })
+}
+
+/// Whether sled's settings file (`conf`: the segment size, compression and
+/// sled's version, then a checksum) holds other settings than the ones every
+/// shoplog opens sled with. sled refuses such a file with a line about sled
+/// versions before 0.29, or takes a damaged checksum with a warning; a file of
+/// up to 8 bytes it takes as none and writes again.
+fn sled_settings_damaged(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path.join("conf")) else {
+        return false;
+    };
+    let expected = format!("segment_size: {SEGMENT_SIZE}\nuse_compression: false\nversion: 0.34\n");
+    bytes.len() > 8 && bytes.get(..bytes.len() - 4) != Some(expected.as_bytes())
 }
 
 /// Walk the hash chain from position 1: each record parsed, at its position,

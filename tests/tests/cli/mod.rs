@@ -380,6 +380,30 @@ fn a_deleted_sled_file_is_named_as_a_lost_log_and_no_new_one_is_made() {
     assert!(!dir.path().join("db").exists(), "no new sled file was made");
 }
 
+/// A damaged `conf` (sled's settings, which shoplog always gives the same) is
+/// named, with the fix, instead of sled's line about versions before 0.29; once
+/// it is removed, the log opens whole.
+#[test]
+fn a_damaged_sled_settings_file_says_to_remove_it() {
+    let dir = tests::temp_dir();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(tests::big_log(dir.path(), 20));
+    let data = dir.path().to_str().expect("utf-8");
+    let conf = dir.path().join("conf");
+    let mut bytes = std::fs::read(&conf).expect("reads sled's settings");
+    bytes[10] ^= 0x20;
+    std::fs::write(&conf, &bytes).expect("writes");
+    for command in ["verify", "stats", "serve"] {
+        assert_refused(&shoplog(&[command, "--data", data]), "sled's settings file conf in");
+    }
+    let output = shoplog(&["verify", "--data", data]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("damaged: remove it and start again"), "{output:?}");
+    std::fs::remove_file(&conf).expect("removes it");
+    let output = shoplog(&["verify", "--data", data]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("ok: "), "{output:?}");
+}
+
 #[test]
 fn verify_names_the_first_bad_position_and_exits_1() {
     let dir = tests::temp_dir();
