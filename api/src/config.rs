@@ -152,8 +152,8 @@ impl Config {
             return Err("login_attempts_per_minute must be above 0".to_owned());
         }
         for (key, token) in [("admin_token", &self.admin_token), ("viewer_token", &self.viewer_token)] {
-            if token.as_ref().is_some_and(|token| token.expose().len() < 16) {
-                return Err(format!("{key} must be at least 16 characters"));
+            if let Some(problem) = token.as_ref().and_then(|token| token_problem(token.expose())) {
+                return Err(format!("{key} {problem}"));
             }
         }
         if let (Some(admin), Some(viewer)) = (&self.admin_token, &self.viewer_token)
@@ -281,6 +281,19 @@ fn one_line(error: &figment::Error) -> String {
         parts.push(format!("{key}{kind}{source}"));
     }
     parts.join("; ")
+}
+
+/// What is wrong with a bearer token, if anything: it must be at least 16
+/// characters, and printable ASCII with no space at either end, as an
+/// `Authorization` header can carry it (a client could never send another).
+pub(crate) fn token_problem(token: &str) -> Option<&'static str> {
+    if token.len() < 16 {
+        Some("must be at least 16 characters")
+    } else if !token.bytes().all(|byte| (b' '..=b'~').contains(&byte)) || token.trim() != token {
+        Some("must be printable ASCII with no space at either end (it is sent in an Authorization header)")
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -202,8 +202,12 @@ fn configured_or_generated(
         return Ok(token.clone());
     }
     let path = data.join(file);
+    let advice = format!("remove it (the next start makes a new one) or set {variable}");
     let token = match std::fs::read_to_string(&path) {
         Ok(token) => token.trim().to_owned(),
+        Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+            anyhow::bail!("{} does not hold a token (it is not text): {advice}", path.display())
+        }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
             write_private(&path, &token).with_context(|| format!("cannot write {}", path.display()))?;
@@ -211,7 +215,9 @@ fn configured_or_generated(
         }
         Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
     };
-    anyhow::ensure!(token.len() >= 16, "{} holds a token under 16 characters", path.display());
+    if let Some(problem) = crate::config::token_problem(&token) {
+        anyhow::bail!("the token in {} {problem}: {advice}", path.display());
+    }
     tell!("{file}: in {} (set {variable} to choose your own)", path.display());
     Ok(Secret::new(token))
 }

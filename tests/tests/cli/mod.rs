@@ -84,6 +84,30 @@ fn bad_settings_are_one_line_and_exit_code_2() {
         .expect("runs");
     assert_refused(&output, "request_timeout_ms");
     assert_refused(&shoplog(&["serve", "--data", data, "--admin-token", "short"]), "admin_token");
+    // No client could send it: an Authorization header holds printable ASCII.
+    let accented = ["serve", "--data", data, "--admin-token", "café-café-café-café"];
+    assert_refused(&shoplog(&accented), "admin_token must be printable ASCII");
+    // A token file that holds no usable token says how to get one.
+    for (name, contents, problem) in [
+        ("empty", &b""[..], "must be at least 16 characters"),
+        (
+            "binary",
+            &[0xff, 0xfe, 0x00, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49, 0x4a, 0x4b, 0x4c, 0x4d][..],
+            "is not text",
+        ),
+        ("spaced", &b"a token with a tab\there\n"[..], "must be printable ASCII"),
+    ] {
+        let with_file = dir.path().join(name);
+        std::fs::create_dir(&with_file).expect("makes a dir");
+        std::fs::write(with_file.join("admin-token"), contents).expect("writes");
+        let args = ["serve", "--data", with_file.to_str().expect("utf-8"), "--listen", "127.0.0.1:0"];
+        let output =
+            Command::new("timeout").args(["20", SHOPLOG]).args(args).env_remove("SHOPLOG_ADMIN_TOKEN").output();
+        let output = output.expect("runs");
+        assert_refused(&output, problem);
+        assert_refused(&output, "admin-token");
+        assert_refused(&output, "remove it (the next start makes a new one) or set SHOPLOG_ADMIN_TOKEN");
+    }
     assert_refused(&shoplog(&["serve", "--data", data, "--cache-mib", "0"]), "cache_mib must be from 1");
     assert_refused(&shoplog(&["serve", "--data", data, "--cache-mib", "lots"]), "lots");
     assert_refused(&shoplog(&["serve", "--config", "/no/such/shoplog.toml"]), "does not exist");
