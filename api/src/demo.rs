@@ -2,7 +2,12 @@
 //! couple of products low on stock, three customers, and orders in every state) so
 //! that a newcomer sees a live dashboard at once. Everything goes through
 //! [`commands::CommandService`], so the shop's rules apply as to any request; the
-//! events carry the actor `demo`. A log that holds anything is left as it is.
+//! events carry the actor `demo`. A log that holds anything else is left as it is.
+//!
+//! Every step carries an idempotency key of its own (`demo-step-<n>`), so a start
+//! killed while seeding is finished by the next `--demo` start: the steps already
+//! written answer with their first outcome and write nothing, the rest are
+//! written. It does so only while every event of the log is the demo's.
 
 use std::fmt;
 
@@ -68,14 +73,17 @@ pub struct Seeded {
     pub cancelled: usize,
     /// The log's head afterwards.
     pub head: u64,
+    /// Whether this finished a seeding that a stop had cut short.
+    pub finished: bool,
 }
 
 impl fmt::Display for Seeded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "demo: seeded {} products, {} customers ({}; password \"{PASSWORD}\") and {} orders \
+            "demo: {} {} products, {} customers ({}; password \"{PASSWORD}\") and {} orders \
              ({} placed, {} paid, {} shipped, {} cancelled), up to log position {}",
+            if self.finished { "finished the seeding a stop had cut short:" } else { "seeded" },
             self.products,
             self.customers.len(),
             self.customers.join(", "),
@@ -89,20 +97,76 @@ impl fmt::Display for Seeded {
     }
 }
 
-/// Seed the demo shop into an empty log; `Ok(None)` (and nothing written) when the
-/// log already holds events.
+/// The most events a log may hold to be taken for a demo seeding cut short
+/// (the whole demo writes under a hundred).
+const DEMO_EVENTS_MAX: u64 = 1_000;
+
+/// Seed the demo shop into an empty log, or finish a seeding a stop cut short
+/// (every event of the log the demo's); `Ok(None)` (and nothing written) when the
+/// log holds anything else, or the whole demo already.
 pub async fn seed(service: &CommandService) -> anyhow::Result<Option<Seeded>> {
-    if service.log().head() != 0 {
+    let head = service.log().head();
+    let finishing = head != 0;
+    if finishing && !only_demo_events(service, head)? {
         return Ok(None);
     }
+    let seeded = seed_steps(service, usize::MAX).await.with_context(|| match finishing {
+        true => {
+            "the log holds a demo seeding cut short that cannot be finished (remove the data directory to \
+                 seed it again)"
+        }
+        false => "the demo seeding failed",
+    })?;
+    match seeded {
+        Some(mut seeded) if seeded.head != head || !finishing => {
+            seeded.finished = finishing;
+            Ok(Some(seeded))
+        }
+        // The whole demo was there: every step answered with its first outcome.
+        _ => Ok(None),
+    }
+}
+
+/// Whether the log's `head` events were all written by the demo.
+fn only_demo_events(service: &CommandService, head: u64) -> anyhow::Result<bool> {
+    if head > DEMO_EVENTS_MAX {
+        return Ok(false);
+    }
+    let events = service.log().read_all(1, head as usize).context("demo: cannot read the log")?;
+    Ok(events.iter().all(|event| event.actor == ACTOR))
+}
+
+/// The context of the demo's step `*step` (counted on): repeatable under a key
+/// of its own.
+fn step_context(ctx: &CommandContext, step: &mut usize) -> CommandContext {
+    let key = format!("demo-step-{step}");
+    *step += 1;
+    let hash = *blake3::hash(key.as_bytes()).as_bytes();
+    ctx.clone().with_idempotency(key, hash)
+}
+
+/// The demo's first `steps` steps (all of them with `usize::MAX`; fewer leave
+/// what a start killed while seeding leaves, for tests), each under its own
+/// idempotency key; `None` when it stopped short of the whole demo.
+pub async fn seed_steps(service: &CommandService, steps: usize) -> anyhow::Result<Option<Seeded>> {
     let ctx = CommandContext::new(ACTOR);
     let mut seeded = Seeded::default();
+    let mut step = 0;
+    // The next step's context, or `None` once `steps` are done.
+    macro_rules! next {
+        () => {{
+            if step >= steps {
+                return Ok(None);
+            }
+            step_context(&ctx, &mut step)
+        }};
+    }
 
     for (sku, name, price_cents, stock) in PRODUCTS {
         let (sku, name) = (Sku::parse(sku)?, ProductName::parse(name)?);
         let (price, stock) = (PriceCents::new(price_cents)?, Stock::new(stock)?);
         service
-            .create_product(&ctx, sku.clone(), name, price, Some(stock), None)
+            .create_product(&next!(), sku.clone(), name, price, Some(stock), None)
             .await
             .with_context(|| format!("demo: cannot create product {}", sku.as_str()))?;
         seeded.products += 1;
@@ -111,7 +175,13 @@ pub async fn seed(service: &CommandService) -> anyhow::Result<Option<Seeded>> {
     let mut customers: Vec<CustomerId> = Vec::new();
     for (email, name) in CUSTOMERS {
         let outcome = service
-            .register_customer(&ctx, Email::parse(email)?, CustomerName::parse(name)?, Password::parse(PASSWORD)?, None)
+            .register_customer(
+                &next!(),
+                Email::parse(email)?,
+                CustomerName::parse(name)?,
+                Password::parse(PASSWORD)?,
+                None,
+            )
             .await
             .with_context(|| format!("demo: cannot register {email}"))?;
         customers.push(outcome.customer_id().context("demo: a registration wrote no customer")?);
@@ -122,23 +192,23 @@ pub async fn seed(service: &CommandService) -> anyhow::Result<Option<Seeded>> {
         let customer = customers[customer_index];
         for (sku, quantity) in lines {
             service
-                .add_cart_item(&ctx, customer, Sku::parse(sku)?, Quantity::new(*quantity)?, None)
+                .add_cart_item(&next!(), customer, Sku::parse(sku)?, Quantity::new(*quantity)?, None)
                 .await
                 .with_context(|| format!("demo: cannot add {sku} to a cart"))?;
         }
-        let outcome = service.checkout(&ctx, customer, None).await.context("demo: cannot check out")?;
+        let outcome = service.checkout(&next!(), customer, None).await.context("demo: cannot check out")?;
         let placed = outcome.order_placed().context("demo: a checkout placed no order")?;
         let (order, total): (OrderId, Cents) = (placed.order_id, placed.total_cents);
         match fate {
             Fate::Placed => seeded.placed += 1,
             Fate::Cancelled => {
-                service.cancel_order(&ctx, customer, order, None).await.context("demo: cannot cancel an order")?;
+                service.cancel_order(&next!(), customer, order, None).await.context("demo: cannot cancel an order")?;
                 seeded.cancelled += 1;
             }
             Fate::Paid | Fate::Shipped => {
-                service.pay_order(&ctx, customer, order, total, None).await.context("demo: cannot pay an order")?;
+                service.pay_order(&next!(), customer, order, total, None).await.context("demo: cannot pay an order")?;
                 if fate == Fate::Shipped {
-                    service.ship_order(&ctx, order, None).await.context("demo: cannot ship an order")?;
+                    service.ship_order(&next!(), order, None).await.context("demo: cannot ship an order")?;
                     seeded.shipped += 1;
                 } else {
                     seeded.paid += 1;

@@ -38,7 +38,7 @@ mod backups;
 pub mod cli;
 pub mod config;
 mod dashboard;
-mod demo;
+pub mod demo;
 pub mod error;
 mod every_request;
 mod extract;

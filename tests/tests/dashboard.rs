@@ -333,3 +333,58 @@ async fn serve_demo_seeds_a_shop_with_orders_in_every_state_and_products_low_on_
     assert_eq!(running.state.log.head(), head, "a second demo was seeded into a shop");
     running.stop().await.expect("stops");
 }
+
+/// The event types of the log in `dir`, in order (the demo's streams hold fresh ids).
+fn event_types(dir: &std::path::Path) -> Vec<String> {
+    let log = store::EventLog::open(dir).expect("opens");
+    let events = log.read_all(1, 10_000).expect("reads");
+    events.into_iter().map(|event| event.event_type).collect()
+}
+
+fn demo_config(dir: &std::path::Path, demo: bool) -> api::Config {
+    api::Config {
+        data: dir.to_path_buf(),
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        demo,
+        ..api::Config::default()
+    }
+}
+
+/// A start killed while it seeded the demo leaves part of it; the next `--demo`
+/// start finishes it, each step once (every step is keyed), so the log is what
+/// one whole seeding writes. A log holding anything besides the demo's events is
+/// left as it is.
+#[tokio::test]
+async fn a_demo_seeding_cut_short_is_finished_by_the_next_demo_start() {
+    let whole = tests::temp_dir();
+    api::server::start(&demo_config(whole.path(), true)).await.expect("seeds").stop().await.expect("stops");
+    let whole_types = event_types(whole.path());
+
+    for steps in [1, 9, 17, 30] {
+        let cut = tests::temp_dir();
+        let running = api::server::start(&demo_config(cut.path(), false)).await.expect("serves");
+        let seeded = api::demo::seed_steps(&running.state.service, steps).await.expect("seeds part");
+        assert!(seeded.is_none(), "{steps} steps are not the whole demo");
+        let partial = running.state.log.head();
+        running.stop().await.expect("stops");
+        assert!(partial > 0 && partial < whole_types.len() as u64, "{steps} steps wrote {partial} events");
+
+        let running = api::server::start(&demo_config(cut.path(), true)).await.expect("finishes the demo");
+        running.stop().await.expect("stops");
+        assert_eq!(event_types(cut.path()), whole_types, "after {steps} steps, the demo finished is the whole demo");
+    }
+
+    let other = tests::temp_dir();
+    let running = api::server::start(&demo_config(other.path(), false)).await.expect("serves");
+    api::demo::seed_steps(&running.state.service, 5).await.expect("seeds part");
+    let ctx = commands::CommandContext::new("admin");
+    let sku = domain::Sku::parse("not-the-demos").expect("a sku");
+    let name = domain::ProductName::parse("Not the demo's").expect("a name");
+    let price = domain::PriceCents::new(100).expect("a price");
+    running.state.service.create_product(&ctx, sku, name, price, None, None).await.expect("creates");
+    let head = running.state.log.head();
+    running.stop().await.expect("stops");
+    let running = api::server::start(&demo_config(other.path(), true)).await.expect("serves");
+    assert_eq!(running.state.log.head(), head, "a log holding more than the demo's events is left as it is");
+    running.stop().await.expect("stops");
+}
