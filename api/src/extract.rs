@@ -92,25 +92,54 @@ impl<S: Send + Sync, T: DeserializeOwned + PartialSchema> FromRequest<S> for Com
             hasher.update(&[0]);
             hasher
         };
-        // A body declared too long is refused at once, not read (or waited for).
-        let declared = parts.headers.get(axum::http::header::CONTENT_LENGTH);
-        if declared.and_then(|len| len.to_str().ok()?.parse::<u64>().ok()).is_some_and(|len| len > BODY_LEN_MAX_U64) {
-            return Err(ApiError::PayloadTooLarge(crate::BODY_LEN_MAX));
-        }
-        let headers = parts.headers.clone();
-        let bytes = Bytes::from_request(Request::from_parts(parts, body), state).await.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(crate::BODY_LEN_MAX)
-            } else {
-                ApiError::BadRequest(rejection.body_text())
-            }
-        })?;
+        let (bytes, headers) = body_bytes(Request::from_parts(parts, body), state).await?;
         let body = parse_body(&bytes, &headers)?;
         let mut hasher = request_hash;
         if idempotency_key.is_some() {
             hasher.update(&canonical_json(&bytes));
         }
         Ok(CommandInput { body, idempotency_key, if_match, request_hash: *hasher.finalize().as_bytes() })
+    }
+}
+
+/// A request's body, read whole, and its headers. A body declared too long is
+/// refused at once, not read (or waited for); one that turns out too long, or
+/// breaks off, too.
+async fn body_bytes<S: Send + Sync>(request: Request, state: &S) -> Result<(Bytes, HeaderMap), ApiError> {
+    let declared = request.headers().get(axum::http::header::CONTENT_LENGTH);
+    if declared.and_then(|len| len.to_str().ok()?.parse::<u64>().ok()).is_some_and(|len| len > BODY_LEN_MAX_U64) {
+        return Err(ApiError::PayloadTooLarge(crate::BODY_LEN_MAX));
+    }
+    let headers = request.headers().clone();
+    let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(crate::BODY_LEN_MAX)
+        } else {
+            ApiError::BadRequest(rejection.body_text())
+        }
+    })?;
+    Ok((bytes, headers))
+}
+
+/// No fields: the body may be `{}` or empty.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// The body of a route that reads nothing from it (a rebuild acts on its path):
+/// empty or `{}`, and anything else refused as a command's body would be (400,
+/// 413, 415, 422 naming an unknown field), so that a body meant for something
+/// else is not taken in silence.
+#[derive(Debug)]
+pub struct EmptyBody;
+
+impl<S: Send + Sync> FromRequest<S> for EmptyBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (bytes, headers) = body_bytes(request, state).await?;
+        parse_body::<Empty>(&bytes, &headers)?;
+        Ok(EmptyBody)
     }
 }
 

@@ -618,6 +618,7 @@ pub struct RebuildStarted {
 #[utoipa::path(
     post, path = "/admin/projections/{name}/rebuild", tag = "admin", security(("admin" = [])),
     params(("name" = String, Path, description = "`catalog`, `carts`, `orders` or `dashboard`")),
+    request_body = Option<crate::extract::Empty>,
     responses(
         (status = 202, description = "Rebuild started", body = RebuildStarted),
         (status = 401, response = openapi::Unauthorized),
@@ -630,6 +631,7 @@ pub async fn rebuild(
     State(state): State<AppState>,
     _: Admin,
     ApiPath(name): ApiPath<String>,
+    _: crate::extract::EmptyBody,
 ) -> Result<(StatusCode, Json<RebuildStarted>), ApiError> {
     // The rebuild's worker runs beside the live ones, off the serving threads.
     let generation = state.projection_runtime.within(|| state.projections.rebuild(&name))?;

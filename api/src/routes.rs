@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::{Admin, Caller, Customer, Principal};
 use crate::error::ApiError;
-use crate::extract::{ApiPath, ApiQuery, CommandInput};
+use crate::extract::{ApiPath, ApiQuery, CommandInput, Empty};
 use crate::json::EventJson;
 use crate::openapi::{
     self, BadRequest, Conflict, Forbidden, NotFound, PayloadTooLarge, PreconditionFailed, TooManyRequests,
@@ -402,11 +402,6 @@ async fn restock(
         state.service.restock(&context(Some(Principal::Admin), &input), sku, quantity, input.if_match).await?;
     Ok(command_response(StatusCode::OK, &outcome, Committed::of(&outcome)))
 }
-
-/// No fields: the body may be `{}` or empty.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct Empty {}
 
 /// Stop selling a product.
 #[utoipa::path(

@@ -133,7 +133,26 @@ async fn the_admin_sees_projection_lag_and_rebuilds_a_model_while_it_serves() {
     assert!(names.contains(&"catalog") && names.contains(&"dashboard"));
     app.get("/admin/projections", Some(VIEWER)).await.problem(403);
 
-    let started = app.post("/admin/projections/catalog/rebuild", Some(ADMIN), json!({})).await;
+    // The rebuild reads nothing from its body: one that says something is
+    // refused, as a command's would be, and starts nothing.
+    let before = app.get("/admin/projections", Some(ADMIN)).await.body;
+    let rebuild = "/admin/projections/catalog/rebuild";
+    let problem = app.post(rebuild, Some(ADMIN), json!({"from": 5})).await.problem(422).clone();
+    assert_eq!(problem["errors"][0]["field"], "from", "{problem}");
+    assert!(
+        problem["errors"][0]["message"].as_str().is_some_and(|message| message.contains("unknown field")),
+        "{problem}"
+    );
+    let not_json =
+        app.client.post(format!("{}{rebuild}", app.base)).bearer_auth(ADMIN).header("content-type", "text/plain");
+    assert_eq!(not_json.body("now").send().await.expect("answers").status(), 415);
+    let after = app.get("/admin/projections", Some(ADMIN)).await.body;
+    let generations = |status: &serde_json::Value| {
+        status.as_array().map(|models| models.iter().map(|model| model["generation"].clone()).collect::<Vec<_>>())
+    };
+    assert_eq!(generations(&after), generations(&before), "no rebuild started: {after}");
+    assert!(after.as_array().is_some_and(|models| models.iter().all(|model| model["rebuild"].is_null())), "{after}");
+    let started = app.post(rebuild, Some(ADMIN), json!({})).await;
     assert_eq!(started.status, StatusCode::ACCEPTED, "{started:?}");
     let generation = started.body["generation"].as_u64().expect("a generation");
     // Queries keep answering during the rebuild.
