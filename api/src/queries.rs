@@ -117,6 +117,10 @@ pub struct ProductJson {
     status: String,
     /// The ISO 4217 code of its amounts: the shop's one currency (`currency` setting).
     currency: String,
+    /// The product stream's version this view is of (also the `ETag` of
+    /// `GET /api/v1/products/{sku}`): sent as `If-Match`, a change applies only
+    /// if nothing changed the product since (412 otherwise).
+    version: u64,
 }
 
 impl ProductJson {
@@ -130,6 +134,7 @@ impl ProductJson {
             available: view.available,
             status: view.status.as_str().to_owned(),
             currency: currency.to_owned(),
+            version: view.version,
         }
     }
 }
@@ -206,7 +211,10 @@ pub struct Consistency {
     get, path = "/api/v1/products/{sku}", tag = "catalog",
     params(("sku" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$"), Consistency),
     responses(
-        (status = 200, description = "The product", body = ProductJson, headers(("X-Projection-Position" = u64, description = "The log position the answer reflects"))),
+        (status = 200, description = "The product", body = ProductJson, headers(
+            ("X-Projection-Position" = u64, description = "The log position the answer reflects"),
+            ("ETag" = String, description = "The product stream's version this view is of, quoted: send it as `If-Match`"),
+        )),
         (status = 401, response = openapi::Unauthorized),
         (status = 404, response = openapi::ModelNotFound),
         (status = 422, response = openapi::Unprocessable),
@@ -227,7 +235,10 @@ pub async fn product(
     let Some(product) = answer.value else {
         return Ok(missing_at(answer.position, format!("product {sku} not found")));
     };
-    Ok(answered(answer.position, ProductJson::new(product, &state.currency)))
+    let etag = crate::routes::etag(product.version);
+    let mut response = answered(answer.position, ProductJson::new(product, &state.currency));
+    response.headers_mut().insert(axum::http::header::ETAG, etag);
+    Ok(response)
 }
 
 // ---- cart ----

@@ -208,10 +208,13 @@ struct OrderReply {
 /// command's main stream.
 pub(crate) fn command_response(status: StatusCode, outcome: &CommandOutcome, body: impl Serialize) -> Response {
     let mut response = (status, Json(body)).into_response();
-    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", outcome.version())) {
-        response.headers_mut().insert(header::ETAG, etag);
-    }
+    response.headers_mut().insert(header::ETAG, etag(outcome.version()));
     response
+}
+
+/// `"<version>"`: a stream's version as an `ETag` (what `If-Match` reads).
+pub(crate) fn etag(version: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).expect("digits in quotes are a valid header value")
 }
 
 /// A 201's `Location`: where the created resource is read (RFC 9110 §15.3.2;

@@ -14,6 +14,11 @@
 //! of them are released.
 //!
 //! Keys: `p:<sku>` → product; `r:<order id>` → the order's reserved lines.
+//!
+//! Each product keeps the version of its stream as of the last of its events
+//! applied: what a client reading it sends as `If-Match` to change it only if
+//! nothing has changed it since (an `OrderShipped` changes the product's counts
+//! here, not its stream).
 
 use domain::{Event, OrderEvent, OrderId, PriceCents, ProductEvent, ProductName, Sku};
 use serde::{Deserialize, Serialize};
@@ -23,6 +28,8 @@ use crate::records::{self, Changes, Envelope, Records, SharedName, key, prefix_e
 use crate::runtime::{Answer, Page, Slot, clamp_limit};
 
 pub(crate) const NAME: &str = "catalog";
+/// What the catalog stores: 2 since products keep their stream's version.
+pub(crate) const FORMAT: u32 = 2;
 const PRODUCT: &[u8] = b"p:";
 const RESERVATION: &[u8] = b"r:";
 
@@ -34,6 +41,8 @@ struct StoredProduct {
     available: u32,
     reserved: u32,
     discontinued: bool,
+    /// The product stream's version as of its last event applied.
+    version: u64,
 }
 
 /// Whether a product can still be sold.
@@ -65,6 +74,8 @@ pub struct ProductView {
     /// Units that can be checked out now.
     pub available: u32,
     pub status: ProductStatus,
+    /// The product stream's version this view is of.
+    pub version: u64,
 }
 
 fn product_key(sku: &Sku) -> Vec<u8> {
@@ -76,13 +87,17 @@ fn reservation_key(order_id: OrderId) -> Vec<u8> {
 }
 
 /// The catalog's changes for one event. Pure: reads the model's records, writes nothing.
-pub fn apply(records: &dyn Records, _envelope: &Envelope, event: &Event) -> Result<Changes, ProjectionError> {
+pub fn apply(records: &dyn Records, envelope: &Envelope, event: &Event) -> Result<Changes, ProjectionError> {
     let mut changes = Changes::default();
-    // Reads the product and, if the catalog has it, puts it back changed.
+    // Reads the product and, if the catalog has it, puts it back changed; an
+    // event of the product's own stream moves its version too.
     let change_product = |changes: &mut Changes, sku: &Sku, change: &dyn Fn(&mut StoredProduct)| {
         let key = product_key(sku);
         if let Some(mut stored) = records::get::<StoredProduct>(records, NAME, &key)? {
             change(&mut stored);
+            if matches!(event, Event::Product(_)) {
+                stored.version = envelope.version;
+            }
             changes.put(key, stored);
         }
         Ok::<(), ProjectionError>(())
@@ -98,6 +113,7 @@ pub fn apply(records: &dyn Records, _envelope: &Envelope, event: &Event) -> Resu
                 available: created.initial_stock.get(),
                 reserved: 0,
                 discontinued: false,
+                version: envelope.version,
             };
             changes.put(product_key(&created.sku), stored);
         }
@@ -166,6 +182,7 @@ fn view(sku: Sku, stored: StoredProduct) -> Result<ProductView, ProjectionError>
         reserved: stored.reserved,
         available: stored.available,
         status: if stored.discontinued { ProductStatus::Discontinued } else { ProductStatus::Active },
+        version: stored.version,
     })
 }
 

@@ -26,6 +26,8 @@ use crate::error::ProjectionError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Envelope {
     pub position: u64,
+    /// The event's version in its stream.
+    pub version: u64,
     pub recorded_at: DateTime<Utc>,
 }
 
@@ -51,7 +53,7 @@ impl Decoded {
 
 impl Decoded {
     pub fn of_ref(event: &store::EventRef<'_>) -> Result<Decoded, ProjectionError> {
-        let envelope = Envelope { position: event.position, recorded_at: event.recorded_at };
+        let envelope = Envelope { position: event.position, version: event.version, recorded_at: event.recorded_at };
         Ok(Decoded { envelope, event: commands::codec::decode_ref(event)?, correlation_id: event.correlation_id })
     }
 }

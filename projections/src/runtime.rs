@@ -67,7 +67,11 @@ pub const MODELS: &[(&str, ApplyFn)] = &[
 /// model's number whenever what it stores changes. Every generation this binary
 /// builds is of the current format, recorded when it starts to serve.
 pub(crate) fn format_of(model: &str) -> u32 {
-    if model == dashboard::NAME { dashboard::FORMAT } else { 1 }
+    match model {
+        dashboard::NAME => dashboard::FORMAT,
+        catalog::NAME => catalog::FORMAT,
+        _ => 1,
+    }
 }
 
 /// The key in the meta tree of the format the serving generation of `name` was

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use super::{ADMIN, Reply, TestApp, VIEWER};
@@ -26,7 +26,7 @@ async fn a_query_with_min_position_reads_its_own_write() {
     assert!(projection_position(&product) >= position);
     assert_eq!(
         product.body,
-        json!({"sku": "mug-7", "name": "Product mug-7", "price_cents": 1299, "on_hand": 5, "reserved": 0, "available": 5, "status": "active", "currency": "USD"})
+        json!({"sku": "mug-7", "name": "Product mug-7", "price_cents": 1299, "on_hand": 5, "reserved": 0, "available": 5, "status": "active", "currency": "USD", "version": 1})
     );
 
     let restocked = app.post("/api/v1/products/mug-7/restock", Some(ADMIN), json!({"quantity": 3})).await;
@@ -36,6 +36,49 @@ async fn a_query_with_min_position_reads_its_own_write() {
     let ghost = app.get(&format!("/api/v1/products/ghost?min_position={}", position_of(&restocked)), None).await;
     assert!(projection_position(&ghost) >= position_of(&restocked), "{ghost:?}");
     ghost.problem(404);
+    app.stop().await;
+}
+
+/// A product read carries the version of its stream the view is of (`ETag` and
+/// `version`), which `If-Match` then takes: a change applies only if nothing
+/// changed the product since the read. Events of other streams that change its
+/// counts (an order shipped) leave the version as it is.
+#[tokio::test]
+async fn a_product_read_carries_its_stream_version_for_if_match() {
+    let app = TestApp::spawn().await;
+    let read = |position: u64| {
+        let app = &app;
+        async move {
+            let product = app.get(&format!("/api/v1/products/lamp?min_position={position}"), None).await;
+            assert_eq!(product.status, StatusCode::OK, "{product:?}");
+            let etag = product.headers["etag"].to_str().expect("ascii").to_owned();
+            assert_eq!(etag, format!("\"{}\"", product.body["version"]), "{product:?}");
+            (etag, product.body)
+        }
+    };
+    let created = app.create_product("lamp", 900, 5).await;
+    assert_eq!(read(position_of(&created)).await.0, "\"1\"");
+    let restocked = app.post("/api/v1/products/lamp/restock", Some(ADMIN), json!({"quantity": 1})).await;
+    assert_eq!(read(position_of(&restocked)).await.0, "\"2\"");
+
+    let token = app.customer("lampy@example.com").await;
+    app.add_to_cart(&token, "lamp", 2).await;
+    let placed = app.post("/api/v1/cart/checkout", Some(&token), json!({})).await;
+    let order = placed.body["order_id"].as_str().expect("an order").to_owned();
+    let (etag, reserved) = read(position_of(&placed)).await;
+    assert_eq!((etag.as_str(), &reserved["reserved"]), ("\"3\"", &json!(2)), "the reservation is the product's event");
+    let total = placed.body["total_cents"].clone();
+    app.post(&format!("/api/v1/orders/{order}/pay"), Some(&token), json!({"amount_cents": total})).await;
+    let shipped = app.post(&format!("/api/v1/orders/{order}/ship"), Some(ADMIN), json!({})).await;
+    let (after_ship, product) = read(position_of(&shipped)).await;
+    assert_eq!((after_ship.as_str(), &product["reserved"]), ("\"3\"", &json!(0)), "shipping is the order's event");
+
+    let price = Some(json!({"price_cents": 1000}));
+    let path = "/api/v1/products/lamp/price";
+    app.request(Method::POST, path, Some(ADMIN), price.clone(), &[("If-Match", "\"2\"")]).await.problem(412);
+    let fresh = app.request(Method::POST, path, Some(ADMIN), price, &[("If-Match", after_ship.as_str())]).await;
+    assert_eq!((fresh.status, fresh.headers["etag"].to_str().ok()), (StatusCode::OK, Some("\"4\"")), "{fresh:?}");
+    assert_eq!(read(position_of(&fresh)).await.0, "\"4\"");
     app.stop().await;
 }
 
