@@ -111,6 +111,23 @@ pub fn problem_response(status: StatusCode, detail: String) -> Response {
     render(status, detail, None, None, None)
 }
 
+/// The problem document of a bare status, with a detail, as bytes.
+pub(crate) fn problem_bytes(status: StatusCode, detail: String) -> Vec<u8> {
+    problem_json(status, detail, None, None)
+}
+
+fn problem_json(
+    status: StatusCode,
+    detail: String,
+    errors: Option<Vec<FieldError>>,
+    skus: Option<Vec<String>>,
+) -> Vec<u8> {
+    let title = status.canonical_reason().unwrap_or("Error").to_owned();
+    let slug = title.to_lowercase().replace(' ', "-");
+    let problem = Problem { kind: format!("/problems/{slug}"), title, status: status.as_u16(), detail, errors, skus };
+    serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec())
+}
+
 fn render(
     status: StatusCode,
     detail: String,
@@ -118,11 +135,7 @@ fn render(
     skus: Option<Vec<String>>,
     retry_after_seconds: Option<u64>,
 ) -> Response {
-    let title = status.canonical_reason().unwrap_or("Error").to_owned();
-    let slug = title.to_lowercase().replace(' ', "-");
-    let problem = Problem { kind: format!("/problems/{slug}"), title, status: status.as_u16(), detail, errors, skus };
-    let body = serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec());
-    let mut response = (status, body).into_response();
+    let mut response = (status, problem_json(status, detail, errors, skus)).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     if status == StatusCode::UNAUTHORIZED {

@@ -47,6 +47,7 @@ mod live;
 pub mod metrics;
 mod openapi;
 mod queries;
+mod refusals;
 mod routes;
 pub mod server;
 mod timeout;

@@ -272,7 +272,8 @@ pub async fn run(
             request.extensions_mut().insert(ConnectInfo(remote));
             request
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = builder
+            .serve_connection(TokioIo::new(crate::refusals::ProblemIo::new(stream)), TowerToHyperService::new(service));
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
             if let Err(error) = connection.await {

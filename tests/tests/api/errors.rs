@@ -206,6 +206,43 @@ async fn a_body_over_64_kib_is_refused_with_413() {
     app.stop().await;
 }
 
+/// What hyper refuses before a request exists (a request line or header it
+/// cannot parse, a target over its limit, header fields over theirs) is
+/// problem+json too, with its length, and the connection is closed.
+#[tokio::test]
+async fn what_hyper_refuses_before_a_request_exists_is_problem_json() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let head = app.head();
+    let address = app.base.trim_start_matches("http://").to_owned();
+    let many_fields: String = (0..200).map(|index| format!("X-Field-{index}: {index}\r\n")).collect();
+    for (request, status) in [
+        ("GARBAGE\r\n\r\n".to_owned(), 400),
+        (format!("GET /api/v1/products HTTP/1.1\r\nHost: {address}\r\nNo colon here\r\n\r\n"), 400),
+        (format!("GET /{} HTTP/1.1\r\nHost: {address}\r\n\r\n", "a".repeat(70 * 1024)), 414),
+        (format!("GET /api/v1/products HTTP/1.1\r\nHost: {address}\r\n{many_fields}\r\n"), 431),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.expect("connects");
+        stream.write_all(request.as_bytes()).await.expect("sends");
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        read.expect("answered, and the connection closed").expect("reads");
+        let answer = String::from_utf8(answer).expect("text");
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{answer}");
+        let fields = format!("{head}\r\n");
+        assert!(fields.contains("\r\ncontent-type: application/problem+json\r\n"), "{answer}");
+        assert!(fields.contains(&format!("\r\ncontent-length: {}\r\n", body.len())), "{answer}");
+        let problem: serde_json::Value = serde_json::from_str(body).expect("a JSON problem");
+        assert_eq!(problem["status"], status, "{problem}");
+        assert!(problem["detail"].as_str().is_some_and(|detail| !detail.is_empty()), "{problem}");
+    }
+    // The connection after goes on as ever.
+    assert_eq!(app.get("/api/v1/products", None).await.status, 200);
+    assert_eq!(app.head(), head);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn login_is_rate_limited_with_retry_after() {
     let app = TestApp::spawn().await;
