@@ -419,7 +419,7 @@ impl EventLog {
 
     /// Up to `limit` events of the whole log from `from` on, in position order.
     pub fn read_all(&self, from: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.noted(self.read_all_chained(from, None, limit))
+        self.read_all_chained(from, None, limit)
     }
 
     /// `result`, and if it found the log damaged, the log then takes no more
@@ -427,13 +427,20 @@ impl EventLog {
     /// lost by the restore from a backup that the damage calls for, and a damaged
     /// history cannot be backed up whole. `/readyz` says so.
     fn noted<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        if let Err(StoreError::Corrupt { position, reason }) = &result {
+        if let Err(error) = &result {
+            self.note(error);
+        }
+        result
+    }
+
+    /// See [`Self::noted`].
+    fn note(&self, error: &StoreError) {
+        if let StoreError::Corrupt { position, reason } = error {
             tracing::error!(position, %reason, "the log is damaged; it takes no more appends");
             self.inner.health.fail(format!(
                 "log corrupt at position {position}: {reason} (restore the data directory from a backup)"
             ));
         }
-        result
     }
 
     /// [`Self::read_all`], given the hash of the record before `from` when the
@@ -469,6 +476,8 @@ impl EventLog {
     /// [`Self::scan`], given the hash of the record before `from` when the caller
     /// has it (a subscription: it read that record last), so that it is not read
     /// again from the log for every call.
+    /// Every read of the whole log goes through it, so damage it finds is
+    /// [`Self::noted`] whoever reads: a subscription, a read model's rebuild, a replay.
     fn scan_chained<E: From<StoreError>>(
         &self,
         from: u64,
@@ -476,6 +485,23 @@ impl EventLog {
         limit: usize,
         mut visit: impl FnMut(EventRef<'_>) -> Result<(), E>,
     ) -> Result<usize, E> {
+        match self.scan_unnoted(from, hash_before, limit, |event| visit(event).map_err(ScanError::Visit)) {
+            Ok(seen) => Ok(seen),
+            Err(ScanError::Log(error)) => {
+                self.note(&error);
+                Err(error.into())
+            }
+            Err(ScanError::Visit(error)) => Err(error),
+        }
+    }
+
+    fn scan_unnoted<E>(
+        &self,
+        from: u64,
+        hash_before: Option<[u8; 32]>,
+        limit: usize,
+        mut visit: impl FnMut(EventRef<'_>) -> Result<(), ScanError<E>>,
+    ) -> Result<usize, ScanError<E>> {
         let head = self.head();
         let from = from.max(1);
         if from > head || limit == 0 {
@@ -490,7 +516,7 @@ impl EventLog {
         };
         let mut seen = 0;
         let last = head.min(from.saturating_add(limit as u64 - 1));
-        chunk::walk::<E>(&self.inner.trees.events, from, last, |position, bytes| {
+        chunk::walk::<ScanError<E>>(&self.inner.trees.events, from, last, |position, bytes| {
             let record = record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?;
             if record::chain_hash(&previous_hash, record.body) != record.hash {
                 return Err(
@@ -892,6 +918,18 @@ pub struct Subscription {
     hash_before_next: Option<[u8; 32]>,
     buffer: VecDeque<RecordedEvent>,
     durable: watch::Receiver<u64>,
+}
+
+/// What stopped a scan: the log (its damage, its storage), or the scan's visitor.
+enum ScanError<E> {
+    Log(StoreError),
+    Visit(E),
+}
+
+impl<E> From<StoreError> for ScanError<E> {
+    fn from(error: StoreError) -> Self {
+        ScanError::Log(error)
+    }
 }
 
 /// How many events a subscription reads from disk at a time.

@@ -328,4 +328,19 @@ async fn a_read_that_finds_damage_stops_the_logs_appends() {
     assert!(log.failure().is_some_and(|reason| reason.contains("corrupt at position 2")), "{:?}", log.failure());
     let refused = log.append(more()).await;
     assert!(matches!(refused, Err(StoreError::Unavailable { .. })), "{refused:?}");
+    drop(log);
+
+    // Every reader of the whole log stops the appends alike: a scan (a read
+    // model's rebuild, a replay) and a subscription (the read models' live worker).
+    for reader in ["scan", "subscription"] {
+        let log = EventLog::open(dir.path()).expect("opens");
+        log.append(more()).await.expect("no read has found the damage yet");
+        let found = match reader {
+            "scan" => log.scan(1, 10, |_| Ok::<(), StoreError>(())).map(|_| ()),
+            _ => log.subscribe(1).next_scan(10, |_| Ok::<(), StoreError>(())).await.map(|_| ()),
+        };
+        assert!(matches!(found, Err(StoreError::Corrupt { position: 2, .. })), "{reader}: {found:?}");
+        let refused = log.append(more()).await;
+        assert!(matches!(refused, Err(StoreError::Unavailable { .. })), "{reader}: {refused:?}");
+    }
 }
