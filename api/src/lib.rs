@@ -87,6 +87,9 @@ pub struct AppState {
     pub started_at_head: u64,
     /// The ISO 4217 code of every amount (DESIGN §5: one currency per deployment).
     pub currency: Arc<str>,
+    /// The whole log read back in the background from the start (damage it
+    /// finds stops the appends; see [`store::ReadBack`]); stopped by the close.
+    pub read_back: Arc<std::sync::Mutex<Option<store::ReadBack>>>,
 }
 
 impl AppState {
@@ -105,6 +108,7 @@ impl AppState {
         let by_address = login_attempts_per_minute.saturating_mul(10);
         AppState {
             started_at_head: log.head(),
+            read_back: Arc::new(std::sync::Mutex::new(store::ReadBack::start(&log))),
             log,
             service,
             projections: Arc::new(projections),

@@ -85,6 +85,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 /// Stop the read models' workers and wait for them, so the log closes (and its
 /// directory lock is free) once the last handle is gone.
 async fn close(state: AppState) {
+    // Its page ends within milliseconds; then it lets go of the log.
+    let read_back = state.read_back.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    if let Some(read_back) = read_back {
+        read_back.stop();
+    }
     match Arc::try_unwrap(state.projections) {
         Ok(projections) => projections.shutdown().await,
         // A connection past the shutdown deadline still holds the state: dropping

@@ -24,6 +24,7 @@ mod import;
 mod log;
 mod mark;
 mod private;
+mod read_back;
 mod record;
 mod seal;
 mod trees;
@@ -38,6 +39,7 @@ pub use fill::ensure_new_or_empty;
 pub use import::{ImportEvent, ImportSummary, Importer};
 pub use log::{EventLog, Options, Subscription, first_damaged_record, sled_file_lost};
 pub use private::{beside, create_private_dir, create_private_file, link_into_place, sync_parent};
+pub use read_back::ReadBack;
 pub use types::{
     AppendRequest, AppendResult, CommitStats, EventRef, ExpectedVersion, Idempotency, Metadata, NewEvent, Payload,
     RecordedEvent, Recovery, STREAM_NAME_LEN_MAX, StreamAppend, StreamVersion, VerifyReport, is_event_type,

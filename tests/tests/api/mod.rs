@@ -208,6 +208,11 @@ impl TestApp {
     }
 
     /// Wait until every read model has applied the whole log.
+    /// The running server's state.
+    pub fn running_state(&self) -> &api::AppState {
+        &self.running.as_ref().expect("running").state
+    }
+
     pub async fn caught_up(&self) {
         let running = self.running.as_ref().expect("running");
         let head = running.state.log.head();

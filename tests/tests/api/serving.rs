@@ -208,3 +208,48 @@ async fn a_read_model_that_stopped_answers_503_and_the_server_is_not_ready_until
     assert_eq!(mug.status, 200, "{mug:?}");
     app.stop().await;
 }
+
+/// Damage in records no read meets at start (the open checks the tail, the read
+/// models go on from their checkpoints) is found by the read-back that `serve`
+/// runs in the background: the server stops taking commands and says it is not
+/// ready, within seconds, not when a read meets the damage weeks later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_in_records_no_read_meets_at_start_is_found_by_the_read_back() {
+    let app = TestApp::spawn().await;
+    for sku in ["lamp-1", "lamp-2", "lamp-3"] {
+        app.create_product(sku, 900, 5).await;
+    }
+    app.caught_up().await;
+    let dir = app.stop_keeping_dir().await;
+    {
+        let db = tests::raw_sled(dir.path());
+        let events = db.open_tree("events").expect("the events tree");
+        let mut record = events.get(1u64.to_be_bytes()).expect("reads").expect("the first record, alone").to_vec();
+        let last = record.len() - 1;
+        record[last] ^= 0x5a;
+        events.insert(1u64.to_be_bytes(), record).expect("writes");
+        db.flush().expect("flushes");
+    }
+    let app = TestApp::serve_dir(dir).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let not_ready = loop {
+        let ready = app.get("/readyz", None).await;
+        if ready.status != 200 {
+            break ready;
+        }
+        assert!(Instant::now() < deadline, "still ready on a damaged log");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    not_ready.problem(503);
+    let refused = app
+        .post(
+            "/api/v1/products",
+            Some(super::ADMIN),
+            serde_json::json!({"sku": "lamp-4", "name": "Lamp", "price_cents": 900}),
+        )
+        .await;
+    refused.problem(503);
+    let log = &app.running_state().log;
+    assert!(log.failure().is_some_and(|reason| reason.contains("corrupt at position 1")), "{:?}", log.failure());
+    app.stop().await;
+}

@@ -344,3 +344,35 @@ async fn a_read_that_finds_damage_stops_the_logs_appends() {
         assert!(matches!(refused, Err(StoreError::Unavailable { .. })), "{reader}: {refused:?}");
     }
 }
+
+/// The read-back `serve` runs at start reads every record once, in the
+/// background: a sound log stays as it is; damage it meets stops the appends.
+#[tokio::test]
+async fn the_read_back_finds_damage_no_read_met_and_stops_the_appends() {
+    let more = || append("even", ExpectedVersion::Any, vec![event("E", b"more")]);
+    let finished = |read_back: &store::ReadBack| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !read_back.is_finished() {
+            assert!(std::time::Instant::now() < deadline, "the read-back never ends");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    let dir = temp_dir();
+    log_with_five_events(dir.path()).await;
+    {
+        let log = EventLog::open(dir.path()).expect("opens");
+        let read_back = store::ReadBack::start(&log).expect("starts");
+        finished(&read_back);
+        assert_eq!(log.failure(), None, "a sound log read back");
+        log.append(more()).await.expect("appends");
+    }
+    flip_byte(dir.path(), 2, 40);
+    let log = EventLog::open(dir.path()).expect("opens");
+    log.append(more()).await.expect("no read has met the damage yet");
+    let read_back = store::ReadBack::start(&log).expect("starts");
+    finished(&read_back);
+    assert!(log.failure().is_some_and(|reason| reason.contains("corrupt at position 2")), "{:?}", log.failure());
+    let refused = log.append(more()).await;
+    assert!(matches!(refused, Err(StoreError::Unavailable { .. })), "{refused:?}");
+    read_back.stop();
+}
