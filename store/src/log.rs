@@ -554,9 +554,26 @@ impl EventLog {
         let mut events = Vec::new();
         let groups =
             self.inner.trees.index_groups(trees::group_key(stream, from)..=trees::stream_key(stream, u64::MAX), false);
+        // The groups follow each other with no version left out: a missing or
+        // shortened group would hand a command a history with a hole in it.
+        let mut expected_first = trees::group_first(from);
         'groups: for item in groups {
             let (key, group) = item?;
             let (first, positions) = trees::parse_group(&key, &group).ok_or_else(|| trees::index_damaged(stream))?;
+            if first != expected_first {
+                // A group begun after this read started (a checkpoint may have
+                // stored it beside an older copy of the one before): past the head.
+                if group.get(..8).and_then(be_u64).is_none_or(|position| position > head) {
+                    break;
+                }
+                return Err(StoreError::corrupt(
+                    0,
+                    format!(
+                        "the index of stream {stream} goes on at version {first} where {expected_first} comes next"
+                    ),
+                ));
+            }
+            expected_first = first + positions.len() as u64;
             for (version, position) in (first..).zip(positions) {
                 if version < from {
                     continue;

@@ -376,3 +376,44 @@ async fn the_read_back_finds_damage_no_read_met_and_stops_the_appends() {
     assert!(matches!(refused, Err(StoreError::Unavailable { .. })), "{refused:?}");
     read_back.stop();
 }
+
+/// A stream's read follows its index groups version by version: a group that
+/// is missing (or cut short) is a hole in the stream's history, which a command
+/// must not decide on. The versions after the hole still read.
+#[tokio::test]
+async fn a_stream_read_finds_versions_missing_from_its_index() {
+    let dir = temp_dir();
+    {
+        let log = EventLog::open(dir.path()).expect("opens");
+        for index in 0..40u8 {
+            log.append(append("long", ExpectedVersion::Any, vec![event("E", &[index; 8])])).await.expect("appends");
+        }
+    }
+    let key = |first: u64| [&b"long\0"[..], &first.to_be_bytes()].concat();
+    let hole = |read: &Result<Vec<store::RecordedEvent>, StoreError>| matches!(read, Err(StoreError::Corrupt { reason, .. }) if reason.contains("goes on at version 33 where 17 comes next"));
+    tamper(dir.path(), |db| {
+        db.open_tree("streams").expect("tree").remove(key(17)).expect("removes").expect("the group of v17 to v32");
+    });
+    let log = EventLog::open(dir.path()).expect("opens");
+    for from in [1, 20] {
+        let read = log.read_stream("long", from, 100);
+        assert!(hole(&read), "from v{from}: {read:?}");
+    }
+    assert_eq!(log.read_stream("long", 33, 100).map(|events| events.len()).ok(), Some(8), "after the hole");
+    drop(log);
+
+    // The group of v1 to v16 cut to 15 versions, the group of v17 back.
+    let log_positions: Vec<u8> = (17..=32u64).flat_map(|position| position.to_be_bytes()).collect();
+    tamper(dir.path(), |db| {
+        let streams = db.open_tree("streams").expect("tree");
+        let first = streams.get(key(1)).expect("reads").expect("the group of v1 to v16").to_vec();
+        streams.insert(key(1), &first[..15 * 8]).expect("writes");
+        streams.insert(key(17), log_positions.as_slice()).expect("writes");
+    });
+    let log = EventLog::open(dir.path()).expect("opens");
+    let read = log.read_stream("long", 1, 100);
+    assert!(
+        matches!(&read, Err(StoreError::Corrupt { reason, .. }) if reason.contains("goes on at version 17 where 16 comes next")),
+        "{read:?}"
+    );
+}

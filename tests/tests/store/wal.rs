@@ -407,3 +407,49 @@ async fn the_format_mark_of_an_upgraded_log_is_durable_before_its_first_acknowle
     drop(log);
     assert_eq!(format(&copy), Some(current));
 }
+
+/// A stream read beside appends and checkpoints (which move index groups from
+/// memory into sled while the read goes on) reads every version it reaches once,
+/// in order, with no hole: the check for versions missing from the index never
+/// takes a group begun after the read started for a hole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_reads_beside_checkpoints_see_no_hole() {
+    let dir = temp_dir();
+    let options = Options { wal_len_max: 2 * 1024, ..Options::default() };
+    let log = EventLog::open_with(dir.path(), options).expect("opens");
+    let streams = ["s-0", "s-1", "s-2", "s-3"];
+    let writers: Vec<_> = (0..8)
+        .map(|writer| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for index in 0..400 {
+                    let stream = streams[(writer + index) % streams.len()];
+                    log.append(append(stream, ExpectedVersion::Any, vec![event("E", b"x")])).await.expect("appends");
+                }
+            })
+        })
+        .collect();
+    let reader = {
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            let mut reads = 0;
+            while log.head() < 3200 && std::time::Instant::now() < deadline {
+                for stream in streams {
+                    let events = log.read_stream(stream, 1, 10_000).expect("a stream read sees no hole");
+                    let versions: Vec<u64> = events.iter().map(|event| event.version).collect();
+                    assert_eq!(versions, (1..=versions.len() as u64).collect::<Vec<_>>(), "{stream}");
+                    reads += 1;
+                }
+            }
+            reads
+        })
+    };
+    for writer in writers {
+        writer.await.expect("the writer ends");
+    }
+    let reads = reader.await.expect("the reader ends");
+    assert!(reads > 0);
+    assert!(log.commit_stats().checkpoints >= 10, "{:?}", log.commit_stats());
+    assert_eq!(log.failure(), None);
+}
