@@ -7,7 +7,9 @@
 //! Every step carries an idempotency key of its own (`demo-step-<n>`), so a start
 //! killed while seeding is finished by the next `--demo` start: the steps already
 //! written answer with their first outcome and write nothing, the rest are
-//! written. It does so only while every event of the log is the demo's.
+//! written. It does so only while every event of the log is the demo's and the
+//! first step's key is there: a demo restored from a backup or imported (neither
+//! carries idempotency keys) is left as it is, whole or not.
 
 use std::fmt;
 
@@ -107,7 +109,7 @@ const DEMO_EVENTS_MAX: u64 = 1_000;
 pub async fn seed(service: &CommandService) -> anyhow::Result<Option<Seeded>> {
     let head = service.log().head();
     let finishing = head != 0;
-    if finishing && !only_demo_events(service, head)? {
+    if finishing && !(only_demo_events(service, head)? && first_step_keyed(service).await?) {
         return Ok(None);
     }
     let seeded = seed_steps(service, usize::MAX).await.with_context(|| match finishing {
@@ -134,6 +136,43 @@ fn only_demo_events(service: &CommandService, head: u64) -> anyhow::Result<bool>
     }
     let events = service.log().read_all(1, head as usize).context("demo: cannot read the log")?;
     Ok(events.iter().all(|event| event.actor == ACTOR))
+}
+
+/// Whether the log holds the demo's first step under its key: a seeding cut
+/// short that the steps' keys can finish. A demo restored from a backup or
+/// imported from an export has its events without their keys (neither carries
+/// idempotency keys), and an older binary's had none: those are left as they are.
+///
+/// The store answers for a key only inside an append, before any version
+/// check; so the question is an append that cannot be written (the version
+/// `u64::MAX` of a stream), as `CommandService` asks it of a refused command.
+async fn first_step_keyed(service: &CommandService) -> anyhow::Result<bool> {
+    let ctx = step_context(&CommandContext::new(ACTOR), &mut 0);
+    let probe = store::AppendRequest {
+        streams: vec![store::StreamAppend {
+            stream: "demo-probe".to_owned(),
+            expected: store::ExpectedVersion::Exact(u64::MAX),
+            events: vec![store::NewEvent {
+                event_id: uuid::Uuid::now_v7(),
+                event_type: "IdempotencyProbe".to_owned(),
+                schema_version: 1,
+                subject: None,
+                payload: Vec::new(),
+            }],
+        }],
+        metadata: store::Metadata {
+            actor: ctx.actor.clone(),
+            correlation_id: ctx.correlation_id,
+            causation_id: ctx.causation_id,
+        },
+        idempotency: ctx.idempotency.clone(),
+        recorded_at: None,
+    };
+    match service.log().append(probe).await {
+        Ok(result) => Ok(result.duplicate),
+        Err(store::StoreError::WrongExpectedVersion { .. }) => Ok(false),
+        Err(error) => Err(error).context("demo: cannot read the log's idempotency keys"),
+    }
 }
 
 /// The context of the demo's step `*step` (counted on): repeatable under a key

@@ -374,6 +374,24 @@ async fn a_demo_seeding_cut_short_is_finished_by_the_next_demo_start() {
         assert_eq!(event_types(cut.path()), whole_types, "after {steps} steps, the demo finished is the whole demo");
     }
 
+    // A demo restored from a backup has its events without their keys (a backup
+    // holds none): whole or cut short, it is left as it is, and the server serves.
+    for steps in [usize::MAX, 17] {
+        let seeded = tests::temp_dir();
+        let running = api::server::start(&demo_config(seeded.path(), false)).await.expect("serves");
+        api::demo::seed_steps(&running.state.service, steps).await.expect("seeds");
+        let mut backup = Vec::new();
+        running.state.log.backup(&mut backup, &mut |_| {}).expect("backs up");
+        let head = running.state.log.head();
+        running.stop().await.expect("stops");
+        let restored = tests::temp_dir();
+        let restored_dir = restored.path().join("data");
+        store::restore_backup(backup.as_slice(), &restored_dir, store::RestoreTo::End, &mut |_| {}).expect("restores");
+        let running = api::server::start(&demo_config(&restored_dir, true)).await.expect("serves a restored demo");
+        assert_eq!(running.state.log.head(), head, "a restored demo ({steps} steps) is left as it is");
+        running.stop().await.expect("stops");
+    }
+
     let other = tests::temp_dir();
     let running = api::server::start(&demo_config(other.path(), false)).await.expect("serves");
     api::demo::seed_steps(&running.state.service, 5).await.expect("seeds part");
