@@ -284,12 +284,12 @@ fn one_line(error: &figment::Error) -> String {
 }
 
 /// What is wrong with a bearer token, if anything: it must be at least 16
-/// characters, and printable ASCII with no space at either end, as an
+/// characters, printable ASCII (tabs allowed) with no space at either end, as an
 /// `Authorization` header can carry it (a client could never send another).
 pub(crate) fn token_problem(token: &str) -> Option<&'static str> {
     if token.len() < 16 {
         Some("must be at least 16 characters")
-    } else if !token.bytes().all(|byte| (b' '..=b'~').contains(&byte)) || token.trim() != token {
+    } else if !token.bytes().all(|byte| byte == b'\t' || (b' '..=b'~').contains(&byte)) || token.trim() != token {
         Some("must be printable ASCII with no space at either end (it is sent in an Authorization header)")
     } else {
         None
@@ -301,6 +301,16 @@ pub(crate) fn token_problem(token: &str) -> Option<&'static str> {
 #[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_is_what_an_authorization_header_can_carry() {
+        assert_eq!(token_problem("0123456789abcdef"), None);
+        assert_eq!(token_problem("with inner spaces and\ta tab"), None, "a header value may hold both");
+        assert_eq!(token_problem("0123456789abcde"), Some("must be at least 16 characters"));
+        for bad in [" 0123456789abcdef", "0123456789abcdef ", "café-café-café-café", "0123456789abcdef\u{7}"] {
+            assert!(token_problem(bad).is_some_and(|problem| problem.contains("printable ASCII")), "{bad:?}");
+        }
+    }
 
     #[derive(Serialize)]
     struct NoFlags {}

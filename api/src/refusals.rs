@@ -18,6 +18,11 @@ use axum::http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A connection's stream, which turns hyper's own empty refusals into problem+json.
+///
+/// Once a refusal is being written in place of hyper's head, every write call
+/// goes on with it (never with the caller's bytes) until it is out, and then
+/// reports the head written, clamped to what that call offered; a flush or a
+/// shutdown pushes it out but leaves that report for the next write.
 #[derive(Debug)]
 pub(crate) struct ProblemIo<T> {
     inner: T,
@@ -40,35 +45,38 @@ impl<T> ProblemIo<T> {
 }
 
 impl<T: AsyncWrite + Unpin> ProblemIo<T> {
-    /// Write on the refusal in place, if one is under way: `Some(n)` once it is
-    /// written, `n` being the bytes of hyper's it stands for.
-    fn poll_rewriting(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<usize>>> {
-        while let Some(rewriting) = &mut self.rewriting {
-            if rewriting.written == rewriting.bytes.len() {
-                let replaces = rewriting.replaces;
-                self.rewriting = None;
-                return Poll::Ready(Ok(Some(replaces)));
+    /// Write on the refusal in place, if one is under way, until it is all out.
+    fn poll_rewriting(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(rewriting) = &mut self.rewriting {
+            while rewriting.written < rewriting.bytes.len() {
+                let written = ready!(Pin::new(&mut self.inner).poll_write(cx, &rewriting.bytes[rewriting.written..]))?;
+                if written == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                rewriting.written += written;
             }
-            let written = ready!(Pin::new(&mut self.inner).poll_write(cx, &rewriting.bytes[rewriting.written..]))?;
-            if written == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            rewriting.written += written;
         }
-        Poll::Ready(Ok(None))
+        Poll::Ready(Ok(()))
     }
 
-    /// `buf` written, or the problem+json refusal in its place if it is one of hyper's own.
-    fn poll_write_or_rewrite(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        if self.rewriting.is_none()
-            && let Some(bytes) = problem_in_place_of(buf)
-        {
-            self.rewriting = Some(Rewriting { bytes, written: 0, replaces: buf.len() });
+    /// A write call that offers `offered` bytes, the first of which are `first`:
+    /// the refusal in place of `first` if it is one of hyper's own (or one is
+    /// under way), reported as the bytes of hyper's it stands for; `None` to pass
+    /// the call on.
+    fn poll_write_refusal(
+        &mut self,
+        cx: &mut Context<'_>,
+        first: &[u8],
+        offered: usize,
+    ) -> Option<Poll<io::Result<usize>>> {
+        if self.rewriting.is_none() {
+            let bytes = problem_in_place_of(first)?;
+            self.rewriting = Some(Rewriting { bytes, written: 0, replaces: first.len() });
         }
-        match ready!(self.poll_rewriting(cx))? {
-            Some(replaced) => Poll::Ready(Ok(replaced)),
-            None => Pin::new(&mut self.inner).poll_write(cx, buf),
-        }
+        Some(self.poll_rewriting(cx).map_ok(|()| {
+            let replaces = self.rewriting.take().map_or(0, |rewriting| rewriting.replaces);
+            replaces.min(offered)
+        }))
     }
 }
 
@@ -80,7 +88,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for ProblemIo<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for ProblemIo<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.poll_write_or_rewrite(cx, buf)
+        match self.poll_write_refusal(cx, buf, buf.len()) {
+            Some(written) => written,
+            None => Pin::new(&mut self.inner).poll_write(cx, buf),
+        }
     }
 
     fn poll_write_vectored(
@@ -90,12 +101,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ProblemIo<T> {
     ) -> Poll<io::Result<usize>> {
         // hyper's refusal is a head alone, in one buffer.
         let mut written = bufs.iter().filter(|buf| !buf.is_empty());
-        if let (Some(first), None) = (written.next(), written.next())
-            && (self.rewriting.is_some() || first.starts_with(CLIENT_ERROR))
-        {
-            return self.poll_write_or_rewrite(cx, first);
+        let first: &[u8] = match (written.next(), written.next()) {
+            (Some(first), None) => first,
+            _ => &[],
+        };
+        let offered = bufs.iter().map(|buf| buf.len()).sum();
+        match self.poll_write_refusal(cx, first, offered) {
+            Some(written) => written,
+            None => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
         }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -157,6 +171,37 @@ fn problem_in_place_of(head: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Through a pipe that takes 7 bytes at a time (so every write is partial, and
+    /// many are `Pending`): the refusal goes out whole in place of hyper's head,
+    /// which is reported written whole, once; a flush in between changes nothing;
+    /// the bytes after it pass as they are.
+    #[tokio::test]
+    async fn a_refusal_written_a_few_bytes_at_a_time_goes_out_whole_in_place_of_the_head() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let head = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+        let expected = problem_in_place_of(head).expect("rewritten");
+        let (client, server) = tokio::io::duplex(7);
+        let mut io = ProblemIo::new(server);
+        let reading = tokio::spawn(async move {
+            let mut client = client;
+            let mut received = Vec::new();
+            client.read_to_end(&mut received).await.expect("reads");
+            received
+        });
+        let mut rest = &head[..];
+        while !rest.is_empty() {
+            let written = std::future::poll_fn(|cx| Pin::new(&mut io).poll_write(cx, rest)).await.expect("writes");
+            assert!(written == rest.len(), "the head is reported written whole, once: {written} of {}", rest.len());
+            rest = &rest[written..];
+            io.flush().await.expect("flushes");
+        }
+        io.write_all(b"after").await.expect("writes on");
+        io.shutdown().await.expect("shuts down");
+        drop(io);
+        let received = reading.await.expect("the reader ends");
+        assert_eq!(received, [expected.as_slice(), b"after"].concat());
+    }
 
     #[test]
     fn only_hypers_own_empty_refusals_are_rewritten() {

@@ -834,25 +834,41 @@ fn open_sled(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreEr
 }
 
 /// Why `path` holds what is left of a log whose sled file (`db`) is gone, if
-/// it does: the checkpoint mark names a position past 0, or a write-ahead log
-/// file holds frames. sled would make a new, empty file there, and the log would
-/// start again from position 1 over the lost one; this is said before anything
-/// is written.
+/// it does: the checkpoint mark names a position past 0 (or is damaged, so it
+/// cannot say), a write-ahead log file holds frames, or sled's snapshot of its
+/// page table (`snap.*`) is there. sled would make a new, empty file there, and
+/// the log would start again from position 1 over the lost one; this is said
+/// before anything is written. (An empty log's `db` deleted after a clean stop
+/// leaves none of them, and starts again empty: nothing was in it.)
 pub fn sled_file_lost(path: &Path) -> Option<String> {
-    if path.join("db").exists() {
-        return None;
+    // A `db` that is there, or that cannot be looked for (the open names why).
+    match std::fs::metadata(path.join("db")) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        _ => return None,
     }
     let restore = "restore the data directory from a backup";
-    if let Ok(Some(checkpointed @ 1..)) = crate::mark::read(path) {
-        return Some(format!(
-            "sled's file db is missing, and with it the log a checkpoint had made durable up to position \
-             {checkpointed} ({restore})"
-        ));
+    let lost = |evidence: &str| format!("sled's file db is missing, though {evidence} ({restore})");
+    match crate::mark::read(path) {
+        Ok(Some(checkpointed @ 1..)) => {
+            return Some(format!(
+                "sled's file db is missing, and with it the log a checkpoint had made durable up to position \
+                 {checkpointed} ({restore})"
+            ));
+        }
+        // Damaged, not unreadable.
+        Err(_) if File::open(path.join(crate::mark::FILE)).is_ok() => {
+            return Some(lost("the checkpoint mark beside it shows it held a log"));
+        }
+        Err(_) => {}
+        Ok(_) => {}
     }
     let frames = WAL_FILES.iter().any(|name| std::fs::metadata(path.join(name)).is_ok_and(|file| file.len() > 0));
-    frames.then(|| {
-        format!("sled's file db is missing, though the write-ahead log beside it holds frames of the log ({restore})")
-    })
+    if frames {
+        return Some(lost("the write-ahead log beside it holds frames of the log"));
+    }
+    let snapshot =
+        std::fs::read_dir(path).ok()?.flatten().any(|entry| entry.file_name().to_string_lossy().starts_with("snap."));
+    snapshot.then(|| lost("sled's snapshot beside it shows it held a log"))
 }
 
 /// Whether sled's settings file (`conf`: the segment size, compression and

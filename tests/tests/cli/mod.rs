@@ -95,7 +95,7 @@ fn bad_settings_are_one_line_and_exit_code_2() {
             &[0xff, 0xfe, 0x00, 0x41, 0x42, 0x43, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49, 0x4a, 0x4b, 0x4c, 0x4d][..],
             "is not text",
         ),
-        ("spaced", &b"a token with a tab\there\n"[..], "must be printable ASCII"),
+        ("control", &b"a token with a bell\x07 in it\n"[..], "must be printable ASCII"),
     ] {
         let with_file = dir.path().join(name);
         std::fs::create_dir(&with_file).expect("makes a dir");
@@ -394,14 +394,35 @@ fn a_deleted_sled_file_is_named_as_a_lost_log_and_no_new_one_is_made() {
     for command in ["stats", "replay", "serve"] {
         assert_refused(&shoplog(&[command, "--data", data]), "sled's file db is missing");
     }
-    // With no checkpoint mark, frames in the write-ahead log tell the same.
-    std::fs::remove_file(dir.path().join("checkpointed")).expect("removes the mark");
-    std::fs::write(dir.path().join("wal"), b"frames of the lost log").expect("writes");
-    let output = shoplog(&["verify", "--data", data]);
-    assert_eq!(output.status.code(), Some(1), "{output:?}");
-    assert!(String::from_utf8_lossy(&output.stdout).contains("the write-ahead log beside it holds frames"));
-    assert_refused(&shoplog(&["serve", "--data", data]), "sled's file db is missing");
-    assert!(!dir.path().join("db").exists(), "no new sled file was made");
+    // A damaged checkpoint mark cannot say how far the log went; with no mark,
+    // frames in the write-ahead log tell the same, and with none, sled's snapshot.
+    let (mark, wal) = (dir.path().join("checkpointed"), dir.path().join("wal"));
+    let snapshot = dir.path().join("snap.0000000000001000");
+    let cases: [(&str, &dyn Fn()); 3] = [
+        ("the checkpoint mark beside it shows it held a log", &|| std::fs::write(&mark, b"damaged").expect("writes")),
+        ("the write-ahead log beside it holds frames", &|| {
+            std::fs::remove_file(&mark).expect("removes the mark");
+            std::fs::write(&wal, b"frames of the lost log").expect("writes");
+        }),
+        ("sled's snapshot beside it shows it held a log", &|| {
+            std::fs::write(&wal, b"").expect("empties the write-ahead log");
+            if !std::fs::read_dir(dir.path())
+                .expect("lists")
+                .flatten()
+                .any(|entry| entry.file_name().to_string_lossy().starts_with("snap."))
+            {
+                std::fs::write(&snapshot, b"sled's page table").expect("writes");
+            }
+        }),
+    ];
+    for (evidence, leave) in cases {
+        leave();
+        let output = shoplog(&["verify", "--data", data]);
+        assert_eq!(output.status.code(), Some(1), "{evidence}: {output:?}");
+        assert!(String::from_utf8_lossy(&output.stdout).contains(evidence), "{output:?}");
+        assert_refused(&shoplog(&["serve", "--data", data]), "sled's file db is missing");
+        assert!(!dir.path().join("db").exists(), "no new sled file was made");
+    }
 }
 
 /// A damaged `conf` (sled's settings, which shoplog always gives the same) is
