@@ -632,10 +632,14 @@ pub struct RebuildStarted {
     request_body = Option<crate::extract::Empty>,
     responses(
         (status = 202, description = "Rebuild started", body = RebuildStarted),
+        (status = 400, response = openapi::BadRequest),
         (status = 401, response = openapi::Unauthorized),
         (status = 403, response = openapi::Forbidden),
         (status = 404, response = openapi::NotFound),
         (status = 409, response = openapi::Conflict),
+        (status = 413, response = openapi::PayloadTooLarge),
+        (status = 415, response = openapi::UnsupportedMediaType),
+        (status = 422, response = openapi::Unprocessable),
     )
 )]
 pub async fn rebuild(
