@@ -7,8 +7,8 @@
 //! `content-type`: every answer of the routes has a problem+json body) goes out
 //! as the same head with a problem+json body.
 //!
-//! The check costs a write one comparison of its first ten bytes: answers that
-//! are not 4xx never look further.
+//! The check costs a write a count of its buffers and one comparison of the
+//! first one's first ten bytes: answers that are not 4xx never look further.
 
 use std::io;
 use std::pin::Pin;
