@@ -426,7 +426,7 @@ impl EventLog {
     /// appends (as after a failed `fdatasync`): a command acknowledged now would be
     /// lost by the restore from a backup that the damage calls for, and a damaged
     /// history cannot be backed up whole. `/readyz` says so.
-    fn noted<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+    pub(crate) fn noted<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         if let Err(error) = &result {
             self.note(error);
         }
@@ -627,6 +627,19 @@ impl EventLog {
         Ok(0)
     }
 
+    /// Whether the stream index names `position` as `version` of `stream`.
+    pub(crate) fn check_indexed(&self, stream: &str, version: u64, position: u64) -> Result<(), StoreError> {
+        let trees = &self.inner.trees;
+        let indexed = trees.index_group(&trees::group_key(stream, version))?;
+        if indexed.as_deref().and_then(|group| trees::group_position(group, version)) != Some(position) {
+            return Err(StoreError::corrupt(
+                position,
+                format!("stream index of {stream} version {version} does not point here"),
+            ));
+        }
+        Ok(())
+    }
+
     fn stored_hash(&self, position: u64) -> Result<[u8; 32], StoreError> {
         chunk::read(&self.inner.trees.events, position, |bytes| {
             Ok(record::parse(bytes).map_err(|reason| StoreError::corrupt(position, reason))?.hash)
@@ -770,13 +783,7 @@ impl EventLog {
                     ),
                 ));
             }
-            let indexed = trees.index_group(&trees::group_key(&record.header.stream, *version))?;
-            if indexed.as_deref().and_then(|group| trees::group_position(group, *version)) != Some(position) {
-                return Err(StoreError::corrupt(
-                    position,
-                    format!("stream index of {} version {} does not point here", record.header.stream, *version),
-                ));
-            }
+            self.check_indexed(&record.header.stream, *version, position)?;
             expected_position += 1;
             if position.is_multiple_of(PROGRESS_EVERY) {
                 progress(position);

@@ -7,8 +7,9 @@
 //! chunks at start the same way.
 //!
 //! It reads pages of [`PAGE_LEN`] events through `EventLog::scan` (the hash chain,
-//! each record's envelope, its unsealing), and after each page rests three times
-//! as long as the page took: about a quarter of one core, so serving goes first.
+//! each record's envelope, its unsealing), checks that the stream index names
+//! each one where it is, and after each page rests three times as long as the
+//! page took: about a quarter of one core, so serving goes first.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,6 +84,19 @@ impl Drop for ReadBack {
     }
 }
 
+/// What stopped a page: the scan's own error (which it has noted), or damage
+/// the index check found (a scan notes only what it meets itself).
+enum ReadError {
+    Log(StoreError),
+    Index(StoreError),
+}
+
+impl From<StoreError> for ReadError {
+    fn from(error: StoreError) -> Self {
+        ReadError::Log(error)
+    }
+}
+
 /// Read `log` back up to its head now; the events read, or `None` when stopped.
 fn read_back(log: &EventLog, stop: &AtomicBool) -> Result<Option<u64>, StoreError> {
     let head = log.head();
@@ -93,7 +107,14 @@ fn read_back(log: &EventLog, stop: &AtomicBool) -> Result<Option<u64>, StoreErro
         }
         let started = Instant::now();
         let limit = usize::try_from(head - next + 1).unwrap_or(usize::MAX).min(PAGE_LEN);
-        let read = log.scan(next, limit, |_| Ok::<(), StoreError>(()))?;
+        let read = log.scan(next, limit, |event| {
+            log.check_indexed(&event.stream, event.version, event.position).map_err(ReadError::Index)
+        });
+        let read = match read {
+            Ok(read) => read,
+            Err(ReadError::Log(error)) => return Err(error),
+            Err(ReadError::Index(error)) => return log.noted(Err(error)),
+        };
         if read == 0 {
             // The scan reads to the head, which only grows: never here.
             return Err(StoreError::corrupt(next, "missing from the log"));

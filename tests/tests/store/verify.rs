@@ -417,3 +417,36 @@ async fn a_stream_read_finds_versions_missing_from_its_index() {
         "{read:?}"
     );
 }
+
+/// The read-back checks that the stream index names each record where it is,
+/// as `verify` does: an index group gone stops the appends too.
+#[tokio::test]
+async fn the_read_back_finds_a_stream_index_group_gone() {
+    let dir = temp_dir();
+    {
+        let log = EventLog::open(dir.path()).expect("opens");
+        for index in 0..40u8 {
+            log.append(append("long", ExpectedVersion::Any, vec![event("E", &[index; 8])])).await.expect("appends");
+        }
+    }
+    tamper(dir.path(), |db| {
+        let key = [&b"long\0"[..], &17u64.to_be_bytes()].concat();
+        db.open_tree("streams").expect("tree").remove(key).expect("removes").expect("the group of v17 to v32");
+    });
+    let log = EventLog::open(dir.path()).expect("opens");
+    let read_back = store::ReadBack::start(&log).expect("starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !read_back.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "the read-back never ends");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let failure = log.failure();
+    assert!(
+        failure
+            .as_deref()
+            .is_some_and(|reason| reason.contains("corrupt at position 17: stream index of long version 17")),
+        "{failure:?}"
+    );
+    let refused = log.append(append("long", ExpectedVersion::Any, vec![event("E", b"more")])).await;
+    assert!(matches!(refused, Err(StoreError::Unavailable { .. })), "{refused:?}");
+}
