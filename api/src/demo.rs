@@ -142,37 +142,11 @@ fn only_demo_events(service: &CommandService, head: u64) -> anyhow::Result<bool>
 /// short that the steps' keys can finish. A demo restored from a backup or
 /// imported from an export has its events without their keys (neither carries
 /// idempotency keys), and an older binary's had none: those are left as they are.
-///
-/// The store answers for a key only inside an append, before any version
-/// check; so the question is an append that cannot be written (the version
-/// `u64::MAX` of a stream), as `CommandService` asks it of a refused command.
 async fn first_step_keyed(service: &CommandService) -> anyhow::Result<bool> {
     let ctx = step_context(&CommandContext::new(ACTOR), &mut 0);
-    let probe = store::AppendRequest {
-        streams: vec![store::StreamAppend {
-            stream: "demo-probe".to_owned(),
-            expected: store::ExpectedVersion::Exact(u64::MAX),
-            events: vec![store::NewEvent {
-                event_id: uuid::Uuid::now_v7(),
-                event_type: "IdempotencyProbe".to_owned(),
-                schema_version: 1,
-                subject: None,
-                payload: Vec::new(),
-            }],
-        }],
-        metadata: store::Metadata {
-            actor: ctx.actor.clone(),
-            correlation_id: ctx.correlation_id,
-            causation_id: ctx.causation_id,
-        },
-        idempotency: ctx.idempotency.clone(),
-        recorded_at: None,
-    };
-    match service.log().append(probe).await {
-        Ok(result) => Ok(result.duplicate),
-        Err(store::StoreError::WrongExpectedVersion { .. }) => Ok(false),
-        Err(error) => Err(error).context("demo: cannot read the log's idempotency keys"),
-    }
+    let Some(idempotency) = ctx.idempotency.clone() else { return Ok(false) };
+    let first = service.log().repeated(idempotency, ctx.metadata()).await;
+    Ok(first.context("demo: cannot read the log's idempotency keys")?.is_some())
 }
 
 /// The context of the demo's step `*step` (counted on): repeatable under a key

@@ -34,7 +34,8 @@ impl CommandContext {
         self
     }
 
-    pub(crate) fn metadata(&self) -> Metadata {
+    /// The envelope fields its events carry: actor, correlation and causation.
+    pub fn metadata(&self) -> Metadata {
         Metadata { actor: self.actor.clone(), correlation_id: self.correlation_id, causation_id: self.causation_id }
     }
 }

@@ -10,7 +10,7 @@ use domain::{
     EmailClaim, EmailKey, Event, ForgetCustomer, Order, OrderCommand, OrderId, Password, PriceCents, Product,
     ProductCommand, ProductName, Quantity, RegisterCustomer, RemoveCartItem, RestockQuantity, Sku, Stock, StreamId,
 };
-use store::{AppendRequest, AppendResult, EventLog, ExpectedVersion, NewEvent, StoreError, StreamAppend};
+use store::{AppendRequest, AppendResult, EventLog, ExpectedVersion, StoreError, StreamAppend};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -799,10 +799,6 @@ impl CommandService {
     /// successful command used, it is a repeat of that one (which is why the
     /// state now refuses it: the cart is checked out, the order paid): answer
     /// with the first outcome. Otherwise the refusal stands.
-    ///
-    /// The store answers for idempotency keys only inside an append, and checks
-    /// them before any version: so the question is an append that cannot be
-    /// written, to `main` at a version no stream reaches.
     async fn refuse(
         &self,
         ctx: &CommandContext,
@@ -811,30 +807,9 @@ impl CommandService {
         attempts: u32,
     ) -> Result<CommandOutcome, CommandError> {
         let Some(idempotency) = &ctx.idempotency else { return Err(refusal) };
-        let probe = AppendRequest {
-            streams: vec![StreamAppend {
-                stream: main.to_owned(),
-                expected: ExpectedVersion::Exact(u64::MAX),
-                events: vec![NewEvent {
-                    event_id: Uuid::now_v7(),
-                    event_type: "IdempotencyProbe".to_owned(),
-                    schema_version: 1,
-                    subject: None,
-                    payload: Vec::new(),
-                }],
-            }],
-            metadata: ctx.metadata(),
-            idempotency: Some(idempotency.clone()),
-            recorded_at: None,
-        };
-        match self.inner.log.append(probe).await {
-            Ok(result) if result.duplicate => self.outcome_from_log(main, result, attempts),
-            Ok(result) => panic!(
-                "an append expecting version u64::MAX of {main} was written at position {}",
-                result.first_position
-            ),
-            Err(StoreError::WrongExpectedVersion { .. }) => Err(refusal),
-            Err(error) => Err(error.into()),
+        match self.inner.log.repeated(idempotency.clone(), ctx.metadata()).await? {
+            Some(first) => self.outcome_from_log(main, first, attempts),
+            None => Err(refusal),
         }
     }
 

@@ -21,7 +21,8 @@ use crate::record::{self, GENESIS_HASH, StoredRecord};
 use crate::seal;
 use crate::trees::{self, Trees, be_u64};
 use crate::types::{
-    AppendRequest, AppendResult, CommitStats, EventRef, RecordedEvent, Recovery, VerifyReport, is_stream_name,
+    AppendRequest, AppendResult, CommitStats, EventRef, ExpectedVersion, Idempotency, Metadata, NewEvent,
+    RecordedEvent, Recovery, StreamAppend, VerifyReport, is_stream_name,
 };
 use crate::upcast::Upcasters;
 use crate::wal::{WAL_FILES, WAL_LEN_MAX, Wals};
@@ -285,6 +286,40 @@ impl EventLog {
     #[tracing::instrument(level = "debug", skip_all, fields(streams = request.streams.len()))]
     pub async fn append(&self, request: AppendRequest) -> Result<AppendResult, StoreError> {
         self.submit(request, None).await
+    }
+
+    /// The first result of the append made under `idempotency`, if the log holds
+    /// one; writes nothing either way. The writer answers for a key only inside
+    /// an append, and checks it before any version: so the question is an append
+    /// that cannot be written (version `u64::MAX` of a stream, which no stream
+    /// reaches). A key held with another request's hash is
+    /// [`StoreError::IdempotencyKeyReused`], as an append would get.
+    pub async fn repeated(
+        &self,
+        idempotency: Idempotency,
+        metadata: Metadata,
+    ) -> Result<Option<AppendResult>, StoreError> {
+        let probe = AppendRequest {
+            streams: vec![StreamAppend {
+                stream: "idempotency-probe".to_owned(),
+                expected: ExpectedVersion::Exact(u64::MAX),
+                events: vec![NewEvent {
+                    event_id: Uuid::now_v7(),
+                    event_type: "IdempotencyProbe".to_owned(),
+                    schema_version: 1,
+                    subject: None,
+                    payload: Vec::new(),
+                }],
+            }],
+            metadata,
+            idempotency: Some(idempotency),
+            recorded_at: None,
+        };
+        match self.append(probe).await {
+            Ok(result) => Ok(result.duplicate.then_some(result)),
+            Err(StoreError::WrongExpectedVersion { .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
     /// Crypto-shred `subject` (DESIGN §3.9): delete its key and append `request` (the

@@ -15,6 +15,28 @@ async fn log_with_five_events(dir: &Path) {
     assert_eq!(log.verify().expect("sound log verifies").events, 5);
 }
 
+/// A log of 40 events, all in stream `long` (three index groups: v1, v17, v33).
+async fn log_with_a_long_stream(dir: &Path) {
+    let log = EventLog::open(dir).expect("opens");
+    for index in 0..40u8 {
+        log.append(append("long", ExpectedVersion::Any, vec![event("E", &[index; 8])])).await.expect("appends");
+    }
+}
+
+/// The `streams` key of the index group of `long` that starts at `first`.
+fn long_group_key(first: u64) -> Vec<u8> {
+    [&b"long\0"[..], &first.to_be_bytes()].concat()
+}
+
+/// Wait (bounded) until `read_back` has read the whole log back.
+fn wait_until_finished(read_back: &store::ReadBack) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !read_back.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "the read-back never ends");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Change the data dir behind the log's back, with sled itself.
 fn tamper(dir: &Path, change: impl FnOnce(&sled::Db)) {
     let db = tests::raw_sled(dir);
@@ -350,19 +372,12 @@ async fn a_read_that_finds_damage_stops_the_logs_appends() {
 #[tokio::test]
 async fn the_read_back_finds_damage_no_read_met_and_stops_the_appends() {
     let more = || append("even", ExpectedVersion::Any, vec![event("E", b"more")]);
-    let finished = |read_back: &store::ReadBack| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while !read_back.is_finished() {
-            assert!(std::time::Instant::now() < deadline, "the read-back never ends");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-    };
     let dir = temp_dir();
     log_with_five_events(dir.path()).await;
     {
         let log = EventLog::open(dir.path()).expect("opens");
         let read_back = store::ReadBack::start(&log).expect("starts");
-        finished(&read_back);
+        wait_until_finished(&read_back);
         assert_eq!(log.failure(), None, "a sound log read back");
         log.append(more()).await.expect("appends");
     }
@@ -370,7 +385,7 @@ async fn the_read_back_finds_damage_no_read_met_and_stops_the_appends() {
     let log = EventLog::open(dir.path()).expect("opens");
     log.append(more()).await.expect("no read has met the damage yet");
     let read_back = store::ReadBack::start(&log).expect("starts");
-    finished(&read_back);
+    wait_until_finished(&read_back);
     assert!(log.failure().is_some_and(|reason| reason.contains("corrupt at position 2")), "{:?}", log.failure());
     let refused = log.append(more()).await;
     assert!(matches!(refused, Err(StoreError::Unavailable { .. })), "{refused:?}");
@@ -383,16 +398,14 @@ async fn the_read_back_finds_damage_no_read_met_and_stops_the_appends() {
 #[tokio::test]
 async fn a_stream_read_finds_versions_missing_from_its_index() {
     let dir = temp_dir();
-    {
-        let log = EventLog::open(dir.path()).expect("opens");
-        for index in 0..40u8 {
-            log.append(append("long", ExpectedVersion::Any, vec![event("E", &[index; 8])])).await.expect("appends");
-        }
-    }
-    let key = |first: u64| [&b"long\0"[..], &first.to_be_bytes()].concat();
+    log_with_a_long_stream(dir.path()).await;
     let hole = |read: &Result<Vec<store::RecordedEvent>, StoreError>| matches!(read, Err(StoreError::Corrupt { reason, .. }) if reason.contains("goes on at version 33 where 17 comes next"));
     tamper(dir.path(), |db| {
-        db.open_tree("streams").expect("tree").remove(key(17)).expect("removes").expect("the group of v17 to v32");
+        db.open_tree("streams")
+            .expect("tree")
+            .remove(long_group_key(17))
+            .expect("removes")
+            .expect("the group of v17 to v32");
     });
     let log = EventLog::open(dir.path()).expect("opens");
     for from in [1, 20] {
@@ -406,9 +419,9 @@ async fn a_stream_read_finds_versions_missing_from_its_index() {
     let log_positions: Vec<u8> = (17..=32u64).flat_map(|position| position.to_be_bytes()).collect();
     tamper(dir.path(), |db| {
         let streams = db.open_tree("streams").expect("tree");
-        let first = streams.get(key(1)).expect("reads").expect("the group of v1 to v16").to_vec();
-        streams.insert(key(1), &first[..15 * 8]).expect("writes");
-        streams.insert(key(17), log_positions.as_slice()).expect("writes");
+        let first = streams.get(long_group_key(1)).expect("reads").expect("the group of v1 to v16").to_vec();
+        streams.insert(long_group_key(1), &first[..15 * 8]).expect("writes");
+        streams.insert(long_group_key(17), log_positions.as_slice()).expect("writes");
     });
     let log = EventLog::open(dir.path()).expect("opens");
     let read = log.read_stream("long", 1, 100);
@@ -423,23 +436,14 @@ async fn a_stream_read_finds_versions_missing_from_its_index() {
 #[tokio::test]
 async fn the_read_back_finds_a_stream_index_group_gone() {
     let dir = temp_dir();
-    {
-        let log = EventLog::open(dir.path()).expect("opens");
-        for index in 0..40u8 {
-            log.append(append("long", ExpectedVersion::Any, vec![event("E", &[index; 8])])).await.expect("appends");
-        }
-    }
+    log_with_a_long_stream(dir.path()).await;
     tamper(dir.path(), |db| {
-        let key = [&b"long\0"[..], &17u64.to_be_bytes()].concat();
-        db.open_tree("streams").expect("tree").remove(key).expect("removes").expect("the group of v17 to v32");
+        let streams = db.open_tree("streams").expect("tree");
+        streams.remove(long_group_key(17)).expect("removes").expect("the group of v17 to v32");
     });
     let log = EventLog::open(dir.path()).expect("opens");
     let read_back = store::ReadBack::start(&log).expect("starts");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !read_back.is_finished() {
-        assert!(std::time::Instant::now() < deadline, "the read-back never ends");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    wait_until_finished(&read_back);
     let failure = log.failure();
     assert!(
         failure
