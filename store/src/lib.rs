@@ -42,8 +42,8 @@ pub use private::{beside, create_private_dir, create_private_file, link_into_pla
 pub use read_back::ReadBack;
 pub use types::{
     AppendRequest, AppendResult, CommitStats, EventRef, ExpectedVersion, Idempotency, Metadata, NewEvent, Payload,
-    RecordedEvent, Recovery, STREAM_NAME_LEN_MAX, StreamAppend, StreamVersion, VerifyReport, is_event_type,
-    is_stream_name,
+    RecordedEvent, Recovery, STREAM_NAME_LEN_MAX, StoredEvent, StreamAppend, StreamVersion, VerifyReport,
+    is_event_type, is_stream_name,
 };
 pub use upcast::{UpcastFn, Upcasters};
 

@@ -22,7 +22,7 @@ use crate::seal;
 use crate::trees::{self, Trees, be_u64};
 use crate::types::{
     AppendRequest, AppendResult, CommitStats, EventRef, ExpectedVersion, Idempotency, Metadata, NewEvent,
-    RecordedEvent, Recovery, StreamAppend, VerifyReport, is_stream_name,
+    RecordedEvent, Recovery, StoredEvent, StreamAppend, VerifyReport, is_stream_name,
 };
 use crate::upcast::Upcasters;
 use crate::wal::{WAL_FILES, WAL_LEN_MAX, Wals};
@@ -520,7 +520,22 @@ impl EventLog {
         limit: usize,
         mut visit: impl FnMut(EventRef<'_>) -> Result<(), E>,
     ) -> Result<usize, E> {
-        match self.scan_unnoted(from, hash_before, limit, |event| visit(event).map_err(ScanError::Visit)) {
+        self.scan_stored(from, hash_before, limit, |position, record, _| {
+            visit(self.decode_record(position, record)?).map_err(ScanError::Visit)
+        })
+    }
+
+    /// [`Self::scan_chained`], lending each record as stored (checked, not
+    /// decoded); the visitor's own errors are `ScanError::Visit`, and damage it
+    /// finds decoding a record (`ScanError::Log`) is noted like the scan's.
+    fn scan_stored<E: From<StoreError>>(
+        &self,
+        from: u64,
+        hash_before: Option<[u8; 32]>,
+        limit: usize,
+        visit: impl FnMut(u64, StoredRecord<'_>, &[u8]) -> Result<(), ScanError<E>>,
+    ) -> Result<usize, E> {
+        match self.scan_unnoted(from, hash_before, limit, visit) {
             Ok(seen) => Ok(seen),
             Err(ScanError::Log(error)) => {
                 self.note(&error);
@@ -535,7 +550,7 @@ impl EventLog {
         from: u64,
         hash_before: Option<[u8; 32]>,
         limit: usize,
-        mut visit: impl FnMut(EventRef<'_>) -> Result<(), ScanError<E>>,
+        mut visit: impl FnMut(u64, StoredRecord<'_>, &[u8]) -> Result<(), ScanError<E>>,
     ) -> Result<usize, ScanError<E>> {
         let head = self.head();
         let from = from.max(1);
@@ -559,7 +574,7 @@ impl EventLog {
                 );
             }
             previous_hash = record.hash;
-            visit(self.decode_record(position, record)?)?;
+            visit(position, record, bytes)?;
             seen += 1;
             Ok(true)
         })?;
@@ -1047,27 +1062,76 @@ impl Subscription {
         if limit == 0 {
             return Ok(0);
         }
-        loop {
-            if !self.buffer.is_empty() {
-                let mut lent = 0;
-                while lent < limit
-                    && let Some(event) = self.buffer.front()
-                {
-                    visit(event.lend())?;
-                    self.buffer.pop_front();
-                    lent += 1;
-                }
-                return Ok(lent);
+        if !self.buffer.is_empty() {
+            let mut lent = 0;
+            while lent < limit
+                && let Some(event) = self.buffer.front()
+            {
+                visit(event.lend())?;
+                self.buffer.pop_front();
+                lent += 1;
             }
+            return Ok(lent);
+        }
+        // A handle of its own: the visitor decodes while the subscription moves on.
+        let log = self.log.clone();
+        self.next_scanned(limit, |position, record, _| {
+            visit(log.decode_record(position, record)?).map_err(ScanError::Visit)
+        })
+        .await
+    }
+
+    /// [`Self::next_scan`], lending each record as the log stores it, bytes and
+    /// all (a sealed payload stays sealed), with the envelope fields that route
+    /// it: what a relay forwards. Events [`Self::next`] read ahead are read
+    /// again from the log, as stored.
+    pub async fn next_stored<E: From<StoreError>>(
+        &mut self,
+        limit: usize,
+        mut visit: impl FnMut(StoredEvent<'_>) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        if !self.buffer.is_empty() {
+            self.next = self.next_position();
+            self.hash_before_next = None;
+            self.buffer.clear();
+        }
+        self.next_scanned(limit, |position, record, bytes| {
+            let header = &record.header;
+            visit(StoredEvent {
+                position,
+                stream: &header.stream,
+                version: header.version,
+                event_id: header.event_id,
+                event_type: &header.event_type,
+                bytes,
+            })
+            .map_err(ScanError::Visit)
+        })
+        .await
+    }
+
+    /// Wait until the next event is committed, then lend the committed records
+    /// from it on, up to `limit`, to `visit`, as stored; the subscription goes
+    /// on after the last record `visit` took.
+    async fn next_scanned<E: From<StoreError>>(
+        &mut self,
+        limit: usize,
+        mut visit: impl FnMut(u64, StoredRecord<'_>, &[u8]) -> Result<(), ScanError<E>>,
+    ) -> Result<usize, E> {
+        loop {
             if self.next <= *self.durable.borrow_and_update() {
                 let (mut lent, mut last_hash) = (0, None);
-                let scanned = self.log.scan_chained(self.next, self.hash_before_next, limit, |event| {
-                    let hash = event.hash;
-                    visit(event)?;
-                    lent += 1;
-                    last_hash = Some(hash);
-                    Ok::<(), E>(())
-                });
+                let scanned =
+                    self.log.scan_stored(self.next, self.hash_before_next, limit, |position, record, bytes| {
+                        let hash = record.hash;
+                        visit(position, record, bytes)?;
+                        lent += 1;
+                        last_hash = Some(hash);
+                        Ok(())
+                    });
                 self.next += lent as u64;
                 if last_hash.is_some() {
                     self.hash_before_next = last_hash;

@@ -268,6 +268,19 @@ impl EventRef<'_> {
     }
 }
 
+/// A record as the log stores it, lent by [`crate::Subscription::next_stored`]:
+/// its bytes whole (the format byte, its hash in the chain, the envelope and the
+/// payload, sealed if it was), and the envelope fields that route it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredEvent<'a> {
+    pub position: u64,
+    pub stream: &'a str,
+    pub version: u64,
+    pub event_id: Uuid,
+    pub event_type: &'a str,
+    pub bytes: &'a [u8],
+}
+
 /// What a sound log holds, as found by [`crate::EventLog::verify`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyReport {

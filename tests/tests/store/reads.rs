@@ -319,6 +319,76 @@ async fn a_subscription_lends_chunks_in_order_after_what_next_read_and_after_a_v
     assert_eq!(positions, (2..=1300).collect::<Vec<_>>());
 }
 
+/// `next_stored` lends each record as stored: the bytes hold the record's hash
+/// (the chain's link), a sealed payload stays sealed, the envelope fields are
+/// those `read_all` returns; it reads again what `next` read ahead, and waits
+/// for live appends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_lends_records_as_stored_for_a_relay() {
+    const WAIT: Duration = Duration::from_secs(10);
+    let dir = temp_dir();
+    let log = log_of(dir.path(), 20, 3).await;
+    let subject = uuid::Uuid::new_v4();
+    let secret = b"ada@example.com, who lives at 1 Secret Lane";
+    log.append(append("customer-1", ExpectedVersion::Any, vec![tests::sealed_event("Registered", subject, secret)]))
+        .await
+        .expect("appends");
+    let mut subscription = log.subscribe(1);
+    assert_eq!(subscription.next().await.expect("reads").position, 1);
+    let mut stored: Vec<(u64, String, u64, uuid::Uuid, String, Vec<u8>)> = Vec::new();
+    while subscription.next_position() <= 21 {
+        subscription
+            .next_stored(8, |record| {
+                stored.push((
+                    record.position,
+                    record.stream.to_owned(),
+                    record.version,
+                    record.event_id,
+                    record.event_type.to_owned(),
+                    record.bytes.to_vec(),
+                ));
+                Ok::<(), StoreError>(())
+            })
+            .await
+            .expect("lends");
+    }
+    let read = log.read_all(1, 100).expect("reads");
+    assert_eq!(stored.len(), 20, "what `next` read ahead is lent again, from position 2");
+    for ((position, stream, version, event_id, event_type, bytes), event) in stored.iter().zip(&read[1..]) {
+        assert_eq!(
+            (*position, stream, *version, *event_id, event_type),
+            (event.position, &event.stream, event.version, event.event_id, &event.event_type)
+        );
+        assert_eq!(bytes[0], 1, "the record's format byte");
+        assert_eq!(bytes[1..33], event.hash, "the record's hash in the chain");
+    }
+    let sealed = &stored[19].5;
+    assert!(!sealed.windows(secret.len()).any(|window| window == secret), "a sealed payload stays sealed");
+    assert_eq!(read[20].payload, Payload::Plain(secret.to_vec()), "and reads back through the log's key");
+
+    let waiting =
+        tokio::time::timeout(Duration::from_millis(50), subscription.next_stored(10, |_| Ok::<(), StoreError>(())))
+            .await;
+    assert!(waiting.is_err(), "nothing beyond the head: it waits");
+    let writer = {
+        let log = log.clone();
+        tokio::spawn(async move { log.append(append("live", ExpectedVersion::Any, vec![event("E", b"x")])).await })
+    };
+    let mut live = Vec::new();
+    tokio::time::timeout(
+        WAIT,
+        subscription.next_stored(10, |record| {
+            live.push(record.position);
+            Ok::<(), StoreError>(())
+        }),
+    )
+    .await
+    .expect("arrives in time")
+    .expect("lends");
+    writer.await.expect("the writer ends").expect("appends");
+    assert_eq!(live, vec![22]);
+}
+
 /// Version 1 of an event held a price in whole dollars; version 2 holds cents.
 #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
 struct PriceV1 {
