@@ -67,6 +67,10 @@ pub struct Config {
     /// every amount the read routes answer. The log holds cents only: change it
     /// only with the prices.
     pub currency: String,
+    /// The NATS server the relay publishes every event to (DESIGN §4), such as
+    /// `nats://127.0.0.1:4222`; unset, nothing leaves the process (the embedded
+    /// default).
+    pub nats: Option<String>,
 }
 
 impl Default for Config {
@@ -85,12 +89,13 @@ impl Default for Config {
             demo: false,
             cache_mib: store::Options::default().cache_capacity_bytes / MIB,
             currency: "USD".to_owned(),
+            nats: None,
         }
     }
 }
 
 /// The keys read from `SHOPLOG_<KEY>`.
-const ENV_KEYS: [&str; 13] = [
+const ENV_KEYS: [&str; 14] = [
     "data",
     "listen",
     "admin_token",
@@ -104,6 +109,7 @@ const ENV_KEYS: [&str; 13] = [
     "demo",
     "cache_mib",
     "currency",
+    "nats",
 ];
 
 const MIB: u64 = 1024 * 1024;
@@ -165,6 +171,11 @@ impl Config {
         if self.token_secret.as_ref().is_some_and(|secret| secret.expose().len() < 32) {
             return Err("token_secret must be at least 32 characters".to_owned());
         }
+        if let Some(url) = &self.nats
+            && let Err(problem) = commands::relay::check_url(url)
+        {
+            return Err(format!("nats must be a NATS server's URL, such as nats://127.0.0.1:4222 ({problem})"));
+        }
         Ok(())
     }
 
@@ -200,7 +211,7 @@ impl Config {
 /// the environment as they are. figment's `Env` reads a value as the type it
 /// looks like, so `SHOPLOG_DATA=2024` was a number, which no path deserializes
 /// from, and a token of digits only was one too.
-const TEXT_KEYS: [&str; 6] = ["data", "listen", "admin_token", "viewer_token", "token_secret", "currency"];
+const TEXT_KEYS: [&str; 7] = ["data", "listen", "admin_token", "viewer_token", "token_secret", "currency", "nats"];
 
 /// The `SHOPLOG_*` variables of [`TEXT_KEYS`], each a string. A value in double
 /// quotes is the text between them, as figment read it (and as the hint for a

@@ -90,6 +90,8 @@ pub struct AppState {
     /// The whole log read back in the background from the start (damage it
     /// finds stops the appends; see [`store::ReadBack`]); stopped by the close.
     pub read_back: Arc<std::sync::Mutex<Option<store::ReadBack>>>,
+    /// The relay to NATS JetStream, with `--nats` (DESIGN §4); stopped by the close.
+    pub relay: Arc<std::sync::Mutex<Option<commands::Relay>>>,
 }
 
 impl AppState {
@@ -119,7 +121,19 @@ impl AppState {
             register_by_address: limiter(by_address),
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
             currency: Arc::from(currency),
+            relay: Arc::new(std::sync::Mutex::new(None)),
         }
+    }
+
+    /// With the relay to NATS that `serve --nats` runs.
+    pub fn with_relay(self, relay: commands::Relay) -> Self {
+        *self.relay.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(relay);
+        self
+    }
+
+    /// Where the relay stands, if there is one.
+    pub fn relay_status(&self) -> Option<commands::RelayStatus> {
+        self.relay.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(commands::Relay::status)
     }
 }
 

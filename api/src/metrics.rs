@@ -64,10 +64,18 @@ pub fn render(
     log: &store::EventLog,
     projections: &projections::Projections,
     service: &commands::CommandService,
+    relay: Option<commands::RelayStatus>,
 ) -> String {
     for status in projections.status() {
         metrics::gauge!("projection_lag_events", "projection" => status.name).set(status.lag as f64);
         metrics::gauge!("projection_checkpoint_position", "projection" => status.name).set(status.checkpoint as f64);
+    }
+    if let Some(relay) = relay {
+        // Lag that grows while `relay_up` is 0: NATS is down or refusing.
+        metrics::gauge!("relay_lag_events").set(relay.lag as f64);
+        metrics::gauge!("relay_checkpoint_position").set(relay.checkpoint as f64);
+        metrics::counter!("relay_published_total").absolute(relay.published);
+        metrics::gauge!("relay_up").set(if relay.failure.is_none() { 1.0 } else { 0.0 });
     }
     let stats = log.commit_stats();
     metrics::gauge!("log_head_position").set(log.head() as f64);

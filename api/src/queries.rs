@@ -600,7 +600,27 @@ impl From<ProjectionStatus> for ProjectionJson {
     }
 }
 
-/// Every read model: generation, checkpoint, lag, rebuild under way.
+impl From<commands::RelayStatus> for ProjectionJson {
+    /// The relay to NATS as one more entry, `relay`: no generation (0) and no
+    /// rebuild; its checkpoint is the last position JetStream acknowledged, its
+    /// failure why it is waiting to try again.
+    fn from(status: commands::RelayStatus) -> Self {
+        ProjectionJson {
+            name: "relay".to_owned(),
+            generation: 0,
+            checkpoint: status.checkpoint,
+            head: status.head,
+            lag: status.lag,
+            rebuild: None,
+            failure: status.failure,
+        }
+    }
+}
+
+/// Every read model: generation, checkpoint, lag, rebuild under way; and with
+/// `serve --nats`, the relay to NATS JetStream as an entry named `relay`
+/// (generation 0, no rebuild; its checkpoint is the last position JetStream
+/// acknowledged, its failure why it is waiting to try again).
 #[utoipa::path(
     get, path = "/admin/projections", tag = "admin", security(("admin" = [])),
     responses(
@@ -615,7 +635,8 @@ pub async fn projection_status(
     _: Admin,
     _: ApiQuery<NoQuery>,
 ) -> Json<Vec<ProjectionJson>> {
-    Json(state.projections.status().into_iter().map(ProjectionJson::from).collect())
+    let models = state.projections.status().into_iter().map(ProjectionJson::from);
+    Json(models.chain(state.relay_status().map(ProjectionJson::from)).collect())
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -120,7 +120,9 @@ fn models_not_ready(statuses: &[projections::ProjectionStatus], started_at_head:
 /// The Prometheus text exposition format's media type.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4";
 
-/// Prometheus metrics: requests by route and status, the log's commit counters.
+/// Prometheus metrics: requests by route and status, the log's commit counters,
+/// the read models' lag, and with `serve --nats` the relay's (`relay_lag_events`,
+/// `relay_checkpoint_position`, `relay_published_total`, `relay_up`).
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -128,7 +130,10 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4";
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"))
 )]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], crate::metrics::render(&state.log, &state.projections, &state.service))
+    (
+        [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+        crate::metrics::render(&state.log, &state.projections, &state.service, state.relay_status()),
+    )
 }
 
 // ---- commands ----

@@ -90,6 +90,10 @@ async fn close(state: AppState) {
     if let Some(read_back) = read_back {
         read_back.stop();
     }
+    let relay = state.relay.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    if let Some(relay) = relay {
+        relay.stop().await;
+    }
     match Arc::try_unwrap(state.projections) {
         Ok(projections) => projections.shutdown().await,
         // A connection past the shutdown deadline still holds the state: dropping
@@ -139,7 +143,16 @@ fn open_state(config: &Config) -> anyhow::Result<AppState> {
         .context("cannot start the command service")?;
     let runtime = ProjectionRuntime::new().context("cannot start the read models' runtime")?;
     let projections = runtime.start(log.clone()).context("cannot start the read models")?;
-    Ok(AppState::new(
+    // Beside the read models, off the serving threads.
+    let relay = match &config.nats {
+        Some(url) => Some(
+            runtime
+                .within(|| commands::Relay::start(log.clone(), commands::RelayOptions::new(url)))
+                .context("cannot start the relay to NATS")?,
+        ),
+        None => None,
+    };
+    let state = AppState::new(
         log,
         service,
         projections,
@@ -147,7 +160,11 @@ fn open_state(config: &Config) -> anyhow::Result<AppState> {
         Tokens::new(admin, viewer, signing_key),
         config.login_attempts_per_minute,
         &config.currency,
-    ))
+    );
+    Ok(match relay {
+        Some(relay) => state.with_relay(relay),
+        None => state,
+    })
 }
 
 /// The read models' workers run on a runtime of their own, one worker thread (and

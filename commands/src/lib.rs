@@ -57,10 +57,12 @@ pub mod codec;
 mod error;
 mod outcome;
 mod password;
+pub mod relay;
 mod service;
 
 pub use cache::CacheStats;
 pub use error::CommandError;
 pub use outcome::{CommandContext, CommandOutcome};
 pub use password::PasswordStats;
+pub use relay::{Relay, RelayOptions, RelayStatus};
 pub use service::{CommandService, EMAIL_KEY_SECRET, Options, email_key};

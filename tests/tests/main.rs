@@ -6,4 +6,5 @@ mod commands;
 mod dashboard;
 mod fixtures;
 mod projections;
+mod relay;
 mod store;

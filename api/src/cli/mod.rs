@@ -91,6 +91,10 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     cache_mib: Option<u64>,
+    /// Publish every event to NATS JetStream at this URL, such as nats://127.0.0.1:4222 [default: none]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats: Option<String>,
 }
 
 impl std::str::FromStr for Secret {

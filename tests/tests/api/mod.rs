@@ -245,13 +245,19 @@ impl TestApp {
     }
 
     pub async fn serve_dir(dir: tempfile::TempDir) -> TestApp {
-        let config = Config {
+        Self::serve_dir_with(dir, |_| {}).await
+    }
+
+    /// [`Self::serve_dir`] with some settings changed.
+    pub async fn serve_dir_with(dir: tempfile::TempDir, change: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = Config {
             data: dir.path().to_path_buf(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_token: Some(Secret::new(ADMIN)),
             viewer_token: Some(Secret::new(VIEWER)),
             ..Config::default()
         };
+        change(&mut config);
         let running = api::server::start(&config).await.expect("the server starts on the dir");
         TestApp {
             base: format!("http://{}", running.address),

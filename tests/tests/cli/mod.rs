@@ -111,6 +111,9 @@ fn bad_settings_are_one_line_and_exit_code_2() {
     assert_refused(&shoplog(&["serve", "--data", data, "--cache-mib", "0"]), "cache_mib must be from 1");
     assert_refused(&shoplog(&["serve", "--data", data, "--cache-mib", "lots"]), "lots");
     assert_refused(&shoplog(&["serve", "--config", "/no/such/shoplog.toml"]), "does not exist");
+    assert_refused(&shoplog(&["serve", "--data", data, "--nats", "http://127.0.0.1:4222"]), "nats must be a NATS");
+    let output = Command::new(SHOPLOG).args(["serve", "--data", data]).env("SHOPLOG_NATS", "nats://[::1").output();
+    assert_refused(&output.expect("runs"), "NATS server URL is invalid");
     assert_refused(&shoplog(&["verify", "--data", "/no/such/dir"]), "does not exist");
     assert_refused(&shoplog(&["serve", "--data"]), "--data");
     assert_refused(&shoplog(&["serve", "--colour", "blue"]), "--colour");
@@ -147,9 +150,9 @@ fn bad_settings_are_one_line_and_exit_code_2() {
 }
 
 /// A `shoplog serve` child process and the address it listens on.
-struct Served {
+pub(crate) struct Served {
     child: std::process::Child,
-    address: String,
+    pub(crate) address: String,
     /// What it printed to stdout until it listened.
     printed: Vec<String>,
 }
@@ -157,7 +160,7 @@ struct Served {
 impl Served {
     /// Start `shoplog serve` on a random port with `args` and `envs` (no other
     /// `SHOPLOG_` setting from the test's environment), and wait until it listens.
-    fn start<A: AsRef<std::ffi::OsStr>>(args: &[A], envs: &[(&str, &str)]) -> Served {
+    pub(crate) fn start<A: AsRef<std::ffi::OsStr>>(args: &[A], envs: &[(&str, &str)]) -> Served {
         let mut command = Served::command(SHOPLOG);
         command.args(["serve", "--listen", "127.0.0.1:0"]).args(args).envs(envs.iter().copied());
         // Its logs go with the test's output, shown when the test fails.
@@ -203,7 +206,7 @@ impl Served {
     }
 
     /// POST a JSON body with a bearer token (none when empty); the status and the body.
-    fn post(&self, path: &str, token: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    pub(crate) fn post(&self, path: &str, token: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         runtime.block_on(async {
             let mut request = reqwest::Client::new().post(format!("http://{}{path}", self.address)).json(&body);
@@ -217,14 +220,14 @@ impl Served {
     }
 
     /// Kill the process group outright (SIGKILL) and wait for the process.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let group = format!("-{}", self.child.id());
         let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.wait();
     }
 
     /// Send `signal` (`TERM`, `INT`) and wait until the process ends; its exit status.
-    fn stop_with(mut self, signal: &str) -> std::process::ExitStatus {
+    pub(crate) fn stop_with(mut self, signal: &str) -> std::process::ExitStatus {
         let sent = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status();
         assert!(sent.expect("kill runs").success());
         let deadline = std::time::Instant::now() + Duration::from_secs(15);

@@ -1,0 +1,501 @@
+//! The relay: every event of the log, published to NATS JetStream in position
+//! order (DESIGN §4), for read replicas and other consumers on other machines.
+//!
+//! It follows the log like a read model does (a [`store::Subscription`] from its
+//! checkpoint on), and publishes each record as stored: the payload is the
+//! record's bytes (a sealed payload travels sealed, and the record's hash in the
+//! chain travels with it), with the headers `Nats-Msg-Id` (the event id, which
+//! JetStream deduplicates on within its window), `Shoplog-Position`,
+//! `Shoplog-Event-Type` and `Shoplog-Stream`, on the subject
+//! `shoplog.events.<category>.<id>` of the stream `SHOPLOG_EVENTS` (file storage,
+//! made if missing). At most [`RelayOptions::acks_in_flight`] publishes wait for
+//! their acks; the checkpoint (tree `relay`) moves only past acknowledged ones.
+//!
+//! NATS down or refusing: commands go on being accepted; the relay says why in
+//! [`Relay::status`] (which `/admin/projections` and `/metrics` show, with its
+//! lag), waits (100 ms, doubling up to [`RelayOptions::retry_max`]) and goes on
+//! from its checkpoint on a new connection. What JetStream already took again is
+//! dropped by its deduplication.
+//!
+//! Where it starts, when it connects: after its own checkpoint, or after the last
+//! message the stream holds when that is further on and is this log's record at
+//! its position, byte for byte (the bytes hold the record's hash, which chains
+//! every record before it). So a checkpoint that a kill left behind (it is made
+//! durable with the log's next checkpoint) does not send again what the stream
+//! holds, beyond JetStream's deduplication window, and a data directory restored
+//! from a backup goes on where the stream ends. A stream whose last message is
+//! another log's (or is past this log's head: a data directory restored to an
+//! earlier point) is refused: mixing two histories would corrupt every replica.
+//! The relay then publishes nothing and says so, until the operator purges the
+//! stream or points `--nats` elsewhere.
+
+use std::collections::VecDeque;
+use std::future::IntoFuture;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, publish::PublishAck, stream::StorageType};
+use store::{EventLog, StoreError, StoredEvent};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The JetStream stream the relay publishes to (DESIGN §4).
+pub const STREAM: &str = "SHOPLOG_EVENTS";
+
+/// The subjects of [`STREAM`]: `shoplog.events.<category>.<id>`.
+pub const SUBJECTS: &str = "shoplog.events.>";
+
+/// The tree and key of the relay's checkpoint: the last position JetStream acknowledged.
+const CHECKPOINT_TREE: &str = "relay";
+const CHECKPOINT_KEY: &[u8] = b"nats.checkpoint";
+
+/// How the relay reaches NATS and how much it keeps in flight.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// The NATS server, such as `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Publishes waiting for their acks at most.
+    pub acks_in_flight: usize,
+    /// JetStream's deduplication window, when the relay makes the stream
+    /// (DESIGN §4: at least 2 minutes).
+    pub duplicate_window: Duration,
+    /// How long a connection attempt, a request to JetStream or an ack may take.
+    pub timeout: Duration,
+    /// The longest wait between two attempts.
+    pub retry_max: Duration,
+}
+
+impl RelayOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        RelayOptions {
+            url: url.into(),
+            acks_in_flight: 256,
+            duplicate_window: Duration::from_secs(120),
+            timeout: Duration::from_secs(5),
+            retry_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Whether `url` can name a NATS server the relay can reach: `nats://host:port`,
+/// `host:port` (port 4222 when left out) or `tls://host:port`, with
+/// `user:password@` before the host if the server wants them; not a websocket's.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let address = url.parse::<async_nats::ServerAddr>().map_err(|error| error.to_string())?;
+    match address.into_inner().scheme() {
+        "nats" | "tls" => Ok(()),
+        scheme => Err(format!("{scheme}:// is not supported: use nats:// or tls://")),
+    }
+}
+
+/// `url` without a `user:password@` part, for logs and errors.
+fn shown(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://{host}"),
+            None => url.to_owned(),
+        },
+        None => url.rsplit_once('@').map_or_else(|| url.to_owned(), |(_, host)| host.to_owned()),
+    }
+}
+
+/// Where the relay stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayStatus {
+    /// The last position JetStream acknowledged (or held at the start).
+    pub checkpoint: u64,
+    pub head: u64,
+    /// `head - checkpoint`, in events.
+    pub lag: u64,
+    /// Events published and acknowledged since the start (JetStream's
+    /// duplicates included).
+    pub published: u64,
+    /// Why it is waiting to try again, if it is.
+    pub failure: Option<String>,
+}
+
+/// What stopped one attempt of the relay.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("JetStream stream {STREAM}: {reason}")]
+    Stream { reason: String },
+    #[error(
+        "JetStream stream {STREAM} holds another log's events ({reason}); purge it or point --nats \
+         at another server before the relay goes on"
+    )]
+    Foreign { reason: String },
+    #[error("publishing position {position} to JetStream: {reason}")]
+    Publish { position: u64, reason: String },
+    #[error("reading the log: {0}")]
+    Log(#[from] StoreError),
+}
+
+impl From<sled::Error> for RelayError {
+    fn from(error: sled::Error) -> Self {
+        RelayError::Log(StoreError::from(error))
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    log: EventLog,
+    checkpoints: sled::Tree,
+    checkpoint: AtomicU64,
+    published: AtomicU64,
+    failure: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn set_failure(&self, failure: Option<String>) {
+        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = failure;
+    }
+
+    /// Move the checkpoint to `position` in memory and in the tree (made durable
+    /// with the log's next checkpoint, or at its close).
+    fn save(&self, position: u64) -> Result<(), RelayError> {
+        self.checkpoint.store(position, Ordering::Release);
+        self.checkpoints.insert(CHECKPOINT_KEY, &position.to_be_bytes())?;
+        Ok(())
+    }
+}
+
+/// The running relay; [`Relay::stop`] ends it.
+#[derive(Debug)]
+pub struct Relay {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Relay {
+    /// Start relaying on the current tokio runtime, from the stored checkpoint.
+    /// It connects in the background: a NATS server that is down delays nothing.
+    pub fn start(log: EventLog, options: RelayOptions) -> Result<Relay, RelayError> {
+        let checkpoints = log.open_tree(CHECKPOINT_TREE)?;
+        let checkpoint = match checkpoints.get(CHECKPOINT_KEY)? {
+            Some(bytes) => <[u8; 8]>::try_from(&bytes[..]).map(u64::from_be_bytes).map_err(|_| {
+                RelayError::Log(StoreError::Unavailable { reason: "the relay's checkpoint is not 8 bytes".to_owned() })
+            })?,
+            None => 0,
+        };
+        let shared = Arc::new(Shared {
+            log,
+            checkpoints,
+            checkpoint: AtomicU64::new(checkpoint),
+            published: AtomicU64::new(0),
+            failure: Mutex::new(None),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(Arc::clone(&shared), options, stopped));
+        Ok(Relay { shared, stop, task })
+    }
+
+    pub fn status(&self) -> RelayStatus {
+        let checkpoint = self.shared.checkpoint.load(Ordering::Acquire);
+        let head = self.shared.log.head();
+        RelayStatus {
+            checkpoint,
+            head,
+            lag: head.saturating_sub(checkpoint),
+            published: self.shared.published.load(Ordering::Relaxed),
+            failure: self.shared.failure.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+        }
+    }
+
+    /// Stop: the acks in flight get a moment to arrive, the checkpoint is saved,
+    /// and the relay lets go of the log.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(STOP_WAIT, &mut task).await.is_err() {
+            tracing::warn!("the relay did not stop in time");
+            task.abort();
+        }
+    }
+}
+
+/// How long a stop waits for the relay.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a stop waits for the acks in flight.
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
+
+async fn run(shared: Arc<Shared>, options: RelayOptions, mut stopped: watch::Receiver<bool>) {
+    let first_wait = Duration::from_millis(100);
+    let mut wait = first_wait;
+    loop {
+        let before = shared.checkpoint.load(Ordering::Acquire);
+        let error = match relay(&shared, &options, &mut stopped).await {
+            Ok(()) => return,
+            Err(error) => error,
+        };
+        if shared.checkpoint.load(Ordering::Acquire) > before {
+            wait = first_wait;
+        }
+        tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "the relay to NATS stopped; it will try again");
+        shared.set_failure(Some(error.to_string()));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        wait = (wait * 2).min(options.retry_max);
+    }
+}
+
+type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, jetstream::context::PublishError>> + Send>>;
+
+/// A record to publish, copied out of the log.
+struct Outgoing {
+    position: u64,
+    subject: String,
+    headers: HeaderMap,
+    payload: Vec<u8>,
+}
+
+/// One attempt: connect, find where to start, publish until stopped (`Ok`) or
+/// until something fails.
+async fn relay(shared: &Shared, options: &RelayOptions, stopped: &mut watch::Receiver<bool>) -> Result<(), RelayError> {
+    let connect = |reason: String| RelayError::Connect { url: shown(&options.url), reason };
+    let client = async_nats::ConnectOptions::new()
+        .name("shoplog relay")
+        .connection_timeout(options.timeout)
+        .request_timeout(Some(options.timeout))
+        .connect(options.url.as_str())
+        .await
+        .map_err(|error| connect(error.to_string()))?;
+    let jetstream = jetstream::context::ContextBuilder::new()
+        .timeout(options.timeout)
+        .max_ack_inflight(options.acks_in_flight)
+        .backpressure_on_inflight(true)
+        .build(client);
+    let stream_error = |error: &dyn std::fmt::Display| RelayError::Stream { reason: error.to_string() };
+    let mut stream = jetstream
+        .get_or_create_stream(jetstream::stream::Config {
+            name: STREAM.to_owned(),
+            subjects: vec![SUBJECTS.to_owned()],
+            storage: StorageType::File,
+            duplicate_window: options.duplicate_window,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| stream_error(&error))?;
+    let last_sequence = stream.info().await.map_err(|error| stream_error(&error))?.state.last_sequence;
+    if last_sequence > 0 {
+        let last = stream.get_raw_message(last_sequence).await.map_err(|error| stream_error(&error))?;
+        let held = held_position(&shared.log, &last.headers, &last.payload).await?;
+        if held > shared.checkpoint.load(Ordering::Acquire) {
+            tracing::info!(position = held, "the relay goes on after the last message JetStream holds");
+            shared.save(held)?;
+        }
+    }
+    shared.set_failure(None);
+    tracing::info!(url = %shown(&options.url), from = shared.checkpoint.load(Ordering::Acquire) + 1, "relaying the log to NATS");
+
+    let mut subscription = shared.log.subscribe(shared.checkpoint.load(Ordering::Acquire) + 1);
+    let mut in_flight: VecDeque<(u64, AckFuture)> = VecDeque::new();
+    let mut outgoing: Vec<Outgoing> = Vec::new();
+    let mut saved = shared.checkpoint.load(Ordering::Acquire);
+    loop {
+        enum Step {
+            Stop,
+            Acked(Result<PublishAck, jetstream::context::PublishError>),
+            Read(Result<usize, StoreError>),
+        }
+        let room = options.acks_in_flight.saturating_sub(in_flight.len());
+        let step = {
+            let ack = async {
+                match in_flight.front_mut() {
+                    Some((_, ack)) => ack.await,
+                    None => std::future::pending().await,
+                }
+            };
+            let read = async {
+                if room == 0 {
+                    return std::future::pending().await;
+                }
+                subscription
+                    .next_stored(room, |record| {
+                        outgoing.push(Outgoing {
+                            position: record.position,
+                            subject: subject_of(record.stream),
+                            headers: headers_of(&record),
+                            payload: record.bytes.to_vec(),
+                        });
+                        Ok::<(), StoreError>(())
+                    })
+                    .await
+            };
+            tokio::select! {
+                biased;
+                _ = stopped.wait_for(|stop| *stop) => Step::Stop,
+                acked = ack => Step::Acked(acked),
+                read = read => Step::Read(read),
+            }
+        };
+        match step {
+            Step::Stop => {
+                drain(shared, &mut in_flight).await;
+                return Ok(());
+            }
+            Step::Acked(acked) => {
+                let Some((position, _)) = in_flight.pop_front() else { continue };
+                acked.map_err(|error| RelayError::Publish { position, reason: error.to_string() })?;
+                shared.published.fetch_add(1, Ordering::Relaxed);
+                shared.checkpoint.store(position, Ordering::Release);
+                // The tree is written now and then, not for every ack.
+                if in_flight.is_empty() || position >= saved + SAVE_EVERY {
+                    shared.save(position)?;
+                    saved = position;
+                }
+            }
+            Step::Read(read) => {
+                read?;
+                for record in outgoing.drain(..) {
+                    let ack = jetstream
+                        .publish_with_headers(record.subject, record.headers, record.payload.into())
+                        .await
+                        .map_err(|error| RelayError::Publish {
+                            position: record.position,
+                            reason: error.to_string(),
+                        })?;
+                    in_flight.push_back((record.position, ack.into_future()));
+                }
+            }
+        }
+    }
+}
+
+/// How many acks may pass between two writes of the checkpoint to its tree.
+const SAVE_EVERY: u64 = 256;
+
+/// At a stop, wait a moment for the acks in flight and keep the checkpoint past
+/// those that came.
+async fn drain(shared: &Shared, in_flight: &mut VecDeque<(u64, AckFuture)>) {
+    let acked = tokio::time::timeout(DRAIN_WAIT, async {
+        while let Some((position, ack)) = in_flight.front_mut() {
+            let position = *position;
+            if ack.await.is_err() {
+                break;
+            }
+            in_flight.pop_front();
+            shared.published.fetch_add(1, Ordering::Relaxed);
+            shared.checkpoint.store(position, Ordering::Release);
+        }
+    })
+    .await;
+    if acked.is_err() {
+        tracing::warn!(in_flight = in_flight.len(), "the relay stopped before JetStream acknowledged every publish");
+    }
+    if let Err(error) = shared.save(shared.checkpoint.load(Ordering::Acquire)) {
+        tracing::warn!(%error, "the relay could not save its checkpoint");
+    }
+}
+
+/// The position of the stream's last message, if the log holds that very record
+/// there; else the stream holds another log's events.
+async fn held_position(log: &EventLog, headers: &HeaderMap, payload: &[u8]) -> Result<u64, RelayError> {
+    let foreign = |reason: String| RelayError::Foreign { reason };
+    let position = headers
+        .get(POSITION)
+        .and_then(|value| value.as_str().parse::<u64>().ok())
+        .filter(|position| *position > 0)
+        .ok_or_else(|| foreign(format!("its last message has no {POSITION} header")))?;
+    let head = log.head();
+    if position > head {
+        return Err(foreign(format!("its last message is position {position}, past this log's head {head}")));
+    }
+    let mut same = false;
+    log.subscribe(position)
+        .next_stored(1, |record| {
+            same = record.position == position && record.bytes == payload;
+            Ok::<(), StoreError>(())
+        })
+        .await?;
+    if !same {
+        return Err(foreign(format!("its message at position {position} is not this log's record there")));
+    }
+    Ok(position)
+}
+
+const POSITION: &str = "Shoplog-Position";
+
+/// The headers of DESIGN §4.
+fn headers_of(record: &StoredEvent<'_>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", record.event_id.to_string());
+    headers.insert(POSITION, record.position.to_string());
+    headers.insert("Shoplog-Event-Type", header_value(record.event_type));
+    headers.insert("Shoplog-Stream", header_value(record.stream));
+    headers
+}
+
+/// `text` as a header value can carry it: a control character (a stream name
+/// may hold any but NUL; an event type none) is written as its escape, `\r` as
+/// `\\r`, so no line break ends the header.
+fn header_value(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
+}
+
+/// `shoplog.events.<category>.<id>`: the category is the stream's prefix before
+/// its first `-` (`product`, `customer`, `email`, `cart`, `order`), the id the
+/// rest. A character a subject token cannot hold (only `[A-Za-z0-9_-]` are
+/// kept; a shop's stream names hold no other) is written `_`, as is an empty
+/// part: the subject routes, the `Shoplog-Stream` header names the stream.
+fn subject_of(stream: &str) -> String {
+    let (category, id) = stream.split_once('-').unwrap_or((stream, ""));
+    format!("shoplog.events.{}.{}", token(category), token(id))
+}
+
+fn token(part: &str) -> String {
+    if part.is_empty() {
+        return "_".to_owned();
+    }
+    part.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_the_category_and_the_id_in_tokens_nats_takes() {
+        assert_eq!(subject_of("product-SKU-1"), "shoplog.events.product.SKU-1");
+        assert_eq!(subject_of("order-0190a1b2-c3d4"), "shoplog.events.order.0190a1b2-c3d4");
+        assert_eq!(subject_of("email-3f2a"), "shoplog.events.email.3f2a");
+        assert_eq!(subject_of("plain"), "shoplog.events.plain._");
+        assert_eq!(subject_of("a.b-c d*>"), "shoplog.events.a_b.c_d__");
+        assert_eq!(subject_of("-x"), "shoplog.events._.x");
+    }
+
+    #[test]
+    fn header_values_carry_no_line_break() {
+        assert_eq!(header_value("product-1"), "product-1");
+        assert_eq!(header_value("a\r\nb\tc"), "a\\r\\nb\\tc");
+        assert!(!header_value("x\u{85}y").chars().any(char::is_control));
+    }
+
+    #[test]
+    fn a_nats_url_is_checked_before_the_relay_starts() {
+        for good in ["nats://127.0.0.1:4222", "127.0.0.1:4222", "tls://nats.example:4222", "nats://u:p@host:1"] {
+            assert_eq!(check_url(good), Ok(()), "{good}");
+        }
+        assert!(check_url("nats://[::1").is_err_and(|problem| problem.contains("invalid")));
+        assert!(check_url("http://host:4222").is_err_and(|problem| problem.contains("scheme")));
+        assert!(check_url("ws://host:4222").is_err_and(|problem| problem.contains("not supported")));
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_never_shown() {
+        assert_eq!(shown("nats://relay:s3cret@host:4222"), "nats://host:4222");
+        assert_eq!(shown("relay:s3cret@host:4222"), "host:4222");
+        assert_eq!(shown("nats://host:4222"), "nats://host:4222");
+    }
+}

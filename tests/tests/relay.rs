@@ -1,0 +1,327 @@
+//! The relay to NATS JetStream (DESIGN §4), against a real `nats-server`: every
+//! event published once, in position order, as stored, with its headers; commands
+//! go on while NATS is down and the relay catches up; after a kill or a restore it
+//! goes on where the stream ends, sending nothing twice; another log's stream is
+//! refused. A test that cannot find `nats-server` fails, saying how to install it.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tests::NatsServer;
+
+use crate::api::{ADMIN, TestApp};
+use crate::cli::Served;
+
+/// The longest wait for the relay to reach the head.
+const RELAY_WAIT: Duration = Duration::from_secs(45);
+
+/// One message of `SHOPLOG_EVENTS`, as a replica reads it.
+#[derive(Debug)]
+struct Published {
+    sequence: u64,
+    subject: String,
+    position: u64,
+    message_id: String,
+    event_type: String,
+    stream: String,
+    payload: Vec<u8>,
+}
+
+/// Every message the stream holds, in its order, and how many it says it holds.
+async fn published(url: &str) -> Vec<Published> {
+    let client = async_nats::connect(url).await.expect("connects to NATS");
+    let context = jetstream::new(client);
+    let mut stream = context.get_stream("SHOPLOG_EVENTS").await.expect("the relay made the stream");
+    let state = stream.info().await.expect("the stream's state").state.clone();
+    assert_eq!(state.messages, state.last_sequence, "no message was removed from the stream");
+    let mut messages = Vec::new();
+    for sequence in 1..=state.last_sequence {
+        let message = stream.get_raw_message(sequence).await.expect("reads a message");
+        let header = |name: &str| {
+            message.headers.get(name).unwrap_or_else(|| panic!("message {sequence} has no {name}")).as_str().to_owned()
+        };
+        messages.push(Published {
+            sequence,
+            subject: message.subject.to_string(),
+            position: header("Shoplog-Position").parse().expect("a position"),
+            message_id: header("Nats-Msg-Id"),
+            event_type: header("Shoplog-Event-Type"),
+            stream: header("Shoplog-Stream"),
+            payload: message.payload.to_vec(),
+        });
+    }
+    messages
+}
+
+/// The relay's entry of `/admin/projections`.
+async fn relay_status(app: &TestApp) -> Value {
+    let reply = app.get("/admin/projections", Some(ADMIN)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let entries = reply.body.as_array().expect("a list").clone();
+    entries.into_iter().find(|entry| entry["name"] == "relay").expect("the relay is listed")
+}
+
+/// Wait until `ready` holds of the relay's status; the status.
+async fn relay_until(app: &TestApp, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + RELAY_WAIT;
+    loop {
+        let status = relay_status(app).await;
+        if ready(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the relay never {what}: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Wait until JetStream acknowledged the whole log.
+async fn relayed(app: &TestApp) -> Value {
+    let head = app.head();
+    relay_until(app, "reached the head", |status| status["checkpoint"] == head && status["lag"] == 0).await
+}
+
+/// Products, a customer (sealed personal data), a cart and an order, restocks.
+async fn shop(app: &TestApp, email: &str) {
+    for sku in ["mug-1", "tea-1"] {
+        app.create_product(sku, 1200, 40).await;
+    }
+    let token = app.customer(email).await;
+    app.place_order(&token, "mug-1", 2).await;
+    for _ in 0..30 {
+        let restocked = app.post("/api/v1/products/tea-1/restock", Some(ADMIN), json!({"quantity": 1})).await;
+        assert_eq!(restocked.status, StatusCode::OK, "{restocked:?}");
+    }
+}
+
+/// Every event of `log` published once, in position order, each message the
+/// record as stored with the headers and subject of DESIGN §4.
+async fn assert_published_as_stored(log: &store::EventLog, url: &str) {
+    let messages = published(url).await;
+    let head = log.head();
+    assert_eq!(messages.len() as u64, head, "one message per event, none twice");
+    let mut stored = Vec::new();
+    let mut subscription = log.subscribe(1);
+    while subscription.next_position() <= head {
+        subscription
+            .next_stored(1024, |record| {
+                let (stream, event_type) = (record.stream.to_owned(), record.event_type.to_owned());
+                stored.push((record.position, record.event_id, event_type, stream, record.bytes.to_vec()));
+                Ok::<(), store::StoreError>(())
+            })
+            .await
+            .expect("reads the log");
+    }
+    for (message, (position, event_id, event_type, stream, bytes)) in messages.iter().zip(&stored) {
+        assert_eq!(message.position, *position, "message {} is out of position order", message.sequence);
+        assert_eq!(message.position, message.sequence);
+        assert_eq!(message.message_id, event_id.to_string());
+        assert_eq!((&message.event_type, &message.stream), (event_type, stream));
+        let (category, id) = stream.split_once('-').expect("a shop stream");
+        assert_eq!(message.subject, format!("shoplog.events.{category}.{id}"));
+        assert!(message.payload == *bytes, "the payload of position {position} is not the record as stored");
+    }
+}
+
+/// A stream made before the relay makes it, whose deduplication window is
+/// short: a message sent twice then shows as two, where the relay's own window
+/// of two minutes would hide it.
+async fn stream_that_keeps_repeats(url: &str) {
+    let client = async_nats::connect(url).await.expect("connects to NATS");
+    jetstream::new(client)
+        .create_stream(jetstream::stream::Config {
+            name: "SHOPLOG_EVENTS".to_owned(),
+            subjects: vec!["shoplog.events.>".to_owned()],
+            storage: jetstream::stream::StorageType::File,
+            duplicate_window: Duration::from_millis(100),
+            ..Default::default()
+        })
+        .await
+        .expect("makes the stream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_publishes_every_event_once_in_position_order_as_stored() {
+    let dir = tests::temp_dir();
+    let nats = NatsServer::start(dir.path());
+    let app = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
+    let email = "relayed.shopper@example.com";
+    shop(&app, email).await;
+    let status = relayed(&app).await;
+    assert_eq!(status["failure"], Value::Null, "{status}");
+    assert_published_as_stored(app.log(), &nats.url()).await;
+    let messages = published(&nats.url()).await;
+    assert!(messages.iter().any(|message| message.stream.starts_with("customer-")), "the customer's events go too");
+    assert!(
+        !messages.iter().any(|message| message.payload.windows(email.len()).any(|window| window == email.as_bytes())),
+        "sealed payloads travel sealed: no email in clear"
+    );
+    let metrics = app.get("/metrics", None).await.body;
+    let metrics = metrics.as_str().expect("text");
+    for line in ["relay_lag_events 0", "relay_up 1", &format!("relay_checkpoint_position {}", app.head())] {
+        assert!(metrics.lines().any(|metric| metric == line), "{line} not in /metrics");
+    }
+    app.stop().await;
+}
+
+/// NATS down at the start, and again later: every command is answered as
+/// before, `/admin/projections` says why the relay waits and how far behind it
+/// is, and once NATS is back the relay catches up, each event once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_go_on_while_nats_is_down_and_the_relay_catches_up() {
+    let dir = tests::temp_dir();
+    let mut nats = NatsServer::start(dir.path());
+    nats.kill();
+    let app = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
+    app.create_product("mug-1", 1200, 40).await;
+    for _ in 0..5 {
+        let restocked = app.post("/api/v1/products/mug-1/restock", Some(ADMIN), json!({"quantity": 1})).await;
+        assert_eq!(restocked.status, StatusCode::OK, "{restocked:?}");
+    }
+    let head = app.head();
+    let waiting = relay_until(&app, "said NATS is down", |status| {
+        status["failure"].as_str().is_some_and(|failure| failure.contains("cannot connect to NATS"))
+    })
+    .await;
+    assert_eq!((waiting["checkpoint"].as_u64(), waiting["lag"].as_u64()), (Some(0), Some(head)), "{waiting}");
+    assert_eq!(app.get("/readyz", None).await.status, StatusCode::OK, "NATS is not needed to serve");
+    let metrics = app.get("/metrics", None).await.body;
+    assert!(metrics.as_str().is_some_and(|text| text.lines().any(|line| line == "relay_up 0")), "{metrics}");
+
+    nats.restart();
+    let caught_up = relayed(&app).await;
+    assert_eq!(caught_up["failure"], Value::Null, "{caught_up}");
+
+    // Down again while it runs: publishes go unanswered (until their acks time
+    // out); commands do not.
+    nats.kill();
+    for _ in 0..5 {
+        let restocked = app.post("/api/v1/products/mug-1/restock", Some(ADMIN), json!({"quantity": 1})).await;
+        assert_eq!(restocked.status, StatusCode::OK, "{restocked:?}");
+    }
+    let waiting = relay_until(&app, "noticed that NATS went away", |status| status["failure"].is_string()).await;
+    assert!(waiting["lag"].as_u64().is_some_and(|lag| lag > 0), "{waiting}");
+    nats.restart();
+    relayed(&app).await;
+    assert_published_as_stored(app.log(), &nats.url()).await;
+    app.stop().await;
+}
+
+/// A data dir restored from a backup holds no relay checkpoint (a backup holds
+/// the log only): the relay goes on after the last message the stream holds,
+/// which is this log's record there, and sends nothing twice. A log whose
+/// records differ is refused: the stream stays as it was, commands go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_log_goes_on_where_the_stream_ends_and_another_log_is_refused() {
+    let dir = tests::temp_dir();
+    let nats = NatsServer::start(dir.path());
+    stream_that_keeps_repeats(&nats.url()).await;
+    let app = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
+    shop(&app, "restored.shopper@example.com").await;
+    relayed(&app).await;
+    let data = app.stop_keeping_dir().await;
+    let backup = dir.path().join("shop.backup");
+    let restored = tests::temp_dir();
+    for args in [
+        vec!["backup", "--data", path(data.path()), "--out", path(&backup)],
+        vec!["restore", "--in", path(&backup), "--data", path(restored.path())],
+    ] {
+        let output = Command::new(crate::cli::SHOPLOG).args(&args).output().expect("runs shoplog");
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    // Past the stream's deduplication window: a message sent again would stay.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let app = TestApp::serve_dir_with(restored, |config| config.nats = Some(nats.url())).await;
+    relayed(&app).await;
+    for _ in 0..3 {
+        let restocked = app.post("/api/v1/products/mug-1/restock", Some(ADMIN), json!({"quantity": 1})).await;
+        assert_eq!(restocked.status, StatusCode::OK, "{restocked:?}");
+    }
+    relayed(&app).await;
+    assert_published_as_stored(app.log(), &nats.url()).await;
+    let held = published(&nats.url()).await.len();
+    app.stop().await;
+
+    // Another shop's log: shorter than the stream, then as long, its records
+    // never those the stream holds.
+    let other = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
+    other.create_product("other-1", 100, 1).await;
+    let refused = relay_until(&other, "refused a stream past its head", |status| {
+        status["failure"].as_str().is_some_and(|failure| {
+            failure.contains("holds another log's events") && failure.contains("past this log's head")
+        })
+    })
+    .await;
+    assert_eq!(refused["checkpoint"], 0, "{refused}");
+    while other.head() < held as u64 {
+        let restocked = other.post("/api/v1/products/other-1/restock", Some(ADMIN), json!({"quantity": 1})).await;
+        assert_eq!(restocked.status, StatusCode::OK, "{restocked:?}");
+    }
+    let refused = relay_until(&other, "refused a stream of other records", |status| {
+        status["failure"].as_str().is_some_and(|failure| failure.contains("is not this log's record there"))
+    })
+    .await;
+    assert_eq!(refused["checkpoint"], 0, "{refused}");
+    assert_eq!(published(&nats.url()).await.len(), held, "nothing of the other log was published");
+    other.stop().await;
+}
+
+/// The real `shoplog serve`, SIGKILLed right after its last answer while the
+/// relay is still publishing, then started again: the relay goes on after the
+/// stream's last message, so every event is in the stream once, in order (the
+/// stream's short deduplication window would keep a repeat).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kill_the_relay_goes_on_where_the_stream_ends() {
+    let dir = tests::temp_dir();
+    let nats = NatsServer::start(&dir.path().join("nats"));
+    stream_that_keeps_repeats(&nats.url()).await;
+    let data = dir.path().join("data");
+    let url = nats.url();
+    let args = ["--data", path(&data), "--nats", &url];
+    let env = [("SHOPLOG_ADMIN_TOKEN", ADMIN)];
+    // The last restock's position.
+    let restocks = |served: &Served, count: usize| {
+        let mut position = 0;
+        for _ in 0..count {
+            let (status, body) = served.post("/api/v1/products/mug-1/restock", ADMIN, json!({"quantity": 1}));
+            assert_eq!(status, 200, "{body}");
+            position = body["position"].as_u64().expect("a position");
+        }
+        position
+    };
+    let mut served = tokio::task::block_in_place(|| Served::start(&args, &env));
+    tokio::task::block_in_place(|| {
+        let (status, body) = served.post(
+            "/api/v1/products",
+            ADMIN,
+            json!({"sku": "mug-1", "name": "Mug", "price_cents": 1200, "initial_stock": 5}),
+        );
+        assert_eq!(status, 201, "{body}");
+        restocks(&served, 60);
+        served.kill();
+    });
+    // Past the deduplication window: a message sent again would stay.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (served, head) = tokio::task::block_in_place(|| {
+        let served = Served::start(&args, &env);
+        let head = restocks(&served, 3);
+        (served, head)
+    });
+    let deadline = Instant::now() + RELAY_WAIT;
+    while (published(&url).await.len() as u64) < head {
+        assert!(Instant::now() < deadline, "the relay never published the whole log");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopped = tokio::task::block_in_place(|| served.stop_with("TERM"));
+    assert!(stopped.success(), "{stopped:?}");
+    let log = store::EventLog::open(&data).expect("opens");
+    assert_eq!(log.head(), head);
+    assert_published_as_stored(&log, &url).await;
+}
+
+fn path(path: &Path) -> &str {
+    path.to_str().expect("a utf-8 path")
+}
