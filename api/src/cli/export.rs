@@ -200,10 +200,16 @@ impl<R: BufRead> Iterator for BoundedLines<R> {
 
 pub(super) fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     super::backup::remove_left_behind_dir(&args.data);
-    let input: Box<dyn BufRead> = match &args.input {
+    let mut input: Box<dyn BufRead> = match &args.input {
         Some(path) if path != Path::new("-") => Box::new(BufReader::with_capacity(1 << 20, super::open_input(path)?)),
         _ => Box::new(std::io::stdin().lock()),
     };
+    // A backup given for an export: say which command takes it.
+    if input.fill_buf().context("cannot read the export")?.starts_with(store::BACKUP_MAGIC) {
+        anyhow::bail!(
+            "this is a shoplog backup, not an export: restore it with `shoplog restore --in FILE --data DIR`"
+        );
+    }
     let mut lines = BoundedLines { input, len_max: LINE_LEN_MAX };
     let first = lines.next().transpose().context("cannot read the export")?.unwrap_or_default();
     let header: Header = serde_json::from_str(&first)

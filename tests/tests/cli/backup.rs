@@ -754,7 +754,7 @@ async fn an_interrupted_restore_or_backup_leaves_nothing_behind() {
     assert_eq!(hidden_beside(&target), Vec::<String>::new());
     leave_dir();
     let output = shoplog(&["import", "--in", arg(&file), "--data", arg(&target)]);
-    refused_and_cleared(output, "cannot read the export");
+    refused_and_cleared(output, "this is a shoplog backup, not an export: restore it with `shoplog restore");
     assert_eq!(hidden_beside(&target), Vec::<String>::new());
     leave_dir();
     let output = shoplog(&["restore", "--in", arg(&file), "--data", arg(&target)]);
