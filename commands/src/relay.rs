@@ -257,9 +257,9 @@ struct Outgoing {
     payload: Vec<u8>,
 }
 
-/// One attempt: connect, find where to start, publish until stopped (`Ok`) or
-/// until something fails.
-async fn relay(shared: &Shared, options: &RelayOptions, stopped: &mut watch::Receiver<bool>) -> Result<(), RelayError> {
+/// Connect, make the stream if missing, and move the checkpoint past what the
+/// stream already holds of this log.
+async fn connect(shared: &Shared, options: &RelayOptions) -> Result<jetstream::Context, RelayError> {
     let connect = |reason: String| RelayError::Connect { url: shown(&options.url), reason };
     let client = async_nats::ConnectOptions::new()
         .name("shoplog relay")
@@ -293,6 +293,17 @@ async fn relay(shared: &Shared, options: &RelayOptions, stopped: &mut watch::Rec
             shared.save(held)?;
         }
     }
+    Ok(jetstream)
+}
+
+/// One attempt: connect, find where to start, publish until stopped (`Ok`) or
+/// until something fails.
+async fn relay(shared: &Shared, options: &RelayOptions, stopped: &mut watch::Receiver<bool>) -> Result<(), RelayError> {
+    // A server that does not answer holds no stop up.
+    let jetstream = tokio::select! {
+        connected = connect(shared, options) => connected?,
+        _ = stopped.wait_for(|stop| *stop) => return Ok(()),
+    };
     shared.set_failure(None);
     tracing::info!(url = %shown(&options.url), from = shared.checkpoint.load(Ordering::Acquire) + 1, "relaying the log to NATS");
 

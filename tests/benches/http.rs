@@ -13,6 +13,11 @@
 //! handler, answering only once the body is appended to a file and covered by a
 //! group `fdatasync` (one thread writes and syncs whatever is queued), with no
 //! domain, no log format and no read models.
+//!
+//! `-- --nats` runs shoplog with the relay to a real `nats-server` (see
+//! `tests::nats_server_program`) and reports the relay's lag behind the head,
+//! sampled every 250 ms during the load, and how long it takes to reach the head
+//! after it (DESIGN §8: the relay keeps up with the commit rate, its lag bounded).
 
 /// The `shoplog` binary's allocator, so the figures are the binary's.
 #[global_allocator]
@@ -156,6 +161,7 @@ fn main() {
     // `--baseline-seconds N`: run the echo and the bare handler for N seconds
     // only (their ratios are then rougher), for comparing shoplog builds.
     let baseline_seconds = flag("--baseline-seconds").unwrap_or(seconds);
+    let with_nats = args.iter().any(|arg| arg == "--nats");
     // The binary's tracing subscriber (info, to stderr): each request's span is
     // part of what a request costs.
     api::cli::init_tracing().expect("RUST_LOG and SHOPLOG_LOG_FORMAT are sound");
@@ -202,8 +208,10 @@ fn main() {
     let (bare_result, bare_fsyncs, bare_cpu) = bare_result;
 
     // shoplog, with real fsyncs.
-    let (shop_result, stats, shop_cpu) = runtime.block_on(async {
+    let nats = with_nats.then(|| tests::NatsServer::start(&work.path().join("nats")));
+    let (shop_result, stats, shop_cpu, relay_lags) = runtime.block_on(async {
         let config = api::Config {
+            nats: nats.as_ref().map(tests::NatsServer::url),
             data: work.path().join("data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_token: Some(api::config::Secret::new(ADMIN)),
@@ -257,9 +265,39 @@ fn main() {
         let before = running.state.log.commit_stats();
         let cache_before = running.state.service.cache_stats();
         let cpu_before = cpu_by_thread();
+        let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let sampler = {
+            let (state, sampling) = (running.state.clone(), std::sync::Arc::clone(&sampling));
+            tokio::spawn(async move {
+                let mut lags = Vec::new();
+                while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    if let Some(status) = state.relay_status() {
+                        lags.push(status.lag);
+                    }
+                }
+                lags
+            })
+        };
         let result = tokio::task::spawn_blocking(move || wrk(&base, &script, seconds)).await.expect("wrk ends");
         let mut cpu = std::collections::BTreeMap::new();
         add_cpu(&mut cpu, &cpu_before, &cpu_by_thread());
+        sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+        let lags = sampler.await.expect("the sampler ends");
+        // Then how long the relay takes to reach the head (bounded: 60 s).
+        let load_over = std::time::Instant::now();
+        let mut drained = None;
+        while nats.is_some() && load_over.elapsed() < std::time::Duration::from_secs(60) {
+            match running.state.relay_status() {
+                Some(status) if status.lag == 0 => {
+                    drained = Some(load_over.elapsed());
+                    break;
+                }
+                Some(_) => {}
+                None => break,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         let after = running.state.log.commit_stats();
         let cache_after = running.state.service.cache_stats();
         running.state.log.verify().expect("the log verifies after the load");
@@ -270,7 +308,7 @@ fn main() {
             cache_after.misses - cache_before.misses,
             cache_after.events_folded - cache_before.events_folded,
         ];
-        (result, (after.appends - before.appends, after.batches - before.batches, loads), cpu)
+        (result, (after.appends - before.appends, after.batches - before.batches, loads), cpu, (lags, drained))
     });
 
     println!("| server | requests/s | p50 | p99 | non-2xx | requests | CPU stolen |");
@@ -313,6 +351,20 @@ fn main() {
     println!(
         "stream loads: {hits} hits, {partial_hits} partial hits, {misses} misses, {folded} events read and folded"
     );
+    if nats.is_some() {
+        let (during, drained) = &relay_lags;
+        let quarter = during.len() / 4;
+        let mean = |lags: &[u64]| lags.iter().sum::<u64>() as f64 / lags.len().max(1) as f64;
+        println!(
+            "relay to NATS: lag behind the head during the load (every 250 ms): max {}, mean {:.0} in the first \
+             quarter and {:.0} in the last (growing if the last is far above the first); at the head {} after \
+             the load",
+            during.iter().max().copied().unwrap_or(0),
+            mean(&during[..quarter]),
+            mean(&during[during.len() - quarter..]),
+            drained.map_or_else(|| "never within 60 s".to_owned(), |drained| format!("{drained:.2?}")),
+        );
+    }
     // Where this process's CPU went (wrk, a process of its own, shares the cores).
     for (name, result, cpu) in [("bare group commit", &bare_result, &bare_cpu), ("shoplog", &shop_result, &shop_cpu)] {
         println!();
