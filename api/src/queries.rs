@@ -570,17 +570,20 @@ pub struct RebuildJson {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProjectionJson {
+    /// A read model's name, or `relay` for the relay to NATS (with `serve --nats`).
     name: String,
-    /// The generation queries read.
+    /// The generation queries read (0 for the relay, which has none).
     generation: u64,
-    /// The last log position the serving generation applied.
+    /// The last log position the serving generation applied (for the relay, the
+    /// last one JetStream acknowledged).
     checkpoint: u64,
     head: u64,
     /// `head - checkpoint`, in events.
     lag: u64,
     /// A rebuild under way, if any.
     rebuild: Option<RebuildJson>,
-    /// Why the projection stopped, if it did.
+    /// Why the projection stopped, if it did (for the relay: why it is waiting
+    /// to try again).
     failure: Option<String>,
 }
 

@@ -284,7 +284,16 @@ async fn connect(shared: &Shared, options: &RelayOptions) -> Result<jetstream::C
         })
         .await
         .map_err(|error| stream_error(&error))?;
-    let last_sequence = stream.info().await.map_err(|error| stream_error(&error))?.state.last_sequence;
+    let info = stream.info().await.map_err(|error| stream_error(&error))?;
+    // A stream made by someone else keeps its settings; say what they risk.
+    if info.config.duplicate_window < options.duplicate_window {
+        tracing::warn!(
+            window_ms = info.config.duplicate_window.as_millis() as u64,
+            "JetStream stream {STREAM} drops repeats within a shorter window than the relay's: a publish sent again \
+             after a lost ack may be stored twice (consumers skip positions they have)"
+        );
+    }
+    let last_sequence = info.state.last_sequence;
     if last_sequence > 0 {
         let last = stream.get_raw_message(last_sequence).await.map_err(|error| stream_error(&error))?;
         let held = held_position(&shared.log, &last.headers, &last.payload).await?;
