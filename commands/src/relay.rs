@@ -17,13 +17,16 @@
 //! from its checkpoint on a new connection. What JetStream already took again is
 //! dropped by its deduplication.
 //!
-//! Where it starts, when it connects: after its own checkpoint, or after the last
-//! message the stream holds when that is further on and is this log's record at
-//! its position, byte for byte (the bytes hold the record's hash, which chains
-//! every record before it). So a checkpoint that a kill left behind (it is made
-//! durable with the log's next checkpoint) does not send again what the stream
-//! holds, beyond JetStream's deduplication window, and a data directory restored
-//! from a backup goes on where the stream ends. A stream whose last message is
+//! Where it starts, when it connects: after the last message the stream holds,
+//! when that is this log's record at its position, byte for byte (the bytes hold
+//! the record's hash, which chains every record before it); after its own
+//! checkpoint when the stream holds nothing (new, or purged by the operator). So a
+//! checkpoint that a kill left behind (it is made durable with the log's next
+//! checkpoint) does not send again what the stream holds, beyond JetStream's
+//! deduplication window; a data directory restored from a backup (which holds no
+//! relay checkpoint) goes on where the stream ends; and messages JetStream
+//! acknowledged and then lost (a power cut before its own fsync, DESIGN §4) are
+//! sent again, so that replicas find no gap. A stream whose last message is
 //! another log's (or is past this log's head: a data directory restored to an
 //! earlier point) is refused: mixing two histories would corrupt every replica.
 //! The relay then publishes nothing and says so, until the operator purges the
@@ -293,15 +296,33 @@ async fn connect(shared: &Shared, options: &RelayOptions) -> Result<jetstream::C
              after a lost ack may be stored twice (consumers skip positions they have)"
         );
     }
-    let last_sequence = info.state.last_sequence;
-    if last_sequence > 0 {
-        let last = stream.get_raw_message(last_sequence).await.map_err(|error| stream_error(&error))?;
-        let held = held_position(&shared.log, &last.headers, &last.payload).await?;
-        if held > shared.checkpoint.load(Ordering::Acquire) {
-            tracing::info!(position = held, "the relay goes on after the last message JetStream holds");
-            shared.save(held)?;
-        }
+    let (messages, last_sequence) = (info.state.messages, info.state.last_sequence);
+    if messages == 0 {
+        // New, or purged: the relay goes on from its checkpoint (a purge is
+        // the operator's; sending everything again would undo it).
+        return Ok(jetstream);
     }
+    // The newest message on any of the stream's subjects; else the one at its
+    // last sequence (a server that takes no wildcard there).
+    let last = match stream.get_last_raw_message_by_subject(SUBJECTS).await {
+        Ok(last) => last,
+        Err(_) => stream.get_raw_message(last_sequence).await.map_err(|error| stream_error(&error))?,
+    };
+    let held = held_position(&shared.log, &last.headers, &last.payload).await?;
+    let checkpoint = shared.checkpoint.load(Ordering::Acquire);
+    if held > checkpoint {
+        tracing::info!(position = held, "the relay goes on after the last message JetStream holds");
+    } else if held < checkpoint {
+        // Acknowledged, then lost: a power cut before JetStream's own fsync
+        // (DESIGN §4), or messages deleted. They are not in the stream: no repeat.
+        tracing::warn!(
+            held,
+            checkpoint,
+            "JetStream lost messages it had acknowledged; the relay sends them again from position {}",
+            held + 1
+        );
+    }
+    shared.save(held)?;
     Ok(jetstream)
 }
 
