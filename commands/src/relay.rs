@@ -14,10 +14,10 @@
 //! NATS down or refusing: commands go on being accepted; the relay says why in
 //! [`Relay::status`] (which `/admin/projections` and `/metrics` show, with its
 //! lag), waits (100 ms, doubling up to [`RelayOptions::retry_max`]) and goes on
-//! from its checkpoint on a new connection. What JetStream already took again is
-//! dropped by its deduplication.
+//! from its checkpoint on the same connection (see [`Attempt`]). What JetStream
+//! already took again is dropped by its deduplication.
 //!
-//! Where it starts, when it connects: after the last message the stream holds,
+//! Where it starts, at its first attempt: after the last message the stream holds,
 //! when that is this log's record at its position, byte for byte (the bytes hold
 //! the record's hash, which chains every record before it); after its own
 //! checkpoint when the stream holds nothing (new, or purged by the operator). So a
@@ -231,9 +231,10 @@ const DRAIN_WAIT: Duration = Duration::from_secs(2);
 async fn run(shared: Arc<Shared>, options: RelayOptions, mut stopped: watch::Receiver<bool>) {
     let first_wait = Duration::from_millis(100);
     let mut wait = first_wait;
+    let mut attempt = Attempt { client: None, checkpoint_exact: false };
     loop {
         let before = shared.checkpoint.load(Ordering::Acquire);
-        let error = match relay(&shared, &options, &mut stopped).await {
+        let error = match relay(&shared, &options, &mut stopped, &mut attempt).await {
             Ok(()) => return,
             Err(error) => error,
         };
@@ -250,6 +251,18 @@ async fn run(shared: Arc<Shared>, options: RelayOptions, mut stopped: watch::Rec
     }
 }
 
+/// What one attempt leaves the next.
+struct Attempt {
+    /// One connection for the relay's life, once made (the client reconnects by
+    /// itself): whatever it still held of an attempt that failed goes out before
+    /// anything of the next, so the stream never takes two positions out of order.
+    client: Option<async_nats::Client>,
+    /// Whether the checkpoint is the last position JetStream acknowledged to
+    /// this process (after its first attempt got that far), not one read from
+    /// the tree, which a kill can leave behind.
+    checkpoint_exact: bool,
+}
+
 type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, jetstream::context::PublishError>> + Send>>;
 
 /// A record to publish, copied out of the log.
@@ -262,15 +275,24 @@ struct Outgoing {
 
 /// Connect, make the stream if missing, and move the checkpoint past what the
 /// stream already holds of this log.
-async fn connect(shared: &Shared, options: &RelayOptions) -> Result<jetstream::Context, RelayError> {
-    let connect = |reason: String| RelayError::Connect { url: shown(&options.url), reason };
-    let client = async_nats::ConnectOptions::new()
-        .name("shoplog relay")
-        .connection_timeout(options.timeout)
-        .request_timeout(Some(options.timeout))
-        .connect(options.url.as_str())
-        .await
-        .map_err(|error| connect(error.to_string()))?;
+async fn connect(
+    shared: &Shared,
+    options: &RelayOptions,
+    attempt: &mut Attempt,
+) -> Result<jetstream::Context, RelayError> {
+    let client = match &attempt.client {
+        Some(client) => client.clone(),
+        None => {
+            let client = async_nats::ConnectOptions::new()
+                .name("shoplog relay")
+                .connection_timeout(options.timeout)
+                .request_timeout(Some(options.timeout))
+                .connect(options.url.as_str())
+                .await
+                .map_err(|error| RelayError::Connect { url: shown(&options.url), reason: error.to_string() })?;
+            attempt.client.insert(client).clone()
+        }
+    };
     let jetstream = jetstream::context::ContextBuilder::new()
         .timeout(options.timeout)
         .max_ack_inflight(options.acks_in_flight)
@@ -310,9 +332,7 @@ async fn connect(shared: &Shared, options: &RelayOptions) -> Result<jetstream::C
     };
     let held = held_position(&shared.log, &last.headers, &last.payload).await?;
     let checkpoint = shared.checkpoint.load(Ordering::Acquire);
-    if held > checkpoint {
-        tracing::info!(position = held, "the relay goes on after the last message JetStream holds");
-    } else if held < checkpoint {
+    if held < checkpoint {
         // Acknowledged, then lost: a power cut before JetStream's own fsync
         // (DESIGN §4), or messages deleted. They are not in the stream: no repeat.
         tracing::warn!(
@@ -321,19 +341,33 @@ async fn connect(shared: &Shared, options: &RelayOptions) -> Result<jetstream::C
             "JetStream lost messages it had acknowledged; the relay sends them again from position {}",
             held + 1
         );
+        shared.save(held)?;
+    } else if held > checkpoint && !attempt.checkpoint_exact {
+        // A checkpoint a kill left behind, or none (a restored data dir).
+        tracing::info!(position = held, "the relay goes on after the last message JetStream holds");
+        shared.save(held)?;
     }
-    shared.save(held)?;
+    // Past an exact checkpoint, the stream holds what an attempt that failed sent
+    // without hearing back. Sent again from the checkpoint, JetStream drops the
+    // repeats within its window (and a consumer skips what it has); going on
+    // after them would lose for ever one that the failure lost before them.
     Ok(jetstream)
 }
 
 /// One attempt: connect, find where to start, publish until stopped (`Ok`) or
 /// until something fails.
-async fn relay(shared: &Shared, options: &RelayOptions, stopped: &mut watch::Receiver<bool>) -> Result<(), RelayError> {
+async fn relay(
+    shared: &Shared,
+    options: &RelayOptions,
+    stopped: &mut watch::Receiver<bool>,
+    attempt: &mut Attempt,
+) -> Result<(), RelayError> {
     // A server that does not answer holds no stop up.
     let jetstream = tokio::select! {
-        connected = connect(shared, options) => connected?,
+        connected = connect(shared, options, attempt) => connected?,
         _ = stopped.wait_for(|stop| *stop) => return Ok(()),
     };
+    attempt.checkpoint_exact = true;
     shared.set_failure(None);
     tracing::info!(url = %shown(&options.url), from = shared.checkpoint.load(Ordering::Acquire) + 1, "relaying the log to NATS");
 
