@@ -14,7 +14,7 @@
 //! NATS down or refusing: commands go on being accepted; the relay says why in
 //! [`Relay::status`] (which `/admin/projections` and `/metrics` show, with its
 //! lag), waits (100 ms, doubling up to [`RelayOptions::retry_max`]) and goes on
-//! from its checkpoint on the same connection (see [`Attempt`]). What JetStream
+//! from its checkpoint on the same connection (see `Attempt`). What JetStream
 //! already took again is dropped by its deduplication.
 //!
 //! Where it starts, at its first attempt: after the last message the stream holds,
