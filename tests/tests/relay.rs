@@ -359,6 +359,24 @@ async fn messages_jetstream_lost_are_sent_again_and_a_purged_stream_is_not_refil
     app.stop().await;
 }
 
+/// A NATS server that takes the connection and never answers (a listener on
+/// loopback that accepts nothing) holds up neither the commands nor a stop:
+/// the relay's connection attempt (5 s at most) ends at the stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_that_never_answers_holds_up_no_command_and_no_stop() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let url = format!("nats://{}", silent.local_addr().expect("an address"));
+    let app = TestApp::spawn_with(|config| config.nats = Some(url)).await;
+    app.create_product("mug-1", 1200, 4).await;
+    let status = relay_status(&app).await;
+    assert_eq!(status["checkpoint"], 0, "{status}");
+    let stopping = Instant::now();
+    app.stop().await;
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(3), "the stop waited {took:?} for a connection attempt");
+    drop(silent);
+}
+
 fn path(path: &Path) -> &str {
     path.to_str().expect("a utf-8 path")
 }
