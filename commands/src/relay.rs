@@ -14,10 +14,12 @@
 //! NATS down or refusing: commands go on being accepted; the relay says why in
 //! [`Relay::status`] (which `/admin/projections` and `/metrics` show, with its
 //! lag), waits (100 ms, doubling up to [`RelayOptions::retry_max`]) and goes on
-//! from its checkpoint on the same connection (see `Attempt`). What JetStream
-//! already took again is dropped by its deduplication.
+//! after the last record the stream holds, on the same connection. Each publish
+//! names the stream sequence it must follow (`Nats-Expected-Last-Sequence`), so
+//! JetStream refuses everything after a message lost with a dropped connection:
+//! the stream holds the log's records in position order with no hole.
 //!
-//! Where it starts, at its first attempt: after the last message the stream holds,
+//! Where it starts, at each attempt: after the last message the stream holds,
 //! when that is this log's record at its position, byte for byte (the bytes hold
 //! the record's hash, which chains every record before it); after its own
 //! checkpoint when the stream holds nothing (new, or purged by the operator). So a
@@ -231,10 +233,10 @@ const DRAIN_WAIT: Duration = Duration::from_secs(2);
 async fn run(shared: Arc<Shared>, options: RelayOptions, mut stopped: watch::Receiver<bool>) {
     let first_wait = Duration::from_millis(100);
     let mut wait = first_wait;
-    let mut attempt = Attempt { client: None, checkpoint_exact: false };
+    let mut client = None;
     loop {
         let before = shared.checkpoint.load(Ordering::Acquire);
-        let error = match relay(&shared, &options, &mut stopped, &mut attempt).await {
+        let error = match relay(&shared, &options, &mut stopped, &mut client).await {
             Ok(()) => return,
             Err(error) => error,
         };
@@ -251,18 +253,6 @@ async fn run(shared: Arc<Shared>, options: RelayOptions, mut stopped: watch::Rec
     }
 }
 
-/// What one attempt leaves the next.
-struct Attempt {
-    /// One connection for the relay's life, once made (the client reconnects by
-    /// itself): whatever it still held of an attempt that failed goes out before
-    /// anything of the next, so the stream never takes two positions out of order.
-    client: Option<async_nats::Client>,
-    /// Whether the checkpoint is the last position JetStream acknowledged to
-    /// this process (after its first attempt got that far), not one read from
-    /// the tree, which a kill can leave behind.
-    checkpoint_exact: bool,
-}
-
 type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, jetstream::context::PublishError>> + Send>>;
 
 /// A record to publish, copied out of the log.
@@ -273,24 +263,27 @@ struct Outgoing {
     payload: Vec<u8>,
 }
 
-/// Connect, make the stream if missing, and move the checkpoint past what the
-/// stream already holds of this log.
+/// Connect (once: the client reconnects by itself, and what it still held of an
+/// attempt that failed goes out before anything of the next), make the stream
+/// if missing, and set the checkpoint where the stream ends, if it holds this
+/// log's records. Returns the stream's last sequence, which the next publish
+/// expects (see `EXPECTED_LAST_SEQUENCE`).
 async fn connect(
     shared: &Shared,
     options: &RelayOptions,
-    attempt: &mut Attempt,
-) -> Result<jetstream::Context, RelayError> {
-    let client = match &attempt.client {
+    client: &mut Option<async_nats::Client>,
+) -> Result<(jetstream::Context, u64), RelayError> {
+    let client = match client {
         Some(client) => client.clone(),
         None => {
-            let client = async_nats::ConnectOptions::new()
+            let connected = async_nats::ConnectOptions::new()
                 .name("shoplog relay")
                 .connection_timeout(options.timeout)
                 .request_timeout(Some(options.timeout))
                 .connect(options.url.as_str())
                 .await
                 .map_err(|error| RelayError::Connect { url: shown(&options.url), reason: error.to_string() })?;
-            attempt.client.insert(client).clone()
+            client.insert(connected).clone()
         }
     };
     let jetstream = jetstream::context::ContextBuilder::new()
@@ -322,7 +315,7 @@ async fn connect(
     if messages == 0 {
         // New, or purged: the relay goes on from its checkpoint (a purge is
         // the operator's; sending everything again would undo it).
-        return Ok(jetstream);
+        return Ok((jetstream, last_sequence));
     }
     // The newest message on any of the stream's subjects; else the one at its
     // last sequence (a server that takes no wildcard there).
@@ -331,6 +324,9 @@ async fn connect(
         Err(_) => stream.get_raw_message(last_sequence).await.map_err(|error| stream_error(&error))?,
     };
     let held = held_position(&shared.log, &last.headers, &last.payload).await?;
+    // Every publish expects the one before it to be the stream's last message, so
+    // the stream holds this log's records from where the relay began, with no
+    // hole: it goes on after its last one.
     let checkpoint = shared.checkpoint.load(Ordering::Acquire);
     if held < checkpoint {
         // Acknowledged, then lost: a power cut before JetStream's own fsync
@@ -341,18 +337,25 @@ async fn connect(
             "JetStream lost messages it had acknowledged; the relay sends them again from position {}",
             held + 1
         );
-        shared.save(held)?;
-    } else if held > checkpoint && !attempt.checkpoint_exact {
-        // A checkpoint a kill left behind, or none (a restored data dir).
+    } else if held > checkpoint {
+        // Stored, their acks lost (a failed attempt, a kill: the tree is made
+        // durable with the log's next checkpoint), or none kept (a restored data dir).
         tracing::info!(position = held, "the relay goes on after the last message JetStream holds");
+    }
+    if held != checkpoint {
         shared.save(held)?;
     }
-    // Past an exact checkpoint, the stream holds what an attempt that failed sent
-    // without hearing back. Sent again from the checkpoint, JetStream drops the
-    // repeats within its window (and a consumer skips what it has); going on
-    // after them would lose for ever one that the failure lost before them.
-    Ok(jetstream)
+    Ok((jetstream, last_sequence))
 }
+
+/// The header by which JetStream stores a message only right after the stream
+/// sequence it names: the relay names the one of the record before, so that a
+/// publish lost on a connection that dropped (the client sends what it still
+/// queued on its next connection) makes JetStream refuse every later one, and
+/// the relay's next attempt goes on after the last record stored. Without it,
+/// the records after a lost one were stored and the lost one never sent again.
+/// The relay must be the stream's only publisher.
+const EXPECTED_LAST_SEQUENCE: &str = "Nats-Expected-Last-Sequence";
 
 /// One attempt: connect, find where to start, publish until stopped (`Ok`) or
 /// until something fails.
@@ -360,14 +363,13 @@ async fn relay(
     shared: &Shared,
     options: &RelayOptions,
     stopped: &mut watch::Receiver<bool>,
-    attempt: &mut Attempt,
+    client: &mut Option<async_nats::Client>,
 ) -> Result<(), RelayError> {
     // A server that does not answer holds no stop up.
-    let jetstream = tokio::select! {
-        connected = connect(shared, options, attempt) => connected?,
+    let (jetstream, mut last_sequence) = tokio::select! {
+        connected = connect(shared, options, client) => connected?,
         _ = stopped.wait_for(|stop| *stop) => return Ok(()),
     };
-    attempt.checkpoint_exact = true;
     shared.set_failure(None);
     tracing::info!(url = %shown(&options.url), from = shared.checkpoint.load(Ordering::Acquire) + 1, "relaying the log to NATS");
 
@@ -430,7 +432,9 @@ async fn relay(
             }
             Step::Read(read) => {
                 read?;
-                for record in outgoing.drain(..) {
+                for mut record in outgoing.drain(..) {
+                    record.headers.insert(EXPECTED_LAST_SEQUENCE, last_sequence.to_string());
+                    last_sequence += 1;
                     let ack = jetstream
                         .publish_with_headers(record.subject, record.headers, record.payload.into())
                         .await

@@ -209,6 +209,56 @@ async fn commands_go_on_while_nats_is_down_and_the_relay_catches_up() {
     app.stop().await;
 }
 
+/// NATS killed and started again (its data kept) twice while commands pour
+/// in: publishes the client had written to the dropped connection are lost, and
+/// those it still queued go out on the next one. JetStream stores a message
+/// only right after the one before it (`Nats-Expected-Last-Sequence`), so the
+/// relay's next attempt sends the lost ones again: every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_killed_under_load_loses_no_event_from_the_stream() {
+    let dir = tests::temp_dir();
+    let mut nats = NatsServer::start(dir.path());
+    let app = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
+    app.create_product("mug-1", 1200, 4).await;
+    let loading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let load = {
+        let (client, base, loading) = (app.client.clone(), app.base.clone(), std::sync::Arc::clone(&loading));
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut sent = 0;
+            // Bounded in count and time, whatever the test does.
+            while loading.load(std::sync::atomic::Ordering::Relaxed)
+                && sent < 20_000
+                && started.elapsed() < Duration::from_secs(30)
+            {
+                let restocked = client
+                    .post(format!("{base}/api/v1/products/mug-1/restock"))
+                    .bearer_auth(ADMIN)
+                    .json(&json!({"quantity": 1}))
+                    .send()
+                    .await
+                    .expect("answers");
+                assert_eq!(restocked.status(), StatusCode::OK);
+                sent += 1;
+            }
+            sent
+        })
+    };
+    for down_ms in [300, 50] {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        nats.kill();
+        tokio::time::sleep(Duration::from_millis(down_ms)).await;
+        nats.restart();
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    loading.store(false, std::sync::atomic::Ordering::Relaxed);
+    let sent = load.await.expect("the load ends");
+    assert!(sent > 0, "no command went through");
+    relayed(&app).await;
+    assert_published_as_stored(app.log(), &nats.url()).await;
+    app.stop().await;
+}
+
 /// A data dir restored from a backup holds no relay checkpoint (a backup holds
 /// the log only): the relay goes on after the last message the stream holds,
 /// which is this log's record there, and sends nothing twice. A log whose
