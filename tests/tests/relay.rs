@@ -91,8 +91,13 @@ async fn shop(app: &TestApp, email: &str) {
     }
     let token = app.customer(email).await;
     app.place_order(&token, "mug-1", 2).await;
-    for _ in 0..30 {
-        let restocked = app.post("/api/v1/products/tea-1/restock", Some(ADMIN), json!({"quantity": 1})).await;
+    restock(app, "tea-1", 30).await;
+}
+
+/// `times` restocks of one unit of `sku`, each answered 200.
+async fn restock(app: &TestApp, sku: &str, times: usize) {
+    for _ in 0..times {
+        let restocked = app.post(&format!("/api/v1/products/{sku}/restock"), Some(ADMIN), json!({"quantity": 1})).await;
         assert_eq!(restocked.status, StatusCode::OK, "{restocked:?}");
     }
 }
@@ -176,10 +181,7 @@ async fn commands_go_on_while_nats_is_down_and_the_relay_catches_up() {
     nats.kill();
     let app = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
     app.create_product("mug-1", 1200, 40).await;
-    for _ in 0..5 {
-        let restocked = app.post("/api/v1/products/mug-1/restock", Some(ADMIN), json!({"quantity": 1})).await;
-        assert_eq!(restocked.status, StatusCode::OK, "{restocked:?}");
-    }
+    restock(&app, "mug-1", 5).await;
     let head = app.head();
     let waiting = relay_until(&app, "said NATS is down", |status| {
         status["failure"].as_str().is_some_and(|failure| failure.contains("cannot connect to NATS"))
@@ -197,10 +199,7 @@ async fn commands_go_on_while_nats_is_down_and_the_relay_catches_up() {
     // Down again while it runs: publishes go unanswered (until their acks time
     // out); commands do not.
     nats.kill();
-    for _ in 0..5 {
-        let restocked = app.post("/api/v1/products/mug-1/restock", Some(ADMIN), json!({"quantity": 1})).await;
-        assert_eq!(restocked.status, StatusCode::OK, "{restocked:?}");
-    }
+    restock(&app, "mug-1", 5).await;
     let waiting = relay_until(&app, "noticed that NATS went away", |status| status["failure"].is_string()).await;
     assert!(waiting["lag"].as_u64().is_some_and(|lag| lag > 0), "{waiting}");
     nats.restart();
@@ -285,10 +284,7 @@ async fn a_restored_log_goes_on_where_the_stream_ends_and_another_log_is_refused
     tokio::time::sleep(Duration::from_millis(300)).await;
     let app = TestApp::serve_dir_with(restored, |config| config.nats = Some(nats.url())).await;
     relayed(&app).await;
-    for _ in 0..3 {
-        let restocked = app.post("/api/v1/products/mug-1/restock", Some(ADMIN), json!({"quantity": 1})).await;
-        assert_eq!(restocked.status, StatusCode::OK, "{restocked:?}");
-    }
+    restock(&app, "mug-1", 3).await;
     relayed(&app).await;
     assert_published_as_stored(app.log(), &nats.url()).await;
     let held = published(&nats.url()).await.len();
@@ -306,8 +302,7 @@ async fn a_restored_log_goes_on_where_the_stream_ends_and_another_log_is_refused
     .await;
     assert_eq!(refused["checkpoint"], 0, "{refused}");
     while other.head() < held as u64 {
-        let restocked = other.post("/api/v1/products/other-1/restock", Some(ADMIN), json!({"quantity": 1})).await;
-        assert_eq!(restocked.status, StatusCode::OK, "{restocked:?}");
+        restock(&other, "other-1", 1).await;
     }
     let refused = relay_until(&other, "refused a stream of other records", |status| {
         status["failure"].as_str().is_some_and(|failure| failure.contains("is not this log's record there"))
@@ -399,10 +394,7 @@ async fn messages_jetstream_lost_are_sent_again_and_a_purged_stream_is_not_refil
     assert_published_as_stored(app.log(), &nats.url()).await;
 
     stream.purge().await.expect("purges");
-    for _ in 0..2 {
-        let restocked = app.post("/api/v1/products/tea-1/restock", Some(ADMIN), json!({"quantity": 1})).await;
-        assert_eq!(restocked.status, StatusCode::OK, "{restocked:?}");
-    }
+    restock(&app, "tea-1", 2).await;
     relayed(&app).await;
     let after_purge: Vec<u64> = published(&nats.url()).await.iter().map(|message| message.position).collect();
     assert_eq!(after_purge, vec![head + 1, head + 2], "only what came after the purge");
