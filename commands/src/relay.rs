@@ -37,7 +37,7 @@
 use std::collections::VecDeque;
 use std::future::IntoFuture;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -152,12 +152,38 @@ struct Shared {
     checkpoints: sled::Tree,
     checkpoint: AtomicU64,
     published: AtomicU64,
+    /// Why the last attempt ended, until JetStream acknowledges a publish again
+    /// (or there is nothing to publish).
     failure: Mutex<Option<String>>,
+    /// Whether `failure` is set, read on every ack without the lock.
+    failing: AtomicBool,
+    /// The connection, once made: the status asks it whether it is up.
+    client: Mutex<Option<async_nats::Client>>,
+    /// The server, as logs and errors show it.
+    shown_url: String,
 }
 
 impl Shared {
     fn set_failure(&self, failure: Option<String>) {
+        self.failing.store(failure.is_some(), Ordering::Release);
         *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = failure;
+    }
+
+    /// Why the relay is not publishing, if it is not: the last attempt's
+    /// failure, or a connection that is not up (never made yet, or lost while
+    /// there was nothing to publish: a quiet shop's outage shows at once).
+    fn failure(&self) -> Option<String> {
+        if let Some(failure) = self.failure.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+            return Some(failure);
+        }
+        let url = &self.shown_url;
+        match &*self.client.lock().unwrap_or_else(PoisonError::into_inner) {
+            None => Some(format!("not connected to NATS at {url} yet")),
+            Some(client) => match client.connection_state() {
+                async_nats::connection::State::Connected => None,
+                _ => Some(format!("the connection to NATS at {url} is lost; reconnecting")),
+            },
+        }
     }
 
     /// Move the checkpoint to `position` in memory and in the tree (made durable
@@ -194,6 +220,9 @@ impl Relay {
             checkpoint: AtomicU64::new(checkpoint),
             published: AtomicU64::new(0),
             failure: Mutex::new(None),
+            failing: AtomicBool::new(false),
+            client: Mutex::new(None),
+            shown_url: shown(&options.url),
         });
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(Arc::clone(&shared), options, stopped));
@@ -208,7 +237,7 @@ impl Relay {
             head,
             lag: head.saturating_sub(checkpoint),
             published: self.shared.published.load(Ordering::Relaxed),
-            failure: self.shared.failure.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            failure: self.shared.failure(),
         }
     }
 
@@ -283,6 +312,7 @@ async fn connect(
                 .connect(options.url.as_str())
                 .await
                 .map_err(|error| RelayError::Connect { url: shown(&options.url), reason: error.to_string() })?;
+            *shared.client.lock().unwrap_or_else(PoisonError::into_inner) = Some(connected.clone());
             client.insert(connected).clone()
         }
     };
@@ -303,7 +333,21 @@ async fn connect(
         .await
         .map_err(|error| stream_error(&error))?;
     let info = stream.info().await.map_err(|error| stream_error(&error))?;
-    // A stream made by someone else keeps its settings; say what they risk.
+    // A stream made by someone else keeps its settings: one that does not take
+    // the relay's subjects is refused (its publishes would go to another
+    // stream, or to none); say what the others risk.
+    if !info.config.subjects.iter().any(|subject| covers(subject, SUBJECTS)) {
+        return Err(RelayError::Stream {
+            reason: format!(
+                "it takes the subjects {:?}, not {SUBJECTS}: add {SUBJECTS} to them, or delete the stream and the \
+                 relay makes it",
+                info.config.subjects
+            ),
+        });
+    }
+    if info.config.storage != StorageType::File {
+        tracing::warn!("JetStream stream {STREAM} keeps its messages in memory: a NATS restart loses them all");
+    }
     if info.config.duplicate_window < options.duplicate_window {
         tracing::warn!(
             window_ms = info.config.duplicate_window.as_millis() as u64,
@@ -370,7 +414,10 @@ async fn relay(
         connected = connect(shared, options, client) => connected?,
         _ = stopped.wait_for(|stop| *stop) => return Ok(()),
     };
-    shared.set_failure(None);
+    if shared.checkpoint.load(Ordering::Acquire) >= shared.log.head() {
+        // Up, with nothing to publish; else up once JetStream acknowledges.
+        shared.set_failure(None);
+    }
     tracing::info!(url = %shown(&options.url), from = shared.checkpoint.load(Ordering::Acquire) + 1, "relaying the log to NATS");
 
     let mut subscription = shared.log.subscribe(shared.checkpoint.load(Ordering::Acquire) + 1);
@@ -421,7 +468,20 @@ async fn relay(
             }
             Step::Acked(acked) => {
                 let Some((position, _)) = in_flight.pop_front() else { continue };
-                acked.map_err(|error| RelayError::Publish { position, reason: error.to_string() })?;
+                let ack = acked.map_err(|error| RelayError::Publish { position, reason: error.to_string() })?;
+                if ack.stream != STREAM {
+                    // Another stream takes subjects of ours as well.
+                    return Err(RelayError::Publish {
+                        position,
+                        reason: format!(
+                            "stream {} took it, not {STREAM}: only {STREAM} may take {SUBJECTS}",
+                            ack.stream
+                        ),
+                    });
+                }
+                if shared.failing.load(Ordering::Acquire) {
+                    shared.set_failure(None);
+                }
                 shared.published.fetch_add(1, Ordering::Relaxed);
                 shared.checkpoint.store(position, Ordering::Release);
                 // The tree is written now and then, not for every ack.
@@ -523,6 +583,22 @@ fn header_value(text: &str) -> String {
     text.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
 }
 
+/// Whether every subject `wanted` (which may end in `>`) matches `pattern`, a
+/// stream's subject filter with NATS's wildcards (`*` one token, `>` the rest).
+fn covers(pattern: &str, wanted: &str) -> bool {
+    let mut wanted_tokens = wanted.split('.');
+    for token in pattern.split('.') {
+        match (token, wanted_tokens.next()) {
+            (">", Some(_)) => return true,
+            (_, None | Some(">")) => return false,
+            ("*", Some(_)) => {}
+            (token, Some(other)) if token == other => {}
+            _ => return false,
+        }
+    }
+    wanted_tokens.next().is_none()
+}
+
 /// `shoplog.events.<category>.<id>`: the category is the stream's prefix before
 /// its first `-` (`product`, `customer`, `email`, `cart`, `order`), the id the
 /// rest. A character a subject token cannot hold (only `[A-Za-z0-9_-]` are
@@ -552,6 +628,17 @@ mod tests {
         assert_eq!(subject_of("plain"), "shoplog.events.plain._");
         assert_eq!(subject_of("a.b-c d*>"), "shoplog.events.a_b.c_d__");
         assert_eq!(subject_of("-x"), "shoplog.events._.x");
+    }
+
+    #[test]
+    fn a_streams_subjects_must_take_every_subject_of_the_relay() {
+        for pattern in ["shoplog.events.>", "shoplog.>", ">", "*.events.>", "shoplog.*.>"] {
+            assert!(covers(pattern, SUBJECTS), "{pattern}");
+        }
+        for pattern in ["foo.>", "shoplog.events.*", "shoplog.events.product.>", "shoplog.events", "shoplog.*"] {
+            assert!(!covers(pattern, SUBJECTS), "{pattern}");
+        }
+        assert!(covers("shoplog.events.*.*", "shoplog.events.product.mug"));
     }
 
     #[test]

@@ -196,11 +196,18 @@ async fn commands_go_on_while_nats_is_down_and_the_relay_catches_up() {
     let caught_up = relayed(&app).await;
     assert_eq!(caught_up["failure"], Value::Null, "{caught_up}");
 
-    // Down again while it runs: publishes go unanswered (until their acks time
-    // out); commands do not.
+    // Down again while nothing is written: the status says so at once (an
+    // alert on a quiet shop's outage); then publishes go unanswered, commands do not.
     nats.kill();
+    let lost = relay_until(&app, "noticed that NATS went away", |status| {
+        status["failure"].as_str().is_some_and(|failure| failure.contains("is lost; reconnecting"))
+    })
+    .await;
+    assert_eq!(lost["lag"], 0, "{lost}");
+    let metrics = app.get("/metrics", None).await.body;
+    assert!(metrics.as_str().is_some_and(|text| text.lines().any(|line| line == "relay_up 0")), "{metrics}");
     restock(&app, "mug-1", 5).await;
-    let waiting = relay_until(&app, "noticed that NATS went away", |status| status["failure"].is_string()).await;
+    let waiting = relay_status(&app).await;
     assert!(waiting["lag"].as_u64().is_some_and(|lag| lag > 0), "{waiting}");
     nats.restart();
     relayed(&app).await;
@@ -398,6 +405,36 @@ async fn messages_jetstream_lost_are_sent_again_and_a_purged_stream_is_not_refil
     relayed(&app).await;
     let after_purge: Vec<u64> = published(&nats.url()).await.iter().map(|message| message.position).collect();
     assert_eq!(after_purge, vec![head + 1, head + 2], "only what came after the purge");
+    app.stop().await;
+}
+
+/// A stream of that name made by someone else that does not take the relay's
+/// subjects is refused, naming them (its publishes would go to another stream,
+/// or to none); commands go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_does_not_take_the_relays_subjects_is_refused() {
+    let dir = tests::temp_dir();
+    let nats = NatsServer::start(dir.path());
+    let client = async_nats::connect(nats.url()).await.expect("connects to NATS");
+    jetstream::new(client)
+        .create_stream(jetstream::stream::Config {
+            name: "SHOPLOG_EVENTS".to_owned(),
+            subjects: vec!["elsewhere.>".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .expect("makes the stream");
+    let app = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
+    app.create_product("mug-1", 1200, 4).await;
+    let refused = relay_until(&app, "refused the stream", |status| {
+        status["failure"].as_str().is_some_and(|failure| {
+            failure.contains("[\"elsewhere.>\"], not shoplog.events.>: add shoplog.events.> to them")
+        })
+    })
+    .await;
+    assert_eq!(refused["checkpoint"], 0, "{refused}");
+    restock(&app, "mug-1", 1).await;
+    assert!(published(&nats.url()).await.is_empty());
     app.stop().await;
 }
 
