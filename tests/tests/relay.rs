@@ -438,6 +438,44 @@ async fn a_stream_that_does_not_take_the_relays_subjects_is_refused() {
     app.stop().await;
 }
 
+/// Two shops pointed at one NATS at once: each publish names the sequence it
+/// follows, so the second one's first publish is refused, and at its next
+/// attempt it finds the other log's record last in the stream and stops there.
+/// The stream holds one log's events, once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_logs_relaying_to_one_stream_never_interleave() {
+    let dir = tests::temp_dir();
+    let nats = NatsServer::start(dir.path());
+    let first = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
+    let second = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
+    first.create_product("mug-1", 1200, 4).await;
+    second.create_product("tea-1", 450, 4).await;
+    for _ in 0..20 {
+        tokio::join!(restock(&first, "mug-1", 1), restock(&second, "tea-1", 1));
+    }
+    let is_refused = |status: &Value| {
+        status["failure"].as_str().is_some_and(|failure| failure.contains("holds another log's events"))
+    };
+    let deadline = Instant::now() + RELAY_WAIT;
+    let (relaying, refused) = loop {
+        let (first_status, second_status) = (relay_status(&first).await, relay_status(&second).await);
+        let first_done = first_status["lag"] == 0 && first_status["failure"].is_null();
+        let second_done = second_status["lag"] == 0 && second_status["failure"].is_null();
+        if first_done && is_refused(&second_status) {
+            break (&first, &second);
+        }
+        if second_done && is_refused(&first_status) {
+            break (&second, &first);
+        }
+        assert!(Instant::now() < deadline, "one relay never won: {first_status} {second_status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_published_as_stored(relaying.log(), &nats.url()).await;
+    assert!(refused.head() > 0);
+    first.stop().await;
+    second.stop().await;
+}
+
 /// A NATS server that takes the connection and never answers (a listener on
 /// loopback that accepts nothing) holds up neither the commands nor a stop:
 /// the relay's connection attempt (5 s at most) ends at the stop.
