@@ -573,14 +573,28 @@ fn headers_of(record: &StoredEvent<'_>) -> HeaderMap {
     headers
 }
 
-/// `text` as a header value can carry it: a control character (a stream name
-/// may hold any but NUL; an event type none) is written as its escape, `\r` as
-/// `\\r`, so no line break ends the header.
+/// `text` as a header value can carry it: as it is, unless it holds a control
+/// character (a stream name may hold any but NUL; an event type none) or a `%`;
+/// then each of those is percent-encoded (its UTF-8 bytes as `%XX`), so no line
+/// break ends the header and the value decodes back to the name exactly. A
+/// shop's stream names hold neither.
 fn header_value(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
+    let escaped = |c: char| c.is_control() || c == '%';
+    if !text.chars().any(escaped) {
         return text.to_owned();
     }
-    text.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
+    let mut value = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if escaped(c) {
+            let mut bytes = [0; 4];
+            for byte in c.encode_utf8(&mut bytes).bytes() {
+                value.push_str(&format!("%{byte:02X}"));
+            }
+        } else {
+            value.push(c);
+        }
+    }
+    value
 }
 
 /// Whether every subject `wanted` (which may end in `>`) matches `pattern`, a
@@ -644,8 +658,9 @@ mod tests {
     #[test]
     fn header_values_carry_no_line_break() {
         assert_eq!(header_value("product-1"), "product-1");
-        assert_eq!(header_value("a\r\nb\tc"), "a\\r\\nb\\tc");
-        assert!(!header_value("x\u{85}y").chars().any(char::is_control));
+        assert_eq!(header_value("a\r\nb\tc"), "a%0D%0Ab%09c");
+        assert_eq!(header_value("50%\\r"), "50%25\\r", "a literal backslash-r stays apart from a line break");
+        assert_eq!(header_value("x\u{85}y"), "x%C2%85y");
     }
 
     #[test]
