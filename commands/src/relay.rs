@@ -284,6 +284,14 @@ async fn run(shared: Arc<Shared>, options: RelayOptions, mut stopped: watch::Rec
 
 type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, jetstream::context::PublishError>> + Send>>;
 
+/// A publish waiting for its ack.
+struct InFlight {
+    position: u64,
+    /// The stream sequence it named as the one it follows.
+    follows: u64,
+    ack: AckFuture,
+}
+
 /// A record to publish, copied out of the log.
 struct Outgoing {
     position: u64,
@@ -421,7 +429,7 @@ async fn relay(
     tracing::info!(url = %shown(&options.url), from = shared.checkpoint.load(Ordering::Acquire) + 1, "relaying the log to NATS");
 
     let mut subscription = shared.log.subscribe(shared.checkpoint.load(Ordering::Acquire) + 1);
-    let mut in_flight: VecDeque<(u64, AckFuture)> = VecDeque::new();
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut outgoing: Vec<Outgoing> = Vec::new();
     let mut saved = shared.checkpoint.load(Ordering::Acquire);
     loop {
@@ -434,7 +442,7 @@ async fn relay(
         let step = {
             let ack = async {
                 match in_flight.front_mut() {
-                    Some((_, ack)) => ack.await,
+                    Some(sent) => (&mut sent.ack).await,
                     None => std::future::pending().await,
                 }
             };
@@ -467,7 +475,8 @@ async fn relay(
                 return Ok(());
             }
             Step::Acked(acked) => {
-                let Some((position, _)) = in_flight.pop_front() else { continue };
+                let Some(sent) = in_flight.pop_front() else { continue };
+                let position = sent.position;
                 let ack = acked.map_err(|error| RelayError::Publish { position, reason: error.to_string() })?;
                 if ack.stream != STREAM {
                     // Another stream takes subjects of ours as well.
@@ -476,6 +485,28 @@ async fn relay(
                         reason: format!(
                             "stream {} took it, not {STREAM}: only {STREAM} may take {SUBJECTS}",
                             ack.stream
+                        ),
+                    });
+                }
+                if ack.duplicate {
+                    // JetStream took this event once already (its id is in the
+                    // deduplication window; the message may since have been
+                    // deleted or purged) and stored nothing: the stream still
+                    // ends at the sequence this publish followed, so every
+                    // publish sent after it names one too many and is refused.
+                    // It counts as published; the rest go again from the next
+                    // position, naming that sequence.
+                    last_sequence = sent.follows;
+                    if !in_flight.is_empty() {
+                        in_flight.clear();
+                        subscription = shared.log.subscribe(position + 1);
+                    }
+                } else if ack.sequence != sent.follows + 1 {
+                    return Err(RelayError::Publish {
+                        position,
+                        reason: format!(
+                            "stored at stream sequence {}, not right after {} as it asked",
+                            ack.sequence, sent.follows
                         ),
                     });
                 }
@@ -493,7 +524,8 @@ async fn relay(
             Step::Read(read) => {
                 read?;
                 for mut record in outgoing.drain(..) {
-                    record.headers.insert(EXPECTED_LAST_SEQUENCE, last_sequence.to_string());
+                    let follows = last_sequence;
+                    record.headers.insert(EXPECTED_LAST_SEQUENCE, follows.to_string());
                     last_sequence += 1;
                     let ack = jetstream
                         .publish_with_headers(record.subject, record.headers, record.payload.into())
@@ -502,7 +534,7 @@ async fn relay(
                             position: record.position,
                             reason: error.to_string(),
                         })?;
-                    in_flight.push_back((record.position, ack.into_future()));
+                    in_flight.push_back(InFlight { position: record.position, follows, ack: ack.into_future() });
                 }
             }
         }
@@ -514,11 +546,11 @@ const SAVE_EVERY: u64 = 256;
 
 /// At a stop, wait a moment for the acks in flight and keep the checkpoint past
 /// those that came.
-async fn drain(shared: &Shared, in_flight: &mut VecDeque<(u64, AckFuture)>) {
+async fn drain(shared: &Shared, in_flight: &mut VecDeque<InFlight>) {
     let acked = tokio::time::timeout(DRAIN_WAIT, async {
-        while let Some((position, ack)) = in_flight.front_mut() {
-            let position = *position;
-            if ack.await.is_err() {
+        while let Some(sent) = in_flight.front_mut() {
+            let position = sent.position;
+            if (&mut sent.ack).await.is_err() {
                 break;
             }
             in_flight.pop_front();

@@ -408,6 +408,49 @@ async fn messages_jetstream_lost_are_sent_again_and_a_purged_stream_is_not_refil
     app.stop().await;
 }
 
+/// A checkpoint a kill left behind, then a purge: the relay goes on from its
+/// checkpoint into the empty stream, and JetStream answers each record it took
+/// before the purge as a duplicate (its id is still in the deduplication
+/// window) and stores nothing. Those count as published, at once, not one per
+/// attempt until the window ends; the purged records stay purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_purge_records_jetstream_took_before_are_passed_not_stored_again() {
+    let dir = tests::temp_dir();
+    let nats = NatsServer::start(dir.path());
+    let app = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
+    shop(&app, "purged.shopper@example.com").await;
+    relayed(&app).await;
+    let data = app.stop_keeping_dir().await;
+    let head = {
+        let log = store::EventLog::open(data.path()).expect("opens");
+        // What a kill leaves: the tree is durable only with the log's next checkpoint.
+        let relay = log.open_tree("relay").expect("the relay's tree");
+        relay.insert(b"nats.checkpoint", &(log.head() - 20).to_be_bytes()).expect("writes");
+        log.head()
+    };
+    let client = async_nats::connect(nats.url()).await.expect("connects to NATS");
+    jetstream::new(client).get_stream("SHOPLOG_EVENTS").await.expect("the stream").purge().await.expect("purges");
+
+    let app = TestApp::serve_dir_with(data, |config| config.nats = Some(nats.url())).await;
+    // No attempt ends on the way (each would show its refusal for 100 ms at least).
+    let deadline = Instant::now() + RELAY_WAIT;
+    loop {
+        let status = relay_status(&app).await;
+        assert!(!status["failure"].as_str().is_some_and(|failure| failure.contains("wrong last sequence")), "{status}");
+        if status["checkpoint"] == head {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the relay never reached the head: {status}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(published(&nats.url()).await.is_empty(), "purged records were stored again");
+    restock(&app, "tea-1", 2).await;
+    relayed(&app).await;
+    let positions: Vec<u64> = published(&nats.url()).await.iter().map(|message| message.position).collect();
+    assert_eq!(positions, vec![head + 1, head + 2]);
+    app.stop().await;
+}
+
 /// A stream of that name made by someone else that does not take the relay's
 /// subjects is refused, naming them (its publishes would go to another stream,
 /// or to none); commands go on.
