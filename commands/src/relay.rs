@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, publish::PublishAck, stream::StorageType};
+use async_nats::jetstream::{self, publish::PublishAck, stream::LastRawMessageErrorKind, stream::StorageType};
 use store::{EventLog, StoreError, StoredEvent};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -159,6 +159,9 @@ struct Shared {
     failing: AtomicBool,
     /// The connection, once made: the status asks it whether it is up.
     client: Mutex<Option<async_nats::Client>>,
+    /// Counts the connection's (re)connections: after one, the relay reads the
+    /// stream again (it may have lost its tail, or be gone, while NATS was down).
+    connections: watch::Sender<u64>,
     /// The server, as logs and errors show it.
     shown_url: String,
 }
@@ -209,9 +212,11 @@ impl Relay {
     pub fn start(log: EventLog, options: RelayOptions) -> Result<Relay, RelayError> {
         let checkpoints = log.open_tree(CHECKPOINT_TREE)?;
         let checkpoint = match checkpoints.get(CHECKPOINT_KEY)? {
-            Some(bytes) => <[u8; 8]>::try_from(&bytes[..]).map(u64::from_be_bytes).map_err(|_| {
-                RelayError::Log(StoreError::Unavailable { reason: "the relay's checkpoint is not 8 bytes".to_owned() })
-            })?,
+            Some(bytes) => <[u8; 8]>::try_from(&bytes[..]).map(u64::from_be_bytes).unwrap_or_else(|_| {
+                // Only a hint: the relay goes on after the stream's last message.
+                tracing::warn!("the relay's checkpoint is damaged; it starts from where the stream ends");
+                0
+            }),
             None => 0,
         };
         let shared = Arc::new(Shared {
@@ -222,6 +227,7 @@ impl Relay {
             failure: Mutex::new(None),
             failing: AtomicBool::new(false),
             client: Mutex::new(None),
+            connections: watch::Sender::new(0),
             shown_url: shown(&options.url),
         });
         let (stop, stopped) = watch::channel(false);
@@ -253,6 +259,9 @@ impl Relay {
     }
 }
 
+/// How often the connection pings a server that sends nothing.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How long a stop waits for the relay.
 const STOP_WAIT: Duration = Duration::from_secs(5);
 
@@ -266,7 +275,8 @@ async fn run(shared: Arc<Shared>, options: RelayOptions, mut stopped: watch::Rec
     loop {
         let before = shared.checkpoint.load(Ordering::Acquire);
         let error = match relay(&shared, &options, &mut stopped, &mut client).await {
-            Ok(()) => return,
+            Ok(Ended::Stopped) => return,
+            Ok(Ended::Reconnected) => continue,
             Err(error) => error,
         };
         if shared.checkpoint.load(Ordering::Acquire) > before {
@@ -283,6 +293,13 @@ async fn run(shared: Arc<Shared>, options: RelayOptions, mut stopped: watch::Rec
 }
 
 type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, jetstream::context::PublishError>> + Send>>;
+
+/// How an attempt ended without failing.
+enum Ended {
+    Stopped,
+    /// The connection was made again: read the stream again.
+    Reconnected,
+}
 
 /// A publish waiting for its ack.
 struct InFlight {
@@ -313,8 +330,18 @@ async fn connect(
     let client = match client {
         Some(client) => client.clone(),
         None => {
+            let connections = shared.connections.clone();
             let connected = async_nats::ConnectOptions::new()
                 .name("shoplog relay")
+                // A server that hangs (not one that goes away: that is seen at
+                // once) shows as a lost connection within two pings, not minutes.
+                .ping_interval(PING_INTERVAL)
+                .event_callback(move |event| {
+                    if matches!(event, async_nats::Event::Connected) {
+                        connections.send_modify(|count| *count += 1);
+                    }
+                    std::future::ready(())
+                })
                 .connection_timeout(options.timeout)
                 .request_timeout(Some(options.timeout))
                 .connect(options.url.as_str())
@@ -344,7 +371,7 @@ async fn connect(
     // A stream made by someone else keeps its settings: one that does not take
     // the relay's subjects is refused (its publishes would go to another
     // stream, or to none); say what the others risk.
-    if !info.config.subjects.iter().any(|subject| covers(subject, SUBJECTS)) {
+    if !info.config.subjects.iter().any(|subject| covers(subject, PUBLISHED_ON)) {
         return Err(RelayError::Stream {
             reason: format!(
                 "it takes the subjects {:?}, not {SUBJECTS}: add {SUBJECTS} to them, or delete the stream and the \
@@ -369,10 +396,15 @@ async fn connect(
         // the operator's; sending everything again would undo it).
         return Ok((jetstream, last_sequence));
     }
-    // The newest message on any of the stream's subjects; else the one at its
-    // last sequence (a server that takes no wildcard there).
+    // The newest message on the relay's subjects; else the one at the stream's
+    // last sequence (a server that takes no wildcard there). None there: the
+    // stream holds no record of any log (only others' messages, on subjects of
+    // its own), as if empty.
     let last = match stream.get_last_raw_message_by_subject(SUBJECTS).await {
         Ok(last) => last,
+        Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => {
+            return Ok((jetstream, last_sequence));
+        }
         Err(_) => stream.get_raw_message(last_sequence).await.map_err(|error| stream_error(&error))?,
     };
     let held = held_position(&shared.log, &last.headers, &last.payload).await?;
@@ -416,11 +448,13 @@ async fn relay(
     options: &RelayOptions,
     stopped: &mut watch::Receiver<bool>,
     client: &mut Option<async_nats::Client>,
-) -> Result<(), RelayError> {
+) -> Result<Ended, RelayError> {
+    // Connections made before this attempt read the stream are not news.
+    let mut connections = shared.connections.subscribe();
     // A server that does not answer holds no stop up.
     let (jetstream, mut last_sequence) = tokio::select! {
         connected = connect(shared, options, client) => connected?,
-        _ = stopped.wait_for(|stop| *stop) => return Ok(()),
+        _ = stopped.wait_for(|stop| *stop) => return Ok(Ended::Stopped),
     };
     if shared.checkpoint.load(Ordering::Acquire) >= shared.log.head() {
         // Up, with nothing to publish; else up once JetStream acknowledges.
@@ -435,6 +469,7 @@ async fn relay(
     loop {
         enum Step {
             Stop,
+            Reconnected,
             Acked(Result<PublishAck, jetstream::context::PublishError>),
             Read(Result<usize, StoreError>),
         }
@@ -465,6 +500,7 @@ async fn relay(
             tokio::select! {
                 biased;
                 _ = stopped.wait_for(|stop| *stop) => Step::Stop,
+                _ = connections.changed() => Step::Reconnected,
                 acked = ack => Step::Acked(acked),
                 read = read => Step::Read(read),
             }
@@ -472,7 +508,11 @@ async fn relay(
         match step {
             Step::Stop => {
                 drain(shared, &mut in_flight).await;
-                return Ok(());
+                return Ok(Ended::Stopped);
+            }
+            Step::Reconnected => {
+                tracing::info!("the relay's connection to NATS was made again; it reads the stream again");
+                return Ok(Ended::Reconnected);
             }
             Step::Acked(acked) => {
                 let Some(sent) = in_flight.pop_front() else { continue };
@@ -629,21 +669,25 @@ fn header_value(text: &str) -> String {
     value
 }
 
-/// Whether every subject `wanted` (which may end in `>`) matches `pattern`, a
-/// stream's subject filter with NATS's wildcards (`*` one token, `>` the rest).
+/// Whether every subject `wanted` (whose `*` tokens stand for any token)
+/// matches `pattern`, a stream's subject filter with NATS's wildcards (`*` one
+/// token, `>` one or more).
 fn covers(pattern: &str, wanted: &str) -> bool {
     let mut wanted_tokens = wanted.split('.');
     for token in pattern.split('.') {
         match (token, wanted_tokens.next()) {
+            (_, None) => return false,
             (">", Some(_)) => return true,
-            (_, None | Some(">")) => return false,
             ("*", Some(_)) => {}
-            (token, Some(other)) if token == other => {}
+            (token, Some(other)) if token == other && other != "*" => {}
             _ => return false,
         }
     }
     wanted_tokens.next().is_none()
 }
+
+/// Every subject the relay publishes on: four tokens (see [`subject_of`]).
+const PUBLISHED_ON: &str = "shoplog.events.*.*";
 
 /// `shoplog.events.<category>.<id>`: the category is the stream's prefix before
 /// its first `-` (`product`, `customer`, `email`, `cart`, `order`), the id the
@@ -678,13 +722,17 @@ mod tests {
 
     #[test]
     fn a_streams_subjects_must_take_every_subject_of_the_relay() {
-        for pattern in ["shoplog.events.>", "shoplog.>", ">", "*.events.>", "shoplog.*.>"] {
-            assert!(covers(pattern, SUBJECTS), "{pattern}");
+        let every = ["shoplog.events.>", "shoplog.>", ">", "*.events.>", "shoplog.*.>", "shoplog.events.*.*"];
+        for pattern in every.into_iter().chain(["shoplog.events.*.>", "*.*.*.*"]) {
+            assert!(covers(pattern, PUBLISHED_ON), "{pattern}");
         }
         for pattern in ["foo.>", "shoplog.events.*", "shoplog.events.product.>", "shoplog.events", "shoplog.*"] {
-            assert!(!covers(pattern, SUBJECTS), "{pattern}");
+            assert!(!covers(pattern, PUBLISHED_ON), "{pattern}");
         }
-        assert!(covers("shoplog.events.*.*", "shoplog.events.product.mug"));
+        for pattern in ["shoplog.events.*.*.*", "shoplog.events.product.*"] {
+            assert!(!covers(pattern, PUBLISHED_ON), "{pattern}");
+        }
+        assert!(covers("shoplog.events.*.*", &subject_of("product-mug.1")), "{}", subject_of("product-mug.1"));
     }
 
     #[test]

@@ -519,6 +519,61 @@ async fn two_logs_relaying_to_one_stream_never_interleave() {
     second.stop().await;
 }
 
+/// A stream of that name with wider subjects, holding someone else's message
+/// on one of its own but no log's record: no history to mix with, so the relay
+/// publishes from its checkpoint (after the other message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_holding_only_others_messages_is_taken() {
+    let dir = tests::temp_dir();
+    let nats = NatsServer::start(dir.path());
+    let client = async_nats::connect(nats.url()).await.expect("connects to NATS");
+    let context = jetstream::new(client);
+    context
+        .create_stream(jetstream::stream::Config {
+            name: "SHOPLOG_EVENTS".to_owned(),
+            subjects: vec!["shoplog.>".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .expect("makes the stream");
+    context.publish("shoplog.audit.x", "not a record".into()).await.expect("publishes").await.expect("stored");
+    let app = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
+    app.create_product("mug-1", 1200, 4).await;
+    restock(&app, "mug-1", 3).await;
+    let status = relayed(&app).await;
+    assert_eq!(status["failure"], Value::Null, "{status}");
+    let mut stream = context.get_stream("SHOPLOG_EVENTS").await.expect("the stream");
+    assert_eq!(stream.info().await.expect("its state").state.messages, app.head() + 1);
+    app.stop().await;
+}
+
+/// NATS wiped (its store gone) and started again while the shop is idle: the
+/// relay reads the stream again at the reconnection, so it makes it again at
+/// once, not at the next command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnection_reads_the_stream_again() {
+    let dir = tests::temp_dir();
+    let mut nats = NatsServer::start(dir.path());
+    let app = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
+    app.create_product("mug-1", 1200, 4).await;
+    relayed(&app).await;
+    nats.kill();
+    std::fs::remove_dir_all(dir.path().join("jetstream")).expect("wipes NATS's store");
+    nats.restart();
+    let head = app.head();
+    let deadline = Instant::now() + RELAY_WAIT;
+    let client = async_nats::connect(nats.url()).await.expect("connects to NATS");
+    let context = jetstream::new(client);
+    while context.get_stream("SHOPLOG_EVENTS").await.is_err() {
+        assert!(Instant::now() < deadline, "the relay never made the stream again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(app.head(), head, "no command was needed");
+    let status = relayed(&app).await;
+    assert_eq!(status["failure"], Value::Null, "{status}");
+    app.stop().await;
+}
+
 /// A NATS server that takes the connection and never answers (a listener on
 /// loopback that accepts nothing) holds up neither the commands nor a stop:
 /// the relay's connection attempt (5 s at most) ends at the stop.
