@@ -441,8 +441,8 @@ async fn connect(
 /// The relay must be the stream's only publisher.
 const EXPECTED_LAST_SEQUENCE: &str = "Nats-Expected-Last-Sequence";
 
-/// One attempt: connect, find where to start, publish until stopped (`Ok`) or
-/// until something fails.
+/// One attempt: connect, find where to start, and publish until stopped or
+/// reconnected (`Ok`), or until something fails.
 async fn relay(
     shared: &Shared,
     options: &RelayOptions,
