@@ -517,7 +517,7 @@ async fn relay(
             Step::Acked(acked) => {
                 let Some(sent) = in_flight.pop_front() else { continue };
                 let position = sent.position;
-                let ack = acked.map_err(|error| RelayError::Publish { position, reason: error.to_string() })?;
+                let ack = acked.map_err(|error| RelayError::Publish { position, reason: refusal(&error) })?;
                 if ack.stream != STREAM {
                     // Another stream takes subjects of ours as well.
                     return Err(RelayError::Publish {
@@ -578,6 +578,19 @@ async fn relay(
                 }
             }
         }
+    }
+}
+
+/// Why JetStream did not take a publish, in the relay's words where its own
+/// are cryptic.
+fn refusal(error: &jetstream::context::PublishError) -> String {
+    match error.kind() {
+        jetstream::context::PublishErrorKind::WrongLastSequence => format!(
+            "JetStream refused it, as the stream no longer ends where it follows (a message before it was lost \
+             with a connection, or another publisher wrote to {STREAM}); the relay goes on from where the stream \
+             ends ({error})"
+        ),
+        _ => error.to_string(),
     }
 }
 
