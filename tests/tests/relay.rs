@@ -130,6 +130,12 @@ async fn assert_published_as_stored(log: &store::EventLog, url: &str) {
     }
 }
 
+/// Wait until JetStream has forgotten the ids of a [`stream_that_keeps_repeats`]:
+/// it drops them on a timer some time after the window (100 ms), not at once.
+async fn past_the_deduplication_window() {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+}
+
 /// A stream made before the relay makes it, whose deduplication window is
 /// short: a message sent twice then shows as two, where the relay's own window
 /// of two minutes would hide it.
@@ -288,7 +294,7 @@ async fn a_restored_log_goes_on_where_the_stream_ends_and_another_log_is_refused
         assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
     }
     // Past the stream's deduplication window: a message sent again would stay.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    past_the_deduplication_window().await;
     let app = TestApp::serve_dir_with(restored, |config| config.nats = Some(nats.url())).await;
     relayed(&app).await;
     restock(&app, "mug-1", 3).await;
@@ -355,7 +361,7 @@ async fn after_a_kill_the_relay_goes_on_where_the_stream_ends() {
         served.kill();
     });
     // Past the deduplication window: a message sent again would stay.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    past_the_deduplication_window().await;
     let (served, head) = tokio::task::block_in_place(|| {
         let served = Served::start(&args, &env);
         let head = restocks(&served, 3);
@@ -394,7 +400,7 @@ async fn messages_jetstream_lost_are_sent_again_and_a_purged_stream_is_not_refil
         assert!(stream.delete_message(sequence).await.expect("deletes"), "message {sequence} was there");
     }
     assert_eq!(published(&nats.url()).await.len() as u64, head - 3);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    past_the_deduplication_window().await;
 
     let app = TestApp::serve_dir_with(data, |config| config.nats = Some(nats.url())).await;
     relayed(&app).await;
