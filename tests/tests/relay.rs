@@ -65,6 +65,14 @@ async fn relay_status(app: &TestApp) -> Value {
     entries.into_iter().find(|entry| entry["name"] == "relay").expect("the relay is listed")
 }
 
+/// A `nats-server` (its data in the returned dir) and a shop relaying to it.
+async fn relaying() -> (tempfile::TempDir, NatsServer, TestApp) {
+    let dir = tests::temp_dir();
+    let nats = NatsServer::start(dir.path());
+    let app = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
+    (dir, nats, app)
+}
+
 /// Wait until `ready` holds of the relay's status; the status.
 async fn relay_until(app: &TestApp, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + RELAY_WAIT;
@@ -130,8 +138,8 @@ async fn assert_published_as_stored(log: &store::EventLog, url: &str) {
     }
 }
 
-/// Wait until JetStream has forgotten the ids of a [`stream_that_keeps_repeats`]:
-/// it drops them on a timer some time after the window (100 ms), not at once.
+/// Wait until JetStream has forgotten the ids of a [`stream_that_keeps_repeats`]
+/// (it drops them on a timer after the window of 100 ms), with room to spare.
 async fn past_the_deduplication_window() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 }
@@ -155,9 +163,7 @@ async fn stream_that_keeps_repeats(url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_publishes_every_event_once_in_position_order_as_stored() {
-    let dir = tests::temp_dir();
-    let nats = NatsServer::start(dir.path());
-    let app = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
+    let (_dir, nats, app) = relaying().await;
     let email = "relayed.shopper@example.com";
     shop(&app, email).await;
     let status = relayed(&app).await;
@@ -228,9 +234,7 @@ async fn commands_go_on_while_nats_is_down_and_the_relay_catches_up() {
 /// relay's next attempt sends the lost ones again: every event once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_killed_under_load_loses_no_event_from_the_stream() {
-    let dir = tests::temp_dir();
-    let mut nats = NatsServer::start(dir.path());
-    let app = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
+    let (_dir, mut nats, app) = relaying().await;
     app.create_product("mug-1", 1200, 4).await;
     let loading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let load = {
@@ -403,6 +407,12 @@ async fn messages_jetstream_lost_are_sent_again_and_a_purged_stream_is_not_refil
     past_the_deduplication_window().await;
 
     let app = TestApp::serve_dir_with(data, |config| config.nats = Some(nats.url())).await;
+    // Its checkpoint says the head until it has read the stream: wait for the stream.
+    let deadline = Instant::now() + RELAY_WAIT;
+    while (published(&nats.url()).await.len() as u64) < head {
+        assert!(Instant::now() < deadline, "the lost messages were never sent again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     relayed(&app).await;
     assert_published_as_stored(app.log(), &nats.url()).await;
 
@@ -421,9 +431,7 @@ async fn messages_jetstream_lost_are_sent_again_and_a_purged_stream_is_not_refil
 /// attempt until the window ends; the purged records stay purged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_purge_records_jetstream_took_before_are_passed_not_stored_again() {
-    let dir = tests::temp_dir();
-    let nats = NatsServer::start(dir.path());
-    let app = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
+    let (_dir, nats, app) = relaying().await;
     shop(&app, "purged.shopper@example.com").await;
     relayed(&app).await;
     let data = app.stop_keeping_dir().await;
@@ -558,9 +566,7 @@ async fn a_stream_holding_only_others_messages_is_taken() {
 /// once, not at the next command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnection_reads_the_stream_again() {
-    let dir = tests::temp_dir();
-    let mut nats = NatsServer::start(dir.path());
-    let app = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
+    let (dir, mut nats, app) = relaying().await;
     app.create_product("mug-1", 1200, 4).await;
     relayed(&app).await;
     nats.kill();
