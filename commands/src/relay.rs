@@ -259,6 +259,11 @@ impl Relay {
     }
 }
 
+/// How long the relay waits, with nothing to publish, before it reads the stream
+/// again: a JetStream that recovers after a restart may lose its tail after the
+/// relay read it, and nothing else would show it on a quiet shop.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
+
 /// How often the connection pings a server that sends nothing.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -297,7 +302,8 @@ type AckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, jetstream::conte
 /// How an attempt ended without failing.
 enum Ended {
     Stopped,
-    /// The connection was made again: read the stream again.
+    /// The connection was made again, or the relay was idle for
+    /// [`IDLE_CHECK`]: read the stream again.
     Reconnected,
 }
 
@@ -327,6 +333,7 @@ async fn connect(
     options: &RelayOptions,
     client: &mut Option<async_nats::Client>,
 ) -> Result<(jetstream::Context, u64), RelayError> {
+    let first = client.is_none();
     let client = match client {
         Some(client) => client.clone(),
         None => {
@@ -347,6 +354,7 @@ async fn connect(
                 .connect(options.url.as_str())
                 .await
                 .map_err(|error| RelayError::Connect { url: shown(&options.url), reason: error.to_string() })?;
+            tracing::info!(url = %shared.shown_url, "the relay is connected to NATS");
             *shared.client.lock().unwrap_or_else(PoisonError::into_inner) = Some(connected.clone());
             client.insert(connected).clone()
         }
@@ -380,10 +388,11 @@ async fn connect(
             ),
         });
     }
-    if info.config.storage != StorageType::File {
+    // Said once a connection, not at every look at the stream.
+    if first && info.config.storage != StorageType::File {
         tracing::warn!("JetStream stream {STREAM} keeps its messages in memory: a NATS restart loses them all");
     }
-    if info.config.duplicate_window < options.duplicate_window {
+    if first && info.config.duplicate_window < options.duplicate_window {
         tracing::warn!(
             window_ms = info.config.duplicate_window.as_millis() as u64,
             "JetStream stream {STREAM} drops repeats within a shorter window than the relay's: a publish sent again \
@@ -460,7 +469,7 @@ async fn relay(
         // Up, with nothing to publish; else up once JetStream acknowledges.
         shared.set_failure(None);
     }
-    tracing::info!(url = %shown(&options.url), from = shared.checkpoint.load(Ordering::Acquire) + 1, "relaying the log to NATS");
+    tracing::debug!(url = %shown(&options.url), from = shared.checkpoint.load(Ordering::Acquire) + 1, "relaying the log to NATS");
 
     let mut subscription = shared.log.subscribe(shared.checkpoint.load(Ordering::Acquire) + 1);
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
@@ -474,6 +483,8 @@ async fn relay(
             Read(Result<usize, StoreError>),
         }
         let room = options.acks_in_flight.saturating_sub(in_flight.len());
+        // Idle (nothing in flight): look at the stream again now and then.
+        let idle = in_flight.is_empty();
         let step = {
             let ack = async {
                 match in_flight.front_mut() {
@@ -503,6 +514,7 @@ async fn relay(
                 _ = connections.changed() => Step::Reconnected,
                 acked = ack => Step::Acked(acked),
                 read = read => Step::Read(read),
+                () = tokio::time::sleep(IDLE_CHECK), if idle => Step::Reconnected,
             }
         };
         match step {
@@ -511,7 +523,7 @@ async fn relay(
                 return Ok(Ended::Stopped);
             }
             Step::Reconnected => {
-                tracing::info!("the relay's connection to NATS was made again; it reads the stream again");
+                tracing::debug!("the relay reads the stream again");
                 return Ok(Ended::Reconnected);
             }
             Step::Acked(acked) => {
