@@ -110,6 +110,24 @@ async fn restock(app: &TestApp, sku: &str, times: usize) {
     }
 }
 
+/// Every record of `log` up to `head`, as stored: (position, event id, event
+/// type, stream, bytes).
+async fn stored_records(log: &store::EventLog, head: u64) -> Vec<(u64, uuid::Uuid, String, String, Vec<u8>)> {
+    let mut stored = Vec::new();
+    let mut subscription = log.subscribe(1);
+    while subscription.next_position() <= head {
+        subscription
+            .next_stored(1024, |record| {
+                let (stream, event_type) = (record.stream.to_owned(), record.event_type.to_owned());
+                stored.push((record.position, record.event_id, event_type, stream, record.bytes.to_vec()));
+                Ok::<(), store::StoreError>(())
+            })
+            .await
+            .expect("reads the log");
+    }
+    stored
+}
+
 /// Every event of `log` published once, in position order, each message the
 /// record as stored with the headers and subject of DESIGN §4.
 async fn assert_published_as_stored(log: &store::EventLog, url: &str) {
@@ -125,18 +143,7 @@ async fn assert_published_as_stored(log: &store::EventLog, url: &str) {
         "one message per event, none twice; missing {missing:?}; (position, sequence) around the first: {:?}",
         missing.first().map(|first| around(*first))
     );
-    let mut stored = Vec::new();
-    let mut subscription = log.subscribe(1);
-    while subscription.next_position() <= head {
-        subscription
-            .next_stored(1024, |record| {
-                let (stream, event_type) = (record.stream.to_owned(), record.event_type.to_owned());
-                stored.push((record.position, record.event_id, event_type, stream, record.bytes.to_vec()));
-                Ok::<(), store::StoreError>(())
-            })
-            .await
-            .expect("reads the log");
-    }
+    let stored = stored_records(log, head).await;
     for (message, (position, event_id, event_type, stream, bytes)) in messages.iter().zip(&stored) {
         assert_eq!(message.position, *position, "message {} is out of position order", message.sequence);
         assert_eq!(message.message_id, event_id.to_string());
@@ -301,17 +308,8 @@ async fn nats_stopped_under_load_keeps_the_stream_in_order() {
     // the cause is not found, and a consumer fills a gap from the primary,
     // DESIGN §4.)
     assert_eq!(messages.last().map(|last| last.position), Some(head), "the stream ends at the head");
-    let mut stored = std::collections::HashMap::new();
-    let mut subscription = app.log().subscribe(1);
-    while subscription.next_position() <= head {
-        subscription
-            .next_stored(1024, |record| {
-                stored.insert(record.position, record.bytes.to_vec());
-                Ok::<(), store::StoreError>(())
-            })
-            .await
-            .expect("reads the log");
-    }
+    let stored: std::collections::HashMap<u64, Vec<u8>> =
+        stored_records(app.log(), head).await.into_iter().map(|(position, _, _, _, bytes)| (position, bytes)).collect();
     for pair in messages.windows(2) {
         assert!(
             pair[0].position < pair[1].position,
@@ -324,7 +322,10 @@ async fn nats_stopped_under_load_keeps_the_stream_in_order() {
         assert!(stored.get(&message.position) == Some(&message.payload), "position {} as stored", message.position);
     }
     if messages.len() as u64 != head {
-        eprintln!("the stream skipped {} of {head} positions", head - messages.len() as u64);
+        eprintln!(
+            "{} of {head} positions missing from the stream (open, see the comment above)",
+            head - messages.len() as u64
+        );
     }
     app.stop().await;
 }
