@@ -15,8 +15,11 @@
 //! [`Relay::status`] (which `/admin/projections` and `/metrics` show, with its
 //! lag), waits (100 ms, doubling up to [`RelayOptions::retry_max`]) and goes on
 //! after the last record the stream holds, on the same connection. Each publish
-//! names the stream sequence it must follow (`Nats-Expected-Last-Sequence`), so
-//! JetStream refuses everything after a message lost with a dropped connection:
+//! names what it must follow: the message id of the record before it
+//! (`Nats-Expected-Last-Msg-Id`), or, for the first of an attempt, the stream
+//! sequence it read (`Nats-Expected-Last-Sequence`). So JetStream stores a
+//! record only right after the one before it, whatever reaches it late (a
+//! publish lost with a dropped connection, one an earlier attempt left queued):
 //! the stream holds the log's records in position order with no hole.
 //!
 //! Where it starts, at each attempt: after the last message the stream holds,
@@ -310,14 +313,46 @@ enum Ended {
 /// A publish waiting for its ack.
 struct InFlight {
     position: u64,
-    /// The stream sequence it named as the one it follows.
-    follows: u64,
     ack: AckFuture,
+}
+
+/// What a publish names as the stream's last message, so that JetStream
+/// stores it only right after the record before it (see [`Follows::header`]).
+enum Follows {
+    /// The stream sequence the attempt read where the stream ends (its last
+    /// record, or a purged or new stream's last sequence): the first publish of
+    /// an attempt, and the one after a duplicate.
+    Sequence(u64),
+    /// The message id (event id) of the record before it: every other publish.
+    MessageId(String),
+}
+
+impl Follows {
+    /// The header that says it.
+    ///
+    /// Why the message id and not only the sequence: the sequence a publish
+    /// names is counted from where the attempt read the stream, one more per
+    /// publish, and a publish refused or deduplicated stores nothing. Any
+    /// message stored meanwhile that the count did not foresee (a publish an
+    /// earlier attempt left queued on the connection, sent when it came back;
+    /// a stream read just before such a publish was stored) shifts the count,
+    /// and a later publish of the same batch could then name the stream's last
+    /// sequence by chance and be stored after a hole. A message id names the
+    /// record before, whatever the count. It is not used alone: JetStream keeps
+    /// the last message id in memory only (after a restart it knows it only if
+    /// that message is within the deduplication window).
+    fn header(&self) -> (&'static str, String) {
+        match self {
+            Follows::Sequence(sequence) => (EXPECTED_LAST_SEQUENCE, sequence.to_string()),
+            Follows::MessageId(id) => (EXPECTED_LAST_MESSAGE_ID, id.clone()),
+        }
+    }
 }
 
 /// A record to publish, copied out of the log.
 struct Outgoing {
     position: u64,
+    event_id: String,
     subject: String,
     headers: HeaderMap,
     payload: Vec<u8>,
@@ -417,6 +452,10 @@ async fn connect(
         Err(_) => stream.get_raw_message(last_sequence).await.map_err(|error| stream_error(&error))?,
     };
     let held = held_position(&shared.log, &last.headers, &last.payload).await?;
+    // The first publish follows this record: at its own sequence, unless the
+    // stream holds others' messages after it. (Read after the stream's state,
+    // it may be newer: a publish an earlier attempt left queued stored since.)
+    let last_sequence = last_sequence.max(last.sequence);
     // Every publish expects the one before it to be the stream's last message, so
     // the stream holds this log's records from where the relay began, with no
     // hole: it goes on after its last one.
@@ -441,14 +480,17 @@ async fn connect(
     Ok((jetstream, last_sequence))
 }
 
-/// The header by which JetStream stores a message only right after the stream
-/// sequence it names: the relay names the one of the record before, so that a
-/// publish lost on a connection that dropped (the client sends what it still
+/// The headers by which JetStream stores a message only right after the one it
+/// names (the stream sequence, or the message id, of the record before), so that
+/// a publish lost on a connection that dropped (the client sends what it still
 /// queued on its next connection) makes JetStream refuse every later one, and
-/// the relay's next attempt goes on after the last record stored. Without it,
+/// the relay's next attempt goes on after the last record stored. Without them,
 /// the records after a lost one were stored and the lost one never sent again.
 /// The relay must be the stream's only publisher.
 const EXPECTED_LAST_SEQUENCE: &str = "Nats-Expected-Last-Sequence";
+
+/// See [`EXPECTED_LAST_SEQUENCE`] and [`Follows::header`].
+const EXPECTED_LAST_MESSAGE_ID: &str = "Nats-Expected-Last-Msg-Id";
 
 /// One attempt: connect, find where to start, and publish until stopped or
 /// reconnected (`Ok`), or until something fails.
@@ -461,7 +503,7 @@ async fn relay(
     // Connections made before this attempt read the stream are not news.
     let mut connections = shared.connections.subscribe();
     // A server that does not answer holds no stop up.
-    let (jetstream, mut last_sequence) = tokio::select! {
+    let (jetstream, mut stored) = tokio::select! {
         connected = connect(shared, options, client) => connected?,
         _ = stopped.wait_for(|stop| *stop) => return Ok(Ended::Stopped),
     };
@@ -475,6 +517,9 @@ async fn relay(
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut outgoing: Vec<Outgoing> = Vec::new();
     let mut saved = shared.checkpoint.load(Ordering::Acquire);
+    // What the next publish follows; `stored` is where this attempt knows the
+    // stream ends.
+    let mut follows = Follows::Sequence(stored);
     loop {
         enum Step {
             Stop,
@@ -500,6 +545,7 @@ async fn relay(
                     .next_stored(room, |record| {
                         outgoing.push(Outgoing {
                             position: record.position,
+                            event_id: record.event_id.to_string(),
                             subject: subject_of(record.stream),
                             headers: headers_of(&record),
                             payload: record.bytes.to_vec(),
@@ -543,24 +589,19 @@ async fn relay(
                 if ack.duplicate {
                     // JetStream took this event once already (its id is in the
                     // deduplication window; the message may since have been
-                    // deleted or purged) and stored nothing: the stream still
-                    // ends at the sequence this publish followed, so every
-                    // publish sent after it names one too many and is refused.
-                    // It counts as published; the rest go again from the next
-                    // position, naming that sequence.
-                    last_sequence = sent.follows;
+                    // deleted or purged) and stored nothing, so the publishes
+                    // sent after it, which follow its id, are refused. It counts
+                    // as published; the rest go again from the next position,
+                    // following where the stream ends (should something have
+                    // been stored since, that one is refused and the next
+                    // attempt reads the stream).
+                    follows = Follows::Sequence(stored);
                     if !in_flight.is_empty() {
                         in_flight.clear();
                         subscription = shared.log.subscribe(position + 1);
                     }
-                } else if ack.sequence != sent.follows + 1 {
-                    return Err(RelayError::Publish {
-                        position,
-                        reason: format!(
-                            "stored at stream sequence {}, not right after {} as it asked",
-                            ack.sequence, sent.follows
-                        ),
-                    });
+                } else {
+                    stored = ack.sequence;
                 }
                 if shared.failing.load(Ordering::Acquire) {
                     shared.set_failure(None);
@@ -576,9 +617,9 @@ async fn relay(
             Step::Read(read) => {
                 read?;
                 for mut record in outgoing.drain(..) {
-                    let follows = last_sequence;
-                    record.headers.insert(EXPECTED_LAST_SEQUENCE, follows.to_string());
-                    last_sequence += 1;
+                    let (name, value) = follows.header();
+                    record.headers.insert(name, value);
+                    follows = Follows::MessageId(record.event_id);
                     let ack = jetstream
                         .publish_with_headers(record.subject, record.headers, record.payload.into())
                         .await
@@ -586,7 +627,7 @@ async fn relay(
                             position: record.position,
                             reason: error.to_string(),
                         })?;
-                    in_flight.push_back(InFlight { position: record.position, follows, ack: ack.into_future() });
+                    in_flight.push_back(InFlight { position: record.position, ack: ack.into_future() });
                 }
             }
         }
@@ -597,7 +638,8 @@ async fn relay(
 /// are cryptic.
 fn refusal(error: &jetstream::context::PublishError) -> String {
     match error.kind() {
-        jetstream::context::PublishErrorKind::WrongLastSequence => format!(
+        jetstream::context::PublishErrorKind::WrongLastSequence
+        | jetstream::context::PublishErrorKind::WrongLastMessageId => format!(
             "JetStream refused it, as the stream no longer ends where it follows (a message before it was lost \
              with a connection, or another publisher wrote to {STREAM}); the relay goes on from where the stream \
              ends ({error})"
