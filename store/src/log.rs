@@ -26,7 +26,9 @@ use crate::types::{
 };
 use crate::upcast::Upcasters;
 use crate::wal::{WAL_FILES, WAL_LEN_MAX, Wals};
-use crate::writer::{Applied, Counters, DurableHeads, Health, Job, Syncer, Tail, Writer, drop_torn_batch, replay};
+use crate::writer::{
+    Applied, Counters, DurableHeads, Health, Job, Syncer, Tail, Work, Writer, drop_torn_batch, replay,
+};
 
 /// sled's segment size for a new log. Its blob threshold is a quarter of it (2 MiB),
 /// and sled never fsyncs blobs; with records capped at [`crate::RECORD_LEN_MAX`] and
@@ -330,14 +332,29 @@ impl EventLog {
         self.submit(request, Some(subject)).await
     }
 
+    /// Append records as another log stored them, bytes whole (a read replica
+    /// copying its primary's log from NATS, DESIGN §4); returns once they are
+    /// durable. All or nothing: each must be this log's next position, chain to
+    /// its last record's hash (so the copy verifies as the primary does, and
+    /// another log's records are refused), and be its stream's next version.
+    /// A sealed payload stays sealed: this log holds no key for it, so it reads
+    /// as [`crate::Payload::Forgotten`].
+    pub async fn append_stored(&self, records: Vec<Vec<u8>>) -> Result<AppendResult, StoreError> {
+        self.submit_work(Work::Stored(records)).await
+    }
+
     async fn submit(&self, request: AppendRequest, forget: Option<Uuid>) -> Result<AppendResult, StoreError> {
+        self.submit_work(Work::Append { request, forget }).await
+    }
+
+    async fn submit_work(&self, work: Work) -> Result<AppendResult, StoreError> {
         if let Some(reason) = self.inner.health.failure() {
             return Err(StoreError::Unavailable { reason });
         }
         let closed = || StoreError::Unavailable { reason: "the log is shut down".to_owned() };
         let jobs = self.inner.jobs.as_ref().ok_or_else(closed)?;
         let (reply, answer) = oneshot::channel();
-        jobs.send(Job { request, forget, reply }).await.map_err(|_| closed())?;
+        jobs.send(Job { work, reply }).await.map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
     }
 

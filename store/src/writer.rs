@@ -61,10 +61,19 @@ pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// One request for the writer.
 pub(crate) struct Job {
-    pub request: AppendRequest,
-    /// Forget this subject (delete its key) in the same transaction as the append.
-    pub forget: Option<Uuid>,
+    pub work: Work,
     pub reply: oneshot::Sender<Result<AppendResult, StoreError>>,
+}
+
+/// What a [`Job`] asks.
+pub(crate) enum Work {
+    Append {
+        request: AppendRequest,
+        /// Forget this subject (delete its key) in the same transaction as the append.
+        forget: Option<Uuid>,
+    },
+    /// Records as another log stored them (see [`crate::EventLog::append_stored`]).
+    Stored(Vec<Vec<u8>>),
 }
 
 /// Why the log stopped accepting appends, shared by the writer and the handles.
@@ -317,7 +326,10 @@ impl Writer {
         while let Some(job) = next {
             let outcome = match &failure {
                 Some(reason) => Err(StoreError::Unavailable { reason: reason.clone() }),
-                None => staged.stage(&self.trees, &self.stream_heads, &job.request, job.forget),
+                None => match job.work {
+                    Work::Append { request, forget } => staged.stage(&self.trees, &self.stream_heads, &request, forget),
+                    Work::Stored(records) => staged.stage_stored(&self.trees, &self.stream_heads, records),
+                },
             };
             outcomes.push((job.reply, outcome));
             next = if outcomes.len() < self.batch_len_max { self.jobs.try_recv().ok() } else { None };
@@ -1191,38 +1203,8 @@ impl Staged {
             }
         }
 
-        // The index groups this request continues that the batch has not
-        // touched yet, read before anything is added to the batch.
-        // Only a stream's first event in the request can continue a group begun
-        // before it (a request names each stream once, its events in order).
-        let mut continued: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let mut previous_stream = None;
-        for (_, stream, version, _) in &records {
-            if previous_stream.replace(*stream) == Some(*stream) {
-                continue;
-            }
-            let first = trees::group_first(*version);
-            let key = trees::stream_key(stream, first);
-            if *version == first || self.streams.contains_key(&key) {
-                continue;
-            }
-            let group = trees.index_group(&key)?.map(|group| group.to_vec()).unwrap_or_default();
-            if group.len() != trees::group_offset(*version) {
-                return Err(StoreError::corrupt(
-                    0,
-                    format!("index of stream {stream} is damaged at version {version}"),
-                ));
-            }
-            continued.push((key, group));
-        }
-
         // Every check passed: add it all to the batch.
-        self.streams.extend(continued);
-        for (position, stream, version, bytes) in records {
-            self.events.push((position, bytes));
-            let group = self.streams.entry(trees::group_key(stream, version)).or_default();
-            group.extend_from_slice(&position.to_be_bytes());
-        }
+        self.add_records(trees, records)?;
         for (stream, head) in heads {
             self.stream_heads.insert(stream.to_owned(), head);
         }
@@ -1248,6 +1230,146 @@ impl Staged {
             self.idempotency.push((key, bytes));
             self.idempotency_keys.insert(key, (idempotency.request_hash, result.clone()));
         }
+        self.tail = tail;
+        self.written += records_len(&result);
+        self.appends += 1;
+        Ok(result)
+    }
+
+    /// Add `records` (position, stream, version, bytes, in position order, each
+    /// its stream's next version) to the batch with their stream index entries.
+    /// Nothing is added unless each index group they continue is sound: those the
+    /// batch has not touched yet are read before anything is added.
+    fn add_records<S: AsRef<str>>(
+        &mut self,
+        trees: &Trees,
+        records: Vec<(u64, S, u64, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
+        let mut continued: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        // Events of one stream in a row are in one group or begin the next: only
+        // the first of them can continue a group begun before the records.
+        let mut previous_stream = None;
+        for (_, stream, version, _) in &records {
+            let stream = stream.as_ref();
+            if previous_stream.replace(stream) == Some(stream) {
+                continue;
+            }
+            let first = trees::group_first(*version);
+            let key = trees::stream_key(stream, first);
+            if self.streams.contains_key(&key) || continued.iter().any(|(begun, _)| *begun == key) {
+                continue;
+            }
+            let group = if *version == first {
+                Vec::new()
+            } else {
+                let group = trees.index_group(&key)?.map(|group| group.to_vec()).unwrap_or_default();
+                if group.len() != trees::group_offset(*version) {
+                    return Err(StoreError::corrupt(
+                        0,
+                        format!("index of stream {stream} is damaged at version {version}"),
+                    ));
+                }
+                group
+            };
+            continued.push((key, group));
+        }
+        self.streams.extend(continued);
+        for (position, stream, version, bytes) in records {
+            self.events.push((position, bytes));
+            let group = self.streams.entry(trees::group_key(stream.as_ref(), version)).or_default();
+            group.extend_from_slice(&position.to_be_bytes());
+        }
+        Ok(())
+    }
+
+    /// Stage records another log stored, all or nothing: each must parse, be
+    /// the log's next position, chain to its last hash, and be its stream's next
+    /// version. Their bytes are kept as they are: a sealed payload stays sealed,
+    /// and its subject gets the tombstone a forget leaves (this log never holds
+    /// the key, so the data reads as forgotten, and `verify` finds each sealed
+    /// record's subject accounted for).
+    fn stage_stored(
+        &mut self,
+        trees: &Trees,
+        known_heads: &FastMap<String, u64>,
+        stored: Vec<Vec<u8>>,
+    ) -> Result<AppendResult, StoreError> {
+        if stored.is_empty() {
+            return Err(StoreError::InvalidAppend { reason: "no records".to_owned() });
+        }
+        let refused = |position: u64, reason: String| StoreError::BadInput {
+            reason: format!("the record for position {position} does not follow this log: {reason}"),
+        };
+        let mut tail = self.tail;
+        let mut heads: FastMap<String, StreamHead> = FastMap::default();
+        let mut tombstones: Vec<Uuid> = Vec::new();
+        let mut records = Vec::with_capacity(stored.len());
+        for bytes in stored {
+            let next = tail.head + 1;
+            let (stream, version) = {
+                let record = record::parse(&bytes).map_err(|reason| refused(next, reason))?;
+                let header = &record.header;
+                if header.position != next {
+                    return Err(refused(next, format!("it holds position {}", header.position)));
+                }
+                if record::chain_hash(&tail.last_hash, record.body) != record.hash {
+                    return Err(refused(
+                        next,
+                        "its hash does not chain to the last record's (another log's record, or damaged)".to_owned(),
+                    ));
+                }
+                if bytes.len() > RECORD_LEN_MAX {
+                    return Err(StoreError::RecordTooLarge {
+                        stream: header.stream.to_string(),
+                        event_type: header.event_type.to_string(),
+                        len: bytes.len(),
+                        max: RECORD_LEN_MAX,
+                    });
+                }
+                let current = match heads.get(header.stream.as_ref()) {
+                    Some(head) => head.version,
+                    None => self.stream_head(trees, known_heads, &header.stream)?,
+                };
+                if header.version != current + 1 {
+                    return Err(refused(
+                        next,
+                        format!(
+                            "it is version {} of stream {}, whose next is {}",
+                            header.version,
+                            header.stream,
+                            current + 1
+                        ),
+                    ));
+                }
+                if let Some(subject) = header.subject
+                    && !tombstones.contains(&subject)
+                    && self.subject_key(trees, subject)?.is_none()
+                {
+                    tombstones.push(subject);
+                }
+                tail = Tail {
+                    head: next,
+                    last_hash: record.hash,
+                    last_recorded_micros: tail.last_recorded_micros.max(header.recorded_at_micros),
+                };
+                (header.stream.to_string(), header.version)
+            };
+            heads.insert(stream.clone(), StreamHead { version, position: next });
+            records.push((next, stream, version, bytes));
+        }
+        self.add_records(trees, records)?;
+        for subject in tombstones {
+            self.keys.push((*subject.as_bytes(), Vec::new()));
+            self.subject_keys.insert(subject, KeyState::Forgotten);
+        }
+        let mut streams: Vec<StreamVersion> = heads
+            .iter()
+            .map(|(stream, head)| StreamVersion { stream: stream.clone(), version: head.version })
+            .collect();
+        streams.sort_by(|a, b| a.stream.cmp(&b.stream));
+        let result =
+            AppendResult { first_position: self.tail.head + 1, last_position: tail.head, streams, duplicate: false };
+        self.stream_heads.extend(heads);
         self.tail = tail;
         self.written += records_len(&result);
         self.appends += 1;

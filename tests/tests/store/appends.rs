@@ -466,3 +466,128 @@ async fn a_named_secret_is_made_once_and_kept_across_restarts() {
     assert_eq!(log.secret("email-key").expect("read"), first);
     log.verify().expect("secrets are not part of the chain");
 }
+
+/// Every record of `log`, as stored, in position order.
+async fn stored_records(log: &EventLog) -> Vec<Vec<u8>> {
+    let mut records = Vec::new();
+    let mut subscription = log.subscribe(1);
+    while subscription.next_position() <= log.head() {
+        subscription
+            .next_stored(1000, |record| {
+                records.push(record.bytes.to_vec());
+                Ok::<(), StoreError>(())
+            })
+            .await
+            .expect("lends");
+    }
+    records
+}
+
+/// A read replica's copy (DESIGN §4): records appended as another log stored
+/// them, in pieces of any size (streams interleaved within a piece, index
+/// groups begun and continued across pieces, a sealed payload, a forget), make
+/// a log that reads and verifies like the first: the same records byte for
+/// byte, the same streams and versions, the same hash chain; the sealed
+/// payload reads as forgotten, as the copy holds no key.
+#[tokio::test]
+async fn records_appended_as_stored_make_the_same_log() {
+    let (first_dir, copy_dir) = (temp_dir(), temp_dir());
+    let first = EventLog::open(first_dir.path()).expect("opens");
+    let subject = Uuid::new_v4();
+    for index in 0u32..70 {
+        let stream = format!("s-{}", index % 3);
+        let request = match index {
+            10 => append_many(vec![
+                ("s-0", ExpectedVersion::Any, vec![event("E", b"a"), event("E", b"b")]),
+                ("s-9", ExpectedVersion::Any, vec![event("E", b"c")]),
+            ]),
+            20 => append(
+                "customer-1",
+                ExpectedVersion::Any,
+                vec![sealed_event("Registered", subject, b"ada@example.com")],
+            ),
+            _ => append(&stream, ExpectedVersion::Any, vec![event("E", &index.to_be_bytes())]),
+        };
+        first.append(request).await.expect("appends");
+    }
+    let forgotten = append("customer-1", ExpectedVersion::Any, vec![event("Forgotten", b"")]);
+    first.forget(subject, forgotten).await.expect("forgets");
+    let records = stored_records(&first).await;
+    assert_eq!(records.len() as u64, first.head());
+
+    let copy = EventLog::open(copy_dir.path()).expect("opens");
+    let mut rest = records.as_slice();
+    for len in [1, 5, 17, 2, 40].into_iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (piece, after) = rest.split_at(len.min(rest.len()));
+        let appended = copy.append_stored(piece.to_vec()).await.expect("appends as stored");
+        assert_eq!(appended.last_position, copy.head());
+        rest = after;
+    }
+    assert_eq!(stored_records(&copy).await, records, "the same records, byte for byte");
+    for stream in ["s-0", "s-1", "s-2", "s-9", "customer-1"] {
+        let read = |log: &EventLog| -> Vec<(u64, u64)> {
+            log.read_stream(stream, 1, 1000)
+                .expect("reads")
+                .iter()
+                .map(|event| (event.position, event.version))
+                .collect()
+        };
+        assert_eq!(read(&copy), read(&first), "stream {stream}");
+        assert_eq!(copy.stream_version(stream).expect("reads"), first.stream_version(stream).expect("reads"));
+    }
+    let sealed = copy.read_stream("customer-1", 1, 1).expect("reads");
+    assert_eq!(sealed[0].event_type, "Registered");
+    assert_eq!(sealed[0].payload, Payload::Forgotten, "no key came with it");
+    assert_eq!(copy.verify().expect("verifies").events, first.head());
+    drop(copy);
+    let copy = EventLog::open(copy_dir.path()).expect("reopens");
+    assert_eq!(copy.head(), first.head());
+    assert_eq!(copy.verify().expect("verifies").events, first.head());
+}
+
+/// A record that does not follow the log is refused with the position it
+/// should have held, and nothing of its append is written: one past the next
+/// position (a gap), one already held (a repeat), another log's (its hash
+/// does not chain), bytes that are no record, and none at all.
+#[tokio::test]
+async fn records_that_do_not_follow_the_log_are_refused_and_nothing_is_written() {
+    let (first_dir, other_dir, copy_dir) = (temp_dir(), temp_dir(), temp_dir());
+    let first = EventLog::open(first_dir.path()).expect("opens");
+    let other = EventLog::open(other_dir.path()).expect("opens");
+    for log in [&first, &other] {
+        for index in 0u32..6 {
+            log.append(append("s-1", ExpectedVersion::Any, vec![event("E", &index.to_be_bytes())]))
+                .await
+                .expect("appends");
+        }
+    }
+    let records = stored_records(&first).await;
+    let others = stored_records(&other).await;
+    let copy = EventLog::open(copy_dir.path()).expect("opens");
+    copy.append_stored(records[..3].to_vec()).await.expect("appends as stored");
+
+    let cases: Vec<(&str, Vec<Vec<u8>>, &str)> = vec![
+        (
+            "a gap",
+            vec![records[3].clone(), records[5].clone()],
+            "position 5 does not follow this log: it holds position 6",
+        ),
+        ("a repeat", vec![records[2].clone()], "position 4 does not follow this log: it holds position 3"),
+        ("another log's", vec![records[3].clone(), others[4].clone()], "its hash does not chain"),
+        ("no record", vec![b"not a record".to_vec()], "position 4 does not follow this log"),
+    ];
+    for (what, pieces, says) in cases {
+        match copy.append_stored(pieces).await {
+            Err(StoreError::BadInput { reason }) => assert!(reason.contains(says), "{what}: {reason}"),
+            other => panic!("{what}: {other:?}"),
+        }
+        assert_eq!(copy.head(), 3, "{what}: nothing written");
+    }
+    assert!(matches!(copy.append_stored(Vec::new()).await, Err(StoreError::InvalidAppend { .. })));
+    copy.append_stored(records[3..].to_vec()).await.expect("the rest follows");
+    assert_eq!(stored_records(&copy).await, records);
+    assert_eq!(copy.verify().expect("verifies").events, 6);
+}
