@@ -48,6 +48,7 @@ pub mod metrics;
 mod openapi;
 mod queries;
 mod refusals;
+pub mod replica;
 mod routes;
 pub mod server;
 mod timeout;
@@ -92,6 +93,8 @@ pub struct AppState {
     pub read_back: Arc<std::sync::Mutex<Option<store::ReadBack>>>,
     /// The relay to NATS JetStream, with `--nats` (DESIGN §4); stopped by the close.
     pub relay: Arc<std::sync::Mutex<Option<commands::Relay>>>,
+    /// A read replica's feed from NATS (`shoplog project`); stopped by the close.
+    pub replica: Arc<std::sync::Mutex<Option<replica::Feed>>>,
 }
 
 impl AppState {
@@ -122,6 +125,7 @@ impl AppState {
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
             currency: Arc::from(currency),
             relay: Arc::new(std::sync::Mutex::new(None)),
+            replica: Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
@@ -129,6 +133,17 @@ impl AppState {
     pub fn with_relay(self, relay: commands::Relay) -> Self {
         *self.relay.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(relay);
         self
+    }
+
+    /// With the feed of a read replica (`shoplog project`).
+    pub fn with_replica(self, feed: replica::Feed) -> Self {
+        *self.replica.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(feed);
+        self
+    }
+
+    /// Where a read replica's feed stands, if this is one.
+    pub fn replica_status(&self) -> Option<replica::FeedStatus> {
+        self.replica.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(replica::Feed::status)
     }
 
     /// Where the relay stands, if there is one.
@@ -142,6 +157,15 @@ pub fn app(state: AppState, request_timeout: Duration) -> Router {
     // Install the recorder before the first request is counted.
     let _ = metrics::handle();
     let (router, spec) = routes::router().split_for_parts();
+    with_layers(router.merge(openapi::docs(spec)).with_state(state), request_timeout)
+}
+
+/// The app of a read replica (`shoplog project`): the read routes only (queries,
+/// the audit routes over its copy of the log, the live feed, the dashboard,
+/// operations); a command gets 404 saying to send it to the primary.
+pub fn replica_app(state: AppState, request_timeout: Duration) -> Router {
+    let _ = metrics::handle();
+    let (router, spec) = routes::replica_router().split_for_parts();
     with_layers(router.merge(openapi::docs(spec)).with_state(state), request_timeout)
 }
 

@@ -65,6 +65,7 @@ pub fn render(
     projections: &projections::Projections,
     service: &commands::CommandService,
     relay: Option<commands::RelayStatus>,
+    replica: Option<crate::replica::FeedStatus>,
 ) -> String {
     for status in projections.status() {
         metrics::gauge!("projection_lag_events", "projection" => status.name).set(status.lag as f64);
@@ -76,6 +77,14 @@ pub fn render(
         metrics::gauge!("relay_checkpoint_position").set(relay.checkpoint as f64);
         metrics::counter!("relay_published_total").absolute(relay.published);
         metrics::gauge!("relay_up").set(if relay.failure.is_none() { 1.0 } else { 0.0 });
+    }
+    if let Some(replica) = replica {
+        // Lag that grows while `replica_up` is 0: NATS is down, or a gap waits
+        // for the primary.
+        metrics::gauge!("replica_lag_events").set(replica.lag as f64);
+        metrics::gauge!("replica_position").set(replica.position as f64);
+        metrics::counter!("replica_filled_total").absolute(replica.filled);
+        metrics::gauge!("replica_up").set(if replica.failure.is_none() { 1.0 } else { 0.0 });
     }
     let stats = log.commit_stats();
     metrics::gauge!("log_head_position").set(log.head() as f64);

@@ -570,7 +570,8 @@ pub struct RebuildJson {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProjectionJson {
-    /// A read model's name, or `relay` for the relay to NATS (with `serve --nats`).
+    /// A read model's name, or `relay` for the relay to NATS (with `serve
+    /// --nats`), or `replica` for a read replica's feed (`shoplog project`).
     name: String,
     /// The generation queries read (0 for the relay, which has none).
     generation: u64,
@@ -620,10 +621,29 @@ impl From<commands::RelayStatus> for ProjectionJson {
     }
 }
 
+impl From<crate::replica::FeedStatus> for ProjectionJson {
+    /// A read replica's feed from NATS as one more entry, `replica`: its
+    /// checkpoint is the last position copied into the replica's log, its head
+    /// the newest NATS has shown, its failure why it is not applying.
+    fn from(status: crate::replica::FeedStatus) -> Self {
+        ProjectionJson {
+            name: "replica".to_owned(),
+            generation: 0,
+            checkpoint: status.position,
+            head: status.newest,
+            lag: status.lag,
+            rebuild: None,
+            failure: status.failure,
+        }
+    }
+}
+
 /// Every read model: generation, checkpoint, lag, rebuild under way; and with
 /// `serve --nats`, the relay to NATS JetStream as an entry named `relay`
 /// (generation 0, no rebuild; its checkpoint is the last position JetStream
-/// acknowledged, its failure why it is waiting to try again).
+/// acknowledged, its failure why it is waiting to try again); on a read
+/// replica (`shoplog project`), its feed from NATS as an entry named `replica`
+/// (its checkpoint the last position copied, its head the newest NATS showed).
 #[utoipa::path(
     get, path = "/admin/projections", tag = "admin", security(("admin" = [])),
     responses(
@@ -639,7 +659,9 @@ pub async fn projection_status(
     _: ApiQuery<NoQuery>,
 ) -> Json<Vec<ProjectionJson>> {
     let models = state.projections.status().into_iter().map(ProjectionJson::from);
-    Json(models.chain(state.relay_status().map(ProjectionJson::from)).collect())
+    let relay = state.relay_status().map(ProjectionJson::from);
+    let replica = state.replica_status().map(ProjectionJson::from);
+    Json(models.chain(relay).chain(replica).collect())
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -63,6 +63,30 @@ pub fn router() -> OpenApiRouter<AppState> {
         .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
 }
 
+/// The routes of a read replica: those that read, none that writes (a replica's
+/// log is a copy of its primary's; see [`crate::replica`]).
+pub fn replica_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(crate::dashboard::page))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(stream_events))
+        .routes(routes!(events))
+        .routes(routes!(crate::live::live_events))
+        .routes(routes!(crate::queries::products))
+        .routes(routes!(crate::queries::product))
+        .routes(routes!(crate::queries::cart))
+        .routes(routes!(crate::queries::orders))
+        .routes(routes!(crate::queries::order))
+        .routes(routes!(crate::queries::sales))
+        .routes(routes!(crate::queries::projection_status))
+        .routes(routes!(crate::queries::rebuild))
+        .fallback(|| async {
+            ApiError::NotFound("no such route on a read replica: send commands (and logins) to the primary".to_owned())
+        })
+}
+
 // ---- operations ----
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -132,7 +156,13 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4";
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
-        crate::metrics::render(&state.log, &state.projections, &state.service, state.relay_status()),
+        crate::metrics::render(
+            &state.log,
+            &state.projections,
+            &state.service,
+            state.relay_status(),
+            state.replica_status(),
+        ),
     )
 }
 
@@ -870,7 +900,15 @@ struct LogPage {
     limit: Option<usize>,
 }
 
-/// The global log, in position order, paged.
+/// The media type of the log's records as stored, which `GET /api/v1/events`
+/// answers when asked for it: each record as a 4-byte big-endian length and its
+/// bytes (envelope, sealed payload and hash in the chain). A read replica fills
+/// a gap in what NATS gave it with them (DESIGN §4), appending them as stored.
+pub const RECORDS_MEDIA_TYPE: &str = "application/vnd.shoplog.records";
+
+/// The global log, in position order, paged: as JSON events, or, asked with
+/// `Accept: application/vnd.shoplog.records`, as the records stored (what a
+/// read replica copies).
 #[utoipa::path(
     get,
     path = "/api/v1/events",
@@ -878,7 +916,12 @@ struct LogPage {
     security(("admin" = [])),
     params(LogPage),
     responses(
-        (status = 200, description = "A page of events", body = EventsPage,
+        (status = 200, description = "A page of events; as stored records (each a 4-byte big-endian length and \
+            its bytes) when asked with `Accept: application/vnd.shoplog.records`",
+            content(
+                (EventsPage = "application/json"),
+                (Vec<u8> = "application/vnd.shoplog.records"),
+            ),
             headers(("X-Head-Position" = u64, description = "The log's last durable position"))),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
@@ -889,13 +932,32 @@ struct LogPage {
 async fn events(
     State(state): State<AppState>,
     _: Admin,
+    headers: axum::http::HeaderMap,
     ApiQuery(page): ApiQuery<LogPage>,
 ) -> Result<Response, ApiError> {
     let limit = page_limit(page.limit)?;
-    let recorded = state.log.read_all(start("from", page.from)?, limit)?;
-    let next = (recorded.len() == limit).then(|| recorded.last().map(|event| event.position + 1)).flatten();
-    let events = recorded.into_iter().map(EventJson::from_recorded).collect::<Result<_, _>>()?;
-    let mut response = Json(EventsPage { events, next }).into_response();
+    let from = start("from", page.from)?;
+    let as_stored = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|media| media.split(';').next().is_some_and(|media| media.trim() == RECORDS_MEDIA_TYPE));
+    let mut response = if as_stored {
+        let records = state.log.read_stored(from, limit)?;
+        let mut body = Vec::with_capacity(records.iter().map(|record| record.len() + 4).sum());
+        for record in records {
+            // A record is far under 4 GiB (`store::RECORD_LEN_MAX`).
+            body.extend_from_slice(&(record.len() as u32).to_be_bytes());
+            body.extend_from_slice(&record);
+        }
+        ([(header::CONTENT_TYPE, HeaderValue::from_static(RECORDS_MEDIA_TYPE))], body).into_response()
+    } else {
+        let recorded = state.log.read_all(from, limit)?;
+        let next = (recorded.len() == limit).then(|| recorded.last().map(|event| event.position + 1)).flatten();
+        let events = recorded.into_iter().map(EventJson::from_recorded).collect::<Result<_, _>>()?;
+        Json(EventsPage { events, next }).into_response()
+    };
     response.headers_mut().insert("x-head-position", HeaderValue::from(state.log.head()));
     Ok(response)
 }

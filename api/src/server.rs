@@ -20,7 +20,17 @@ use tower::ServiceExt;
 
 use crate::auth::Tokens;
 use crate::config::{Config, Secret};
-use crate::{AppState, app};
+use crate::replica::{self, Primary};
+use crate::{AppState, app, replica_app};
+
+/// What a process serves: the whole backend (`serve`), or a read replica of one
+/// (`shoplog project`) that copies its log from NATS (`Config::nats`) and fills
+/// gaps from its primary, if given one.
+#[derive(Debug, Clone)]
+pub enum Role {
+    Primary,
+    Replica { primary: Option<Primary> },
+}
 
 /// A running server: where it listens, and how to stop it.
 #[derive(Debug)]
@@ -43,14 +53,19 @@ impl Running {
 
 /// Open everything `config` names and start serving in the background.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    start_as(config, Role::Primary).await
+}
+
+/// [`start`], in `role`.
+pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Running> {
     // First: an address in use changes nothing in the data dir.
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
-    let state = open_state(config)?;
+    let state = open_state(config, &role)?;
     seed_demo(config, &state).await?;
     let address = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let router = app(state.clone(), config.request_timeout());
+    let router = router_for(&role, state.clone(), config.request_timeout());
     let stopping = Arc::clone(&state.stopping);
     let task =
         tokio::spawn(run(listener, router, config.header_read_timeout(), config.shutdown_timeout(), async move {
@@ -62,16 +77,28 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 
 /// Serve until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    serve_as(config, Role::Primary).await
+}
+
+/// [`serve`], in `role`.
+pub async fn serve_as(config: Config, role: Role) -> anyhow::Result<()> {
     // First: an address in use changes nothing in the data dir (no dir, no token
     // files, no demo shop made before the refusal).
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
-    let state = open_state(&config)?;
+    let state = open_state(&config, &role)?;
     seed_demo(&config, &state).await?;
     let address = listener.local_addr()?;
-    tell!("shoplog listening on http://{address} (data in {})", config.data.display());
+    match (&role, &config.nats) {
+        (Role::Replica { .. }, Some(nats)) => tell!(
+            "shoplog read replica listening on http://{address} (data in {}, events from {})",
+            config.data.display(),
+            commands::relay::shown(nats)
+        ),
+        _ => tell!("shoplog listening on http://{address} (data in {})", config.data.display()),
+    }
     let stopping = Arc::clone(&state.stopping);
-    let router = app(state.clone(), config.request_timeout());
+    let router = router_for(&role, state.clone(), config.request_timeout());
     let shutdown = async move {
         shutdown_signal().await;
         stopping.send_replace(true);
@@ -93,6 +120,10 @@ async fn close(state: AppState) {
     let relay = state.relay.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
     if let Some(relay) = relay {
         relay.stop().await;
+    }
+    let feed = state.replica.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    if let Some(feed) = feed {
+        feed.stop().await;
     }
     match Arc::try_unwrap(state.projections) {
         Ok(projections) => projections.shutdown().await,
@@ -118,7 +149,15 @@ async fn seed_demo(config: &Config, state: &AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open_state(config: &Config) -> anyhow::Result<AppState> {
+/// The routes `role` serves.
+fn router_for(role: &Role, state: AppState, request_timeout: Duration) -> Router {
+    match role {
+        Role::Primary => app(state, request_timeout),
+        Role::Replica { .. } => replica_app(state, request_timeout),
+    }
+}
+
+fn open_state(config: &Config, role: &Role) -> anyhow::Result<AppState> {
     let log = store::EventLog::open_with(&config.data, config.log_options()).map_err(|error| match error {
         store::StoreError::Locked { path } => anyhow::anyhow!(
             "data directory {} is in use by another shoplog process; stop it or use another --data",
@@ -144,13 +183,26 @@ fn open_state(config: &Config) -> anyhow::Result<AppState> {
     let runtime = ProjectionRuntime::new().context("cannot start the read models' runtime")?;
     let projections = runtime.start(log.clone()).context("cannot start the read models")?;
     // Beside the read models, off the serving threads.
-    let relay = match &config.nats {
-        Some(url) => Some(
-            runtime
-                .within(|| commands::Relay::start(log.clone(), commands::RelayOptions::new(url)))
-                .context("cannot start the relay to NATS")?,
+    let (relay, feed) = match (role, &config.nats) {
+        (Role::Primary, Some(url)) => (
+            Some(
+                runtime
+                    .within(|| commands::Relay::start(log.clone(), commands::RelayOptions::new(url)))
+                    .context("cannot start the relay to NATS")?,
+            ),
+            None,
         ),
-        None => None,
+        (Role::Primary, None) => (None, None),
+        (Role::Replica { primary }, Some(url)) => {
+            let options = replica::ReplicaOptions::new(url, primary.clone());
+            let feed = runtime
+                .within(|| replica::Feed::start(log.clone(), options))
+                .context("cannot start the feed from NATS")?;
+            (None, Some(feed))
+        }
+        (Role::Replica { .. }, None) => {
+            anyhow::bail!("a read replica needs --nats URL: the NATS its primary relays to")
+        }
     };
     let state = AppState::new(
         log,
@@ -161,9 +213,10 @@ fn open_state(config: &Config) -> anyhow::Result<AppState> {
         config.login_attempts_per_minute,
         &config.currency,
     );
-    Ok(match relay {
-        Some(relay) => state.with_relay(relay),
-        None => state,
+    Ok(match (relay, feed) {
+        (Some(relay), _) => state.with_relay(relay),
+        (None, Some(feed)) => state.with_replica(feed),
+        (None, None) => state,
     })
 }
 

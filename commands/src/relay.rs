@@ -100,7 +100,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
 }
 
 /// `url` without a `user:password@` part, for logs and errors.
-fn shown(url: &str) -> String {
+pub fn shown(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => match rest.rsplit_once('@') {
             Some((_, host)) => format!("{scheme}://{host}"),

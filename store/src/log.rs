@@ -525,6 +525,19 @@ impl EventLog {
         self.scan_chained(from, None, limit, visit)
     }
 
+    /// Up to `limit` records from `from` on, as stored (bytes whole, sealed
+    /// payloads sealed), checked as [`Self::read_all`] checks them: what a
+    /// replica copies with [`Self::append_stored`] (the primary's side of a gap
+    /// it fills, DESIGN §4).
+    pub fn read_stored(&self, from: u64, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut records = Vec::with_capacity(limit.min(1024));
+        self.scan_stored(from.max(1), None, limit, |_, _, bytes| {
+            records.push(bytes.to_vec());
+            Ok::<(), ScanError<StoreError>>(())
+        })?;
+        Ok(records)
+    }
+
     /// [`Self::scan`], given the hash of the record before `from` when the caller
     /// has it (a subscription: it read that record last), so that it is not read
     /// again from the log for every call.

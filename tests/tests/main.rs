@@ -7,4 +7,5 @@ mod dashboard;
 mod fixtures;
 mod projections;
 mod relay;
+mod replica;
 mod store;

@@ -17,14 +17,14 @@ use crate::api::{ADMIN, TestApp};
 use crate::cli::Served;
 
 /// The longest wait for the relay to reach the head.
-const RELAY_WAIT: Duration = Duration::from_secs(45);
+pub(crate) const RELAY_WAIT: Duration = Duration::from_secs(45);
 
 /// One message of `SHOPLOG_EVENTS`, as a replica reads it.
 #[derive(Debug)]
-struct Published {
-    sequence: u64,
+pub(crate) struct Published {
+    pub sequence: u64,
     subject: String,
-    position: u64,
+    pub position: u64,
     message_id: String,
     event_type: String,
     stream: String,
@@ -32,7 +32,7 @@ struct Published {
 }
 
 /// Every message the stream holds, in its order (a deleted one is not there).
-async fn published(url: &str) -> Vec<Published> {
+pub(crate) async fn published(url: &str) -> Vec<Published> {
     let client = async_nats::connect(url).await.expect("connects to NATS");
     let context = jetstream::new(client);
     let mut stream = context.get_stream("SHOPLOG_EVENTS").await.expect("the relay made the stream");
@@ -58,7 +58,7 @@ async fn published(url: &str) -> Vec<Published> {
 }
 
 /// The relay's entry of `/admin/projections`.
-async fn relay_status(app: &TestApp) -> Value {
+pub(crate) async fn relay_status(app: &TestApp) -> Value {
     let reply = app.get("/admin/projections", Some(ADMIN)).await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     let entries = reply.body.as_array().expect("a list").clone();
@@ -66,7 +66,7 @@ async fn relay_status(app: &TestApp) -> Value {
 }
 
 /// A `nats-server` (its data in the returned dir) and a shop relaying to it.
-async fn relaying() -> (tempfile::TempDir, NatsServer, TestApp) {
+pub(crate) async fn relaying() -> (tempfile::TempDir, NatsServer, TestApp) {
     let dir = tests::temp_dir();
     let nats = NatsServer::start(dir.path());
     let app = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
@@ -87,13 +87,13 @@ async fn relay_until(app: &TestApp, what: &str, ready: impl Fn(&Value) -> bool) 
 }
 
 /// Wait until JetStream acknowledged the whole log.
-async fn relayed(app: &TestApp) -> Value {
+pub(crate) async fn relayed(app: &TestApp) -> Value {
     let head = app.head();
     relay_until(app, "reached the head", |status| status["checkpoint"] == head && status["lag"] == 0).await
 }
 
 /// Products, a customer (sealed personal data), a cart and an order, restocks.
-async fn shop(app: &TestApp, email: &str) {
+pub(crate) async fn shop(app: &TestApp, email: &str) {
     for sku in ["mug-1", "tea-1"] {
         app.create_product(sku, 1200, 40).await;
     }
@@ -103,7 +103,7 @@ async fn shop(app: &TestApp, email: &str) {
 }
 
 /// `times` restocks of one unit of `sku`, each answered 200.
-async fn restock(app: &TestApp, sku: &str, times: usize) {
+pub(crate) async fn restock(app: &TestApp, sku: &str, times: usize) {
     for _ in 0..times {
         let restocked = app.post(&format!("/api/v1/products/{sku}/restock"), Some(ADMIN), json!({"quantity": 1})).await;
         assert_eq!(restocked.status, StatusCode::OK, "{restocked:?}");
@@ -112,7 +112,10 @@ async fn restock(app: &TestApp, sku: &str, times: usize) {
 
 /// Every record of `log` up to `head`, as stored: (position, event id, event
 /// type, stream, bytes).
-async fn stored_records(log: &store::EventLog, head: u64) -> Vec<(u64, uuid::Uuid, String, String, Vec<u8>)> {
+pub(crate) async fn stored_records(
+    log: &store::EventLog,
+    head: u64,
+) -> Vec<(u64, uuid::Uuid, String, String, Vec<u8>)> {
     let mut stored = Vec::new();
     let mut subscription = log.subscribe(1);
     while subscription.next_position() <= head {

@@ -29,6 +29,10 @@ struct Cli {
 enum Command {
     /// Run the whole backend: the HTTP API over the event log in --data.
     Serve(ServeArgs),
+    /// Run a read replica: copy a primary's log from NATS (--nats) into --data,
+    /// build the read models and serve the read routes; --primary and --token
+    /// fill what NATS lacks.
+    Project(ProjectArgs),
     /// Walk the hash chain and the indexes of the log in --data (server stopped).
     Verify {
         #[arg(long, env = "SHOPLOG_DATA", default_value = "./data")]
@@ -56,9 +60,9 @@ enum Command {
     Forget(forget::ForgetArgs),
 }
 
-/// Flags of `serve`; each also reads `SHOPLOG_<NAME>` and the config file.
+/// Flags of `serve` and `project`; each also reads `SHOPLOG_<NAME>` and the config file.
 #[derive(Debug, clap::Args, Serialize)]
-struct ServeArgs {
+struct Settings {
     /// A TOML file with any of the settings below.
     #[arg(long, env = "SHOPLOG_CONFIG")]
     #[serde(skip)]
@@ -83,18 +87,66 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     token_secret: Option<Secret>,
-    /// Seed a small shop (products, customers, orders) into an empty data dir
-    #[arg(long)]
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    demo: bool,
     /// sled's page cache in MiB: lower bounds memory, higher reads faster [default: 32]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     cache_mib: Option<u64>,
+}
+
+/// Flags of `serve`.
+#[derive(Debug, clap::Args, Serialize)]
+struct ServeArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    settings: Settings,
+    /// Seed a small shop (products, customers, orders) into an empty data dir
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    demo: bool,
     /// Publish every event to NATS JetStream at this URL, such as nats://127.0.0.1:4222 [default: none]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     nats: Option<String>,
+}
+
+/// Flags of `project`. Customers' tokens from the primary's logins are taken
+/// when `--token-secret` is the primary's.
+#[derive(Debug, clap::Args, Serialize)]
+struct ProjectArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    settings: Settings,
+    /// The NATS server the primary relays to (`serve --nats`), such as nats://127.0.0.1:4222
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats: Option<String>,
+    /// The primary's URL, to fill positions NATS lacks, such as http://127.0.0.1:8080 [default: none: a gap stops the replica]
+    #[arg(long, env = "SHOPLOG_PRIMARY")]
+    #[serde(skip)]
+    primary: Option<String>,
+    /// An admin token of the primary (with --primary)
+    #[arg(long, env = "SHOPLOG_TOKEN")]
+    #[serde(skip)]
+    token: Option<Secret>,
+}
+
+impl ProjectArgs {
+    /// The primary that fills gaps, if one is given whole.
+    fn primary(&self) -> anyhow::Result<Option<crate::replica::Primary>> {
+        match (&self.primary, &self.token) {
+            (None, None) => Ok(None),
+            (Some(_), None) => anyhow::bail!("--primary needs --token T, an admin token of the primary"),
+            (None, Some(_)) => anyhow::bail!("--token is the primary's: give --primary URL with it"),
+            (Some(url), Some(token)) => {
+                let parsed = reqwest::Url::parse(url).map_err(|_| anyhow::anyhow!("--primary {url} is not a URL"))?;
+                anyhow::ensure!(parsed.scheme() == "http", "--primary {url}: only http:// URLs are supported");
+                if let Some(problem) = crate::config::token_problem(token.expose()) {
+                    anyhow::bail!("--token {problem}");
+                }
+                Ok(Some(crate::replica::Primary { url: url.clone(), token: token.clone() }))
+            }
+        }
+    }
 }
 
 impl std::str::FromStr for Secret {
@@ -135,7 +187,7 @@ pub fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    let operating = !matches!(cli.command, Command::Serve(_));
+    let operating = !matches!(cli.command, Command::Serve(_) | Command::Project(_));
     if let Err(error) = init_tracing_for(operating) {
         eprintln!("shoplog: {error}");
         return ExitCode::from(2);
@@ -194,19 +246,33 @@ fn choose_source<S>(
 }
 
 fn run(cli: Cli, given: Option<&ArgMatches>) -> anyhow::Result<ExitCode> {
-    if !matches!(cli.command, Command::Serve(_)) {
+    if !matches!(cli.command, Command::Serve(_) | Command::Project(_)) {
         interrupt::watch();
     }
     match cli.command {
         Command::Serve(args) => {
-            let config =
-                Config::load(args.config.as_deref(), &args).map_err(|error| anyhow::anyhow!("bad setting: {error}"))?;
+            let config = Config::load(args.settings.config.as_deref(), &args)
+                .map_err(|error| anyhow::anyhow!("bad setting: {error}"))?;
             // A restore or import killed on its way into this dir left its
             // staging dir (a shop's data and keys) beside it: the server starts
             // on whatever the dir holds, so nothing else would remove it.
             backup::remove_left_behind_dir(&config.data);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(crate::server::serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Project(args) => {
+            let config = Config::load(args.settings.config.as_deref(), &args)
+                .map_err(|error| anyhow::anyhow!("bad setting: {error}"))?;
+            anyhow::ensure!(
+                config.nats.is_some(),
+                "bad setting: nats: a read replica needs --nats URL, the NATS its primary relays to"
+            );
+            anyhow::ensure!(!config.demo, "bad setting: demo: a read replica's log comes from its primary");
+            let primary = args.primary()?;
+            backup::remove_left_behind_dir(&config.data);
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(crate::server::serve_as(config, crate::server::Role::Replica { primary }))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { data } => {

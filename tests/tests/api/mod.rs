@@ -250,6 +250,15 @@ impl TestApp {
 
     /// [`Self::serve_dir`] with some settings changed.
     pub async fn serve_dir_with(dir: tempfile::TempDir, change: impl FnOnce(&mut Config)) -> TestApp {
+        Self::serve_dir_as(dir, api::server::Role::Primary, change).await
+    }
+
+    /// [`Self::serve_dir_with`], in `role` (a read replica).
+    pub async fn serve_dir_as(
+        dir: tempfile::TempDir,
+        role: api::server::Role,
+        change: impl FnOnce(&mut Config),
+    ) -> TestApp {
         let mut config = Config {
             data: dir.path().to_path_buf(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -258,7 +267,7 @@ impl TestApp {
             ..Config::default()
         };
         change(&mut config);
-        let running = api::server::start(&config).await.expect("the server starts on the dir");
+        let running = api::server::start_as(&config, role).await.expect("the server starts on the dir");
         TestApp {
             base: format!("http://{}", running.address),
             client: reqwest::Client::new(),

@@ -114,6 +114,22 @@ fn bad_settings_are_one_line_and_exit_code_2() {
     assert_refused(&shoplog(&["serve", "--data", data, "--nats", "http://127.0.0.1:4222"]), "nats must be a NATS");
     let output = Command::new(SHOPLOG).args(["serve", "--data", data]).env("SHOPLOG_NATS", "nats://[::1").output();
     assert_refused(&output.expect("runs"), "NATS server URL is invalid");
+    // A read replica: NATS is what it copies from; a primary comes with its token.
+    let replica = ["project", "--data", data, "--listen", "127.0.0.1:0"];
+    let output = Command::new(SHOPLOG).args(replica).env_remove("SHOPLOG_NATS").output().expect("runs");
+    assert_refused(&output, "a read replica needs --nats URL");
+    let nats = ["--nats", "nats://127.0.0.1:4222"];
+    let without_token = [&replica[..], &nats, &["--primary", "http://127.0.0.1:8080"]].concat();
+    let output = Command::new(SHOPLOG).args(without_token).env_remove("SHOPLOG_TOKEN").output().expect("runs");
+    assert_refused(&output, "--primary needs --token");
+    let tls = [&replica[..], &nats, &["--primary", "https://primary.example", "--token", "a-primary-admin-token-0001"]]
+        .concat();
+    assert_refused(&shoplog(&tls), "only http:// URLs");
+    let short = [&replica[..], &nats, &["--primary", "http://127.0.0.1:8080", "--token", "short"]].concat();
+    assert_refused(&shoplog(&short), "--token must be at least 16 characters");
+    let output = Command::new(SHOPLOG).args([&replica[..], &nats].concat()).env("SHOPLOG_DEMO", "true").output();
+    assert_refused(&output.expect("runs"), "a read replica's log comes from its primary");
+    assert_refused(&shoplog(&[&replica[..], &["--nats", "ws://127.0.0.1:4222"]].concat()), "nats must be a NATS");
     assert_refused(&shoplog(&["verify", "--data", "/no/such/dir"]), "does not exist");
     assert_refused(&shoplog(&["serve", "--data"]), "--data");
     assert_refused(&shoplog(&["serve", "--colour", "blue"]), "--colour");

@@ -1,0 +1,444 @@
+//! The feed of a read replica (`shoplog project`, DESIGN §4 and §7): it copies
+//! the primary's log from NATS JetStream into a log of its own, record by record
+//! as stored, and the replica's read models and query routes are those of
+//! `serve`, over that copy.
+//!
+//! It reads `SHOPLOG_EVENTS` (which the primary's relay fills) with an ordered
+//! consumer from the message after its own head, and orders by
+//! `Shoplog-Position`, never by the stream's sequence. Each record is appended
+//! with [`store::EventLog::append_stored`], which takes only the log's next
+//! position chained to its last hash: so the copy verifies as the primary does,
+//! another log's records are refused, and a crash loses nothing acknowledged
+//! (the replica's checkpoint is its log's head, durable with each append, and
+//! its read models keep their own checkpoints as on the primary). A position at
+//! or below the head is a duplicate and is skipped. A gap (JetStream lost or
+//! dropped messages) is filled from the primary's `GET /api/v1/events` asked for
+//! the stored records, when the replica was given `--primary URL --token T`;
+//! without them the replica stops applying there, serves what it has, and says
+//! which positions are missing in `/admin/projections` (entry `replica`) and in
+//! the log; it looks again after a backoff, as the relay may send them again.
+//! Anything that fails (NATS down, no stream yet, the primary unreachable) is
+//! retried the same way, 100 ms doubling to 5 s.
+//!
+//! It lives in `api` rather than `projections` because filling a gap is an HTTP
+//! client's work, and only `api` has one (reqwest).
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
+use futures_util::{FutureExt, StreamExt};
+use store::EventLog;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Secret;
+use crate::routes::RECORDS_MEDIA_TYPE;
+
+/// The stream and subjects the primary's relay publishes to.
+const STREAM: &str = commands::relay::STREAM;
+const SUBJECTS: &str = commands::relay::SUBJECTS;
+
+/// The header that names a message's log position.
+const POSITION: &str = "Shoplog-Position";
+
+/// The most records appended at once: what NATS has delivered by then.
+const BATCH_MAX: usize = 512;
+
+/// The most records asked of the primary at once (its page limit).
+const FILL_PAGE: u64 = 1000;
+
+/// Where a replica gets its events.
+#[derive(Debug, Clone)]
+pub struct ReplicaOptions {
+    /// The NATS server, such as `nats://127.0.0.1:4222`.
+    pub nats: String,
+    /// The primary that fills gaps, if given.
+    pub primary: Option<Primary>,
+    /// How long a request to NATS or the primary may take.
+    pub timeout: Duration,
+    /// The longest wait between two attempts.
+    pub retry_max: Duration,
+}
+
+impl ReplicaOptions {
+    pub fn new(nats: impl Into<String>, primary: Option<Primary>) -> Self {
+        ReplicaOptions {
+            nats: nats.into(),
+            primary,
+            timeout: Duration::from_secs(5),
+            retry_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The primary's base URL and an admin token for it.
+#[derive(Debug, Clone)]
+pub struct Primary {
+    pub url: String,
+    pub token: Secret,
+}
+
+/// Where the feed stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedStatus {
+    /// The last position copied: the replica's log's head.
+    pub position: u64,
+    /// The newest position NATS has shown (at least `position`).
+    pub newest: u64,
+    /// `newest - position`, in events.
+    pub lag: u64,
+    /// Records filled from the primary since the start.
+    pub filled: u64,
+    /// Why it is not applying, if it is not.
+    pub failure: Option<String>,
+}
+
+/// What stopped an attempt of the feed.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("JetStream stream {STREAM}: {reason}")]
+    Stream { reason: String },
+    #[error(
+        "positions {from} to {to} are missing from NATS (JetStream lost or dropped them): the replica stops applying \
+         at {from}; start it with --primary URL --token T to fill them from the primary"
+    )]
+    Gap { from: u64, to: u64 },
+    #[error("filling positions {from} to {to} from the primary failed: {reason}")]
+    Primary { from: u64, to: u64, reason: String },
+    #[error("message at stream sequence {sequence}: {reason}")]
+    Message { sequence: u64, reason: String },
+    #[error("the replica's log refused a record: {0}")]
+    Log(#[from] store::StoreError),
+}
+
+/// The feed, running on the runtime it was started on.
+#[derive(Debug)]
+pub struct Feed {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    log: EventLog,
+    newest: AtomicU64,
+    filled: AtomicU64,
+    /// Why the last attempt failed, until the next one follows the stream.
+    failure: Mutex<Option<String>>,
+    /// A gap it cannot fill: its first position and what to say, until the
+    /// head passes it (each attempt meets it again, after following the stream).
+    gap: Mutex<Option<(u64, String)>>,
+    http: reqwest::Client,
+}
+
+impl Shared {
+    fn set_failure(&self, failure: Option<String>) {
+        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = failure;
+    }
+}
+
+/// How long a stop waits for the feed.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+impl Feed {
+    /// Start copying into `log` (on the current tokio runtime).
+    pub fn start(log: EventLog, options: ReplicaOptions) -> Result<Feed, FeedError> {
+        let http = reqwest::Client::builder().timeout(options.timeout).build().map_err(|error| FeedError::Primary {
+            from: 0,
+            to: 0,
+            reason: error.to_string(),
+        })?;
+        let shared = Arc::new(Shared {
+            newest: AtomicU64::new(log.head()),
+            log,
+            filled: AtomicU64::new(0),
+            failure: Mutex::new(Some("not connected to NATS yet".to_owned())),
+            gap: Mutex::new(None),
+            http,
+        });
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(Arc::clone(&shared), options, stopped));
+        Ok(Feed { shared, stop, task })
+    }
+
+    pub fn status(&self) -> FeedStatus {
+        let position = self.shared.log.head();
+        let newest = self.shared.newest.load(Ordering::Acquire).max(position);
+        let gap = self.shared.gap.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let gap = gap.filter(|(from, _)| position < *from).map(|(_, says)| says);
+        let failure = self.shared.failure.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        FeedStatus {
+            position,
+            newest,
+            lag: newest - position,
+            filled: self.shared.filled.load(Ordering::Relaxed),
+            failure: gap.or(failure),
+        }
+    }
+
+    /// Stop, waiting at most a few seconds (an append under way is durable or not
+    /// there at all; the next start goes on from the head).
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        let mut task = self.task;
+        if tokio::time::timeout(STOP_WAIT, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+}
+
+async fn run(shared: Arc<Shared>, options: ReplicaOptions, mut stopped: watch::Receiver<bool>) {
+    let first_wait = Duration::from_millis(100);
+    let mut wait = first_wait;
+    let mut client = None;
+    loop {
+        let before = shared.log.head();
+        let error = tokio::select! {
+            followed = follow(&shared, &options, &mut client) => match followed {
+                Err(error) => error,
+                Ok(never) => match never {},
+            },
+            _ = stopped.wait_for(|stop| *stop) => return,
+        };
+        if shared.log.head() > before {
+            wait = first_wait;
+        }
+        tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "the replica's feed stopped; it will try again");
+        match error {
+            FeedError::Gap { from, .. } => {
+                *shared.gap.lock().unwrap_or_else(PoisonError::into_inner) = Some((from, error.to_string()));
+            }
+            error => shared.set_failure(Some(error.to_string())),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        wait = (wait * 2).min(options.retry_max);
+    }
+}
+
+/// One attempt: connect (once: the client reconnects by itself), find where
+/// the head's next position is in the stream, and copy until something fails.
+async fn follow(
+    shared: &Shared,
+    options: &ReplicaOptions,
+    client: &mut Option<async_nats::Client>,
+) -> Result<Infallible, FeedError> {
+    let client = match client {
+        Some(client) => client.clone(),
+        None => {
+            let connected = async_nats::ConnectOptions::new()
+                .name("shoplog replica")
+                .connection_timeout(options.timeout)
+                .request_timeout(Some(options.timeout))
+                .connect(options.nats.as_str())
+                .await
+                .map_err(|error| FeedError::Connect {
+                    url: commands::relay::shown(&options.nats),
+                    reason: error.to_string(),
+                })?;
+            tracing::info!("the replica is connected to NATS");
+            client.insert(connected).clone()
+        }
+    };
+    let jetstream = jetstream::context::ContextBuilder::new().timeout(options.timeout).build(client);
+    let stream_error = |error: &dyn std::fmt::Display| FeedError::Stream { reason: error.to_string() };
+    let mut stream = jetstream.get_stream(STREAM).await.map_err(|error| FeedError::Stream {
+        reason: format!("{error} (the primary's relay makes it: is the primary running with --nats?)"),
+    })?;
+    let (mut start, mut estimated) = start_sequence(shared, &mut stream).await?;
+    loop {
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: SUBJECTS.to_owned(),
+                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| stream_error(&error))?;
+        let mut messages = consumer.messages().await.map_err(|error| stream_error(&error))?;
+        shared.set_failure(None);
+        tracing::debug!(from_sequence = start, head = shared.log.head(), "the replica follows the stream");
+        // Ends when the first message of a consumer started at an estimated
+        // sequence is past the head's next position: then read from the first.
+        let overshot = 'messages: loop {
+            // One message, then whatever else has come, up to a batch.
+            let mut ready = vec![messages.next().await];
+            while ready.len() < BATCH_MAX {
+                match messages.next().now_or_never() {
+                    Some(next) => ready.push(next),
+                    None => break,
+                }
+            }
+            let mut batch: Vec<Vec<u8>> = Vec::with_capacity(ready.len());
+            for next in ready {
+                let message = match next {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => return Err(stream_error(&error)),
+                    None => return Err(stream_error(&"the consumer's messages ended")),
+                };
+                let sequence = message.info().map(|info| info.stream_sequence).unwrap_or(0);
+                let position = message
+                    .headers
+                    .as_ref()
+                    .and_then(|headers| headers.get(POSITION))
+                    .and_then(|value| value.as_str().parse::<u64>().ok())
+                    .filter(|position| *position > 0)
+                    .ok_or_else(|| FeedError::Message {
+                        sequence,
+                        reason: format!("it has no {POSITION} header: {STREAM} holds messages that are no log's"),
+                    })?;
+                shared.newest.fetch_max(position, Ordering::AcqRel);
+                let next_position = shared.log.head() + 1 + batch.len() as u64;
+                let first_of_estimate = std::mem::take(&mut estimated);
+                if position < next_position {
+                    // Copied before: a repeat, or a stream read from before the head.
+                    continue;
+                }
+                if position > next_position {
+                    if first_of_estimate {
+                        break 'messages sequence;
+                    }
+                    append(shared, std::mem::take(&mut batch)).await?;
+                    fill(shared, options, next_position, position - 1).await?;
+                }
+                batch.push(message.payload.to_vec());
+            }
+            append(shared, batch).await?;
+        };
+        tracing::debug!(
+            sequence = overshot,
+            "the head's next position is before where the replica looked: it reads the stream from its start"
+        );
+        let info = stream.info().await.map_err(|error| stream_error(&error))?;
+        start = info.state.first_sequence.max(1);
+    }
+}
+
+/// The stream sequence to read from for the head's next position, and whether it
+/// is an estimate (the stream's sequence and the log's position moving
+/// together from its newest message back; others' messages or lost ones make
+/// it land late, and then the whole stream is read, skipping what the log holds).
+async fn start_sequence(shared: &Shared, stream: &mut jetstream::stream::Stream) -> Result<(u64, bool), FeedError> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let info = stream.info().await.map_err(|error| FeedError::Stream { reason: error.to_string() })?;
+    let (first, last) = (info.state.first_sequence.max(1), info.state.last_sequence);
+    if info.state.messages == 0 {
+        return Ok((last + 1, false));
+    }
+    let newest = match stream.get_last_raw_message_by_subject(SUBJECTS).await {
+        Ok(newest) => newest,
+        Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok((last + 1, false)),
+        Err(error) => return Err(FeedError::Stream { reason: error.to_string() }),
+    };
+    let position =
+        newest.headers.get(POSITION).and_then(|value| value.as_str().parse::<u64>().ok()).ok_or_else(|| {
+            FeedError::Message {
+                sequence: newest.sequence,
+                reason: format!("it has no {POSITION} header: {STREAM} holds messages that are no log's"),
+            }
+        })?;
+    shared.newest.fetch_max(position, Ordering::AcqRel);
+    let head = shared.log.head();
+    if position <= head {
+        return Ok((newest.sequence + 1, false));
+    }
+    let guess = newest.sequence.saturating_sub(position - head - 1).max(first);
+    Ok((guess, guess > first))
+}
+
+async fn append(shared: &Shared, batch: Vec<Vec<u8>>) -> Result<(), FeedError> {
+    if !batch.is_empty() {
+        shared.log.append_stored(batch).await?;
+    }
+    Ok(())
+}
+
+/// Copy positions `from` to `to` from the primary, or say they are missing.
+async fn fill(shared: &Shared, options: &ReplicaOptions, from: u64, to: u64) -> Result<(), FeedError> {
+    let Some(primary) = &options.primary else {
+        return Err(FeedError::Gap { from, to });
+    };
+    let failed = |reason: String| FeedError::Primary { from, to, reason };
+    tracing::info!(from, to, "the replica fills a gap from the primary");
+    let url = format!("{}/api/v1/events", primary.url.trim_end_matches('/'));
+    let mut next = from;
+    while next <= to {
+        let limit = (to - next + 1).min(FILL_PAGE);
+        let response = shared
+            .http
+            .get(format!("{url}?from={next}&limit={limit}"))
+            .bearer_auth(primary.token.expose())
+            .header(reqwest::header::ACCEPT, RECORDS_MEDIA_TYPE)
+            .send()
+            .await
+            .map_err(|error| failed(format!("cannot reach {}: {error}", primary.url)))?;
+        let status = response.status();
+        if !status.is_success() {
+            let detail = crate::cli::problem_detail(&response.text().await.unwrap_or_default());
+            return Err(failed(format!("{} answered {status}: {detail}", primary.url)));
+        }
+        let stored =
+            response.headers().get(reqwest::header::CONTENT_TYPE).is_some_and(|value| value == RECORDS_MEDIA_TYPE);
+        if !stored {
+            return Err(failed(format!(
+                "{} did not answer with records as stored (is it a shoplog primary?)",
+                primary.url
+            )));
+        }
+        let body = response.bytes().await.map_err(|error| failed(error.to_string()))?;
+        let records = frames(&body).map_err(failed)?;
+        if records.is_empty() {
+            return Err(failed(format!("its log holds no position {next}")));
+        }
+        let count = records.len() as u64;
+        shared.log.append_stored(records).await?;
+        shared.filled.fetch_add(count, Ordering::Relaxed);
+        next += count;
+    }
+    Ok(())
+}
+
+/// The records of a body of [`RECORDS_MEDIA_TYPE`]: each a 4-byte big-endian
+/// length and that many bytes.
+fn frames(mut body: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let mut records = Vec::new();
+    while !body.is_empty() {
+        let Some((len, rest)) = body.split_first_chunk::<4>() else {
+            return Err(format!("a record's length is cut short ({} bytes left)", body.len()));
+        };
+        let len = u32::from_be_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(format!("a record of {len} bytes is cut short at {}", rest.len()));
+        }
+        let (record, rest) = rest.split_at(len);
+        records.push(record.to_vec());
+        body = rest;
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_as_stored_are_read_back_and_a_cut_body_is_an_error() {
+        let mut body = Vec::new();
+        for record in [&b"first"[..], b"", b"third record"] {
+            body.extend_from_slice(&(record.len() as u32).to_be_bytes());
+            body.extend_from_slice(record);
+        }
+        assert_eq!(frames(&body), Ok(vec![b"first".to_vec(), Vec::new(), b"third record".to_vec()]));
+        assert_eq!(frames(&[]), Ok(Vec::new()));
+        assert!(frames(&body[..body.len() - 1]).is_err());
+        assert!(frames(&body[..2]).is_err());
+    }
+}

@@ -1,0 +1,230 @@
+//! Read replicas (`shoplog project`, DESIGN §4 and §7), against a real
+//! `nats-server`: a replica copies the primary's log from JetStream record by
+//! record as stored, builds its read models and serves the read routes; it goes
+//! on from its own head after a restart; a gap in the stream stops it, naming the
+//! missing positions, unless it was given the primary, which then fills them.
+
+use std::time::{Duration, Instant};
+
+use api::server::Role;
+use async_nats::jetstream;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tests::NatsServer;
+
+use crate::api::{ADMIN, TestApp, VIEWER};
+use crate::relay::{RELAY_WAIT, published, relayed, relaying, restock, shop};
+
+/// The replica's feed, its entry of `/admin/projections`.
+async fn feed_status(replica: &TestApp) -> Value {
+    let reply = replica.get("/admin/projections", Some(ADMIN)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    let entries = reply.body.as_array().expect("a list").clone();
+    entries.into_iter().find(|entry| entry["name"] == "replica").expect("the feed is listed")
+}
+
+/// Wait until `ready` holds of the feed's status; the status.
+async fn feed_until(replica: &TestApp, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + RELAY_WAIT;
+    loop {
+        let status = feed_status(replica).await;
+        if ready(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the replica never {what}: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A read replica of the primary relaying to `nats`, on `dir`.
+async fn replica_on(dir: tempfile::TempDir, nats: &NatsServer, primary: Option<&TestApp>) -> TestApp {
+    let primary = primary
+        .map(|primary| api::replica::Primary { url: primary.base.clone(), token: api::config::Secret::new(ADMIN) });
+    TestApp::serve_dir_as(dir, Role::Replica { primary }, |config| config.nats = Some(nats.url())).await
+}
+
+/// Wait until the replica holds the primary's whole log and its read models
+/// have applied it.
+async fn copied(replica: &TestApp, primary: &TestApp) {
+    let head = primary.head();
+    feed_until(replica, "reached the primary's head", |status| status["checkpoint"] == head).await;
+    replica.caught_up().await;
+}
+
+/// The replica's log is the primary's: the same records, byte for byte (so
+/// the same hash chain), and it verifies.
+fn assert_same_log(replica: &TestApp, primary: &TestApp) {
+    let head = primary.head();
+    assert_eq!(replica.head(), head);
+    let read = |app: &TestApp| app.log().read_stored(1, head as usize).expect("reads");
+    assert!(read(replica) == read(primary), "the replica's records are the primary's as stored");
+    assert_eq!(replica.log().verify().expect("the copy verifies").events, head);
+}
+
+/// What the read routes answer, for comparing the replica with the primary.
+async fn read_models(app: &TestApp) -> Vec<Value> {
+    let mut answers = Vec::new();
+    for path in ["/api/v1/products", "/api/v1/products/mug-1", "/api/v1/orders", "/api/v1/dashboard/sales"] {
+        let reply = app.get(path, Some(ADMIN)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}: {reply:?}");
+        answers.push(reply.body);
+    }
+    answers
+}
+
+/// A replica started empty copies the whole log and then follows it live: its
+/// read routes answer as the primary's, its log is the primary's record for
+/// record and verifies, it holds no personal data (sealed payloads travel
+/// sealed, and it has no key), and it takes no command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_copies_the_log_and_serves_the_read_models() {
+    let (_nats_dir, nats, primary) = relaying().await;
+    shop(&primary, "replicated.shopper@example.com").await;
+    relayed(&primary).await;
+    let replica = replica_on(tests::temp_dir(), &nats, None).await;
+    copied(&replica, &primary).await;
+    primary.caught_up().await;
+    assert_same_log(&replica, &primary);
+    assert_eq!(read_models(&replica).await, read_models(&primary).await);
+
+    // Live: what the primary does next shows on the replica.
+    restock(&primary, "mug-1", 5).await;
+    copied(&replica, &primary).await;
+    primary.caught_up().await;
+    assert_eq!(read_models(&replica).await, read_models(&primary).await);
+    let status = feed_status(&replica).await;
+    assert_eq!((status["lag"].clone(), status["failure"].clone()), (json!(0), Value::Null), "{status}");
+    let metrics = replica.get("/metrics", Some(VIEWER)).await;
+    let text = metrics.body.as_str().expect("text");
+    assert!(text.contains(&format!("replica_position {}", primary.head())), "{text}");
+    assert!(text.contains("replica_up 1"), "{text}");
+
+    // Commands go to the primary.
+    let head = replica.head();
+    let refused = replica.post("/api/v1/products/mug-1/restock", Some(ADMIN), json!({"quantity": 1})).await;
+    assert!(refused.problem(404)["detail"].as_str().is_some_and(|detail| detail.contains("primary")), "{refused:?}");
+    assert_eq!(replica.head(), head, "nothing written");
+
+    let replica_dir = replica.stop_keeping_dir().await;
+    let needle = b"replicated.shopper@example.com";
+    let holding: Vec<_> = walk(replica_dir.path())
+        .into_iter()
+        .filter(|path| std::fs::read(path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle)))
+        .collect();
+    assert!(holding.is_empty(), "the replica holds the customer's email in {holding:?}");
+    primary.stop().await;
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("lists").flatten() {
+        let path = entry.path();
+        if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
+    }
+    files
+}
+
+/// A replica stopped and started again goes on from its own head: it copies
+/// what the primary did meanwhile, and nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_goes_on_from_its_head() {
+    let (_nats_dir, nats, primary) = relaying().await;
+    shop(&primary, "restarted.replica@example.com").await;
+    relayed(&primary).await;
+    let replica = replica_on(tests::temp_dir(), &nats, None).await;
+    copied(&replica, &primary).await;
+    let before = replica.head();
+    let dir = replica.stop_keeping_dir().await;
+
+    restock(&primary, "tea-1", 7).await;
+    relayed(&primary).await;
+    assert!(primary.head() > before);
+    let replica = replica_on(dir, &nats, None).await;
+    copied(&replica, &primary).await;
+    primary.caught_up().await;
+    assert_same_log(&replica, &primary);
+    assert_eq!(read_models(&replica).await, read_models(&primary).await);
+    replica.stop().await;
+    primary.stop().await;
+}
+
+/// Positions missing from the stream (deleted here, as JetStream can lose or
+/// drop them) stop a replica that has no primary: it applies up to the gap,
+/// serves that, and says which positions are missing. Given the primary, it
+/// fills them from the primary's log (as stored) and goes on to the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_stops_a_replica_without_its_primary_and_the_primary_fills_it() {
+    let (_nats_dir, nats, primary) = relaying().await;
+    shop(&primary, "gap.shopper@example.com").await;
+    relayed(&primary).await;
+    let messages = published(&nats.url()).await;
+    let missing: Vec<_> = messages.iter().filter(|message| (8..=10).contains(&message.position)).collect();
+    assert_eq!(missing.len(), 3);
+    let client = async_nats::connect(nats.url()).await.expect("connects to NATS");
+    let stream = jetstream::new(client).get_stream("SHOPLOG_EVENTS").await.expect("the stream");
+    for message in missing {
+        stream.delete_message(message.sequence).await.expect("deletes");
+    }
+
+    let replica = replica_on(tests::temp_dir(), &nats, None).await;
+    let status = feed_until(&replica, "said what is missing", |status| {
+        status["failure"].as_str().is_some_and(|failure| failure.contains("positions 8 to 10 are missing"))
+    })
+    .await;
+    assert_eq!(status["checkpoint"], 7, "{status}");
+    assert_eq!(status["head"], primary.head(), "it saw how far the stream goes: {status}");
+    // It serves what it has, and stays there.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(replica.head(), 7);
+    replica.caught_up().await;
+    let product = replica.get("/api/v1/products/mug-1", Some(ADMIN)).await;
+    assert_eq!(product.status, StatusCode::OK, "{product:?}");
+    let dir = replica.stop_keeping_dir().await;
+
+    let replica = replica_on(dir, &nats, Some(&primary)).await;
+    copied(&replica, &primary).await;
+    primary.caught_up().await;
+    assert_same_log(&replica, &primary);
+    assert_eq!(read_models(&replica).await, read_models(&primary).await);
+    let status = feed_status(&replica).await;
+    assert_eq!(status["failure"], Value::Null, "{status}");
+    let metrics = replica.get("/metrics", Some(VIEWER)).await;
+    assert!(metrics.body.as_str().is_some_and(|text| text.contains("replica_filled_total 3")), "{metrics:?}");
+    replica.stop().await;
+    primary.stop().await;
+}
+
+/// The primary answers its log as stored records when asked for them, for a
+/// replica to fill a gap with; only to an admin.
+#[tokio::test]
+async fn the_primary_answers_its_records_as_stored_to_an_admin() {
+    let primary = TestApp::spawn().await;
+    primary.create_product("mug-1", 1200, 4).await;
+    restock(&primary, "mug-1", 3).await;
+    let accept = [("accept", "application/vnd.shoplog.records")];
+    let reply =
+        primary.request(reqwest::Method::GET, "/api/v1/events?from=2&limit=2", Some(ADMIN), None, &accept).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.content_type(), "application/vnd.shoplog.records");
+    assert_eq!(reply.headers["x-head-position"], "4");
+    let stored = primary.log().read_stored(2, 2).expect("reads");
+    let response = primary
+        .client
+        .get(format!("{}/api/v1/events?from=2&limit=2", primary.base))
+        .bearer_auth(ADMIN)
+        .header("accept", "application/vnd.shoplog.records")
+        .send()
+        .await
+        .expect("answers");
+    let body = response.bytes().await.expect("reads");
+    let mut expected = Vec::new();
+    for record in &stored {
+        expected.extend_from_slice(&(record.len() as u32).to_be_bytes());
+        expected.extend_from_slice(record);
+    }
+    assert_eq!(body.to_vec(), expected, "each record as a 4-byte length and its stored bytes");
+    let viewer = primary.request(reqwest::Method::GET, "/api/v1/events?from=1", Some(VIEWER), None, &accept).await;
+    viewer.problem(403);
+    primary.stop().await;
+}
