@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use tests::NatsServer;
 
 use crate::api::{ADMIN, TestApp, VIEWER};
+use crate::cli::Served;
 use crate::relay::{RELAY_WAIT, published, relayed, relaying, restock, shop};
 
 /// The replica's feed, its entry of `/admin/projections`.
@@ -226,5 +227,37 @@ async fn the_primary_answers_its_records_as_stored_to_an_admin() {
     assert_eq!(body.to_vec(), expected, "each record as a 4-byte length and its stored bytes");
     let viewer = primary.request(reqwest::Method::GET, "/api/v1/events?from=1", Some(VIEWER), None, &accept).await;
     viewer.problem(403);
+    primary.stop().await;
+}
+
+/// The real `shoplog project` binary: it copies the log, serves the read
+/// routes, says what it is at the start, and stops cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_a_replica() {
+    let (_nats_dir, nats, primary) = relaying().await;
+    shop(&primary, "binary.replica@example.com").await;
+    relayed(&primary).await;
+    primary.caught_up().await;
+    let data = tests::temp_dir();
+    let url = nats.url();
+    let args = ["--data", data.path().to_str().expect("utf-8"), "--nats", &url, "--admin-token", ADMIN];
+    let served = Served::start_replica(&args);
+    let base = format!("http://{}", served.address);
+    let client = reqwest::Client::new();
+    let get = |path: &str| client.get(format!("{base}{path}")).bearer_auth(ADMIN).send();
+    let head = primary.head();
+    let deadline = Instant::now() + RELAY_WAIT;
+    loop {
+        let entries: Value = get("/admin/projections").await.expect("answers").json().await.expect("json");
+        let caught_up = entries.as_array().expect("a list").iter().all(|entry| entry["checkpoint"] == head);
+        if caught_up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica never caught up: {entries}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let products: Value = get("/api/v1/products").await.expect("answers").json().await.expect("json");
+    assert_eq!(products, primary.get("/api/v1/products", Some(ADMIN)).await.body);
+    assert!(served.stop_with("TERM").success(), "a clean stop");
     primary.stop().await;
 }

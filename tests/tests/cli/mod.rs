@@ -183,6 +183,14 @@ impl Served {
         Served::spawn(command.stderr(Stdio::inherit()))
     }
 
+    /// Start `shoplog project` (a read replica) on a random port with `args`,
+    /// as [`Served::start`] does.
+    pub(crate) fn start_replica<A: AsRef<std::ffi::OsStr>>(args: &[A]) -> Served {
+        let mut command = Served::command(SHOPLOG);
+        command.args(["project", "--listen", "127.0.0.1:0"]).args(args);
+        Served::spawn(command.stderr(Stdio::inherit()))
+    }
+
     /// A command running `program` with no `SHOPLOG_` setting from the test's environment.
     fn command(program: &str) -> Command {
         let mut command = Command::new(program);
@@ -214,7 +222,8 @@ impl Served {
                 panic!("the server never said where it listens (exit: {status:?}); it printed {:?}", served.printed);
             };
             served.printed.push(line.clone());
-            if let Some(rest) = line.strip_prefix("shoplog listening on http://") {
+            let listening = ["shoplog listening on http://", "shoplog read replica listening on http://"];
+            if let Some(rest) = listening.iter().find_map(|prefix| line.strip_prefix(prefix)) {
                 break rest.split_whitespace().next().expect("an address").to_owned();
             }
         };
