@@ -24,7 +24,7 @@
 //! client's work, and only `api` has one (reqwest).
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -114,6 +114,9 @@ pub enum FeedError {
     Message { sequence: u64, reason: String },
     #[error("the replica's log refused a record: {0}")]
     Log(#[from] store::StoreError),
+    /// Not a failure: the client connected again, so the attempt starts over.
+    #[error("connected to NATS again")]
+    Reconnected,
 }
 
 /// The feed, running on the runtime it was started on.
@@ -134,6 +137,13 @@ struct Shared {
     /// A gap it cannot fill: its first position and what to say, until the
     /// head passes it (each attempt meets it again, after following the stream).
     gap: Mutex<Option<(u64, String)>>,
+    /// Whether the client holds a connection to NATS (it reconnects by itself,
+    /// and the consumer waits meanwhile without an error).
+    connected: Arc<AtomicBool>,
+    /// Counts the client's connections: each one ends the attempt under way,
+    /// so the stream is read again from the head at once (an ordered consumer
+    /// would notice a restarted server only after its heartbeats, seconds later).
+    connections: Arc<watch::Sender<u64>>,
     http: reqwest::Client,
 }
 
@@ -160,6 +170,8 @@ impl Feed {
             filled: AtomicU64::new(0),
             failure: Mutex::new(Some("not connected to NATS yet".to_owned())),
             gap: Mutex::new(None),
+            connected: Arc::new(AtomicBool::new(false)),
+            connections: Arc::new(watch::Sender::new(0)),
             http,
         });
         let (stop, stopped) = watch::channel(false);
@@ -172,7 +184,10 @@ impl Feed {
         let newest = self.shared.newest.load(Ordering::Acquire).max(position);
         let gap = self.shared.gap.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let gap = gap.filter(|(from, _)| position < *from).map(|(_, says)| says);
-        let failure = self.shared.failure.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let mut failure = self.shared.failure.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if failure.is_none() && !self.shared.connected.load(Ordering::Acquire) {
+            failure = Some("the connection to NATS is lost; the replica reconnects by itself".to_owned());
+        }
         FeedStatus {
             position,
             newest,
@@ -206,6 +221,10 @@ async fn run(shared: Arc<Shared>, options: ReplicaOptions, mut stopped: watch::R
             },
             _ = stopped.wait_for(|stop| *stop) => return,
         };
+        if matches!(error, FeedError::Reconnected) {
+            tracing::debug!("the replica reads the stream again after a reconnection");
+            continue;
+        }
         if shared.log.head() > before {
             wait = first_wait;
         }
@@ -231,11 +250,25 @@ async fn follow(
     options: &ReplicaOptions,
     client: &mut Option<async_nats::Client>,
 ) -> Result<Infallible, FeedError> {
+    // Connections made before this attempt read the stream are not news.
+    let mut connections = shared.connections.subscribe();
     let client = match client {
         Some(client) => client.clone(),
         None => {
+            let (connection, connections) = (Arc::clone(&shared.connected), Arc::clone(&shared.connections));
             let connected = async_nats::ConnectOptions::new()
                 .name("shoplog replica")
+                .event_callback(move |event| {
+                    match event {
+                        async_nats::Event::Connected => {
+                            connection.store(true, Ordering::Release);
+                            connections.send_modify(|count| *count += 1);
+                        }
+                        async_nats::Event::Disconnected => connection.store(false, Ordering::Release),
+                        _ => {}
+                    }
+                    std::future::ready(())
+                })
                 .connection_timeout(options.timeout)
                 .request_timeout(Some(options.timeout))
                 .connect(options.nats.as_str())
@@ -245,6 +278,7 @@ async fn follow(
                     reason: error.to_string(),
                 })?;
             tracing::info!("the replica is connected to NATS");
+            shared.connected.store(true, Ordering::Release);
             client.insert(connected).clone()
         }
     };
@@ -270,7 +304,11 @@ async fn follow(
         // sequence is past the head's next position: then read from the first.
         let overshot = 'messages: loop {
             // One message, then whatever else has come, up to a batch.
-            let mut ready = vec![messages.next().await];
+            let first = tokio::select! {
+                first = messages.next() => first,
+                _ = connections.changed() => return Err(FeedError::Reconnected),
+            };
+            let mut ready = vec![first];
             while ready.len() < BATCH_MAX {
                 match messages.next().now_or_never() {
                     Some(next) => ready.push(next),

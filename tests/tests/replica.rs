@@ -261,3 +261,59 @@ async fn the_binary_runs_a_replica() {
     assert!(served.stop_with("TERM").success(), "a clean stop");
     primary.stop().await;
 }
+
+/// NATS stopped and started again while the primary takes commands: the
+/// replica says it is not following meanwhile, and then copies everything,
+/// once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_goes_on_after_nats_comes_back() {
+    let (_nats_dir, mut nats, primary) = relaying().await;
+    shop(&primary, "nats.restart@example.com").await;
+    relayed(&primary).await;
+    let replica = replica_on(tests::temp_dir(), &nats, None).await;
+    copied(&replica, &primary).await;
+
+    nats.terminate();
+    restock(&primary, "mug-1", 5).await;
+    feed_until(&replica, "said NATS is gone", |status| status["failure"].is_string()).await;
+    nats.restart();
+    restock(&primary, "mug-1", 5).await;
+    relayed(&primary).await;
+    copied(&replica, &primary).await;
+    primary.caught_up().await;
+    assert_same_log(&replica, &primary);
+    assert_eq!(read_models(&replica).await, read_models(&primary).await);
+    let status = feed_until(&replica, "said it follows again", |status| status["failure"].is_null()).await;
+    assert_eq!(status["lag"], 0, "{status}");
+    replica.stop().await;
+    primary.stop().await;
+}
+
+/// A replica's copy of one shop, pointed at another shop's stream: the other
+/// log's records do not chain to its own, so none is applied, and it says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_refuses_another_shops_stream() {
+    let (_nats_dir, nats, primary) = relaying().await;
+    shop(&primary, "first.shop@example.com").await;
+    relayed(&primary).await;
+    let replica = replica_on(tests::temp_dir(), &nats, None).await;
+    copied(&replica, &primary).await;
+    let head = replica.head();
+    let dir = replica.stop_keeping_dir().await;
+    primary.stop().await;
+
+    let (_other_dir, other_nats, other) = relaying().await;
+    shop(&other, "second.shop@example.com").await;
+    restock(&other, "mug-1", 10).await;
+    relayed(&other).await;
+    let replica = replica_on(dir, &other_nats, None).await;
+    let status = feed_until(&replica, "refused the other log", |status| {
+        status["failure"].as_str().is_some_and(|failure| failure.contains("does not chain"))
+    })
+    .await;
+    assert_eq!(status["checkpoint"], head, "{status}");
+    assert_eq!(replica.head(), head, "nothing of the other log applied");
+    assert_eq!(replica.log().verify().expect("verifies").events, head);
+    replica.stop().await;
+    other.stop().await;
+}
