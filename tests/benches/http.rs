@@ -17,7 +17,9 @@
 //! `-- --nats` runs shoplog with the relay to a real `nats-server` (see
 //! `tests::nats_server_program`) and reports the relay's lag behind the head,
 //! sampled every 250 ms during the load, and how long it takes to reach the head
-//! after it (DESIGN §8: the relay keeps up with the commit rate, its lag bounded).
+//! after it (DESIGN §8: the relay keeps up with the commit rate, its lag bounded);
+//! then how fast a read replica started empty (`shoplog project`) copies the
+//! whole log from NATS and has its read models at the head.
 
 /// The `shoplog` binary's allocator, so the figures are the binary's.
 #[global_allocator]
@@ -209,7 +211,7 @@ fn main() {
 
     // shoplog, with real fsyncs.
     let nats = with_nats.then(|| tests::NatsServer::start(&work.path().join("nats")));
-    let (shop_result, stats, shop_cpu, relay_lags) = runtime.block_on(async {
+    let (shop_result, stats, shop_cpu, relay_lags, replica_copy) = runtime.block_on(async {
         let config = api::Config {
             nats: nats.as_ref().map(tests::NatsServer::url),
             data: work.path().join("data"),
@@ -298,6 +300,31 @@ fn main() {
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+        // Then a read replica started empty copies the whole log from NATS.
+        let head = running.state.log.head();
+        let mut replica_copy = None;
+        if let Some(nats) = &nats {
+            let config = api::Config {
+                nats: Some(nats.url()),
+                data: work.path().join("replica"),
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                admin_token: Some(api::config::Secret::new(ADMIN)),
+                viewer_token: Some(api::config::Secret::new("bench-viewer-token-00001")),
+                ..api::Config::default()
+            };
+            let started = std::time::Instant::now();
+            let replica = api::server::start_as(&config, api::server::Role::Replica { primary: None })
+                .await
+                .expect("the replica starts");
+            while replica.state.log.head() < head && started.elapsed() < std::time::Duration::from_secs(120) {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            let copied = started.elapsed();
+            let applied = replica.state.projections.wait_for(head, std::time::Duration::from_secs(120)).await;
+            let applied = applied.is_ok().then(|| started.elapsed());
+            replica_copy = Some((replica.state.log.head(), copied, applied));
+            replica.stop().await.expect("the replica stops");
+        }
         let after = running.state.log.commit_stats();
         let cache_after = running.state.service.cache_stats();
         running.state.log.verify().expect("the log verifies after the load");
@@ -308,7 +335,8 @@ fn main() {
             cache_after.misses - cache_before.misses,
             cache_after.events_folded - cache_before.events_folded,
         ];
-        (result, (after.appends - before.appends, after.batches - before.batches, loads), cpu, (lags, drained))
+        let stats = (after.appends - before.appends, after.batches - before.batches, loads);
+        (result, stats, cpu, (lags, drained), replica_copy)
     });
 
     println!("| server | requests/s | p50 | p99 | non-2xx | requests | CPU stolen |");
@@ -363,6 +391,14 @@ fn main() {
             mean(&during[..quarter]),
             mean(&during[during.len() - quarter..]),
             drained.map_or_else(|| "never within 60 s".to_owned(), |drained| format!("{drained:.2?}")),
+        );
+    }
+    if let Some((copied_events, copied, applied)) = replica_copy {
+        println!(
+            "read replica started empty: {copied_events} events copied from NATS in {copied:.2?} ({:.0} events/s), \
+             its read models at the head {}",
+            copied_events as f64 / copied.as_secs_f64(),
+            applied.map_or_else(|| "never within 120 s".to_owned(), |applied| format!("after {applied:.2?}")),
         );
     }
     // Where this process's CPU went (wrk, a process of its own, shares the cores).
