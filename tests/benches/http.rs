@@ -17,7 +17,9 @@
 //! `-- --nats` runs shoplog with the relay to a real `nats-server` (see
 //! `tests::nats_server_program`) and reports the relay's lag behind the head,
 //! sampled every 250 ms during the load, and how long it takes to reach the head
-//! after it (DESIGN §8: the relay keeps up with the commit rate, its lag bounded);
+//! after it (DESIGN §8: the relay keeps up with the commit rate, its lag bounded),
+//! with JetStream at NATS's default fsync (every 2 minutes), or with
+//! `--nats-sync-always` at an fsync per message;
 //! then how fast a read replica started empty (`shoplog project`) copies the
 //! whole log from NATS and has its read models at the head.
 
@@ -210,7 +212,11 @@ fn main() {
     let (bare_result, bare_fsyncs, bare_cpu) = bare_result;
 
     // shoplog, with real fsyncs.
-    let nats = with_nats.then(|| tests::NatsServer::start(&work.path().join("nats")));
+    // JetStream at NATS's default fsync (every 2 minutes), unless
+    // `--nats-sync-always`: then it fsyncs each message before its ack, and its
+    // own fsyncs bound what the relay can publish.
+    let sync_interval = if args.iter().any(|arg| arg == "--nats-sync-always") { "always" } else { "2m" };
+    let nats = with_nats.then(|| tests::NatsServer::start_syncing(&work.path().join("nats"), sync_interval));
     let (shop_result, stats, shop_cpu, relay_lags, replica_copy) = runtime.block_on(async {
         let config = api::Config {
             nats: nats.as_ref().map(tests::NatsServer::url),

@@ -237,12 +237,23 @@ pub struct NatsServer {
     process: Option<KillOnDrop>,
     port: u16,
     store: std::path::PathBuf,
+    /// JetStream's `sync_interval`.
+    sync_interval: String,
 }
 
 impl NatsServer {
-    /// Start one on a port of its choosing, its JetStream data under `store`.
+    /// Start one on a port of its choosing, its JetStream data under `store`,
+    /// each message on disk before its ack (`sync_interval: always`, as the
+    /// README asks of a JetStream that replicas rely on: a kill loses none that
+    /// was acknowledged).
     pub fn start(store: &std::path::Path) -> NatsServer {
-        let mut server = NatsServer { process: None, port: 0, store: store.to_owned() };
+        Self::start_syncing(store, "always")
+    }
+
+    /// [`Self::start`] with another `sync_interval` (NATS's default is `2m`).
+    pub fn start_syncing(store: &std::path::Path, sync_interval: &str) -> NatsServer {
+        let sync_interval = sync_interval.to_owned();
+        let mut server = NatsServer { process: None, port: 0, store: store.to_owned(), sync_interval };
         server.restart();
         server
     }
@@ -274,13 +285,12 @@ impl NatsServer {
         let _ = std::fs::remove_dir_all(&ports);
         std::fs::create_dir_all(&ports).expect("makes the ports file dir");
         let port = if self.port == 0 { "-1".to_owned() } else { self.port.to_string() };
-        // As the README asks of a JetStream that replicas rely on: each message
-        // on disk before its ack, so a kill loses none that was acknowledged.
         // All of JetStream's settings in the file: a `-js` or `-sd` flag would
         // stand for the whole block and drop `sync_interval`.
         let config = self.store.join("nats.conf");
         let store_dir = self.store.join("jetstream");
-        let settings = format!("jetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n", store_dir);
+        let settings =
+            format!("jetstream {{\n  store_dir: {:?}\n  sync_interval: {}\n}}\n", store_dir, self.sync_interval);
         std::fs::write(&config, settings).expect("writes the NATS config");
         let child = std::process::Command::new(nats_server_program())
             .arg("-c")
