@@ -156,7 +156,7 @@ impl EventLog {
         // And one whose sled file lost what a checkpoint had made durable (`mark`).
         let checkpointed = crate::mark::read(&path).map_err(|reason| StoreError::corrupt(0, reason))?;
         let stored_head = trees::read_head(&trees)?;
-        if let Some(checkpointed) = checkpointed
+        if let Some(crate::mark::Mark { head: checkpointed, .. }) = checkpointed
             && stored_head < checkpointed
         {
             return Err(StoreError::corrupt(
@@ -166,6 +166,25 @@ impl EventLog {
                      made it durable up to {checkpointed} (restore the data directory from a backup)"
                 ),
             ));
+        }
+        // Left open (a crash), its WAL files may hold the only copy of batches
+        // acknowledged after what sled holds: one that is gone is loss, not an
+        // empty WAL (see `mark`).
+        if let Some(crate::mark::Mark { state: crate::mark::State::Open, .. }) = checkpointed {
+            let gone: Vec<&str> = WAL_FILES.iter().copied().filter(|name| !path.join(name).exists()).collect();
+            if !gone.is_empty() {
+                return Err(StoreError::corrupt(
+                    stored_head + 1,
+                    format!(
+                        "the write-ahead log file {} is missing and the log was not closed cleanly, so \
+                         acknowledged events after position {stored_head} (what sled holds) may be lost with it: \
+                         restore the data directory from a backup, or put the file back (if nothing was appended \
+                         after position {stored_head}, removing the file {} opens the log as it is)",
+                        gone.join(" and "),
+                        crate::mark::FILE
+                    ),
+                ));
+            }
         }
         let dropped = drop_torn_batch(&trees)?;
         if let Some(dropped @ 1..) = dropped {
@@ -215,8 +234,9 @@ impl EventLog {
         }
         // What sled holds now is durable: it was fsynced above, or when opened.
         let tail = read_tail(&trees)?;
-        if checkpointed != Some(tail.head) {
-            crate::mark::write(&path, tail.head)?;
+        let open = crate::mark::Mark { head: tail.head, state: crate::mark::State::Open };
+        if checkpointed != Some(open) {
+            crate::mark::write(&path, tail.head, crate::mark::State::Open)?;
         }
         wal.start_over()?;
 
@@ -936,7 +956,7 @@ pub fn sled_file_lost(path: &Path) -> Option<String> {
     let restore = "restore the data directory from a backup";
     let lost = |evidence: &str| format!("sled's file db is missing, though {evidence} ({restore})");
     match crate::mark::read(path) {
-        Ok(Some(checkpointed @ 1..)) => {
+        Ok(Some(crate::mark::Mark { head: checkpointed @ 1.., .. })) => {
             return Some(format!(
                 "sled's file db is missing, and with it the log a checkpoint had made durable up to position \
                  {checkpointed} ({restore})"

@@ -10,30 +10,69 @@
 //! head below this one is damage: the open fails, naming the first position
 //! lost, before it writes anything of its own.
 //!
-//! The file: `"SLC1"`, the head (u64 BE), and the blake3 hash of the two. It is
-//! written as a new file and renamed over the old one, then the directory is
-//! synced: a crash leaves the old head or the new one, both true.
+//! It also says whether the log was closed cleanly. While it is open, batches
+//! past the checkpoint may be held by the write-ahead log alone (sled has them
+//! unflushed), so after a crash a WAL file that is gone (deleted, or never
+//! copied with the rest) means acknowledged events may be lost: the open fails
+//! rather than start from what sled holds. A clean close checkpoints everything
+//! and empties the WAL, and says so here: then the WAL files hold nothing needed.
+//!
+//! The file: `"SLC2"`, the head (u64 BE), the state (0 open, 1 closed cleanly),
+//! and the blake3 hash of the three. `"SLC1"` files (no state: log format 7
+//! before it) read as open. It is written as a new file and renamed over the old
+//! one, then the directory is synced: a crash leaves the old one or the new one,
+//! both true.
 
 use std::io;
 use std::path::Path;
 
 pub(crate) const FILE: &str = "checkpointed";
-const MAGIC: [u8; 4] = *b"SLC1";
-const LEN: usize = 4 + 8 + 32;
+const MAGIC_V1: [u8; 4] = *b"SLC1";
+const MAGIC: [u8; 4] = *b"SLC2";
+const LEN_V1: usize = 4 + 8 + 32;
+const LEN: usize = 4 + 8 + 1 + 32;
 
-fn hash(head: u64) -> blake3::Hash {
+/// How the log was left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Open, or left by a crash: the WAL may hold batches sled lost.
+    Open,
+    /// Closed cleanly: sled holds every batch durably, the WAL nothing needed.
+    Closed,
+}
+
+/// What the file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Mark {
+    pub head: u64,
+    pub state: State,
+}
+
+fn hash(magic: &[u8; 4], head: u64, state: Option<State>) -> blake3::Hash {
     let mut hasher = blake3::Hasher::new();
-    hasher.update(&MAGIC);
+    hasher.update(magic);
     hasher.update(&head.to_be_bytes());
+    if let Some(state) = state {
+        hasher.update(&[state_byte(state)]);
+    }
     hasher.finalize()
 }
 
-/// Record, durably, that sled holds every position up to `head` durably.
-pub(crate) fn write(dir: &Path, head: u64) -> io::Result<()> {
+fn state_byte(state: State) -> u8 {
+    match state {
+        State::Open => 0,
+        State::Closed => 1,
+    }
+}
+
+/// Record, durably, that sled holds every position up to `head` durably, and
+/// how the log is left.
+pub(crate) fn write(dir: &Path, head: u64, state: State) -> io::Result<()> {
     let mut bytes = Vec::with_capacity(LEN);
     bytes.extend_from_slice(&MAGIC);
     bytes.extend_from_slice(&head.to_be_bytes());
-    bytes.extend_from_slice(hash(head).as_bytes());
+    bytes.push(state_byte(state));
+    bytes.extend_from_slice(hash(&MAGIC, head, Some(state)).as_bytes());
     let path = dir.join(FILE);
     let fresh = dir.join(format!("{FILE}.new"));
     let failed = |what: &'static str| move |error: io::Error| io::Error::new(error.kind(), format!("{what}: {error}"));
@@ -46,10 +85,10 @@ pub(crate) fn write(dir: &Path, head: u64) -> io::Result<()> {
     std::fs::File::open(dir).and_then(|dir| dir.sync_all()).map_err(failed("fsync of the data directory"))
 }
 
-/// The head the last checkpoint recorded; `None` when none did (a log made by
-/// a binary from before the file, or never checkpointed). A file that does not
+/// What the last checkpoint recorded; `None` when none did (a log made by a
+/// binary from before the file, or never checkpointed). A file that does not
 /// read is an error, naming why.
-pub(crate) fn read(dir: &Path) -> Result<Option<u64>, String> {
+pub(crate) fn read(dir: &Path) -> Result<Option<Mark>, String> {
     let bytes = match std::fs::read(dir.join(FILE)) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -61,14 +100,22 @@ pub(crate) fn read(dir: &Path) -> Result<Option<u64>, String> {
              without that check (the log itself may be whole: `shoplog verify` walks it)"
         )
     };
-    if bytes.len() != LEN || bytes[..4] != MAGIC {
+    let head = || bytes.get(4..12).and_then(|head| head.try_into().ok()).map(u64::from_be_bytes).ok_or_else(damaged);
+    let (state, stored_hash) = match (bytes.len(), bytes.get(..4)) {
+        (LEN_V1, Some(magic)) if magic == MAGIC_V1 => (None, &bytes[12..]),
+        (LEN, Some(magic)) if magic == MAGIC => match bytes[12] {
+            0 => (Some(State::Open), &bytes[13..]),
+            1 => (Some(State::Closed), &bytes[13..]),
+            _ => return Err(damaged()),
+        },
+        _ => return Err(damaged()),
+    };
+    let head = head()?;
+    let magic = if state.is_some() { &MAGIC } else { &MAGIC_V1 };
+    if hash(magic, head, state).as_bytes() != stored_hash {
         return Err(damaged());
     }
-    let head = u64::from_be_bytes(bytes[4..12].try_into().map_err(|_| damaged())?);
-    if hash(head).as_bytes() != &bytes[12..] {
-        return Err(damaged());
-    }
-    Ok(Some(head))
+    Ok(Some(Mark { head, state: state.unwrap_or(State::Open) }))
 }
 
 #[cfg(test)]
@@ -79,13 +126,30 @@ mod tests {
     fn the_head_reads_back_and_a_damaged_file_is_an_error() {
         let dir = tempfile::tempdir().expect("temp dir");
         assert_eq!(read(dir.path()), Ok(None));
-        write(dir.path(), 41).expect("writes");
-        write(dir.path(), 42).expect("writes over");
-        assert_eq!(read(dir.path()), Ok(Some(42)));
+        write(dir.path(), 41, State::Open).expect("writes");
+        write(dir.path(), 42, State::Closed).expect("writes over");
+        assert_eq!(read(dir.path()), Ok(Some(Mark { head: 42, state: State::Closed })));
+        write(dir.path(), 42, State::Open).expect("writes over");
+        assert_eq!(read(dir.path()), Ok(Some(Mark { head: 42, state: State::Open })));
         assert!(!dir.path().join(format!("{FILE}.new")).exists());
         let mut bytes = std::fs::read(dir.path().join(FILE)).expect("reads");
         bytes[11] ^= 1;
         std::fs::write(dir.path().join(FILE), &bytes).expect("writes");
         assert!(read(dir.path()).is_err_and(|reason| reason.contains("is damaged")));
+        bytes[11] ^= 1;
+        bytes[12] = 1;
+        std::fs::write(dir.path().join(FILE), &bytes).expect("writes");
+        assert!(read(dir.path()).is_err_and(|reason| reason.contains("is damaged")), "a state its hash does not cover");
+    }
+
+    /// The file of log format 7 before the state: the head, read as open.
+    #[test]
+    fn a_file_without_the_state_reads_as_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut bytes = MAGIC_V1.to_vec();
+        bytes.extend_from_slice(&42u64.to_be_bytes());
+        bytes.extend_from_slice(hash(&MAGIC_V1, 42, None).as_bytes());
+        std::fs::write(dir.path().join(FILE), &bytes).expect("writes");
+        assert_eq!(read(dir.path()), Ok(Some(Mark { head: 42, state: State::Open })));
     }
 }

@@ -865,6 +865,16 @@ impl Syncer {
         {
             tracing::error!(%reason, "the checkpoint at close failed; the write-ahead log keeps the batches");
         }
+        // Sled holds everything durably and the WAL nothing needed: say so, so
+        // that a WAL file gone from here on is no loss (see `mark`).
+        if self.health.failure().is_none()
+            && !self.wal.holds_frames()
+            && self.unindexed.is_empty()
+            && self.checkpointing.is_none()
+            && let Err(error) = crate::mark::write(&self.dir, self.received_head, crate::mark::State::Closed)
+        {
+            tracing::warn!(%error, "could not record the clean close in {}", crate::mark::FILE);
+        }
     }
 
     /// A batch handed over: its index groups are the checkpoint's from now on.
@@ -1024,7 +1034,7 @@ impl Checkpoint {
         self.trees.meta.insert(trees::META_INDEXED, &self.head.to_be_bytes()).map_err(failed)?;
         crate::log::flush_sled(&self.db).map_err(|error| format!("flush failed: {error}"))?;
         self.db_file.sync_data().map_err(|error| format!("fdatasync of sled's log failed: {error}"))?;
-        crate::mark::write(&self.dir, self.head)
+        crate::mark::write(&self.dir, self.head, crate::mark::State::Open)
             .map_err(|error| format!("recording the checkpoint in {} failed: {error}", crate::mark::FILE))?;
         self.trees.recent.settle(&self.groups);
         Ok(())

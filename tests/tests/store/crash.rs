@@ -277,3 +277,54 @@ async fn a_stored_head_that_went_back_without_a_torn_batch_is_reported_not_repai
         other => panic!("the open should report the lost tail, got {other:?}"),
     }
 }
+
+/// After a crash, a write-ahead log file that is gone may have held the only
+/// copy of acknowledged batches (sled had them unflushed): the open fails,
+/// naming the missing file and the position after what sled holds, and creates
+/// nothing; with the files put back, every acknowledged event is there. After a
+/// clean close the WAL holds nothing needed, and a file gone then is no loss.
+#[test]
+fn a_wal_file_gone_after_a_crash_is_loss_and_after_a_clean_close_is_not() {
+    let dir = tests::temp_dir();
+    let mut child = tests::KillOnDrop(
+        Command::new(CHILD)
+            .arg(dir.path())
+            .arg("run")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the child starts"),
+    );
+    let (lines, reader) = collect_lines(&mut child);
+    let first = lines.recv_timeout(Duration::from_secs(20)).expect("the child acknowledges something");
+    std::thread::sleep(Duration::from_millis(100));
+    child.kill().expect("SIGKILL");
+    child.wait().expect("the child is reaped");
+    reader.join().expect("reader ends");
+    let acked = acks_of(&std::iter::once(first).chain(lines.try_iter()).collect::<Vec<_>>());
+    assert!(!acked.is_empty());
+
+    let aside = tests::temp_dir();
+    for name in ["wal", "wal.1"] {
+        std::fs::rename(dir.path().join(name), aside.path().join(name)).expect("moves the WAL file aside");
+    }
+    match EventLog::open(dir.path()) {
+        Err(store::StoreError::Corrupt { position, reason }) => {
+            assert!(position >= 1, "{position}");
+            assert!(reason.contains("write-ahead log file wal and wal.1 is missing"), "{reason}");
+            assert!(reason.contains(&format!("after position {}", position - 1)), "{reason}");
+        }
+        other => panic!("a crashed log without its WAL opened: {:?}", other.map(|log| log.head())),
+    }
+    assert!(!dir.path().join("wal").exists() && !dir.path().join("wal.1").exists(), "the open created nothing");
+    for name in ["wal", "wal.1"] {
+        std::fs::rename(aside.path().join(name), dir.path().join(name)).expect("puts the WAL file back");
+    }
+    let (head, _) = assert_acks_survived(dir.path(), &acked);
+
+    // Closed cleanly by now (the check above opened and closed the log).
+    std::fs::remove_file(dir.path().join("wal")).expect("removes");
+    let log = EventLog::open(dir.path()).expect("a cleanly closed log opens without its WAL");
+    assert_eq!(log.head(), head);
+    assert_eq!(log.verify().expect("verifies").head, head);
+}
