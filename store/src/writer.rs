@@ -1256,15 +1256,17 @@ impl Staged {
         records: Vec<(u64, S, u64, Vec<u8>)>,
     ) -> Result<(), StoreError> {
         let mut continued: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        // Events of one stream in a row are in one group or begin the next: only
-        // the first of them can continue a group begun before the records.
-        let mut previous_stream = None;
+        // A record in the group of the record before it is looked at with that
+        // one. (Not "of the stream before it": a stream's run that begins a
+        // group and comes back later among the records, as in a replica's copy,
+        // must find that group begun.)
+        let mut previous: Option<(&str, u64)> = None;
         for (_, stream, version, _) in &records {
             let stream = stream.as_ref();
-            if previous_stream.replace(stream) == Some(stream) {
+            let first = trees::group_first(*version);
+            if previous.replace((stream, first)) == Some((stream, first)) {
                 continue;
             }
-            let first = trees::group_first(*version);
             let key = trees::stream_key(stream, first);
             if self.streams.contains_key(&key) || continued.iter().any(|(begun, _)| *begun == key) {
                 continue;

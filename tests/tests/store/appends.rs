@@ -591,3 +591,29 @@ async fn records_that_do_not_follow_the_log_are_refused_and_nothing_is_written()
     assert_eq!(stored_records(&copy).await, records);
     assert_eq!(copy.verify().expect("verifies").events, 6);
 }
+
+/// A stream whose run begins a new index group (versions 16 and 17 in a row)
+/// and comes back later in the same append (version 18, after another
+/// stream's event): the group begun in the append is found, not read from the
+/// index as if it were damaged (found by an audit: a replica stuck for good).
+#[tokio::test]
+async fn records_as_stored_of_a_stream_that_comes_back_after_beginning_a_group() {
+    let (first_dir, copy_dir) = (temp_dir(), temp_dir());
+    let first = EventLog::open(first_dir.path()).expect("opens");
+    for (stream, times) in [("a", 17), ("b", 1), ("a", 1)] {
+        for index in 0u32..times {
+            first
+                .append(append(stream, ExpectedVersion::Any, vec![event("E", &index.to_be_bytes())]))
+                .await
+                .expect("appends");
+        }
+    }
+    let records = stored_records(&first).await;
+    let copy = EventLog::open(copy_dir.path()).expect("opens");
+    copy.append_stored(records[..15].to_vec()).await.expect("appends as stored");
+    copy.append_stored(records[15..].to_vec()).await.expect("versions 16 to 18 of a, around b's first");
+    assert_eq!(stored_records(&copy).await, records);
+    assert_eq!(copy.stream_version("a").expect("reads"), 18);
+    assert_eq!(copy.read_stream("a", 15, 10).expect("reads").len(), 4);
+    assert_eq!(copy.verify().expect("verifies").events, 19);
+}
