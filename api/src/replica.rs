@@ -4,14 +4,16 @@
 //! `serve`, over that copy.
 //!
 //! It reads `SHOPLOG_EVENTS` (which the primary's relay fills) with an ordered
-//! consumer from the message after its own head, and orders by
-//! `Shoplog-Position`, never by the stream's sequence. Each record is appended
-//! with [`store::EventLog::append_stored`], which takes only the log's next
-//! position chained to its last hash: so the copy verifies as the primary does,
-//! another log's records are refused, and a crash loses nothing acknowledged
-//! (the replica's checkpoint is its log's head, durable with each append, and
-//! its read models keep their own checkpoints as on the primary). A position at
-//! or below the head is a duplicate and is skipped. A gap (JetStream lost or
+//! consumer from the stream's record for its own head (see `start_sequence`),
+//! and orders by `Shoplog-Position`, never by the stream's sequence. Each record
+//! is appended with [`store::EventLog::append_stored`], which takes only the
+//! log's next position chained to its last hash: so the copy verifies as the
+//! primary does, another log's records are refused, and a crash loses nothing
+//! acknowledged (the replica's checkpoint is its log's head, durable with each
+//! append, and its read models keep their own checkpoints as on the primary). A
+//! position at or below the head is one copied before: it is skipped once it is
+//! found to be the very record copied, and otherwise the stream holds another
+//! history and the replica applies nothing of it (`FeedError::Diverged`). A gap (JetStream lost or
 //! dropped messages) is filled from the primary's `GET /api/v1/events` asked for
 //! the stored records, when the replica was given `--primary URL --token T`;
 //! without them the replica stops applying there, serves what it has, and says
@@ -114,6 +116,12 @@ pub enum FeedError {
     Message { sequence: u64, reason: String },
     #[error("the replica's log refused a record: {0}")]
     Log(#[from] store::StoreError),
+    #[error(
+        "NATS holds another history than this replica's log at position {position} (another shop's stream, or \
+         the primary's log restored to an earlier point and relayed again): the replica applies nothing from it; \
+         start it on an empty data dir to copy that history"
+    )]
+    Diverged { position: u64 },
     /// Not a failure: the client connected again, so the attempt starts over.
     #[error("connected to NATS again")]
     Reconnected,
@@ -230,9 +238,12 @@ async fn run(shared: Arc<Shared>, options: ReplicaOptions, mut stopped: watch::R
         }
         tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "the replica's feed stopped; it will try again");
         match error {
-            FeedError::Gap { from, .. } => {
+            // Said until the head passes the gap: the attempts in between read
+            // the stream again and meet it again.
+            FeedError::Gap { from, .. } | FeedError::Primary { from, .. } => {
                 *shared.gap.lock().unwrap_or_else(PoisonError::into_inner) = Some((from, error.to_string()));
             }
+            // Said until an attempt gets past it (see `follow`).
             error => shared.set_failure(Some(error.to_string())),
         }
         tokio::select! {
@@ -287,109 +298,142 @@ async fn follow(
     let mut stream = jetstream.get_stream(STREAM).await.map_err(|error| FeedError::Stream {
         reason: format!("{error} (the primary's relay makes it: is the primary running with --nats?)"),
     })?;
-    let (mut start, mut estimated) = start_sequence(shared, &mut stream).await?;
+    let start = start_sequence(shared, &mut stream).await?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: SUBJECTS.to_owned(),
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| stream_error(&error))?;
+    let mut messages = consumer.messages().await.map_err(|error| stream_error(&error))?;
+    tracing::debug!(from_sequence = start, head = shared.log.head(), "the replica follows the stream");
     loop {
-        let consumer = stream
-            .create_consumer(OrderedConfig {
-                filter_subject: SUBJECTS.to_owned(),
-                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
-                ..Default::default()
-            })
-            .await
-            .map_err(|error| stream_error(&error))?;
-        let mut messages = consumer.messages().await.map_err(|error| stream_error(&error))?;
-        shared.set_failure(None);
-        tracing::debug!(from_sequence = start, head = shared.log.head(), "the replica follows the stream");
-        // Ends when the first message of a consumer started at an estimated
-        // sequence is past the head's next position: then read from the first.
-        let overshot = 'messages: loop {
-            // One message, then whatever else has come, up to a batch.
-            let first = tokio::select! {
-                first = messages.next() => first,
-                _ = connections.changed() => return Err(FeedError::Reconnected),
-            };
-            let mut ready = vec![first];
-            while ready.len() < BATCH_MAX {
-                match messages.next().now_or_never() {
-                    Some(next) => ready.push(next),
-                    None => break,
-                }
-            }
-            let mut batch: Vec<Vec<u8>> = Vec::with_capacity(ready.len());
-            for next in ready {
-                let message = match next {
-                    Some(Ok(message)) => message,
-                    Some(Err(error)) => return Err(stream_error(&error)),
-                    None => return Err(stream_error(&"the consumer's messages ended")),
-                };
-                let sequence = message.info().map(|info| info.stream_sequence).unwrap_or(0);
-                let position = message
-                    .headers
-                    .as_ref()
-                    .and_then(|headers| headers.get(POSITION))
-                    .and_then(|value| value.as_str().parse::<u64>().ok())
-                    .filter(|position| *position > 0)
-                    .ok_or_else(|| FeedError::Message {
-                        sequence,
-                        reason: format!("it has no {POSITION} header: {STREAM} holds messages that are no log's"),
-                    })?;
-                shared.newest.fetch_max(position, Ordering::AcqRel);
-                let next_position = shared.log.head() + 1 + batch.len() as u64;
-                let first_of_estimate = std::mem::take(&mut estimated);
-                if position < next_position {
-                    // Copied before: a repeat, or a stream read from before the head.
-                    continue;
-                }
-                if position > next_position {
-                    if first_of_estimate {
-                        break 'messages sequence;
-                    }
-                    append(shared, std::mem::take(&mut batch)).await?;
-                    fill(shared, options, next_position, position - 1).await?;
-                }
-                batch.push(message.payload.to_vec());
-            }
-            append(shared, batch).await?;
+        // One message, then whatever else has come, up to a batch.
+        let first = tokio::select! {
+            first = messages.next() => first,
+            _ = connections.changed() => return Err(FeedError::Reconnected),
         };
-        tracing::debug!(
-            sequence = overshot,
-            "the head's next position is before where the replica looked: it reads the stream from its start"
-        );
-        let info = stream.info().await.map_err(|error| stream_error(&error))?;
-        start = info.state.first_sequence.max(1);
+        let mut ready = vec![first];
+        while ready.len() < BATCH_MAX {
+            match messages.next().now_or_never() {
+                Some(next) => ready.push(next),
+                None => break,
+            }
+        }
+        let mut batch: Vec<Vec<u8>> = Vec::with_capacity(ready.len());
+        for next in ready {
+            let message = match next {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => return Err(stream_error(&error)),
+                None => return Err(stream_error(&"the consumer's messages ended")),
+            };
+            let sequence = message.info().map(|info| info.stream_sequence).unwrap_or(0);
+            let position = position_of(message.headers.as_ref(), sequence)?;
+            shared.newest.fetch_max(position, Ordering::AcqRel);
+            let head = shared.log.head();
+            let next_position = head + 1 + batch.len() as u64;
+            if position < next_position {
+                // Copied before (the stream read again from the head's own
+                // record, or a repeat): it must be the very record copied.
+                let copied = match position.checked_sub(head + 1) {
+                    Some(in_batch) => batch.get(in_batch as usize).cloned(),
+                    None => shared.log.read_stored(position, 1)?.pop(),
+                };
+                if copied.as_deref() != Some(&message.payload[..]) {
+                    return Err(FeedError::Diverged { position });
+                }
+                continue;
+            }
+            if position > next_position {
+                append(shared, std::mem::take(&mut batch)).await?;
+                fill(shared, options, next_position, position - 1).await?;
+            }
+            batch.push(message.payload.to_vec());
+        }
+        append(shared, batch).await?;
+        // Past whatever stopped the last attempt.
+        shared.set_failure(None);
     }
 }
 
-/// The stream sequence to read from for the head's next position, and whether it
-/// is an estimate (the stream's sequence and the log's position moving
-/// together from its newest message back; others' messages or lost ones make
-/// it land late, and then the whole stream is read, skipping what the log holds).
-async fn start_sequence(shared: &Shared, stream: &mut jetstream::stream::Stream) -> Result<(u64, bool), FeedError> {
+/// The log position a message's `Shoplog-Position` header names.
+fn position_of(headers: Option<&async_nats::HeaderMap>, sequence: u64) -> Result<u64, FeedError> {
+    headers
+        .and_then(|headers| headers.get(POSITION))
+        .and_then(|value| value.as_str().parse::<u64>().ok())
+        .filter(|position| *position > 0)
+        .ok_or_else(|| FeedError::Message {
+            sequence,
+            reason: format!("it has no {POSITION} header: {STREAM} holds messages that are no log's"),
+        })
+}
+
+/// The stream sequence to read from: that of the replica's head's own record
+/// (so the first message read is compared with the record copied, and a
+/// stream that holds another history is found at once), else of the first
+/// record after it. The relay's stream holds positions in sequence order, with
+/// holes where messages were lost or deleted and others' messages between: the
+/// sequence is estimated from the newest record back, then, if that missed,
+/// found by a binary search of `MSG.GET` "next at or after" (a few dozen
+/// requests for millions of messages, not a read of the stream).
+async fn start_sequence(shared: &Shared, stream: &mut jetstream::stream::Stream) -> Result<u64, FeedError> {
     use async_nats::jetstream::stream::LastRawMessageErrorKind;
-    let info = stream.info().await.map_err(|error| FeedError::Stream { reason: error.to_string() })?;
-    let (first, last) = (info.state.first_sequence.max(1), info.state.last_sequence);
-    if info.state.messages == 0 {
-        return Ok((last + 1, false));
-    }
+    let stream_error = |error: &dyn std::fmt::Display| FeedError::Stream { reason: error.to_string() };
+    let info = stream.info().await.map_err(|error| stream_error(&error))?;
+    let (first, last, messages) = (info.state.first_sequence.max(1), info.state.last_sequence, info.state.messages);
     let newest = match stream.get_last_raw_message_by_subject(SUBJECTS).await {
-        Ok(newest) => newest,
-        Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok((last + 1, false)),
-        Err(error) => return Err(FeedError::Stream { reason: error.to_string() }),
+        Ok(newest) if messages > 0 => newest,
+        // No record to compare or copy yet (a new or purged stream): what comes next.
+        Err(error) if error.kind() != LastRawMessageErrorKind::NoMessageFound => return Err(stream_error(&error)),
+        _ => {
+            shared.set_failure(None);
+            return Ok(last + 1);
+        }
     };
-    let position =
-        newest.headers.get(POSITION).and_then(|value| value.as_str().parse::<u64>().ok()).ok_or_else(|| {
-            FeedError::Message {
-                sequence: newest.sequence,
-                reason: format!("it has no {POSITION} header: {STREAM} holds messages that are no log's"),
-            }
-        })?;
-    shared.newest.fetch_max(position, Ordering::AcqRel);
+    let newest_position = position_of(Some(&newest.headers), newest.sequence)?;
+    shared.newest.fetch_max(newest_position, Ordering::AcqRel);
     let head = shared.log.head();
-    if position <= head {
-        return Ok((newest.sequence + 1, false));
+    if newest_position <= head {
+        // Nothing new: the newest record must be the one copied there.
+        let copied = shared.log.read_stored(newest_position, 1)?.pop();
+        if copied.as_deref() != Some(&newest.payload[..]) {
+            return Err(FeedError::Diverged { position: newest_position });
+        }
+        // Up to date, and the same history.
+        shared.set_failure(None);
+        return Ok(newest.sequence + 1);
     }
-    let guess = newest.sequence.saturating_sub(position - head - 1).max(first);
-    Ok((guess, guess > first))
+    let target = head.max(1);
+    // The position of the first record at or after `sequence`.
+    let stream = &*stream;
+    let at_or_after = |sequence: u64| async move {
+        let message = stream
+            .raw_message_builder()
+            .sequence(sequence)
+            .next_by_subject(SUBJECTS.to_owned())
+            .send()
+            .await
+            .map_err(|error| stream_error(&error))?;
+        Ok::<_, FeedError>((message.sequence, position_of(Some(&message.headers), message.sequence)?))
+    };
+    let guess = newest.sequence.saturating_sub(newest_position - target).clamp(first, newest.sequence);
+    let (found, position) = at_or_after(guess).await?;
+    if position == target {
+        return Ok(found);
+    }
+    // The first sequence whose next record is at or past the target.
+    let (mut low, mut high) = (first, newest.sequence);
+    while low < high {
+        let middle = low + (high - low) / 2;
+        if at_or_after(middle).await?.1 >= target {
+            high = middle;
+        } else {
+            low = middle + 1;
+        }
+    }
+    Ok(low)
 }
 
 async fn append(shared: &Shared, batch: Vec<Vec<u8>>) -> Result<(), FeedError> {
@@ -417,7 +461,7 @@ async fn fill(shared: &Shared, options: &ReplicaOptions, from: u64, to: u64) -> 
             .header(reqwest::header::ACCEPT, RECORDS_MEDIA_TYPE)
             .send()
             .await
-            .map_err(|error| failed(format!("cannot reach {}: {error}", primary.url)))?;
+            .map_err(|error| failed(format!("cannot reach {}: {}", primary.url, with_causes(&error))))?;
         let status = response.status();
         if !status.is_success() {
             let detail = crate::cli::problem_detail(&response.text().await.unwrap_or_default());
@@ -442,6 +486,22 @@ async fn fill(shared: &Shared, options: &ReplicaOptions, from: u64, to: u64) -> 
         next += count;
     }
     Ok(())
+}
+
+/// An error and its causes on one line (reqwest's own says "error sending
+/// request" and leaves out why: connection refused, a timeout).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let text = inner.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = inner.source();
+    }
+    line
 }
 
 /// The records of a body of [`RECORDS_MEDIA_TYPE`]: each a 4-byte big-endian

@@ -165,6 +165,7 @@ fn open_state(config: &Config, role: &Role) -> anyhow::Result<AppState> {
         ),
         other => anyhow::Error::new(other).context(format!("cannot open the log in {}", config.data.display())),
     })?;
+    check_role(&config.data, role, &log)?;
     let admin = configured_or_generated(&config.admin_token, &config.data, "admin-token", "SHOPLOG_ADMIN_TOKEN")?;
     let viewer = configured_or_generated(&config.viewer_token, &config.data, "viewer-token", "SHOPLOG_VIEWER_TOKEN")?;
     // Config::check compares two configured tokens; one may come from its file.
@@ -218,6 +219,36 @@ fn open_state(config: &Config, role: &Role) -> anyhow::Result<AppState> {
         (None, Some(feed)) => state.with_replica(feed),
         (None, None) => state,
     })
+}
+
+/// The file that marks a read replica's data dir (`shoplog project`).
+pub const REPLICA_MARK: &str = "replica";
+
+/// A replica's data dir is a copy of its primary's log: `serve` on it would
+/// fork that history (and its customers read as forgotten: it holds no key), so
+/// it is refused; `project` takes a dir it made, or an empty one, which it marks.
+fn check_role(data: &Path, role: &Role, log: &store::EventLog) -> anyhow::Result<()> {
+    let mark = data.join(REPLICA_MARK);
+    let marked = mark.exists();
+    match role {
+        Role::Primary if marked => anyhow::bail!(
+            "data directory {} is a read replica's copy of a primary's log (made by `shoplog project`): serving it \
+             would fork the primary's history, and it holds none of the customers' data; run `shoplog project` on \
+             it, or restore a backup of the primary to serve (remove {} to serve it anyway)",
+            data.display(),
+            mark.display()
+        ),
+        Role::Replica { .. } if !marked && log.head() > 0 => anyhow::bail!(
+            "data directory {} holds a log `shoplog project` did not copy (a primary's?): a read replica starts on \
+             an empty data dir",
+            data.display()
+        ),
+        Role::Replica { .. } if !marked => {
+            write_private(&mark, "This data directory is a read replica's copy of a primary's log (shoplog project).\n")
+                .with_context(|| format!("cannot write {}", mark.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The read models' workers run on a runtime of their own, one worker thread (and

@@ -289,31 +289,142 @@ async fn a_replica_goes_on_after_nats_comes_back() {
     primary.stop().await;
 }
 
-/// A replica's copy of one shop, pointed at another shop's stream: the other
-/// log's records do not chain to its own, so none is applied, and it says so.
+/// A replica's copy of one shop, pointed at another shop's stream, longer or
+/// shorter than its log: the stream's record at the replica's head is not the
+/// one it copied, so it applies nothing, stays at its head, and says so, also
+/// where the stream holds nothing past its head (it would otherwise look up to
+/// date). The same holds for its own primary's log restored to an earlier point
+/// and relayed again after a purge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_refuses_another_shops_stream() {
+async fn a_replica_refuses_another_history() {
     let (_nats_dir, nats, primary) = relaying().await;
     shop(&primary, "first.shop@example.com").await;
     relayed(&primary).await;
     let replica = replica_on(tests::temp_dir(), &nats, None).await;
     copied(&replica, &primary).await;
     let head = replica.head();
-    let dir = replica.stop_keeping_dir().await;
+    let mut dir = replica.stop_keeping_dir().await;
     primary.stop().await;
 
-    let (_other_dir, other_nats, other) = relaying().await;
-    shop(&other, "second.shop@example.com").await;
-    restock(&other, "mug-1", 10).await;
-    relayed(&other).await;
-    let replica = replica_on(dir, &other_nats, None).await;
-    let status = feed_until(&replica, "refused the other log", |status| {
-        status["failure"].as_str().is_some_and(|failure| failure.contains("does not chain"))
-    })
-    .await;
-    assert_eq!(status["checkpoint"], head, "{status}");
-    assert_eq!(replica.head(), head, "nothing of the other log applied");
-    assert_eq!(replica.log().verify().expect("verifies").events, head);
+    for more in [10, 0] {
+        let (_other_dir, other_nats, other) = relaying().await;
+        shop(&other, "second.shop@example.com").await;
+        restock(&other, "mug-1", more).await;
+        relayed(&other).await;
+        assert_eq!(other.head() > head, more > 0, "a longer and a shorter history");
+        let replica = replica_on(dir, &other_nats, None).await;
+        let status = feed_until(&replica, "refused the other history", |status| {
+            status["failure"].as_str().is_some_and(|failure| failure.contains("NATS holds another history"))
+        })
+        .await;
+        assert_eq!(status["checkpoint"], head, "{status}");
+        // It stays so: no attempt clears it.
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let status = feed_status(&replica).await;
+            assert!(status["failure"].as_str().is_some_and(|failure| failure.contains("another history")), "{status}");
+        }
+        assert_eq!(replica.head(), head, "nothing of the other log applied");
+        assert_eq!(replica.log().verify().expect("verifies").events, head);
+        dir = replica.stop_keeping_dir().await;
+        other.stop().await;
+    }
+}
+
+/// A stream that holds others' messages (on subjects of its own) between the
+/// records: the replica finds where its head's record is (the sequence no
+/// longer follows the position) and goes on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_finds_its_head_among_others_messages() {
+    let nats_dir = tests::temp_dir();
+    let nats = NatsServer::start(nats_dir.path());
+    let context = jetstream::new(async_nats::connect(nats.url()).await.expect("connects to NATS"));
+    let wider = jetstream::stream::Config {
+        name: "SHOPLOG_EVENTS".to_owned(),
+        subjects: vec!["shoplog.>".to_owned()],
+        ..Default::default()
+    };
+    context.create_stream(wider).await.expect("makes the stream");
+    let primary = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
+    shop(&primary, "others.between@example.com").await;
+    relayed(&primary).await;
+    let replica = replica_on(tests::temp_dir(), &nats, None).await;
+    copied(&replica, &primary).await;
+    let dir = replica.stop_keeping_dir().await;
+    // Records, others' messages, records: counted back from the newest record,
+    // the sequence lands on a record past the replica's next one.
+    restock(&primary, "tea-1", 5).await;
+    relayed(&primary).await;
+    for _ in 0..5 {
+        context.publish("shoplog.audit.x", "not a record".into()).await.expect("publishes").await.expect("stored");
+    }
+    restock(&primary, "tea-1", 10).await;
+    relayed(&primary).await;
+
+    let replica = replica_on(dir, &nats, None).await;
+    copied(&replica, &primary).await;
+    primary.caught_up().await;
+    assert_same_log(&replica, &primary);
+    assert_eq!(feed_status(&replica).await["failure"], Value::Null);
     replica.stop().await;
-    other.stop().await;
+    primary.stop().await;
+}
+
+/// A gap the primary cannot fill (it refuses the token): the replica stays at
+/// the gap and says why, steadily, not only now and then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_the_primary_refuses_to_fill_is_said_steadily() {
+    let (_nats_dir, nats, primary) = relaying().await;
+    shop(&primary, "refused.fill@example.com").await;
+    relayed(&primary).await;
+    let client = async_nats::connect(nats.url()).await.expect("connects to NATS");
+    let stream = jetstream::new(client).get_stream("SHOPLOG_EVENTS").await.expect("the stream");
+    stream.delete_message(8).await.expect("deletes");
+    let wrong = api::replica::Primary {
+        url: primary.base.clone(),
+        token: api::config::Secret::new("not-the-primarys-admin-token"),
+    };
+    let role = Role::Replica { primary: Some(wrong) };
+    let replica = TestApp::serve_dir_as(tests::temp_dir(), role, |config| config.nats = Some(nats.url())).await;
+    let says = |status: &Value| {
+        status["failure"].as_str().is_some_and(|failure| {
+            failure.contains("filling positions 8 to 8 from the primary failed") && failure.contains("401")
+        })
+    };
+    feed_until(&replica, "said the primary refused", says).await;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        let status = feed_status(&replica).await;
+        assert!(says(&status), "{status}");
+        assert_eq!(status["checkpoint"], 7, "{status}");
+    }
+    replica.stop().await;
+    primary.stop().await;
+}
+
+/// A replica's data dir is a copy: `serve` refuses it (it would fork the
+/// history, and it holds no customer's data), and `project` refuses a
+/// primary's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_replicas_dir_and_project_a_primarys() {
+    let (_nats_dir, nats, primary) = relaying().await;
+    shop(&primary, "roles@example.com").await;
+    relayed(&primary).await;
+    let replica = replica_on(tests::temp_dir(), &nats, None).await;
+    copied(&replica, &primary).await;
+    let dir = replica.stop_keeping_dir().await;
+    let config = |data: &std::path::Path| api::Config {
+        data: data.to_path_buf(),
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin_token: Some(api::config::Secret::new(ADMIN)),
+        viewer_token: Some(api::config::Secret::new(VIEWER)),
+        nats: Some(nats.url()),
+        ..api::Config::default()
+    };
+    let refused = api::server::start(&config(dir.path())).await.expect_err("serve refuses a replica's dir");
+    assert!(format!("{refused:#}").contains("is a read replica's copy"), "{refused:#}");
+    let primary_dir = primary.stop_keeping_dir().await;
+    let role = Role::Replica { primary: None };
+    let refused = api::server::start_as(&config(primary_dir.path()), role).await.expect_err("project refuses");
+    assert!(format!("{refused:#}").contains("did not copy"), "{refused:#}");
 }
