@@ -30,11 +30,7 @@ use crate::openapi::{
 
 /// Every route, each documented by its handler's `#[utoipa::path]`.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi())
-        .routes(routes!(crate::dashboard::page))
-        .routes(routes!(healthz))
-        .routes(routes!(readyz))
-        .routes(routes!(metrics))
+    read_routes(OpenApiRouter::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi()))
         .routes(routes!(create_product))
         .routes(routes!(change_price))
         .routes(routes!(restock))
@@ -47,17 +43,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(pay))
         .routes(routes!(cancel))
         .routes(routes!(ship))
-        .routes(routes!(stream_events))
-        .routes(routes!(events))
-        .routes(routes!(crate::live::live_events))
-        .routes(routes!(crate::queries::products))
-        .routes(routes!(crate::queries::product))
-        .routes(routes!(crate::queries::cart))
-        .routes(routes!(crate::queries::orders))
-        .routes(routes!(crate::queries::order))
-        .routes(routes!(crate::queries::sales))
-        .routes(routes!(crate::queries::projection_status))
-        .routes(routes!(crate::queries::rebuild))
         .routes(routes!(crate::backups::backup))
         .routes(routes!(crate::admin::forget_customer))
         .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
@@ -66,7 +51,15 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The routes of a read replica: those that read, none that writes (a replica's
 /// log is a copy of its primary's; see [`crate::replica`]).
 pub fn replica_router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi())
+    read_routes(OpenApiRouter::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi())).fallback(|| async {
+        ApiError::NotFound("no such route on a read replica: send commands (and logins) to the primary".to_owned())
+    })
+}
+
+/// The routes that read (the log, the read models) and the operations': all a
+/// read replica serves, and part of what the primary serves.
+fn read_routes(router: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    router
         .routes(routes!(crate::dashboard::page))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
@@ -82,9 +75,6 @@ pub fn replica_router() -> OpenApiRouter<AppState> {
         .routes(routes!(crate::queries::sales))
         .routes(routes!(crate::queries::projection_status))
         .routes(routes!(crate::queries::rebuild))
-        .fallback(|| async {
-            ApiError::NotFound("no such route on a read replica: send commands (and logins) to the primary".to_owned())
-        })
 }
 
 // ---- operations ----

@@ -78,6 +78,28 @@ pub(crate) fn assert_acks_survived(dir: &Path, acked: &[(u64, Uuid)]) -> (u64, s
     (report.head, log.recovery())
 }
 
+/// Run the child appending into `dir` (its WAL files capped at `wal_kib`),
+/// SIGKILL it `after` its first acknowledgement, and return what it printed.
+fn appended_until_killed(dir: &Path, wal_kib: &str, after: Duration) -> Vec<String> {
+    let mut child = tests::KillOnDrop(
+        Command::new(CHILD)
+            .arg(dir)
+            .arg("run")
+            .arg(wal_kib)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the child starts"),
+    );
+    let (lines, reader) = collect_lines(&mut child);
+    let first = lines.recv_timeout(Duration::from_secs(20)).expect("the child acknowledges something");
+    std::thread::sleep(after);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("the child is reaped");
+    reader.join().expect("reader ends");
+    std::iter::once(first).chain(lines.try_iter()).collect()
+}
+
 #[test]
 fn acknowledged_appends_survive_sigkill_at_random_moments() {
     let seed = tests::seed("crash");
@@ -89,24 +111,8 @@ fn acknowledged_appends_survive_sigkill_at_random_moments() {
     let mut replayed = 0;
     for round in 0..rounds {
         let wal_kib = if round % 2 == 1 { "64" } else { "16384" };
-        let mut child = tests::KillOnDrop(
-            Command::new(CHILD)
-                .arg(dir.path())
-                .arg("run")
-                .arg(wal_kib)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("the child starts"),
-        );
-        let (lines, reader) = collect_lines(&mut child);
         // Let it get going (its first ack), then kill it at a random moment.
-        let first = lines.recv_timeout(Duration::from_secs(20)).expect("the child acknowledges something");
-        std::thread::sleep(Duration::from_millis(rng.random_range(0..150)));
-        child.kill().expect("SIGKILL");
-        child.wait().expect("the child is reaped");
-        reader.join().expect("reader ends");
-        let round_lines: Vec<String> = std::iter::once(first).chain(lines.try_iter()).collect();
+        let round_lines = appended_until_killed(dir.path(), wal_kib, Duration::from_millis(rng.random_range(0..150)));
         let acked = acks_of(&round_lines);
         assert!(!acked.is_empty(), "round {round}: no acks parsed from {round_lines:?}");
         all_acked.extend(acked);
@@ -286,22 +292,7 @@ async fn a_stored_head_that_went_back_without_a_torn_batch_is_reported_not_repai
 #[test]
 fn a_wal_file_gone_after_a_crash_is_loss_and_after_a_clean_close_is_not() {
     let dir = tests::temp_dir();
-    let mut child = tests::KillOnDrop(
-        Command::new(CHILD)
-            .arg(dir.path())
-            .arg("run")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the child starts"),
-    );
-    let (lines, reader) = collect_lines(&mut child);
-    let first = lines.recv_timeout(Duration::from_secs(20)).expect("the child acknowledges something");
-    std::thread::sleep(Duration::from_millis(100));
-    child.kill().expect("SIGKILL");
-    child.wait().expect("the child is reaped");
-    reader.join().expect("reader ends");
-    let acked = acks_of(&std::iter::once(first).chain(lines.try_iter()).collect::<Vec<_>>());
+    let acked = acks_of(&appended_until_killed(dir.path(), "16384", Duration::from_millis(100)));
     assert!(!acked.is_empty());
 
     let aside = tests::temp_dir();
