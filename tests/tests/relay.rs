@@ -57,12 +57,30 @@ pub(crate) async fn published(url: &str) -> Vec<Published> {
     messages
 }
 
-/// The relay's entry of `/admin/projections`.
-pub(crate) async fn relay_status(app: &TestApp) -> Value {
+/// The entry named `name` of `/admin/projections`.
+pub(crate) async fn projection_entry(app: &TestApp, name: &str) -> Value {
     let reply = app.get("/admin/projections", Some(ADMIN)).await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     let entries = reply.body.as_array().expect("a list").clone();
-    entries.into_iter().find(|entry| entry["name"] == "relay").expect("the relay is listed")
+    entries.into_iter().find(|entry| entry["name"] == name).unwrap_or_else(|| panic!("{name} is not listed"))
+}
+
+/// Wait until `ready` holds of the entry `name` of `/admin/projections`; the entry.
+pub(crate) async fn entry_until(app: &TestApp, name: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + RELAY_WAIT;
+    loop {
+        let status = projection_entry(app, name).await;
+        if ready(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the {name} never {what}: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The relay's entry of `/admin/projections`.
+pub(crate) async fn relay_status(app: &TestApp) -> Value {
+    projection_entry(app, "relay").await
 }
 
 /// A `nats-server` (its data in the returned dir) and a shop relaying to it.
@@ -75,15 +93,7 @@ pub(crate) async fn relaying() -> (tempfile::TempDir, NatsServer, TestApp) {
 
 /// Wait until `ready` holds of the relay's status; the status.
 async fn relay_until(app: &TestApp, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + RELAY_WAIT;
-    loop {
-        let status = relay_status(app).await;
-        if ready(&status) {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "the relay never {what}: {status}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    entry_until(app, "relay", what, ready).await
 }
 
 /// Wait until JetStream acknowledged the whole log.

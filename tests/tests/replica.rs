@@ -14,27 +14,16 @@ use tests::NatsServer;
 
 use crate::api::{ADMIN, TestApp, VIEWER};
 use crate::cli::Served;
-use crate::relay::{RELAY_WAIT, published, relayed, relaying, restock, shop};
+use crate::relay::{RELAY_WAIT, entry_until, projection_entry, published, relayed, relaying, restock, shop};
 
 /// The replica's feed, its entry of `/admin/projections`.
 async fn feed_status(replica: &TestApp) -> Value {
-    let reply = replica.get("/admin/projections", Some(ADMIN)).await;
-    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
-    let entries = reply.body.as_array().expect("a list").clone();
-    entries.into_iter().find(|entry| entry["name"] == "replica").expect("the feed is listed")
+    projection_entry(replica, "replica").await
 }
 
 /// Wait until `ready` holds of the feed's status; the status.
 async fn feed_until(replica: &TestApp, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + RELAY_WAIT;
-    loop {
-        let status = feed_status(replica).await;
-        if ready(&status) {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "the replica never {what}: {status}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    entry_until(replica, "replica", what, ready).await
 }
 
 /// A read replica of the primary relaying to `nats`, on `dir`.
