@@ -81,10 +81,14 @@ async fn reach(
 /// A position a client can ask to wait for: one the log has. Every position this
 /// server hands out is durable when it does, so one past the head is a mistake
 /// (422 at once); a model still behind a real position is the 503 after waiting.
+/// A read replica takes any position: the primary handed it out, and the
+/// replica's copy may not have it yet (a client reads its own write there by
+/// passing the command's position; the wait covers the copy too).
 fn check_min_position(state: &AppState, min_position: Option<u64>) -> Result<u64, ApiError> {
     let head = state.log.head();
+    let replica = state.replica.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some();
     match min_position {
-        Some(position) if position > head => {
+        Some(position) if position > head && !replica => {
             Err(ApiError::validation("min_position", format!("position {position} is past the log's head ({head})")))
         }
         position => Ok(position.unwrap_or(0)),
@@ -157,7 +161,8 @@ pub struct ProductsQuery {
     limit: Option<usize>,
     /// Wait (up to 5 s) until the catalog reflects this log position.
     /// Past that, 503. A position past the log's head (one no command was answered
-    /// with) is 422 at once: waiting would not make it come.
+    /// with) is 422 at once: waiting would not make it come (on a read replica it
+    /// is waited for: the replica may not have copied it yet).
     #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     min_position: Option<u64>,
 }
@@ -201,7 +206,8 @@ pub async fn products(
 pub struct Consistency {
     /// Wait (up to 5 s) until the read model reflects this log position.
     /// Past that, 503. A position past the log's head (one no command was answered
-    /// with) is 422 at once: waiting would not make it come.
+    /// with) is 422 at once: waiting would not make it come (on a read replica it
+    /// is waited for: the replica may not have copied it yet).
     #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     min_position: Option<u64>,
 }
@@ -390,7 +396,8 @@ pub struct OrdersQuery {
     limit: Option<usize>,
     /// Wait (up to 5 s) until the orders model reflects this log position.
     /// Past that, 503. A position past the log's head (one no command was answered
-    /// with) is 422 at once: waiting would not make it come.
+    /// with) is 422 at once: waiting would not make it come (on a read replica it
+    /// is waited for: the replica may not have copied it yet).
     #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     min_position: Option<u64>,
 }

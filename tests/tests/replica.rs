@@ -417,3 +417,44 @@ async fn serve_refuses_a_replicas_dir_and_project_a_primarys() {
     let refused = api::server::start_as(&config(primary_dir.path()), role).await.expect_err("project refuses");
     assert!(format!("{refused:#}").contains("did not copy"), "{refused:#}");
 }
+
+/// Read your own write on a replica: a command's position from the primary,
+/// passed as `?min_position=`, waits for the replica's copy and read model to
+/// reach it (here NATS is down when the command is answered and back a moment
+/// later), where the primary would refuse a position past its head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_waits_for_a_position_it_has_not_copied_yet() {
+    let (_nats_dir, mut nats, primary) = relaying().await;
+    shop(&primary, "read.your.write@example.com").await;
+    relayed(&primary).await;
+    let replica = replica_on(tests::temp_dir(), &nats, None).await;
+    copied(&replica, &primary).await;
+
+    nats.terminate();
+    let restocked = primary.post("/api/v1/products/mug-1/restock", Some(ADMIN), json!({"quantity": 5})).await;
+    assert_eq!(restocked.status, StatusCode::OK, "{restocked:?}");
+    let position = restocked.body["position"].as_u64().expect("the command's position");
+    assert!(replica.head() < position, "the replica has not copied it");
+    let read = {
+        let (client, base) = (replica.client.clone(), replica.base.clone());
+        tokio::spawn(async move {
+            client
+                .get(format!("{base}/api/v1/products/mug-1?min_position={position}"))
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .expect("answers")
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nats.restart();
+    let answer = read.await.expect("the read ends");
+    assert_eq!(answer.status(), StatusCode::OK);
+    let at: u64 = answer.headers()["x-projection-position"].to_str().expect("text").parse().expect("a position");
+    assert!(at >= position, "answered at {at}, before {position}");
+    let product: Value = answer.json().await.expect("json");
+    let on_primary = primary.get("/api/v1/products/mug-1", Some(ADMIN)).await.body;
+    assert_eq!(product, on_primary, "the replica answers as the primary");
+    replica.stop().await;
+    primary.stop().await;
+}
