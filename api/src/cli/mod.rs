@@ -120,11 +120,11 @@ struct ProjectArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     nats: Option<String>,
-    /// The primary's URL, to fill positions NATS lacks, such as http://127.0.0.1:8080 [default: none: a gap stops the replica]
+    /// The primary's URL, to fill positions NATS lacks, such as http://127.0.0.1:8080 (not from the config file) [default: none: a gap stops the replica]
     #[arg(long, env = "SHOPLOG_PRIMARY")]
     #[serde(skip)]
     primary: Option<String>,
-    /// An admin token of the primary (with --primary)
+    /// An admin token of the primary, with --primary (not from the config file)
     #[arg(long, env = "SHOPLOG_TOKEN")]
     #[serde(skip)]
     token: Option<Secret>,
