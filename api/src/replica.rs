@@ -46,6 +46,9 @@ const SUBJECTS: &str = commands::relay::SUBJECTS;
 /// The header that names a message's log position.
 const POSITION: &str = "Shoplog-Position";
 
+/// How long the replica waits for a message before it looks at the stream.
+const IDLE_CHECK: Duration = Duration::from_secs(5);
+
 /// The most records appended at once: what NATS has delivered by then.
 const BATCH_MAX: usize = 512;
 
@@ -298,6 +301,7 @@ async fn follow(
     let mut stream = jetstream.get_stream(STREAM).await.map_err(|error| FeedError::Stream {
         reason: format!("{error} (the primary's relay makes it: is the primary running with --nats?)"),
     })?;
+    let created = stream.cached_info().created;
     let start = start_sequence(shared, &mut stream).await?;
     let consumer = stream
         .create_consumer(OrderedConfig {
@@ -310,10 +314,15 @@ async fn follow(
     let mut messages = consumer.messages().await.map_err(|error| stream_error(&error))?;
     tracing::debug!(from_sequence = start, head = shared.log.head(), "the replica follows the stream");
     loop {
-        // One message, then whatever else has come, up to a batch.
+        // One message, then whatever else has come, up to a batch; with none
+        // for a while, a look at the stream.
         let first = tokio::select! {
             first = messages.next() => first,
             _ = connections.changed() => return Err(FeedError::Reconnected),
+            () = tokio::time::sleep(IDLE_CHECK) => {
+                still_following(shared, &mut stream, created).await?;
+                continue;
+            }
         };
         let mut ready = vec![first];
         while ready.len() < BATCH_MAX {
@@ -331,7 +340,6 @@ async fn follow(
             };
             let sequence = message.info().map(|info| info.stream_sequence).unwrap_or(0);
             let position = position_of(message.headers.as_ref(), sequence)?;
-            shared.newest.fetch_max(position, Ordering::AcqRel);
             let head = shared.log.head();
             let next_position = head + 1 + batch.len() as u64;
             if position < next_position {
@@ -346,6 +354,7 @@ async fn follow(
                 }
                 continue;
             }
+            shared.newest.fetch_max(position, Ordering::AcqRel);
             if position > next_position {
                 append(shared, std::mem::take(&mut batch)).await?;
                 fill(shared, options, next_position, position - 1).await?;
@@ -356,6 +365,32 @@ async fn follow(
         // Past whatever stopped the last attempt.
         shared.set_failure(None);
     }
+}
+
+/// With nothing delivered for a while: the stream the attempt reads must still
+/// be the one it began with (deleted and made again, its sequences start over,
+/// and the consumer would wait for the old ones), and it must hold no record
+/// past the head that the consumer has not delivered. Else the attempt ends and
+/// the next one reads the stream again.
+async fn still_following(
+    shared: &Shared,
+    stream: &mut jetstream::stream::Stream,
+    created: async_nats::datetime::DateTime,
+) -> Result<(), FeedError> {
+    let info = stream.info().await.map_err(|error| FeedError::Stream { reason: error.to_string() })?;
+    if info.created != created {
+        return Err(FeedError::Stream { reason: "it was deleted and made again".to_owned() });
+    }
+    if let Ok(newest) = stream.get_last_raw_message_by_subject(SUBJECTS).await {
+        let position = position_of(Some(&newest.headers), newest.sequence)?;
+        if position > shared.log.head() {
+            shared.newest.fetch_max(position, Ordering::AcqRel);
+            return Err(FeedError::Stream {
+                reason: format!("it holds position {position}, which the consumer has not delivered"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The log position a message's `Shoplog-Position` header names.
@@ -393,8 +428,10 @@ async fn start_sequence(shared: &Shared, stream: &mut jetstream::stream::Stream)
         }
     };
     let newest_position = position_of(Some(&newest.headers), newest.sequence)?;
-    shared.newest.fetch_max(newest_position, Ordering::AcqRel);
     let head = shared.log.head();
+    // The newest position NATS shows, from the stream's own newest record (a
+    // stream that held another history earlier does not leave its length).
+    shared.newest.store(newest_position.max(head), Ordering::Release);
     if newest_position <= head {
         // Nothing new: the newest record must be the one copied there.
         let copied = shared.log.read_stored(newest_position, 1)?.pop();
@@ -448,10 +485,11 @@ async fn fill(shared: &Shared, options: &ReplicaOptions, from: u64, to: u64) -> 
     let Some(primary) = &options.primary else {
         return Err(FeedError::Gap { from, to });
     };
-    let failed = |reason: String| FeedError::Primary { from, to, reason };
     tracing::info!(from, to, "the replica fills a gap from the primary");
     let url = format!("{}/api/v1/events", primary.url.trim_end_matches('/'));
     let mut next = from;
+    // What is left of the gap when a page fails.
+    let failed = |next: u64, reason: String| FeedError::Primary { from: next, to, reason };
     while next <= to {
         let limit = (to - next + 1).min(FILL_PAGE);
         let response = shared
@@ -461,24 +499,24 @@ async fn fill(shared: &Shared, options: &ReplicaOptions, from: u64, to: u64) -> 
             .header(reqwest::header::ACCEPT, RECORDS_MEDIA_TYPE)
             .send()
             .await
-            .map_err(|error| failed(format!("cannot reach {}: {}", primary.url, with_causes(&error))))?;
+            .map_err(|error| failed(next, format!("cannot reach {}: {}", primary.url, with_causes(&error))))?;
         let status = response.status();
         if !status.is_success() {
             let detail = crate::cli::problem_detail(&response.text().await.unwrap_or_default());
-            return Err(failed(format!("{} answered {status}: {detail}", primary.url)));
+            return Err(failed(next, format!("{} answered {status}: {detail}", primary.url)));
         }
         let stored =
             response.headers().get(reqwest::header::CONTENT_TYPE).is_some_and(|value| value == RECORDS_MEDIA_TYPE);
         if !stored {
-            return Err(failed(format!(
-                "{} did not answer with records as stored (is it a shoplog primary?)",
-                primary.url
-            )));
+            return Err(failed(
+                next,
+                format!("{} did not answer with records as stored (is it a shoplog primary?)", primary.url),
+            ));
         }
-        let body = response.bytes().await.map_err(|error| failed(error.to_string()))?;
-        let records = frames(&body).map_err(failed)?;
+        let body = response.bytes().await.map_err(|error| failed(next, error.to_string()))?;
+        let records = frames(&body).map_err(|reason| failed(next, reason))?;
         if records.is_empty() {
-            return Err(failed(format!("its log holds no position {next}")));
+            return Err(failed(next, format!("its log holds no position {next}")));
         }
         let count = records.len() as u64;
         shared.log.append_stored(records).await?;

@@ -240,8 +240,9 @@ fn check_role(data: &Path, role: &Role, log: &store::EventLog) -> anyhow::Result
         ),
         Role::Replica { .. } if !marked && log.head() > 0 => anyhow::bail!(
             "data directory {} holds a log `shoplog project` did not copy (a primary's?): a read replica starts on \
-             an empty data dir",
-            data.display()
+             an empty data dir (a replica's dir made before replicas marked theirs: create the file {} in it)",
+            data.display(),
+            mark.display()
         ),
         Role::Replica { .. } if !marked => {
             write_private(&mark, "This data directory is a read replica's copy of a primary's log (shoplog project).\n")

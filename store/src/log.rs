@@ -176,11 +176,12 @@ impl EventLog {
                 return Err(StoreError::corrupt(
                     stored_head + 1,
                     format!(
-                        "the write-ahead log file {} is missing and the log was not closed cleanly, so \
-                         acknowledged events after position {stored_head} (what sled holds) may be lost with it: \
-                         restore the data directory from a backup, or put the file back (if nothing was appended \
+                        "{} of the write-ahead log {} missing and the log was not closed cleanly, so \
+                         acknowledged events after position {stored_head} (what sled holds) may be lost: \
+                         restore the data directory from a backup, or put back what is missing (if nothing was appended \
                          after position {stored_head}, removing the file {} opens the log as it is)",
                         gone.join(" and "),
+                        if gone.len() > 1 { "are" } else { "is" },
                         crate::mark::FILE
                     ),
                 ));

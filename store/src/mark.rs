@@ -18,8 +18,8 @@
 //! and empties the WAL, and says so here: then the WAL files hold nothing needed.
 //!
 //! The file: `"SLC2"`, the head (u64 BE), the state (0 open, 1 closed cleanly),
-//! and the blake3 hash of the three. `"SLC1"` files (no state: log format 7
-//! before it) read as open. It is written as a new file and renamed over the old
+//! and the blake3 hash of the three (log format 8). `"SLC1"` files (format 7,
+//! no state) read as open. It is written as a new file and renamed over the old
 //! one, then the directory is synced: a crash leaves the old one or the new one,
 //! both true.
 

@@ -47,15 +47,18 @@ pub(crate) const META_FORMAT: &[u8] = b"format";
 /// the write-ahead log is two files written in turn (`wal`), so acknowledged
 /// batches may be in the second one. 7: its frames name the durable head they
 /// were written after (`"SLW2"`, `wal`), which an older binary would take for
-/// the end of the file. A log
+/// the end of the file. 8: the checkpoint mark says whether the log was closed
+/// cleanly (`"SLC2"`, `mark`), which a binary of format 7 would take for a
+/// damaged mark (and, of a log a crash left open, one whose WAL file is gone
+/// is refused). A log
 /// of format 1 (every value one record, one index entry a version), 2 or 3 is
 /// opened by rebuilding its stream index from the records
 /// (`rebuild_stream_index`), a log of format 4 as indexed up to its head; all
-/// are then marked 7, and a binary that knows only an older format refuses the
+/// are then marked 8, and a binary that knows only an older format refuses the
 /// log instead of misreading it (one of format 5 would not read the second
 /// file, one of format 6 no frame at all).
-pub(crate) const LOG_FORMAT: u8 = 7;
-pub(crate) const LOG_FORMATS_READ: [u8; 7] = [1, 2, 3, 4, 5, 6, LOG_FORMAT];
+pub(crate) const LOG_FORMAT: u8 = 8;
+pub(crate) const LOG_FORMATS_READ: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, LOG_FORMAT];
 /// The last position whose stream index entry the `streams` tree holds (u64 BE):
 /// written at each checkpoint after the groups. Opening the log indexes the
 /// records past it again (`index_records`).

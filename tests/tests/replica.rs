@@ -412,6 +412,12 @@ async fn serve_refuses_a_replicas_dir_and_project_a_primarys() {
     };
     let refused = api::server::start(&config(dir.path())).await.expect_err("serve refuses a replica's dir");
     assert!(format!("{refused:#}").contains("is a read replica's copy"), "{refused:#}");
+    // Nor is it backed up: a restore of it would be a primary without the customers' keys.
+    let data = dir.path().to_str().expect("utf-8");
+    let out = dir.path().join("replica.backup");
+    let backup = crate::cli::shoplog(&["backup", "--data", data, "--out", out.to_str().expect("utf-8")]);
+    crate::cli::assert_refused(&backup, "is a read replica's copy");
+    assert!(!out.exists(), "no backup file");
     let primary_dir = primary.stop_keeping_dir().await;
     let role = Role::Replica { primary: None };
     let refused = api::server::start_as(&config(primary_dir.path()), role).await.expect_err("project refuses");
@@ -455,6 +461,32 @@ async fn a_replica_waits_for_a_position_it_has_not_copied_yet() {
     let product: Value = answer.json().await.expect("json");
     let on_primary = primary.get("/api/v1/products/mug-1", Some(ADMIN)).await.body;
     assert_eq!(product, on_primary, "the replica answers as the primary");
+    replica.stop().await;
+    primary.stop().await;
+}
+
+/// The stream deleted while a replica follows it (the relay's refusal of a
+/// stream it cannot take says to delete it): the relay makes it again and goes
+/// on from its checkpoint, with sequences from 1; the replica, which nothing
+/// delivers to any more, looks at the stream after a quiet while, finds it
+/// made again, and goes on from its head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_goes_on_when_the_stream_is_made_again() {
+    let (_nats_dir, nats, primary) = relaying().await;
+    shop(&primary, "stream.remade@example.com").await;
+    relayed(&primary).await;
+    let replica = replica_on(tests::temp_dir(), &nats, None).await;
+    copied(&replica, &primary).await;
+    let context = jetstream::new(async_nats::connect(nats.url()).await.expect("connects to NATS"));
+    context.delete_stream("SHOPLOG_EVENTS").await.expect("deletes the stream");
+    restock(&primary, "mug-1", 6).await;
+    relayed(&primary).await;
+    let first = published(&nats.url()).await.first().map(|message| (message.sequence, message.position));
+    assert_eq!(first.map(|(sequence, _)| sequence), Some(1), "a new stream: {first:?}");
+    copied(&replica, &primary).await;
+    primary.caught_up().await;
+    assert_same_log(&replica, &primary);
+    assert_eq!(feed_status(&replica).await["failure"], Value::Null);
     replica.stop().await;
     primary.stop().await;
 }

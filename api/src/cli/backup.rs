@@ -68,6 +68,18 @@ fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
 }
 
 pub(super) fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
+    // A replica's copy holds none of the customers' keys, and a restore of it
+    // would be a primary without them (nor would it be a replica's dir).
+    if args.server.is_none()
+        && let Some(data) = &args.data
+        && data.join(crate::server::REPLICA_MARK).exists()
+    {
+        anyhow::bail!(
+            "{} is a read replica's copy (shoplog project): it holds none of the customers' data; back up the \
+             primary (its --data, or --server URL of the primary), and start a replica on an empty data dir",
+            data.display()
+        );
+    }
     let summary = write_then_rename(&args.out, |partial| {
         match (&args.server, &args.data) {
             (Some(server), _) => {

@@ -13,12 +13,12 @@ use std::time::Duration;
 
 pub(crate) const SHOPLOG: &str = env!("CARGO_BIN_EXE_shoplog_cli");
 
-fn shoplog(args: &[&str]) -> std::process::Output {
+pub(crate) fn shoplog(args: &[&str]) -> std::process::Output {
     Command::new(SHOPLOG).args(args).env_remove("RUST_LOG").output().expect("runs shoplog")
 }
 
 /// Exit code 2 and one line naming the problem.
-fn assert_refused(output: &std::process::Output, needle: &str) {
+pub(crate) fn assert_refused(output: &std::process::Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();

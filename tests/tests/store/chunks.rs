@@ -146,9 +146,9 @@ async fn a_log_of_one_record_a_key_opens_reads_and_takes_packed_appends() {
     let format = tests::raw_sled(dir.path()).open_tree("meta").expect("tree").get("format").expect("reads");
     assert_eq!(
         format.as_deref(),
-        Some(&[7][..]),
-        "the log is marked format 7 once it may hold chunks, a write-ahead log of two files whose frames name \
-         the durable head, index groups and recent groups"
+        Some(&[8][..]),
+        "the log is marked format 8 once it may hold chunks, a write-ahead log of two files whose frames name \
+         the durable head, index groups and recent groups, and a checkpoint mark that says a clean close"
     );
     let streams = tests::raw_sled(dir.path()).open_tree("streams").expect("tree");
     let groups: Vec<(Vec<u8>, Vec<u8>)> =
@@ -166,11 +166,11 @@ async fn a_log_of_an_unknown_format_is_refused_with_the_format_named() {
     }
     {
         let db = tests::raw_sled(dir.path());
-        db.open_tree("meta").expect("tree").insert("format", &[8]).expect("writes");
+        db.open_tree("meta").expect("tree").insert("format", &[9]).expect("writes");
         db.flush().expect("flushes");
     }
     match EventLog::open(dir.path()) {
-        Err(StoreError::Corrupt { reason, .. }) => assert!(reason.contains("unknown log format [8]"), "{reason}"),
-        other => panic!("a log of format 8 should be refused, got {other:?}"),
+        Err(StoreError::Corrupt { reason, .. }) => assert!(reason.contains("unknown log format [9]"), "{reason}"),
+        other => panic!("a log of format 9 should be refused, got {other:?}"),
     }
 }

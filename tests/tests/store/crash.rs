@@ -302,7 +302,7 @@ fn a_wal_file_gone_after_a_crash_is_loss_and_after_a_clean_close_is_not() {
     match EventLog::open(dir.path()) {
         Err(store::StoreError::Corrupt { position, reason }) => {
             assert!(position >= 1, "{position}");
-            assert!(reason.contains("write-ahead log file wal and wal.1 is missing"), "{reason}");
+            assert!(reason.contains("wal and wal.1 of the write-ahead log are missing"), "{reason}");
             assert!(reason.contains(&format!("after position {}", position - 1)), "{reason}");
         }
         other => panic!("a crashed log without its WAL opened: {:?}", other.map(|log| log.head())),
