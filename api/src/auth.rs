@@ -32,6 +32,8 @@ pub enum Principal {
     Admin,
     Viewer,
     Customer(CustomerId),
+    /// A read replica filling a gap: the records as stored, nothing else.
+    Replica,
 }
 
 impl Principal {
@@ -41,6 +43,7 @@ impl Principal {
             Principal::Admin => "admin".to_owned(),
             Principal::Viewer => "viewer".to_owned(),
             Principal::Customer(id) => format!("customer:{id}"),
+            Principal::Replica => "replica".to_owned(),
         }
     }
 }
@@ -50,6 +53,7 @@ impl Principal {
 pub struct Tokens {
     admin: Secret,
     viewer: Secret,
+    replica: Option<Secret>,
     signing: Keyed,
 }
 
@@ -68,7 +72,12 @@ impl Tokens {
     pub fn new(admin: Secret, viewer: Secret, signing_key: Secret) -> Self {
         let keyed = <Hmac<Sha256> as Mac>::new_from_slice(signing_key.expose().as_bytes())
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        Tokens { admin, viewer, signing: Keyed(keyed) }
+        Tokens { admin, viewer, replica: None, signing: Keyed(keyed) }
+    }
+
+    /// With a token for read replicas (`Config::replica_token`).
+    pub fn with_replica(self, replica: Option<Secret>) -> Self {
+        Tokens { replica, ..self }
     }
 
     fn mac(&self, message: &str) -> Hmac<Sha256> {
@@ -92,6 +101,9 @@ impl Tokens {
         }
         if constant_time_eq(token, self.viewer.expose()) {
             return Some(Principal::Viewer);
+        }
+        if self.replica.as_ref().is_some_and(|replica| constant_time_eq(token, replica.expose())) {
+            return Some(Principal::Replica);
         }
         let (message, signature) = token.rsplit_once('.')?;
         let mut bytes = [0; 32];
@@ -167,6 +179,22 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
+/// The admin, or a read replica's token (which the handler lets read the
+/// records as stored only).
+#[derive(Debug, Clone, Copy)]
+pub struct AdminOrReplica(pub Principal);
+
+impl FromRequestParts<AppState> for AdminOrReplica {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match principal(parts, state).await? {
+            principal @ (Principal::Admin | Principal::Replica) => Ok(AdminOrReplica(principal)),
+            _ => Err(ApiError::Forbidden("this needs the admin token".to_owned())),
+        }
+    }
+}
+
 /// The admin or a viewer (read-only dashboards).
 #[derive(Debug, Clone, Copy)]
 pub struct Reader(pub Principal);
@@ -177,7 +205,9 @@ impl FromRequestParts<AppState> for Reader {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         match principal(parts, state).await? {
             principal @ (Principal::Admin | Principal::Viewer) => Ok(Reader(principal)),
-            Principal::Customer(_) => Err(ApiError::Forbidden("this needs the admin or viewer token".to_owned())),
+            Principal::Customer(_) | Principal::Replica => {
+                Err(ApiError::Forbidden("this needs the admin or viewer token".to_owned()))
+            }
         }
     }
 }
@@ -197,7 +227,9 @@ impl FromRequestParts<AppState> for AdminOrCustomer {
         match principal(parts, state).await? {
             Principal::Admin => Ok(AdminOrCustomer::Admin),
             Principal::Customer(id) => Ok(AdminOrCustomer::Customer(id)),
-            Principal::Viewer => Err(ApiError::Forbidden("orders are for their customer or the admin".to_owned())),
+            Principal::Viewer | Principal::Replica => {
+                Err(ApiError::Forbidden("orders are for their customer or the admin".to_owned()))
+            }
         }
     }
 }

@@ -43,6 +43,10 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// The dashboards' read-only token; generated into `<data>/viewer-token` when unset.
     pub viewer_token: Option<Secret>,
+    /// What read replicas (`shoplog project --token`) give to fill a gap from this
+    /// server's log: it reads the records as stored (`GET /api/v1/events` asked
+    /// for them) and nothing else. Unset, only the admin token does.
+    pub replica_token: Option<Secret>,
     /// Signs customer tokens; generated into the data dir when unset, so a read
     /// replica given the same value accepts the same tokens.
     pub token_secret: Option<Secret>,
@@ -80,6 +84,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_token: None,
             viewer_token: None,
+            replica_token: None,
             token_secret: None,
             request_timeout_ms: 10_000,
             header_read_timeout_ms: 5_000,
@@ -95,11 +100,12 @@ impl Default for Config {
 }
 
 /// The keys read from `SHOPLOG_<KEY>`.
-const ENV_KEYS: [&str; 14] = [
+const ENV_KEYS: [&str; 15] = [
     "data",
     "listen",
     "admin_token",
     "viewer_token",
+    "replica_token",
     "token_secret",
     "request_timeout_ms",
     "header_read_timeout_ms",
@@ -157,10 +163,20 @@ impl Config {
         if self.login_attempts_per_minute == 0 {
             return Err("login_attempts_per_minute must be above 0".to_owned());
         }
-        for (key, token) in [("admin_token", &self.admin_token), ("viewer_token", &self.viewer_token)] {
+        let tokens = [
+            ("admin_token", &self.admin_token),
+            ("viewer_token", &self.viewer_token),
+            ("replica_token", &self.replica_token),
+        ];
+        for (key, token) in tokens {
             if let Some(problem) = token.as_ref().and_then(|token| token_problem(token.expose())) {
                 return Err(format!("{key} {problem}"));
             }
+        }
+        if let Some(replica) = &self.replica_token
+            && [&self.admin_token, &self.viewer_token].into_iter().flatten().any(|other| other == replica)
+        {
+            return Err("replica_token must differ from admin_token and viewer_token".to_owned());
         }
         if let (Some(admin), Some(viewer)) = (&self.admin_token, &self.viewer_token)
             && admin.expose() == viewer.expose()
@@ -211,7 +227,8 @@ impl Config {
 /// the environment as they are. figment's `Env` reads a value as the type it
 /// looks like, so `SHOPLOG_DATA=2024` was a number, which no path deserializes
 /// from, and a token of digits only was one too.
-const TEXT_KEYS: [&str; 7] = ["data", "listen", "admin_token", "viewer_token", "token_secret", "currency", "nats"];
+const TEXT_KEYS: [&str; 8] =
+    ["data", "listen", "admin_token", "viewer_token", "replica_token", "token_secret", "currency", "nats"];
 
 /// The `SHOPLOG_*` variables of [`TEXT_KEYS`], each a string. A value in double
 /// quotes is the text between them, as figment read it (and as the hint for a
@@ -255,7 +272,7 @@ impl<T: Serialize> figment::Provider for Flags<T> {
 }
 
 /// The settings that hold secrets: an error about one never repeats its value.
-const SECRET_KEYS: [&str; 3] = ["admin_token", "viewer_token", "token_secret"];
+const SECRET_KEYS: [&str; 4] = ["admin_token", "viewer_token", "replica_token", "token_secret"];
 
 /// figment's error on one line, naming the key and its source. A TOML parse
 /// error's excerpt of the file (its `N | …` lines and caret) is left out: it

@@ -31,6 +31,7 @@ pub const DOCS_PATH: &str = "/docs";
 pub const ADMIN: &str = "admin";
 pub const VIEWER: &str = "viewer";
 pub const CUSTOMER: &str = "customer";
+pub const REPLICA: &str = "replica";
 
 /// The parts of the document no handler owns.
 #[derive(Debug, OpenApi)]
@@ -89,6 +90,10 @@ impl Modify for SecuritySchemes {
             (ADMIN, "The admin token from config (`--admin-token`, or generated into `<data>/admin-token`)."),
             (VIEWER, "The read-only dashboards' token from config (`--viewer-token`)."),
             (CUSTOMER, "A customer's token from `POST /api/v1/sessions` (valid 24 h)."),
+            (
+                REPLICA,
+                "The read replicas' token from config (`--replica-token`): the log's records as stored, nothing else.",
+            ),
         ] {
             let scheme = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(description)).build();
             components.add_security_scheme(name, SecurityScheme::Http(scheme));

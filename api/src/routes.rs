@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::auth::{Admin, Caller, Customer, Principal};
+use crate::auth::{Admin, AdminOrReplica, Caller, Customer, Principal};
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery, CommandInput, Empty};
 use crate::json::EventJson;
@@ -903,7 +903,7 @@ pub const RECORDS_MEDIA_TYPE: &str = "application/vnd.shoplog.records";
     get,
     path = "/api/v1/events",
     tag = "audit",
-    security(("admin" = [])),
+    security(("admin" = []), ("replica" = [])),
     params(LogPage),
     responses(
         (status = 200, description = "A page of events; as stored records (each a 4-byte big-endian length and \
@@ -921,18 +921,23 @@ pub const RECORDS_MEDIA_TYPE: &str = "application/vnd.shoplog.records";
 )]
 async fn events(
     State(state): State<AppState>,
-    _: Admin,
+    AdminOrReplica(caller): AdminOrReplica,
     headers: axum::http::HeaderMap,
     ApiQuery(page): ApiQuery<LogPage>,
 ) -> Result<Response, ApiError> {
-    let limit = page_limit(page.limit)?;
-    let from = start("from", page.from)?;
     let as_stored = headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .any(|media| media.split(';').next().is_some_and(|media| media.trim() == RECORDS_MEDIA_TYPE));
+    if caller == Principal::Replica && !as_stored {
+        return Err(ApiError::Forbidden(format!(
+            "the replica token reads the records as stored only (Accept: {RECORDS_MEDIA_TYPE})"
+        )));
+    }
+    let limit = page_limit(page.limit)?;
+    let from = start("from", page.from)?;
     let mut response = if as_stored {
         let records = state.log.read_stored(from, limit)?;
         let mut body = Vec::with_capacity(records.iter().map(|record| record.len() + 4).sum());

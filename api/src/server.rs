@@ -175,6 +175,11 @@ fn open_state(config: &Config, role: &Role) -> anyhow::Result<AppState> {
         "the viewer token must differ from the admin token (one of them is in {})",
         config.data.display()
     );
+    anyhow::ensure!(
+        config.replica_token.as_ref().is_none_or(|replica| ![&admin, &viewer].contains(&replica)),
+        "the replica token must differ from the admin and viewer tokens (which are in {})",
+        config.data.display()
+    );
     let signing_key = match &config.token_secret {
         Some(secret) => secret.clone(),
         None => Secret::new(hex::encode(log.secret("customer-token")?)),
@@ -210,7 +215,7 @@ fn open_state(config: &Config, role: &Role) -> anyhow::Result<AppState> {
         service,
         projections,
         runtime,
-        Tokens::new(admin, viewer, signing_key),
+        Tokens::new(admin, viewer, signing_key).with_replica(config.replica_token.clone()),
         config.login_attempts_per_minute,
         &config.currency,
     );

@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tests::NatsServer;
 
-use crate::api::{ADMIN, TestApp, VIEWER};
+use crate::api::{ADMIN, REPLICA, TestApp, VIEWER};
 use crate::cli::Served;
 use crate::relay::{RELAY_WAIT, entry_until, projection_entry, published, relayed, relaying, restock, shop};
 
@@ -29,7 +29,7 @@ async fn feed_until(replica: &TestApp, what: &str, ready: impl Fn(&Value) -> boo
 /// A read replica of the primary relaying to `nats`, on `dir`.
 async fn replica_on(dir: tempfile::TempDir, nats: &NatsServer, primary: Option<&TestApp>) -> TestApp {
     let primary = primary
-        .map(|primary| api::replica::Primary { url: primary.base.clone(), token: api::config::Secret::new(ADMIN) });
+        .map(|primary| api::replica::Primary { url: primary.base.clone(), token: api::config::Secret::new(REPLICA) });
     TestApp::serve_dir_as(dir, Role::Replica { primary }, |config| config.nats = Some(nats.url())).await
 }
 
@@ -216,6 +216,25 @@ async fn the_primary_answers_its_records_as_stored_to_an_admin() {
     assert_eq!(body.to_vec(), expected, "each record as a 4-byte length and its stored bytes");
     let viewer = primary.request(reqwest::Method::GET, "/api/v1/events?from=1", Some(VIEWER), None, &accept).await;
     viewer.problem(403);
+    // The replicas' token reads the records as stored, and nothing else.
+    const RECORDS: &[(&str, &str)] = &[("accept", "application/vnd.shoplog.records")];
+    let as_replica = |path: &'static str, headers: &'static [(&'static str, &'static str)]| {
+        primary.request(reqwest::Method::GET, path, Some(REPLICA), None, headers)
+    };
+    let records = as_replica("/api/v1/events?from=2&limit=2", RECORDS).await;
+    assert_eq!((records.status, records.content_type()), (StatusCode::OK, "application/vnd.shoplog.records"));
+    for (path, headers) in [
+        ("/api/v1/events?from=1", &[][..]),
+        ("/api/v1/streams/product-mug-1/events", RECORDS),
+        ("/api/v1/dashboard/sales", &[][..]),
+        ("/api/v1/orders", &[][..]),
+        ("/admin/projections", &[][..]),
+    ] {
+        let refused = as_replica(path, headers).await;
+        refused.problem(403);
+    }
+    let restock = primary.post("/api/v1/products/mug-1/restock", Some(REPLICA), json!({"quantity": 1})).await;
+    restock.problem(403);
     primary.stop().await;
 }
 

@@ -87,6 +87,10 @@ struct Settings {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     token_secret: Option<Secret>,
+    /// The token read replicas give (`project --token`) to fill gaps from this log: it reads the records as stored, nothing else [default: none: only the admin token]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replica_token: Option<Secret>,
     /// sled's page cache in MiB: lower bounds memory, higher reads faster [default: 32]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -124,7 +128,7 @@ struct ProjectArgs {
     #[arg(long, env = "SHOPLOG_PRIMARY")]
     #[serde(skip)]
     primary: Option<String>,
-    /// An admin token of the primary, with --primary (not from the config file)
+    /// The primary's replica token (its --replica-token) or admin token, with --primary (not from the config file)
     #[arg(long, env = "SHOPLOG_TOKEN")]
     #[serde(skip)]
     token: Option<Secret>,

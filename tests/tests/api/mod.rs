@@ -19,6 +19,8 @@ use serde_json::{Value, json};
 
 pub const ADMIN: &str = "admin-token-for-tests-0001";
 pub const VIEWER: &str = "viewer-token-for-tests-001";
+/// The token read replicas give to fill gaps from a test app's log.
+pub const REPLICA: &str = "replica-token-for-tests-01";
 
 /// A running shoplog on a random port, with typed helpers.
 pub struct TestApp {
@@ -67,6 +69,7 @@ impl TestApp {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_token: Some(Secret::new(ADMIN)),
             viewer_token: Some(Secret::new(VIEWER)),
+            replica_token: Some(Secret::new(REPLICA)),
             ..Config::default()
         };
         change(&mut config);
@@ -193,6 +196,7 @@ impl TestApp {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_token: Some(Secret::new(ADMIN)),
             viewer_token: Some(Secret::new(VIEWER)),
+            replica_token: Some(Secret::new(REPLICA)),
             ..Config::default()
         };
         let running = api::server::start(&config).await.expect("the server starts again");
@@ -264,6 +268,7 @@ impl TestApp {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_token: Some(Secret::new(ADMIN)),
             viewer_token: Some(Secret::new(VIEWER)),
+            replica_token: Some(Secret::new(REPLICA)),
             ..Config::default()
         };
         change(&mut config);

@@ -27,7 +27,7 @@ const ROUTES: &[(&str, &str, &[&str])] = &[
     ("post", "/api/v1/orders/{order_id}/cancel", &["customer"]),
     ("post", "/api/v1/orders/{order_id}/ship", &["admin"]),
     ("get", "/api/v1/streams/{stream}/events", &["admin"]),
-    ("get", "/api/v1/events", &["admin"]),
+    ("get", "/api/v1/events", &["admin", "replica"]),
     ("get", "/api/v1/events/live", &["admin", "viewer"]),
     ("get", "/api/v1/products", &[]),
     ("get", "/api/v1/products/{sku}", &[]),
@@ -77,7 +77,7 @@ async fn the_document_names_every_served_route_with_its_security_and_problems() 
     served.sort();
     assert_eq!(documented, served, "the document names exactly the routes served");
 
-    for scheme in ["admin", "viewer", "customer"] {
+    for scheme in ["admin", "viewer", "customer", "replica"] {
         let declared = &document["components"]["securitySchemes"][scheme];
         assert_eq!(
             (&declared["type"], &declared["scheme"]),

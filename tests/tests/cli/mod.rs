@@ -108,6 +108,20 @@ fn bad_settings_are_one_line_and_exit_code_2() {
         assert_refused(&output, "admin-token");
         assert_refused(&output, "remove it (the next start makes a new one) or set SHOPLOG_ADMIN_TOKEN");
     }
+    assert_refused(
+        &shoplog(&["serve", "--data", data, "--replica-token", "short"]),
+        "replica_token must be at least 16",
+    );
+    let same = [
+        "serve",
+        "--data",
+        data,
+        "--admin-token",
+        "one-token-for-both-0001",
+        "--replica-token",
+        "one-token-for-both-0001",
+    ];
+    assert_refused(&shoplog(&same), "replica_token must differ from admin_token and viewer_token");
     assert_refused(&shoplog(&["serve", "--data", data, "--cache-mib", "0"]), "cache_mib must be from 1");
     assert_refused(&shoplog(&["serve", "--data", data, "--cache-mib", "lots"]), "lots");
     assert_refused(&shoplog(&["serve", "--config", "/no/such/shoplog.toml"]), "does not exist");
