@@ -41,6 +41,18 @@ async fn copied(replica: &TestApp, primary: &TestApp) {
     replica.caught_up().await;
 }
 
+/// A shop relaying to NATS, with a shop's worth of events, and a replica on an
+/// empty data dir that has copied them all: NATS's dir, NATS, the primary, the
+/// replica.
+async fn replicated(email: &str) -> (tempfile::TempDir, NatsServer, TestApp, TestApp) {
+    let (nats_dir, nats, primary) = relaying().await;
+    shop(&primary, email).await;
+    relayed(&primary).await;
+    let replica = replica_on(tests::temp_dir(), &nats, None).await;
+    copied(&replica, &primary).await;
+    (nats_dir, nats, primary, replica)
+}
+
 /// The replica's log is the primary's: the same records, byte for byte (so
 /// the same hash chain), and it verifies.
 fn assert_same_log(replica: &TestApp, primary: &TestApp) {
@@ -68,11 +80,7 @@ async fn read_models(app: &TestApp) -> Vec<Value> {
 /// sealed, and it has no key), and it takes no command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_copies_the_log_and_serves_the_read_models() {
-    let (_nats_dir, nats, primary) = relaying().await;
-    shop(&primary, "replicated.shopper@example.com").await;
-    relayed(&primary).await;
-    let replica = replica_on(tests::temp_dir(), &nats, None).await;
-    copied(&replica, &primary).await;
+    let (_nats_dir, _nats, primary, replica) = replicated("replicated.shopper@example.com").await;
     primary.caught_up().await;
     assert_same_log(&replica, &primary);
     assert_eq!(read_models(&replica).await, read_models(&primary).await);
@@ -119,11 +127,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// what the primary did meanwhile, and nothing twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_replica_goes_on_from_its_head() {
-    let (_nats_dir, nats, primary) = relaying().await;
-    shop(&primary, "restarted.replica@example.com").await;
-    relayed(&primary).await;
-    let replica = replica_on(tests::temp_dir(), &nats, None).await;
-    copied(&replica, &primary).await;
+    let (_nats_dir, nats, primary, replica) = replicated("restarted.replica@example.com").await;
     let before = replica.head();
     let dir = replica.stop_keeping_dir().await;
 
@@ -275,11 +279,7 @@ async fn the_binary_runs_a_replica() {
 /// once and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_goes_on_after_nats_comes_back() {
-    let (_nats_dir, mut nats, primary) = relaying().await;
-    shop(&primary, "nats.restart@example.com").await;
-    relayed(&primary).await;
-    let replica = replica_on(tests::temp_dir(), &nats, None).await;
-    copied(&replica, &primary).await;
+    let (_nats_dir, mut nats, primary, replica) = replicated("nats.restart@example.com").await;
 
     nats.terminate();
     restock(&primary, "mug-1", 5).await;
@@ -305,11 +305,7 @@ async fn a_replica_goes_on_after_nats_comes_back() {
 /// and relayed again after a purge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_refuses_another_history() {
-    let (_nats_dir, nats, primary) = relaying().await;
-    shop(&primary, "first.shop@example.com").await;
-    relayed(&primary).await;
-    let replica = replica_on(tests::temp_dir(), &nats, None).await;
-    copied(&replica, &primary).await;
+    let (_nats_dir, _nats, primary, replica) = replicated("first.shop@example.com").await;
     let head = replica.head();
     let mut dir = replica.stop_keeping_dir().await;
     primary.stop().await;
@@ -415,11 +411,7 @@ async fn a_gap_the_primary_refuses_to_fill_is_said_steadily() {
 /// primary's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_refuses_a_replicas_dir_and_project_a_primarys() {
-    let (_nats_dir, nats, primary) = relaying().await;
-    shop(&primary, "roles@example.com").await;
-    relayed(&primary).await;
-    let replica = replica_on(tests::temp_dir(), &nats, None).await;
-    copied(&replica, &primary).await;
+    let (_nats_dir, nats, primary, replica) = replicated("roles@example.com").await;
     let dir = replica.stop_keeping_dir().await;
     let config = |data: &std::path::Path| api::Config {
         data: data.to_path_buf(),
@@ -449,11 +441,7 @@ async fn serve_refuses_a_replicas_dir_and_project_a_primarys() {
 /// later), where the primary would refuse a position past its head.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_waits_for_a_position_it_has_not_copied_yet() {
-    let (_nats_dir, mut nats, primary) = relaying().await;
-    shop(&primary, "read.your.write@example.com").await;
-    relayed(&primary).await;
-    let replica = replica_on(tests::temp_dir(), &nats, None).await;
-    copied(&replica, &primary).await;
+    let (_nats_dir, mut nats, primary, replica) = replicated("read.your.write@example.com").await;
 
     nats.terminate();
     let restocked = primary.post("/api/v1/products/mug-1/restock", Some(ADMIN), json!({"quantity": 5})).await;
@@ -491,11 +479,7 @@ async fn a_replica_waits_for_a_position_it_has_not_copied_yet() {
 /// made again, and goes on from its head.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_goes_on_when_the_stream_is_made_again() {
-    let (_nats_dir, nats, primary) = relaying().await;
-    shop(&primary, "stream.remade@example.com").await;
-    relayed(&primary).await;
-    let replica = replica_on(tests::temp_dir(), &nats, None).await;
-    copied(&replica, &primary).await;
+    let (_nats_dir, nats, primary, replica) = replicated("stream.remade@example.com").await;
     let context = jetstream::new(async_nats::connect(nats.url()).await.expect("connects to NATS"));
     context.delete_stream("SHOPLOG_EVENTS").await.expect("deletes the stream");
     restock(&primary, "mug-1", 6).await;
