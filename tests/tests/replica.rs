@@ -135,10 +135,7 @@ async fn a_restarted_replica_goes_on_from_its_head() {
     relayed(&primary).await;
     assert!(primary.head() > before);
     let replica = replica_on(dir, &nats, None).await;
-    copied(&replica, &primary).await;
-    primary.caught_up().await;
-    assert_same_log(&replica, &primary);
-    assert_eq!(read_models(&replica).await, read_models(&primary).await);
+    caught_up_with(&replica, &primary).await;
     replica.stop().await;
     primary.stop().await;
 }
@@ -177,10 +174,7 @@ async fn a_gap_stops_a_replica_without_its_primary_and_the_primary_fills_it() {
     let dir = replica.stop_keeping_dir().await;
 
     let replica = replica_on(dir, &nats, Some(&primary)).await;
-    copied(&replica, &primary).await;
-    primary.caught_up().await;
-    assert_same_log(&replica, &primary);
-    assert_eq!(read_models(&replica).await, read_models(&primary).await);
+    caught_up_with(&replica, &primary).await;
     let status = feed_status(&replica).await;
     assert_eq!(status["failure"], Value::Null, "{status}");
     let metrics = replica.get("/metrics", Some(VIEWER)).await;
@@ -287,10 +281,7 @@ async fn a_replica_goes_on_after_nats_comes_back() {
     nats.restart();
     restock(&primary, "mug-1", 5).await;
     relayed(&primary).await;
-    copied(&replica, &primary).await;
-    primary.caught_up().await;
-    assert_same_log(&replica, &primary);
-    assert_eq!(read_models(&replica).await, read_models(&primary).await);
+    caught_up_with(&replica, &primary).await;
     let status = feed_until(&replica, "said it follows again", |status| status["failure"].is_null()).await;
     assert_eq!(status["lag"], 0, "{status}");
     replica.stop().await;
@@ -404,6 +395,15 @@ async fn a_gap_the_primary_refuses_to_fill_is_said_steadily() {
     }
     replica.stop().await;
     primary.stop().await;
+}
+
+/// Wait until the replica has copied the primary's whole log and both have
+/// applied it; then its log is the primary's and its read routes answer the same.
+async fn caught_up_with(replica: &TestApp, primary: &TestApp) {
+    copied(replica, primary).await;
+    primary.caught_up().await;
+    assert_same_log(replica, primary);
+    assert_eq!(read_models(replica).await, read_models(primary).await);
 }
 
 /// A replica's data dir is a copy: `serve` refuses it (it would fork the
