@@ -320,7 +320,7 @@ async fn follow(
             first = messages.next() => first,
             _ = connections.changed() => return Err(FeedError::Reconnected),
             () = tokio::time::sleep(IDLE_CHECK) => {
-                still_following(shared, &mut stream, created).await?;
+                still_following(shared, options, &mut stream, created).await?;
                 continue;
             }
         };
@@ -371,9 +371,13 @@ async fn follow(
 /// be the one it began with (deleted and made again, its sequences start over,
 /// and the consumer would wait for the old ones), and it must hold no record
 /// past the head that the consumer has not delivered. Else the attempt ends and
-/// the next one reads the stream again.
+/// the next one reads the stream again. Given the primary, the replica also
+/// asks it for its head: what NATS has not got (the primary's relay is down or
+/// behind) it copies from the primary, so a replica with `--primary` keeps up
+/// whatever the relay does, and its lag counts from the primary's head.
 async fn still_following(
     shared: &Shared,
+    options: &ReplicaOptions,
     stream: &mut jetstream::stream::Stream,
     created: async_nats::datetime::DateTime,
 ) -> Result<(), FeedError> {
@@ -390,7 +394,45 @@ async fn still_following(
             });
         }
     }
+    let Some(primary) = &options.primary else { return Ok(()) };
+    // A primary that does not answer here is no failure: NATS is the feed.
+    let there = match primary_head(shared, primary).await {
+        Ok(there) => there,
+        Err(reason) => {
+            tracing::debug!(%reason, "the replica could not ask the primary for its head");
+            return Ok(());
+        }
+    };
+    shared.newest.fetch_max(there, Ordering::AcqRel);
+    let head = shared.log.head();
+    if there > head {
+        tracing::info!(head, primary_head = there, "NATS holds nothing past the head the primary has: copying from it");
+        fill(shared, options, head + 1, there).await?;
+        shared.set_failure(None);
+    }
     Ok(())
+}
+
+/// The primary's head (`X-Head-Position` of its `GET /api/v1/events`).
+async fn primary_head(shared: &Shared, primary: &Primary) -> Result<u64, String> {
+    let url = format!("{}/api/v1/events?from=1&limit=1", primary.url.trim_end_matches('/'));
+    let response = shared
+        .http
+        .get(url)
+        .bearer_auth(primary.token.expose())
+        .header(reqwest::header::ACCEPT, RECORDS_MEDIA_TYPE)
+        .send()
+        .await
+        .map_err(|error| with_causes(&error))?;
+    if !response.status().is_success() {
+        return Err(format!("{} answered {}", primary.url, response.status()));
+    }
+    response
+        .headers()
+        .get("x-head-position")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+        .ok_or_else(|| format!("{} named no head", primary.url))
 }
 
 /// The log position a message's `Shoplog-Position` header names.

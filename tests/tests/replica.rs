@@ -493,3 +493,34 @@ async fn a_replica_goes_on_when_the_stream_is_made_again() {
     replica.stop().await;
     primary.stop().await;
 }
+
+/// A replica given its primary keeps up when NATS does not have the events
+/// (here the replica's NATS is one no relay publishes to; so it is when the
+/// primary's relay is down or far behind): with nothing delivered for a while
+/// it asks the primary for its head, copies what it lacks from the primary, and
+/// its lag counts from the primary's head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_its_primary_keeps_up_when_nats_does_not_have_the_events() {
+    let primary = TestApp::spawn().await;
+    shop(&primary, "no.relay@example.com").await;
+    let nats_dir = tests::temp_dir();
+    let nats = NatsServer::start(nats_dir.path());
+    let context = jetstream::new(async_nats::connect(nats.url()).await.expect("connects to NATS"));
+    let empty = jetstream::stream::Config {
+        name: "SHOPLOG_EVENTS".to_owned(),
+        subjects: vec!["shoplog.events.>".to_owned()],
+        ..Default::default()
+    };
+    context.create_stream(empty).await.expect("makes the stream");
+    let replica = replica_on(tests::temp_dir(), &nats, Some(&primary)).await;
+    caught_up_with(&replica, &primary).await;
+    restock(&primary, "tea-1", 3).await;
+    caught_up_with(&replica, &primary).await;
+    let status = feed_status(&replica).await;
+    assert_eq!((status["lag"].clone(), status["failure"].clone()), (json!(0), Value::Null), "{status}");
+    let metrics = replica.get("/metrics", Some(VIEWER)).await;
+    let filled = format!("replica_filled_total {}", primary.head());
+    assert!(metrics.body.as_str().is_some_and(|text| text.contains(&filled)), "{metrics:?}");
+    replica.stop().await;
+    primary.stop().await;
+}
