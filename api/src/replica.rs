@@ -168,13 +168,10 @@ impl Shared {
 const STOP_WAIT: Duration = Duration::from_secs(5);
 
 impl Feed {
-    /// Start copying into `log` (on the current tokio runtime).
-    pub fn start(log: EventLog, options: ReplicaOptions) -> Result<Feed, FeedError> {
-        let http = reqwest::Client::builder().timeout(options.timeout).build().map_err(|error| FeedError::Primary {
-            from: 0,
-            to: 0,
-            reason: error.to_string(),
-        })?;
+    /// Start copying into `log` (on the current tokio runtime); an error only if
+    /// the HTTP client for the primary cannot be made.
+    pub fn start(log: EventLog, options: ReplicaOptions) -> Result<Feed, reqwest::Error> {
+        let http = reqwest::Client::builder().timeout(options.timeout).build()?;
         let shared = Arc::new(Shared {
             newest: AtomicU64::new(log.head()),
             log,

@@ -177,17 +177,26 @@ async fn past_the_deduplication_window() {
 /// short: a message sent twice then shows as two, where the relay's own window
 /// of two minutes would hide it.
 async fn stream_that_keeps_repeats(url: &str) {
-    let client = async_nats::connect(url).await.expect("connects to NATS");
-    jetstream::new(client)
-        .create_stream(jetstream::stream::Config {
-            name: "SHOPLOG_EVENTS".to_owned(),
-            subjects: vec!["shoplog.events.>".to_owned()],
-            storage: jetstream::stream::StorageType::File,
-            duplicate_window: Duration::from_millis(100),
-            ..Default::default()
-        })
-        .await
-        .expect("makes the stream");
+    let short = jetstream::stream::Config { duplicate_window: Duration::from_millis(100), ..Default::default() };
+    stream_made_before_the_relay(url, "shoplog.events.>", short).await;
+}
+
+/// `SHOPLOG_EVENTS` made by someone else before the relay, taking `subjects`,
+/// with `config`'s other settings (file storage); a JetStream client on `url`.
+pub(crate) async fn stream_made_before_the_relay(
+    url: &str,
+    subjects: &str,
+    config: jetstream::stream::Config,
+) -> jetstream::Context {
+    let context = jetstream::new(async_nats::connect(url).await.expect("connects to NATS"));
+    let config = jetstream::stream::Config {
+        name: "SHOPLOG_EVENTS".to_owned(),
+        subjects: vec![subjects.to_owned()],
+        storage: jetstream::stream::StorageType::File,
+        ..config
+    };
+    context.create_stream(config).await.expect("makes the stream");
+    context
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -491,17 +500,12 @@ async fn messages_jetstream_lost_are_sent_again_and_a_purged_stream_is_not_refil
 async fn restarted_behind_a_purged_stream(repeats_forgotten: bool) -> (tempfile::TempDir, NatsServer, TestApp, u64) {
     let dir = tests::temp_dir();
     let nats = NatsServer::start(dir.path());
-    let context = jetstream::new(async_nats::connect(nats.url()).await.expect("connects to NATS"));
-    if repeats_forgotten {
+    let context = if repeats_forgotten {
         stream_that_keeps_repeats(&nats.url()).await;
+        jetstream::new(async_nats::connect(nats.url()).await.expect("connects to NATS"))
     } else {
-        let others = jetstream::stream::Config {
-            name: "SHOPLOG_EVENTS".to_owned(),
-            subjects: vec!["shoplog.>".to_owned()],
-            ..Default::default()
-        };
-        context.create_stream(others).await.expect("makes the stream");
-    }
+        stream_made_before_the_relay(&nats.url(), "shoplog.>", Default::default()).await
+    };
     let app = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
     shop(&app, "purged.shopper@example.com").await;
     relayed(&app).await;
@@ -576,15 +580,7 @@ async fn after_a_kill_and_a_purge_records_jetstream_took_before_stay_purged() {
 async fn a_stream_that_does_not_take_the_relays_subjects_is_refused() {
     let dir = tests::temp_dir();
     let nats = NatsServer::start(dir.path());
-    let client = async_nats::connect(nats.url()).await.expect("connects to NATS");
-    jetstream::new(client)
-        .create_stream(jetstream::stream::Config {
-            name: "SHOPLOG_EVENTS".to_owned(),
-            subjects: vec!["elsewhere.>".to_owned()],
-            ..Default::default()
-        })
-        .await
-        .expect("makes the stream");
+    stream_made_before_the_relay(&nats.url(), "elsewhere.>", Default::default()).await;
     let app = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
     app.create_product("mug-1", 1200, 4).await;
     let refused = relay_until(&app, "refused the stream", |status| {
@@ -599,8 +595,9 @@ async fn a_stream_that_does_not_take_the_relays_subjects_is_refused() {
     app.stop().await;
 }
 
-/// Two shops pointed at one NATS at once: each publish names the sequence it
-/// follows, so the second one's first publish is refused, and at its next
+/// Two shops pointed at one NATS at once: each publish names what it follows
+/// (an attempt's first the stream sequence), so the second one's first publish
+/// is refused, and at its next
 /// attempt it finds the other log's record last in the stream and stops there.
 /// The stream holds one log's events, once and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -644,16 +641,7 @@ async fn two_logs_relaying_to_one_stream_never_interleave() {
 async fn a_stream_holding_only_others_messages_is_taken() {
     let dir = tests::temp_dir();
     let nats = NatsServer::start(dir.path());
-    let client = async_nats::connect(nats.url()).await.expect("connects to NATS");
-    let context = jetstream::new(client);
-    context
-        .create_stream(jetstream::stream::Config {
-            name: "SHOPLOG_EVENTS".to_owned(),
-            subjects: vec!["shoplog.>".to_owned()],
-            ..Default::default()
-        })
-        .await
-        .expect("makes the stream");
+    let context = stream_made_before_the_relay(&nats.url(), "shoplog.>", Default::default()).await;
     context.publish("shoplog.audit.x", "not a record".into()).await.expect("publishes").await.expect("stored");
     let app = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
     app.create_product("mug-1", 1200, 4).await;

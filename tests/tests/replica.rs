@@ -14,7 +14,10 @@ use tests::NatsServer;
 
 use crate::api::{ADMIN, REPLICA, TestApp, VIEWER};
 use crate::cli::Served;
-use crate::relay::{RELAY_WAIT, entry_until, projection_entry, published, relayed, relaying, restock, shop};
+use crate::relay::{
+    RELAY_WAIT, entry_until, projection_entry, published, relayed, relaying, restock, shop,
+    stream_made_before_the_relay,
+};
 
 /// The replica's feed, its entry of `/admin/projections`.
 async fn feed_status(replica: &TestApp) -> Value {
@@ -333,13 +336,7 @@ async fn a_replica_refuses_another_history() {
 async fn a_replica_finds_its_head_among_others_messages() {
     let nats_dir = tests::temp_dir();
     let nats = NatsServer::start(nats_dir.path());
-    let context = jetstream::new(async_nats::connect(nats.url()).await.expect("connects to NATS"));
-    let wider = jetstream::stream::Config {
-        name: "SHOPLOG_EVENTS".to_owned(),
-        subjects: vec!["shoplog.>".to_owned()],
-        ..Default::default()
-    };
-    context.create_stream(wider).await.expect("makes the stream");
+    let context = stream_made_before_the_relay(&nats.url(), "shoplog.>", Default::default()).await;
     let primary = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
     shop(&primary, "others.between@example.com").await;
     relayed(&primary).await;
@@ -505,13 +502,8 @@ async fn a_replica_with_its_primary_keeps_up_when_nats_does_not_have_the_events(
     shop(&primary, "no.relay@example.com").await;
     let nats_dir = tests::temp_dir();
     let nats = NatsServer::start(nats_dir.path());
-    let context = jetstream::new(async_nats::connect(nats.url()).await.expect("connects to NATS"));
-    let empty = jetstream::stream::Config {
-        name: "SHOPLOG_EVENTS".to_owned(),
-        subjects: vec!["shoplog.events.>".to_owned()],
-        ..Default::default()
-    };
-    context.create_stream(empty).await.expect("makes the stream");
+    // Made here as the relay would, and never published to.
+    stream_made_before_the_relay(&nats.url(), "shoplog.events.>", Default::default()).await;
     let replica = replica_on(tests::temp_dir(), &nats, Some(&primary)).await;
     caught_up_with(&replica, &primary).await;
     restock(&primary, "tea-1", 3).await;
