@@ -674,7 +674,8 @@ fn an_online_backups_log_line_carries_its_requests_span() {
     assert_eq!(head, (200, Some(reqwest::header::HeaderValue::from(0))));
     assert_eq!(backup.0, 200);
     assert!(backup.1 > 0, "a backup has a header and a trailer");
-    assert!(served.stop_with("TERM").success());
+    let stopped = served.stop_with("TERM");
+    assert!(stopped.success(), "{stopped}; its stderr:\n{}", std::fs::read_to_string(&stderr).unwrap_or_default());
     assert_logged_in_request_span(&stderr, "online backup sent", "backup-probe-7", "/admin/backup");
     let logged = std::fs::read_to_string(&stderr).expect("reads stderr");
     assert_eq!(logged.matches("online backup").count(), 1, "the HEAD made no backup:\n{logged}");
@@ -698,7 +699,8 @@ fn the_live_feeds_log_line_carries_its_requests_span() {
     assert_eq!(feed.status(), 200);
     // Read the feed until it ends, as a client would, while the server stops.
     let reading = runtime.spawn(async move { feed.bytes().await.map(|bytes| bytes.len()) });
-    assert!(served.stop_with("TERM").success());
+    let stopped = served.stop_with("TERM");
+    assert!(stopped.success(), "{stopped}; its stderr:\n{}", std::fs::read_to_string(&stderr).unwrap_or_default());
     let ended = runtime.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(10), reading).await });
     assert!(ended.is_ok(), "the feed ends when the server stops");
     assert_logged_in_request_span(&stderr, "live feed ended", "feed-probe-3", "/api/v1/events/live");
