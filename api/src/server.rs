@@ -89,6 +89,7 @@ pub async fn serve_as(config: Config, role: Role) -> anyhow::Result<()> {
     let state = open_state(&config, &role)?;
     seed_demo(&config, &state).await?;
     let address = listener.local_addr()?;
+    let signal = shutdown_signal();
     match (&role, &config.nats) {
         (Role::Replica { .. }, Some(nats)) => tell!(
             "shoplog read replica listening on http://{address} (data in {}, events from {})",
@@ -100,7 +101,7 @@ pub async fn serve_as(config: Config, role: Role) -> anyhow::Result<()> {
     let stopping = Arc::clone(&state.stopping);
     let router = router_for(&role, state.clone(), config.request_timeout());
     let shutdown = async move {
-        shutdown_signal().await;
+        signal.await;
         stopping.send_replace(true);
     };
     run(listener, router, config.header_read_timeout(), config.shutdown_timeout(), shutdown).await?;
@@ -401,23 +402,36 @@ pub async fn run(
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let interrupt = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+/// Ctrl-C or SIGTERM, listened for from the call on: the server tells that it
+/// listens only after this, so a signal sent as soon as it says so shuts it
+/// down rather than killing it (a handler installed on the future's first
+/// poll left a moment in which SIGTERM's default disposition still held).
+fn shutdown_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind: SignalKind, name: &str| match signal(kind) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for {name}: it stops the server without a graceful shutdown");
+            None
         }
     };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    let (mut interrupt, mut terminate) =
+        (listen(SignalKind::interrupt(), "Ctrl-C"), listen(SignalKind::terminate(), "SIGTERM"));
+    async move {
+        tokio::select! {
+            () = received(interrupt.as_mut()) => {}
+            () = received(terminate.as_mut()) => {}
         }
-    };
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
+}
+
+/// The next `signal`; never, without one.
+async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
 }

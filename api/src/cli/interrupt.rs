@@ -35,16 +35,21 @@ pub(super) fn end_interrupted() -> ! {
 }
 
 /// From now on, Ctrl-C and SIGTERM remove what is being written and exit 130.
-/// For the operator commands only: `serve` shuts down on them instead.
+/// For the operator commands only: `serve` shuts down on them instead. Returns
+/// once the watcher listens (or could not), so no signal sent after it finds
+/// the default disposition still in place.
 pub(super) fn watch() {
-    let started = std::thread::Builder::new().name("shoplog-interrupt".to_owned()).spawn(|| {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (listening, listens) = std::sync::mpsc::sync_channel(1);
+    let started = std::thread::Builder::new().name("shoplog-interrupt".to_owned()).spawn(move || {
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
         runtime.block_on(async {
-            let Ok(mut terminate) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
-                return;
-            };
+            let signals =
+                signal(SignalKind::interrupt()).and_then(|interrupt| Ok((interrupt, signal(SignalKind::terminate())?)));
+            let _ = listening.send(());
+            let Ok((mut interrupt, mut terminate)) = signals else { return };
             tokio::select! {
-                interrupted = tokio::signal::ctrl_c() => if interrupted.is_err() { return },
+                _ = interrupt.recv() => {}
                 _ = terminate.recv() => {}
             }
             INTERRUPTED.store(true, Ordering::SeqCst);
@@ -68,8 +73,14 @@ pub(super) fn watch() {
             std::process::exit(130);
         });
     });
-    if let Err(error) = started {
-        tracing::warn!(%error, "no thread to watch for Ctrl-C: an interrupted run leaves its staging behind");
+    match started {
+        // A watcher that ended before it listened drops its sender: no wait then.
+        Ok(_) => {
+            let _ = listens.recv_timeout(std::time::Duration::from_secs(5));
+        }
+        Err(error) => {
+            tracing::warn!(%error, "no thread to watch for Ctrl-C: an interrupted run leaves its staging behind")
+        }
     }
 }
 

@@ -632,6 +632,25 @@ fn settings_come_from_the_file_the_environment_and_flags_in_that_order_and_ctrl_
     assert!(served.stop_with("TERM").success());
 }
 
+/// The server listens for Ctrl-C and SIGTERM before it says where it listens:
+/// a signal sent the moment it says so shuts it down (exit 0) and does not kill
+/// it. (Its handlers were once installed when the accept loop first ran, so a
+/// SIGTERM sent just after an answer, before that loop came round, killed it.)
+#[test]
+fn it_catches_ctrl_c_and_sigterm_before_it_says_it_listens() {
+    for signal in ["TERM", "INT"] {
+        let dir = tests::temp_dir();
+        let served = Served::start(&[std::ffi::OsStr::new("--data"), dir.path().as_os_str()], &[]);
+        let status = std::fs::read_to_string(format!("/proc/{}/status", served.child.id())).expect("its status");
+        let caught = status.lines().find_map(|line| line.strip_prefix("SigCgt:")).map(str::trim);
+        let caught = caught.and_then(|mask| u64::from_str_radix(mask, 16).ok()).expect("a SigCgt mask");
+        // Bit n - 1 for signal n: SIGINT is 2, SIGTERM 15.
+        assert_eq!(caught & (1 << 1 | 1 << 14), 1 << 1 | 1 << 14, "SigCgt {caught:#x}");
+        let stopped = served.stop_with(signal);
+        assert!(stopped.success(), "SIG{signal} at once: {stopped}");
+    }
+}
+
 /// A server with `token` as its admin token and its stderr in a file (returned
 /// beside it), logging what `rust_log` lets through.
 fn served_logging(dir: &std::path::Path, token: &str, rust_log: &str) -> (Served, std::path::PathBuf) {
