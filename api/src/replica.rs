@@ -99,6 +99,31 @@ pub struct FeedStatus {
     pub filled: u64,
     /// Why it is not applying, if it is not.
     pub failure: Option<String>,
+    /// Whether it has reached the newest position NATS showed since it
+    /// started: until then its read models answer an older shop.
+    pub caught_up: bool,
+    /// Whether `failure` leaves the replica stuck where it is until an
+    /// operator acts or the primary sends again (a gap, another history, a
+    /// record refused), rather than only out of touch (NATS or the stream out
+    /// of reach, which the feed rides out by itself).
+    pub stuck: bool,
+}
+
+impl FeedStatus {
+    /// Why the replica should get no reads (`/readyz` answers 503 with it):
+    /// it has not caught up since it started, or it is stuck. A replica that
+    /// caught up and then lost NATS stays ready: its answers carry their
+    /// position, and the status says it is out of touch.
+    pub fn unready(&self) -> Option<String> {
+        if !self.caught_up {
+            let at = format!("the replica is catching up: at position {} of {}", self.position, self.newest);
+            return Some(match &self.failure {
+                Some(failure) => format!("{at} ({failure})"),
+                None => at,
+            });
+        }
+        self.failure.clone().filter(|_| self.stuck)
+    }
 }
 
 /// What stopped an attempt of the feed.
@@ -143,8 +168,11 @@ struct Shared {
     log: EventLog,
     newest: AtomicU64,
     filled: AtomicU64,
-    /// Why the last attempt failed, until the next one follows the stream.
-    failure: Mutex<Option<String>>,
+    /// Why the last attempt failed, and whether that leaves the replica stuck
+    /// (see [`FeedStatus::stuck`]), until the next one follows the stream.
+    failure: Mutex<Option<(String, bool)>>,
+    /// Set once the head reached `newest` (see [`FeedStatus::caught_up`]).
+    caught_up: AtomicBool,
     /// A gap it cannot fill: its first position and what to say, until the
     /// head passes it (each attempt meets it again, after following the stream).
     gap: Mutex<Option<(u64, String)>>,
@@ -159,8 +187,17 @@ struct Shared {
 }
 
 impl Shared {
-    fn set_failure(&self, failure: Option<String>) {
+    fn set_failure(&self, failure: Option<(String, bool)>) {
         *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = failure;
+    }
+
+    /// Past whatever stopped the last attempt, and caught up once the head has
+    /// reached the newest position NATS (or the primary) showed.
+    fn progressed(&self) {
+        self.set_failure(None);
+        if self.log.head() >= self.newest.load(Ordering::Acquire) {
+            self.caught_up.store(true, Ordering::Release);
+        }
     }
 }
 
@@ -176,7 +213,8 @@ impl Feed {
             newest: AtomicU64::new(log.head()),
             log,
             filled: AtomicU64::new(0),
-            failure: Mutex::new(Some("not connected to NATS yet".to_owned())),
+            failure: Mutex::new(Some(("not connected to NATS yet".to_owned(), false))),
+            caught_up: AtomicBool::new(false),
             gap: Mutex::new(None),
             connected: Arc::new(AtomicBool::new(false)),
             connections: Arc::new(watch::Sender::new(0)),
@@ -194,14 +232,21 @@ impl Feed {
         let gap = gap.filter(|(from, _)| position < *from).map(|(_, says)| says);
         let mut failure = self.shared.failure.lock().unwrap_or_else(PoisonError::into_inner).clone();
         if failure.is_none() && !self.shared.connected.load(Ordering::Acquire) {
-            failure = Some("the connection to NATS is lost; the replica reconnects by itself".to_owned());
+            failure = Some(("the connection to NATS is lost; the replica reconnects by itself".to_owned(), false));
         }
+        let (failure, stuck) = match (gap, failure) {
+            (Some(gap), _) => (Some(gap), true),
+            (None, Some((failure, stuck))) => (Some(failure), stuck),
+            (None, None) => (None, false),
+        };
         FeedStatus {
             position,
             newest,
             lag: newest - position,
             filled: self.shared.filled.load(Ordering::Relaxed),
-            failure: gap.or(failure),
+            failure,
+            caught_up: self.shared.caught_up.load(Ordering::Acquire),
+            stuck,
         }
     }
 
@@ -243,8 +288,12 @@ async fn run(shared: Arc<Shared>, options: ReplicaOptions, mut stopped: watch::R
             FeedError::Gap { from, .. } | FeedError::Primary { from, .. } => {
                 *shared.gap.lock().unwrap_or_else(PoisonError::into_inner) = Some((from, error.to_string()));
             }
-            // Said until an attempt gets past it (see `follow`).
-            error => shared.set_failure(Some(error.to_string())),
+            // Said until an attempt gets past it (see `follow`). Out of reach
+            // of NATS or the stream, the replica is only out of touch.
+            error => {
+                let stuck = !matches!(error, FeedError::Connect { .. } | FeedError::Stream { .. });
+                shared.set_failure(Some((error.to_string(), stuck)));
+            }
         }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
@@ -359,8 +408,7 @@ async fn follow(
             batch.push(message.payload.to_vec());
         }
         append(shared, batch).await?;
-        // Past whatever stopped the last attempt.
-        shared.set_failure(None);
+        shared.progressed();
     }
 }
 
@@ -405,7 +453,7 @@ async fn still_following(
     if there > head {
         tracing::info!(head, primary_head = there, "NATS holds nothing past the head the primary has: copying from it");
         fill(shared, options, head + 1, there).await?;
-        shared.set_failure(None);
+        shared.progressed();
     }
     Ok(())
 }
@@ -462,7 +510,7 @@ async fn start_sequence(shared: &Shared, stream: &mut jetstream::stream::Stream)
         // No record to compare or copy yet (a new or purged stream): what comes next.
         Err(error) if error.kind() != LastRawMessageErrorKind::NoMessageFound => return Err(stream_error(&error)),
         _ => {
-            shared.set_failure(None);
+            shared.progressed();
             return Ok(last + 1);
         }
     };
@@ -478,7 +526,7 @@ async fn start_sequence(shared: &Shared, stream: &mut jetstream::stream::Stream)
             return Err(FeedError::Diverged { position: newest_position });
         }
         // Up to date, and the same history.
-        shared.set_failure(None);
+        shared.progressed();
         return Ok(newest.sequence + 1);
     }
     let target = head.max(1);

@@ -104,7 +104,10 @@ struct Ready {
 /// a crash they catch up on the last batches; a model of an older format is
 /// rebuilt, and answers nothing until then). A model that falls behind or fails
 /// later shows in `/admin/projections` and `/metrics`, not here: commands and the
-/// other models still serve.
+/// other models still serve. A read replica is ready once its feed has also
+/// caught up with NATS since it started, and while the feed is not stuck (a gap
+/// nobody fills, another history, a record its log refused); out of touch with
+/// NATS after that, it stays ready (see `replica::FeedStatus::unready`).
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -119,6 +122,9 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> 
         return Err(ApiError::Unavailable(crate::queries::stopped(model)));
     }
     if let Some(reason) = models_not_ready(&state.projections.status(), state.started_at_head) {
+        return Err(ApiError::Unavailable(reason));
+    }
+    if let Some(reason) = state.replica_status().and_then(|feed| feed.unready()) {
         return Err(ApiError::Unavailable(reason));
     }
     Ok(Json(Ready { status: "ready", head_position: state.log.head() }))

@@ -29,6 +29,12 @@ async fn feed_until(replica: &TestApp, what: &str, ready: impl Fn(&Value) -> boo
     entry_until(replica, "replica", what, ready).await
 }
 
+/// What `/readyz` answers: its status, and the problem's detail (empty when ready).
+async fn readiness(replica: &TestApp) -> (StatusCode, String) {
+    let reply = replica.get("/readyz", None).await;
+    (reply.status, reply.body["detail"].as_str().unwrap_or_default().to_owned())
+}
+
 /// A read replica of the primary relaying to `nats`, on `dir`.
 async fn replica_on(dir: tempfile::TempDir, nats: &NatsServer, primary: Option<&TestApp>) -> TestApp {
     let primary = primary
@@ -36,12 +42,17 @@ async fn replica_on(dir: tempfile::TempDir, nats: &NatsServer, primary: Option<&
     TestApp::serve_dir_as(dir, Role::Replica { primary }, |config| config.nats = Some(nats.url())).await
 }
 
-/// Wait until the replica holds the primary's whole log and its read models
-/// have applied it.
+/// Wait until the replica holds the primary's whole log, its read models
+/// have applied it, and it is ready.
 async fn copied(replica: &TestApp, primary: &TestApp) {
     let head = primary.head();
     feed_until(replica, "reached the primary's head", |status| status["checkpoint"] == head).await;
     replica.caught_up().await;
+    let deadline = Instant::now() + RELAY_WAIT;
+    while readiness(replica).await.0 != StatusCode::OK {
+        assert!(Instant::now() < deadline, "not ready with the primary's log: {:?}", readiness(replica).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A shop relaying to NATS, with a shop's worth of events, and a replica on an
@@ -143,6 +154,31 @@ async fn a_restarted_replica_goes_on_from_its_head() {
     primary.stop().await;
 }
 
+/// A replica is not ready until it has caught up with NATS since it started:
+/// here NATS holds no stream yet (no primary relays to it), and `/readyz`
+/// says so; once a primary relays there, the replica copies its log and is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_is_ready_once_it_has_caught_up() {
+    let nats_dir = tests::temp_dir();
+    let nats = NatsServer::start(nats_dir.path());
+    let replica = replica_on(tests::temp_dir(), &nats, None).await;
+    feed_until(&replica, "said there is no stream", |status| status["failure"].is_string()).await;
+    let (ready, detail) = readiness(&replica).await;
+    assert_eq!(ready, StatusCode::SERVICE_UNAVAILABLE, "{detail}");
+    assert!(
+        detail.starts_with("the replica is catching up: at position 0") && detail.contains("SHOPLOG_EVENTS"),
+        "{detail}"
+    );
+
+    let primary = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
+    shop(&primary, "ready.shopper@example.com").await;
+    relayed(&primary).await;
+    // Ready, once it has caught up.
+    caught_up_with(&replica, &primary).await;
+    replica.stop().await;
+    primary.stop().await;
+}
+
 /// Positions missing from the stream (deleted here, as JetStream can lose or
 /// drop them) stop a replica that has no primary: it applies up to the gap,
 /// serves that, and says which positions are missing. Given the primary, it
@@ -168,18 +204,22 @@ async fn a_gap_stops_a_replica_without_its_primary_and_the_primary_fills_it() {
     .await;
     assert_eq!(status["checkpoint"], 7, "{status}");
     assert_eq!(status["head"], primary.head(), "it saw how far the stream goes: {status}");
-    // It serves what it has, and stays there.
+    // It serves what it has, and stays there; not ready, saying why.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(replica.head(), 7);
     replica.caught_up().await;
     let product = replica.get("/api/v1/products/mug-1", Some(ADMIN)).await;
     assert_eq!(product.status, StatusCode::OK, "{product:?}");
+    let (ready, detail) = readiness(&replica).await;
+    assert_eq!(ready, StatusCode::SERVICE_UNAVAILABLE, "{detail}");
+    assert!(detail.contains("at position 7 of") && detail.contains("positions 8 to 10 are missing"), "{detail}");
     let dir = replica.stop_keeping_dir().await;
 
     let replica = replica_on(dir, &nats, Some(&primary)).await;
     caught_up_with(&replica, &primary).await;
     let status = feed_status(&replica).await;
     assert_eq!(status["failure"], Value::Null, "{status}");
+    assert_eq!(readiness(&replica).await, (StatusCode::OK, String::new()));
     let metrics = replica.get("/metrics", Some(VIEWER)).await;
     assert!(metrics.body.as_str().is_some_and(|text| text.contains("replica_filled_total 3")), "{metrics:?}");
     replica.stop().await;
@@ -272,15 +312,18 @@ async fn the_binary_runs_a_replica() {
 }
 
 /// NATS stopped and started again while the primary takes commands: the
-/// replica says it is not following meanwhile, and then copies everything,
+/// replica says it is not following meanwhile (and stays ready: it caught up
+/// before, and its answers carry their position), and then copies everything,
 /// once and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_goes_on_after_nats_comes_back() {
     let (_nats_dir, mut nats, primary, replica) = replicated("nats.restart@example.com").await;
+    assert_eq!(readiness(&replica).await, (StatusCode::OK, String::new()));
 
     nats.terminate();
     restock(&primary, "mug-1", 5).await;
     feed_until(&replica, "said NATS is gone", |status| status["failure"].is_string()).await;
+    assert_eq!(readiness(&replica).await, (StatusCode::OK, String::new()), "out of touch, not stuck");
     nats.restart();
     restock(&primary, "mug-1", 5).await;
     relayed(&primary).await;
@@ -316,6 +359,9 @@ async fn a_replica_refuses_another_history() {
         })
         .await;
         assert_eq!(status["checkpoint"], head, "{status}");
+        let (ready, detail) = readiness(&replica).await;
+        assert_eq!(ready, StatusCode::SERVICE_UNAVAILABLE, "{detail}");
+        assert!(detail.contains("another history"), "{detail}");
         // It stays so: no attempt clears it.
         for _ in 0..10 {
             tokio::time::sleep(Duration::from_millis(30)).await;
