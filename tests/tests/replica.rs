@@ -98,6 +98,11 @@ async fn a_replica_copies_the_log_and_serves_the_read_models() {
     primary.caught_up().await;
     assert_same_log(&replica, &primary);
     assert_eq!(read_models(&replica).await, read_models(&primary).await);
+    // Its audit route answers the records as stored, as the primary's does.
+    let head = primary.head();
+    let records = records_as_stored(&replica, 1, head).await;
+    assert!(records.len() > 4 * head as usize, "{head} records");
+    assert_eq!(records, records_as_stored(&primary, 1, head).await);
 
     // Live: what the primary does next shows on the replica.
     restock(&primary, "mug-1", 5).await;
@@ -226,6 +231,21 @@ async fn a_gap_stops_a_replica_without_its_primary_and_the_primary_fills_it() {
     primary.stop().await;
 }
 
+/// The body of `GET /api/v1/events?from=&limit=` asked (by an admin) for the
+/// records as stored.
+async fn records_as_stored(app: &TestApp, from: u64, limit: u64) -> Vec<u8> {
+    let response = app
+        .client
+        .get(format!("{}/api/v1/events?from={from}&limit={limit}", app.base))
+        .bearer_auth(ADMIN)
+        .header("accept", "application/vnd.shoplog.records")
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status(), StatusCode::OK);
+    response.bytes().await.expect("reads").to_vec()
+}
+
 /// The primary answers its log as stored records when asked for them, for a
 /// replica to fill a gap with; only to an admin.
 #[tokio::test]
@@ -240,21 +260,13 @@ async fn the_primary_answers_its_records_as_stored_to_an_admin() {
     assert_eq!(reply.content_type(), "application/vnd.shoplog.records");
     assert_eq!(reply.headers["x-head-position"], "4");
     let stored = primary.log().read_stored(2, 2).expect("reads");
-    let response = primary
-        .client
-        .get(format!("{}/api/v1/events?from=2&limit=2", primary.base))
-        .bearer_auth(ADMIN)
-        .header("accept", "application/vnd.shoplog.records")
-        .send()
-        .await
-        .expect("answers");
-    let body = response.bytes().await.expect("reads");
     let mut expected = Vec::new();
     for record in &stored {
         expected.extend_from_slice(&(record.len() as u32).to_be_bytes());
         expected.extend_from_slice(record);
     }
-    assert_eq!(body.to_vec(), expected, "each record as a 4-byte length and its stored bytes");
+    let body = records_as_stored(&primary, 2, 2).await;
+    assert_eq!(body, expected, "each record as a 4-byte length and its stored bytes");
     let viewer = primary.request(reqwest::Method::GET, "/api/v1/events?from=1", Some(VIEWER), None, &accept).await;
     viewer.problem(403);
     // The replicas' token reads the records as stored, and nothing else.
@@ -511,6 +523,16 @@ async fn a_replica_waits_for_a_position_it_has_not_copied_yet() {
     let product: Value = answer.json().await.expect("json");
     let on_primary = primary.get("/api/v1/products/mug-1", Some(ADMIN)).await.body;
     assert_eq!(product, on_primary, "the replica answers as the primary");
+
+    // A position it does not reach is a 503 after the wait's bound, not a hang.
+    let far = primary.head() + 1000;
+    let asked = Instant::now();
+    let answer = replica.get(&format!("/api/v1/products/mug-1?min_position={far}"), Some(ADMIN)).await;
+    let waited = asked.elapsed();
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{answer:?}");
+    assert!(answer.body["detail"].as_str().is_some_and(|detail| detail.contains(&far.to_string())), "{answer:?}");
+    let bound = Duration::from_secs(5); // README: "waits (up to 5 s)"
+    assert!(waited >= bound && waited < bound * 3, "answered after {waited:?}, the bound being {bound:?}");
     replica.stop().await;
     primary.stop().await;
 }
