@@ -75,6 +75,13 @@ pub struct Config {
     /// `nats://127.0.0.1:4222`; unset, nothing leaves the process (the embedded
     /// default).
     pub nats: Option<String>,
+    /// A read replica's primary (`shoplog project --primary`), which fills the
+    /// positions NATS lacks; `serve` refuses it. Its environment variable is
+    /// `SHOPLOG_PRIMARY`, read as a flag.
+    pub primary: Option<String>,
+    /// The primary's replica or admin token (`project --token`, or
+    /// `SHOPLOG_TOKEN` as every command that talks to a server reads it).
+    pub primary_token: Option<Secret>,
 }
 
 impl Default for Config {
@@ -95,6 +102,8 @@ impl Default for Config {
             cache_mib: store::Options::default().cache_capacity_bytes / MIB,
             currency: "USD".to_owned(),
             nats: None,
+            primary: None,
+            primary_token: None,
         }
     }
 }
@@ -167,6 +176,7 @@ impl Config {
             ("admin_token", &self.admin_token),
             ("viewer_token", &self.viewer_token),
             ("replica_token", &self.replica_token),
+            ("primary_token", &self.primary_token),
         ];
         for (key, token) in tokens {
             if let Some(problem) = token.as_ref().and_then(|token| token_problem(token.expose())) {
@@ -192,7 +202,26 @@ impl Config {
         {
             return Err(format!("nats must be a NATS server's URL, such as nats://127.0.0.1:4222 ({problem})"));
         }
+        match (&self.primary, &self.primary_token) {
+            (Some(_), None) => return Err("primary needs primary_token (--token T), a token of the primary".to_owned()),
+            (None, Some(_)) => {
+                return Err("primary_token is the primary's: give primary (--primary URL) with it".to_owned());
+            }
+            (Some(url), Some(_)) => {
+                let parsed = reqwest::Url::parse(url).map_err(|_| format!("primary {url} is not a URL"))?;
+                if parsed.scheme() != "http" {
+                    return Err(format!("primary {url}: only http:// URLs are supported"));
+                }
+            }
+            (None, None) => {}
+        }
         Ok(())
+    }
+
+    /// The primary that fills a read replica's gaps, if one is set.
+    pub fn primary(&self) -> Option<crate::replica::Primary> {
+        let (url, token) = (self.primary.clone()?, self.primary_token.clone()?);
+        Some(crate::replica::Primary { url, token })
     }
 
     /// The log's options: sled's page cache as configured, the rest as the shop's

@@ -91,10 +91,14 @@ pub async fn serve_as(config: Config, role: Role) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     let signal = shutdown_signal();
     match (&role, &config.nats) {
-        (Role::Replica { .. }, Some(nats)) => tell!(
-            "shoplog read replica listening on http://{address} (data in {}, events from {})",
+        (Role::Replica { primary }, Some(nats)) => tell!(
+            "shoplog read replica listening on http://{address} (data in {}, events from {}; {})",
             config.data.display(),
-            commands::relay::shown(nats)
+            commands::relay::shown(nats),
+            match primary {
+                Some(primary) => format!("gaps filled from {}", primary.url),
+                None => "no primary to fill gaps".to_owned(),
+            }
         ),
         _ => tell!("shoplog listening on http://{address} (data in {})", config.data.display()),
     }

@@ -301,8 +301,16 @@ async fn the_binary_runs_a_replica() {
     primary.caught_up().await;
     let data = tests::temp_dir();
     let url = nats.url();
-    let args = ["--data", data.path().to_str().expect("utf-8"), "--nats", &url, "--admin-token", ADMIN];
+    // The primary and its token from a config file.
+    let config = tests::temp_dir();
+    let file = config.path().join("replica.toml");
+    let settings = format!("primary = \"{}\"\nprimary_token = \"{REPLICA}\"\n", primary.base);
+    std::fs::write(&file, settings).expect("writes the config file");
+    let (data_arg, file_arg) = (data.path().to_str().expect("utf-8"), file.to_str().expect("utf-8"));
+    let args = ["--data", data_arg, "--nats", &url, "--admin-token", ADMIN, "--config", file_arg];
     let served = Served::start_replica(&args);
+    let said = served.printed.last().cloned().unwrap_or_default();
+    assert!(said.ends_with(&format!("gaps filled from {})", primary.base)), "{said}");
     let base = format!("http://{}", served.address);
     let client = reqwest::Client::new();
     let get = |path: &str| client.get(format!("{base}{path}")).bearer_auth(ADMIN).send();

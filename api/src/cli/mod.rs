@@ -124,33 +124,14 @@ struct ProjectArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     nats: Option<String>,
-    /// The primary's URL, to fill positions NATS lacks, such as http://127.0.0.1:8080 (not from the config file) [default: none: a gap stops the replica]
+    /// The primary's URL, to fill positions NATS lacks, such as http://127.0.0.1:8080 (config key primary) [default: none: a gap stops the replica]
     #[arg(long, env = "SHOPLOG_PRIMARY")]
-    #[serde(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     primary: Option<String>,
-    /// The primary's replica token (its --replica-token) or admin token, with --primary (not from the config file)
-    #[arg(long, env = "SHOPLOG_TOKEN")]
-    #[serde(skip)]
+    /// The primary's replica token (its --replica-token) or admin token, with --primary (config key primary_token)
+    #[arg(long, env = "SHOPLOG_TOKEN", hide_env_values = true)]
+    #[serde(rename = "primary_token", skip_serializing_if = "Option::is_none")]
     token: Option<Secret>,
-}
-
-impl ProjectArgs {
-    /// The primary that fills gaps, if one is given whole.
-    fn primary(&self) -> anyhow::Result<Option<crate::replica::Primary>> {
-        match (&self.primary, &self.token) {
-            (None, None) => Ok(None),
-            (Some(_), None) => anyhow::bail!("--primary needs --token T, an admin token of the primary"),
-            (None, Some(_)) => anyhow::bail!("--token is the primary's: give --primary URL with it"),
-            (Some(url), Some(token)) => {
-                let parsed = reqwest::Url::parse(url).map_err(|_| anyhow::anyhow!("--primary {url} is not a URL"))?;
-                anyhow::ensure!(parsed.scheme() == "http", "--primary {url}: only http:// URLs are supported");
-                if let Some(problem) = crate::config::token_problem(token.expose()) {
-                    anyhow::bail!("--token {problem}");
-                }
-                Ok(Some(crate::replica::Primary { url: url.clone(), token: token.clone() }))
-            }
-        }
-    }
 }
 
 impl std::str::FromStr for Secret {
@@ -257,6 +238,10 @@ fn run(cli: Cli, given: Option<&ArgMatches>) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => {
             let config = Config::load(args.settings.config.as_deref(), &args)
                 .map_err(|error| anyhow::anyhow!("bad setting: {error}"))?;
+            anyhow::ensure!(
+                config.primary.is_none() && config.primary_token.is_none(),
+                "bad setting: primary: only a read replica (shoplog project) has a primary"
+            );
             // A restore or import killed on its way into this dir left its
             // staging dir (a shop's data and keys) beside it: the server starts
             // on whatever the dir holds, so nothing else would remove it.
@@ -273,7 +258,7 @@ fn run(cli: Cli, given: Option<&ArgMatches>) -> anyhow::Result<ExitCode> {
                 "bad setting: nats: a read replica needs --nats URL, the NATS its primary relays to"
             );
             anyhow::ensure!(!config.demo, "bad setting: demo: a read replica's log comes from its primary");
-            let primary = args.primary()?;
+            let primary = config.primary();
             backup::remove_left_behind_dir(&config.data);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(crate::server::serve_as(config, crate::server::Role::Replica { primary }))?;

@@ -135,12 +135,22 @@ fn bad_settings_are_one_line_and_exit_code_2() {
     let nats = ["--nats", "nats://127.0.0.1:4222"];
     let without_token = [&replica[..], &nats, &["--primary", "http://127.0.0.1:8080"]].concat();
     let output = Command::new(SHOPLOG).args(without_token).env_remove("SHOPLOG_TOKEN").output().expect("runs");
-    assert_refused(&output, "--primary needs --token");
+    assert_refused(&output, "primary needs primary_token (--token T)");
     let tls = [&replica[..], &nats, &["--primary", "https://primary.example", "--token", "a-primary-admin-token-0001"]]
         .concat();
     assert_refused(&shoplog(&tls), "only http:// URLs");
     let short = [&replica[..], &nats, &["--primary", "http://127.0.0.1:8080", "--token", "short"]].concat();
-    assert_refused(&shoplog(&short), "--token must be at least 16 characters");
+    assert_refused(&shoplog(&short), "primary_token must be at least 16 characters");
+    // The primary and its token from the config file too; `serve` has none.
+    let file = dir.path().join("replica.toml");
+    std::fs::write(&file, "primary = \"https://primary.example\"\nprimary_token = \"a-primary-admin-token-0001\"\n")
+        .expect("writes the file");
+    let from_file = [&replica[..], &nats, &["--config", file.to_str().expect("utf-8 path")]].concat();
+    assert_refused(&shoplog(&from_file), "primary https://primary.example: only http:// URLs");
+    std::fs::write(&file, "primary = \"http://127.0.0.1:8080\"\nprimary_token = \"a-primary-admin-token-0001\"\n")
+        .expect("writes the file");
+    let serving = ["serve", "--data", data, "--config", file.to_str().expect("utf-8 path")];
+    assert_refused(&shoplog(&serving), "primary: only a read replica (shoplog project) has a primary");
     let output = Command::new(SHOPLOG).args([&replica[..], &nats].concat()).env("SHOPLOG_DEMO", "true").output();
     assert_refused(&output.expect("runs"), "a read replica's log comes from its primary");
     assert_refused(&shoplog(&[&replica[..], &["--nats", "ws://127.0.0.1:4222"]].concat()), "nats must be a NATS");
@@ -184,7 +194,7 @@ pub(crate) struct Served {
     child: std::process::Child,
     pub(crate) address: String,
     /// What it printed to stdout until it listened.
-    printed: Vec<String>,
+    pub(crate) printed: Vec<String>,
 }
 
 impl Served {
