@@ -91,7 +91,7 @@ pub struct Primary {
 pub struct FeedStatus {
     /// The last position copied: the replica's log's head.
     pub position: u64,
-    /// The newest position NATS has shown (at least `position`).
+    /// The newest position NATS or the primary has shown (at least `position`).
     pub newest: u64,
     /// `newest - position`, in events.
     pub lag: u64,
@@ -171,8 +171,10 @@ struct Shared {
     /// Why the last attempt failed, and whether that leaves the replica stuck
     /// (see [`FeedStatus::stuck`]), until the next one follows the stream.
     failure: Mutex<Option<(String, bool)>>,
-    /// Set once the head reached `newest` (see [`FeedStatus::caught_up`]).
+    /// Set once the head reached `newest` and `primary_head` (see [`FeedStatus::caught_up`]).
     caught_up: AtomicBool,
+    /// The primary's head, as it last answered (0 without a primary).
+    primary_head: AtomicU64,
     /// A gap it cannot fill: its first position and what to say, until the
     /// head passes it (each attempt meets it again, after following the stream).
     gap: Mutex<Option<(u64, String)>>,
@@ -192,10 +194,11 @@ impl Shared {
     }
 
     /// Past whatever stopped the last attempt, and caught up once the head has
-    /// reached the newest position NATS (or the primary) showed.
+    /// reached the newest position NATS and the primary showed.
     fn progressed(&self) {
         self.set_failure(None);
-        if self.log.head() >= self.newest.load(Ordering::Acquire) {
+        let newest = self.newest.load(Ordering::Acquire).max(self.primary_head.load(Ordering::Acquire));
+        if self.log.head() >= newest {
             self.caught_up.store(true, Ordering::Release);
         }
     }
@@ -215,6 +218,7 @@ impl Feed {
             filled: AtomicU64::new(0),
             failure: Mutex::new(Some(("not connected to NATS yet".to_owned(), false))),
             caught_up: AtomicBool::new(false),
+            primary_head: AtomicU64::new(0),
             gap: Mutex::new(None),
             connected: Arc::new(AtomicBool::new(false)),
             connections: Arc::new(watch::Sender::new(0)),
@@ -227,7 +231,8 @@ impl Feed {
 
     pub fn status(&self) -> FeedStatus {
         let position = self.shared.log.head();
-        let newest = self.shared.newest.load(Ordering::Acquire).max(position);
+        let newest = self.shared.newest.load(Ordering::Acquire).max(self.shared.primary_head.load(Ordering::Acquire));
+        let newest = newest.max(position);
         let gap = self.shared.gap.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let gap = gap.filter(|(from, _)| position < *from).map(|(_, says)| says);
         let mut failure = self.shared.failure.lock().unwrap_or_else(PoisonError::into_inner).clone();
@@ -348,6 +353,17 @@ async fn follow(
         reason: format!("{error} (the primary's relay makes it: is the primary running with --nats?)"),
     })?;
     let created = stream.cached_info().created;
+    // Until it has caught up, the primary's head counts too: NATS may lack what
+    // the primary has (its relay down or behind), and the replica is not ready
+    // before it has that as well (which `still_following` copies).
+    if let Some(primary) = options.primary.as_ref().filter(|_| !shared.caught_up.load(Ordering::Acquire)) {
+        match primary_head(shared, primary).await {
+            Ok(there) => {
+                shared.primary_head.fetch_max(there, Ordering::AcqRel);
+            }
+            Err(reason) => tracing::debug!(%reason, "the replica could not ask the primary for its head"),
+        }
+    }
     let start = start_sequence(shared, &mut stream).await?;
     let consumer = stream
         .create_consumer(OrderedConfig {
@@ -449,6 +465,7 @@ async fn still_following(
         }
     };
     shared.newest.fetch_max(there, Ordering::AcqRel);
+    shared.primary_head.fetch_max(there, Ordering::AcqRel);
     let head = shared.log.head();
     if there > head {
         tracing::info!(head, primary_head = there, "NATS holds nothing past the head the primary has: copying from it");

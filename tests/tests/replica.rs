@@ -581,6 +581,12 @@ async fn a_replica_with_its_primary_keeps_up_when_nats_does_not_have_the_events(
     // Made here as the relay would, and never published to.
     stream_made_before_the_relay(&nats.url(), "shoplog.events.>", Default::default()).await;
     let replica = replica_on(tests::temp_dir(), &nats, Some(&primary)).await;
+    // Not ready with what NATS has (nothing) while the primary has more.
+    feed_until(&replica, "followed the empty stream", |status| status["failure"].is_null()).await;
+    let (ready, detail) = readiness(&replica).await;
+    assert_eq!(ready, StatusCode::SERVICE_UNAVAILABLE, "{detail}");
+    let at = format!("the replica is catching up: at position 0 of {}", primary.head());
+    assert!(detail.starts_with(&at), "{detail}");
     caught_up_with(&replica, &primary).await;
     restock(&primary, "tea-1", 3).await;
     caught_up_with(&replica, &primary).await;
