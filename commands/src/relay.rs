@@ -35,7 +35,9 @@
 //! another log's (or is past this log's head: a data directory restored to an
 //! earlier point) is refused: mixing two histories would corrupt every replica.
 //! The relay then publishes nothing and says so, until the operator purges the
-//! stream or points `--nats` elsewhere.
+//! stream or points `--nats` elsewhere. A record JetStream calls a duplicate of
+//! a message it no longer holds (purged or deleted within its deduplication
+//! window) is sent again until the window has passed, never counted as published.
 
 use std::collections::VecDeque;
 use std::future::IntoFuture;
@@ -588,13 +590,17 @@ async fn relay(
                 }
                 if ack.duplicate {
                     // JetStream took this event once already (its id is in the
-                    // deduplication window; the message may since have been
-                    // deleted or purged) and stored nothing, so the publishes
-                    // sent after it, which follow its id, are refused. It counts
-                    // as published; the rest go again from the next position,
-                    // following where the stream ends (should something have
-                    // been stored since, that one is refused and the next
-                    // attempt reads the stream).
+                    // deduplication window) and stored nothing, so the publishes
+                    // sent after it, which follow its id, are refused. Where the
+                    // stream still holds that message, it counts as published;
+                    // the rest go again from the next position, following where
+                    // the stream ends (should something have been stored since,
+                    // that one is refused and the next attempt reads the
+                    // stream). Purged or deleted since, it is in no stream: the
+                    // relay tries again until the window has passed and
+                    // JetStream stores it (a hole otherwise, which the relay's
+                    // counters would not show and a replica would stop at).
+                    held_still(&jetstream, position, ack.sequence).await?;
                     follows = Follows::Sequence(stored);
                     if !in_flight.is_empty() {
                         in_flight.clear();
@@ -631,6 +637,26 @@ async fn relay(
                 }
             }
         }
+    }
+}
+
+/// The stream still holds the message at `sequence` that JetStream named as the
+/// one it took `position`'s event id with: else an error (see the duplicate
+/// acks in [`relay`]).
+async fn held_still(jetstream: &jetstream::Context, position: u64, sequence: u64) -> Result<(), RelayError> {
+    let stream =
+        jetstream.get_stream_no_info(STREAM).await.map_err(|error| RelayError::Stream { reason: error.to_string() })?;
+    match stream.get_raw_message(sequence).await {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Err(RelayError::Publish {
+            position,
+            reason: format!(
+                "JetStream took this event before, at stream sequence {sequence}, which {STREAM} no longer holds \
+                 (purged or deleted), and within its deduplication window it stores nothing under that event's id: \
+                 the relay sends it again until the window has passed"
+            ),
+        }),
+        Err(error) => Err(RelayError::Stream { reason: error.to_string() }),
     }
 }
 
