@@ -197,6 +197,26 @@ impl From<DomainError> for ApiError {
 pub(crate) const LOG_NOT_WRITING: &str = "the event log is not accepting writes: the server is stopping, or its \
     log names what failed (a full disk, a failing one); once that is fixed, a restart takes writes again";
 
+/// What a 503 says to the commands whose batch failed to become durable: sled
+/// may hold the batch already (the writer applies it beside the `fdatasync`),
+/// and write it at the close or let the kernel do so, so the command may be in
+/// the log after the restart. Its outcome is unknown, as after a request
+/// timeout: the way to learn it is the same.
+pub(crate) const LOG_FAILED_WRITING: &str = "the event log is not accepting writes: making this command durable \
+    failed, and the server's log names what failed (a full disk, a failing one); once that is fixed, a restart takes \
+    writes again. The command may still be in the log after the restart: send it again then with the same \
+    Idempotency-Key to get its outcome";
+
+/// The 503 of a log that takes no write: [`LOG_FAILED_WRITING`] for a batch
+/// whose `fdatasync` failed, [`LOG_NOT_WRITING`] for anything refused before it
+/// was written.
+fn log_unavailable(error: &store::StoreError) -> ApiError {
+    match error {
+        store::StoreError::Durability { .. } => ApiError::Unavailable(LOG_FAILED_WRITING.to_owned()),
+        _ => ApiError::Unavailable(LOG_NOT_WRITING.to_owned()),
+    }
+}
+
 impl From<CommandError> for ApiError {
     fn from(error: CommandError) -> Self {
         commands_error(error)
@@ -206,9 +226,7 @@ impl From<CommandError> for ApiError {
 impl From<store::StoreError> for ApiError {
     fn from(error: store::StoreError) -> Self {
         match error {
-            store::StoreError::Unavailable { .. } | store::StoreError::Durability { .. } => {
-                ApiError::Unavailable(LOG_NOT_WRITING.to_owned())
-            }
+            store::StoreError::Unavailable { .. } | store::StoreError::Durability { .. } => log_unavailable(&error),
             other => ApiError::internal(other),
         }
     }
@@ -283,7 +301,7 @@ fn commands_error(error: CommandError) -> ApiError {
         error @ (CommandError::IdempotencyKeyReused | CommandError::Contention { .. }) => {
             ApiError::Conflict { detail: error.to_string(), skus: Vec::new() }
         }
-        CommandError::Unavailable(_) => ApiError::Unavailable(LOG_NOT_WRITING.to_owned()),
+        CommandError::Unavailable(error) => log_unavailable(&error),
         error @ (CommandError::Hasher { .. }
         | CommandError::Encode(_)
         | CommandError::Decode(_)

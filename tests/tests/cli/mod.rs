@@ -770,14 +770,36 @@ fn a_failed_fsync_makes_the_server_unready_and_refuse_writes_and_loses_no_acknow
     };
     assert_eq!(create("a-1").0, 201);
     assert_eq!(create("a-2").0, 201);
-    let (status, problem) = create("a-3");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    // With an Idempotency-Key: the way to learn the outcome of a command whose write failed.
+    let a_3 = |address: &str| {
+        let body = serde_json::json!({"sku": "a-3", "name": "A", "price_cents": 100});
+        let request = reqwest::Client::new()
+            .post(format!("http://{address}/api/v1/products"))
+            .bearer_auth(token)
+            .header("idempotency-key", "create-a-3")
+            .json(&body);
+        runtime.block_on(async {
+            let response = request.send().await.expect("answers");
+            (response.status().as_u16(), response.json::<serde_json::Value>().await.unwrap_or_default())
+        })
+    };
+    let (status, problem) = a_3(&served.address);
     assert_eq!((status, &problem["status"]), (503, &serde_json::json!(503)), "{problem}");
-    // It tells nothing of the cause (EIO, the file): only where to look, and that a restart resumes.
+    // It tells nothing of the cause (EIO, the file): only where to look, that a
+    // restart resumes, and that the command's outcome is unknown (sled may hold
+    // the batch and write it, so it may be in the log after the restart).
     let detail = problem["detail"].as_str().unwrap_or_default();
     assert!(detail.starts_with("the event log is not accepting writes: "), "{problem}");
     assert!(detail.contains("a restart takes writes again") && !detail.contains("EIO"), "{problem}");
-    assert_eq!(create("a-4").0, 503, "the log stays refused");
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    assert!(
+        detail.contains("may still be in the log after the restart") && detail.contains("Idempotency-Key"),
+        "{problem}"
+    );
+    // Refused before it was written: nothing unknown about it.
+    let (status, problem) = create("a-4");
+    assert_eq!(status, 503, "the log stays refused: {problem}");
+    assert!(!problem["detail"].as_str().unwrap_or_default().contains("Idempotency-Key"), "{problem}");
     let ready = runtime.block_on(async {
         let client = reqwest::Client::new();
         let request = client.get(format!("http://{}/readyz", served.address)).header("x-request-id", "probe-after-eio");
@@ -805,9 +827,24 @@ fn a_failed_fsync_makes_the_server_unready_and_refuse_writes_and_loses_no_acknow
         );
     }
     log.verify().expect("the log verifies");
+    drop(log);
 
     // The failure and the request it answered are in the log, with the request's span.
     let logged = std::fs::read_to_string(&stderr).expect("reads stderr");
     assert!(logged.contains("fdatasync of the write-ahead log failed"), "{logged}");
     assert!(logged.contains("request{request_id=probe-after-eio method=GET path=/readyz}"), "{logged}");
+
+    // Restarted, the command sent again with its key has one outcome, whether
+    // its batch reached the disk or not: created, once.
+    let served = Served::start(
+        &[std::ffi::OsStr::new("--admin-token"), token.as_ref(), "--data".as_ref(), data.as_os_str()],
+        &[],
+    );
+    for _ in 0..2 {
+        let (status, body) = a_3(&served.address);
+        assert_eq!(status, 201, "{body}");
+    }
+    assert!(served.stop_with("TERM").success());
+    let log = store::EventLog::open(&data).expect("opens");
+    assert_eq!(log.read_stream("product-a-3", 1, 10).expect("reads").len(), 1, "a-3 once");
 }
