@@ -25,7 +25,9 @@ pub struct EventJson {
     pub data: Option<serde_json::Value>,
     pub forgotten: bool,
     /// The event's personal data was withheld from this reader (`data` is
-    /// null): the viewer token reads dashboards, not customers' emails and names.
+    /// null): the viewer token reads dashboards, not customers' emails and
+    /// names; and a read replica holds none (its log is a copy of the records
+    /// as stored, sealed, without the keys).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub withheld: bool,
     /// The data subject (a customer id) whose key seals the event's data, if any.
@@ -43,6 +45,20 @@ impl EventJson {
             self.withheld = true;
         }
         self
+    }
+
+    /// The event as a read replica shows it: sealed data it cannot read is
+    /// withheld, not forgotten, unless the subject was forgotten by what the
+    /// log recorded ([`commands::CommandService::customer_registered_as_recorded`]).
+    pub fn shown_on_a_replica(mut self, service: &commands::CommandService) -> Result<Self, ApiError> {
+        let registered = |subject| service.customer_registered_as_recorded(domain::CustomerId::new(subject));
+        if let Some(subject) = self.subject.filter(|_| self.forgotten)
+            && registered(subject).map_err(ApiError::internal)?
+        {
+            self.forgotten = false;
+            self.withheld = true;
+        }
+        Ok(self)
     }
 
     /// The event with its secrets (password hashes) redacted: what the API shows.

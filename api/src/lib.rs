@@ -141,6 +141,11 @@ impl AppState {
         self
     }
 
+    /// Whether this is a read replica (`shoplog project`).
+    pub fn is_replica(&self) -> bool {
+        self.replica.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some()
+    }
+
     /// Where a read replica's feed stands, if this is one.
     pub fn replica_status(&self) -> Option<replica::FeedStatus> {
         self.replica.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(replica::Feed::status)

@@ -88,6 +88,7 @@ pub async fn live_events(
         stopping: state.stopping.subscribe(),
         log: state.log.clone(),
         personal_data: reader == Principal::Admin,
+        replica: state.is_replica().then(|| state.service.clone()),
     };
     // The feed is read after the handler has answered: its log lines go in the
     // request's span all the same.
@@ -116,7 +117,12 @@ async fn next_event(mut feed: Feed) -> Option<(Result<Event, Infallible>, Feed)>
         }
         Ok(event)
     };
-    let event = match next.map_err(ApiError::from).and_then(forgotten_since).and_then(EventJson::from_recorded) {
+    let on_a_replica = |event: EventJson| match &feed.replica {
+        Some(service) => event.shown_on_a_replica(service),
+        None => Ok(event),
+    };
+    let shown = next.map_err(ApiError::from).and_then(forgotten_since).and_then(EventJson::from_recorded);
+    let event = match shown.and_then(on_a_replica) {
         Ok(event) if feed.personal_data => event,
         Ok(event) => event.without_personal_data(),
         Err(error) => {
@@ -141,6 +147,9 @@ struct Feed {
     log: store::EventLog,
     /// Whether the reader may see customers' personal data (the admin).
     personal_data: bool,
+    /// On a read replica, the service that tells a forgotten customer by what
+    /// the log recorded (see [`EventJson::shown_on_a_replica`]).
+    replica: Option<commands::CommandService>,
 }
 
 #[cfg(test)]

@@ -86,9 +86,8 @@ async fn reach(
 /// passing the command's position; the wait covers the copy too).
 fn check_min_position(state: &AppState, min_position: Option<u64>) -> Result<u64, ApiError> {
     let head = state.log.head();
-    let replica = || state.replica.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some();
     match min_position {
-        Some(position) if position > head && !replica() => {
+        Some(position) if position > head && !state.is_replica() => {
             Err(ApiError::validation("min_position", format!("position {position} is past the log's head ({head})")))
         }
         position => Ok(position.unwrap_or(0)),

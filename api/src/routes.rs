@@ -880,8 +880,14 @@ async fn stream_events(
         return Err(ApiError::NotFound(format!("stream {stream} has no events")));
     }
     let next = (recorded.len() == limit).then(|| recorded.last().map(|event| event.version + 1)).flatten();
-    let events = recorded.into_iter().map(EventJson::from_recorded).collect::<Result<_, _>>()?;
+    let events = recorded.into_iter().map(|event| shown(&state, event)).collect::<Result<_, _>>()?;
     Ok(Json(EventsPage { events, next }))
+}
+
+/// An event's JSON form as this server shows it (see [`EventJson::shown_on_a_replica`]).
+fn shown(state: &AppState, event: store::RecordedEvent) -> Result<EventJson, ApiError> {
+    let event = EventJson::from_recorded(event)?;
+    if state.is_replica() { event.shown_on_a_replica(&state.service) } else { Ok(event) }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -956,7 +962,7 @@ async fn events(
     } else {
         let recorded = state.log.read_all(from, limit)?;
         let next = (recorded.len() == limit).then(|| recorded.last().map(|event| event.position + 1)).flatten();
-        let events = recorded.into_iter().map(EventJson::from_recorded).collect::<Result<_, _>>()?;
+        let events = recorded.into_iter().map(|event| shown(&state, event)).collect::<Result<_, _>>()?;
         Json(EventsPage { events, next }).into_response()
     };
     response.headers_mut().insert("x-head-position", HeaderValue::from(state.log.head()));

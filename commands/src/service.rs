@@ -581,6 +581,20 @@ impl CommandService {
         Ok(matches!(*loaded.state, Customer::Registered(_)))
     }
 
+    /// Whether the customer is registered by what the log recorded (a
+    /// `CustomerRegistered` and no `CustomerForgotten` on their stream), not by
+    /// reading it: a read replica holds no customer's key, so every
+    /// registration reads there as forgotten (see `codec::decode_for_fold`),
+    /// while the event types still tell a customer from a forgotten one. (A
+    /// primary restored to a position before a forget, whose key is gone, holds
+    /// no `CustomerForgotten`: its replicas take that customer as registered.)
+    pub fn customer_registered_as_recorded(&self, customer_id: CustomerId) -> Result<bool, CommandError> {
+        // A customer's stream holds their registration and, at most, their forgetting.
+        let events = self.inner.log.read_stream(&StreamId::Customer(customer_id).to_string(), 1, PAGE_LEN)?;
+        let recorded = |event_type: &str| events.iter().any(|event| event.event_type == event_type);
+        Ok(recorded("CustomerRegistered") && !recorded("CustomerForgotten"))
+    }
+
     /// A customer's state (registered or forgotten) and version, if any.
     pub fn customer(&self, customer_id: CustomerId) -> Result<Option<(Customer, u64)>, CommandError> {
         let loaded = self.load::<Customer>(&StreamId::Customer(customer_id).to_string())?;

@@ -598,3 +598,53 @@ async fn a_replica_with_its_primary_keeps_up_when_nats_does_not_have_the_events(
     replica.stop().await;
     primary.stop().await;
 }
+
+/// Given the primary's token secret, a replica takes the tokens the primary's
+/// logins gave (a customer reads their own orders there), though it holds none
+/// of the customers' data: its audit routes show a registration withheld, not
+/// forgotten. Once the primary forgets the customer, the replica shows them
+/// forgotten and refuses their token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_takes_customers_tokens_and_tells_them_from_forgotten_ones() {
+    let secret = || Some(api::config::Secret::new("a-token-secret-the-primary-and-its-replica-share"));
+    let nats_dir = tests::temp_dir();
+    let nats = NatsServer::start(nats_dir.path());
+    let primary = TestApp::spawn_with(|config| {
+        config.nats = Some(nats.url());
+        config.token_secret = secret();
+    })
+    .await;
+    primary.create_product("mug-1", 1200, 40).await;
+    let email = "replica.customer@example.com";
+    let customer_id = primary.register(email).await;
+    let token = primary.login(email).await;
+    primary.place_order(&token, "mug-1", 2).await;
+    relayed(&primary).await;
+    let replica = TestApp::serve_dir_as(tests::temp_dir(), Role::Replica { primary: None }, |config| {
+        config.nats = Some(nats.url());
+        config.token_secret = secret();
+    })
+    .await;
+    copied(&replica, &primary).await;
+
+    let orders = replica.get("/api/v1/orders", Some(&token)).await;
+    assert_eq!(orders.status, StatusCode::OK, "{orders:?}");
+    assert_eq!(orders.body, primary.get("/api/v1/orders", Some(&token)).await.body);
+    assert_eq!(orders.body["items"].as_array().map(Vec::len), Some(1), "{orders:?}");
+    let stream = format!("/api/v1/streams/customer-{customer_id}/events");
+    let registration = replica.get(&stream, Some(ADMIN)).await.body["events"][0].clone();
+    let shown = [&registration["type"], &registration["forgotten"], &registration["withheld"], &registration["data"]];
+    assert_eq!(shown, [&json!("CustomerRegistered"), &json!(false), &json!(true), &Value::Null], "{registration}");
+    let on_primary = primary.get(&stream, Some(ADMIN)).await.body["events"][0].clone();
+    assert_eq!(on_primary["data"]["email"], email, "the primary reads it: {on_primary}");
+
+    let forgot = primary.post(&format!("/admin/customers/{customer_id}/forget"), Some(ADMIN), json!({})).await;
+    assert!(forgot.status.is_success(), "{forgot:?}");
+    relayed(&primary).await;
+    copied(&replica, &primary).await;
+    assert_eq!(replica.get("/api/v1/orders", Some(&token)).await.status, StatusCode::UNAUTHORIZED);
+    let registration = replica.get(&stream, Some(ADMIN)).await.body["events"][0].clone();
+    assert_eq!((&registration["forgotten"], &registration["withheld"]), (&json!(true), &Value::Null), "{registration}");
+    replica.stop().await;
+    primary.stop().await;
+}
