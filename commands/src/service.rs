@@ -358,22 +358,29 @@ impl CommandService {
         let customer_stream = StreamId::Customer(customer_id).to_string();
         self.execute(ctx, "forget customer", &customer_stream, expected, |service| {
             let customer = service.load::<Customer>(&customer_stream)?;
-            let Customer::Registered(profile) = &*customer.state else {
-                // Unregistered or forgotten already: the domain refuses before it
-                // looks at the claim, so any key will do.
-                let email_key = EmailKey::parse(&"0".repeat(domain::value::EMAIL_KEY_LEN))
-                    .expect("64 zeros are 64 lowercase hex characters");
-                let command = CustomerCommand::Forget(ForgetCustomer { customer_id, email_key });
-                let events =
-                    domain::customer::decide(&customer.state, &EmailClaim::Unclaimed, &Customer::default(), &command)?;
-                return Ok(Decision::new(events).read(&customer_stream, &customer));
+            let (mut events, mut decision) = match &*customer.state {
+                Customer::Registered(profile) => {
+                    let email_key = service.email_key(&profile.email);
+                    let email_stream = StreamId::Email(email_key.clone()).to_string();
+                    let claim = service.load::<EmailClaim>(&email_stream)?;
+                    let command = CustomerCommand::Forget(ForgetCustomer { customer_id, email_key });
+                    let events =
+                        domain::customer::decide(&customer.state, &claim.state, &Customer::default(), &command)?;
+                    let mut decision =
+                        Decision::new(Vec::new()).read(&customer_stream, &customer).read(&email_stream, &claim);
+                    // Its key goes with the batch.
+                    decision.forget = Some(customer_id.get());
+                    (events, decision)
+                }
+                // Unknown, forgotten, or forgotten only by a lost key (a log
+                // restored to a position before a forget): that last one's
+                // forgetting is completed, the key being gone already.
+                state => {
+                    let (_, forgotten) = service.customer_as_recorded(customer_id)?;
+                    let events = domain::customer::complete_forget(state, forgotten, customer_id)?;
+                    (events, Decision::new(Vec::new()).read(&customer_stream, &customer))
+                }
             };
-            let email_key = service.email_key(&profile.email);
-            let email_stream = StreamId::Email(email_key.clone()).to_string();
-            let claim = service.load::<EmailClaim>(&email_stream)?;
-            let command = CustomerCommand::Forget(ForgetCustomer { customer_id, email_key });
-            let mut events = domain::customer::decide(&customer.state, &claim.state, &Customer::default(), &command)?;
-            let mut decision = Decision::new(Vec::new()).read(&customer_stream, &customer).read(&email_stream, &claim);
             let cart_stream = StreamId::Cart(customer_id).to_string();
             let (order_ids, cart_version) = service.orders_checked_out(&cart_stream)?;
             decision = decision.condition(&cart_stream, cart_version);
@@ -393,7 +400,6 @@ impl CommandService {
             }
             events.extend(cancelled);
             decision.events = events;
-            decision.forget = Some(customer_id.get());
             Ok(decision)
         })
         .await
@@ -589,10 +595,16 @@ impl CommandService {
     /// primary restored to a position before a forget, whose key is gone, holds
     /// no `CustomerForgotten`: its replicas take that customer as registered.)
     pub fn customer_registered_as_recorded(&self, customer_id: CustomerId) -> Result<bool, CommandError> {
+        let (registered, forgotten) = self.customer_as_recorded(customer_id)?;
+        Ok(registered && !forgotten)
+    }
+
+    /// Whether the customer's stream records their registration, and their forgetting.
+    fn customer_as_recorded(&self, customer_id: CustomerId) -> Result<(bool, bool), CommandError> {
         // A customer's stream holds their registration and, at most, their forgetting.
         let events = self.inner.log.read_stream(&StreamId::Customer(customer_id).to_string(), 1, PAGE_LEN)?;
         let recorded = |event_type: &str| events.iter().any(|event| event.event_type == event_type);
-        Ok(recorded("CustomerRegistered") && !recorded("CustomerForgotten"))
+        Ok((recorded("CustomerRegistered"), recorded("CustomerForgotten")))
     }
 
     /// A customer's state (registered or forgotten) and version, if any.

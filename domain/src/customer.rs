@@ -166,6 +166,27 @@ pub fn decide(
     }
 }
 
+/// The forgetting that a log restored to a position before a forget lacks: the
+/// customer reads as forgotten there (their key is gone, so their registration
+/// is unreadable) though the log records no `CustomerForgotten`, nor the
+/// cancellation of their unpaid orders that went with it. `forgotten_recorded`
+/// says whether the log holds their `CustomerForgotten`. Yields that event, to
+/// which the shell adds the cancellations (as a forget does); the email claim
+/// stays (the address is unreadable), and a registration of that address
+/// releases it, as `decide` says.
+pub fn complete_forget(
+    customer: &Customer,
+    forgotten_recorded: bool,
+    customer_id: CustomerId,
+) -> Result<Vec<Event>, DomainError> {
+    match customer {
+        Customer::Unregistered => Err(DomainError::CustomerNotFound { customer_id }),
+        Customer::Forgotten { .. } if !forgotten_recorded => Ok(vec![CustomerForgotten { customer_id }.into()]),
+        // Registered ones are forgotten by `decide`.
+        _ => Err(DomainError::CustomerAlreadyForgotten { customer_id }),
+    }
+}
+
 /// Applies one event (see the module docs for forgotten customers). Total: a
 /// second registration, which `decide` never emits, changes nothing.
 pub fn evolve(customer: Customer, event: &CustomerEvent) -> Customer {

@@ -181,6 +181,21 @@ fn a_shredded_registration_skipped_by_the_fold_still_ends_forgotten() {
 }
 
 #[test]
+fn a_forgetting_lost_to_a_restore_is_completed_and_a_recorded_one_is_not_repeated() {
+    let forgotten_by_key = Customer::Forgotten { customer_id: alice() };
+    // Restored to before the forget: the key is gone, the log records no forgetting.
+    assert_eq!(customer::complete_forget(&forgotten_by_key, false, alice()), Ok(vec![forgotten(alice())]));
+    assert_eq!(
+        customer::complete_forget(&forgotten_by_key, true, alice()),
+        Err(DomainError::CustomerAlreadyForgotten { customer_id: alice() })
+    );
+    assert_eq!(
+        customer::complete_forget(&Customer::Unregistered, false, alice()),
+        Err(DomainError::CustomerNotFound { customer_id: alice() })
+    );
+}
+
+#[test]
 fn only_the_holder_can_release_an_email_claim() {
     let claim = email_claim::evolve(EmailClaim::default(), &claimed_event(key(1), alice()));
     let release = EmailClaimCommand::Release { email_key: key(1), customer_id: bob() };

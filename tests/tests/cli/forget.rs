@@ -89,9 +89,9 @@ fn forget_offline_shreds_the_customer_in_a_stopped_data_dir() {
     assert_eq!(head(dir.path()), head_before, "a second forget writes nothing");
 }
 
-/// The customer's unpaid order is cancelled with the forget, and the CLI says so.
-#[test]
-fn forget_offline_names_the_unpaid_orders_it_cancelled() {
+/// A stopped data dir holding a customer with an unpaid order of 3 of the 4
+/// `cli-mug`s in stock; the customer's id and the order's.
+fn data_dir_with_an_unpaid_order() -> (tempfile::TempDir, Uuid, Uuid) {
     let (dir, customer_id) = data_dir_with_a_customer();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let order_id = runtime.block_on(async {
@@ -106,7 +106,13 @@ fn forget_offline_names_the_unpaid_orders_it_cancelled() {
         service.add_cart_item(&admin, customer, sku, quantity, None).await.expect("adds");
         service.checkout(&admin, customer, None).await.expect("checks out").order_id().expect("an order").get()
     });
-    drop(runtime);
+    (dir, customer_id, order_id)
+}
+
+/// The customer's unpaid order is cancelled with the forget, and the CLI says so.
+#[test]
+fn forget_offline_names_the_unpaid_orders_it_cancelled() {
+    let (dir, customer_id, order_id) = data_dir_with_an_unpaid_order();
     let customer = customer_id.to_string();
     let output = forget(&["--customer", &customer, "--data", path(dir.path())]);
     assert_eq!(output.status.code(), Some(0), "{output:?}");
@@ -189,4 +195,52 @@ fn bad_input_to_forget_is_one_line_exit_code_2_and_writes_nothing() {
         assert_eq!(held.head(), head_before);
     }
     assert_eq!(head(dir.path()), head_before, "no refusal wrote anything");
+}
+
+/// A backup taken after a forget, restored to a position before it: the key is
+/// gone (the customer reads as forgotten), but the log records no forgetting,
+/// and their unpaid order still holds its stock, which nobody could cancel.
+/// `forget` completes the forgetting: it records it and cancels the order,
+/// releasing the stock; a second one is refused.
+#[test]
+fn forget_completes_a_forgetting_that_a_restore_to_before_it_lost() {
+    let (dir, customer_id, order_id) = data_dir_with_an_unpaid_order();
+    let before_the_forget = head(dir.path());
+    let customer = customer_id.to_string();
+    assert_eq!(forget(&["--customer", &customer, "--data", path(dir.path())]).status.code(), Some(0));
+    let work = tests::temp_dir();
+    let (backup, restored) = (work.path().join("shop.backup"), work.path().join("restored"));
+    let backed_up = super::shoplog(&["backup", "--data", path(dir.path()), "--out", path(&backup)]);
+    assert_eq!(backed_up.status.code(), Some(0), "{backed_up:?}");
+    let to = before_the_forget.to_string();
+    let restore = ["restore", "--in", path(&backup), "--data", path(&restored), "--to-position", &to];
+    let restored_out = super::shoplog(&restore);
+    assert_eq!(restored_out.status.code(), Some(0), "{restored_out:?}");
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let order_status = |dir: &Path| {
+        runtime.block_on(async {
+            let service = CommandService::new(store::EventLog::open(dir).expect("opens")).expect("builds");
+            let (order, _) = service.order(domain::OrderId::new(order_id)).expect("reads").expect("the order");
+            let sku = domain::Sku::parse("cli-mug").expect("literal sku");
+            let (product, _) = service.product(&sku).expect("reads").expect("the product");
+            (order.status(), product.info().map(|info| info.stock))
+        })
+    };
+    let placed = (Some(domain::OrderStatus::Placed), Some(1));
+    assert_eq!(order_status(&restored), placed, "the restore holds the order and its stock");
+    let output = forget(&["--customer", &customer, "--data", path(&restored)]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains(&order_id.to_string()), "{output:?}");
+    let cancelled = (Some(domain::OrderStatus::Cancelled), Some(4));
+    assert_eq!(order_status(&restored), cancelled, "cancelled, the stock released");
+    let events = runtime.block_on(async {
+        let log = store::EventLog::open(&restored).expect("opens");
+        log.read_stream(&format!("customer-{customer}"), 1, 10).expect("reads")
+    });
+    let types: Vec<&str> = events.iter().map(|event| event.event_type.as_str()).collect();
+    assert_eq!(types, ["CustomerRegistered", "CustomerForgotten"]);
+    let head_before = head(&restored);
+    assert_refused(&forget(&["--customer", &customer, "--data", path(&restored)]), "already forgotten");
+    assert_eq!(head(&restored), head_before, "a second forget writes nothing");
 }
