@@ -259,6 +259,14 @@ impl Config {
 const TEXT_KEYS: [&str; 8] =
     ["data", "listen", "admin_token", "viewer_token", "replica_token", "token_secret", "currency", "nats"];
 
+/// `value` without one pair of double quotes around the whole of it, if it has
+/// them: how every text setting is read from the environment (a line of an
+/// environment file written `SHOPLOG_DATA="/srv/shop"` may reach the process
+/// with its quotes), by `serve` and by the operator commands alike.
+pub fn unquoted(value: &str) -> &str {
+    value.strip_prefix('"').and_then(|value| value.strip_suffix('"')).unwrap_or(value)
+}
+
 /// The `SHOPLOG_*` variables of [`TEXT_KEYS`], each a string. A value in double
 /// quotes is the text between them, as figment read it (and as the hint for a
 /// token of digits once said to write it).
@@ -271,10 +279,7 @@ impl figment::Provider for TextEnv {
     }
 
     fn data(&self) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
-        let text = |value: String| match value.strip_prefix('"').and_then(|value| value.strip_suffix('"')) {
-            Some(quoted) => quoted.to_owned(),
-            None => value,
-        };
+        let text = |value: String| unquoted(&value).to_owned();
         let dict = self
             .0
             .iter()

@@ -30,13 +30,13 @@ pub(super) struct BackupArgs {
     #[arg(long)]
     out: PathBuf,
     /// Back up the data dir of a stopped server.
-    #[arg(long, env = "SHOPLOG_DATA")]
+    #[arg(long, env = "SHOPLOG_DATA", value_parser = super::unquoted_path)]
     pub(super) data: Option<PathBuf>,
     /// Back up a running server through `GET /admin/backup` (needs --token).
-    #[arg(long, env = "SHOPLOG_SERVER")]
+    #[arg(long, env = "SHOPLOG_SERVER", value_parser = super::unquoted)]
     pub(super) server: Option<String>,
     /// The server's admin token.
-    #[arg(long, env = "SHOPLOG_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "SHOPLOG_TOKEN", value_parser = super::unquoted, hide_env_values = true)]
     token: Option<String>,
     /// With --server: give up when the server has sent nothing for this many
     /// seconds (or has not accepted the connection within them).
@@ -50,7 +50,7 @@ pub(super) struct RestoreArgs {
     #[arg(long = "in")]
     input: PathBuf,
     /// The data dir to create; it must not exist or be empty.
-    #[arg(long, env = "SHOPLOG_DATA")]
+    #[arg(long, env = "SHOPLOG_DATA", value_parser = super::unquoted_path)]
     data: PathBuf,
     /// Restore only the events up to and including this position.
     #[arg(long, conflicts_with = "to_time")]

@@ -40,7 +40,7 @@ const EXPORT_VERSION: u32 = 1;
 #[derive(Debug, clap::Args)]
 pub(super) struct ExportArgs {
     /// The data dir of a stopped server.
-    #[arg(long, env = "SHOPLOG_DATA", default_value = "./data")]
+    #[arg(long, env = "SHOPLOG_DATA", value_parser = super::unquoted_path, default_value = "./data")]
     data: PathBuf,
     /// The first position to export.
     #[arg(long, default_value_t = 1)]
@@ -56,7 +56,7 @@ pub(super) struct ExportArgs {
 #[derive(Debug, clap::Args)]
 pub(super) struct ImportArgs {
     /// The data dir to create; it must not exist or be empty.
-    #[arg(long, env = "SHOPLOG_DATA")]
+    #[arg(long, env = "SHOPLOG_DATA", value_parser = super::unquoted_path)]
     data: PathBuf,
     /// The export to read (`-` or none: stdin).
     #[arg(long = "in")]

@@ -36,13 +36,13 @@ pub(super) struct ForgetArgs {
     customer: Option<Uuid>,
     /// Forget offline, in the data directory of a stopped server (when both are
     /// set, the one on the command line wins over the environment's)
-    #[arg(long, value_name = "DIR", env = "SHOPLOG_DATA")]
+    #[arg(long, value_name = "DIR", env = "SHOPLOG_DATA", value_parser = super::unquoted_path)]
     pub(super) data: Option<PathBuf>,
     /// Forget through a running server instead, such as http://127.0.0.1:8080
-    #[arg(long, value_name = "URL", env = "SHOPLOG_SERVER")]
+    #[arg(long, value_name = "URL", env = "SHOPLOG_SERVER", value_parser = super::unquoted)]
     pub(super) server: Option<String>,
     /// The running server's admin token (with --server)
-    #[arg(long, value_name = "T", env = "SHOPLOG_TOKEN", hide_env_values = true)]
+    #[arg(long, value_name = "T", env = "SHOPLOG_TOKEN", value_parser = super::unquoted_secret, hide_env_values = true)]
     token: Option<Secret>,
 }
 

@@ -35,13 +35,13 @@ enum Command {
     Project(ProjectArgs),
     /// Walk the hash chain and the indexes of the log in --data (server stopped).
     Verify {
-        #[arg(long, env = "SHOPLOG_DATA", default_value = "./data")]
+        #[arg(long, env = "SHOPLOG_DATA", value_parser = unquoted_path, default_value = "./data")]
         data: PathBuf,
     },
     /// Count what the log in --data holds: events, head, size on disk, per type and
     /// per stream category (server stopped).
     Stats {
-        #[arg(long, env = "SHOPLOG_DATA", default_value = "./data")]
+        #[arg(long, env = "SHOPLOG_DATA", value_parser = unquoted_path, default_value = "./data")]
         data: PathBuf,
     },
     /// Back the log up into one file: offline from --data, or online from a running
@@ -60,11 +60,27 @@ enum Command {
     Forget(forget::ForgetArgs),
 }
 
+/// A path given by a flag or `SHOPLOG_*`, without one pair of double quotes
+/// around it ([`crate::config::unquoted`]).
+fn unquoted_path(text: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(crate::config::unquoted(text)))
+}
+
+/// Text given by a flag or `SHOPLOG_*`, without one pair of double quotes around it.
+fn unquoted(text: &str) -> Result<String, std::convert::Infallible> {
+    Ok(crate::config::unquoted(text).to_owned())
+}
+
+/// A token given by a flag or `SHOPLOG_*`, without one pair of double quotes around it.
+fn unquoted_secret(text: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(crate::config::unquoted(text)))
+}
+
 /// Flags of `serve` and `project`; each also reads `SHOPLOG_<NAME>` and the config file.
 #[derive(Debug, clap::Args, Serialize)]
 struct Settings {
     /// A TOML file with any of the settings below.
-    #[arg(long, env = "SHOPLOG_CONFIG")]
+    #[arg(long, env = "SHOPLOG_CONFIG", value_parser = unquoted_path)]
     #[serde(skip)]
     config: Option<PathBuf>,
     /// The data directory [default: ./data]
@@ -125,11 +141,11 @@ struct ProjectArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     nats: Option<String>,
     /// The primary's URL, to fill positions NATS lacks, such as http://127.0.0.1:8080 (config key primary) [default: none: a gap stops the replica]
-    #[arg(long, env = "SHOPLOG_PRIMARY")]
+    #[arg(long, env = "SHOPLOG_PRIMARY", value_parser = unquoted)]
     #[serde(skip_serializing_if = "Option::is_none")]
     primary: Option<String>,
     /// The primary's replica token (its --replica-token) or admin token, with --primary (config key primary_token)
-    #[arg(long, env = "SHOPLOG_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "SHOPLOG_TOKEN", value_parser = unquoted_secret, hide_env_values = true)]
     #[serde(rename = "primary_token", skip_serializing_if = "Option::is_none")]
     token: Option<Secret>,
 }

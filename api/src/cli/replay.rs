@@ -13,7 +13,7 @@ use super::progress;
 #[derive(Debug, clap::Args)]
 pub(super) struct ReplayArgs {
     /// The data directory of a stopped server.
-    #[arg(long, env = "SHOPLOG_DATA", default_value = "./data")]
+    #[arg(long, env = "SHOPLOG_DATA", value_parser = super::unquoted_path, default_value = "./data")]
     data: PathBuf,
     /// Rebuild only this read model: catalog, carts, orders or dashboard [default: all]
     #[arg(long, value_name = "NAME")]

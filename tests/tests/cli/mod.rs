@@ -642,6 +642,41 @@ fn settings_come_from_the_file_the_environment_and_flags_in_that_order_and_ctrl_
     assert!(served.stop_with("TERM").success());
 }
 
+/// The operator commands read `SHOPLOG_DATA` as `serve` does: one pair of double
+/// quotes around the whole value is taken off (an environment file's line
+/// `SHOPLOG_DATA="/srv/shop"` may reach the process with its quotes), so a
+/// restore makes the directory named, not one named with quotes.
+#[test]
+fn the_operator_commands_take_quoted_settings_off_the_environment_as_serve_does() {
+    let work = tests::temp_dir();
+    let (data, backup, restored) =
+        (work.path().join("data"), work.path().join("b.backup"), work.path().join("restored"));
+    drop(store::EventLog::open(&data).expect("makes a log"));
+    let quoted = |path: &std::path::Path| format!("\"{}\"", path.display());
+    let run = |args: &[&str], data: &std::path::Path| {
+        Command::new(SHOPLOG)
+            .args(args)
+            .env("SHOPLOG_DATA", quoted(data))
+            .env_remove("SHOPLOG_SERVER")
+            .output()
+            .expect("runs")
+    };
+    let verified = run(&["verify"], &data);
+    assert_eq!(verified.status.code(), Some(0), "{verified:?}");
+    let backed_up = run(&["backup", "--out", backup.to_str().expect("utf-8")], &data);
+    assert_eq!(backed_up.status.code(), Some(0), "{backed_up:?}");
+    let restore = run(&["restore", "--in", backup.to_str().expect("utf-8")], &restored);
+    assert_eq!(restore.status.code(), Some(0), "{restore:?}");
+    assert!(restored.join("db").exists(), "restored into {}", restored.display());
+    let names: Vec<_> =
+        std::fs::read_dir(work.path()).expect("lists").flatten().map(|entry| entry.file_name()).collect();
+    assert!(!names.iter().any(|name| name.to_string_lossy().contains('"')), "{names:?}");
+    assert_refused(
+        &run(&["verify"], std::path::Path::new("/no/such/dir")),
+        "data directory /no/such/dir does not exist",
+    );
+}
+
 /// The server listens for Ctrl-C and SIGTERM before it says where it listens:
 /// a signal sent the moment it says so shuts it down (exit 0) and does not kill
 /// it. (Its handlers were once installed when the accept loop first ran, so a
