@@ -51,9 +51,33 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The routes of a read replica: those that read, none that writes (a replica's
 /// log is a copy of its primary's; see [`crate::replica`]).
 pub fn replica_router() -> OpenApiRouter<AppState> {
-    read_routes(OpenApiRouter::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi())).fallback(|| async {
-        ApiError::NotFound("no such route on a read replica: send commands (and logins) to the primary".to_owned())
-    })
+    let replica = read_routes(OpenApiRouter::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi()));
+    // A command on a path the replica reads too (`POST /api/v1/products` beside
+    // its `GET`) would be a 405 there: it is answered as the routes the replica
+    // lacks are, for every method the primary takes there and the replica does not.
+    let (_, primary) = router().split_for_parts();
+    let mut commands = Vec::new();
+    for (path, item) in &primary.paths.paths {
+        let Some(served) = replica.get_openapi().paths.paths.get(path) else { continue };
+        let methods = [
+            (&item.post, &served.post, axum::routing::post(not_on_a_replica)),
+            (&item.put, &served.put, axum::routing::put(not_on_a_replica)),
+            (&item.patch, &served.patch, axum::routing::patch(not_on_a_replica)),
+            (&item.delete, &served.delete, axum::routing::delete(not_on_a_replica)),
+        ];
+        for (_, _, method) in methods.into_iter().filter(|(taken, served, _)| taken.is_some() && served.is_none()) {
+            commands.push((path.clone(), method));
+        }
+    }
+    commands
+        .into_iter()
+        .fold(replica, |replica, (path, method)| replica.route(&path, method))
+        .fallback(not_on_a_replica)
+}
+
+/// What a read replica answers a command, a login or a route it does not serve.
+async fn not_on_a_replica() -> ApiError {
+    ApiError::NotFound("no such route on a read replica: send commands (and logins) to the primary".to_owned())
 }
 
 /// The routes that read (the log, the read models) and the operations': all a

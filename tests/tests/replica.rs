@@ -116,10 +116,23 @@ async fn a_replica_copies_the_log_and_serves_the_read_models() {
     assert!(text.contains(&format!("replica_position {}", primary.head())), "{text}");
     assert!(text.contains("replica_up 1"), "{text}");
 
-    // Commands go to the primary.
+    // Commands (and logins) go to the primary: 404 naming it, also where the
+    // replica reads the same path (`GET /api/v1/products`); a method the
+    // primary takes nowhere there is still 405.
     let head = replica.head();
-    let refused = replica.post("/api/v1/products/mug-1/restock", Some(ADMIN), json!({"quantity": 1})).await;
-    assert!(refused.problem(404)["detail"].as_str().is_some_and(|detail| detail.contains("primary")), "{refused:?}");
+    let product = json!({"sku": "new-1", "name": "New", "price_cents": 100});
+    let login = json!({"email": "replicated.shopper@example.com", "password": "correct horse"});
+    for (path, body) in [
+        ("/api/v1/products/mug-1/restock", json!({"quantity": 1})),
+        ("/api/v1/products", product),
+        ("/api/v1/sessions", login),
+    ] {
+        let refused = replica.post(path, Some(ADMIN), body).await;
+        let detail = refused.problem(404)["detail"].as_str().unwrap_or_default().to_owned();
+        assert!(detail.contains("send commands (and logins) to the primary"), "{path}: {refused:?}");
+    }
+    let deleted = replica.request(reqwest::Method::DELETE, "/api/v1/products", Some(ADMIN), None, &[]).await;
+    deleted.problem(405);
     assert_eq!(replica.head(), head, "nothing written");
 
     let replica_dir = replica.stop_keeping_dir().await;
