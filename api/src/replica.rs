@@ -283,6 +283,12 @@ async fn run(shared: Arc<Shared>, options: ReplicaOptions, mut stopped: watch::R
             tracing::debug!("the replica reads the stream again after a reconnection");
             continue;
         }
+        // Out of reach of NATS: the primary, if given, is the feed meanwhile.
+        if matches!(error, FeedError::Connect { .. } | FeedError::Stream { .. })
+            && let Err(copying) = from_primary(&shared, &options).await
+        {
+            tracing::warn!(error = %copying, "the replica could not copy from the primary either");
+        }
         if shared.log.head() > before {
             wait = first_wait;
         }
@@ -455,6 +461,14 @@ async fn still_following(
             });
         }
     }
+    from_primary(shared, options).await
+}
+
+/// Given the primary: ask it for its head, and copy from it what the replica
+/// lacks. Called when NATS has delivered nothing for a while, and when an
+/// attempt failed on NATS's side (NATS down, the stream gone), so that a
+/// replica with `--primary` keeps up whatever NATS and the relay do.
+async fn from_primary(shared: &Shared, options: &ReplicaOptions) -> Result<(), FeedError> {
     let Some(primary) = &options.primary else { return Ok(()) };
     // A primary that does not answer here is no failure: NATS is the feed.
     let there = match primary_head(shared, primary).await {

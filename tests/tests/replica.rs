@@ -584,13 +584,13 @@ async fn a_replica_goes_on_when_the_stream_is_made_again() {
 /// (here the replica's NATS is one no relay publishes to; so it is when the
 /// primary's relay is down or far behind): with nothing delivered for a while
 /// it asks the primary for its head, copies what it lacks from the primary, and
-/// its lag counts from the primary's head.
+/// its lag counts from the primary's head. So it does with NATS down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_with_its_primary_keeps_up_when_nats_does_not_have_the_events() {
     let primary = TestApp::spawn().await;
     shop(&primary, "no.relay@example.com").await;
     let nats_dir = tests::temp_dir();
-    let nats = NatsServer::start(nats_dir.path());
+    let mut nats = NatsServer::start(nats_dir.path());
     // Made here as the relay would, and never published to.
     stream_made_before_the_relay(&nats.url(), "shoplog.events.>", Default::default()).await;
     let replica = replica_on(tests::temp_dir(), &nats, Some(&primary)).await;
@@ -608,6 +608,11 @@ async fn a_replica_with_its_primary_keeps_up_when_nats_does_not_have_the_events(
     let metrics = replica.get("/metrics", Some(VIEWER)).await;
     let filled = format!("replica_filled_total {}", primary.head());
     assert!(metrics.body.as_str().is_some_and(|text| text.contains(&filled)), "{metrics:?}");
+
+    nats.terminate();
+    feed_until(&replica, "said NATS is gone", |status| status["failure"].is_string()).await;
+    restock(&primary, "tea-1", 2).await;
+    caught_up_with(&replica, &primary).await;
     replica.stop().await;
     primary.stop().await;
 }
