@@ -505,6 +505,25 @@ async fn serve_refuses_a_replicas_dir_and_project_a_primarys() {
     let backup = crate::cli::shoplog(&["backup", "--data", data, "--out", out.to_str().expect("utf-8")]);
     crate::cli::assert_refused(&backup, "is a read replica's copy");
     assert!(!out.exists(), "no backup file");
+    // Nor exported with its secrets (an import would be that primary too), nor
+    // written by a forget (its log is a copy: the primary forgets), nothing changed.
+    let head = store::EventLog::open(dir.path()).expect("opens").head();
+    let out = dir.path().join("replica.export");
+    let export = ["export", "--data", data, "--with-secrets", "--out", out.to_str().expect("utf-8")];
+    crate::cli::assert_refused(&crate::cli::shoplog(&export), "is a read replica's copy");
+    assert!(!out.exists(), "no export file");
+    let exported = crate::cli::shoplog(&["export", "--data", data]);
+    assert_eq!(exported.status.code(), Some(0), "without secrets it exports: {exported:?}");
+    let customer = store::EventLog::open(dir.path())
+        .expect("opens")
+        .read_all(1, 1000)
+        .expect("reads")
+        .into_iter()
+        .find_map(|event| event.stream.strip_prefix("customer-").map(str::to_owned))
+        .expect("a customer's stream");
+    let forget = crate::cli::shoplog(&["forget", "--customer", &customer, "--data", data]);
+    crate::cli::assert_refused(&forget, "forget the customer on the primary");
+    assert_eq!(store::EventLog::open(dir.path()).expect("opens").head(), head, "nothing written");
     let primary_dir = primary.stop_keeping_dir().await;
     let role = Role::Replica { primary: None };
     let refused = api::server::start_as(&config(primary_dir.path()), role).await.expect_err("project refuses");

@@ -72,13 +72,11 @@ pub(super) fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
     // would be a primary without them (nor would it be a replica's dir).
     if args.server.is_none()
         && let Some(data) = &args.data
-        && data.join(crate::server::REPLICA_MARK).exists()
     {
-        anyhow::bail!(
-            "{} is a read replica's copy (shoplog project): it holds none of the customers' data; back up the \
-             primary (its --data, or --server URL of the primary), and start a replica on an empty data dir",
-            data.display()
-        );
+        super::not_a_replica(
+            data,
+            "back up the primary (its --data, or --server URL of the primary), and start a replica on an empty data dir",
+        )?;
     }
     let summary = write_then_rename(&args.out, |partial| {
         match (&args.server, &args.data) {

@@ -95,6 +95,10 @@ struct EventLine {
 }
 
 pub(super) fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    if args.with_secrets {
+        // An import of it would be a primary whose every customer is forgotten.
+        super::not_a_replica(&args.data, "export --with-secrets from the primary's data dir")?;
+    }
     let log = open_offline(&args.data)?;
     let head = log.head();
     anyhow::ensure!(args.from >= 1, "--from starts at 1");

@@ -73,6 +73,8 @@ struct Forgotten {
 
 /// Forget in the log in `data`.
 fn offline(data: &Path, customer_id: CustomerId) -> anyhow::Result<Forgotten> {
+    // Its log is a copy: the forget goes to the primary, and reaches the copy from there.
+    super::not_a_replica(data, "forget the customer on the primary (its --data, or --server URL of the primary)")?;
     let log = super::open_offline(data).map_err(|error| suggest_server(error, data))?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let outcome = runtime.block_on(async {

@@ -60,6 +60,18 @@ enum Command {
     Forget(forget::ForgetArgs),
 }
 
+/// Refuses a read replica's data dir (`shoplog project`) for work that needs
+/// the customers' data or writes the log, saying what to do instead.
+fn not_a_replica(data: &std::path::Path, instead: &str) -> anyhow::Result<()> {
+    if data.join(crate::server::REPLICA_MARK).exists() {
+        anyhow::bail!(
+            "{} is a read replica's copy (shoplog project): it holds none of the customers' data; {instead}",
+            data.display()
+        );
+    }
+    Ok(())
+}
+
 /// A path given by a flag or `SHOPLOG_*`, without one pair of double quotes
 /// around it ([`crate::config::unquoted`]).
 fn unquoted_path(text: &str) -> Result<PathBuf, std::convert::Infallible> {
