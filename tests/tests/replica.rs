@@ -675,6 +675,12 @@ async fn a_replica_takes_customers_tokens_and_tells_them_from_forgotten_ones() {
     let on_primary = primary.get(&stream, Some(ADMIN)).await.body["events"][0].clone();
     assert_eq!(on_primary["data"]["email"], email, "the primary reads it: {on_primary}");
 
+    // `shoplog forget` pointed at the replica says where to forget.
+    let args = ["forget", "--customer", &customer_id, "--server", &replica.base, "--token", ADMIN].map(str::to_owned);
+    let output = tokio::task::spawn_blocking(move || crate::cli::shoplog(&args.each_ref().map(String::as_str)))
+        .await
+        .expect("the binary ran");
+    crate::cli::assert_refused(&output, "is a read replica: forget the customer on the primary");
     let forgot = primary.post(&format!("/admin/customers/{customer_id}/forget"), Some(ADMIN), json!({})).await;
     assert!(forgot.status.is_success(), "{forgot:?}");
     relayed(&primary).await;

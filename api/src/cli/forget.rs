@@ -162,6 +162,9 @@ fn online(server: &str, token: &Secret, customer_id: CustomerId) -> anyhow::Resu
             Ok(Forgotten { position, cancelled_orders })
         }
         404 if detail == "no such route" => anyhow::bail!("the server at {base} has no forget route (is it shoplog?)"),
+        404 if detail.starts_with("no such route on a read replica") => {
+            anyhow::bail!("the server at {base} is a read replica: forget the customer on the primary")
+        }
         404 => anyhow::bail!("no customer {customer_id}"),
         _ => anyhow::bail!("the server answered {status}: {detail}"),
     }
