@@ -163,6 +163,7 @@ fn router_for(role: &Role, state: AppState, request_timeout: Duration) -> Router
 }
 
 fn open_state(config: &Config, role: &Role) -> anyhow::Result<AppState> {
+    holds_a_log_or_nothing(&config.data)?;
     let log = store::EventLog::open_with(&config.data, config.log_options()).map_err(|error| match error {
         store::StoreError::Locked { path } => anyhow::anyhow!(
             "data directory {} is in use by another shoplog process; stop it or use another --data",
@@ -229,6 +230,32 @@ fn open_state(config: &Config, role: &Role) -> anyhow::Result<AppState> {
         (None, Some(feed)) => state.with_replica(feed),
         (None, None) => state,
     })
+}
+
+/// A data dir is one that holds a log, or an empty (or new) one, in which the
+/// log is made: a directory holding other things (`--data /etc`, `--data ~` for
+/// a typo) is refused before anything is written to it. shoplog's own files
+/// (the token files, the replica's mark), a file system's `lost+found` and
+/// hidden entries (`.gitkeep`) do not count; what is left of a log whose sled
+/// file is gone is for the open to name as damage.
+fn holds_a_log_or_nothing(data: &Path) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(data) else { return Ok(()) };
+    if data.join("db").exists() || store::sled_file_lost(data).is_some() {
+        return Ok(());
+    }
+    let other = entries.flatten().map(|entry| entry.file_name()).find(|name| {
+        let name = name.to_string_lossy();
+        !["lost+found", "admin-token", "viewer-token", REPLICA_MARK].contains(&name.as_ref()) && !name.starts_with('.')
+    });
+    match other {
+        Some(name) => anyhow::bail!(
+            "data directory {} holds no shoplog log and is not empty (it holds {}): give the data dir of a log, \
+             or an empty or new directory to start one in",
+            data.display(),
+            name.to_string_lossy()
+        ),
+        None => Ok(()),
+    }
 }
 
 /// The file that marks a read replica's data dir (`shoplog project`).

@@ -642,6 +642,29 @@ fn settings_come_from_the_file_the_environment_and_flags_in_that_order_and_ctrl_
     assert!(served.stop_with("TERM").success());
 }
 
+/// `serve --data` on a directory that holds no log and other things (`/etc`,
+/// a home directory by a typo) is refused, writing nothing there; an empty one,
+/// or one holding only a file system's `lost+found` or hidden files, is where
+/// it starts a log.
+#[test]
+fn serve_refuses_a_directory_that_holds_other_things_than_a_log() {
+    let dir = tests::temp_dir();
+    let foreign = dir.path().join("home");
+    std::fs::create_dir(&foreign).expect("makes a dir");
+    std::fs::write(foreign.join("notes.txt"), "mine\n").expect("writes");
+    let refused = shoplog(&["serve", "--listen", "127.0.0.1:0", "--data", foreign.to_str().expect("utf-8")]);
+    assert_refused(&refused, "holds no shoplog log and is not empty (it holds notes.txt)");
+    let left: Vec<_> = std::fs::read_dir(&foreign).expect("lists").flatten().map(|entry| entry.file_name()).collect();
+    assert_eq!(left, ["notes.txt"], "nothing written there");
+
+    let mounted = dir.path().join("mounted");
+    std::fs::create_dir_all(mounted.join("lost+found")).expect("makes a dir");
+    std::fs::write(mounted.join(".gitkeep"), "").expect("writes");
+    let served = Served::start(&[std::ffi::OsStr::new("--data"), mounted.as_os_str()], &[]);
+    assert!(served.stop_with("TERM").success());
+    assert!(mounted.join("db").is_file(), "a log was started there");
+}
+
 /// The operator commands read `SHOPLOG_DATA` as `serve` does: one pair of double
 /// quotes around the whole value is taken off (an environment file's line
 /// `SHOPLOG_DATA="/srv/shop"` may reach the process with its quotes), so a
