@@ -95,6 +95,11 @@ struct EventLine {
 }
 
 pub(super) fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    // First: a run that is refused must not leave an earlier run's partial file
+    // (the shop's personal data, and with --with-secrets its secrets) in place.
+    if let Some(out) = &args.out {
+        super::interrupt::remove_left_behind(out, "partial");
+    }
     if args.with_secrets {
         // An import of it would be a primary whose every customer is forgotten.
         super::not_a_replica(&args.data, "export --with-secrets from the primary's data dir")?;

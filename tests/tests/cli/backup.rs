@@ -769,6 +769,13 @@ async fn an_interrupted_restore_or_backup_leaves_nothing_behind() {
     let output = shoplog(&["backup", "--data", arg(&target), "--out", arg(&again)]);
     refused_and_cleared(output, "already exists");
     assert!(!left_file.exists(), "a refused backup left the partial file a killed one left");
+    // So does an export refused before it read the log.
+    let exported = work.path().join("shop.ndjson");
+    let left_export = work.path().join(format!(".shop.ndjson.partial-{gone}"));
+    std::fs::write(&left_export, b"part of an export").expect("writes");
+    let output = shoplog(&["export", "--data", "/no/such/dir", "--out", arg(&exported)]);
+    refused_and_cleared(output, "does not exist");
+    assert!(!left_export.exists(), "a refused export left the partial file a killed one left");
     // A server started on the dir a killed restore was filling removes its staging dir too
     // (here it then fails: the dir is a file).
     let served = work.path().join("served");
