@@ -39,6 +39,8 @@ pub(crate) async fn around(State(request_timeout): State<Duration>, mut request:
         }
     };
     let labels = metrics::RequestLabels::of(&request);
+    // A 503 there is its answer, asked every few seconds by a load balancer: no error.
+    let readiness = request.uri().path() == "/readyz";
     let span = tracing::info_span!(
         "request",
         request_id = %request_id.to_str().unwrap_or("-"),
@@ -49,7 +51,9 @@ pub(crate) async fn around(State(request_timeout): State<Duration>, mut request:
         tracing::debug!("started processing request");
         let response = error::problem_for_bare_error(timeout::limit(request_timeout, request, next).await);
         let (status, latency) = (response.status(), started.elapsed());
-        if status.is_server_error() {
+        if readiness && status == axum::http::StatusCode::SERVICE_UNAVAILABLE {
+            tracing::info!(status = status.as_u16(), latency = ?latency, "not ready");
+        } else if status.is_server_error() {
             tracing::error!(status = status.as_u16(), latency = ?latency, "response failed");
         } else {
             tracing::debug!(status = status.as_u16(), latency = ?latency, "finished processing request");
