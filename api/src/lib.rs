@@ -17,8 +17,7 @@
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        writeln!(std::io::stdout(), $($arg)*)
-            .map_err(|error| anyhow::anyhow!("cannot write to stdout: {error}"))?
+        writeln!(std::io::stdout(), $($arg)*).map_err($crate::cli::stdout_error)?
     }};
 }
 

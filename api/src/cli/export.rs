@@ -118,7 +118,13 @@ pub(super) fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     match &args.out {
         None => {
             let progress = indicatif::ProgressBar::hidden();
-            write_export(&log, &header, std::io::stdout().lock(), &progress)?;
+            // Only stdout is written here: a broken pipe is its reader gone (`| head`).
+            write_export(&log, &header, std::io::stdout().lock(), &progress).map_err(|error| {
+                let closed = error.chain().any(|cause| {
+                    cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+                });
+                if closed { anyhow::Error::new(super::StdoutClosed) } else { error }
+            })?;
         }
         Some(out) => {
             super::backup::write_then_rename(out, |partial| {
@@ -143,7 +149,7 @@ fn write_export(
 ) -> anyhow::Result<()> {
     const PAGE_LEN: usize = 4096;
     let mut out = BufWriter::with_capacity(1 << 20, out);
-    let broken = |error: std::io::Error| anyhow::anyhow!("cannot write the export: {error}");
+    let broken = |error: std::io::Error| anyhow::Error::new(error).context("cannot write the export");
     serde_json::to_writer(&mut out, header)?;
     out.write_all(b"\n").map_err(broken)?;
     let mut next = header.from;

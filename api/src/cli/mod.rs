@@ -171,6 +171,22 @@ impl std::str::FromStr for Secret {
 }
 
 /// Parse, run, and turn any error into one line and exit code 2.
+/// Stdout's reader went away (`shoplog export | head`): the command ends
+/// there, quietly and with success, as Unix tools do (what it was asked for
+/// was read, and a dead pipe is no failure to report).
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed")]
+pub struct StdoutClosed;
+
+/// What a failed write to stdout becomes: [`StdoutClosed`] for a broken pipe,
+/// else an error saying so.
+pub fn stdout_error(error: std::io::Error) -> anyhow::Error {
+    match error.kind() {
+        std::io::ErrorKind::BrokenPipe => anyhow::Error::new(StdoutClosed),
+        _ => anyhow::anyhow!("cannot write to stdout: {error}"),
+    }
+}
+
 pub fn main() -> ExitCode {
     let parsed = Cli::command().try_get_matches().and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
     let (cli, matches) = match parsed {
@@ -209,6 +225,7 @@ pub fn main() -> ExitCode {
     match run(cli, given) {
         Ok(code) => code,
         Err(_) if interrupt::interrupted() => interrupt::end_interrupted(),
+        Err(error) if error.is::<StdoutClosed>() => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("shoplog: {}", error_line(&error));
             ExitCode::from(2)

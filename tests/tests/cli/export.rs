@@ -272,3 +272,40 @@ async fn an_export_with_a_bad_line_is_refused_naming_it() {
         assert!(!target.exists(), "{what}: a refused import left a data dir ({stderr})");
     }
 }
+
+/// An export to stdout whose reader stops early (`shoplog export | head`) ends
+/// there quietly, with success, as Unix tools do: no "Broken pipe" line, no
+/// exit code 2.
+#[test]
+fn an_export_read_in_part_from_a_pipe_ends_quietly() {
+    let dir = tests::temp_dir();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let service = commands::CommandService::new(store::EventLog::open(dir.path()).expect("opens")).expect("builds");
+        let admin = commands::CommandContext::new("admin");
+        // Far over a pipe's 64 KiB of JSON lines, so that the export is still
+        // writing when its reader goes.
+        for n in 0..600 {
+            let sku = domain::Sku::parse(&format!("pipe-{n}")).expect("a sku");
+            let name = domain::ProductName::parse("A product with a name long enough").expect("a name");
+            let price = domain::PriceCents::new(100).expect("a price");
+            service.create_product(&admin, sku, name, price, None, None).await.expect("creates");
+        }
+    });
+    drop(runtime);
+    let mut child = std::process::Command::new(super::SHOPLOG)
+        .args(["export", "--data", arg(dir.path())])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut header = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut header).expect("reads a line");
+    assert!(header.contains("shoplog_export"), "{header}");
+    drop(stdout);
+    let output = child.wait_with_output().expect("ends");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "", "nothing said");
+}
