@@ -86,6 +86,14 @@ pub struct Primary {
     pub token: Secret,
 }
 
+/// "position 7 is", or "positions 7 to 9 are" (`one` and `many` the verb).
+fn positions(from: u64, to: u64, one: &str, many: &str) -> String {
+    match from == to {
+        true => format!("position {from} {one}"),
+        false => format!("positions {from} to {to} {many}"),
+    }
+}
+
 /// Where the feed stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FeedStatus {
@@ -134,11 +142,12 @@ pub enum FeedError {
     #[error("JetStream stream {STREAM}: {reason}")]
     Stream { reason: String },
     #[error(
-        "positions {from} to {to} are missing from NATS (JetStream lost or dropped them): the replica stops applying \
-         at {from}; start it with --primary URL --token T to fill them from the primary"
+        "{} missing from NATS (JetStream lost or dropped them): the replica stops applying at {from}; start it \
+         with --primary URL --token T to fill them from the primary",
+        positions(*from, *to, "is", "are")
     )]
     Gap { from: u64, to: u64 },
-    #[error("filling positions {from} to {to} from the primary failed: {reason}")]
+    #[error("filling {} from the primary failed: {reason}", positions(*from, *to, "", "").trim_end())]
     Primary { from: u64, to: u64, reason: String },
     #[error("message at stream sequence {sequence}: {reason}")]
     Message { sequence: u64, reason: String },
@@ -694,5 +703,20 @@ mod tests {
         assert_eq!(frames(&[]), Ok(Vec::new()));
         assert!(frames(&body[..body.len() - 1]).is_err());
         assert!(frames(&body[..2]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gap_names_one_position_or_a_range() {
+        let one = FeedError::Gap { from: 10, to: 10 }.to_string();
+        assert!(one.starts_with("position 10 is missing from NATS"), "{one}");
+        let range = FeedError::Gap { from: 8, to: 10 }.to_string();
+        assert!(range.starts_with("positions 8 to 10 are missing from NATS"), "{range}");
+        let fill = FeedError::Primary { from: 4, to: 4, reason: "refused".to_owned() }.to_string();
+        assert_eq!(fill, "filling position 4 from the primary failed: refused");
     }
 }
