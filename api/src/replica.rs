@@ -693,6 +693,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_gap_names_one_position_or_a_range() {
+        let one = FeedError::Gap { from: 10, to: 10 }.to_string();
+        assert!(one.starts_with("position 10 is missing from NATS"), "{one}");
+        let range = FeedError::Gap { from: 8, to: 10 }.to_string();
+        assert!(range.starts_with("positions 8 to 10 are missing from NATS"), "{range}");
+        let fill = FeedError::Primary { from: 4, to: 4, reason: "refused".to_owned() }.to_string();
+        assert_eq!(fill, "filling position 4 from the primary failed: refused");
+    }
+
+    #[test]
     fn records_as_stored_are_read_back_and_a_cut_body_is_an_error() {
         let mut body = Vec::new();
         for record in [&b"first"[..], b"", b"third record"] {
@@ -703,20 +713,5 @@ mod tests {
         assert_eq!(frames(&[]), Ok(Vec::new()));
         assert!(frames(&body[..body.len() - 1]).is_err());
         assert!(frames(&body[..2]).is_err());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_gap_names_one_position_or_a_range() {
-        let one = FeedError::Gap { from: 10, to: 10 }.to_string();
-        assert!(one.starts_with("position 10 is missing from NATS"), "{one}");
-        let range = FeedError::Gap { from: 8, to: 10 }.to_string();
-        assert!(range.starts_with("positions 8 to 10 are missing from NATS"), "{range}");
-        let fill = FeedError::Primary { from: 4, to: 4, reason: "refused".to_owned() }.to_string();
-        assert_eq!(fill, "filling position 4 from the primary failed: refused");
     }
 }
