@@ -459,7 +459,7 @@ async fn a_gap_the_primary_refuses_to_fill_is_said_steadily() {
     let replica = TestApp::serve_dir_as(tests::temp_dir(), role, |config| config.nats = Some(nats.url())).await;
     let says = |status: &Value| {
         status["failure"].as_str().is_some_and(|failure| {
-            failure.contains("filling positions 8 to 8 from the primary failed") && failure.contains("401")
+            failure.contains("filling position 8 from the primary failed") && failure.contains("401")
         })
     };
     feed_until(&replica, "said the primary refused", says).await;
