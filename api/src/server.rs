@@ -164,6 +164,10 @@ fn router_for(role: &Role, state: AppState, request_timeout: Duration) -> Router
 
 fn open_state(config: &Config, role: &Role) -> anyhow::Result<AppState> {
     holds_a_log_or_nothing(&config.data)?;
+    // Refused before the open, which would recover a crashed copy into the dir first.
+    if matches!(role, Role::Primary) && config.data.join(REPLICA_MARK).exists() {
+        return Err(replica_dir_served(&config.data));
+    }
     let log = store::EventLog::open_with(&config.data, config.log_options()).map_err(|error| match error {
         store::StoreError::Locked { path } => anyhow::anyhow!(
             "data directory {} is in use by another shoplog process; stop it or use another --data",
@@ -258,6 +262,17 @@ fn holds_a_log_or_nothing(data: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Why `serve` refuses a read replica's data dir.
+fn replica_dir_served(data: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "data directory {} is a read replica's copy of a primary's log (made by `shoplog project`): serving it would \
+         fork the primary's history, and it holds none of the customers' data; run `shoplog project` on it, or \
+         restore a backup of the primary to serve (remove {} to serve it anyway)",
+        data.display(),
+        data.join(REPLICA_MARK).display()
+    )
+}
+
 /// The file that marks a read replica's data dir (`shoplog project`).
 pub const REPLICA_MARK: &str = "replica";
 
@@ -268,13 +283,7 @@ fn check_role(data: &Path, role: &Role, log: &store::EventLog) -> anyhow::Result
     let mark = data.join(REPLICA_MARK);
     let marked = mark.exists();
     match role {
-        Role::Primary if marked => anyhow::bail!(
-            "data directory {} is a read replica's copy of a primary's log (made by `shoplog project`): serving it \
-             would fork the primary's history, and it holds none of the customers' data; run `shoplog project` on \
-             it, or restore a backup of the primary to serve (remove {} to serve it anyway)",
-            data.display(),
-            mark.display()
-        ),
+        Role::Primary if marked => Err(replica_dir_served(data)),
         Role::Replica { .. } if !marked && log.head() > 0 => anyhow::bail!(
             "data directory {} holds a log `shoplog project` did not copy (a primary's?): a read replica starts on \
              an empty data dir (a replica's dir made before replicas marked theirs: create the file {} in it)",

@@ -134,6 +134,12 @@ async fn a_replica_copies_the_log_and_serves_the_read_models() {
     let deleted = replica.request(reqwest::Method::DELETE, "/api/v1/products", Some(ADMIN), None, &[]).await;
     deleted.problem(405);
     assert_eq!(replica.head(), head, "nothing written");
+    // `serve` on its dir is refused for what it is before the log is opened
+    // (which would first recover a crashed copy there): not "in use".
+    let data = replica.dir.path().to_str().expect("utf-8").to_owned();
+    let serve = ["serve", "--listen", "127.0.0.1:0", "--data", &data];
+    let refused = tokio::task::block_in_place(|| crate::cli::shoplog(&serve));
+    crate::cli::assert_refused(&refused, "is a read replica's copy");
 
     let replica_dir = replica.stop_keeping_dir().await;
     let needle = b"replicated.shopper@example.com";

@@ -54,11 +54,9 @@ pub(super) fn watch() {
             }
             INTERRUPTED.store(true, Ordering::SeqCst);
             let writing = std::mem::take(&mut *WRITING.lock().unwrap_or_else(PoisonError::into_inner));
-            for path in &writing {
-                if remove(path) {
-                    eprintln!("shoplog: interrupted; removed {}", path.display());
-                }
-            }
+            // One line: what was removed, if anything.
+            let removed: Vec<String> =
+                writing.iter().filter(|path| remove(path)).map(|path| path.display().to_string()).collect();
             // The work goes on until the exit: a thread that was just then
             // opening a log in the staging dir makes it again (sled creates its
             // directory). It does so once, and then fails; watch a little
@@ -69,7 +67,10 @@ pub(super) fn watch() {
                     remove(path);
                 }
             }
-            eprintln!("shoplog: interrupted");
+            match removed.is_empty() {
+                true => eprintln!("shoplog: interrupted"),
+                false => eprintln!("shoplog: interrupted; removed {}", removed.join(", ")),
+            }
             std::process::exit(130);
         });
     });

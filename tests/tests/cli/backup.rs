@@ -718,6 +718,7 @@ async fn an_interrupted_restore_or_backup_leaves_nothing_behind() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(stderr.lines().filter(|line| line.contains("interrupted")).count(), 1, "one line: {stderr}");
     assert_eq!(hidden_beside(&target), Vec::<String>::new(), "the staging dir was left behind: {stderr}");
     assert!(!target.exists(), "an interrupted restore made the target");
 
