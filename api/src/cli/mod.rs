@@ -115,10 +115,6 @@ struct Settings {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     token_secret: Option<Secret>,
-    /// The token read replicas give (`project --token`) to fill gaps from this log: it reads the records as stored, nothing else [default: none: only the admin token]
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    replica_token: Option<Secret>,
     /// sled's page cache in MiB: lower bounds memory, higher reads faster [default: 32]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -139,6 +135,10 @@ struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     nats: Option<String>,
+    /// The token read replicas give (`project --token`) to fill gaps from this log: it reads the records as stored, nothing else [default: none: only the admin token]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replica_token: Option<Secret>,
 }
 
 /// Flags of `project`. Customers' tokens from the primary's logins are taken
