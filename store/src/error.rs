@@ -45,6 +45,8 @@ pub enum StoreError {
     /// Restore and import only fill a new or empty directory.
     #[error("{} is not empty: restore and import only fill a new or empty data directory", path.display())]
     NotEmpty { path: PathBuf },
+    #[error("{} is a file, not a directory: restore and import fill a new or empty data directory", path.display())]
+    NotADirectory { path: PathBuf },
 
     /// A backup file or an import is not sound; nothing was written from it.
     #[error("{reason}")]

@@ -137,7 +137,7 @@ pub fn ensure_new_or_empty(dir: &Path) -> Result<(), StoreError> {
         },
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::NotADirectory => {
-            Err(StoreError::NotEmpty { path: dir.to_path_buf() })
+            Err(StoreError::NotADirectory { path: dir.to_path_buf() })
         }
         Err(error) => Err(error.into()),
     }
