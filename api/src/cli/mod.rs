@@ -270,7 +270,11 @@ fn choose_source<S>(
     match (on_line("data"), on_line("server")) {
         (true, true) => anyhow::bail!("give --data DIR or --server URL, not both"),
         (true, false) => *server = None,
-        (false, _) => *data = None,
+        (false, true) => *data = None,
+        // Neither said here: which one was meant is a guess, made by nobody.
+        (false, false) => {
+            anyhow::bail!("SHOPLOG_DATA and SHOPLOG_SERVER are both set: say which log with --data DIR or --server URL")
+        }
     }
     Ok(())
 }

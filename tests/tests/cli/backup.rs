@@ -801,7 +801,7 @@ async fn an_interrupted_restore_or_backup_leaves_nothing_behind() {
 /// An exported `SHOPLOG_SERVER` (with `SHOPLOG_TOKEN` or without) does not turn
 /// an offline `backup --data DIR` or `forget --data DIR` into work on that
 /// server: what the command line says wins over the environment. Both on the
-/// command line is refused.
+/// command line is refused, and so is both in the environment.
 #[tokio::test(flavor = "multi_thread")]
 async fn data_on_the_command_line_wins_over_a_server_in_the_environment() {
     let app = TestApp::spawn().await;
@@ -828,6 +828,12 @@ async fn data_on_the_command_line_wins_over_a_server_in_the_environment() {
     let both = work.path().join("both.backup");
     let args = ["backup", "--data", arg(data.path()), "--server", elsewhere, "--token", ADMIN, "--out", arg(&both)];
     assert_refused(&shoplog(&args), "not both");
+    assert!(!both.exists());
+    // Both in the environment, neither on the command line: refused, not guessed.
+    let mut command = std::process::Command::new(super::SHOPLOG);
+    command.args(["backup", "--out", arg(&both)]).env("SHOPLOG_DATA", data.path()).env("SHOPLOG_SERVER", elsewhere);
+    let output = command.env("SHOPLOG_TOKEN", ADMIN).env_remove("RUST_LOG").output().expect("runs shoplog");
+    assert_refused(&output, "SHOPLOG_DATA and SHOPLOG_SERVER are both set");
     assert!(!both.exists());
 
     let output = with_server_in_env(&["forget", "--customer", &customer_id, "--data", arg(data.path())], true);
