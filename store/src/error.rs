@@ -53,7 +53,7 @@ pub enum StoreError {
     BadInput { reason: String },
 
     /// The stored data is damaged at `position` (0 when not tied to one event).
-    #[error("log corrupt at position {position}: {reason}")]
+    #[error("log corrupt{}: {reason}", at_position(*position))]
     Corrupt { position: u64, reason: String },
 
     /// An error from sled or the file system.
@@ -88,6 +88,14 @@ impl From<std::io::Error> for StoreError {
 /// A full disk is not the store's fault nor the caller's: the log takes nothing
 /// until there is room (sled may need to write even to read), which a client
 /// hears as "not accepting writes" (503), not as an internal error.
+/// " at position N", or nothing for damage tied to no event (position 0).
+fn at_position(position: u64) -> String {
+    match position {
+        0 => String::new(),
+        position => format!(" at position {position}"),
+    }
+}
+
 fn disk_full(error: &std::io::Error) -> StoreError {
     StoreError::Unavailable { reason: format!("the disk holding the log is full ({error})") }
 }
@@ -122,6 +130,9 @@ mod tests {
             matches!(&damaged, StoreError::Corrupt { position: 0, reason } if reason.contains("restore")),
             "{damaged:?}"
         );
+        // Damage tied to no event names no position; a record's names its own.
+        assert!(damaged.to_string().starts_with("log corrupt: sled's file is damaged"), "{damaged}");
+        assert!(StoreError::corrupt(7, "bad").to_string() == "log corrupt at position 7: bad");
         let denied = || std::io::Error::from_raw_os_error(13);
         for error in [StoreError::from(denied()), StoreError::from(sled::Error::Io(denied()))] {
             assert!(matches!(error, StoreError::Storage(_)), "{error:?}");
