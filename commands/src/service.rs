@@ -405,6 +405,40 @@ impl CommandService {
         .await
     }
 
+    /// Complete the forgetting of every customer the log reads as forgotten (their
+    /// key gone) whose stream records no `CustomerForgotten`: what a restore to a
+    /// position before a forget holds (the backup, made after it, holds no key).
+    /// Each is [`Self::forget_customer`]'s: the forgetting recorded and their unpaid
+    /// orders cancelled, so that nobody's stock stays held and a replica, which
+    /// knows a forgotten customer only by that record, refuses their token. The
+    /// customers so forgotten, each with the outcome.
+    pub async fn complete_lost_forgettings(
+        &self,
+        ctx: &CommandContext,
+    ) -> Result<Vec<(CustomerId, CommandOutcome)>, CommandError> {
+        let mut unreadable = std::collections::BTreeSet::new();
+        let mut from = 1;
+        loop {
+            let page = self.inner.log.read_all(from, PAGE_LEN)?;
+            let Some(last) = page.last() else { break };
+            from = last.position + 1;
+            let registrations = page
+                .iter()
+                .filter(|event| event.event_type == "CustomerRegistered" && event.payload == store::Payload::Forgotten);
+            unreadable.extend(registrations.filter_map(|event| event.subject));
+        }
+        let mut completed = Vec::new();
+        for subject in unreadable {
+            let customer_id = CustomerId::new(subject);
+            match self.forget_customer(ctx, customer_id, None).await {
+                Ok(outcome) => completed.push((customer_id, outcome)),
+                Err(CommandError::Domain(domain::DomainError::CustomerAlreadyForgotten { .. })) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(completed)
+    }
+
     // Carts -----------------------------------------------------------------------------------
 
     /// Add `quantity` of `sku` to the customer's cart (the product must be active;

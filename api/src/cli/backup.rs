@@ -229,11 +229,12 @@ pub(super) fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         }
         (None, None) => RestoreTo::End,
     };
-    let restored = install_dir(&args.data, |staging| {
+    let (restored, completed) = install_dir(&args.data, |staging| {
         let progress = bar("restoring", whole.events, "events");
         let restored = store::restore_backup(open()?, staging, to, &mut |done| progress.set_position(done))?;
         progress.finish_and_clear();
-        Ok(restored)
+        let completed = complete_lost_forgettings(staging)?;
+        Ok((restored, completed))
     })?;
     let last = restored.last_recorded_at.map(|time| format!(", the last recorded at {}", time.to_rfc3339()));
     say!(
@@ -245,7 +246,29 @@ pub(super) fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         args.input.display(),
         args.data.display()
     );
+    if !completed.is_empty() {
+        say!(
+            "forgotten after that point, so forgotten here too (recorded, their unpaid orders cancelled): customer{} {}",
+            if completed.len() == 1 { "" } else { "s" },
+            completed.join(", ")
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A restore to a position before a forget holds that customer forgotten (the
+/// backup, made after it, holds no key) without the forgetting recorded or
+/// their unpaid orders cancelled: both are completed in the staged log
+/// ([`commands::CommandService::complete_lost_forgettings`]). The customers.
+fn complete_lost_forgettings(staging: &Path) -> anyhow::Result<Vec<String>> {
+    let log = store::EventLog::open_with(staging, commands::codec::log_options())?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let completed = runtime.block_on(async {
+        let service = commands::CommandService::new(log)?;
+        let context = commands::CommandContext::new(format!("cli:restore {}", std::process::id()));
+        service.complete_lost_forgettings(&context).await
+    })?;
+    Ok(completed.into_iter().map(|(customer_id, _)| customer_id.to_string()).collect())
 }
 
 /// The positions of a log whose last is `last`: "positions 1 to 7", "position

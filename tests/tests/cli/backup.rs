@@ -518,9 +518,10 @@ async fn an_online_backup_with_a_bad_token_or_no_server_is_one_line() {
 
 /// A restore to a position before a customer was forgotten keeps them
 /// forgotten (the backup holds no key for them, and forgetting is never
-/// undone), but not the release of their email that went with the forget: the
-/// address is still free to register again, and the old customer's token and
-/// password no longer work.
+/// undone), and records the forgetting again (what it cut off), but not the
+/// release of their email that went with the forget (the address is unreadable
+/// there): the address is still free to register again, and the old customer's
+/// token and password no longer work.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_to_before_a_forget_keeps_the_customer_forgotten_and_the_email_free() {
     let app = TestApp::spawn().await;
@@ -537,7 +538,9 @@ async fn a_restore_to_before_a_forget_keeps_the_customer_forgotten_and_the_email
     let position = before_forget.to_string();
     let output = shoplog(&["restore", "--in", arg(&file), "--data", arg(restored.path()), "--to-position", &position]);
     assert!(output.status.success(), "{output:?}");
-    assert_eq!(events(restored.path()).len() as u64, before_forget, "the forget is cut off");
+    let restored_events = events(restored.path());
+    assert_eq!(restored_events.len() as u64, before_forget + 1, "the forget is cut off, and recorded again");
+    assert_eq!(restored_events.last().map(|event| event.event_type.as_str()), Some("CustomerForgotten"));
 
     let app = TestApp::serve_dir(restored).await;
     let login =

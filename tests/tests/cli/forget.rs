@@ -198,12 +198,14 @@ fn bad_input_to_forget_is_one_line_exit_code_2_and_writes_nothing() {
 }
 
 /// A backup taken after a forget, restored to a position before it: the key is
-/// gone (the customer reads as forgotten), but the log records no forgetting,
-/// and their unpaid order still holds its stock, which nobody could cancel.
-/// `forget` completes the forgetting: it records it and cancels the order,
-/// releasing the stock; a second one is refused.
+/// gone (the customer reads as forgotten), but that log would record no
+/// forgetting, and their unpaid order would still hold its stock, which nobody
+/// could cancel (and a read replica, which knows a forgotten customer only by
+/// that record, would take their token). The restore completes the forgetting:
+/// it records it and cancels the order, releasing the stock, and says so; a
+/// `forget` afterwards is refused.
 #[test]
-fn forget_completes_a_forgetting_that_a_restore_to_before_it_lost() {
+fn a_restore_to_before_a_forget_completes_the_forgetting() {
     let (dir, customer_id, order_id) = data_dir_with_an_unpaid_order();
     let before_the_forget = head(dir.path());
     let customer = customer_id.to_string();
@@ -214,33 +216,34 @@ fn forget_completes_a_forgetting_that_a_restore_to_before_it_lost() {
     assert_eq!(backed_up.status.code(), Some(0), "{backed_up:?}");
     let to = before_the_forget.to_string();
     let restore = ["restore", "--in", path(&backup), "--data", path(&restored), "--to-position", &to];
-    let restored_out = super::shoplog(&restore);
-    assert_eq!(restored_out.status.code(), Some(0), "{restored_out:?}");
+    let output = super::shoplog(&restore);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        said.contains(&format!("so forgotten here too (recorded, their unpaid orders cancelled): customer {customer}")),
+        "{said}"
+    );
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let order_status = |dir: &Path| {
-        runtime.block_on(async {
-            let service = CommandService::new(store::EventLog::open(dir).expect("opens")).expect("builds");
-            let (order, _) = service.order(domain::OrderId::new(order_id)).expect("reads").expect("the order");
-            let sku = domain::Sku::parse("cli-mug").expect("literal sku");
-            let (product, _) = service.product(&sku).expect("reads").expect("the product");
-            (order.status(), product.info().map(|info| info.stock))
-        })
-    };
-    let placed = (Some(domain::OrderStatus::Placed), Some(1));
-    assert_eq!(order_status(&restored), placed, "the restore holds the order and its stock");
-    let output = forget(&["--customer", &customer, "--data", path(&restored)]);
-    assert_eq!(output.status.code(), Some(0), "{output:?}");
-    assert!(String::from_utf8_lossy(&output.stdout).contains(&order_id.to_string()), "{output:?}");
-    let cancelled = (Some(domain::OrderStatus::Cancelled), Some(4));
-    assert_eq!(order_status(&restored), cancelled, "cancelled, the stock released");
-    let events = runtime.block_on(async {
+    let (order, stock, types) = runtime.block_on(async {
         let log = store::EventLog::open(&restored).expect("opens");
-        log.read_stream(&format!("customer-{customer}"), 1, 10).expect("reads")
+        let stream = log.read_stream(&format!("customer-{customer}"), 1, 10).expect("reads");
+        let types: Vec<String> = stream.iter().map(|event| event.event_type.clone()).collect();
+        let service = CommandService::new(log).expect("builds");
+        let (order, _) = service.order(domain::OrderId::new(order_id)).expect("reads").expect("the order");
+        let sku = domain::Sku::parse("cli-mug").expect("literal sku");
+        let (product, _) = service.product(&sku).expect("reads").expect("the product");
+        (order.status(), product.info().map(|info| info.stock), types)
     });
-    let types: Vec<&str> = events.iter().map(|event| event.event_type.as_str()).collect();
+    assert_eq!((order, stock), (Some(domain::OrderStatus::Cancelled), Some(4)), "cancelled, the stock released");
     assert_eq!(types, ["CustomerRegistered", "CustomerForgotten"]);
     let head_before = head(&restored);
     assert_refused(&forget(&["--customer", &customer, "--data", path(&restored)]), "already forgotten");
     assert_eq!(head(&restored), head_before, "a second forget writes nothing");
+    // A restore to the end (the forget recorded) completes nothing.
+    let whole = work.path().join("whole");
+    let output = super::shoplog(&["restore", "--in", path(&backup), "--data", path(&whole)]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("forgotten here too"), "{output:?}");
+    assert_eq!(head(&whole), head(dir.path()), "nothing appended");
 }
