@@ -172,8 +172,9 @@ impl std::str::FromStr for Secret {
 
 /// Parse, run, and turn any error into one line and exit code 2.
 /// Stdout's reader went away (`shoplog export | head`): the command ends
-/// there, quietly and with success, as Unix tools do (what it was asked for
-/// was read, and a dead pipe is no failure to report).
+/// there quietly with 141, as a Unix tool that SIGPIPE ends does (128 + 13).
+/// Not success: a `verify | …` whose verdict could not be written must not
+/// pass for a sound log.
 #[derive(Debug, thiserror::Error)]
 #[error("stdout was closed")]
 pub struct StdoutClosed;
@@ -225,7 +226,7 @@ pub fn main() -> ExitCode {
     match run(cli, given) {
         Ok(code) => code,
         Err(_) if interrupt::interrupted() => interrupt::end_interrupted(),
-        Err(error) if error.is::<StdoutClosed>() => ExitCode::SUCCESS,
+        Err(error) if error.is::<StdoutClosed>() => ExitCode::from(141),
         Err(error) => {
             eprintln!("shoplog: {}", error_line(&error));
             ExitCode::from(2)
