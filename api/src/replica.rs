@@ -292,12 +292,21 @@ async fn run(shared: Arc<Shared>, options: ReplicaOptions, mut stopped: watch::R
             tracing::debug!("the replica reads the stream again after a reconnection");
             continue;
         }
-        // Out of reach of NATS: the primary, if given, is the feed meanwhile.
-        if matches!(error, FeedError::Connect { .. } | FeedError::Stream { .. })
-            && let Err(copying) = from_primary(&shared, &options).await
-        {
-            tracing::warn!(error = %copying, "the replica could not copy from the primary either");
-        }
+        // Out of reach of NATS: the primary, if given, is the feed meanwhile;
+        // what stops that copy (another history, a record refused) is what to say.
+        let error = match &error {
+            FeedError::Connect { .. } | FeedError::Stream { .. } => match from_primary(&shared, &options).await {
+                Err(copying) => {
+                    tracing::warn!(error = %copying, "the replica could not copy from the primary either");
+                    match copying {
+                        FeedError::Connect { .. } | FeedError::Stream { .. } => error,
+                        copying => copying,
+                    }
+                }
+                Ok(()) => error,
+            },
+            _ => error,
+        };
         if shared.log.head() > before {
             wait = first_wait;
         }
@@ -480,8 +489,9 @@ async fn still_following(
 async fn from_primary(shared: &Shared, options: &ReplicaOptions) -> Result<(), FeedError> {
     let Some(primary) = &options.primary else { return Ok(()) };
     // A primary that does not answer here is no failure: NATS is the feed.
-    let there = match primary_head(shared, primary).await {
-        Ok(there) => there,
+    let head = shared.log.head();
+    let (there, at_head) = match primary_head_and_record(shared, primary, head).await {
+        Ok(answer) => answer,
         Err(reason) => {
             tracing::debug!(%reason, "the replica could not ask the primary for its head");
             return Ok(());
@@ -489,10 +499,18 @@ async fn from_primary(shared: &Shared, options: &ReplicaOptions) -> Result<(), F
     };
     shared.newest.fetch_max(there, Ordering::AcqRel);
     shared.primary_head.fetch_max(there, Ordering::AcqRel);
-    let head = shared.log.head();
+    if head > 0 && there >= head {
+        // The same history up to the head (a copy past it must chain to it anyway).
+        if at_head.as_deref() != shared.log.read_stored(head, 1)?.first().map(Vec::as_slice) {
+            return Err(FeedError::Diverged { position: head });
+        }
+    }
     if there > head {
         tracing::info!(head, primary_head = there, "NATS holds nothing past the head the primary has: copying from it");
         fill(shared, options, head + 1, there).await?;
+    }
+    if there >= head {
+        // At the primary's head: caught up, whatever NATS can say (it may be down).
         shared.progressed();
     }
     Ok(())
@@ -500,7 +518,16 @@ async fn from_primary(shared: &Shared, options: &ReplicaOptions) -> Result<(), F
 
 /// The primary's head (`X-Head-Position` of its `GET /api/v1/events`).
 async fn primary_head(shared: &Shared, primary: &Primary) -> Result<u64, String> {
-    let url = format!("{}/api/v1/events?from=1&limit=1", primary.url.trim_end_matches('/'));
+    primary_head_and_record(shared, primary, 1).await.map(|(head, _)| head)
+}
+
+/// The primary's head, and its record at `position` as stored (none past its head).
+async fn primary_head_and_record(
+    shared: &Shared,
+    primary: &Primary,
+    position: u64,
+) -> Result<(u64, Option<Vec<u8>>), String> {
+    let url = format!("{}/api/v1/events?from={}&limit=1", primary.url.trim_end_matches('/'), position.max(1));
     let response = shared
         .http
         .get(url)
@@ -512,12 +539,15 @@ async fn primary_head(shared: &Shared, primary: &Primary) -> Result<u64, String>
     if !response.status().is_success() {
         return Err(format!("{} answered {}", primary.url, response.status()));
     }
-    response
+    let head = response
         .headers()
         .get("x-head-position")
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse().ok())
-        .ok_or_else(|| format!("{} named no head", primary.url))
+        .ok_or_else(|| format!("{} named no head", primary.url))?;
+    let body = response.bytes().await.map_err(|error| with_causes(&error))?;
+    let record = frames(&body)?.into_iter().next();
+    Ok((head, record))
 }
 
 /// The log position a message's `Shoplog-Position` header names.

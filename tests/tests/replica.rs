@@ -638,6 +638,11 @@ async fn a_replica_with_its_primary_keeps_up_when_nats_does_not_have_the_events(
     feed_until(&replica, "said NATS is gone", |status| status["failure"].is_string()).await;
     restock(&primary, "tea-1", 2).await;
     caught_up_with(&replica, &primary).await;
+    // Restarted with NATS still down, at the primary's head: ready, the primary
+    // telling it is caught up.
+    let dir = replica.stop_keeping_dir().await;
+    let replica = replica_on(dir, &nats, Some(&primary)).await;
+    caught_up_with(&replica, &primary).await;
     replica.stop().await;
     primary.stop().await;
 }
