@@ -683,8 +683,12 @@ async fn drain(shared: &Shared, in_flight: &mut VecDeque<InFlight>) {
     let acked = tokio::time::timeout(DRAIN_WAIT, async {
         while let Some(sent) = in_flight.front_mut() {
             let position = sent.position;
-            if (&mut sent.ack).await.is_err() {
-                break;
+            // Only what JetStream stored counts: a duplicate may be of a message
+            // since purged (see `held_still`), and the next start reads the
+            // stream and goes on after the last record it holds anyway.
+            match (&mut sent.ack).await {
+                Ok(ack) if !ack.duplicate && ack.stream == STREAM => {}
+                _ => break,
             }
             in_flight.pop_front();
             shared.published.fetch_add(1, Ordering::Relaxed);
