@@ -846,9 +846,12 @@ impl Syncer {
                     tracing::error!(%reason, "append batch not durable; refusing appends from now on");
                     self.health.fail(reason.clone());
                     for (reply, outcome) in pending.into_iter().flat_map(|written| written.outcomes) {
+                        // What was written may reach the disk yet; what was refused
+                        // (a version, a key reused, a record too long) was not
+                        // written and keeps its own answer.
                         let error = match outcome {
-                            Err(StoreError::Unavailable { reason }) => StoreError::Unavailable { reason },
-                            _ => StoreError::Durability { reason: reason.clone() },
+                            Ok(_) => StoreError::Durability { reason: reason.clone() },
+                            Err(refused) => refused,
                         };
                         let _ = reply.send(Err(error));
                     }
