@@ -239,7 +239,8 @@ fn open_state(config: &Config, role: &Role) -> anyhow::Result<AppState> {
 /// A data dir is one that holds a log, or an empty (or new) one, in which the
 /// log is made: a directory holding other things (`--data /etc`, `--data ~` for
 /// a typo) is refused before anything is written to it. shoplog's own files
-/// (the token files, the replica's mark), a file system's `lost+found` and
+/// (the token files, the replica's mark, and the log's files that a start
+/// stopped before sled made `db` leaves), a file system's `lost+found` and
 /// hidden entries (`.gitkeep`) do not count; what is left of a log whose sled
 /// file is gone is for the open to name as damage.
 fn holds_a_log_or_nothing(data: &Path) -> anyhow::Result<()> {
@@ -249,7 +250,8 @@ fn holds_a_log_or_nothing(data: &Path) -> anyhow::Result<()> {
     }
     let other = entries.flatten().map(|entry| entry.file_name()).find(|name| {
         let name = name.to_string_lossy();
-        !["lost+found", "admin-token", "viewer-token", REPLICA_MARK].contains(&name.as_ref()) && !name.starts_with('.')
+        let ours = ["lost+found", "admin-token", "viewer-token", REPLICA_MARK].contains(&name.as_ref());
+        !ours && !store::is_log_file(&name) && !name.starts_with('.')
     });
     match other {
         Some(name) => anyhow::bail!(

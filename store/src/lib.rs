@@ -37,7 +37,7 @@ pub use backup::{BACKUP_MAGIC, BACKUP_VERSION, BackupSummary, RestoreTo, check_b
 pub use error::StoreError;
 pub use fill::ensure_new_or_empty;
 pub use import::{ImportEvent, ImportSummary, Importer};
-pub use log::{EventLog, Options, Subscription, first_damaged_record, sled_file_lost};
+pub use log::{EventLog, Options, Subscription, first_damaged_record, is_log_file, sled_file_lost};
 pub use private::{beside, create_private_dir, create_private_file, link_into_place, sync_parent};
 pub use read_back::ReadBack;
 pub use types::{

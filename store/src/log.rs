@@ -979,6 +979,12 @@ pub fn sled_file_lost(path: &Path) -> Option<String> {
     snapshot.then(|| lost("sled's snapshot beside it shows it held a log"))
 }
 
+/// Whether `name` is one of the files a log keeps in its directory (sled's and
+/// the store's), which a start that stopped before `db` was made leaves behind.
+pub fn is_log_file(name: &str) -> bool {
+    ["db", "conf", "blobs", crate::mark::FILE].contains(&name) || WAL_FILES.contains(&name) || name.starts_with("snap.")
+}
+
 /// Whether sled's settings file (`conf`: the segment size, compression and
 /// sled's version, then a checksum) holds other settings than the ones every
 /// shoplog opens sled with. sled refuses such a file with a line about sled
