@@ -107,8 +107,9 @@ pub struct FeedStatus {
     pub filled: u64,
     /// Why it is not applying, if it is not.
     pub failure: Option<String>,
-    /// Whether it has reached the newest position NATS showed since it
-    /// started: until then its read models answer an older shop.
+    /// Whether it has reached the newest position NATS (or, given one, the
+    /// primary) showed since it started: until then its read models answer an
+    /// older shop.
     pub caught_up: bool,
     /// Whether `failure` leaves the replica stuck where it is until an
     /// operator acts or the primary sends again (a gap, another history, a
