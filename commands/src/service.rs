@@ -626,8 +626,9 @@ impl CommandService {
     /// reading it: a read replica holds no customer's key, so every
     /// registration reads there as forgotten (see `codec::decode_for_fold`),
     /// while the event types still tell a customer from a forgotten one. (A
-    /// primary restored to a position before a forget, whose key is gone, holds
-    /// no `CustomerForgotten`: its replicas take that customer as registered.)
+    /// restore to a position before a forget records the forgetting again, see
+    /// [`Self::complete_lost_forgettings`]; a log restored so by an earlier
+    /// version holds none until that customer is forgotten again.)
     pub fn customer_registered_as_recorded(&self, customer_id: CustomerId) -> Result<bool, CommandError> {
         let (registered, forgotten) = self.customer_as_recorded(customer_id)?;
         Ok(registered && !forgotten)
