@@ -63,6 +63,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let fault = mode == "fault";
     runtime.block_on(async {
         let out = Arc::new(Mutex::new(std::io::stdout()));
         let answered = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
@@ -78,6 +79,21 @@ fn main() -> ExitCode {
                         let outcome = append_something(&log, task, index).await;
                         answered[usize::from(outcome.is_err())].fetch_add(1, Ordering::Relaxed);
                         report(&out, outcome).await;
+                        if fault {
+                            // Refused at staging, whatever its batch's fsync does: it
+                            // wrote nothing, and is answered as refused.
+                            let never = append(
+                                &format!("conflict-{task}"),
+                                ExpectedVersion::Exact(1_000_000),
+                                vec![event("E", b"")],
+                            );
+                            let refused = log.append(never).await;
+                            let line = match refused {
+                                Ok(_) => "conflict ok\n".to_owned(),
+                                Err(error) => format!("conflict {}\n", kind(&error)),
+                            };
+                            let _ = out.lock().await.write_all(line.as_bytes());
+                        }
                     }
                 })
             })
@@ -176,6 +192,7 @@ fn kind(error: &StoreError) -> &'static str {
     match error {
         StoreError::Durability { .. } => "durability",
         StoreError::Unavailable { .. } => "unavailable",
+        StoreError::WrongExpectedVersion { .. } => "conflict",
         _ => "other",
     }
 }

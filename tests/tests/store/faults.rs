@@ -61,6 +61,15 @@ impl FaultRun {
             errors.iter().all(|line| line.starts_with("err durability ") || line.starts_with("err unavailable ")),
             "every error is about durability:\n{stdout}"
         );
+        // Each appender's refused append (an expected version no stream has)
+        // beside its others: refused as such, also in the batch whose fsync
+        // failed (it wrote nothing), or refused as the log is, after it.
+        let refused: Vec<&String> = self.lines.iter().filter(|line| line.starts_with("conflict ")).collect();
+        assert!(!refused.is_empty(), "{stdout}");
+        assert!(
+            refused.iter().all(|line| *line == "conflict conflict" || *line == "conflict unavailable"),
+            "an append refused at staging keeps its own answer:\n{stdout}"
+        );
         let (answered, stats) = (self.numbers("answered "), self.numbers("stats "));
         assert_eq!(answered[0] + answered[1], 8 * 50, "every appender got an answer");
         assert_eq!(answered[0], stats[1], "acknowledged appends are exactly those of the durable batches");
