@@ -170,7 +170,6 @@ impl std::str::FromStr for Secret {
     }
 }
 
-/// Parse, run, and turn any error into one line and exit code 2.
 /// Stdout's reader went away (`shoplog export | head`): the command ends
 /// there quietly with 141, as a Unix tool that SIGPIPE ends does (128 + 13).
 /// Not success: a `verify | …` whose verdict could not be written must not
@@ -188,6 +187,7 @@ pub fn stdout_error(error: std::io::Error) -> anyhow::Error {
     }
 }
 
+/// Parse, run, and turn any error into one line and exit code 2.
 pub fn main() -> ExitCode {
     let parsed = Cli::command().try_get_matches().and_then(|matches| Ok((Cli::from_arg_matches(&matches)?, matches)));
     let (cli, matches) = match parsed {
