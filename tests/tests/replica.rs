@@ -685,6 +685,31 @@ async fn a_replica_takes_customers_tokens_and_tells_them_from_forgotten_ones() {
     assert_eq!(shown, [&json!("CustomerRegistered"), &json!(false), &json!(true), &Value::Null], "{registration}");
     let on_primary = primary.get(&stream, Some(ADMIN)).await.body["events"][0].clone();
     assert_eq!(on_primary["data"]["email"], email, "the primary reads it: {on_primary}");
+    // So does the live feed show it, to the admin too.
+    let mut feed = replica
+        .client
+        .get(format!("{}/api/v1/events/live?from=1", replica.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("connects");
+    let mut sent = String::new();
+    let registration = loop {
+        // Complete events only: each ends with a blank line.
+        let complete = &sent[..sent.rfind("\n\n").map_or(0, |end| end + 2)];
+        let block = complete.split("\n\n").find(|block| block.lines().any(|line| line == "event: CustomerRegistered"));
+        if let Some(data) = block.and_then(|block| block.lines().find_map(|line| line.strip_prefix("data:"))) {
+            break serde_json::from_str::<Value>(data.trim()).expect("json");
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(10), feed.chunk()).await.expect("an event within 10 s");
+        sent.push_str(&String::from_utf8_lossy(&chunk.expect("reads").expect("the feed stays open")));
+    };
+    assert_eq!(
+        (&registration["forgotten"], &registration["withheld"]),
+        (&json!(false), &json!(true)),
+        "{registration}"
+    );
+    drop(feed);
 
     // `shoplog forget` pointed at the replica says where to forget.
     let args = ["forget", "--customer", &customer_id, "--server", &replica.base, "--token", ADMIN].map(str::to_owned);
