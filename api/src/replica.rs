@@ -86,11 +86,11 @@ pub struct Primary {
     pub token: Secret,
 }
 
-/// "position 7 is", or "positions 7 to 9 are" (`one` and `many` the verb).
-fn positions(from: u64, to: u64, one: &str, many: &str) -> String {
+/// "position 7", or "positions 7 to 9".
+fn positions(from: u64, to: u64) -> String {
     match from == to {
-        true => format!("position {from} {one}"),
-        false => format!("positions {from} to {to} {many}"),
+        true => format!("position {from}"),
+        false => format!("positions {from} to {to}"),
     }
 }
 
@@ -145,10 +145,10 @@ pub enum FeedError {
     #[error(
         "{} missing from NATS (JetStream lost or dropped them): the replica stops applying at {from}; start it \
          with --primary URL --token T to fill them from the primary",
-        positions(*from, *to, "is", "are")
+        positions(*from, *to) + if from == to { " is" } else { " are" }
     )]
     Gap { from: u64, to: u64 },
-    #[error("filling {} from the primary failed: {reason}", positions(*from, *to, "", "").trim_end())]
+    #[error("filling {} from the primary failed: {reason}", positions(*from, *to))]
     Primary { from: u64, to: u64, reason: String },
     #[error("message at stream sequence {sequence}: {reason}")]
     Message { sequence: u64, reason: String },

@@ -65,8 +65,10 @@ pub fn replica_router() -> OpenApiRouter<AppState> {
             (&item.patch, &served.patch, axum::routing::patch(not_on_a_replica)),
             (&item.delete, &served.delete, axum::routing::delete(not_on_a_replica)),
         ];
-        for (_, _, method) in methods.into_iter().filter(|(taken, served, _)| taken.is_some() && served.is_none()) {
-            commands.push((path.clone(), method));
+        for (taken, served, method) in methods {
+            if taken.is_some() && served.is_none() {
+                commands.push((path.clone(), method));
+            }
         }
     }
     commands
@@ -129,7 +131,8 @@ struct Ready {
 /// rebuilt, and answers nothing until then). A model that falls behind or fails
 /// later shows in `/admin/projections` and `/metrics`, not here: commands and the
 /// other models still serve. A read replica is ready once its feed has also
-/// caught up with NATS since it started, and while the feed is not stuck (a gap
+/// caught up since it started (with NATS, or with its primary's head), and while
+/// the feed is not stuck (a gap
 /// nobody fills, another history, a record its log refused); out of touch with
 /// NATS after that, it stays ready (see `replica::FeedStatus::unready`).
 #[utoipa::path(
@@ -904,14 +907,17 @@ async fn stream_events(
         return Err(ApiError::NotFound(format!("stream {stream} has no events")));
     }
     let next = (recorded.len() == limit).then(|| recorded.last().map(|event| event.version + 1)).flatten();
-    let events = recorded.into_iter().map(|event| shown(&state, event)).collect::<Result<_, _>>()?;
-    Ok(Json(EventsPage { events, next }))
+    Ok(Json(EventsPage { events: shown(&state, recorded)?, next }))
 }
 
-/// An event's JSON form as this server shows it (see [`EventJson::shown_on_a_replica`]).
-fn shown(state: &AppState, event: store::RecordedEvent) -> Result<EventJson, ApiError> {
-    let event = EventJson::from_recorded(event)?;
-    if state.is_replica() { event.shown_on_a_replica(&state.service) } else { Ok(event) }
+/// Events' JSON form as this server shows them (see [`EventJson::shown_on_a_replica`]).
+fn shown(state: &AppState, recorded: Vec<store::RecordedEvent>) -> Result<Vec<EventJson>, ApiError> {
+    let replica = state.is_replica();
+    let show = |event| {
+        let event = EventJson::from_recorded(event)?;
+        if replica { event.shown_on_a_replica(&state.service) } else { Ok(event) }
+    };
+    recorded.into_iter().map(show).collect()
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -986,8 +992,7 @@ async fn events(
     } else {
         let recorded = state.log.read_all(from, limit)?;
         let next = (recorded.len() == limit).then(|| recorded.last().map(|event| event.position + 1)).flatten();
-        let events = recorded.into_iter().map(|event| shown(&state, event)).collect::<Result<_, _>>()?;
-        Json(EventsPage { events, next }).into_response()
+        Json(EventsPage { events: shown(&state, recorded)?, next }).into_response()
     };
     response.headers_mut().insert("x-head-position", HeaderValue::from(state.log.head()));
     Ok(response)

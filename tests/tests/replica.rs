@@ -439,9 +439,7 @@ async fn a_replica_finds_its_head_among_others_messages() {
     relayed(&primary).await;
 
     let replica = replica_on(dir, &nats, None).await;
-    copied(&replica, &primary).await;
-    primary.caught_up().await;
-    assert_same_log(&replica, &primary);
+    caught_up_with(&replica, &primary).await;
     assert_eq!(feed_status(&replica).await["failure"], Value::Null);
     replica.stop().await;
     primary.stop().await;
@@ -597,9 +595,7 @@ async fn a_replica_goes_on_when_the_stream_is_made_again() {
     relayed(&primary).await;
     let first = published(&nats.url()).await.first().map(|message| (message.sequence, message.position));
     assert_eq!(first.map(|(sequence, _)| sequence), Some(1), "a new stream: {first:?}");
-    copied(&replica, &primary).await;
-    primary.caught_up().await;
-    assert_same_log(&replica, &primary);
+    caught_up_with(&replica, &primary).await;
     assert_eq!(feed_status(&replica).await["failure"], Value::Null);
     replica.stop().await;
     primary.stop().await;
