@@ -707,6 +707,42 @@ async fn a_nats_server_that_never_answers_holds_up_no_command_and_no_stop() {
     drop(silent);
 }
 
+/// A relay stopped while it catches up waits for the acks of what it sent, and
+/// saves its checkpoint at the last message JetStream stored: the next start
+/// then goes on from there, not from a checkpoint some hundreds behind (which
+/// the stream's end would correct, at the cost of reading it back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_stopped_mid_catch_up_saves_its_checkpoint_at_the_last_message_stored() {
+    let dir = tests::temp_dir();
+    let nats = NatsServer::start(dir.path());
+    let log = store::EventLog::open(&dir.path().join("data")).expect("opens the log");
+    // Enough events that the stop comes while publishes are in flight.
+    for batch in 0..200 {
+        let events = (0..200).map(|_| tests::event("ProductRestocked", &[7; 64])).collect();
+        let stream = format!("product-{batch}");
+        log.append(tests::append(&stream, store::ExpectedVersion::NoStream, events)).await.expect("appends");
+    }
+    let head = log.head();
+    let relay = commands::Relay::start(log.clone(), commands::RelayOptions::new(nats.url())).expect("starts");
+    let deadline = Instant::now() + RELAY_WAIT;
+    while relay.status().published < 2_000 {
+        assert!(Instant::now() < deadline, "the relay never published: {:?}", relay.status());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    relay.stop().await;
+
+    let context = jetstream::new(async_nats::connect(nats.url()).await.expect("connects to NATS"));
+    let mut stream = context.get_stream("SHOPLOG_EVENTS").await.expect("the relay made the stream");
+    let last_sequence = stream.info().await.expect("the stream's state").state.last_sequence;
+    let last = stream.get_raw_message(last_sequence).await.expect("the stream's last message");
+    let last_position: u64 =
+        last.headers.get("Shoplog-Position").expect("a position").as_str().parse().expect("a number");
+    assert!(last_position < head, "the stop came after the relay had caught up ({head}): the test shows nothing");
+    let saved = log.open_tree("relay").expect("the relay's tree").get(b"nats.checkpoint").expect("reads the tree");
+    let saved = u64::from_be_bytes(saved.expect("a saved checkpoint").as_ref().try_into().expect("8 bytes"));
+    assert_eq!(saved, last_position, "the checkpoint saved at the stop is not the last message stored");
+}
+
 fn path(path: &Path) -> &str {
     path.to_str().expect("a utf-8 path")
 }
