@@ -36,6 +36,11 @@ pub struct EventJson {
     pub hash: String,
 }
 
+/// Whether `subject` is a customer registered and not forgotten by what the log recorded.
+pub fn registered_as_recorded(service: &commands::CommandService, subject: uuid::Uuid) -> Result<bool, ApiError> {
+    service.customer_registered_as_recorded(domain::CustomerId::new(subject)).map_err(ApiError::internal)
+}
+
 impl EventJson {
     /// The same event with its personal data (the data of an event sealed
     /// under a customer) withheld, for a reader who may not see it.
@@ -50,10 +55,18 @@ impl EventJson {
     /// The event as a read replica shows it: sealed data it cannot read is
     /// withheld, not forgotten, unless the subject was forgotten by what the
     /// log recorded ([`commands::CommandService::customer_registered_as_recorded`]).
-    pub fn shown_on_a_replica(mut self, service: &commands::CommandService) -> Result<Self, ApiError> {
-        let registered = |subject| service.customer_registered_as_recorded(domain::CustomerId::new(subject));
+    pub fn shown_on_a_replica(self, service: &commands::CommandService) -> Result<Self, ApiError> {
+        self.shown_as_recorded(|subject| registered_as_recorded(service, subject))
+    }
+
+    /// [`EventJson::shown_on_a_replica`], told by `registered` whether a
+    /// subject is a customer registered and not forgotten by what the log recorded.
+    pub fn shown_as_recorded(
+        mut self,
+        mut registered: impl FnMut(uuid::Uuid) -> Result<bool, ApiError>,
+    ) -> Result<Self, ApiError> {
         if let Some(subject) = self.subject.filter(|_| self.forgotten)
-            && registered(subject).map_err(ApiError::internal)?
+            && registered(subject)?
         {
             self.forgotten = false;
             self.withheld = true;

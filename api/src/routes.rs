@@ -911,13 +911,26 @@ async fn stream_events(
 }
 
 /// Events' JSON form as this server shows them (see [`EventJson::shown_on_a_replica`]).
+/// On a replica each customer's stream is read once a page, however many of
+/// their events the page holds.
 fn shown(state: &AppState, recorded: Vec<store::RecordedEvent>) -> Result<Vec<EventJson>, ApiError> {
     let replica = state.is_replica();
-    let show = |event| {
+    let mut registered = std::collections::HashMap::new();
+    let mut show = |event| {
         let event = EventJson::from_recorded(event)?;
-        if replica { event.shown_on_a_replica(&state.service) } else { Ok(event) }
+        if !replica {
+            return Ok(event);
+        }
+        event.shown_as_recorded(|subject| match registered.get(&subject) {
+            Some(known) => Ok(*known),
+            None => {
+                let known = crate::json::registered_as_recorded(&state.service, subject)?;
+                registered.insert(subject, known);
+                Ok(known)
+            }
+        })
     };
-    recorded.into_iter().map(show).collect()
+    recorded.into_iter().map(&mut show).collect()
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

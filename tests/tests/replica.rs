@@ -663,6 +663,9 @@ async fn a_replica_takes_customers_tokens_and_tells_them_from_forgotten_ones() {
     let customer_id = primary.register(email).await;
     let token = primary.login(email).await;
     primary.place_order(&token, "mug-1", 2).await;
+    let gone_id = primary.register("gone.customer@example.com").await;
+    let forgot = primary.post(&format!("/admin/customers/{gone_id}/forget"), Some(ADMIN), json!({})).await;
+    assert!(forgot.status.is_success(), "{forgot:?}");
     relayed(&primary).await;
     let replica = TestApp::serve_dir_as(tests::temp_dir(), Role::Replica { primary: None }, |config| {
         config.nats = Some(nats.url());
@@ -670,6 +673,19 @@ async fn a_replica_takes_customers_tokens_and_tells_them_from_forgotten_ones() {
     })
     .await;
     copied(&replica, &primary).await;
+    // In one page, each customer's events as that customer stands.
+    let page = replica.get("/api/v1/events?from=1&limit=1000", Some(ADMIN)).await;
+    assert_eq!(page.status, StatusCode::OK, "{page:?}");
+    let sealed: Vec<&Value> =
+        page.body["events"].as_array().expect("events").iter().filter(|e| e["subject"].is_string()).collect();
+    for (subject, forgotten, withheld) in [(&customer_id, false, true), (&gone_id, true, false)] {
+        let theirs: Vec<_> = sealed.iter().filter(|event| event["subject"] == subject.as_str()).collect();
+        assert!(!theirs.is_empty(), "no sealed event of {subject} in {sealed:?}");
+        for event in theirs {
+            let shown = (event["forgotten"] == json!(true), event["withheld"] == json!(true));
+            assert_eq!(shown, (forgotten, withheld), "{event}");
+        }
+    }
 
     let orders = replica.get("/api/v1/orders", Some(&token)).await;
     assert_eq!(orders.status, StatusCode::OK, "{orders:?}");
