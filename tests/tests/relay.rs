@@ -715,7 +715,7 @@ async fn a_nats_server_that_never_answers_holds_up_no_command_and_no_stop() {
 async fn a_relay_stopped_mid_catch_up_saves_its_checkpoint_at_the_last_message_stored() {
     let dir = tests::temp_dir();
     let nats = NatsServer::start(dir.path());
-    let log = store::EventLog::open(&dir.path().join("data")).expect("opens the log");
+    let log = store::EventLog::open(dir.path().join("data")).expect("opens the log");
     // Enough events that the stop comes while publishes are in flight.
     for batch in 0..200 {
         let events = (0..200).map(|_| tests::event("ProductRestocked", &[7; 64])).collect();
