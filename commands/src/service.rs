@@ -10,7 +10,7 @@ use domain::{
     EmailClaim, EmailKey, Event, ForgetCustomer, Order, OrderCommand, OrderId, Password, PriceCents, Product,
     ProductCommand, ProductName, Quantity, RegisterCustomer, RemoveCartItem, RestockQuantity, Sku, Stock, StreamId,
 };
-use store::{AppendRequest, AppendResult, EventLog, ExpectedVersion, StoreError, StreamAppend};
+use store::{AppendRequest, AppendResult, EventLog, ExpectedVersion, Idempotency, StoreError, StreamAppend};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -25,6 +25,12 @@ const PAGE_LEN: usize = 512;
 
 /// The name of the log secret that keys email hashes (DESIGN §5).
 pub const EMAIL_KEY_SECRET: &str = "email-key";
+
+/// The name of the log secret that keys the request hashes stored with
+/// idempotency keys: a registration's hash covers its email and name, and the
+/// log holds no personal data in a form that can be tested against guesses
+/// (DESIGN §3.9) without the log's secrets.
+pub const REQUEST_KEY_SECRET: &str = "request-key";
 
 /// How the service behaves; [`Options::default`] suits a server.
 #[derive(Debug, Clone)]
@@ -71,6 +77,7 @@ struct Inner {
     cache: StateCache,
     hasher: Hasher,
     email_secret: Secret,
+    request_secret: Secret,
     options: Options,
 }
 
@@ -159,9 +166,10 @@ impl CommandService {
 
     pub fn with_options(log: EventLog, options: Options) -> Result<Self, CommandError> {
         let email_secret = Secret(log.secret(EMAIL_KEY_SECRET)?);
+        let request_secret = Secret(log.secret(REQUEST_KEY_SECRET)?);
         let hasher = Hasher::new(options.hashes_parallel_max)?;
         let cache = StateCache::new(options.cache_streams_max);
-        Ok(CommandService { inner: Arc::new(Inner { log, cache, hasher, email_secret, options }) })
+        Ok(CommandService { inner: Arc::new(Inner { log, cache, hasher, email_secret, request_secret, options }) })
     }
 
     /// The log the service writes to.
@@ -270,35 +278,44 @@ impl CommandService {
         };
         let command =
             CustomerCommand::Register(RegisterCustomer { customer_id, email, email_key, name, password_hash });
-        self.execute(ctx, "register customer", &customer_stream, expected, |service| {
-            let customer = service.load::<Customer>(&customer_stream)?;
-            let claim = service.load::<EmailClaim>(&email_stream)?;
-            let decision = match claim.state.claimed_by() {
-                None => {
-                    let events =
-                        domain::customer::decide(&customer.state, &claim.state, &Customer::default(), &command)?;
-                    Decision::new(events).read(&customer_stream, &customer).read(&email_stream, &claim)
+        let outcome = self
+            .execute(ctx, "register customer", &customer_stream, expected, |service| {
+                let customer = service.load::<Customer>(&customer_stream)?;
+                let claim = service.load::<EmailClaim>(&email_stream)?;
+                let decision = match claim.state.claimed_by() {
+                    None => {
+                        let events =
+                            domain::customer::decide(&customer.state, &claim.state, &Customer::default(), &command)?;
+                        Decision::new(events).read(&customer_stream, &customer).read(&email_stream, &claim)
+                    }
+                    Some(holder_id) => {
+                        // Whether the address's holder was forgotten (its claim then holds nothing).
+                        let holder_stream = StreamId::Customer(holder_id).to_string();
+                        let holder = service.load::<Customer>(&holder_stream)?;
+                        let events = domain::customer::decide(&customer.state, &claim.state, &holder.state, &command)?;
+                        Decision::new(events)
+                            .read(&customer_stream, &customer)
+                            .read(&email_stream, &claim)
+                            .read(&holder_stream, &holder)
+                    }
+                };
+                if taken {
+                    // Freed since it was found taken (its holder forgotten): the
+                    // request is answered as of then, and the placeholder is never
+                    // stored as anyone's password.
+                    return Err(domain::DomainError::EmailTaken.into());
                 }
-                Some(holder_id) => {
-                    // Whether the address's holder was forgotten (its claim then holds nothing).
-                    let holder_stream = StreamId::Customer(holder_id).to_string();
-                    let holder = service.load::<Customer>(&holder_stream)?;
-                    let events = domain::customer::decide(&customer.state, &claim.state, &holder.state, &command)?;
-                    Decision::new(events)
-                        .read(&customer_stream, &customer)
-                        .read(&email_stream, &claim)
-                        .read(&holder_stream, &holder)
-                }
-            };
-            if taken {
-                // Freed since it was found taken (its holder forgotten): the
-                // request is answered as of then, and the placeholder is never
-                // stored as anyone's password.
-                return Err(domain::DomainError::EmailTaken.into());
-            }
-            Ok(decision)
-        })
-        .await
+                Ok(decision)
+            })
+            .await?;
+        // A repeat of a registration whose customer was forgotten since: the
+        // first answer would name an erased customer, to whoever holds the key.
+        if let Some(customer_id) = outcome.customer_id().filter(|_| outcome.duplicate)
+            && self.customer_as_recorded(customer_id)?.1
+        {
+            return Err(CommandError::RegistrationForgotten);
+        }
+        Ok(outcome)
     }
 
     /// The customer whose email and password these are, or
@@ -814,7 +831,7 @@ impl CommandService {
             let request = AppendRequest {
                 streams: written.chain(conditions).collect::<Result<_, CommandError>>()?,
                 metadata: ctx.metadata(),
-                idempotency: ctx.idempotency.clone(),
+                idempotency: self.keyed(ctx),
                 recorded_at: None,
             };
             let appended = match forget {
@@ -829,6 +846,7 @@ impl CommandService {
                         false => Ok(self.remember(main, result, groups, attempts)),
                     };
                 }
+                Err(StoreError::IdempotencyKeyReused) => return self.first_unkeyed(ctx, main, attempts).await,
                 // The store checks idempotency before versions: this key is new.
                 Err(StoreError::WrongExpectedVersion { stream, actual, .. }) => {
                     if let Some(expected) = expected
@@ -867,10 +885,38 @@ impl CommandService {
         refusal: CommandError,
         attempts: u32,
     ) -> Result<CommandOutcome, CommandError> {
-        let Some(idempotency) = &ctx.idempotency else { return Err(refusal) };
-        match self.inner.log.repeated(idempotency.clone(), ctx.metadata()).await? {
-            Some(first) => self.outcome_from_log(main, first, attempts),
-            None => Err(refusal),
+        let Some(idempotency) = self.keyed(ctx) else { return Err(refusal) };
+        match self.inner.log.repeated(idempotency, ctx.metadata()).await {
+            Ok(Some(first)) => self.outcome_from_log(main, first, attempts),
+            Ok(None) => Err(refusal),
+            Err(StoreError::IdempotencyKeyReused) => self.first_unkeyed(ctx, main, attempts).await,
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// The command's idempotency key with its request hash keyed by the log's
+    /// [`REQUEST_KEY_SECRET`], as the log stores it.
+    fn keyed(&self, ctx: &CommandContext) -> Option<Idempotency> {
+        ctx.idempotency.as_ref().map(|idempotency| Idempotency {
+            key: idempotency.key.clone(),
+            request_hash: *blake3::keyed_hash(&self.inner.request_secret.0, &idempotency.request_hash).as_bytes(),
+        })
+    }
+
+    /// A key that the log holds for another request hash: the first outcome if
+    /// it was stored with the plain hash (by a binary from before the hashes
+    /// were keyed) of this very request; else the key was used for another one.
+    async fn first_unkeyed(
+        &self,
+        ctx: &CommandContext,
+        main: &str,
+        attempts: u32,
+    ) -> Result<CommandOutcome, CommandError> {
+        let Some(idempotency) = ctx.idempotency.clone() else { return Err(CommandError::IdempotencyKeyReused) };
+        match self.inner.log.repeated(idempotency, ctx.metadata()).await {
+            Ok(Some(first)) => self.outcome_from_log(main, first, attempts),
+            Ok(None) | Err(StoreError::IdempotencyKeyReused) => Err(CommandError::IdempotencyKeyReused),
+            Err(error) => Err(error.into()),
         }
     }
 

@@ -477,6 +477,56 @@ async fn forgetting_a_customer_makes_the_email_registrable_again() {
     log.verify().expect("the log verifies");
 }
 
+/// A registration's request hash covers its email and name: the log keeps it
+/// keyed by the log's `request-key` secret, never plain (DESIGN §3.9). A key
+/// that an earlier binary stored with the plain hash still repeats its first
+/// answer (simulated here: a request whose plain hash is what the log holds).
+#[tokio::test]
+async fn request_hashes_are_stored_keyed_and_a_plainly_stored_one_still_repeats() {
+    let dir = temp_dir();
+    let (log, service) = open(dir.path());
+    let plain = [5; 32];
+    create_product(&service, "mug-1", 1299, 5).await;
+    let ctx = admin().with_idempotency("restock-1", plain);
+    let first =
+        service.restock(&ctx, sku("mug-1"), RestockQuantity::new(1).expect("literal"), None).await.expect("restocks");
+    let head = log.head();
+    let secret = log.secret(commands::REQUEST_KEY_SECRET).expect("the secret");
+    let stored = *blake3::keyed_hash(&secret, &plain).as_bytes();
+    // The request whose plain hash is the stored one: answered as the first.
+    let legacy = admin().with_idempotency("restock-1", stored);
+    let again =
+        service.restock(&legacy, sku("mug-1"), RestockQuantity::new(1).expect("literal"), None).await.expect("repeats");
+    assert!(again.duplicate);
+    assert_eq!((again.first_position, again.last_position), (first.first_position, first.last_position));
+    let other = admin().with_idempotency("restock-1", [6; 32]);
+    assert_eq!(
+        service.restock(&other, sku("mug-1"), RestockQuantity::new(1).expect("literal"), None).await.map(|_| ()),
+        Err(CommandError::IdempotencyKeyReused)
+    );
+    assert_eq!(log.head(), head, "nothing written by the repeats");
+}
+
+/// A repeat of a registration (its idempotency key and request) after the
+/// customer was forgotten is refused: its first answer names the erased customer.
+#[tokio::test]
+async fn a_registration_repeated_after_its_customer_was_forgotten_is_refused() {
+    let dir = temp_dir();
+    let (log, service) = open(dir.path());
+    let ctx = CommandContext::new("public").with_idempotency("register-1", [8; 32]);
+    let register =
+        || service.register_customer(&ctx, email("dan@example.com"), name("Dan"), password("analytical engine"), None);
+    let first = register().await.expect("registers");
+    let customer_id = first.customer_id().expect("names the customer");
+    let again = register().await.expect("the first answer again");
+    assert!(again.duplicate);
+    assert_eq!(again.customer_id(), Some(customer_id));
+    service.forget_customer(&admin(), customer_id, None).await.expect("forgets");
+    let head = log.head();
+    assert_eq!(register().await.map(|_| ()), Err(CommandError::RegistrationForgotten));
+    assert_eq!(log.head(), head);
+}
+
 async fn register(service: &CommandService, address: &str) -> CustomerId {
     service
         .register_customer(&CommandContext::new("public"), email(address), name("Ada"), password("analytical"), None)
