@@ -94,7 +94,18 @@ impl std::fmt::Debug for Secret {
 /// secret): the keyed blake3 hash of the lowercased address, in hex. Import checks
 /// an export's secret with it.
 pub fn email_key(secret: &[u8; 32], email: &Email) -> EmailKey {
-    let hash = blake3::keyed_hash(secret, email.normalized().as_bytes());
+    key_of(secret, &email.normalized())
+}
+
+/// The key `email`'s claim had before addresses were lowercased letter by letter
+/// ([`Email::normalized_before_folding`]), where it differs: a claim made then
+/// is found under it.
+pub fn email_key_before_folding(secret: &[u8; 32], email: &Email) -> Option<EmailKey> {
+    email.normalized_before_folding().map(|before| key_of(secret, &before))
+}
+
+fn key_of(secret: &[u8; 32], normalized: &str) -> EmailKey {
+    let hash = blake3::keyed_hash(secret, normalized.as_bytes());
     EmailKey::parse(hash.to_hex().as_str())
         .expect("a blake3 hash in hex is 64 lowercase hex characters, which is an email key's rule")
 }
@@ -188,6 +199,20 @@ impl CommandService {
         email_key(&self.inner.email_secret.0, email)
     }
 
+    /// The key of the claim stream that holds `email` for `holder` (any
+    /// customer, when `None`): its key, unless only a claim made before
+    /// addresses were lowercased letter by letter ([`email_key_before_folding`])
+    /// holds it so.
+    fn held_email_key(&self, email: &Email, holder: Option<CustomerId>) -> Result<EmailKey, CommandError> {
+        let key = self.email_key(email);
+        let Some(before) = email_key_before_folding(&self.inner.email_secret.0, email) else { return Ok(key) };
+        let holds = |key: &EmailKey| -> Result<bool, CommandError> {
+            let claimed_by = self.load::<EmailClaim>(&StreamId::Email(key.clone()).to_string())?.state.claimed_by();
+            Ok(claimed_by.is_some() && (holder.is_none() || claimed_by == holder))
+        };
+        Ok(if !holds(&key)? && holds(&before)? { before } else { key })
+    }
+
     // Products --------------------------------------------------------------------------------
 
     /// Create a product (`product-<sku>` must not exist: appended with `NoStream`).
@@ -271,7 +296,8 @@ impl CommandService {
         // tens of milliseconds of a core, and registrations of a taken address
         // sent over and over would otherwise hold up every login's
         // verification, which waits for the same few cores.
-        let taken = self.registered_holder(&email_stream)?.is_some();
+        let held = StreamId::Email(self.held_email_key(&email, None)?).to_string();
+        let taken = self.registered_holder(&held)?.is_some();
         let password_hash = match taken {
             true => self.inner.hasher.placeholder()?,
             false => self.inner.hasher.hash(password).await?,
@@ -323,7 +349,7 @@ impl CommandService {
     /// verification too, so the answer's timing does not tell which emails exist.
     #[tracing::instrument(skip_all)]
     pub async fn login(&self, email: &Email, password: &Password) -> Result<CustomerId, CommandError> {
-        let email_stream = StreamId::Email(self.email_key(email)).to_string();
+        let email_stream = StreamId::Email(self.held_email_key(email, None)?).to_string();
         let (customer_id, stored) = self.registered_holder(&email_stream)?.unzip();
         match (customer_id, self.inner.hasher.verify(password.clone(), stored).await?) {
             (Some(customer_id), true) => Ok(customer_id),
@@ -377,7 +403,7 @@ impl CommandService {
             let customer = service.load::<Customer>(&customer_stream)?;
             let (mut events, mut decision) = match &*customer.state {
                 Customer::Registered(profile) => {
-                    let email_key = service.email_key(&profile.email);
+                    let email_key = service.held_email_key(&profile.email, Some(customer_id))?;
                     let email_stream = StreamId::Email(email_key.clone()).to_string();
                     let claim = service.load::<EmailClaim>(&email_stream)?;
                     let command = CustomerCommand::Forget(ForgetCustomer { customer_id, email_key });

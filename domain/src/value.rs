@@ -242,17 +242,36 @@ impl Email {
         Ok(Self(text))
     }
 
-    /// The address lowercased and in Unicode's composed form (NFC): what the
-    /// shell hashes into the [`EmailKey`], so two spellings of one address claim
-    /// the same stream, whether they differ in case or in how an accented letter
-    /// is encoded (`é` as one code point or as `e` and a combining accent, which
-    /// look the same to the customer typing it). An ASCII address is only lowercased.
+    /// The address lowercased letter by letter, its final sigma `ς` as `σ`, and
+    /// in Unicode's composed form (NFC): what the shell hashes into the
+    /// [`EmailKey`], so two spellings of one address claim the same stream,
+    /// whether they differ in case or in how an accented letter is encoded (`é`
+    /// as one code point or as `e` and a combining accent, which look the same
+    /// to the customer typing it). Letter by letter, because `str::to_lowercase`
+    /// makes a capital `Σ` that ends a word `ς`, so `ΑΣ@…` and `ασ@…` would be two
+    /// addresses. (`ß` and `ss` stay two: only full case folding joins them.)
+    /// An ASCII address is only lowercased.
     pub fn normalized(&self) -> String {
-        let lower = self.0.to_lowercase();
-        match icu_normalizer::ComposingNormalizerBorrowed::new_nfc().normalize(&lower) {
-            std::borrow::Cow::Borrowed(_) => lower,
-            std::borrow::Cow::Owned(composed) => composed,
-        }
+        let lower: String =
+            self.0.chars().flat_map(char::to_lowercase).map(|c| if c == 'ς' { 'σ' } else { c }).collect();
+        composed(lower)
+    }
+
+    /// The address as [`Email::normalized`] had it, for a spelling with capital
+    /// sigmas, before it went letter by letter (`str::to_lowercase`, which
+    /// makes `ΑΣ@…` `ας@…`), where that differs: a claim made then is found
+    /// under this one's key, whichever spelling comes now.
+    pub fn normalized_before_folding(&self) -> Option<String> {
+        let normalized = self.normalized();
+        Some(composed(normalized.replace('σ', "Σ").to_lowercase())).filter(|before| *before != normalized)
+    }
+}
+
+/// `text` in Unicode's composed form (NFC).
+fn composed(text: String) -> String {
+    match icu_normalizer::ComposingNormalizerBorrowed::new_nfc().normalize(&text) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(composed) => composed,
     }
 }
 

@@ -527,6 +527,50 @@ async fn a_registration_repeated_after_its_customer_was_forgotten_is_refused() {
     assert_eq!(log.head(), head);
 }
 
+/// One address in capitals is the same address, Greek's word-final sigma too
+/// (`ΑΣ@…` lowercases to `ας@…` as a word, `ασ@…` letter by letter). A claim an
+/// earlier binary made under the key of `ας@…` still holds the address against
+/// its other spellings, and the customer's forget releases it.
+#[tokio::test]
+async fn an_address_in_capitals_is_the_same_address_final_sigma_too_and_older_claims_still_hold() {
+    let dir = temp_dir();
+    let (log, service) = open(dir.path());
+    let public = CommandContext::new("public");
+    let register_as = |address: &'static str| {
+        service.register_customer(&public, email(address), name("Ada"), password("analytical"), None)
+    };
+    let first = register(&service, "ασ@example.com").await;
+    assert_eq!(register_as("ΑΣ@EXAMPLE.COM").await.map(|_| ()), Err(CommandError::Domain(DomainError::EmailTaken)));
+    assert_eq!(service.login(&email("ΑΣ@EXAMPLE.COM"), &password("analytical")).await, Ok(first));
+
+    let old = email("ΒΣ@example.com");
+    let secret = log.secret(commands::EMAIL_KEY_SECRET).expect("the secret");
+    let before = commands::email_key_before_folding(&secret, &old).expect("a word-final capital sigma differs");
+    assert_ne!(before, service.email_key(&old));
+    let customer_id = new_customer();
+    let command = domain::CustomerCommand::Register(domain::RegisterCustomer {
+        customer_id,
+        email: old,
+        email_key: before,
+        name: name("Old"),
+        password_hash: domain::PasswordHash::new("$argon2id$stand-in".to_owned()).expect("literal"),
+    });
+    let events = domain::customer::decide(&Customer::default(), &Default::default(), &Customer::default(), &command)
+        .expect("registers");
+    let streams: Vec<(String, store::NewEvent)> = events
+        .iter()
+        .map(|event| (event.stream().to_string(), commands::codec::to_new_event(event).expect("encodes")))
+        .collect();
+    let appends =
+        streams.iter().map(|(stream, event)| (stream.as_str(), store::ExpectedVersion::NoStream, vec![event.clone()]));
+    log.append(tests::append_many(appends.collect())).await.expect("the earlier binary's registration");
+
+    assert_eq!(register_as("βσ@example.com").await.map(|_| ()), Err(CommandError::Domain(DomainError::EmailTaken)));
+    service.forget_customer(&admin(), customer_id, None).await.expect("forgets");
+    assert_ne!(register(&service, "βσ@example.com").await, customer_id);
+    log.verify().expect("the log verifies");
+}
+
 async fn register(service: &CommandService, address: &str) -> CustomerId {
     service
         .register_customer(&CommandContext::new("public"), email(address), name("Ada"), password("analytical"), None)

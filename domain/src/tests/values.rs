@@ -121,6 +121,13 @@ fn valid_looking_emails_are_accepted_and_kept_as_given() {
 #[test]
 fn emails_compare_for_uniqueness_lowercased() {
     assert_eq!(email("Alice@Example.COM").normalized(), "alice@example.com");
+    // Letter by letter: a capital sigma that ends a word is `σ` too, not `ς`.
+    assert_eq!(email("ΑΣ@EXAMPLE.COM").normalized(), "ασ@example.com");
+    assert_eq!(email("ας@example.com").normalized(), "ασ@example.com");
+    assert_eq!(email("ΑΣ@EXAMPLE.COM").normalized_before_folding().as_deref(), Some("ας@example.com"));
+    assert_eq!(email("ασ@example.com").normalized_before_folding().as_deref(), Some("ας@example.com"));
+    assert_eq!(email("σα@example.com").normalized_before_folding(), None);
+    assert_eq!(email("Alice@Example.COM").normalized_before_folding(), None);
 }
 
 #[test]
