@@ -485,7 +485,12 @@ impl CommandService {
     // Carts -----------------------------------------------------------------------------------
 
     /// Add `quantity` of `sku` to the customer's cart (the product must be active;
-    /// the product's stream is read, not written).
+    /// the product's stream is read, not written). Like every cart command, it
+    /// holds on condition of the customer stream ([`CommandService::still_shopping`]).
+    /// Not of the product's: a restock or another customer's checkout would make
+    /// every add decide again. An add decided before a discontinue and appended
+    /// after it leaves the cart as an add followed by the discontinue would, and
+    /// checkout refuses the line.
     pub async fn add_cart_item(
         &self,
         ctx: &CommandContext,
@@ -498,10 +503,11 @@ impl CommandService {
         let product_stream = StreamId::Product(sku.clone()).to_string();
         let command = AddCartItem { customer_id, sku, quantity };
         self.execute(ctx, "add cart item", &cart_stream, expected, |service| {
+            let (customer_stream, customer_version) = service.still_shopping(customer_id)?;
             let cart = service.load::<Cart>(&cart_stream)?;
             let product = service.load::<Product>(&product_stream)?;
             let events = domain::cart::add_item(&cart.state, &product.state, &command)?;
-            Ok(Decision::new(events).read(&cart_stream, &cart))
+            Ok(Decision::new(events).read(&cart_stream, &cart).condition(&customer_stream, customer_version))
         })
         .await
     }
@@ -516,9 +522,10 @@ impl CommandService {
         let cart_stream = StreamId::Cart(customer_id).to_string();
         let command = RemoveCartItem { customer_id, sku };
         self.execute(ctx, "remove cart item", &cart_stream, expected, |service| {
+            let (customer_stream, customer_version) = service.still_shopping(customer_id)?;
             let cart = service.load::<Cart>(&cart_stream)?;
             let events = domain::cart::remove_item(&cart.state, &command)?;
-            Ok(Decision::new(events).read(&cart_stream, &cart))
+            Ok(Decision::new(events).read(&cart_stream, &cart).condition(&customer_stream, customer_version))
         })
         .await
     }
@@ -536,14 +543,12 @@ impl CommandService {
     ) -> Result<CommandOutcome, CommandError> {
         let cart_stream = StreamId::Cart(customer_id).to_string();
         let command = Checkout { order_id: OrderId::new(Uuid::now_v7()), customer_id };
-        let customer_stream = StreamId::Customer(customer_id).to_string();
         self.execute(ctx, "checkout", &cart_stream, expected, |service| {
-            let customer = service.load::<Customer>(&customer_stream)?;
-            domain::checkout::check_customer(&customer.state, customer_id)?;
+            let (customer_stream, customer_version) = service.still_shopping(customer_id)?;
             let cart = service.load::<Cart>(&cart_stream)?;
             let mut products = BTreeMap::new();
             let mut decision =
-                Decision::new(Vec::new()).read(&cart_stream, &cart).condition(&customer_stream, customer.version);
+                Decision::new(Vec::new()).read(&cart_stream, &cart).condition(&customer_stream, customer_version);
             for sku in cart.state.lines().keys() {
                 let stream = StreamId::Product(sku.clone()).to_string();
                 let product = service.load::<Product>(&stream)?;
@@ -555,6 +560,18 @@ impl CommandService {
             Ok(decision)
         })
         .await
+    }
+
+    /// The customer's stream and its version, unless they were forgotten
+    /// ([`domain::checkout::check_customer`]). Their token was checked before
+    /// the command; a forget is what can come after that, so a cart command holds
+    /// on condition of that version, and a forget appended meanwhile makes it
+    /// decide again (and be refused), never leaving a cart written after it.
+    fn still_shopping(&self, customer_id: CustomerId) -> Result<(String, u64), CommandError> {
+        let stream = StreamId::Customer(customer_id).to_string();
+        let customer = self.load::<Customer>(&stream)?;
+        domain::checkout::check_customer(&customer.state, customer_id)?;
+        Ok((stream, customer.version))
     }
 
     /// The orders placed from a cart stream (its `CartCheckedOut` events, in

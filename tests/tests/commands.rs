@@ -571,6 +571,49 @@ async fn an_address_in_capitals_is_the_same_address_final_sigma_too_and_older_cl
     log.verify().expect("the log verifies");
 }
 
+/// Cart adds and removes racing the customer's forget: none is appended after
+/// `CustomerForgotten` (each holds on condition of the customer stream), and
+/// every one after it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_cart_command_racing_a_forget_is_written_after_it() {
+    let dir = temp_dir();
+    let (log, service) = open(dir.path());
+    create_product(&service, "mug-1", 1000, 10).await;
+    create_product(&service, "pot-1", 2000, 10).await;
+    for round in 0..20 {
+        let customer_id = register(&service, &format!("racer{round}@example.com")).await;
+        let shoppers: Vec<_> = (0..4)
+            .map(|shopper| {
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let sku_text = if shopper % 2 == 0 { "mug-1" } else { "pot-1" };
+                    for _ in 0..50 {
+                        let ctx = as_customer(customer_id);
+                        let done = match shopper < 2 {
+                            true => service.add_cart_item(&ctx, customer_id, sku(sku_text), quantity(1), None).await,
+                            false => service.remove_cart_item(&ctx, customer_id, sku(sku_text), None).await,
+                        };
+                        if let Err(CommandError::Domain(DomainError::CustomerNotFound { .. })) = done {
+                            return;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        service.forget_customer(&admin(), customer_id, None).await.expect("forgets");
+        for shopper in shoppers {
+            shopper.await.expect("the shopper ends");
+        }
+        let forgotten = log.read_stream(&format!("customer-{customer_id}"), 1, 10).expect("reads");
+        let forgotten_at = forgotten.last().expect("the forget").position;
+        let cart = log.read_stream(&format!("cart-{customer_id}"), 1, 1000).expect("reads");
+        let late: Vec<_> = cart.iter().filter(|event| event.position > forgotten_at).map(|e| &e.event_type).collect();
+        assert!(late.is_empty(), "round {round}: cart events after the forget at {forgotten_at}: {late:?}");
+    }
+}
+
 async fn register(service: &CommandService, address: &str) -> CustomerId {
     service
         .register_customer(&CommandContext::new("public"), email(address), name("Ada"), password("analytical"), None)
