@@ -144,8 +144,7 @@ fn only_demo_events(service: &CommandService, head: u64) -> anyhow::Result<bool>
 /// idempotency keys), and an older binary's had none: those are left as they are.
 async fn first_step_keyed(service: &CommandService) -> anyhow::Result<bool> {
     let ctx = step_context(&CommandContext::new(ACTOR), &mut 0);
-    let Some(idempotency) = ctx.idempotency.clone() else { return Ok(false) };
-    let first = service.log().repeated(idempotency, ctx.metadata()).await;
+    let first = service.first_result(&ctx).await;
     Ok(first.context("demo: cannot read the log's idempotency keys")?.is_some())
 }
 

@@ -889,7 +889,9 @@ impl CommandService {
                         false => Ok(self.remember(main, result, groups, attempts)),
                     };
                 }
-                Err(StoreError::IdempotencyKeyReused) => return self.first_unkeyed(ctx, main, attempts).await,
+                Err(StoreError::IdempotencyKeyReused) => {
+                    return self.outcome_from_log(main, self.plainly_stored(ctx).await?, attempts);
+                }
                 // The store checks idempotency before versions: this key is new.
                 Err(StoreError::WrongExpectedVersion { stream, actual, .. }) => {
                     if let Some(expected) = expected
@@ -928,11 +930,20 @@ impl CommandService {
         refusal: CommandError,
         attempts: u32,
     ) -> Result<CommandOutcome, CommandError> {
-        let Some(idempotency) = self.keyed(ctx) else { return Err(refusal) };
+        match self.first_result(ctx).await? {
+            Some(first) => self.outcome_from_log(main, first, attempts),
+            None => Err(refusal),
+        }
+    }
+
+    /// The first result of the command's idempotency key, if the log holds the
+    /// key for this very request; `None` for a key it does not hold (or no key),
+    /// [`CommandError::IdempotencyKeyReused`] for one it holds for another request.
+    pub async fn first_result(&self, ctx: &CommandContext) -> Result<Option<AppendResult>, CommandError> {
+        let Some(idempotency) = self.keyed(ctx) else { return Ok(None) };
         match self.inner.log.repeated(idempotency, ctx.metadata()).await {
-            Ok(Some(first)) => self.outcome_from_log(main, first, attempts),
-            Ok(None) => Err(refusal),
-            Err(StoreError::IdempotencyKeyReused) => self.first_unkeyed(ctx, main, attempts).await,
+            Ok(first) => Ok(first),
+            Err(StoreError::IdempotencyKeyReused) => self.plainly_stored(ctx).await.map(Some),
             Err(error) => Err(error.into()),
         }
     }
@@ -946,18 +957,13 @@ impl CommandService {
         })
     }
 
-    /// A key that the log holds for another request hash: the first outcome if
+    /// A key that the log holds for another request hash: its first result if
     /// it was stored with the plain hash (by a binary from before the hashes
     /// were keyed) of this very request; else the key was used for another one.
-    async fn first_unkeyed(
-        &self,
-        ctx: &CommandContext,
-        main: &str,
-        attempts: u32,
-    ) -> Result<CommandOutcome, CommandError> {
+    async fn plainly_stored(&self, ctx: &CommandContext) -> Result<AppendResult, CommandError> {
         let Some(idempotency) = ctx.idempotency.clone() else { return Err(CommandError::IdempotencyKeyReused) };
         match self.inner.log.repeated(idempotency, ctx.metadata()).await {
-            Ok(Some(first)) => self.outcome_from_log(main, first, attempts),
+            Ok(Some(first)) => Ok(first),
             Ok(None) | Err(StoreError::IdempotencyKeyReused) => Err(CommandError::IdempotencyKeyReused),
             Err(error) => Err(error.into()),
         }
