@@ -4,10 +4,11 @@
 //! 401 without valid credentials, 403 with the wrong role.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
@@ -270,6 +271,49 @@ pub fn address_key(address: std::net::IpAddr) -> String {
             }
         },
     }
+}
+
+/// The client's address as the limits per address count it ([`address_key`]):
+/// the peer's, or, when the peer is one of the trusted proxies, the last address
+/// in `X-Forwarded-For` that is not a trusted proxy's (each proxy appends the
+/// address it took the request from, so what comes before that one is the
+/// client's to write, and is not believed). A value that is not an address
+/// stops the walk at the proxy before it.
+#[derive(Debug, Clone)]
+pub struct ClientAddress(pub String);
+
+impl FromRequestParts<AppState> for ClientAddress {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>() else {
+            return Err(ApiError::internal(anyhow::anyhow!("the request has no peer address")));
+        };
+        Ok(ClientAddress(address_key(client_ip(&state.trusted_proxies, peer.ip(), &parts.headers))))
+    }
+}
+
+/// See [`ClientAddress`].
+fn client_ip(trusted: &[IpAddr], peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
+    let mut client = peer;
+    if !trusted.contains(&client) {
+        return client;
+    }
+    let values: Vec<&str> =
+        headers.get_all("x-forwarded-for").iter().map(|value| value.to_str().unwrap_or("")).collect();
+    for entry in values.iter().rev().flat_map(|value| value.rsplit(',')) {
+        let entry = entry.trim();
+        let Some(address) =
+            entry.parse::<IpAddr>().ok().or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|at| at.ip()))
+        else {
+            return client;
+        };
+        client = address;
+        if !trusted.contains(&client) {
+            return client;
+        }
+    }
+    client
 }
 
 /// A fixed-window limiter per key (an email, a client address), bounded in size.

@@ -61,6 +61,11 @@ pub struct Config {
     pub command_retry_ms: u64,
     /// Login attempts allowed per email per minute (ten times as many per client address).
     pub login_attempts_per_minute: u32,
+    /// The addresses of the reverse proxies in front of the server, comma-separated
+    /// (`127.0.0.1, ::1`): a request from one of them is counted, for the limits per
+    /// client address, as from the address its `X-Forwarded-For` names last that is
+    /// not a proxy's. Unset, the header is ignored (any client could write it).
+    pub trusted_proxies: Option<String>,
     /// Seed a demo shop into an empty log on start (`serve --demo`); a log that
     /// holds events is left as it is.
     pub demo: bool,
@@ -98,6 +103,7 @@ impl Default for Config {
             shutdown_timeout_ms: 10_000,
             command_retry_ms: commands::Options::default().retry_deadline.as_millis() as u64,
             login_attempts_per_minute: 10,
+            trusted_proxies: None,
             demo: false,
             cache_mib: store::Options::default().cache_capacity_bytes / MIB,
             currency: "USD".to_owned(),
@@ -109,7 +115,7 @@ impl Default for Config {
 }
 
 /// The keys read from `SHOPLOG_<KEY>`.
-const ENV_KEYS: [&str; 15] = [
+const ENV_KEYS: [&str; 16] = [
     "data",
     "listen",
     "admin_token",
@@ -121,6 +127,7 @@ const ENV_KEYS: [&str; 15] = [
     "shutdown_timeout_ms",
     "command_retry_ms",
     "login_attempts_per_minute",
+    "trusted_proxies",
     "demo",
     "cache_mib",
     "currency",
@@ -172,6 +179,7 @@ impl Config {
         if self.login_attempts_per_minute == 0 {
             return Err("login_attempts_per_minute must be above 0".to_owned());
         }
+        self.trusted_proxies()?;
         let tokens = [
             ("admin_token", &self.admin_token),
             ("viewer_token", &self.viewer_token),
@@ -218,6 +226,22 @@ impl Config {
         Ok(())
     }
 
+    /// The addresses of `trusted_proxies` (none when unset).
+    pub fn trusted_proxies(&self) -> Result<Vec<std::net::IpAddr>, String> {
+        let Some(list) = &self.trusted_proxies else { return Ok(Vec::new()) };
+        let addresses = list.split(',').map(str::trim).filter(|address| !address.is_empty());
+        addresses
+            .map(|address| {
+                address.parse().map_err(|_| {
+                    format!(
+                        "trusted_proxies: {address} is not an IP address (give the proxies' addresses, \
+                         comma-separated, such as 127.0.0.1, ::1)"
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// The primary that fills a read replica's gaps, if one is set.
     pub fn primary(&self) -> Option<crate::replica::Primary> {
         let (url, token) = (self.primary.clone()?, self.primary_token.clone()?);
@@ -256,8 +280,17 @@ impl Config {
 /// the environment as they are. figment's `Env` reads a value as the type it
 /// looks like, so `SHOPLOG_DATA=2024` was a number, which no path deserializes
 /// from, and a token of digits only was one too.
-const TEXT_KEYS: [&str; 8] =
-    ["data", "listen", "admin_token", "viewer_token", "replica_token", "token_secret", "currency", "nats"];
+const TEXT_KEYS: [&str; 9] = [
+    "data",
+    "listen",
+    "admin_token",
+    "viewer_token",
+    "replica_token",
+    "token_secret",
+    "currency",
+    "nats",
+    "trusted_proxies",
+];
 
 /// `value` without one pair of double quotes around the whole of it, if it has
 /// them: how every text setting is read from the environment (a line of an

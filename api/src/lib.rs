@@ -79,6 +79,9 @@ pub struct AppState {
     /// Registrations per client address: as many as logins, counted apart, so
     /// that neither starves the other. Each costs a password hash.
     pub register_by_address: Arc<auth::RateLimiter>,
+    /// The reverse proxies whose `X-Forwarded-For` names the client (see
+    /// [`auth::ClientAddress`]).
+    pub trusted_proxies: Arc<[std::net::IpAddr]>,
     /// Set when the server starts shutting down, so long-lived responses (the live
     /// event feed) end instead of holding the shutdown until its deadline.
     pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
@@ -121,11 +124,18 @@ impl AppState {
             login_by_email: limiter(login_attempts_per_minute),
             login_by_address: limiter(by_address),
             register_by_address: limiter(by_address),
+            trusted_proxies: Arc::from([]),
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
             currency: Arc::from(currency),
             relay: Arc::new(std::sync::Mutex::new(None)),
             replica: Arc::new(std::sync::Mutex::new(None)),
         }
+    }
+
+    /// Behind the reverse proxies at `proxies` (see [`auth::ClientAddress`]).
+    pub fn with_trusted_proxies(mut self, proxies: Vec<std::net::IpAddr>) -> Self {
+        self.trusted_proxies = Arc::from(proxies);
+        self
     }
 
     /// With the relay to NATS that `serve --nats` runs.

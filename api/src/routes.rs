@@ -2,7 +2,7 @@
 //! each one's OpenAPI description (`#[utoipa::path]`, assembled in `openapi`).
 
 use axum::Json;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -12,14 +12,13 @@ use domain::{
     validate_all,
 };
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::auth::{Admin, AdminOrReplica, Caller, Customer, Principal};
+use crate::auth::{Admin, AdminOrReplica, Caller, ClientAddress, Customer, Principal};
 use crate::error::ApiError;
 use crate::extract::{ApiPath, ApiQuery, CommandInput, Empty};
 use crate::json::EventJson;
@@ -531,7 +530,7 @@ struct Register {
 async fn register(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    ClientAddress(address): ClientAddress,
     input: CommandInput<Register>,
 ) -> Result<Response, ApiError> {
     let body = &input.body;
@@ -541,7 +540,6 @@ async fn register(
         field("password", Password::parse(&body.password)),
     ))?;
     // Each registration costs a password hash: limited per client address.
-    let address = crate::auth::address_key(remote.ip());
     state
         .register_by_address
         .check(&address)
@@ -593,14 +591,12 @@ struct Session {
 async fn login(
     State(state): State<AppState>,
     _: Caller,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    ClientAddress(address): ClientAddress,
     input: CommandInput<Login>,
 ) -> Result<([(header::HeaderName, &'static str); 1], Json<Session>), ApiError> {
     let email = field("email", Email::parse(&input.body.email))
         .map_err(|error| domain::DomainError::Validation(vec![error]))?;
-    for (limiter, key) in
-        [(&state.login_by_address, crate::auth::address_key(remote.ip())), (&state.login_by_email, email.normalized())]
-    {
+    for (limiter, key) in [(&state.login_by_address, address), (&state.login_by_email, email.normalized())] {
         limiter.check(&key).map_err(|retry_after_seconds| ApiError::TooManyRequests { retry_after_seconds })?;
     }
     // A password that could never have been registered is simply wrong.

@@ -228,7 +228,8 @@ fn open_state(config: &Config, role: &Role) -> anyhow::Result<AppState> {
         Tokens::new(admin, viewer, signing_key).with_replica(config.replica_token.clone()),
         config.login_attempts_per_minute,
         &config.currency,
-    );
+    )
+    .with_trusted_proxies(config.trusted_proxies().map_err(anyhow::Error::msg)?);
     Ok(match (relay, feed) {
         (Some(relay), _) => state.with_relay(relay),
         (None, Some(feed)) => state.with_replica(feed),

@@ -298,6 +298,40 @@ async fn login_is_limited_per_client_address_too_and_answers_when_its_token_expi
     app.stop().await;
 }
 
+/// A failed login of an email of its own, as forwarded for `forwarded`; its status.
+async fn login_from(app: &TestApp, forwarded: &str, index: usize) -> reqwest::StatusCode {
+    let body = json!({"email": format!("nobody{index}@example.com"), "password": "wrong password"});
+    let headers = [("x-forwarded-for", forwarded)];
+    app.request(Method::POST, "/api/v1/sessions", None, Some(body), &headers).await.status
+}
+
+/// Behind a trusted reverse proxy (`trusted_proxies`, here the test's own
+/// loopback address) the limits per client address count the address the proxy
+/// put last in `X-Forwarded-For`: one client's failed logins do not lock out
+/// another's, and what a client writes before the proxy's entry is not believed.
+/// Without the setting the header is ignored: every request is the peer's.
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_client_is_the_address_it_forwards() {
+    for trusted in [true, false] {
+        let app = TestApp::spawn_with(|config| {
+            config.login_attempts_per_minute = 1;
+            config.trusted_proxies = trusted.then(|| "10.9.9.9, 127.0.0.1".to_owned());
+        })
+        .await;
+        // Ten a minute from one address: the eleventh is limited.
+        for index in 0..10 {
+            assert_eq!(login_from(&app, "203.0.113.1", index).await, 401, "trusted: {trusted}");
+        }
+        assert_eq!(login_from(&app, "203.0.113.1", 10).await, 429, "trusted: {trusted}");
+        // A client that writes another address first is still the one the proxy saw.
+        assert_eq!(login_from(&app, "198.51.100.7, 203.0.113.1", 11).await, 429, "trusted: {trusted}");
+        // Another client, through the same proxy (and a second trusted one).
+        let other = login_from(&app, "203.0.113.2, 10.9.9.9", 12).await;
+        assert_eq!(other, if trusted { 401 } else { 429 }, "trusted: {trusted}");
+        app.stop().await;
+    }
+}
+
 /// A registration costs a password hash (tens of milliseconds of a core, on the
 /// cores logins verify on): one of a taken address is refused before hashing,
 /// and registrations are limited per client address (as many as logins,

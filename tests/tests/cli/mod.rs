@@ -128,6 +128,9 @@ fn bad_settings_are_one_line_and_exit_code_2() {
     assert_refused(&shoplog(&["serve", "--data", data, "--nats", "http://127.0.0.1:4222"]), "nats must be a NATS");
     let output = Command::new(SHOPLOG).args(["serve", "--data", data]).env("SHOPLOG_NATS", "nats://[::1").output();
     assert_refused(&output.expect("runs"), "NATS server URL is invalid");
+    let mut proxies = Command::new(SHOPLOG);
+    proxies.args(["serve", "--data", data]).env("SHOPLOG_TRUSTED_PROXIES", "127.0.0.1, nginx");
+    assert_refused(&proxies.output().expect("runs"), "trusted_proxies: nginx is not an IP address");
     // A read replica: NATS is what it copies from; a primary comes with its token.
     let replica = ["project", "--data", data, "--listen", "127.0.0.1:0"];
     let output = Command::new(SHOPLOG).args(replica).env_remove("SHOPLOG_NATS").output().expect("runs");
