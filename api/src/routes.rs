@@ -190,6 +190,20 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 
 // ---- commands ----
 
+/// A customer's own command refused because they were forgotten after their
+/// token was checked: 401, as every request of theirs gets from then on, not
+/// the 404 of a customer who does not exist.
+fn forgotten_meanwhile(error: commands::CommandError, customer: domain::CustomerId) -> ApiError {
+    match error {
+        commands::CommandError::Domain(domain::DomainError::CustomerNotFound { customer_id })
+            if customer_id == customer =>
+        {
+            ApiError::Unauthorized
+        }
+        error => error.into(),
+    }
+}
+
 /// The context a command runs in: who, why, and its idempotency key (scoped to the
 /// caller, so two callers never share one).
 pub(crate) fn context<T>(principal: Option<Principal>, input: &CommandInput<T>) -> CommandContext {
@@ -645,7 +659,8 @@ async fn add_cart_item(
         field("quantity", Quantity::new(input.body.quantity)),
     ))?;
     let ctx = context(Some(Principal::Customer(customer)), &input);
-    let outcome = state.service.add_cart_item(&ctx, customer, sku, quantity, input.if_match).await?;
+    let outcome = state.service.add_cart_item(&ctx, customer, sku, quantity, input.if_match).await;
+    let outcome = outcome.map_err(|error| forgotten_meanwhile(error, customer))?;
     Ok(command_response(StatusCode::OK, &outcome, Committed::of(&outcome)))
 }
 
@@ -670,7 +685,8 @@ async fn remove_cart_item(
 ) -> Result<Response, ApiError> {
     let sku = field("sku", Sku::parse(&sku)).map_err(|error| domain::DomainError::Validation(vec![error]))?;
     let ctx = context(Some(Principal::Customer(customer)), &input);
-    let outcome = state.service.remove_cart_item(&ctx, customer, sku, input.if_match).await?;
+    let outcome = state.service.remove_cart_item(&ctx, customer, sku, input.if_match).await;
+    let outcome = outcome.map_err(|error| forgotten_meanwhile(error, customer))?;
     Ok(command_response(StatusCode::OK, &outcome, Committed::of(&outcome)))
 }
 
@@ -709,7 +725,8 @@ async fn checkout(
     input: CommandInput<Empty>,
 ) -> Result<Response, ApiError> {
     let ctx = context(Some(Principal::Customer(customer)), &input);
-    let outcome = state.service.checkout(&ctx, customer, input.if_match).await?;
+    let outcome = state.service.checkout(&ctx, customer, input.if_match).await;
+    let outcome = outcome.map_err(|error| forgotten_meanwhile(error, customer))?;
     let placed =
         outcome.order_placed().ok_or_else(|| ApiError::internal(anyhow::anyhow!("checkout placed no order")))?;
     let reply = CheckedOutReply {
@@ -1012,6 +1029,18 @@ mod tests {
     use projections::{ProjectionStatus, RebuildStatus};
 
     use super::*;
+
+    /// A customer's own cart command or checkout refused for their forget (a
+    /// race with it) is 401; another customer not found stays 404.
+    #[test]
+    fn a_customer_forgotten_meanwhile_is_unauthorized() {
+        let (own, other) = (domain::CustomerId::new(Uuid::now_v7()), domain::CustomerId::new(Uuid::now_v7()));
+        let not_found =
+            |customer_id| commands::CommandError::Domain(domain::DomainError::CustomerNotFound { customer_id });
+        let status = |error: ApiError| error.into_response().status();
+        assert_eq!(status(forgotten_meanwhile(not_found(own), own)), StatusCode::UNAUTHORIZED);
+        assert_eq!(status(forgotten_meanwhile(not_found(other), own)), StatusCode::NOT_FOUND);
+    }
 
     fn status(name: &'static str, checkpoint: u64, rebuild: Option<u64>) -> ProjectionStatus {
         ProjectionStatus {
