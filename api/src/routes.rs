@@ -322,10 +322,16 @@ fn sku_schema() -> utoipa::openapi::Object {
     text_schema(1, domain::value::SKU_LEN_MAX, "^[A-Za-z0-9_-]+$".to_owned(), "mug-1")
 }
 
-/// `domain::ProductName` and `domain::CustomerName`: no control characters, not
-/// blank, at most 200 characters (once trimmed; the schema counts them untrimmed).
+/// `domain::ProductName` and `domain::CustomerName`: no control characters and
+/// no text-direction controls, something visible, at most 200 characters (once
+/// trimmed; the schema counts them untrimmed).
 fn name_schema(example: &str) -> utoipa::openapi::Object {
-    let pattern = format!("^[^{CONTROL}]*[^{CONTROL}{WHITESPACE}][^{CONTROL}]*$");
+    let class = |ranges: &[(char, char)]| -> String {
+        ranges.iter().map(|(first, last)| format!("\\u{:04x}-\\u{:04x}", *first as u32, *last as u32)).collect()
+    };
+    let (direction, invisible) = (class(&domain::value::DIRECTION_CONTROLS), class(&domain::value::INVISIBLE));
+    let pattern =
+        format!("^[^{CONTROL}{direction}]*[^{CONTROL}{direction}{WHITESPACE}{invisible}][^{CONTROL}{direction}]*$");
     text_schema(1, domain::value::NAME_LEN_MAX, pattern, example)
 }
 

@@ -40,10 +40,15 @@ pub const STOCK_MAX: u32 = 1_000_000_000;
 /// The type provides `fn checked(text: String) -> Result<Self, ValidationError>`.
 macro_rules! text_value {
     ($name:ident) => {
+        text_value!($name, checked);
+    };
+    // `$entered`: the rule for a value a client enters, where it is stricter
+    // than the one a value read back from the log must meet (`checked`).
+    ($name:ident, $entered:ident) => {
         impl $name {
             /// Validate `text` (see the type's rule).
             pub fn parse(text: &str) -> Result<Self, ValidationError> {
-                Self::checked(text.to_owned())
+                Self::$entered(text.to_owned())
             }
 
             pub fn as_str(&self) -> &str {
@@ -187,6 +192,49 @@ fn checked_name(field: &'static str, text: String) -> Result<String, ValidationE
     if trimmed.len() == text.len() { Ok(text) } else { Ok(trimmed.to_owned()) }
 }
 
+/// A name as a client enters it: [`checked_name`], and no text-direction
+/// controls (which turn the text around the name about on every page that
+/// shows it), and something visible. A name read back from the log meets
+/// [`checked_name`] alone, so that an event recorded before this rule decodes.
+fn entered_name(field: &'static str, text: String) -> Result<String, ValidationError> {
+    let name = checked_name(field, text)?;
+    if name.chars().any(|c| among(c, &DIRECTION_CONTROLS)) {
+        return Err(ValidationError::new(
+            field,
+            "must not contain text-direction controls (U+202A to U+202E, U+2066 to U+2069)",
+        ));
+    }
+    if name.chars().all(|c| c.is_whitespace() || among(c, &INVISIBLE)) {
+        return Err(ValidationError::new(field, "must not be blank"));
+    }
+    Ok(name)
+}
+
+/// The text-direction controls (embeddings, overrides, isolates), as ranges,
+/// which a name may not hold.
+pub const DIRECTION_CONTROLS: [(char, char); 2] = [('\u{202A}', '\u{202E}'), ('\u{2066}', '\u{2069}')];
+
+/// Characters that show nothing of their own, as ranges: zero-width spaces,
+/// joiners and marks, the word joiner, the byte-order mark, variation selectors,
+/// the soft hyphen and the Hangul fillers. A name must hold something else.
+/// (All in the Basic Multilingual Plane: the API's schema writes them `\uXXXX`.)
+pub const INVISIBLE: [(char, char); 10] = [
+    ('\u{00AD}', '\u{00AD}'),
+    ('\u{034F}', '\u{034F}'),
+    ('\u{115F}', '\u{1160}'),
+    ('\u{180B}', '\u{180F}'),
+    ('\u{200B}', '\u{200F}'),
+    ('\u{2060}', '\u{2064}'),
+    ('\u{3164}', '\u{3164}'),
+    ('\u{FE00}', '\u{FE0F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFA0}', '\u{FFA0}'),
+];
+
+fn among(c: char, ranges: &[(char, char)]) -> bool {
+    ranges.iter().any(|(first, last)| (*first..=*last).contains(&c))
+}
+
 /// A product's display name: 1–200 characters once trimmed (it is stored trimmed),
 /// no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -197,9 +245,13 @@ impl ProductName {
     fn checked(text: String) -> Result<Self, ValidationError> {
         checked_name("name", text).map(Self)
     }
+
+    fn entered(text: String) -> Result<Self, ValidationError> {
+        entered_name("name", text).map(Self)
+    }
 }
 
-text_value!(ProductName);
+text_value!(ProductName, entered);
 
 /// A customer's name: the same rule as [`ProductName`]. Personal data.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -210,9 +262,13 @@ impl CustomerName {
     fn checked(text: String) -> Result<Self, ValidationError> {
         checked_name("name", text).map(Self)
     }
+
+    fn entered(text: String) -> Result<Self, ValidationError> {
+        entered_name("name", text).map(Self)
+    }
 }
 
-text_value!(CustomerName);
+text_value!(CustomerName, entered);
 
 /// An email address that looks valid: at most 254 characters, no whitespace or
 /// control characters, exactly one `@`, a non-empty local part and a domain with a

@@ -64,6 +64,25 @@ fn names_are_stored_trimmed_and_measured_after_trimming() {
     assert!(ProductName::parse(&format!("  {}  ", "n".repeat(200))).is_ok());
 }
 
+/// A name entered with a text-direction control, or with nothing visible, is
+/// refused; one read back from the log (an event recorded before the rule) is not.
+#[test]
+fn names_entered_with_direction_controls_or_nothing_visible_are_rejected() {
+    for text in ["a\u{202E}evil", "\u{2066}Mug\u{2069}"] {
+        let error = rejected(ProductName::parse(text));
+        assert_eq!(error.message, "must not contain text-direction controls (U+202A to U+202E, U+2066 to U+2069)");
+        rejected(CustomerName::parse(text));
+        let recorded: ProductName = serde_json::from_value(serde_json::json!(text)).expect("an earlier event's name");
+        assert_eq!(recorded.as_str(), text);
+    }
+    for text in ["\u{200B}", " \u{FEFF}\u{200D} ", "\u{3164}"] {
+        assert_eq!(rejected(CustomerName::parse(text)).message, "must not be blank");
+    }
+    // Joiners inside visible text are part of it (emoji sequences, some scripts).
+    assert!(ProductName::parse("Mug \u{1F469}\u{200D}\u{1F4BB}").is_ok());
+    assert!(CustomerName::parse("\u{0645}\u{06CC}\u{200C}\u{062E}\u{0648}\u{0627}\u{0647}\u{0645}").is_ok());
+}
+
 #[test]
 fn names_with_control_characters_are_rejected() {
     rejected(ProductName::parse("Mug\u{0}"));

@@ -51,6 +51,39 @@ fn resolve<'a>(document: &'a Value, value: &'a Value) -> &'a Value {
     }
 }
 
+/// The pattern the document gives names takes what the domain takes, and
+/// refuses what it refuses (so schemathesis's names are the shop's).
+#[tokio::test]
+async fn the_name_pattern_agrees_with_the_domain() {
+    let app = TestApp::spawn().await;
+    let document = app.get("/openapi.json", None).await.body;
+    let schemas = document["components"]["schemas"].as_object().expect("schemas");
+    let pattern = schemas
+        .values()
+        .find_map(|schema| schema["properties"]["name"]["pattern"].as_str())
+        .expect("a name with a pattern");
+    let pattern = regex::Regex::new(pattern).expect("the pattern compiles");
+    let names = [
+        "Blue mug",
+        "  Mug  ",
+        "Mug \u{1F469}\u{200D}\u{1F4BB}",
+        "\u{0645}\u{06CC}\u{200C}\u{062E}",
+        "",
+        "   ",
+        "\u{200B}",
+        " \u{FEFF}\u{200D} ",
+        "a\u{202E}evil",
+        "\u{2066}Mug\u{2069}",
+        "Mug\u{0}",
+        "Al\nice",
+    ];
+    for name in names {
+        let domain = domain::ProductName::parse(name).is_ok();
+        assert_eq!(pattern.is_match(name), domain, "{name:?}: the domain takes it: {domain}");
+    }
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn the_document_names_every_served_route_with_its_security_and_problems() {
     let app = TestApp::spawn().await;
