@@ -475,7 +475,11 @@ pub(crate) fn single<'a>(headers: &'a HeaderMap, name: &str, shown: &str) -> Res
     Ok(first)
 }
 
-/// `If-Match: "<version>"` (a weak `W/` prefix is accepted too).
+/// `If-Match: "<version>"`. A weak `W/` prefix is taken as the same version,
+/// against RFC 9110's strong comparison: a proxy that compresses responses
+/// (nginx with gzip) weakens the ETags it passes on, and its clients could
+/// otherwise never match. `*` and lists are refused (400): a command expects
+/// one version.
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(value) = single(headers, header::IF_MATCH.as_str(), "If-Match")? else {
         return Ok(None);
