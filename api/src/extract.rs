@@ -307,12 +307,41 @@ fn repeated_key(bytes: &[u8]) -> Option<(String, String)> {
 /// request itself (a field missing, unknown or repeated) the one serde names in
 /// backticks.
 fn field_error<E: std::fmt::Display>(error: &serde_path_to_error::Error<E>) -> FieldError {
-    let message = error.inner().to_string();
+    let message = plainly(error.inner().to_string());
     let field = match error.path().to_string().as_str() {
         "." => message.split('`').nth(1).unwrap_or("body").to_owned(),
         path => path.to_owned(),
     };
     FieldError { field, message }
+}
+
+/// serde's and the standard library's words for a number that does not read
+/// into its field ("invalid value: integer `-1`, expected u32", "invalid digit
+/// found in string"), in the API's: the whole numbers the field takes. Others
+/// as they are.
+fn plainly(message: String) -> String {
+    fn range<T: std::fmt::Display>(min: T, max: T) -> String {
+        format!("must be a whole number from {min} to {max}")
+    }
+    let ranges = [
+        ("u8", range(u8::MIN.into(), u64::from(u8::MAX))),
+        ("u16", range(0, u64::from(u16::MAX))),
+        ("u32", range(0, u64::from(u32::MAX))),
+        ("u64", range(0, u64::MAX)),
+        ("usize", range(0, u64::MAX)),
+        ("i32", range(i64::from(i32::MIN), i64::from(i32::MAX))),
+        ("i64", range(i64::MIN, i64::MAX)),
+    ];
+    if let Some((_, plain)) = ranges.into_iter().find(|(name, _)| message.ends_with(&format!(", expected {name}"))) {
+        return plain;
+    }
+    match message.as_str() {
+        "invalid digit found in string" | "cannot parse integer from empty string" => {
+            "must be a whole number, 0 or more".to_owned()
+        }
+        "number too large to fit in target type" => "is too large".to_owned(),
+        _ => message,
+    }
 }
 
 /// A request's named fields (a body's top-level keys, a query's parameters),
@@ -543,11 +572,11 @@ mod tests {
             assert_eq!(validation(json(body)), ("quantity".to_owned(), "duplicate field `quantity`".to_owned()));
         }
         // Each error names its field: the value's, or the one missing or unknown.
-        let (field, message) = validation(json(r#"{"quantity": 3.5}"#));
-        assert_eq!(field, "quantity");
-        assert!(message.contains("invalid type"), "{message}");
-        let (field, message) = validation(json(r#"{"quantity": -3}"#));
-        assert_eq!((field.as_str(), message.contains("invalid value")), ("quantity", true), "{message}");
+        // A number that does not fit says which whole numbers do, in no Rust type's name.
+        let whole = ("quantity".to_owned(), "must be a whole number from 0 to 4294967295".to_owned());
+        for body in [r#"{"quantity": 3.5}"#, r#"{"quantity": -3}"#, r#"{"quantity": 1e20}"#, r#"{"quantity": "3"}"#] {
+            assert_eq!(validation(json(body)), whole, "{body}");
+        }
         let (field, message) = validation(json(r#"{"quantity": 3, "extra": 1}"#));
         assert_eq!((field.as_str(), message.contains("unknown field")), ("extra", true), "{message}");
         let (field, message) = validation(json(r#"{}"#));
@@ -594,7 +623,9 @@ mod tests {
         let errors = every(r#"{"quantity": "two", "extra": 1, "note": 5, "lines": [1, "x"]}"#);
         assert_eq!(fields(&errors), ["extra", "lines[1]", "note", "quantity", "sku"], "{errors:?}");
         assert!(errors[0].1.starts_with("unknown field `extra`"), "{errors:?}");
-        assert!(errors.iter().skip(1).take(3).all(|(_, message)| message.starts_with("invalid type")), "{errors:?}");
+        let whole = "must be a whole number from 0 to 4294967295";
+        assert_eq!((errors[1].1.as_str(), errors[3].1.as_str()), (whole, whole), "{errors:?}");
+        assert!(errors[2].1.starts_with("invalid type: integer `5`, expected a string"), "{errors:?}");
         // A field taken out for its bad value is not named again as missing.
         assert_eq!(fields(&every(r#"{"sku": "mug", "quantity": -1}"#)), ["quantity"]);
         // An optional field's bad value alone: that one error.
@@ -643,7 +674,8 @@ mod tests {
         // Bad values and unknown parameters in the order given, then what is missing.
         let errors = query_errors("from=abc&colour=red&limit=-1").await;
         assert_eq!(fields(&errors), ["from", "colour", "limit", "stream"], "{errors:?}");
-        assert_eq!(errors[0].1, "invalid digit found in string");
+        assert_eq!(errors[0].1, "must be a whole number, 0 or more");
+        assert_eq!(errors[2].1, "must be a whole number, 0 or more", "{errors:?}");
         assert!(errors[1].1.starts_with("unknown field `colour`"), "{errors:?}");
         assert_eq!(errors[3].1, "missing field `stream`");
         // A repeated parameter is named once, and a good one is not named at all.
