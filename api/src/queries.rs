@@ -339,6 +339,9 @@ pub struct OrderJson {
     cancelled_at: Option<DateTime<Utc>>,
     /// The ISO 4217 code of its amounts: the shop's one currency (`currency` setting).
     currency: String,
+    /// The order stream's version: what `If-Match` on paying, cancelling or
+    /// shipping it expects (also the single order's `ETag`).
+    version: u64,
 }
 
 fn status_name(status: OrderStatus) -> &'static str {
@@ -353,6 +356,7 @@ fn status_name(status: OrderStatus) -> &'static str {
 impl OrderJson {
     fn new(view: projections::OrderView, currency: &str) -> Self {
         OrderJson {
+            version: view.version(),
             order_id: view.order_id.get(),
             customer_id: view.customer_id.get(),
             lines: view
@@ -440,7 +444,10 @@ pub async fn orders(
     get, path = "/api/v1/orders/{order_id}", tag = "orders", security(("customer" = []), ("admin" = [])),
     params(("order_id" = Uuid, Path), Consistency),
     responses(
-        (status = 200, description = "The order", body = OrderJson, headers(("X-Projection-Position" = u64, description = "The log position the answer reflects"))),
+        (status = 200, description = "The order", body = OrderJson, headers(
+            ("X-Projection-Position" = u64, description = "The log position the answer reflects"),
+            ("ETag" = String, description = "The order stream's version this view is of, quoted: send it as `If-Match`"),
+        )),
         (status = 401, response = openapi::Unauthorized),
         (status = 403, response = openapi::Forbidden),
         (status = 404, response = openapi::ModelNotFound),
@@ -467,7 +474,10 @@ pub async fn order(
     let Some(view) = view else {
         return Ok(missing_at(answer.position, format!("order {order_id} not found")));
     };
-    Ok(answered(answer.position, OrderJson::new(view, &state.currency)))
+    let etag = crate::routes::etag(view.version());
+    let mut response = answered(answer.position, OrderJson::new(view, &state.currency));
+    response.headers_mut().insert(axum::http::header::ETAG, etag);
+    Ok(response)
 }
 
 // ---- dashboard ----

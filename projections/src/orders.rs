@@ -76,6 +76,14 @@ pub struct OrderView {
     pub cancelled_at: Option<DateTime<Utc>>,
 }
 
+impl OrderView {
+    /// The order stream's version as of this view: one event placed it, and
+    /// each of paying, shipping and cancelling is one more (each happens once).
+    pub fn version(&self) -> u64 {
+        1 + [self.paid_at, self.shipped_at, self.cancelled_at].iter().filter(|at| at.is_some()).count() as u64
+    }
+}
+
 impl From<StoredOrder> for OrderView {
     fn from(stored: StoredOrder) -> OrderView {
         OrderView {

@@ -82,6 +82,49 @@ async fn a_product_read_carries_its_stream_version_for_if_match() {
     app.stop().await;
 }
 
+/// An order read carries its stream's version (`ETag` and `version`), which
+/// `If-Match` on paying, cancelling or shipping it then takes.
+#[tokio::test]
+async fn an_order_read_carries_its_stream_version_for_if_match() {
+    let app = TestApp::spawn().await;
+    app.create_product("lamp", 900, 5).await;
+    let token = app.customer("orla@example.com").await;
+    let (order, placed) = app.place_order(&token, "lamp", 1).await;
+    let read = |position: u64| {
+        let (app, token, order) = (&app, &token, &order);
+        async move {
+            let read = app.get(&format!("/api/v1/orders/{order}?min_position={position}"), Some(token)).await;
+            assert_eq!(read.status, StatusCode::OK, "{read:?}");
+            let etag = read.headers["etag"].to_str().expect("ascii").to_owned();
+            assert_eq!(etag, format!("\"{}\"", read.body["version"]), "{read:?}");
+            etag
+        }
+    };
+    let placed_etag = read(position_of(&placed)).await;
+    assert_eq!(placed_etag, "\"1\"");
+    let pay = |etag: &str| {
+        let body = Some(json!({"amount_cents": placed.body["total_cents"]}));
+        let headers = [("If-Match", etag.to_owned())];
+        let (app, token, order) = (&app, &token, &order);
+        async move {
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
+            app.request(Method::POST, &format!("/api/v1/orders/{order}/pay"), Some(token), body, &headers).await
+        }
+    };
+    let paid = pay(&placed_etag).await;
+    assert_eq!(paid.status, StatusCode::OK, "{paid:?}");
+    let paid_etag = read(position_of(&paid)).await;
+    assert_eq!(paid_etag, "\"2\"");
+    let cancel = Some(json!({}));
+    let path = format!("/api/v1/orders/{order}/cancel");
+    let stale = app.request(Method::POST, &path, Some(&token), cancel.clone(), &[("If-Match", &placed_etag)]).await;
+    stale.problem(412);
+    let cancelled = app.request(Method::POST, &path, Some(&token), cancel, &[("If-Match", &paid_etag)]).await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{cancelled:?}");
+    assert_eq!(read(position_of(&cancelled)).await, "\"3\"");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_position_past_the_head_is_refused_at_once() {
     let app = TestApp::spawn().await;
