@@ -543,27 +543,7 @@ async fn an_address_in_capitals_is_the_same_address_final_sigma_too_and_older_cl
     assert_eq!(register_as("ΑΣ@EXAMPLE.COM").await.map(|_| ()), Err(CommandError::Domain(DomainError::EmailTaken)));
     assert_eq!(service.login(&email("ΑΣ@EXAMPLE.COM"), &password("analytical")).await, Ok(first));
 
-    let old = email("ΒΣ@example.com");
-    let secret = log.secret(commands::EMAIL_KEY_SECRET).expect("the secret");
-    let before = commands::email_key_before_folding(&secret, &old).expect("a word-final capital sigma differs");
-    assert_ne!(before, service.email_key(&old));
-    let customer_id = new_customer();
-    let command = domain::CustomerCommand::Register(domain::RegisterCustomer {
-        customer_id,
-        email: old,
-        email_key: before,
-        name: name("Old"),
-        password_hash: domain::PasswordHash::new("$argon2id$stand-in".to_owned()).expect("literal"),
-    });
-    let events = domain::customer::decide(&Customer::default(), &Default::default(), &Customer::default(), &command)
-        .expect("registers");
-    let streams: Vec<(String, store::NewEvent)> = events
-        .iter()
-        .map(|event| (event.stream().to_string(), commands::codec::to_new_event(event).expect("encodes")))
-        .collect();
-    let appends =
-        streams.iter().map(|(stream, event)| (stream.as_str(), store::ExpectedVersion::NoStream, vec![event.clone()]));
-    log.append(tests::append_many(appends.collect())).await.expect("the earlier binary's registration");
+    let customer_id = registered_under_the_earlier_key(&log, &service, "ΒΣ@example.com").await;
 
     assert_eq!(register_as("βσ@example.com").await.map(|_| ()), Err(CommandError::Domain(DomainError::EmailTaken)));
     service.forget_customer(&admin(), customer_id, None).await.expect("forgets");
@@ -612,6 +592,38 @@ async fn no_cart_command_racing_a_forget_is_written_after_it() {
         let late: Vec<_> = cart.iter().filter(|event| event.position > forgotten_at).map(|e| &e.event_type).collect();
         assert!(late.is_empty(), "round {round}: cart events after the forget at {forgotten_at}: {late:?}");
     }
+}
+
+/// A customer registered at `address` (with a capital sigma that ends a word)
+/// as an earlier binary did: its claim under the key of the address lowercased
+/// as a word (`ΒΣ@…` as `βς@…`), its password hash a stand-in.
+pub(crate) async fn registered_under_the_earlier_key(
+    log: &EventLog,
+    service: &CommandService,
+    address: &str,
+) -> CustomerId {
+    let old = email(address);
+    let secret = log.secret(commands::EMAIL_KEY_SECRET).expect("the secret");
+    let before = commands::email_key_before_folding(&secret, &old).expect("a word-final capital sigma differs");
+    assert_ne!(before, service.email_key(&old));
+    let customer_id = new_customer();
+    let command = domain::CustomerCommand::Register(domain::RegisterCustomer {
+        customer_id,
+        email: old,
+        email_key: before,
+        name: name("Old"),
+        password_hash: domain::PasswordHash::new("$argon2id$stand-in".to_owned()).expect("literal"),
+    });
+    let events = domain::customer::decide(&Customer::default(), &Default::default(), &Customer::default(), &command)
+        .expect("registers");
+    let streams: Vec<(String, store::NewEvent)> = events
+        .iter()
+        .map(|event| (event.stream().to_string(), commands::codec::to_new_event(event).expect("encodes")))
+        .collect();
+    let appends =
+        streams.iter().map(|(stream, event)| (stream.as_str(), store::ExpectedVersion::NoStream, vec![event.clone()]));
+    log.append(tests::append_many(appends.collect())).await.expect("the earlier binary's registration");
+    customer_id
 }
 
 async fn register(service: &CommandService, address: &str) -> CustomerId {

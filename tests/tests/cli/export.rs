@@ -79,6 +79,31 @@ async fn an_export_with_secrets_imports_into_the_same_shop() {
     app.stop().await;
 }
 
+/// An export of a log whose claim was made under an email's earlier key (a
+/// word-final capital sigma lowercased as `ς`) imports: the claim's key is the
+/// email's under the header's secret, as that binary computed it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_holding_a_claim_under_an_emails_earlier_key_imports() {
+    let data = tests::temp_dir();
+    {
+        let log = store::EventLog::open_with(data.path(), commands::codec::log_options()).expect("opens");
+        let service = commands::CommandService::new(log.clone()).expect("builds");
+        crate::commands::registered_under_the_earlier_key(&log, &service, "ΒΣ@example.com").await;
+    }
+    let work = tests::temp_dir();
+    let export = work.path().join("shop.ndjson");
+    let output = shoplog(&["export", "--data", arg(data.path()), "--with-secrets", "--out", arg(&export)]);
+    assert!(output.status.success(), "{output:?}");
+    let imported = tests::temp_dir();
+    let output = shoplog(&["import", "--data", arg(imported.path()), "--in", arg(&export)]);
+    assert!(output.status.success(), "{output:?}");
+    let app = TestApp::serve_dir(imported).await;
+    let again = json!({"email": "βσ@example.com", "name": "Again", "password": "correct horse"});
+    let taken = app.post("/api/v1/customers", None, again).await;
+    assert_eq!(taken.status, 409, "the earlier claim holds the address: {taken:?}");
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redacted_partial_or_cut_export_is_refused() {
     let app = TestApp::spawn().await;
