@@ -145,6 +145,7 @@ impl EventLog {
         let path = dir.as_ref().to_path_buf();
         crate::private::create_private_dir(&path)?;
         let db = open_sled(&path, options.cache_capacity_bytes)?;
+        crate::private::own_log_files(&path)?;
         // sled's log file and the directory entries it just created must survive a power cut too.
         let db_file = File::open(path.join("db"))?;
         db_file.sync_all()?;

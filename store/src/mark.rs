@@ -24,6 +24,7 @@
 //! both true.
 
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 pub(crate) const FILE: &str = "checkpointed";
@@ -77,7 +78,13 @@ pub(crate) fn write(dir: &Path, head: u64, state: State) -> io::Result<()> {
     let fresh = dir.join(format!("{FILE}.new"));
     let failed = |what: &'static str| move |error: io::Error| io::Error::new(error.kind(), format!("{what}: {error}"));
     {
-        let file = std::fs::File::create(&fresh).map_err(failed("creating it"))?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&fresh)
+            .map_err(failed("creating it"))?;
         io::Write::write_all(&mut &file, &bytes).map_err(failed("writing it"))?;
         file.sync_data().map_err(failed("fdatasync"))?;
     }

@@ -66,6 +66,39 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Make the log's files in `dir` (see [`crate::is_log_file`]) readable by their
+/// owner only, files `rw-------` and directories `rwx------`, where they are
+/// not already: they hold the log's secrets, and sled creates its files with
+/// the process's umask. The dir itself keeps its mode: one that existed before
+/// (made by `mkdir` under a umask of 022, a systemd state directory, a volume)
+/// may be listed by others, but none of the log's files read.
+pub fn own_log_files(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if !entry.file_name().to_str().is_some_and(crate::is_log_file) {
+            continue;
+        }
+        let kind = entry.file_type()?;
+        let mode = match () {
+            () if kind.is_dir() => 0o700,
+            () if kind.is_file() => 0o600,
+            () => continue,
+        };
+        if entry.metadata()?.permissions().mode() & 0o077 != 0 {
+            match std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode)) {
+                // Another user's file, which this one may write (a group's):
+                // said, and left to its owner.
+                Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                    tracing::warn!(path = %entry.path().display(), "open to others, and not this user's to close");
+                }
+                result => result?,
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Create the new file `path` as `rw-------` for writing; fails if it exists.
 pub fn create_private_file(path: &Path) -> std::io::Result<File> {
     std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)

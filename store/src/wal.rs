@@ -47,7 +47,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 /// The WAL's two files in the data directory, written in turn.
@@ -82,7 +82,7 @@ impl Wal {
     fn open(dir: &Path, name: &str, len_max: u64) -> io::Result<(Wal, WalFrames)> {
         let path = dir.join(name);
         let existed = path.exists();
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path)?;
         if !existed {
             File::open(dir)?.sync_all()?;
         }

@@ -217,6 +217,11 @@ pub fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    // Everything shoplog creates (the log's files, backups, exports, token
+    // files, staging dirs) is its owner's only, whatever the umask it was
+    // started with (the store and the writers of secrets set their own modes
+    // too; this covers what sled creates as it goes).
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let operating = !matches!(cli.command, Command::Serve(_) | Command::Project(_));
     if let Err(error) = init_tracing_for(operating) {
         eprintln!("shoplog: {error}");

@@ -95,10 +95,35 @@ async fn what_holds_the_shops_secrets_is_readable_by_its_owner_only() {
     assert!(shoplog(&["restore", "--in", arg(&file), "--data", arg(&prepared)]).status.success());
     assert_eq!(mode(&prepared), 0o750, "an existing data dir restored into");
     assert!(shoplog(&["verify", "--data", arg(&prepared)]).status.success(), "the restore is whole");
+    // What is in it is the owner's only though: the log's files hold its secrets.
+    others_read_nothing_in(&prepared);
     let served = work.path().join("served");
     let app = TestApp::spawn_with(|config| config.data = served.clone()).await;
     assert_eq!(mode(&served), 0o700, "a data dir the server made");
     app.stop().await;
+    // A log whose files an earlier binary left to the umask (`rw-r--r--`): the
+    // next open makes them the owner's.
+    for entry in std::fs::read_dir(&prepared).expect("lists") {
+        let path = entry.expect("an entry").path();
+        let widened = if path.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(widened)).expect("chmod");
+    }
+    assert!(shoplog(&["stats", "--data", arg(&prepared)]).status.success());
+    others_read_nothing_in(&prepared);
+}
+
+/// Nothing in `dir` (a data dir), nor in the dirs in it, is open to its group or others.
+fn others_read_nothing_in(dir: &Path) {
+    let mut paths = vec![dir.to_path_buf()];
+    while let Some(path) = paths.pop() {
+        for entry in std::fs::read_dir(&path).expect("lists") {
+            let path = entry.expect("an entry").path();
+            assert_eq!(mode(&path) & 0o077, 0, "{} is {:o}", path.display(), mode(&path));
+            if path.is_dir() {
+                paths.push(path);
+            }
+        }
+    }
 }
 
 /// A filled shop, stopped, and its offline backup: the data dir, a work dir, and
