@@ -298,9 +298,9 @@ fn commands_error(error: CommandError) -> ApiError {
             ApiError::NotFound(domain::DomainError::OrderNotFound { order_id }.to_string())
         }
         CommandError::InvalidCredentials => ApiError::Unauthorized,
-        error @ (CommandError::IdempotencyKeyReused
-        | CommandError::RegistrationForgotten
-        | CommandError::Contention { .. }) => ApiError::Conflict { detail: error.to_string(), skus: Vec::new() },
+        error @ (CommandError::IdempotencyKeyReused | CommandError::Contention { .. }) => {
+            ApiError::Conflict { detail: error.to_string(), skus: Vec::new() }
+        }
         CommandError::Unavailable(error) => log_unavailable(&error),
         error @ (CommandError::Hasher { .. }
         | CommandError::Encode(_)

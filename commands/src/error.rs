@@ -31,13 +31,6 @@ pub enum CommandError {
     #[error("idempotency key was already used for a different request")]
     IdempotencyKeyReused,
 
-    /// The idempotency key repeats a registration whose customer was forgotten
-    /// since (409): the first answer is not given again, as it names them.
-    #[error(
-        "the registration this idempotency key made was forgotten since; register again with a new idempotency key"
-    )]
-    RegistrationForgotten,
-
     /// Other writers kept changing the streams this command reads until its
     /// retries ran out; nothing was written and the client may try again (409, a
     /// concurrency conflict in DESIGN §6's terms).

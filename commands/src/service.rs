@@ -336,10 +336,13 @@ impl CommandService {
             .await?;
         // A repeat of a registration whose customer was forgotten since: the
         // first answer would name an erased customer, to whoever holds the key.
+        // Answered as a key used for another request is, word for word, so that
+        // the answer does not tell a right guess of their email and name from a
+        // wrong one.
         if let Some(customer_id) = outcome.customer_id().filter(|_| outcome.duplicate)
             && self.customer_as_recorded(customer_id)?.1
         {
-            return Err(CommandError::RegistrationForgotten);
+            return Err(CommandError::IdempotencyKeyReused);
         }
         Ok(outcome)
     }
