@@ -118,7 +118,10 @@ impl Tokens {
         };
         let customer = Uuid::parse_str(customer).ok()?;
         let expiry = DateTime::from_timestamp(expiry.parse().ok()?, 0)?;
-        (now < expiry).then_some(Principal::Customer(CustomerId::new(customer)))
+        // No token this server signs outlives its TTL: one that says otherwise
+        // was signed with a leaked key (a minute's leeway for a clock set back).
+        let latest = now + CUSTOMER_TOKEN_TTL + chrono::TimeDelta::minutes(1);
+        (now < expiry && expiry <= latest).then_some(Principal::Customer(CustomerId::new(customer)))
     }
 }
 
@@ -393,6 +396,21 @@ mod tests {
         assert_eq!(expires_at - now, CUSTOMER_TOKEN_TTL);
         assert_eq!(tokens.authenticate(&token, now), Some(Principal::Customer(customer)));
         assert_eq!(tokens.authenticate(&token, expires_at), None);
+    }
+
+    /// A token signed with the key but for longer than the TTL (one a leaked
+    /// key made) is refused; one issued a minute ahead of the server's clock is not.
+    #[test]
+    fn a_token_that_outlives_the_ttl_is_refused() {
+        let tokens = tokens();
+        let customer = CustomerId::new(Uuid::now_v7());
+        let now = Utc::now();
+        let (ahead, _) = tokens.issue(customer, now + chrono::TimeDelta::seconds(50));
+        assert_eq!(tokens.authenticate(&ahead, now), Some(Principal::Customer(customer)));
+        let (far, _) = tokens.issue(customer, now + chrono::TimeDelta::days(36_500));
+        assert_eq!(tokens.authenticate(&far, now), None);
+        let (later, _) = tokens.issue(customer, now + chrono::TimeDelta::minutes(2));
+        assert_eq!(tokens.authenticate(&later, now), None);
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub(crate) async fn around(State(request_timeout): State<Duration>, mut request:
         }
     };
     let labels = metrics::RequestLabels::of(&request);
+    let authorized = request.headers().contains_key(axum::http::header::AUTHORIZATION);
     // A 503 there is its answer, asked every few seconds by a load balancer: no error.
     let readiness = request.uri().path() == "/readyz";
     let span = tracing::info_span!(
@@ -63,7 +64,13 @@ pub(crate) async fn around(State(request_timeout): State<Duration>, mut request:
     .instrument(span)
     .await;
     labels.count(response.status(), started.elapsed());
-    response.headers_mut().entry(REQUEST_ID).or_insert(request_id);
+    let headers = response.headers_mut();
+    headers.entry(REQUEST_ID).or_insert(request_id);
+    // What a request with credentials gets (a backup, the audit trail, an
+    // order) is kept by no cache, a browser's included (RFC 9111 §5.2.2.5).
+    if authorized {
+        headers.entry(axum::http::header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    }
     response
 }
 

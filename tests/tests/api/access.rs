@@ -167,3 +167,28 @@ async fn a_token_of_a_customer_the_log_does_not_hold_is_refused() {
     assert_eq!(app.get("/api/v1/cart", Some(&ann)).await.status, StatusCode::OK);
     app.stop().await;
 }
+
+/// What a request with credentials gets (the audit trail, a backup, a
+/// customer's orders, a refusal) is kept by no cache; the public catalog may be.
+#[tokio::test]
+async fn answers_to_requests_with_credentials_are_kept_by_no_cache() {
+    let app = TestApp::spawn().await;
+    app.create_product("mug-1", 1200, 4).await;
+    let token = app.customer("cache@example.com").await;
+    let no_store = |reply: &super::Reply| {
+        reply.headers.get("cache-control").and_then(|value| value.to_str().ok()).map(str::to_owned)
+    };
+    for (path, credentials) in [
+        ("/api/v1/events?from=1", ADMIN),
+        ("/admin/backup", ADMIN),
+        ("/api/v1/orders", token.as_str()),
+        ("/admin/backup", VIEWER),
+    ] {
+        let reply = app.get(path, Some(credentials)).await;
+        assert_eq!(no_store(&reply).as_deref(), Some("no-store"), "{path}: {reply:?}");
+    }
+    let public = app.get("/api/v1/products/mug-1", None).await;
+    assert_eq!(public.status, StatusCode::OK);
+    assert_eq!(no_store(&public), None, "{public:?}");
+    app.stop().await;
+}
