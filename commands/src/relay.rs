@@ -319,35 +319,50 @@ struct InFlight {
 }
 
 /// What a publish names as the stream's last message, so that JetStream
-/// stores it only right after the record before it (see [`Follows::header`]).
-enum Follows {
-    /// The stream sequence the attempt read where the stream ends (its last
-    /// record, or a purged or new stream's last sequence): the first publish of
-    /// an attempt, and the one after a duplicate.
-    Sequence(u64),
-    /// The message id (event id) of the record before it: every other publish.
-    MessageId(String),
+/// stores it only right after the record before it (see [`Follows::headers`]).
+struct Follows {
+    /// The stream's last sequence it expects: where the attempt read the
+    /// stream to end (its last record, or a purged or new stream's last
+    /// sequence), one more for each publish sent since.
+    sequence: u64,
+    /// The message id (event id) of the record before it, once the attempt
+    /// has sent one (not for its first publish, nor the one after a duplicate).
+    message_id: Option<String>,
 }
 
 impl Follows {
-    /// The header that says it.
+    /// The first publish of an attempt (or after a duplicate): after the
+    /// stream's last sequence, as read.
+    fn sequence(sequence: u64) -> Self {
+        Follows { sequence, message_id: None }
+    }
+
+    /// The headers that say it: the sequence always, and the message id of the
+    /// record before where there is one. JetStream stores a publish only if
+    /// both hold.
     ///
-    /// Why the message id and not only the sequence: the sequence a publish
-    /// names is counted from where the attempt read the stream, one more per
-    /// publish, and a publish refused or deduplicated stores nothing. Any
-    /// message stored meanwhile that the count did not foresee (a publish an
-    /// earlier attempt left queued on the connection, sent when it came back;
-    /// a stream read just before such a publish was stored) shifts the count,
-    /// and a later publish of the same batch could then name the stream's last
-    /// sequence by chance and be stored after a hole. A message id names the
-    /// record before, whatever the count. It is not used alone: JetStream keeps
-    /// the last message id in memory only (after a restart it knows it only if
-    /// that message is within the deduplication window).
-    fn header(&self) -> (&'static str, String) {
-        match self {
-            Follows::Sequence(sequence) => (EXPECTED_LAST_SEQUENCE, sequence.to_string()),
-            Follows::MessageId(id) => (EXPECTED_LAST_MESSAGE_ID, id.clone()),
-        }
+    /// Why both. The sequence is counted from where the attempt read the
+    /// stream, one more per publish, and a publish refused or deduplicated
+    /// stores nothing. Any message stored meanwhile that the count did not
+    /// foresee (a publish an earlier attempt left queued on the connection, sent
+    /// when it came back) shifts the count, and a later publish could then name
+    /// the stream's last sequence by chance: the message id names the record
+    /// before, whatever the count. The message id alone is not enough either:
+    /// JetStream compares it with the id it stored last, which a delete or a
+    /// purge does not forget, so after a duplicate of a deleted or purged
+    /// message the publish naming it would be stored after a hole; the sequence
+    /// is refused there, as nothing was stored. (JetStream keeps the last id in
+    /// memory only, so the first publish of an attempt names the sequence alone.)
+    fn headers(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        let sequence = (EXPECTED_LAST_SEQUENCE, self.sequence.to_string());
+        let message_id = self.message_id.iter().map(|id| (EXPECTED_LAST_MESSAGE_ID, id.clone()));
+        std::iter::once(sequence).chain(message_id)
+    }
+
+    /// The publish after `event_id`'s.
+    fn after(&mut self, event_id: String) {
+        self.sequence += 1;
+        self.message_id = Some(event_id);
     }
 }
 
@@ -491,7 +506,7 @@ async fn connect(
 /// The relay must be the stream's only publisher.
 const EXPECTED_LAST_SEQUENCE: &str = "Nats-Expected-Last-Sequence";
 
-/// See [`EXPECTED_LAST_SEQUENCE`] and [`Follows::header`].
+/// See [`EXPECTED_LAST_SEQUENCE`] and [`Follows::headers`].
 const EXPECTED_LAST_MESSAGE_ID: &str = "Nats-Expected-Last-Msg-Id";
 
 /// One attempt: connect, find where to start, and publish until stopped or
@@ -521,7 +536,7 @@ async fn relay(
     let mut saved = shared.checkpoint.load(Ordering::Acquire);
     // What the next publish follows; `stored` is where this attempt knows the
     // stream ends.
-    let mut follows = Follows::Sequence(stored);
+    let mut follows = Follows::sequence(stored);
     loop {
         enum Step {
             Stop,
@@ -601,7 +616,7 @@ async fn relay(
                     // JetStream stores it (a hole otherwise, which the relay's
                     // counters would not show and a replica would stop at).
                     held_still(&jetstream, position, ack.sequence).await?;
-                    follows = Follows::Sequence(stored);
+                    follows = Follows::sequence(stored);
                     if !in_flight.is_empty() {
                         in_flight.clear();
                         subscription = shared.log.subscribe(position + 1);
@@ -623,9 +638,10 @@ async fn relay(
             Step::Read(read) => {
                 read?;
                 for mut record in outgoing.drain(..) {
-                    let (name, value) = follows.header();
-                    record.headers.insert(name, value);
-                    follows = Follows::MessageId(record.event_id);
+                    for (name, value) in follows.headers() {
+                        record.headers.insert(name, value);
+                    }
+                    follows.after(record.event_id);
                     let ack = jetstream
                         .publish_with_headers(record.subject, record.headers, record.payload.into())
                         .await

@@ -493,11 +493,9 @@ async fn messages_jetstream_lost_are_sent_again_and_a_purged_stream_is_not_refil
 /// A shop that relayed its events, then stopped with its relay checkpoint 20
 /// positions back (what a kill leaves: the tree is durable only with the log's
 /// next checkpoint), its stream purged, and started again: NATS's dir, NATS,
-/// the shop and its head. With `repeats_forgotten`, the stream's deduplication
-/// window (100 ms) has passed at the restart. Else JetStream still knows every
-/// event id the relay sent (a window of [`PURGED_WINDOW`]), and the last message it
-/// took before the purge was someone else's, on a subject of the stream's own.
-async fn restarted_behind_a_purged_stream(repeats_forgotten: bool) -> (tempfile::TempDir, NatsServer, TestApp, u64) {
+/// the shop and its head (see [`Purged`]).
+async fn restarted_behind_a_purged_stream(purged: Purged) -> (tempfile::TempDir, NatsServer, TestApp, u64) {
+    let repeats_forgotten = purged == Purged::PastTheWindow;
     let dir = tests::temp_dir();
     let nats = NatsServer::start(dir.path());
     let context = if repeats_forgotten {
@@ -510,7 +508,7 @@ async fn restarted_behind_a_purged_stream(repeats_forgotten: bool) -> (tempfile:
     let app = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
     shop(&app, "purged.shopper@example.com").await;
     relayed(&app).await;
-    if !repeats_forgotten {
+    if purged == Purged::WithinTheWindowAfterOthers {
         context.publish("shoplog.audit.x", "not a record".into()).await.expect("publishes").await.expect("stored");
     }
     let data = app.stop_keeping_dir().await;
@@ -526,6 +524,20 @@ async fn restarted_behind_a_purged_stream(repeats_forgotten: bool) -> (tempfile:
     }
     let app = TestApp::serve_dir_with(data, |config| config.nats = Some(nats.url())).await;
     (dir, nats, app, head)
+}
+
+/// How the stream was purged under a relay that restarts behind it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Purged {
+    /// The stream's deduplication window (100 ms) has passed at the restart.
+    PastTheWindow,
+    /// JetStream still knows every event id the relay sent (a window of
+    /// [`PURGED_WINDOW`]), and the last message it took before the purge was
+    /// someone else's, on a subject of the stream's own.
+    WithinTheWindowAfterOthers,
+    /// The same, the last message it took the relay's own: JetStream goes on
+    /// taking publishes that name that message's id as the last one.
+    WithinTheWindowAfterOurs,
 }
 
 /// Wait until the relay's checkpoint is `head`, failing if JetStream refuses
@@ -548,7 +560,7 @@ async fn relayed_without_a_refusal(app: &TestApp, head: u64) {
 /// stored in turn, no refusal on the way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_kill_and_a_purge_the_relay_goes_on_from_its_checkpoint() {
-    let (_dir, nats, app, head) = restarted_behind_a_purged_stream(true).await;
+    let (_dir, nats, app, head) = restarted_behind_a_purged_stream(Purged::PastTheWindow).await;
     relayed_without_a_refusal(&app, head).await;
     restock(&app, "tea-1", 2).await;
     relayed_without_a_refusal(&app, head + 2).await;
@@ -568,20 +580,32 @@ const PURGED_WINDOW: Duration = Duration::from_secs(3);
 /// record from the checkpoint on, once each, as outside the window (the first
 /// one stored follows the stream's last sequence: the last message JetStream
 /// took was someone else's).
+///
+/// Commands go on within the window: the records after the first are not stored
+/// after the hole it would leave, though JetStream still takes the last event
+/// id it stored (purged since) as the stream's last one (the publishes name the
+/// stream's last sequence too, which nothing moved).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_kill_and_a_purge_within_the_deduplication_window_the_relay_waits_it_out() {
-    let (_dir, nats, app, head) = restarted_behind_a_purged_stream(false).await;
-    let waiting = relay_until(&app, "said it waits for the window", |status| {
-        status["failure"].as_str().is_some_and(|failure| failure.contains("no longer holds (purged or deleted)"))
-    })
-    .await;
-    assert_eq!(waiting["checkpoint"], head - 20, "nothing counted as published: {waiting}");
-    relayed(&app).await;
-    restock(&app, "tea-1", 2).await;
-    relayed(&app).await;
-    let positions: Vec<u64> = published(&nats.url()).await.iter().map(|message| message.position).collect();
-    assert_eq!(positions, (head - 19..=head + 2).collect::<Vec<_>>(), "from the checkpoint on, once each");
-    app.stop().await;
+    for purged in [Purged::WithinTheWindowAfterOthers, Purged::WithinTheWindowAfterOurs] {
+        let (_dir, nats, app, head) = restarted_behind_a_purged_stream(purged).await;
+        let waiting = relay_until(&app, "said it waits for the window", |status| {
+            status["failure"].as_str().is_some_and(|failure| failure.contains("no longer holds (purged or deleted)"))
+        })
+        .await;
+        assert_eq!(waiting["checkpoint"], head - 20, "{purged:?}: nothing counted as published: {waiting}");
+        restock(&app, "tea-1", 2).await;
+        let still = relay_status(&app).await;
+        assert!(still["checkpoint"].as_u64().is_some_and(|checkpoint| checkpoint < head - 19), "{purged:?}: {still}");
+        relayed(&app).await;
+        let positions: Vec<u64> = published(&nats.url()).await.iter().map(|message| message.position).collect();
+        assert_eq!(
+            positions,
+            (head - 19..=head + 2).collect::<Vec<_>>(),
+            "{purged:?}: from the checkpoint on, once each"
+        );
+        app.stop().await;
+    }
 }
 
 /// A stream of that name made by someone else that does not take the relay's
