@@ -293,19 +293,22 @@ async fn run(shared: Arc<Shared>, options: ReplicaOptions, mut stopped: watch::R
             tracing::debug!("the replica reads the stream again after a reconnection");
             continue;
         }
-        // Out of reach of NATS: the primary, if given, is the feed meanwhile;
-        // what stops that copy (another history, a record refused) is what to say.
+        // Out of reach of NATS, or stopped by a message in the stream that is
+        // no log's: the primary, if given, is the feed meanwhile; what stops
+        // that copy (another history, a record refused) is what to say.
         let error = match &error {
-            FeedError::Connect { .. } | FeedError::Stream { .. } => match from_primary(&shared, &options).await {
-                Err(copying) => {
-                    tracing::warn!(error = %copying, "the replica could not copy from the primary either");
-                    match copying {
-                        FeedError::Connect { .. } | FeedError::Stream { .. } => error,
-                        copying => copying,
+            FeedError::Connect { .. } | FeedError::Stream { .. } | FeedError::Message { .. } => {
+                match from_primary(&shared, &options).await {
+                    Err(copying) => {
+                        tracing::warn!(error = %copying, "the replica could not copy from the primary either");
+                        match copying {
+                            FeedError::Connect { .. } | FeedError::Stream { .. } => error,
+                            copying => copying,
+                        }
                     }
+                    Ok(()) => error,
                 }
-                Ok(()) => error,
-            },
+            }
             _ => error,
         };
         if shared.log.head() > before {
@@ -319,9 +322,16 @@ async fn run(shared: Arc<Shared>, options: ReplicaOptions, mut stopped: watch::R
                 *shared.gap.lock().unwrap_or_else(PoisonError::into_inner) = Some((from, error.to_string()));
             }
             // Said until an attempt gets past it (see `follow`). Out of reach
-            // of NATS or the stream, the replica is only out of touch.
+            // of NATS or the stream, the replica is only out of touch; so is
+            // one whose primary copied it to its head past a message that
+            // stopped the stream.
             error => {
-                let stuck = !matches!(error, FeedError::Connect { .. } | FeedError::Stream { .. });
+                let primary_head = shared.primary_head.load(Ordering::Acquire);
+                let kept_up = matches!(error, FeedError::Message { .. })
+                    && options.primary.is_some()
+                    && primary_head > 0
+                    && shared.log.head() >= primary_head;
+                let stuck = !kept_up && !matches!(error, FeedError::Connect { .. } | FeedError::Stream { .. });
                 shared.set_failure(Some((error.to_string(), stuck)));
             }
         }

@@ -135,10 +135,12 @@ pub enum RelayError {
     #[error("JetStream stream {STREAM}: {reason}")]
     Stream { reason: String },
     #[error(
-        "JetStream stream {STREAM} holds another log's events ({reason}); purge it or point --nats \
-         at another server before the relay goes on"
+        "JetStream stream {STREAM} holds another log's events ({reason}) at stream sequence {sequence}: if \
+         another publisher sent that message to the relay's subjects, delete it (nats stream rmm {STREAM} \
+         {sequence}); if the stream is another shop's, purge it or point --nats at another server. The relay \
+         goes on after this log's last record there"
     )]
-    Foreign { reason: String },
+    Foreign { reason: String, sequence: u64 },
     #[error("publishing position {position} to JetStream: {reason}")]
     Publish { position: u64, reason: String },
     #[error("reading the log: {0}")]
@@ -468,7 +470,7 @@ async fn connect(
         }
         Err(_) => stream.get_raw_message(last_sequence).await.map_err(|error| stream_error(&error))?,
     };
-    let held = held_position(&shared.log, &last.headers, &last.payload).await?;
+    let held = held_position(&shared.log, last.sequence, &last.headers, &last.payload).await?;
     // The first publish follows this record: at its own sequence, unless the
     // stream holds others' messages after it. (Read after the stream's state,
     // it may be newer: a publish an earlier attempt left queued stored since.)
@@ -722,8 +724,8 @@ async fn drain(shared: &Shared, in_flight: &mut VecDeque<InFlight>) {
 
 /// The position of the stream's last message, if the log holds that very record
 /// there; else the stream holds another log's events.
-async fn held_position(log: &EventLog, headers: &HeaderMap, payload: &[u8]) -> Result<u64, RelayError> {
-    let foreign = |reason: String| RelayError::Foreign { reason };
+async fn held_position(log: &EventLog, sequence: u64, headers: &HeaderMap, payload: &[u8]) -> Result<u64, RelayError> {
+    let foreign = |reason: String| RelayError::Foreign { reason, sequence };
     let position = headers
         .get(POSITION)
         .and_then(|value| value.as_str().parse::<u64>().ok())

@@ -643,6 +643,48 @@ async fn a_replica_with_its_primary_keeps_up_when_nats_does_not_have_the_events(
     primary.stop().await;
 }
 
+/// A message another publisher sent to the relay's subjects stops the relay
+/// (which says which message to delete) and the replicas' NATS feed; a replica
+/// with its primary keeps up from the primary meanwhile, ready, saying what
+/// stopped NATS. Once the message is deleted, the relay goes on, and the
+/// stream holds every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_message_in_the_stream_stops_the_relay_and_a_replica_keeps_up_from_its_primary() {
+    let (_nats_dir, nats, primary) = relaying().await;
+    shop(&primary, "stray@example.com").await;
+    relayed(&primary).await;
+    let replica = replica_on(tests::temp_dir(), &nats, Some(&primary)).await;
+    caught_up_with(&replica, &primary).await;
+
+    let context = jetstream::new(async_nats::connect(nats.url()).await.expect("connects to NATS"));
+    let stray = context.publish("shoplog.events.product.test", "a test".into()).await.expect("publishes");
+    let stray = stray.await.expect("stored").sequence;
+    restock(&primary, "tea-1", 3).await;
+    let said = format!("delete it (nats stream rmm SHOPLOG_EVENTS {stray})");
+    let stopped = entry_until(&primary, "relay", "named the stray message", |status| {
+        status["failure"].as_str().is_some_and(|failure| failure.contains(&said))
+    })
+    .await;
+    assert!(stopped["lag"].as_u64().is_some_and(|lag| lag > 0), "{stopped}");
+    caught_up_with(&replica, &primary).await;
+    let feed = feed_until(&replica, "said what stopped NATS", |status| {
+        status["failure"].as_str().is_some_and(|failure| failure.contains("no log's"))
+    })
+    .await;
+    assert_eq!(feed["lag"], 0, "{feed}");
+    assert_eq!(readiness(&replica).await.0, StatusCode::OK, "kept up by its primary");
+
+    context.get_stream("SHOPLOG_EVENTS").await.expect("the stream").delete_message(stray).await.expect("deletes");
+    relayed(&primary).await;
+    restock(&primary, "tea-1", 1).await;
+    relayed(&primary).await;
+    let positions: Vec<u64> = published(&nats.url()).await.iter().map(|message| message.position).collect();
+    assert_eq!(positions, (1..=primary.head()).collect::<Vec<_>>(), "every record once, in order");
+    caught_up_with(&replica, &primary).await;
+    replica.stop().await;
+    primary.stop().await;
+}
+
 /// Given the primary's token secret, a replica takes the tokens the primary's
 /// logins gave (a customer reads their own orders there), though it holds none
 /// of the customers' data: its audit routes show a registration withheld, not
