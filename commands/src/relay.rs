@@ -442,6 +442,19 @@ async fn connect(
             ),
         });
     }
+    // One that keeps only what a consumer has yet to take (interest) or until
+    // one acks it (a work queue) would not hold the log: replicas and every
+    // consumer after the first would find holes.
+    if info.config.retention != jetstream::stream::RetentionPolicy::Limits {
+        return Err(RelayError::Stream {
+            reason: format!(
+                "its retention is {:?}: it keeps messages only for the consumers there are, not the log a replica or \
+                 a later consumer reads from the start; make it with limits retention (delete it, and the relay \
+                 makes it)",
+                info.config.retention
+            ),
+        });
+    }
     // Said once a connection, not at every look at the stream.
     if first && info.config.storage != StorageType::File {
         tracing::warn!("JetStream stream {STREAM} keeps its messages in memory: a NATS restart loses them all");

@@ -630,6 +630,32 @@ async fn a_stream_that_does_not_take_the_relays_subjects_is_refused() {
     app.stop().await;
 }
 
+/// A stream of that name made by someone else that keeps messages only for the
+/// consumers there are (interest retention) or until they are acked (a work
+/// queue) would not hold the log: refused, saying so; commands go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_would_not_keep_the_log_is_refused() {
+    for (retention, named) in [
+        (jetstream::stream::RetentionPolicy::Interest, "its retention is Interest"),
+        (jetstream::stream::RetentionPolicy::WorkQueue, "its retention is WorkQueue"),
+    ] {
+        let dir = tests::temp_dir();
+        let nats = NatsServer::start(dir.path());
+        let config = jetstream::stream::Config { retention, ..Default::default() };
+        stream_made_before_the_relay(&nats.url(), "shoplog.events.>", config).await;
+        let app = TestApp::spawn_with(|config| config.nats = Some(nats.url())).await;
+        app.create_product("mug-1", 1200, 4).await;
+        let refused = relay_until(&app, "refused the stream", |status| {
+            status["failure"].as_str().is_some_and(|failure| failure.contains(named))
+        })
+        .await;
+        assert_eq!(refused["checkpoint"], 0, "{refused}");
+        restock(&app, "mug-1", 1).await;
+        assert!(published(&nats.url()).await.is_empty());
+        app.stop().await;
+    }
+}
+
 /// Two shops pointed at one NATS at once: each publish names what it follows
 /// (an attempt's first the stream sequence), so the second one's first publish
 /// is refused, and at its next
