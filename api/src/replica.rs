@@ -591,7 +591,19 @@ async fn start_sequence(shared: &Shared, stream: &mut jetstream::stream::Stream)
         // No record to compare or copy yet (a new or purged stream): what comes next.
         Err(error) if error.kind() != LastRawMessageErrorKind::NoMessageFound => return Err(stream_error(&error)),
         _ => {
-            shared.progressed();
+            // A stream that took messages and holds none (purged) says nothing
+            // of where the log is: a replica that has copied nothing is not
+            // caught up until a record comes (a gap before it then shows) or
+            // its primary says so.
+            if messages == 0 && last > 0 && shared.log.head() == 0 {
+                let waiting = format!(
+                    "{STREAM} took {last} messages and holds none (purged): the replica waits for the next record \
+                     to find where the log is (given --primary URL --token T, it copies from the primary)"
+                );
+                shared.set_failure(Some((waiting, false)));
+            } else {
+                shared.progressed();
+            }
             return Ok(last + 1);
         }
     };

@@ -643,6 +643,35 @@ async fn a_replica_with_its_primary_keeps_up_when_nats_does_not_have_the_events(
     primary.stop().await;
 }
 
+/// A new replica on a stream that was purged (it took messages and holds none)
+/// is not ready with nothing copied: the log may be anywhere. The primary's
+/// next record shows the gap before it, named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_on_a_purged_stream_is_not_ready_until_it_knows_where_the_log_is() {
+    let (_nats_dir, nats, primary) = relaying().await;
+    shop(&primary, "purged@example.com").await;
+    relayed(&primary).await;
+    let context = jetstream::new(async_nats::connect(nats.url()).await.expect("connects to NATS"));
+    context.get_stream("SHOPLOG_EVENTS").await.expect("the stream").purge().await.expect("purges");
+    let head = primary.head();
+    let replica = replica_on(tests::temp_dir(), &nats, None).await;
+    feed_until(&replica, "said it waits", |status| {
+        status["failure"].as_str().is_some_and(|failure| failure.contains("holds none (purged)"))
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(readiness(&replica).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    restock(&primary, "tea-1", 1).await;
+    let missing = format!("positions 1 to {head} are missing from NATS");
+    feed_until(&replica, "named the gap", |status| status["failure"].as_str().is_some_and(|f| f.contains(&missing)))
+        .await;
+    assert_eq!(readiness(&replica).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    replica.stop().await;
+    primary.stop().await;
+}
+
 /// A message another publisher sent to the relay's subjects stops the relay
 /// (which says which message to delete) and the replicas' NATS feed; a replica
 /// with its primary keeps up from the primary meanwhile, ready, saying what
