@@ -763,12 +763,14 @@ async fn held_position(log: &EventLog, sequence: u64, headers: &HeaderMap, paylo
 
 const POSITION: &str = "Shoplog-Position";
 
-/// The headers of DESIGN §4.
+/// The headers of DESIGN §4, and the payload's schema version (which a consumer needs
+/// before it decodes the payload; docs/CONSUMERS.md).
 fn headers_of(record: &StoredEvent<'_>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", record.event_id.to_string());
     headers.insert(POSITION, record.position.to_string());
     headers.insert("Shoplog-Event-Type", header_value(record.event_type));
+    headers.insert("Shoplog-Schema-Version", record.schema_version.to_string());
     headers.insert("Shoplog-Stream", header_value(record.stream));
     headers
 }

@@ -1164,6 +1164,7 @@ impl Subscription {
                 version: header.version,
                 event_id: header.event_id,
                 event_type: &header.event_type,
+                schema_version: header.schema_version,
                 bytes,
             })
             .map_err(ScanError::Visit)

@@ -278,6 +278,8 @@ pub struct StoredEvent<'a> {
     pub version: u64,
     pub event_id: Uuid,
     pub event_type: &'a str,
+    /// The payload's schema version (see `upcast`).
+    pub schema_version: u16,
     pub bytes: &'a [u8],
 }
 

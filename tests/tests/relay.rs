@@ -27,6 +27,7 @@ pub(crate) struct Published {
     pub position: u64,
     message_id: String,
     event_type: String,
+    schema_version: String,
     stream: String,
     payload: Vec<u8>,
 }
@@ -49,6 +50,7 @@ pub(crate) async fn published(url: &str) -> Vec<Published> {
             position: header("Shoplog-Position").parse().expect("a position"),
             message_id: header("Nats-Msg-Id"),
             event_type: header("Shoplog-Event-Type"),
+            schema_version: header("Shoplog-Schema-Version"),
             stream: header("Shoplog-Stream"),
             payload: message.payload.to_vec(),
         });
@@ -157,10 +159,14 @@ async fn assert_published_as_stored(log: &store::EventLog, url: &str) {
         missing.first().map(|first| around(*first))
     );
     let stored = stored_records(log, head).await;
-    for (message, (position, event_id, event_type, stream, bytes)) in messages.iter().zip(&stored) {
+    let recorded = log.read_all(1, head as usize).expect("reads the log");
+    for ((message, (position, event_id, event_type, stream, bytes)), recorded) in
+        messages.iter().zip(&stored).zip(&recorded)
+    {
         assert_eq!(message.position, *position, "message {} is out of position order", message.sequence);
         assert_eq!(message.message_id, event_id.to_string());
         assert_eq!((&message.event_type, &message.stream), (event_type, stream));
+        assert_eq!(message.schema_version, recorded.schema_version.to_string(), "at {position}");
         let (category, id) = stream.split_once('-').expect("a shop stream");
         assert_eq!(message.subject, format!("shoplog.events.{category}.{id}"));
         assert!(message.payload == *bytes, "the payload of position {position} is not the record as stored");
