@@ -59,7 +59,8 @@ pub struct Config {
     /// How long a command keeps deciding again after a version conflict with a
     /// concurrent one before it answers 409 (contention).
     pub command_retry_ms: u64,
-    /// Login attempts allowed per email per minute (ten times as many per client address).
+    /// Login attempts allowed per email from one client address per minute (ten
+    /// times as many per email from all addresses, and per client address).
     pub login_attempts_per_minute: u32,
     /// The addresses of the reverse proxies in front of the server, comma-separated
     /// (`127.0.0.1, ::1`): a request from one of them is counted, for the limits per

@@ -74,6 +74,10 @@ pub struct AppState {
     /// Where the read models' workers run (see [`server::ProjectionRuntime`]).
     pub projection_runtime: Arc<server::ProjectionRuntime>,
     pub tokens: Arc<auth::Tokens>,
+    /// Logins per email from one client address: `login_attempts_per_minute`.
+    pub login_by_email_and_address: Arc<auth::RateLimiter>,
+    /// Logins per email from every address together: ten times as many, so that
+    /// a few clients cannot keep its owner out, and many cannot guess on at will.
     pub login_by_email: Arc<auth::RateLimiter>,
     pub login_by_address: Arc<auth::RateLimiter>,
     /// Registrations per client address: as many as logins, counted apart, so
@@ -121,7 +125,8 @@ impl AppState {
             projections: Arc::new(projections),
             projection_runtime: Arc::new(projection_runtime),
             tokens: Arc::new(tokens),
-            login_by_email: limiter(login_attempts_per_minute),
+            login_by_email_and_address: limiter(login_attempts_per_minute),
+            login_by_email: limiter(by_address),
             login_by_address: limiter(by_address),
             register_by_address: limiter(by_address),
             trusted_proxies: Arc::from([]),

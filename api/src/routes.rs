@@ -616,7 +616,13 @@ async fn login(
 ) -> Result<([(header::HeaderName, &'static str); 1], Json<Session>), ApiError> {
     let email = field("email", Email::parse(&input.body.email))
         .map_err(|error| domain::DomainError::Validation(vec![error]))?;
-    for (limiter, key) in [(&state.login_by_address, address), (&state.login_by_email, email.normalized())] {
+    let email_key = email.normalized();
+    let limited = [
+        (&state.login_by_email_and_address, format!("{address} {email_key}")),
+        (&state.login_by_address, address),
+        (&state.login_by_email, email_key),
+    ];
+    for (limiter, key) in limited {
         limiter.check(&key).map_err(|retry_after_seconds| ApiError::TooManyRequests { retry_after_seconds })?;
     }
     // A password that could never have been registered is simply wrong.

@@ -332,6 +332,38 @@ async fn behind_a_trusted_proxy_the_client_is_the_address_it_forwards() {
     }
 }
 
+/// Logins of one email are limited per client address (`login_attempts_per_minute`),
+/// and from all addresses together to ten times as many: another client's
+/// failures do not keep the owner out, but a crowd of clients is still held to
+/// a bound.
+#[tokio::test]
+async fn another_clients_failed_logins_do_not_lock_the_owner_out() {
+    let app = TestApp::spawn_with(|config| {
+        config.login_attempts_per_minute = 1;
+        config.trusted_proxies = Some("127.0.0.1".to_owned());
+    })
+    .await;
+    app.register("owner@example.com").await;
+    let login = |forwarded: String, password: &'static str| {
+        let app = &app;
+        async move {
+            let body = json!({"email": "owner@example.com", "password": password});
+            let headers = [("x-forwarded-for", forwarded.as_str())];
+            app.request(Method::POST, "/api/v1/sessions", None, Some(body), &headers).await.status
+        }
+    };
+    assert_eq!(login("203.0.113.9".to_owned(), "wrong password").await, 401);
+    assert_eq!(login("203.0.113.9".to_owned(), "wrong password").await, 429, "one a minute from one address");
+    assert_eq!(login("198.51.100.1".to_owned(), "correct horse").await, 200, "the owner, from another address");
+    for client in 2..10 {
+        assert_eq!(login(format!("198.51.100.{client}"), "wrong password").await, 401);
+    }
+    // Ten counted from all addresses (the first address's second try stopped at
+    // its own limit, uncounted past it): the crowd is held, the owner too.
+    assert_eq!(login("198.51.100.200".to_owned(), "correct horse").await, 429);
+    app.stop().await;
+}
+
 /// A registration costs a password hash (tens of milliseconds of a core, on the
 /// cores logins verify on): one of a taken address is refused before hashing,
 /// and registrations are limited per client address (as many as logins,
