@@ -217,9 +217,10 @@ impl Config {
                 return Err("primary_token is the primary's: give primary (--primary URL) with it".to_owned());
             }
             (Some(url), Some(_)) => {
-                let parsed = reqwest::Url::parse(url).map_err(|_| format!("primary {url} is not a URL"))?;
+                let shown = commands::relay::shown(url);
+                let parsed = reqwest::Url::parse(url).map_err(|_| format!("primary {shown} is not a URL"))?;
                 if parsed.scheme() != "http" {
-                    return Err(format!("primary {url}: only http:// URLs are supported"));
+                    return Err(format!("primary {shown}: only http:// URLs are supported"));
                 }
             }
             (None, None) => {}

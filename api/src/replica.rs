@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
+use commands::relay::shown;
 use futures_util::{FutureExt, StreamExt};
 use store::EventLog;
 use tokio::sync::watch;
@@ -373,10 +374,7 @@ async fn follow(
                 .request_timeout(Some(options.timeout))
                 .connect(options.nats.as_str())
                 .await
-                .map_err(|error| FeedError::Connect {
-                    url: commands::relay::shown(&options.nats),
-                    reason: error.to_string(),
-                })?;
+                .map_err(|error| FeedError::Connect { url: shown(&options.nats), reason: error.to_string() })?;
             tracing::info!("the replica is connected to NATS");
             shared.connected.store(true, Ordering::Release);
             client.insert(connected).clone()
@@ -548,14 +546,14 @@ async fn primary_head_and_record(
         .await
         .map_err(|error| with_causes(&error))?;
     if !response.status().is_success() {
-        return Err(format!("{} answered {}", primary.url, response.status()));
+        return Err(format!("{} answered {}", shown(&primary.url), response.status()));
     }
     let head = response
         .headers()
         .get("x-head-position")
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse().ok())
-        .ok_or_else(|| format!("{} named no head", primary.url))?;
+        .ok_or_else(|| format!("{} named no head", shown(&primary.url)))?;
     let body = response.bytes().await.map_err(|error| with_causes(&error))?;
     let record = frames(&body)?.into_iter().next();
     Ok((head, record))
@@ -679,18 +677,18 @@ async fn fill(shared: &Shared, options: &ReplicaOptions, from: u64, to: u64) -> 
             .header(reqwest::header::ACCEPT, RECORDS_MEDIA_TYPE)
             .send()
             .await
-            .map_err(|error| failed(next, format!("cannot reach {}: {}", primary.url, with_causes(&error))))?;
+            .map_err(|error| failed(next, format!("cannot reach {}: {}", shown(&primary.url), with_causes(&error))))?;
         let status = response.status();
         if !status.is_success() {
             let detail = crate::cli::problem_detail(&response.text().await.unwrap_or_default());
-            return Err(failed(next, format!("{} answered {status}: {detail}", primary.url)));
+            return Err(failed(next, format!("{} answered {status}: {detail}", shown(&primary.url))));
         }
         let stored =
             response.headers().get(reqwest::header::CONTENT_TYPE).is_some_and(|value| value == RECORDS_MEDIA_TYPE);
         if !stored {
             return Err(failed(
                 next,
-                format!("{} did not answer with records as stored (is it a shoplog primary?)", primary.url),
+                format!("{} did not answer with records as stored (is it a shoplog primary?)", shown(&primary.url)),
             ));
         }
         let body = response.bytes().await.map_err(|error| failed(next, error.to_string()))?;

@@ -96,7 +96,7 @@ pub async fn serve_as(config: Config, role: Role) -> anyhow::Result<()> {
             config.data.display(),
             commands::relay::shown(nats),
             match primary {
-                Some(primary) => format!("gaps filled from {}", primary.url),
+                Some(primary) => format!("gaps filled from {}", commands::relay::shown(&primary.url)),
                 None => "no primary to fill gaps".to_owned(),
             }
         ),

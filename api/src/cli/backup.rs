@@ -160,6 +160,8 @@ fn backup_offline(data: &Path, partial: &Path) -> anyhow::Result<()> {
 fn backup_online(server: &str, token: &str, timeout: Duration, partial: &Path) -> anyhow::Result<()> {
     use std::io::Write;
     let url = super::server_url(server, "/admin/backup")?;
+    // Said without a password the URL may hold.
+    let shown = commands::relay::shown(url.as_str());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         // The backup may be long: what bounds it is the silence between reads.
@@ -169,12 +171,12 @@ fn backup_online(server: &str, token: &str, timeout: Duration, partial: &Path) -
             .bearer_auth(token)
             .send()
             .await
-            .map_err(|error| anyhow::anyhow!("cannot reach {url}: {}", root_cause(&error)))?;
+            .map_err(|error| anyhow::anyhow!("cannot reach {shown}: {}", root_cause(&error)))?;
         super::refused_by_server(&response)?;
         let response_status = response.status();
         if !response_status.is_success() {
             let detail = response.text().await.unwrap_or_default();
-            anyhow::bail!("{url} answered {response_status}: {}", super::problem_detail(&detail));
+            anyhow::bail!("{shown} answered {response_status}: {}", super::problem_detail(&detail));
         }
         let mut file =
             store::create_private_file(partial).with_context(|| format!("cannot create {}", partial.display()))?;

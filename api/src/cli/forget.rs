@@ -124,7 +124,7 @@ fn actor() -> String {
 /// Forget through the server at `server`.
 fn online(server: &str, token: &Secret, customer_id: CustomerId) -> anyhow::Result<Forgotten> {
     let url = super::server_url(server, &format!("/admin/customers/{customer_id}/forget"))?;
-    let base = server.trim_end_matches('/');
+    let base = commands::relay::shown(server.trim_end_matches('/'));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (status, body) = runtime.block_on(async {
         let client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build()?;

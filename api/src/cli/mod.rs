@@ -452,9 +452,10 @@ pub(crate) struct InUse(pub std::path::PathBuf);
 /// The URL of `path` on the server `--server` names: plain HTTP only (the
 /// binary has no TLS client; see ARCHITECTURE.md, Decisions).
 pub(crate) fn server_url(server: &str, path: &str) -> anyhow::Result<reqwest::Url> {
+    let shown = commands::relay::shown(server);
     let url = reqwest::Url::parse(&format!("{}{path}", server.trim_end_matches('/')))
-        .map_err(|_| anyhow::anyhow!("--server {server} is not a URL"))?;
-    anyhow::ensure!(url.scheme() == "http", "--server {server}: only http:// URLs are supported");
+        .map_err(|_| anyhow::anyhow!("--server {shown} is not a URL"))?;
+    anyhow::ensure!(url.scheme() == "http", "--server {shown}: only http:// URLs are supported");
     Ok(url)
 }
 

@@ -522,6 +522,11 @@ async fn an_online_backup_with_a_bad_token_or_no_server_is_one_line() {
     assert_refused(&output, "refused the token");
     app.stop().await;
     assert_refused(&shoplog(&["backup", "--server", &base, "--token", ADMIN, "--out", arg(&file)]), "cannot reach");
+    // A password in the URL is not said back.
+    let with_password = base.replacen("http://", "http://operator:hunter2-secret@", 1);
+    let output = shoplog(&["backup", "--server", &with_password, "--token", ADMIN, "--out", arg(&file)]);
+    assert_refused(&output, &format!("cannot reach {base}/admin/backup"));
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("hunter2"), "{output:?}");
     let https = base.replacen("http://", "https://", 1);
     assert_refused(&shoplog(&["backup", "--server", &https, "--token", ADMIN, "--out", arg(&file)]), "only http://");
 
