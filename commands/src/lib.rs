@@ -65,4 +65,6 @@ pub use error::CommandError;
 pub use outcome::{CommandContext, CommandOutcome};
 pub use password::PasswordStats;
 pub use relay::{Relay, RelayOptions, RelayStatus};
-pub use service::{CommandService, EMAIL_KEY_SECRET, Options, REQUEST_KEY_SECRET, email_key, email_key_before_folding};
+pub use service::{
+    CommandService, EMAIL_KEY_SECRET, Options, REQUEST_KEY_SECRET, email_key, email_keys_before_folding,
+};

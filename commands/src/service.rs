@@ -97,11 +97,11 @@ pub fn email_key(secret: &[u8; 32], email: &Email) -> EmailKey {
     key_of(secret, &email.normalized())
 }
 
-/// The key `email`'s claim had before addresses were lowercased letter by letter
-/// ([`Email::normalized_before_folding`]), where it differs: a claim made then
-/// is found under it.
-pub fn email_key_before_folding(secret: &[u8; 32], email: &Email) -> Option<EmailKey> {
-    email.normalized_before_folding().map(|before| key_of(secret, &before))
+/// The keys `email`'s claim may have had before addresses were lowercased letter
+/// by letter ([`Email::normalized_before_folding`]; none for most addresses):
+/// a claim made then is found under one of them.
+pub fn email_keys_before_folding(secret: &[u8; 32], email: &Email) -> Vec<EmailKey> {
+    email.normalized_before_folding().iter().map(|before| key_of(secret, before)).collect()
 }
 
 fn key_of(secret: &[u8; 32], normalized: &str) -> EmailKey {
@@ -201,16 +201,23 @@ impl CommandService {
 
     /// The key of the claim stream that holds `email` for `holder` (any
     /// customer, when `None`): its key, unless only a claim made before
-    /// addresses were lowercased letter by letter ([`email_key_before_folding`])
+    /// addresses were lowercased letter by letter ([`email_keys_before_folding`])
     /// holds it so.
     fn held_email_key(&self, email: &Email, holder: Option<CustomerId>) -> Result<EmailKey, CommandError> {
         let key = self.email_key(email);
-        let Some(before) = email_key_before_folding(&self.inner.email_secret.0, email) else { return Ok(key) };
         let holds = |key: &EmailKey| -> Result<bool, CommandError> {
             let claimed_by = self.load::<EmailClaim>(&StreamId::Email(key.clone()).to_string())?.state.claimed_by();
             Ok(claimed_by.is_some() && (holder.is_none() || claimed_by == holder))
         };
-        Ok(if !holds(&key)? && holds(&before)? { before } else { key })
+        if holds(&key)? {
+            return Ok(key);
+        }
+        for before in email_keys_before_folding(&self.inner.email_secret.0, email) {
+            if holds(&before)? {
+                return Ok(before);
+            }
+        }
+        Ok(key)
     }
 
     // Products --------------------------------------------------------------------------------

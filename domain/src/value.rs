@@ -313,15 +313,34 @@ impl Email {
         composed(lower)
     }
 
-    /// The address as [`Email::normalized`] had it, for a spelling with capital
-    /// sigmas, before it went letter by letter (`str::to_lowercase`, which
-    /// makes `ΑΣ@…` `ας@…`), where that differs: a claim made then is found
-    /// under this one's key, whichever spelling comes now.
-    pub fn normalized_before_folding(&self) -> Option<String> {
+    /// What [`Email::normalized`] may have made of this address, in one of its
+    /// spellings, before it went letter by letter: `str::to_lowercase` kept a
+    /// typed `ς` and made a capital `Σ` that ends a word `ς`, so each `σ` of
+    /// the address may have been either (`ΑΣ@…` and `ας@…` were `ας@…`, `ασ@…`
+    /// was `ασ@…`). Every such form but [`Email::normalized`] itself, the
+    /// first six sigmas varied (at most 63): a claim made then is found under
+    /// one of their keys, whichever spelling comes now.
+    pub fn normalized_before_folding(&self) -> Vec<String> {
         let normalized = self.normalized();
-        Some(composed(normalized.replace('σ', "Σ").to_lowercase())).filter(|before| *before != normalized)
+        let sigmas: Vec<usize> =
+            normalized.char_indices().filter(|(_, c)| *c == 'σ').map(|(at, _)| at).take(SIGMAS_VARIED_MAX).collect();
+        (1..1usize << sigmas.len())
+            .map(|finals| {
+                let mut before = normalized.clone();
+                for (bit, at) in sigmas.iter().enumerate() {
+                    if finals & (1 << bit) != 0 {
+                        // `σ` and `ς` are two bytes each in UTF-8.
+                        before.replace_range(*at..*at + 'σ'.len_utf8(), "ς");
+                    }
+                }
+                before
+            })
+            .collect()
     }
 }
+
+/// How many of an address's sigmas [`Email::normalized_before_folding`] varies.
+const SIGMAS_VARIED_MAX: usize = 6;
 
 /// `text` in Unicode's composed form (NFC).
 fn composed(text: String) -> String {

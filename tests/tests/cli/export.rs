@@ -89,6 +89,7 @@ async fn an_export_holding_a_claim_under_an_emails_earlier_key_imports() {
         let log = store::EventLog::open_with(data.path(), commands::codec::log_options()).expect("opens");
         let service = commands::CommandService::new(log.clone()).expect("builds");
         crate::commands::registered_under_the_earlier_key(&log, &service, "ΒΣ@example.com").await;
+        crate::commands::registered_under_the_earlier_key(&log, &service, "νικος.παππας@x.gr").await;
     }
     let work = tests::temp_dir();
     let export = work.path().join("shop.ndjson");
