@@ -296,23 +296,26 @@ impl FromRequestParts<AppState> for ClientAddress {
     }
 }
 
-/// See [`ClientAddress`].
+/// See [`ClientAddress`]. Addresses are compared canonical (an IPv4 proxy seen
+/// by a dual-stack listener as `::ffff:127.0.0.1` is `127.0.0.1`), and each
+/// entry is read on its own: bytes that are not text in one (written by the
+/// client, before the proxy's entries) stop the walk there, not at the proxy.
 fn client_ip(trusted: &[IpAddr], peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
-    let mut client = peer;
-    if !trusted.contains(&client) {
+    let trusted = |address: &IpAddr| trusted.contains(&address.to_canonical());
+    let mut client = peer.to_canonical();
+    if !trusted(&client) {
         return client;
     }
-    let values: Vec<&str> =
-        headers.get_all("x-forwarded-for").iter().map(|value| value.to_str().unwrap_or("")).collect();
-    for entry in values.iter().rev().flat_map(|value| value.rsplit(',')) {
-        let entry = entry.trim();
+    let values: Vec<&[u8]> = headers.get_all("x-forwarded-for").iter().map(|value| value.as_bytes()).collect();
+    for entry in values.iter().rev().flat_map(|value| value.rsplit(|byte| *byte == b',')) {
+        let Some(entry) = std::str::from_utf8(entry).ok().map(str::trim) else { return client };
         let Some(address) =
             entry.parse::<IpAddr>().ok().or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|at| at.ip()))
         else {
             return client;
         };
-        client = address;
-        if !trusted.contains(&client) {
+        client = address.to_canonical();
+        if !trusted(&client) {
             return client;
         }
     }
@@ -396,6 +399,34 @@ mod tests {
         assert_eq!(expires_at - now, CUSTOMER_TOKEN_TTL);
         assert_eq!(tokens.authenticate(&token, now), Some(Principal::Customer(customer)));
         assert_eq!(tokens.authenticate(&token, expires_at), None);
+    }
+
+    /// Behind trusted proxies, the client is the last forwarded address that
+    /// is not a proxy's, read entry by entry and compared canonical.
+    #[test]
+    fn the_client_behind_trusted_proxies_is_the_last_address_forwarded_that_is_not_a_proxys() {
+        let ip = |text: &str| text.parse::<IpAddr>().expect("an address");
+        let trusted = [ip("127.0.0.1"), ip("10.9.9.9")];
+        let forwarded = |values: &[&[u8]]| {
+            let mut headers = axum::http::HeaderMap::new();
+            for value in values {
+                headers.append("x-forwarded-for", axum::http::HeaderValue::from_bytes(value).expect("a value"));
+            }
+            headers
+        };
+        let cases: [(&str, &[&[u8]], &str); 8] = [
+            ("127.0.0.1", &[b"198.51.100.7, 203.0.113.1"], "203.0.113.1"),
+            ("::ffff:127.0.0.1", &[b"203.0.113.1"], "203.0.113.1"),
+            ("127.0.0.1", &[b"\xff\xfe, 203.0.113.1"], "203.0.113.1"),
+            ("127.0.0.1", &[b"203.0.113.9", b"10.9.9.9"], "203.0.113.9"),
+            ("127.0.0.1", &[b"[2001:db8::1]:443"], "2001:db8::1"),
+            ("127.0.0.1", &[b"unknown"], "127.0.0.1"),
+            ("127.0.0.1", &[], "127.0.0.1"),
+            ("192.0.2.4", &[b"203.0.113.1"], "192.0.2.4"),
+        ];
+        for (peer, values, client) in cases {
+            assert_eq!(client_ip(&trusted, ip(peer), &forwarded(values)), ip(client), "{peer} {values:?}");
+        }
     }
 
     /// A token signed with the key but for longer than the TTL (one a leaked

@@ -228,13 +228,14 @@ impl Config {
         Ok(())
     }
 
-    /// The addresses of `trusted_proxies` (none when unset).
+    /// The addresses of `trusted_proxies` (none when unset), canonical (an
+    /// IPv4-mapped IPv6 address as its IPv4 one).
     pub fn trusted_proxies(&self) -> Result<Vec<std::net::IpAddr>, String> {
         let Some(list) = &self.trusted_proxies else { return Ok(Vec::new()) };
         let addresses = list.split(',').map(str::trim).filter(|address| !address.is_empty());
         addresses
             .map(|address| {
-                address.parse().map_err(|_| {
+                address.parse().map(|address: std::net::IpAddr| address.to_canonical()).map_err(|_| {
                     format!(
                         "trusted_proxies: {address} is not an IP address (give the proxies' addresses, \
                          comma-separated, such as 127.0.0.1, ::1)"

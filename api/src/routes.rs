@@ -617,9 +617,11 @@ async fn login(
     let email = field("email", Email::parse(&input.body.email))
         .map_err(|error| domain::DomainError::Validation(vec![error]))?;
     let email_key = email.normalized();
+    // The address's own limit first: one client counts in the others only as
+    // far as it allows (each limiter keeps a bounded number of keys).
     let limited = [
+        (&state.login_by_address, address.clone()),
         (&state.login_by_email_and_address, format!("{address} {email_key}")),
-        (&state.login_by_address, address),
         (&state.login_by_email, email_key),
     ];
     for (limiter, key) in limited {
