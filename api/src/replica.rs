@@ -297,20 +297,21 @@ async fn run(shared: Arc<Shared>, options: ReplicaOptions, mut stopped: watch::R
         // Out of reach of NATS, or stopped by a message in the stream that is
         // no log's: the primary, if given, is the feed meanwhile; what stops
         // that copy (another history, a record refused) is what to say.
-        let error = match &error {
+        let (error, at_primary_head) = match &error {
             FeedError::Connect { .. } | FeedError::Stream { .. } | FeedError::Message { .. } => {
                 match from_primary(&shared, &options).await {
                     Err(copying) => {
                         tracing::warn!(error = %copying, "the replica could not copy from the primary either");
-                        match copying {
+                        let error = match copying {
                             FeedError::Connect { .. } | FeedError::Stream { .. } => error,
                             copying => copying,
-                        }
+                        };
+                        (error, false)
                     }
-                    Ok(()) => error,
+                    Ok(at_head) => (error, at_head),
                 }
             }
-            _ => error,
+            _ => (error, false),
         };
         if shared.log.head() > before {
             wait = first_wait;
@@ -324,14 +325,10 @@ async fn run(shared: Arc<Shared>, options: ReplicaOptions, mut stopped: watch::R
             }
             // Said until an attempt gets past it (see `follow`). Out of reach
             // of NATS or the stream, the replica is only out of touch; so is
-            // one whose primary copied it to its head past a message that
-            // stopped the stream.
+            // one whose primary answered just now and copied it to its head
+            // past a message that stopped the stream.
             error => {
-                let primary_head = shared.primary_head.load(Ordering::Acquire);
-                let kept_up = matches!(error, FeedError::Message { .. })
-                    && options.primary.is_some()
-                    && primary_head > 0
-                    && shared.log.head() >= primary_head;
+                let kept_up = matches!(error, FeedError::Message { .. }) && at_primary_head;
                 let stuck = !kept_up && !matches!(error, FeedError::Connect { .. } | FeedError::Stream { .. });
                 shared.set_failure(Some((error.to_string(), stuck)));
             }
@@ -488,22 +485,23 @@ async fn still_following(
             });
         }
     }
-    from_primary(shared, options).await
+    from_primary(shared, options).await.map(|_| ())
 }
 
 /// Given the primary: ask it for its head, and copy from it what the replica
 /// lacks. Called when NATS has delivered nothing for a while, and when an
 /// attempt failed on NATS's side (NATS down, the stream gone), so that a
-/// replica with `--primary` keeps up whatever NATS and the relay do.
-async fn from_primary(shared: &Shared, options: &ReplicaOptions) -> Result<(), FeedError> {
-    let Some(primary) = &options.primary else { return Ok(()) };
+/// replica with `--primary` keeps up whatever NATS and the relay do. Whether
+/// the primary answered and the replica is at the head it named.
+async fn from_primary(shared: &Shared, options: &ReplicaOptions) -> Result<bool, FeedError> {
+    let Some(primary) = &options.primary else { return Ok(false) };
     // A primary that does not answer here is no failure: NATS is the feed.
     let head = shared.log.head();
     let (there, at_head) = match primary_head_and_record(shared, primary, head).await {
         Ok(answer) => answer,
         Err(reason) => {
             tracing::debug!(%reason, "the replica could not ask the primary for its head");
-            return Ok(());
+            return Ok(false);
         }
     };
     shared.newest.fetch_max(there, Ordering::AcqRel);
@@ -518,11 +516,12 @@ async fn from_primary(shared: &Shared, options: &ReplicaOptions) -> Result<(), F
         tracing::info!(head, primary_head = there, "NATS holds nothing past the head the primary has: copying from it");
         fill(shared, options, head + 1, there).await?;
     }
-    if there >= head {
+    let at_head = there >= head;
+    if at_head {
         // At the primary's head: caught up, whatever NATS can say (it may be down).
         shared.progressed();
     }
-    Ok(())
+    Ok(at_head)
 }
 
 /// The primary's head (`X-Head-Position` of its `GET /api/v1/events`).

@@ -710,8 +710,24 @@ async fn a_stray_message_in_the_stream_stops_the_relay_and_a_replica_keeps_up_fr
     let positions: Vec<u64> = published(&nats.url()).await.iter().map(|message| message.position).collect();
     assert_eq!(positions, (1..=primary.head()).collect::<Vec<_>>(), "every record once, in order");
     caught_up_with(&replica, &primary).await;
-    replica.stop().await;
+
+    // Another stray message, and the primary out of reach: stuck, not ready.
+    let stray = context.publish("shoplog.events.product.test", "a test".into()).await.expect("publishes");
+    stray.await.expect("stored");
     primary.stop().await;
+    let deadline = Instant::now() + RELAY_WAIT;
+    loop {
+        let status = feed_status(&replica).await;
+        let (ready, detail) = readiness(&replica).await;
+        if ready == StatusCode::SERVICE_UNAVAILABLE
+            && status["failure"].as_str().is_some_and(|f| f.contains("no log's"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still ready with its primary gone: {detail} {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    replica.stop().await;
 }
 
 /// Given the primary's token secret, a replica takes the tokens the primary's
