@@ -25,6 +25,10 @@ use crate::error::ApiError;
 /// How long a customer token lives.
 pub const CUSTOMER_TOKEN_TTL: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
+/// How far past the TTL a token's expiry may lie (a clock behind the one that
+/// signed it): more, and it was signed with a leaked key.
+const TOKEN_CLOCK_LEEWAY: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
 const TOKEN_VERSION: &str = "v1";
 
 /// An authenticated caller.
@@ -119,8 +123,9 @@ impl Tokens {
         let customer = Uuid::parse_str(customer).ok()?;
         let expiry = DateTime::from_timestamp(expiry.parse().ok()?, 0)?;
         // No token this server signs outlives its TTL: one that says otherwise
-        // was signed with a leaked key (a minute's leeway for a clock set back).
-        let latest = now + CUSTOMER_TOKEN_TTL + chrono::TimeDelta::minutes(1);
+        // was signed with a leaked key. Leeway for clocks: a replica's behind
+        // its primary's, or one set back.
+        let latest = now + CUSTOMER_TOKEN_TTL + TOKEN_CLOCK_LEEWAY;
         (now < expiry && expiry <= latest).then_some(Principal::Customer(CustomerId::new(customer)))
     }
 }
@@ -430,17 +435,18 @@ mod tests {
     }
 
     /// A token signed with the key but for longer than the TTL (one a leaked
-    /// key made) is refused; one issued a minute ahead of the server's clock is not.
+    /// key made) is refused; one issued by a clock up to the leeway ahead (a
+    /// primary's, seen from its replica) is not.
     #[test]
     fn a_token_that_outlives_the_ttl_is_refused() {
         let tokens = tokens();
         let customer = CustomerId::new(Uuid::now_v7());
         let now = Utc::now();
-        let (ahead, _) = tokens.issue(customer, now + chrono::TimeDelta::seconds(50));
+        let (ahead, _) = tokens.issue(customer, now + TOKEN_CLOCK_LEEWAY);
         assert_eq!(tokens.authenticate(&ahead, now), Some(Principal::Customer(customer)));
         let (far, _) = tokens.issue(customer, now + chrono::TimeDelta::days(36_500));
         assert_eq!(tokens.authenticate(&far, now), None);
-        let (later, _) = tokens.issue(customer, now + chrono::TimeDelta::minutes(2));
+        let (later, _) = tokens.issue(customer, now + TOKEN_CLOCK_LEEWAY + chrono::TimeDelta::seconds(1));
         assert_eq!(tokens.authenticate(&later, now), None);
     }
 

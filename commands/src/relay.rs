@@ -631,6 +631,9 @@ async fn relay(
                     // JetStream stores it (a hole otherwise, which the relay's
                     // counters would not show and a replica would stop at).
                     held_still(&jetstream, position, ack.sequence).await?;
+                    // The stream ends at that message at least (one an earlier
+                    // attempt left queued may have been stored after the read).
+                    stored = stored.max(ack.sequence);
                     follows = Follows::sequence(stored);
                     if !in_flight.is_empty() {
                         in_flight.clear();

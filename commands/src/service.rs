@@ -27,9 +27,11 @@ const PAGE_LEN: usize = 512;
 pub const EMAIL_KEY_SECRET: &str = "email-key";
 
 /// The name of the log secret that keys the request hashes stored with
-/// idempotency keys: a registration's hash covers its email and name, and the
-/// log holds no personal data in a form that can be tested against guesses
-/// (DESIGN §3.9) without the log's secrets.
+/// idempotency keys: a registration's hash covers its email and name, which
+/// then cannot be tested against guesses (DESIGN §3.9) without the log's
+/// secrets. Entries an earlier binary stored keep their plain hash (only a
+/// repeat of the request could key them), and a forget leaves the keyed entry
+/// of the registration: idempotency keys are never removed.
 pub const REQUEST_KEY_SECRET: &str = "request-key";
 
 /// How the service behaves; [`Options::default`] suits a server.
