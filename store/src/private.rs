@@ -80,10 +80,12 @@ pub fn own_log_files(dir: &Path) -> std::io::Result<()> {
             continue;
         }
         let kind = entry.file_type()?;
-        let mode = match () {
-            () if kind.is_dir() => 0o700,
-            () if kind.is_file() => 0o600,
-            () => continue,
+        let mode = if kind.is_dir() {
+            0o700
+        } else if kind.is_file() {
+            0o600
+        } else {
+            continue;
         };
         if entry.metadata()?.permissions().mode() & 0o077 != 0 {
             match std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode)) {
