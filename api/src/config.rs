@@ -116,7 +116,7 @@ impl Default for Config {
 }
 
 /// The keys read from `SHOPLOG_<KEY>`.
-const ENV_KEYS: [&str; 16] = [
+pub(crate) const ENV_KEYS: [&str; 16] = [
     "data",
     "listen",
     "admin_token",

@@ -27,7 +27,7 @@ use super::progress::bar;
 #[command(group = clap::ArgGroup::new("source").required(true).multiple(true).args(["data", "server"]))]
 pub(super) struct BackupArgs {
     /// The file to write; it must not exist yet.
-    #[arg(long)]
+    #[arg(long, env = "SHOPLOG_OUT", value_parser = super::unquoted_path)]
     out: PathBuf,
     /// Back up the data dir of a stopped server.
     #[arg(long, env = "SHOPLOG_DATA", value_parser = super::unquoted_path)]
@@ -40,24 +40,30 @@ pub(super) struct BackupArgs {
     token: Option<String>,
     /// With --server: give up when the server has sent nothing for this many
     /// seconds (or has not accepted the connection within them).
-    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(
+        long,
+        env = "SHOPLOG_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
     timeout: u64,
 }
 
 #[derive(Debug, clap::Args)]
 pub(super) struct RestoreArgs {
     /// The backup file.
-    #[arg(long = "in")]
+    #[arg(long = "in", env = "SHOPLOG_IN", value_parser = super::unquoted_path)]
     input: PathBuf,
     /// The data dir to create; it must not exist or be empty.
     #[arg(long, env = "SHOPLOG_DATA", value_parser = super::unquoted_path)]
     data: PathBuf,
     /// Restore only the events up to and including this position.
-    #[arg(long, conflicts_with = "to_time")]
+    #[arg(long, env = "SHOPLOG_TO_POSITION", conflicts_with = "to_time")]
     to_position: Option<u64>,
     /// Restore only the events recorded at or before this time (RFC 3339, e.g.
     /// 2026-11-22T10:00:00Z).
-    #[arg(long, value_parser = parse_time)]
+    #[arg(long, env = "SHOPLOG_TO_TIME", value_parser = parse_time)]
     to_time: Option<DateTime<Utc>>,
 }
 

@@ -43,13 +43,13 @@ pub(super) struct ExportArgs {
     #[arg(long, env = "SHOPLOG_DATA", value_parser = super::unquoted_path, default_value = "./data")]
     data: PathBuf,
     /// The first position to export.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "SHOPLOG_FROM", default_value_t = 1)]
     from: u64,
     /// Include password hashes and the log's secrets (needed for `import`).
-    #[arg(long)]
+    #[arg(long, env = "SHOPLOG_WITH_SECRETS")]
     with_secrets: bool,
     /// Write to this file (it must not exist yet) instead of stdout.
-    #[arg(long)]
+    #[arg(long, env = "SHOPLOG_OUT", value_parser = super::unquoted_path)]
     out: Option<PathBuf>,
 }
 
@@ -59,7 +59,7 @@ pub(super) struct ImportArgs {
     #[arg(long, env = "SHOPLOG_DATA", value_parser = super::unquoted_path)]
     data: PathBuf,
     /// The export to read (`-` or none: stdin).
-    #[arg(long = "in")]
+    #[arg(long = "in", env = "SHOPLOG_IN", value_parser = super::unquoted_path)]
     input: Option<PathBuf>,
 }
 

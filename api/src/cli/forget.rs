@@ -32,7 +32,7 @@ const DETAIL_LEN_MAX: usize = 200;
 #[command(override_usage = "shoplog forget --customer ID (--data DIR | --server URL --token T)")]
 pub(super) struct ForgetArgs {
     /// The customer's id (required)
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", env = "SHOPLOG_CUSTOMER")]
     customer: Option<Uuid>,
     /// Forget offline, in the data directory of a stopped server (when both are
     /// set, the one on the command line wins over the environment's)

@@ -572,4 +572,28 @@ mod tests {
         let chained = anyhow::anyhow!("no such file").context("cannot open x").context("cannot back up");
         assert_eq!(error_line(&chained), "cannot back up: cannot open x: no such file");
     }
+
+    /// DESIGN §7: every setting also reads `SHOPLOG_<NAME>`. A flag without
+    /// its variable was ignored in silence (`SHOPLOG_TO_POSITION` replayed the
+    /// whole log).
+    #[test]
+    fn every_flag_reads_its_shoplog_variable() {
+        let cli = Cli::command();
+        let mut flags = 0;
+        for command in cli.get_subcommands().filter(|command| command.get_name() != "help") {
+            let in_config = ["serve", "project"].contains(&command.get_name());
+            for arg in command.get_arguments().filter(|arg| !["help", "version"].contains(&arg.get_id().as_str())) {
+                let long =
+                    arg.get_long().unwrap_or_else(|| panic!("{}: {} has no --flag", command.get_name(), arg.get_id()));
+                let variable = format!("SHOPLOG_{}", long.replace('-', "_").to_ascii_uppercase());
+                let read = match arg.get_env() {
+                    Some(env) => env.to_str() == Some(variable.as_str()),
+                    None => in_config && crate::config::ENV_KEYS.contains(&long.replace('-', "_").as_str()),
+                };
+                assert!(read, "{} --{long} does not read {variable}", command.get_name());
+                flags += 1;
+            }
+        }
+        assert!(flags > 30, "only {flags} flags walked");
+    }
 }

@@ -16,11 +16,11 @@ pub(super) struct ReplayArgs {
     #[arg(long, env = "SHOPLOG_DATA", value_parser = super::unquoted_path, default_value = "./data")]
     data: PathBuf,
     /// Rebuild only this read model: catalog, carts, orders or dashboard [default: all]
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", env = "SHOPLOG_PROJECTION")]
     projection: Option<String>,
     /// Apply events up to this position only, 1 or more [default: the head];
     /// the server applies the rest when it starts.
-    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "P", env = "SHOPLOG_TO_POSITION", value_parser = clap::value_parser!(u64).range(1..))]
     to_position: Option<u64>,
 }
 
