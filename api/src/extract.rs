@@ -212,11 +212,35 @@ fn parse_body<T: DeserializeOwned + PartialSchema>(bytes: &[u8], headers: &Heade
         Ok(value) => return Ok(value),
         Err(error) => error,
     };
-    let required = match T::schema() {
-        RefOr::T(Schema::Object(object)) => object.required,
-        _ => Vec::new(),
+    let RefOr::T(Schema::Object(schema)) = T::schema() else {
+        return Err(ApiError::Validation(every_error::<T>(body, first, Vec::new())));
     };
-    Err(ApiError::Validation(every_error::<T>(body, first, required)))
+    let errors = every_error::<T>(body, first, schema.required.clone());
+    Err(ApiError::Validation(errors.into_iter().map(|error| in_documented_range(&schema, error)).collect()))
+}
+
+/// A top-level number field's error in the words of the range the API
+/// documents for it (its schema's `minimum` and `maximum`), not its Rust
+/// type's: `initial_stock` takes 0 to 1000000000, not all of a `u32`.
+fn in_documented_range(schema: &utoipa::openapi::schema::Object, error: FieldError) -> FieldError {
+    fn shown(number: &utoipa::Number) -> String {
+        match number {
+            utoipa::Number::Int(number) => number.to_string(),
+            utoipa::Number::UInt(number) => number.to_string(),
+            utoipa::Number::Float(number) => number.to_string(),
+        }
+    }
+    // The type's range, as [`plainly`] words it; each end the schema gives replaces it.
+    let Some((min, max)) = error.message.strip_prefix(WHOLE_NUMBER).and_then(|range| {
+        let (min, max) = range.strip_prefix(" from ")?.split_once(" to ")?;
+        Some((min.to_owned(), max.to_owned()))
+    }) else {
+        return error;
+    };
+    let Some(RefOr::T(Schema::Object(field))) = schema.properties.get(&error.field) else { return error };
+    let min = field.minimum.as_ref().map_or(min, shown);
+    let max = field.maximum.as_ref().map_or(max, shown);
+    FieldError { message: format!("{WHOLE_NUMBER} from {min} to {max}"), ..error }
 }
 
 /// The path (`lines[0].sku`, as a field error names it) and the name of the
@@ -315,13 +339,16 @@ fn field_error<E: std::fmt::Display>(error: &serde_path_to_error::Error<E>) -> F
     FieldError { field, message }
 }
 
+/// How every error of a number that does not read into its field begins.
+const WHOLE_NUMBER: &str = "must be a whole number";
+
 /// serde's and the standard library's words for a number that does not read
 /// into its field ("invalid value: integer `-1`, expected u32", "invalid digit
 /// found in string"), in the API's: the whole numbers the field takes. Others
 /// as they are.
 fn plainly(message: String) -> String {
     fn range<T: std::fmt::Display>(min: T, max: T) -> String {
-        format!("must be a whole number from {min} to {max}")
+        format!("{WHOLE_NUMBER} from {min} to {max}")
     }
     let ranges = [
         ("u8", range(u8::MIN.into(), u64::from(u8::MAX))),
@@ -337,7 +364,7 @@ fn plainly(message: String) -> String {
     }
     match message.as_str() {
         "invalid digit found in string" | "cannot parse integer from empty string" => {
-            "must be a whole number, 0 or more".to_owned()
+            format!("{WHOLE_NUMBER}, 0 or more")
         }
         "number too large to fit in target type" => "is too large".to_owned(),
         _ => message,
@@ -593,6 +620,7 @@ mod tests {
     #[expect(dead_code, reason = "only read, for its errors")]
     struct AddLine {
         sku: String,
+        #[schema(minimum = 1, maximum = 99)]
         quantity: u32,
         note: Option<String>,
         #[serde(default)]
@@ -623,9 +651,12 @@ mod tests {
         let errors = every(r#"{"quantity": "two", "extra": 1, "note": 5, "lines": [1, "x"]}"#);
         assert_eq!(fields(&errors), ["extra", "lines[1]", "note", "quantity", "sku"], "{errors:?}");
         assert!(errors[0].1.starts_with("unknown field `extra`"), "{errors:?}");
-        let whole = "must be a whole number from 0 to 4294967295";
-        assert_eq!((errors[1].1.as_str(), errors[3].1.as_str()), (whole, whole), "{errors:?}");
+        // A field with a documented range is told that range, one without it its type's.
+        assert_eq!(errors[3].1, "must be a whole number from 1 to 99", "{errors:?}");
+        assert_eq!(errors[1].1, "must be a whole number from 0 to 4294967295", "{errors:?}");
         assert!(errors[2].1.starts_with("invalid type: integer `5`, expected a string"), "{errors:?}");
+        let errors = every(r#"{"sku": "mug", "quantity": 1e12}"#);
+        assert_eq!(errors, [("quantity".to_owned(), "must be a whole number from 1 to 99".to_owned())]);
         // A field taken out for its bad value is not named again as missing.
         assert_eq!(fields(&every(r#"{"sku": "mug", "quantity": -1}"#)), ["quantity"]);
         // An optional field's bad value alone: that one error.

@@ -233,10 +233,13 @@ pub async fn product(
     ApiQuery(query): ApiQuery<Consistency>,
 ) -> Result<Response, ApiError> {
     let min_position = check_min_position(&state, query.min_position)?;
-    let sku = Sku::parse(&sku).map_err(|_| ApiError::NotFound(format!("product {sku} not found")))?;
     let catalog = state.projections.catalog();
     reach(catalog.wait_for(min_position, MIN_POSITION_WAIT), query.min_position).await?;
-    let answer = catalog.get(&sku)?;
+    // A sku no product can have is missing as any other, at the model's position.
+    let Ok(parsed) = Sku::parse(&sku) else {
+        return Ok(missing_at(catalog.position(), format!("product {sku} not found")));
+    };
+    let answer = catalog.get(&parsed)?;
     let Some(product) = answer.value else {
         return Ok(missing_at(answer.position, format!("product {sku} not found")));
     };
@@ -462,9 +465,11 @@ pub async fn order(
     ApiQuery(query): ApiQuery<Consistency>,
 ) -> Result<Response, ApiError> {
     let min_position = check_min_position(&state, query.min_position)?;
-    let id = OrderId::parse(&order_id).map_err(|_| ApiError::NotFound(format!("order {order_id} not found")))?;
     let orders = state.projections.orders();
     reach(orders.wait_for(min_position, MIN_POSITION_WAIT), query.min_position).await?;
+    let Ok(id) = OrderId::parse(&order_id) else {
+        return Ok(missing_at(orders.position(), format!("order {order_id} not found")));
+    };
     let answer = orders.get(id)?;
     // Another customer's order is missing too, in the same words, at the same position.
     let view = answer.value.filter(|view| match reader {

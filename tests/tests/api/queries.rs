@@ -36,6 +36,10 @@ async fn a_query_with_min_position_reads_its_own_write() {
     let ghost = app.get(&format!("/api/v1/products/ghost?min_position={}", position_of(&restocked)), None).await;
     assert!(projection_position(&ghost) >= position_of(&restocked), "{ghost:?}");
     ghost.problem(404);
+    // So does one for a sku no product can have.
+    let no_sku = app.get(&format!("/api/v1/products/a.b?min_position={}", position_of(&restocked)), None).await;
+    assert!(projection_position(&no_sku) >= position_of(&restocked), "{no_sku:?}");
+    no_sku.problem(404);
     app.stop().await;
 }
 
@@ -184,9 +188,11 @@ async fn carts_orders_and_the_dashboard_follow_the_commands() {
     // Another's order is missing in the same words, at a position, as one that does not exist.
     let not_bens = app.get(&format!("/api/v1/orders/{order_id}?min_position={at}"), Some(&ben)).await;
     let nobodys = app.get(&format!("/api/v1/orders/{}?min_position={at}", uuid::Uuid::now_v7()), Some(&ben)).await;
-    for missing in [&not_bens, &nobodys] {
+    let no_id = app.get(&format!("/api/v1/orders/xyz?min_position={at}"), Some(&ben)).await;
+    for missing in [&not_bens, &nobodys, &no_id] {
         assert!(projection_position(missing) >= at, "{missing:?}");
     }
+    no_id.problem(404);
     let (not_bens, nobodys) = (not_bens.problem(404), nobodys.problem(404));
     assert_eq!(not_bens["title"], nobodys["title"]);
     app.get(&format!("/api/v1/orders/{order_id}"), Some(VIEWER)).await.problem(403);
