@@ -38,7 +38,7 @@ fn rate(per_sec: f64) -> String {
 mod tests {
     #[test]
     fn a_rate_is_whole_units_a_second() {
-        assert_eq!(super::rate(14_773.7453), "14,774/s");
+        assert_eq!(super::rate(14_773.745_3), "14,774/s");
         assert_eq!(super::rate(0.2), "0/s");
         assert_eq!(super::rate(f64::NAN), "0/s");
     }
