@@ -27,7 +27,7 @@ use crate::types::{
 use crate::upcast::Upcasters;
 use crate::wal::{WAL_FILES, WAL_LEN_MAX, Wals};
 use crate::writer::{
-    Applied, Counters, DurableHeads, Health, Job, Syncer, Tail, Work, Writer, drop_torn_batch, replay,
+    Applied, Counters, DurableHeads, Health, Job, Syncer, Tail, Work, Writer, drop_torn_batch, frames_to_replay, replay,
 };
 
 /// sled's segment size for a new log. Its blob threshold is a quarter of it (2 MiB),
@@ -96,6 +96,9 @@ struct Inner {
     upcasters: Upcasters,
     recovery: Recovery,
     writer: Option<JoinHandle<()>>,
+    /// sled's file, open since the log was: a sync through it sees every
+    /// write-back error since (each handle sees an error once).
+    db_file: Arc<File>,
     // Dropped last, after the writer has stopped.
     db: sled::Db,
 }
@@ -109,6 +112,17 @@ impl Drop for Inner {
             && writer.join().is_err()
         {
             tracing::error!("the log writer panicked");
+        }
+        // sled's own close flushes and syncs its file, and panics when the
+        // sync fails. After a failed write or sync, or when a flush and a sync
+        // through the log's handle fail here, it is not run: sled writes
+        // nothing more (a batch refused for it would reach the disk whole), the
+        // write-ahead log and the checkpoint mark hold what is durable, and the
+        // directory's lock goes with the process.
+        let sound = !self.health.written_wrong() && flush_sled(&self.db).is_ok() && self.db_file.sync_all().is_ok();
+        if !sound {
+            tracing::warn!("the log closes without sled's own close, after a failed write or sync");
+            std::mem::forget(self.db.clone());
         }
     }
 }
@@ -145,11 +159,30 @@ impl EventLog {
         let path = dir.as_ref().to_path_buf();
         crate::private::create_private_dir(&path)?;
         let db = open_sled(&path, options.cache_capacity_bytes)?;
+        Self::open_on(path, db.clone(), options).inspect_err(|error| {
+            // sled's `Drop` flushes and then `fsync`s its file, and panics if that
+            // fails: after a failed write or sync there it would (an EIO seen
+            // once by each file handle), in place of this error. Left
+            // undropped, sled writes nothing more; the write-ahead log and the
+            // checkpoint mark hold what is durable. Its lock on the directory
+            // goes with the process.
+            if matches!(error, StoreError::Storage(_) | StoreError::Unavailable { .. }) {
+                std::mem::forget(db);
+            }
+        })
+    }
+
+    /// The open, on sled's database opened in `path`.
+    fn open_on(path: PathBuf, db: sled::Db, options: Options) -> Result<Self, StoreError> {
         crate::private::own_log_files(&path)?;
         // sled's log file and the directory entries it just created must survive a power cut too.
+        let synced = |what: &str| {
+            let what = what.to_owned();
+            move |error: std::io::Error| std::io::Error::new(error.kind(), format!("fsync of {what}: {error}"))
+        };
         let db_file = File::open(path.join("db"))?;
-        db_file.sync_all()?;
-        File::open(&path)?.sync_all()?;
+        db_file.sync_all().map_err(synced("sled's file db"))?;
+        File::open(&path)?.sync_all().map_err(synced("the data directory"))?;
 
         let trees = Trees::open(&db)?;
         // Before anything is written: a log of an unknown format is refused as it is.
@@ -188,12 +221,19 @@ impl EventLog {
                 ));
             }
         }
+        // What the write-ahead log gives back, checked before anything is
+        // written: a refused open leaves sled's file as it found it.
+        let (mut wal, frames) = Wals::open(&path, options.wal_len_max)?;
+        let to_replay = frames_to_replay(&trees, &frames)?;
         let dropped = drop_torn_batch(&trees)?;
         if let Some(dropped @ 1..) = dropped {
-            tracing::warn!(dropped, "dropped the records of a batch a crash left unfinished (never acknowledged)");
+            tracing::warn!(
+                dropped,
+                "dropped the records of a batch a crash left half-written in sled (the write-ahead log writes it \
+                 back whole if it was acknowledged)"
+            );
         }
-        let (mut wal, frames) = Wals::open(&path, options.wal_len_max)?;
-        let replayed = replay(&trees, &frames)?;
+        let replayed = replay(&trees, to_replay)?;
         if replayed > 0 {
             tracing::warn!(replayed, "wrote again the batches sled lost in a crash, from the write-ahead log");
         }
@@ -242,6 +282,7 @@ impl EventLog {
         }
         wal.start_over()?;
 
+        let db_file = Arc::new(db_file);
         let (jobs_sender, jobs) = mpsc::channel(options.queue_len_max.max(1));
         let (durable_sender, durable) = watch::channel(tail.head);
         let health = Arc::new(Health::default());
@@ -261,7 +302,7 @@ impl EventLog {
                 trees: trees.clone(),
                 unindexed: HashMap::new(),
                 received_head: tail.head,
-                db_file: Arc::new(db_file),
+                db_file: Arc::clone(&db_file),
                 wal,
                 checkpointing: None,
                 durable: durable_sender,
@@ -292,6 +333,7 @@ impl EventLog {
                     records_indexed: reindexed,
                 },
                 writer: Some(writer),
+                db_file,
                 db,
             }),
         })
@@ -511,7 +553,7 @@ impl EventLog {
     fn note(&self, error: &StoreError) {
         if let StoreError::Corrupt { position, reason } = error {
             tracing::error!(position, %reason, "the log is damaged; it takes no more appends");
-            self.inner.health.fail(format!(
+            self.inner.health.stop(format!(
                 "log corrupt at position {position}: {reason} (restore the data directory from a backup)"
             ));
         }
@@ -929,6 +971,7 @@ fn open_sled(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreEr
             path.display()
         )));
     }
+    remove_unfinished_snapshots(path)?;
     let config = sled_config(path, cache_capacity_bytes);
     let mut attempts = 0;
     loop {
@@ -940,6 +983,33 @@ fn open_sled(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreEr
             opened => return opened,
         }
     }
+}
+
+/// Remove the snapshots of sled's page table that an open left unfinished
+/// (`snap.<lsn>.generating`): sled writes one, syncs it and only then renames
+/// it to `snap.<lsn>`, removing the older ones after that, so such a file is
+/// never needed. But sled 0.34.7 reads the last of its `snap.*` files by name,
+/// unfinished ones too, and an empty one (a full disk cut its write) made it
+/// call its whole file damaged (a log that was whole read as one to restore
+/// from a backup).
+fn remove_unfinished_snapshots(path: &Path) -> Result<(), StoreError> {
+    // A dir that cannot be listed (a new one, one of another user's): sled's
+    // open says why.
+    let Ok(entries) = std::fs::read_dir(path) else { return Ok(()) };
+    for entry in entries {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            match std::fs::remove_file(path.join(name.as_ref())) {
+                Ok(()) => {
+                    tracing::info!(file = %name, "removed a snapshot of sled's that an earlier open left unfinished")
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Why `path` holds what is left of a log whose sled file (`db`) is gone, if
@@ -1257,9 +1327,12 @@ fn open_error(path: &Path, error: sled::Error) -> StoreError {
                 path.display()
             ),
         ),
+        // An open writes at least one segment of sled's (a checkpoint at the
+        // open another): room for two is asked for.
         sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => StoreError::Storage(format!(
-            "opening {}: the disk is full (opening may write: free some space, then start again)",
-            path.display()
+            "opening {}: the disk is full (opening writes: free at least {} MiB, then start again)",
+            path.display(),
+            2 * SEGMENT_SIZE / (1024 * 1024)
         )),
         sled::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => StoreError::Storage(format!(
             "opening {}: permission denied (run shoplog as the user that owns the data directory)",

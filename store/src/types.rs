@@ -295,7 +295,8 @@ pub struct VerifyReport {
 /// What opening the log repaired after a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Recovery {
-    /// Records of a batch sled held only in part, dropped (never acknowledged);
+    /// Records of a batch sled held only in part, dropped (the write-ahead log
+    /// writes the batch back whole if it was acknowledged);
     /// `None` when no batch was torn.
     pub torn_records_dropped: Option<u64>,
     /// Batches sled lost and the write-ahead log held, written to sled again.

@@ -32,7 +32,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
@@ -80,6 +80,9 @@ pub(crate) enum Work {
 #[derive(Debug, Default)]
 pub(crate) struct Health {
     failure: Mutex<Option<String>>,
+    /// A write or sync failed (not only damage read back): sled's own close,
+    /// which writes and syncs again, must not run (see `Inner`'s drop).
+    written_wrong: AtomicBool,
 }
 
 impl Health {
@@ -87,9 +90,22 @@ impl Health {
         self.failure.lock().map(|failure| failure.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
+    /// A write or a sync failed: the log takes no more appends.
     pub fn fail(&self, reason: String) {
+        self.written_wrong.store(true, Ordering::Release);
+        self.stop(reason);
+    }
+
+    /// Damage was read back, or a thread of the log panicked: the log takes
+    /// no more appends, though what it wrote and synced is sound.
+    pub fn stop(&self, reason: String) {
         let mut failure = self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         failure.get_or_insert(reason);
+    }
+
+    /// Whether a write or sync failed (see [`Self::fail`]).
+    pub fn written_wrong(&self) -> bool {
+        self.written_wrong.load(Ordering::Acquire)
     }
 }
 
@@ -246,7 +262,7 @@ struct FailOnPanic(Arc<Health>, &'static str);
 impl Drop for FailOnPanic {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.fail(format!("the log's {} thread panicked", self.1));
+            self.0.stop(format!("the log's {} thread panicked", self.1));
         }
     }
 }
@@ -566,17 +582,18 @@ fn transact(trees: &Trees, writes: &BatchWrites) -> Result<(), String> {
     written.map_err(|error| format!("transaction failed: {error:?}"))
 }
 
-/// Write to sled again the batches of the write-ahead log's frames that sled
-/// lost in a crash, in order of position (the frames come from both of the
-/// WAL's files, frame by frame for each file), before the log is opened (after
-/// [`drop_torn_batch`]); returns how many there were. A file's frames end at the
+/// The batches of the write-ahead log's frames that sled lost in a crash, to
+/// write again (by [`replay`], after [`drop_torn_batch`]) before the log is
+/// opened, in order of position (the frames come from both of the WAL's files,
+/// frame by frame for each file); nothing is written here, so an open refused
+/// for damage found here leaves sled as it was. A file's frames end at the
 /// first one that does not follow the one before it: a file written again still
 /// holds frames of an earlier turn after the new ones, and a power cut can leave
 /// one of those between two new frames (the disk wrote the later one's sectors
 /// and not the earlier one's, whose batch was then never acknowledged). A
 /// frame of a batch sled has is skipped. A frame that does not begin right
 /// after the stored head is damage: sled lost batches the WAL does not hold.
-pub(crate) fn replay(trees: &Trees, files: &[WalFrames]) -> Result<u64, StoreError> {
+pub(crate) fn frames_to_replay(trees: &Trees, files: &[WalFrames]) -> Result<Vec<BatchWrites>, StoreError> {
     let mut head = trees::read_head(trees)?;
     let mut batches = Vec::new();
     for file in files {
@@ -622,8 +639,13 @@ pub(crate) fn replay(trees: &Trees, files: &[WalFrames]) -> Result<u64, StoreErr
             ),
         ));
     }
-    let replayed = to_apply.len() as u64;
-    for writes in to_apply {
+    Ok(to_apply)
+}
+
+/// Write the batches [`frames_to_replay`] gave back; returns how many there were.
+pub(crate) fn replay(trees: &Trees, batches: Vec<BatchWrites>) -> Result<u64, StoreError> {
+    let replayed = batches.len() as u64;
+    for writes in batches {
         apply(trees, &writes).map_err(StoreError::Storage)?;
     }
     Ok(replayed)
@@ -867,6 +889,7 @@ impl Syncer {
             && let Err(reason) = self.checkpoint()
         {
             tracing::error!(%reason, "the checkpoint at close failed; the write-ahead log keeps the batches");
+            self.health.fail(reason);
         }
         // Sled holds everything durably and the WAL nothing needed: say so, so
         // that a WAL file gone from here on is no loss (see `mark`).
@@ -939,13 +962,12 @@ impl Syncer {
                 hold.pass();
             }
             // A batch the writer failed to write must not have its index groups in sled.
-            let done = written_to_sled(&applied, &health, head).and_then(|()| checkpoint.run());
-            if let Err(reason) = &done {
+            written_to_sled(&applied, &health, head)?;
+            checkpoint.run().inspect_err(|reason| {
                 // The batches since are in the write-ahead log, durable; the
                 // log refuses appends from now on.
                 health.fail(format!("a checkpoint failed: {reason}"));
-            }
-            done
+            })
         });
         self.checkpointing = Some(started.map_err(|error| format!("cannot start the checkpoint thread: {error}"))?);
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -973,7 +995,7 @@ impl Syncer {
                 // Its guard failed the log already; the close must not checkpoint
                 // past the index groups it took with it.
                 let reason = "the checkpoint thread panicked".to_owned();
-                self.health.fail(reason.clone());
+                self.health.stop(reason.clone());
                 Err(reason)
             }),
         }

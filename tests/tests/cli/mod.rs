@@ -27,6 +27,49 @@ pub(crate) fn assert_refused(output: &std::process::Output, needle: &str) {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// A failing `fsync` while the log opens (EIO, injected with strace from the
+/// Nth call on) is one line and exit code 2, never a panic. sled's own close
+/// syncs its file and panics when that fails: it ran on the open's error path,
+/// and the panic took the place of the error (exit code 101, from the third
+/// call on). strace counts each thread's calls: the open's thread makes at
+/// least three (sled's file twice, the data dir), so each case fails the open.
+#[tokio::test]
+async fn a_failing_fsync_while_the_log_opens_is_one_line_not_a_panic() {
+    let dir = tests::temp_dir();
+    let data = dir.path().join("data");
+    tests::big_log(&data, 256).await;
+    let data_arg = data.to_str().expect("utf-8 path");
+    let mut refused = 0;
+    for when in 1..=3 {
+        let output = Command::new(tests::strace())
+            .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync", "-e"])
+            .arg(format!("inject=fsync:error=EIO:when={when}+"))
+            .arg(SHOPLOG)
+            .args(["verify", "--data", data_arg])
+            .env_remove("RUST_LOG")
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .expect("strace runs shoplog");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "fsync failing from call {when} on: {stderr}");
+        // What the open did before it failed may be logged; the failure is one line.
+        let errors: Vec<&str> = stderr.lines().filter(|line| line.starts_with("shoplog: ")).collect();
+        match output.status.code() {
+            Some(2) => {
+                assert_eq!(errors.len(), 1, "fsync failing from call {when} on: {stderr}");
+                assert!(errors[0].contains("Input/output error"), "fsync failing from call {when} on: {stderr}");
+                refused += 1;
+            }
+            Some(0) => assert!(errors.is_empty(), "{stderr}"),
+            other => panic!("fsync failing from call {when} on: exit {other:?}, {stderr}"),
+        }
+    }
+    assert_eq!(refused, 3, "each failing fsync failed the open");
+    // And the log is whole afterwards.
+    let verified = shoplog(&["verify", "--data", data_arg]);
+    assert!(verified.status.success(), "{verified:?}");
+}
+
 /// A data dir the user may not read (another user's) is named as such, by the
 /// offline commands and by `serve`, not as a dir holding no log. As root, which
 /// reads any file, the dir is given to `nobody` and shoplog run without the

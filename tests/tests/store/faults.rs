@@ -186,3 +186,23 @@ fn the_store_syncs_sleds_file_at_checkpoints_and_the_data_dir_itself() {
     }
     assert!(emptied >= 2, "the forget and the close empty the WAL files: {emptied} truncations\n{text}");
 }
+
+/// An open that a full disk cut short leaves sled's snapshot of its page table
+/// unfinished (`snap.<lsn>.generating`, empty), which sled 0.34.7 then reads as
+/// its latest and calls its whole file damaged: a whole log was refused, its
+/// message saying to restore a backup. Such a file is never needed (sled
+/// renames a snapshot once it is synced), and the open removes it.
+#[tokio::test]
+async fn an_unfinished_snapshot_of_sleds_is_not_taken_for_damage() {
+    let dir = tests::temp_dir();
+    {
+        let log = EventLog::open(dir.path()).expect("opens");
+        log.append(append("snapped", ExpectedVersion::NoStream, vec![event("E", b"1")])).await.expect("appends");
+    }
+    let unfinished = dir.path().join("snap.FFFFFFFFFFFFFFFF.generating");
+    std::fs::write(&unfinished, b"").expect("writes the file");
+    let log = EventLog::open(dir.path()).expect("an unfinished snapshot is no damage");
+    assert_eq!(log.head(), 1);
+    assert!(!unfinished.exists(), "the unfinished snapshot was removed");
+    log.verify().expect("verifies");
+}

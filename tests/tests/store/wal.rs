@@ -247,6 +247,44 @@ async fn a_damaged_frame_that_later_frames_say_was_durable_is_refused_and_kept()
     }
 }
 
+/// The records past the stored head (`from` on) that sled holds: how many chunks.
+fn chunks_from(dir: &Path, from: u64) -> usize {
+    let db = tests::raw_sled(dir);
+    db.open_tree("events").expect("tree").range(from.to_be_bytes()..).count()
+}
+
+/// A refused open writes nothing: a batch that sled holds torn (its records,
+/// not its head) and whose frame is damaged stays in sled as it was, for a
+/// salvage. It was dropped before the damage was found, and sled's own close
+/// made that durable.
+#[tokio::test]
+async fn an_open_refused_for_a_damaged_frame_leaves_a_torn_batch_in_sled() {
+    let root = temp_dir();
+    let (log_dir, _, _, new_wal) = a_log_and_the_wal_of_three_batches(root.path()).await;
+    let new = frames(&new_wal);
+    let mut flipped = new_wal.clone();
+    flipped[new[0].len() + HEADER_LEN + 10] ^= 4;
+    std::fs::write(log_dir.join(WAL), &flipped).expect("writes");
+    // sled holds 1–8: its head put back to 5, under the marker of a batch from 6 on.
+    {
+        let db = tests::raw_sled(&log_dir);
+        let meta = db.open_tree("meta").expect("tree");
+        meta.insert("head", &5u64.to_be_bytes()).expect("writes");
+        meta.insert("batch", &6u64.to_be_bytes()).expect("writes");
+        db.flush().expect("flushes");
+    }
+    tests::set_checkpointed(&log_dir, 5);
+    let torn = chunks_from(&log_dir, 6);
+    assert!(torn > 0, "sled holds the torn batch's records");
+    match EventLog::open(&log_dir) {
+        Err(StoreError::Corrupt { position: 6, reason }) => {
+            assert!(reason.contains("write-ahead log is damaged"), "{reason}");
+        }
+        other => panic!("expected the damage to be refused, got {other:?}"),
+    }
+    assert_eq!(chunks_from(&log_dir, 6), torn, "the refused open dropped the torn batch's records");
+}
+
 /// When the first file is full the syncer goes on in the second, while a
 /// checkpoint runs: batches acknowledged from both files, which sled lost, are
 /// written to sled again at open, in order.
