@@ -59,6 +59,12 @@ pub struct Options {
     /// checkpoint beside the appends makes sled durable (`wal`).
     pub wal_len_max: u64,
     pub upcasters: Upcasters,
+    /// Open a log whose last run could not sync sled's file (see `mark`) to
+    /// copy it: the write-ahead log's batches are read into sled, but nothing
+    /// is made durable, the WAL and the checkpoint mark are left as they are,
+    /// and the log takes no appends. A log in any other state opens as usual,
+    /// taking no appends either.
+    pub salvage: bool,
     /// Holds each checkpoint beside the appends back while set (a test's).
     #[cfg(test)]
     pub(crate) checkpoint_hold: Option<Arc<crate::writer::Hold>>,
@@ -72,6 +78,7 @@ impl Default for Options {
             cache_capacity_bytes: CACHE_CAPACITY_BYTES,
             wal_len_max: WAL_LEN_MAX,
             upcasters: Upcasters::new(),
+            salvage: false,
             #[cfg(test)]
             checkpoint_hold: None,
         }
@@ -119,9 +126,11 @@ impl Drop for Inner {
         // nothing more (a batch refused for it would reach the disk whole), the
         // write-ahead log and the checkpoint mark hold what is durable, and the
         // directory's lock goes with the process.
-        let sound = !self.health.written_wrong() && flush_sled(&self.db).is_ok() && self.db_file.sync_all().is_ok();
+        let sound = !self.health.written_wrong()
+            && flush_sled(&self.db).is_ok()
+            && self.db_file.sync_all().inspect_err(|_| crate::mark::sync_failed(&self.path)).is_ok();
         if !sound {
-            tracing::warn!("the log closes without sled's own close, after a failed write or sync");
+            tracing::debug!("the log closes without sled's own close, after a failed write or sync");
             std::mem::forget(self.db.clone());
         }
     }
@@ -178,11 +187,16 @@ impl EventLog {
         // sled's log file and the directory entries it just created must survive a power cut too.
         let synced = |what: &str| {
             let what = what.to_owned();
-            move |error: std::io::Error| std::io::Error::new(error.kind(), format!("fsync of {what}: {error}"))
+            move |error: std::io::Error| std::io::Error::new(error.kind(), format!("{what}: {error}"))
         };
         let db_file = File::open(path.join("db"))?;
-        db_file.sync_all().map_err(synced("sled's file db"))?;
-        File::open(&path)?.sync_all().map_err(synced("the data directory"))?;
+        if !options.salvage {
+            db_file
+                .sync_all()
+                .map_err(synced("fsync of sled's file db"))
+                .inspect_err(|_| crate::mark::sync_failed(&path))?;
+            File::open(&path)?.sync_all().map_err(synced("fsync of the data directory"))?;
+        }
 
         let trees = Trees::open(&db)?;
         // Before anything is written: a log of an unknown format is refused as it is.
@@ -201,10 +215,27 @@ impl EventLog {
                 ),
             ));
         }
+        if let Some(crate::mark::Mark { head, state: crate::mark::State::SyncFailed }) = checkpointed
+            && !options.salvage
+        {
+            return Err(StoreError::corrupt(
+                head + 1,
+                format!(
+                    "a sync of sled's file failed when the log was last open, so the disk may lack writes the \
+                     kernel dropped, though the file reads back whole for now; the write-ahead log holds every \
+                     batch after position {head}. Copy the log into a new data dir and serve that one: \
+                     `shoplog backup --data {dir} --out FILE && shoplog restore --in FILE --data NEW_DIR` (the \
+                     backup reads this log as it is, WAL included, and changes nothing here)",
+                    dir = path.display()
+                ),
+            ));
+        }
         // Left open (a crash), its WAL files may hold the only copy of batches
         // acknowledged after what sled holds: one that is gone is loss, not an
         // empty WAL (see `mark`).
-        if let Some(crate::mark::Mark { state: crate::mark::State::Open, .. }) = checkpointed {
+        if let Some(crate::mark::Mark { state: crate::mark::State::Open | crate::mark::State::SyncFailed, .. }) =
+            checkpointed
+        {
             let gone: Vec<&str> = WAL_FILES.iter().copied().filter(|name| !path.join(name).exists()).collect();
             if !gone.is_empty() {
                 return Err(StoreError::corrupt(
@@ -265,27 +296,38 @@ impl EventLog {
         if marked {
             trees.meta.insert(trees::META_FORMAT, &[trees::LOG_FORMAT])?;
         }
-        if dropped.is_some() || replayed > 0 || old_index || reindexed > 0 || marked {
+        if options.salvage {
+            // Read to be copied elsewhere: nothing here is made durable or emptied.
+        } else if dropped.is_some() || replayed > 0 || old_index || reindexed > 0 || marked {
             // Made durable before anything new is written at those positions,
             // and before the WAL that held them is emptied. A new format mark
             // too, before any batch is acknowledged from a WAL file that a
             // binary of the older format would not read (`wal.1` since format 6):
             // after a crash, that binary must find the new mark and refuse the log.
             flush_sled(&db)?;
-            db_file.sync_data()?;
+            db_file
+                .sync_data()
+                .map_err(synced("fdatasync of sled's file db"))
+                .inspect_err(|_| crate::mark::sync_failed(&path))?;
         }
         // What sled holds now is durable: it was fsynced above, or when opened.
         let tail = read_tail(&trees)?;
         let open = crate::mark::Mark { head: tail.head, state: crate::mark::State::Open };
-        if checkpointed != Some(open) {
-            crate::mark::write(&path, tail.head, crate::mark::State::Open)?;
+        if !options.salvage {
+            if checkpointed != Some(open) {
+                crate::mark::write(&path, tail.head, crate::mark::State::Open)?;
+            }
+            wal.start_over()?;
         }
-        wal.start_over()?;
 
         let db_file = Arc::new(db_file);
         let (jobs_sender, jobs) = mpsc::channel(options.queue_len_max.max(1));
         let (durable_sender, durable) = watch::channel(tail.head);
         let health = Arc::new(Health::default());
+        if options.salvage {
+            // Nor is anything written from now on (see `Inner`'s drop).
+            health.fail("the log was opened to be copied (a salvage): it takes no appends".to_owned());
+        }
         let durable_heads = Arc::new(DurableHeads::default());
         let counters = Arc::new(Counters::default());
         let applied = Arc::new(Applied::new(tail.head));
@@ -502,11 +544,28 @@ impl EventLog {
         Ok(self.inner.db.drop_tree(format!("x:{name}"))?)
     }
 
-    /// Flush everything written to the database so far, and fsync it.
+    /// Flush everything written to the database so far, and fsync it, through
+    /// the handle the log's checkpoints sync (a new one would not see an error
+    /// an earlier sync was told of). A failure stops the log, and is never
+    /// followed by a success: after a failed sync the kernel may have dropped
+    /// the pages it could not write (see `mark`).
     pub fn make_durable(&self) -> Result<(), StoreError> {
-        flush_sled(&self.inner.db)?;
-        File::open(self.inner.path.join("db"))?.sync_data()?;
-        Ok(())
+        if let Some(reason) = self.inner.health.failure()
+            && self.inner.health.written_wrong()
+        {
+            return Err(StoreError::Unavailable { reason });
+        }
+        let synced = flush_sled(&self.inner.db).map_err(|error| error.to_string()).and_then(|()| {
+            self.inner.db_file.sync_data().map_err(|error| {
+                crate::mark::sync_failed(&self.inner.path);
+                format!("fdatasync of sled's file: {error}")
+            })
+        });
+        synced.map_err(|reason| {
+            tracing::error!(%reason, "making the log's database durable failed; refusing appends from now on");
+            self.inner.health.fail(reason.clone());
+            StoreError::Durability { reason }
+        })
     }
 
     /// What opening the log repaired after a crash.

@@ -17,8 +17,16 @@
 //! rather than start from what sled holds. A clean close checkpoints everything
 //! and empties the WAL, and says so here: then the WAL files hold nothing needed.
 //!
-//! The file: `"SLC2"`, the head (u64 BE), the state (0 open, 1 closed cleanly),
-//! and the blake3 hash of the three (log format 8). `"SLC1"` files (format 7,
+//! And whether a sync of sled's file failed since the checkpoint it names.
+//! After a failed `fsync` the kernel may have dropped the pages it could not
+//! write, and a later sync (by the next process too) reports success: sled's
+//! file then reads back whole from the page cache while its disk lacks them.
+//! Such a log is refused by an open that would empty the write-ahead log (the
+//! only sound copy of the batches after the checkpoint); an open to salvage
+//! it (`Options::salvage`) reads it whole, for a backup to restore elsewhere.
+//!
+//! The file: `"SLC2"`, the head (u64 BE), the state (0 open, 1 closed cleanly,
+//! 2 a sync failed), and the blake3 hash of the three (log format 8). `"SLC1"` files (format 7,
 //! no state) read as open. It is written as a new file and renamed over the old
 //! one, then the directory is synced: a crash leaves the old one or the new one,
 //! both true.
@@ -40,6 +48,10 @@ pub(crate) enum State {
     Open,
     /// Closed cleanly: sled holds every batch durably, the WAL nothing needed.
     Closed,
+    /// A sync of sled's file failed after the checkpoint at the head: what
+    /// sled's file holds past it cannot be trusted, and the WAL holds every
+    /// batch after it.
+    SyncFailed,
 }
 
 /// What the file says.
@@ -63,6 +75,7 @@ fn state_byte(state: State) -> u8 {
     match state {
         State::Open => 0,
         State::Closed => 1,
+        State::SyncFailed => 2,
     }
 }
 
@@ -92,6 +105,25 @@ pub(crate) fn write(dir: &Path, head: u64, state: State) -> io::Result<()> {
     std::fs::File::open(dir).and_then(|dir| dir.sync_all()).map_err(failed("fsync of the data directory"))
 }
 
+/// Record that a sync of sled's file failed: the mark keeps the head of the
+/// last checkpoint and says so (see the module's doc). Best effort: the disk
+/// that failed the sync may fail this too, which is logged.
+pub(crate) fn sync_failed(dir: &Path) {
+    let head = match read(dir) {
+        Ok(mark) => mark.map_or(0, |mark| mark.head),
+        Err(reason) => {
+            tracing::error!(%reason, "a sync of sled's file failed, and the checkpoint mark does not read");
+            return;
+        }
+    };
+    match write(dir, head, State::SyncFailed) {
+        Ok(()) => {
+            tracing::error!(head, "a sync of sled's file failed: the log must be salvaged (see `shoplog verify`)")
+        }
+        Err(error) => tracing::error!(%error, "a sync of sled's file failed, and so did recording it in {FILE}"),
+    }
+}
+
 /// What the last checkpoint recorded; `None` when none did (a log made by a
 /// binary from before the file, or never checkpointed). A file that does not
 /// read is an error, naming why.
@@ -113,6 +145,7 @@ pub(crate) fn read(dir: &Path) -> Result<Option<Mark>, String> {
         (LEN, Some(magic)) if magic == MAGIC => match bytes[12] {
             0 => (Some(State::Open), &bytes[13..]),
             1 => (Some(State::Closed), &bytes[13..]),
+            2 => (Some(State::SyncFailed), &bytes[13..]),
             _ => return Err(damaged()),
         },
         _ => return Err(damaged()),
@@ -138,6 +171,8 @@ mod tests {
         assert_eq!(read(dir.path()), Ok(Some(Mark { head: 42, state: State::Closed })));
         write(dir.path(), 42, State::Open).expect("writes over");
         assert_eq!(read(dir.path()), Ok(Some(Mark { head: 42, state: State::Open })));
+        sync_failed(dir.path());
+        assert_eq!(read(dir.path()), Ok(Some(Mark { head: 42, state: State::SyncFailed })));
         assert!(!dir.path().join(format!("{FILE}.new")).exists());
         let mut bytes = std::fs::read(dir.path().join(FILE)).expect("reads");
         bytes[11] ^= 1;

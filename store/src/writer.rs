@@ -1058,7 +1058,12 @@ impl Checkpoint {
         // After the groups: sled recovers a prefix of its writes.
         self.trees.meta.insert(trees::META_INDEXED, &self.head.to_be_bytes()).map_err(failed)?;
         crate::log::flush_sled(&self.db).map_err(|error| format!("flush failed: {error}"))?;
-        self.db_file.sync_data().map_err(|error| format!("fdatasync of sled's log failed: {error}"))?;
+        self.db_file.sync_data().map_err(|error| {
+            // sled's file may lack what it held unsynced; the mark keeps the
+            // last checkpoint's head, and the WAL every batch after it (see `mark`).
+            crate::mark::sync_failed(&self.dir);
+            format!("fdatasync of sled's log failed: {error}")
+        })?;
         crate::mark::write(&self.dir, self.head, crate::mark::State::Open)
             .map_err(|error| format!("recording the checkpoint in {} failed: {error}", crate::mark::FILE))?;
         self.trees.recent.settle(&self.groups);

@@ -19,7 +19,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use store::RestoreTo;
 
-use super::open_offline;
+use super::open_offline_to_copy;
 use super::progress::bar;
 
 #[derive(Debug, clap::Args)]
@@ -147,7 +147,7 @@ pub(super) fn write_then_rename<T>(out: &Path, write: impl FnOnce(&Path) -> anyh
 }
 
 fn backup_offline(data: &Path, partial: &Path) -> anyhow::Result<()> {
-    let log = open_offline(data).map_err(|error| match error.downcast_ref::<super::InUse>() {
+    let log = open_offline_to_copy(data).map_err(|error| match error.downcast_ref::<super::InUse>() {
         Some(_) => anyhow::anyhow!(
             "data directory {} is in use by a running server: back it up through the server with \
              --server URL --token T, or stop it first",

@@ -423,6 +423,18 @@ pub(crate) fn open_input(path: &std::path::Path) -> anyhow::Result<std::fs::File
 
 /// Open the log of a stopped server; a running one holds its lock.
 pub(crate) fn open_offline(data: &std::path::Path) -> anyhow::Result<store::EventLog> {
+    open_offline_with(data, commands::codec::log_options())
+}
+
+/// [`open_offline`] to copy the log (`backup`): a log whose last run could
+/// not sync sled's file opens too, read whole and left as it is
+/// (`store::Options::salvage`).
+pub(crate) fn open_offline_to_copy(data: &std::path::Path) -> anyhow::Result<store::EventLog> {
+    open_offline_with(data, store::Options { salvage: true, ..commands::codec::log_options() })
+}
+
+fn open_offline_with(data: &std::path::Path, options: store::Options) -> anyhow::Result<store::EventLog> {
+    anyhow::ensure!(!data.exists() || data.is_dir(), "data directory {} is a file, not a directory", data.display());
     anyhow::ensure!(data.is_dir(), "data directory {} does not exist", data.display());
     // Opening would create a log: an offline command never changes a dir that holds none.
     match std::fs::metadata(data.join("db")) {
@@ -437,7 +449,7 @@ pub(crate) fn open_offline(data: &std::path::Path) -> anyhow::Result<store::Even
             None => anyhow::bail!("data directory {} holds no shoplog log", data.display()),
         },
     }
-    store::EventLog::open_with(data, commands::codec::log_options()).map_err(|error| match error {
+    store::EventLog::open_with(data, options).map_err(|error| match error {
         store::StoreError::Locked { path } => anyhow::Error::new(InUse(path)),
         other => anyhow::Error::new(other),
     })

@@ -65,9 +65,20 @@ async fn a_failing_fsync_while_the_log_opens_is_one_line_not_a_panic() {
         }
     }
     assert_eq!(refused, 3, "each failing fsync failed the open");
-    // And the log is whole afterwards.
-    let verified = shoplog(&["verify", "--data", data_arg]);
+    // A failed sync of sled's file is recorded: the log is not trusted again
+    // (see `store::mark`), and the salvage its message names copies it whole.
+    let refused = shoplog(&["verify", "--data", data_arg]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("a sync of sled's file failed"), "{refused:?}");
+    let (copy, restored) = (dir.path().join("copy.bak"), dir.path().join("restored"));
+    let (copy_arg, restored_arg) = (copy.to_str().expect("utf-8"), restored.to_str().expect("utf-8"));
+    let backup = shoplog(&["backup", "--data", data_arg, "--out", copy_arg]);
+    assert!(backup.status.success(), "{backup:?}");
+    let restore = shoplog(&["restore", "--in", copy_arg, "--data", restored_arg]);
+    assert!(restore.status.success(), "{restore:?}");
+    let verified = shoplog(&["verify", "--data", restored_arg]);
     assert!(verified.status.success(), "{verified:?}");
+    assert!(String::from_utf8_lossy(&verified.stdout).starts_with("ok: 264 events"), "{verified:?}");
 }
 
 /// A data dir the user may not read (another user's) is named as such, by the

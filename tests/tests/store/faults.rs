@@ -206,3 +206,69 @@ async fn an_unfinished_snapshot_of_sleds_is_not_taken_for_damage() {
     assert!(!unfinished.exists(), "the unfinished snapshot was removed");
     log.verify().expect("verifies");
 }
+
+/// After a failed `fdatasync` of sled's file, the kernel may have dropped the
+/// pages it could not write while sled's file still reads back whole from the
+/// page cache, and the next sync (the next process's too) reports success. The
+/// open after it trusted that sync and emptied the write-ahead log, the only
+/// sound copy of the batches acknowledged since the last checkpoint. Now the
+/// failure is recorded in the checkpoint mark: the next open is refused, naming
+/// the salvage, and leaves the WAL as it is; an open to salvage reads every
+/// acknowledged event, takes no append and changes nothing; its backup restores
+/// them all into a new data dir.
+///
+/// Here sled's file fails its first `fdatasync` in the child (`-P` limits the
+/// injection to it): the forget's checkpoint, after 400 appends acknowledged
+/// from the WAL alone. The log is made first, so that the child's open has no
+/// new format mark to sync.
+#[tokio::test]
+async fn after_a_failed_sync_of_sleds_file_the_log_is_salvaged_not_trusted() {
+    let dir = tests::temp_dir();
+    drop(EventLog::open(dir.path()).expect("opens"));
+    let output = Command::new(tests::strace())
+        .args(["-f", "-qq", "-o", "/dev/null", "-P"])
+        .arg(dir.path().join("db"))
+        .args(["-e", "trace=fdatasync", "-e", "inject=fdatasync:error=EIO:when=1+"])
+        .arg(CHILD)
+        .arg(dir.path())
+        .arg("fault")
+        .output()
+        .expect("strace runs the child");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "child failed: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<String> = stdout.lines().map(str::to_owned).collect();
+    let acked = super::crash::acks_of(&lines);
+    assert!(acked.len() >= 400, "the appends were acknowledged from the WAL:\n{stdout}");
+    assert!(lines.iter().any(|line| line == "forget err durability"), "the forget's sync failed:\n{stdout}");
+    let wal_files = || -> Vec<Vec<u8>> {
+        ["wal", "wal.1"].iter().map(|name| std::fs::read(dir.path().join(name)).expect("reads")).collect()
+    };
+    let wal = wal_files();
+    assert!(wal.iter().any(|bytes| bytes.iter().any(|byte| *byte != 0)), "the WAL holds the batches");
+
+    for _ in 0..2 {
+        match EventLog::open(dir.path()) {
+            Err(store::StoreError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("a sync of sled's file failed"), "{reason}");
+                assert!(reason.contains("shoplog backup --data") && reason.contains("shoplog restore"), "{reason}");
+            }
+            other => panic!("a log whose sync failed must not be trusted, got {other:?}"),
+        }
+        assert_eq!(wal_files(), wal, "the refused open left the WAL as it was");
+    }
+
+    let salvage = store::Options { salvage: true, ..store::Options::default() };
+    let salvaged = EventLog::open_with(dir.path(), salvage).expect("opens to salvage");
+    assert!(salvaged.head() >= acked.iter().map(|(position, _)| *position).max().unwrap_or(0));
+    assert!(salvaged.append(append("after", ExpectedVersion::Any, vec![event("E", b"")])).await.is_err());
+    let mut backup = Vec::new();
+    salvaged.backup(&mut backup, &mut |_| {}).expect("backs up");
+    drop(salvaged);
+    assert_eq!(wal_files(), wal, "the salvage left the WAL as it was");
+    assert!(EventLog::open(dir.path()).is_err(), "the salvage left the mark as it was");
+
+    let restored = tests::temp_dir();
+    let target = restored.path().join("data");
+    store::restore_backup(backup.as_slice(), &target, store::RestoreTo::End, &mut |_| {}).expect("restores");
+    assert_acks_survived(&target, &acked);
+}
