@@ -1556,6 +1556,23 @@ mod tests {
         assert_eq!(log.verify().expect("verifies").events, appended);
     }
 
+    /// After a failed write or sync, `make_durable` never answers that what
+    /// sled holds is durable: a sync that follows a failed one succeeds though
+    /// the kernel dropped what it could not write.
+    #[tokio::test]
+    async fn after_a_failed_sync_make_durable_never_says_durable() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = EventLog::open(dir.path()).expect("opens");
+        log.make_durable().expect("durable");
+        log.inner.health.fail("fdatasync of sled's file: Input/output error (a test's)".to_owned());
+        assert!(matches!(log.make_durable(), Err(StoreError::Unavailable { .. })), "{:?}", log.make_durable());
+        // A damage read back stops appends but leaves what was synced sound.
+        let other = tempfile::tempdir().expect("temp dir");
+        let log = EventLog::open(other.path()).expect("opens");
+        log.inner.health.stop("log corrupt at position 1 (a test's)".to_owned());
+        log.make_durable().expect("durable");
+    }
+
     /// The files under `dir` (and its subdirectories) that hold `needle`.
     fn files_hold(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         let mut found = Vec::new();

@@ -470,6 +470,8 @@ async fn a_damaged_or_cut_backup_is_refused_and_leaves_nothing_behind() {
     let a_file = data.path().join("a-file");
     std::fs::write(&a_file, b"not a dir").expect("writes");
     assert_refused(&shoplog(&["restore", "--in", arg(&file), "--data", arg(&a_file)]), "is a file, not a directory");
+    assert_refused(&shoplog(&["verify", "--data", arg(&a_file)]), "is a file, not a directory");
+    assert_refused(&shoplog(&["backup", "--data", arg(&a_file), "--out", arg(&target)]), "is a file, not a directory");
     assert_eq!(events(data.path()).len(), head_before);
     assert_refused(&shoplog(&["backup", "--data", "/no/such/dir", "--out", arg(&target)]), "does not exist");
     // A dir a server holds: say so, and point at the online backup.
