@@ -191,11 +191,30 @@ impl From<DomainError> for ApiError {
     }
 }
 
-/// What a 503 of the log says: the cause (a failed `fdatasync`, a full disk) is
-/// in the server's log, not in an answer; a log that failed an `fdatasync`
-/// takes writes again only after a restart (DESIGN §3).
+/// What a 503 of the log says when its cause is not known here: the cause (a
+/// failed `fdatasync`, a full disk) is in the server's log; a log that failed
+/// an `fdatasync` takes writes again only after a restart (DESIGN §3).
 pub(crate) const LOG_NOT_WRITING: &str = "the event log is not accepting writes: the server is stopping, or its \
     log names what failed (a full disk, a failing one); once that is fixed, a restart takes writes again";
+
+/// What a 503 of a log that stopped taking writes says, `failure` being why
+/// it stopped (`EventLog::failure`): the kind of cause, in the words an
+/// operator acts on, not the reason itself, whose paths and OS errors stay in
+/// the server's log (a 5xx body reveals nothing internal).
+pub(crate) fn log_not_writing(failure: Option<&str>) -> String {
+    let Some(failure) = failure else { return LOG_NOT_WRITING.to_owned() };
+    let cause = if failure.contains("disk holding the log is full") || failure.contains("No space left") {
+        "the disk holding it is full; once there is room, a restart takes writes again"
+    } else if failure.starts_with("log corrupt") {
+        "it found a damaged record; restore the data directory from a backup (`shoplog verify` names the first \
+         bad record)"
+    } else if failure.contains("panicked") {
+        "a thread of it failed; a restart takes writes again"
+    } else {
+        "writing to its disk failed (an I/O error); once the disk is sound, a restart shows what to do"
+    };
+    format!("the event log is not accepting writes: {cause}. The server's log names what failed")
+}
 
 /// What a 503 says to the commands whose batch failed to become durable: sled
 /// may hold the batch already (the writer applies it beside the `fdatasync`),
@@ -312,6 +331,20 @@ fn commands_error(error: CommandError) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The causes the store gives, each in its kind's words, none of its own.
+    #[test]
+    fn a_log_that_stopped_writing_says_what_kind_of_cause() {
+        let said = |failure: &str| log_not_writing(Some(failure));
+        let full = said("the log is not accepting appends: the disk holding the log is full (No space left on device)");
+        assert!(full.contains("the disk holding it is full"), "{full}");
+        let damaged =
+            said("log corrupt at position 30: hash does not match (restore the data directory from a backup)");
+        assert!(damaged.contains("restore the data directory from a backup"), "{damaged}");
+        let io = said("fdatasync of the write-ahead log failed: Input/output error (os error 5)");
+        assert!(io.contains("an I/O error") && !io.contains("os error"), "{io}");
+        assert_eq!(log_not_writing(None), LOG_NOT_WRITING);
+    }
 
     /// The answer's status and its body, as text.
     async fn answer(error: ApiError) -> (StatusCode, String) {

@@ -141,8 +141,8 @@ struct Ready {
     responses((status = 200, description = "Ready", body = Ready), (status = 503, response = Unavailable))
 )]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
-    if state.log.failure().is_some() {
-        return Err(ApiError::Unavailable(crate::error::LOG_NOT_WRITING.to_owned()));
+    if let Some(failure) = state.log.failure() {
+        return Err(ApiError::Unavailable(crate::error::log_not_writing(Some(&failure))));
     }
     if let Some((model, _)) = state.projections.refusing() {
         return Err(ApiError::Unavailable(crate::queries::stopped(model)));

@@ -938,9 +938,13 @@ fn a_failed_fsync_makes_the_server_unready_and_refuse_writes_and_loses_no_acknow
     let ready = runtime.block_on(async {
         let client = reqwest::Client::new();
         let request = client.get(format!("http://{}/readyz", served.address)).header("x-request-id", "probe-after-eio");
-        request.send().await.expect("answers").status().as_u16()
+        let response = request.send().await.expect("answers");
+        (response.status().as_u16(), response.json::<serde_json::Value>().await.unwrap_or_default())
     });
-    assert_eq!(ready, 503, "not ready after a failed fsync");
+    assert_eq!(ready.0, 503, "not ready after a failed fsync");
+    // A probe learns the kind of cause, not the OS's words.
+    let detail = ready.1["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("(an I/O error)") && !detail.contains("os error"), "{}", ready.1);
 
     // Killed outright, strace and the server: what was acknowledged is on disk.
     let mut served = served;
