@@ -865,7 +865,10 @@ impl Syncer {
                     }
                 }
                 Err(reason) => {
-                    tracing::error!(%reason, "append batch not durable; refusing appends from now on");
+                    // Once: the groups behind the failed one fail with its reason.
+                    if self.health.failure().is_none() {
+                        tracing::error!(%reason, "append batch not durable; refusing appends from now on");
+                    }
                     self.health.fail(reason.clone());
                     for (reply, outcome) in pending.into_iter().flat_map(|written| written.outcomes) {
                         // What was written may reach the disk yet; what was refused

@@ -971,6 +971,7 @@ fn a_failed_fsync_makes_the_server_unready_and_refuse_writes_and_loses_no_acknow
     // The failure and the request it answered are in the log, with the request's span.
     let logged = std::fs::read_to_string(&stderr).expect("reads stderr");
     assert!(logged.contains("fdatasync of the write-ahead log failed"), "{logged}");
+    assert_eq!(logged.matches("append batch not durable").count(), 1, "the failure is logged once:\n{logged}");
     let probe =
         logged.lines().find(|line| line.contains("request{request_id=probe-after-eio method=GET path=/readyz}"));
     // Said as an answer, not as an error: a load balancer asks every few seconds.
