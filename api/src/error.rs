@@ -195,15 +195,19 @@ impl From<DomainError> for ApiError {
 /// failed `fdatasync`, a full disk) is in the server's log; a log that failed
 /// an `fdatasync` takes writes again only after a restart (DESIGN §3).
 pub(crate) const LOG_NOT_WRITING: &str = "the event log is not accepting writes: the server is stopping, or its \
-    log names what failed (a full disk, a failing one); once that is fixed, a restart takes writes again";
+    log names what failed (a full disk, a failing one) and what to do; once that is done, the server takes writes \
+    again after a restart";
 
 /// What a 503 of a log that stopped taking writes says, `failure` being why
 /// it stopped (`EventLog::failure`): the kind of cause, in the words an
 /// operator acts on, not the reason itself, whose paths and OS errors stay in
 /// the server's log (a 5xx body reveals nothing internal).
-pub(crate) fn log_not_writing(failure: Option<&str>) -> String {
+pub(crate) fn log_not_writing(failure: Option<&str>, copy_needed: bool) -> String {
     let Some(failure) = failure else { return LOG_NOT_WRITING.to_owned() };
-    let cause = if failure.contains("disk holding the log is full") || failure.contains("No space left") {
+    let cause = if copy_needed {
+        "a write or sync of its database failed, so the disk may lack what was written to it; stop the server, \
+         and `shoplog verify` on its data dir says how to copy the log into a new one, which takes writes"
+    } else if failure.contains("disk holding the log is full") || failure.contains("No space left") {
         "the disk holding it is full; once there is room, a restart takes writes again"
     } else if failure.starts_with("log corrupt") {
         "it found a damaged record; restore the data directory from a backup (`shoplog verify` names the first \
@@ -222,9 +226,9 @@ pub(crate) fn log_not_writing(failure: Option<&str>) -> String {
 /// the log after the restart. Its outcome is unknown, as after a request
 /// timeout: the way to learn it is the same.
 pub(crate) const LOG_FAILED_WRITING: &str = "the event log is not accepting writes: making this command durable \
-    failed, and the server's log names what failed (a full disk, a failing one); once that is fixed, a restart takes \
-    writes again. The command may still be in the log after the restart: send it again then with the same \
-    Idempotency-Key to get its outcome";
+    failed, and the server's log names what failed (a full disk, a failing one) and what to do; once that is done, \
+    the server takes writes again after a restart. The command may still be in the log then: send it again with the \
+    same Idempotency-Key to get its outcome";
 
 /// The 503 of a log that takes no write: [`LOG_FAILED_WRITING`] for a batch
 /// whose `fdatasync` failed, [`LOG_NOT_WRITING`] for anything refused before it
@@ -335,7 +339,7 @@ mod tests {
     /// The causes the store gives, each in its kind's words, none of its own.
     #[test]
     fn a_log_that_stopped_writing_says_what_kind_of_cause() {
-        let said = |failure: &str| log_not_writing(Some(failure));
+        let said = |failure: &str| log_not_writing(Some(failure), false);
         let full = said("the log is not accepting appends: the disk holding the log is full (No space left on device)");
         assert!(full.contains("the disk holding it is full"), "{full}");
         let damaged =
@@ -343,7 +347,9 @@ mod tests {
         assert!(damaged.contains("restore the data directory from a backup"), "{damaged}");
         let io = said("fdatasync of the write-ahead log failed: Input/output error (os error 5)");
         assert!(io.contains("an I/O error") && !io.contains("os error"), "{io}");
-        assert_eq!(log_not_writing(None), LOG_NOT_WRITING);
+        assert_eq!(log_not_writing(None, false), LOG_NOT_WRITING);
+        let copy = log_not_writing(Some("fdatasync of sled's file db: No space left on device (os error 28)"), true);
+        assert!(copy.contains("shoplog verify") && !copy.contains("a restart"), "{copy}");
     }
 
     /// The answer's status and its body, as text.

@@ -142,7 +142,7 @@ struct Ready {
 )]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     if let Some(failure) = state.log.failure() {
-        return Err(ApiError::Unavailable(crate::error::log_not_writing(Some(&failure))));
+        return Err(ApiError::Unavailable(crate::error::log_not_writing(Some(&failure), state.log.must_be_copied())));
     }
     if let Some((model, _)) = state.projections.refusing() {
         return Err(ApiError::Unavailable(crate::queries::stopped(model)));

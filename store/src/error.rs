@@ -56,6 +56,19 @@ pub enum StoreError {
     #[error("log corrupt{}: {reason}", at_position(*position))]
     Corrupt { position: u64, reason: String },
 
+    /// A sync of sled's file failed when the log was last open (see
+    /// `Options::salvage`): the log is copied elsewhere, not used again.
+    #[error(
+        "a sync of sled's file failed when the log in {} was last open: the disk may lack writes the kernel \
+         dropped, though the file reads back whole for now, and the write-ahead log holds every batch after \
+         position {head}. Copy the log into a new data dir and serve that one: `shoplog backup --data {} --out \
+         FILE && shoplog restore --in FILE --data NEW_DIR` (the backup reads the log and its write-ahead log as \
+         they are, and leaves them so)",
+        path.display(),
+        path.display()
+    )]
+    SyncFailed { path: PathBuf, head: u64 },
+
     /// An error from sled or the file system.
     #[error("storage error: {0}")]
     Storage(String),

@@ -27,6 +27,7 @@ mod private;
 mod read_back;
 mod record;
 mod seal;
+mod sled_file;
 mod trees;
 mod types;
 mod upcast;

@@ -19,6 +19,7 @@ use crate::chunk;
 use crate::error::StoreError;
 use crate::record::{self, GENESIS_HASH, StoredRecord};
 use crate::seal;
+use crate::sled_file::SledFile;
 use crate::trees::{self, Trees, be_u64};
 use crate::types::{
     AppendRequest, AppendResult, CommitStats, EventRef, ExpectedVersion, Idempotency, Metadata, NewEvent,
@@ -103,9 +104,8 @@ struct Inner {
     upcasters: Upcasters,
     recovery: Recovery,
     writer: Option<JoinHandle<()>>,
-    /// sled's file, open since the log was: a sync through it sees every
-    /// write-back error since (each handle sees an error once).
-    db_file: Arc<File>,
+    /// sled's file, open since the log was, and the checkpoint mark (`sled_file`).
+    sled_file: Arc<SledFile>,
     // Dropped last, after the writer has stopped.
     db: sled::Db,
 }
@@ -127,8 +127,9 @@ impl Drop for Inner {
         // write-ahead log and the checkpoint mark hold what is durable, and the
         // directory's lock goes with the process.
         let sound = !self.health.written_wrong()
-            && flush_sled(&self.db).is_ok()
-            && self.db_file.sync_all().inspect_err(|_| crate::mark::sync_failed(&self.path)).is_ok();
+            && !self.sled_file.has_failed()
+            && flush_sled(&self.db).inspect_err(|error| self.sled_file.write_failed(error)).is_ok()
+            && self.sled_file.sync(true).is_ok();
         if !sound {
             tracing::debug!("the log closes without sled's own close, after a failed write or sync");
             std::mem::forget(self.db.clone());
@@ -168,6 +169,7 @@ impl EventLog {
         let path = dir.as_ref().to_path_buf();
         crate::private::create_private_dir(&path)?;
         let db = open_sled(&path, options.cache_capacity_bytes)?;
+        let salvage = options.salvage;
         Self::open_on(path, db.clone(), options).inspect_err(|error| {
             // sled's `Drop` flushes and then `fsync`s its file, and panics if that
             // fails: after a failed write or sync there it would (an EIO seen
@@ -175,7 +177,8 @@ impl EventLog {
             // undropped, sled writes nothing more; the write-ahead log and the
             // checkpoint mark hold what is durable. Its lock on the directory
             // goes with the process.
-            if matches!(error, StoreError::Storage(_) | StoreError::Unavailable { .. }) {
+            // Nor after a salvage's: what it read into sled stays unwritten.
+            if salvage || matches!(error, StoreError::Storage(_) | StoreError::Unavailable { .. }) {
                 std::mem::forget(db);
             }
         })
@@ -185,17 +188,12 @@ impl EventLog {
     fn open_on(path: PathBuf, db: sled::Db, options: Options) -> Result<Self, StoreError> {
         crate::private::own_log_files(&path)?;
         // sled's log file and the directory entries it just created must survive a power cut too.
-        let synced = |what: &str| {
-            let what = what.to_owned();
-            move |error: std::io::Error| std::io::Error::new(error.kind(), format!("{what}: {error}"))
-        };
-        let db_file = File::open(path.join("db"))?;
+        let sled_file = Arc::new(SledFile::open(&path)?);
         if !options.salvage {
-            db_file
+            sled_file.sync(true).map_err(StoreError::Storage)?;
+            File::open(&path)?
                 .sync_all()
-                .map_err(synced("fsync of sled's file db"))
-                .inspect_err(|_| crate::mark::sync_failed(&path))?;
-            File::open(&path)?.sync_all().map_err(synced("fsync of the data directory"))?;
+                .map_err(|error| StoreError::Storage(format!("fsync of the data directory: {error}")))?;
         }
 
         let trees = Trees::open(&db)?;
@@ -218,17 +216,7 @@ impl EventLog {
         if let Some(crate::mark::Mark { head, state: crate::mark::State::SyncFailed }) = checkpointed
             && !options.salvage
         {
-            return Err(StoreError::corrupt(
-                head + 1,
-                format!(
-                    "a sync of sled's file failed when the log was last open, so the disk may lack writes the \
-                     kernel dropped, though the file reads back whole for now; the write-ahead log holds every \
-                     batch after position {head}. Copy the log into a new data dir and serve that one: \
-                     `shoplog backup --data {dir} --out FILE && shoplog restore --in FILE --data NEW_DIR` (the \
-                     backup reads this log as it is, WAL included, and changes nothing here)",
-                    dir = path.display()
-                ),
-            ));
+            return Err(StoreError::SyncFailed { path, head });
         }
         // Left open (a crash), its WAL files may hold the only copy of batches
         // acknowledged after what sled holds: one that is gone is loss, not an
@@ -264,7 +252,7 @@ impl EventLog {
                  back whole if it was acknowledged)"
             );
         }
-        let replayed = replay(&trees, to_replay)?;
+        let replayed = replay(&trees, &sled_file, to_replay)?;
         if replayed > 0 {
             tracing::warn!(replayed, "wrote again the batches sled lost in a crash, from the write-ahead log");
         }
@@ -304,23 +292,19 @@ impl EventLog {
             // too, before any batch is acknowledged from a WAL file that a
             // binary of the older format would not read (`wal.1` since format 6):
             // after a crash, that binary must find the new mark and refuse the log.
-            flush_sled(&db)?;
-            db_file
-                .sync_data()
-                .map_err(synced("fdatasync of sled's file db"))
-                .inspect_err(|_| crate::mark::sync_failed(&path))?;
+            flush_sled(&db).inspect_err(|error| sled_file.write_failed(error))?;
+            sled_file.sync(false).map_err(StoreError::Storage)?;
         }
         // What sled holds now is durable: it was fsynced above, or when opened.
         let tail = read_tail(&trees)?;
         let open = crate::mark::Mark { head: tail.head, state: crate::mark::State::Open };
         if !options.salvage {
             if checkpointed != Some(open) {
-                crate::mark::write(&path, tail.head, crate::mark::State::Open)?;
+                sled_file.mark(tail.head, crate::mark::State::Open)?;
             }
             wal.start_over()?;
         }
 
-        let db_file = Arc::new(db_file);
         let (jobs_sender, jobs) = mpsc::channel(options.queue_len_max.max(1));
         let (durable_sender, durable) = watch::channel(tail.head);
         let health = Arc::new(Health::default());
@@ -338,13 +322,13 @@ impl EventLog {
             tail,
             batch_len_max: options.batch_len_max.max(1),
             stream_heads: Default::default(),
+            sled_file: Arc::clone(&sled_file),
             syncer: Some(Syncer {
-                dir: Arc::from(path.as_path()),
                 db: db.clone(),
                 trees: trees.clone(),
                 unindexed: HashMap::new(),
                 received_head: tail.head,
-                db_file: Arc::clone(&db_file),
+                sled_file: Arc::clone(&sled_file),
                 wal,
                 checkpointing: None,
                 durable: durable_sender,
@@ -375,7 +359,7 @@ impl EventLog {
                     records_indexed: reindexed,
                 },
                 writer: Some(writer),
-                db_file,
+                sled_file,
                 db,
             }),
         })
@@ -555,17 +539,24 @@ impl EventLog {
         {
             return Err(StoreError::Unavailable { reason });
         }
-        let synced = flush_sled(&self.inner.db).map_err(|error| error.to_string()).and_then(|()| {
-            self.inner.db_file.sync_data().map_err(|error| {
-                crate::mark::sync_failed(&self.inner.path);
-                format!("fdatasync of sled's file: {error}")
-            })
+        let sled_file = &self.inner.sled_file;
+        let flushed = flush_sled(&self.inner.db).map_err(|error| {
+            sled_file.write_failed(&error);
+            format!("flushing the log's database failed: {error}")
         });
+        let synced = flushed.and_then(|()| sled_file.sync(false));
         synced.map_err(|reason| {
             tracing::error!(%reason, "making the log's database durable failed; refusing appends from now on");
             self.inner.health.fail(reason.clone());
             StoreError::Durability { reason }
         })
+    }
+
+    /// Whether a write or sync of sled's file failed since the log was
+    /// opened: the next open refuses the log, which is then copied into a new
+    /// data dir (see [`Options::salvage`]).
+    pub fn must_be_copied(&self) -> bool {
+        self.inner.sled_file.has_failed()
     }
 
     /// What opening the log repaired after a crash.
@@ -1030,14 +1021,18 @@ fn open_sled(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreEr
             path.display()
         )));
     }
-    remove_unfinished_snapshots(path)?;
     let config = sled_config(path, cache_capacity_bytes);
-    let mut attempts = 0;
+    let (mut attempts, mut snapshots_removed) = (0, false);
     loop {
         match config.open().map_err(|error| open_error(path, error)) {
             Err(StoreError::Locked { .. }) if attempts < LOCK_ATTEMPTS => {
                 attempts += 1;
                 std::thread::sleep(LOCK_RETRY_PAUSE);
+            }
+            // After sled found its file damaged, not before: another process's
+            // open may be writing a snapshot as this one begins.
+            Err(StoreError::Corrupt { .. }) if !snapshots_removed && remove_unfinished_snapshots(path)? > 0 => {
+                snapshots_removed = true;
             }
             opened => return opened,
         }
@@ -1050,25 +1045,24 @@ fn open_sled(path: &Path, cache_capacity_bytes: u64) -> Result<sled::Db, StoreEr
 /// never needed. But sled 0.34.7 reads the last of its `snap.*` files by name,
 /// unfinished ones too, and an empty one (a full disk cut its write) made it
 /// call its whole file damaged (a log that was whole read as one to restore
-/// from a backup).
-fn remove_unfinished_snapshots(path: &Path) -> Result<(), StoreError> {
-    // A dir that cannot be listed (a new one, one of another user's): sled's
-    // open says why.
-    let Ok(entries) = std::fs::read_dir(path) else { return Ok(()) };
-    for entry in entries {
+/// from a backup). Returns how many there were.
+fn remove_unfinished_snapshots(path: &Path) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(path)? {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
         if name.starts_with("snap.") && name.ends_with(".generating") {
             match std::fs::remove_file(path.join(name.as_ref())) {
                 Ok(()) => {
-                    tracing::info!(file = %name, "removed a snapshot of sled's that an earlier open left unfinished")
+                    tracing::info!(file = %name, "removed a snapshot of sled's that an earlier open left unfinished");
+                    removed += 1;
                 }
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
                 Err(error) => return Err(error.into()),
             }
         }
     }
-    Ok(())
+    Ok(removed)
 }
 
 /// Why `path` holds what is left of a log whose sled file (`db`) is gone, if

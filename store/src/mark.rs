@@ -105,25 +105,6 @@ pub(crate) fn write(dir: &Path, head: u64, state: State) -> io::Result<()> {
     std::fs::File::open(dir).and_then(|dir| dir.sync_all()).map_err(failed("fsync of the data directory"))
 }
 
-/// Record that a sync of sled's file failed: the mark keeps the head of the
-/// last checkpoint and says so (see the module's doc). Best effort: the disk
-/// that failed the sync may fail this too, which is logged.
-pub(crate) fn sync_failed(dir: &Path) {
-    let head = match read(dir) {
-        Ok(mark) => mark.map_or(0, |mark| mark.head),
-        Err(reason) => {
-            tracing::error!(%reason, "a sync of sled's file failed, and the checkpoint mark does not read");
-            return;
-        }
-    };
-    match write(dir, head, State::SyncFailed) {
-        Ok(()) => {
-            tracing::error!(head, "a sync of sled's file failed: the log must be salvaged (see `shoplog verify`)")
-        }
-        Err(error) => tracing::error!(%error, "a sync of sled's file failed, and so did recording it in {FILE}"),
-    }
-}
-
 /// What the last checkpoint recorded; `None` when none did (a log made by a
 /// binary from before the file, or never checkpointed). A file that does not
 /// read is an error, naming why.
@@ -171,7 +152,7 @@ mod tests {
         assert_eq!(read(dir.path()), Ok(Some(Mark { head: 42, state: State::Closed })));
         write(dir.path(), 42, State::Open).expect("writes over");
         assert_eq!(read(dir.path()), Ok(Some(Mark { head: 42, state: State::Open })));
-        sync_failed(dir.path());
+        write(dir.path(), 42, State::SyncFailed).expect("writes over");
         assert_eq!(read(dir.path()), Ok(Some(Mark { head: 42, state: State::SyncFailed })));
         assert!(!dir.path().join(format!("{FILE}.new")).exists());
         let mut bytes = std::fs::read(dir.path().join(FILE)).expect("reads");

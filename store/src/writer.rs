@@ -31,7 +31,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -45,6 +44,7 @@ use crate::chunk;
 use crate::error::StoreError;
 use crate::record::{self, Header};
 use crate::seal::{self, SubjectKey};
+use crate::sled_file::SledFile;
 use crate::trees::{self, Trees};
 use crate::types::{
     AppendRequest, AppendResult, ExpectedVersion, STREAM_NAME_LEN_MAX, StreamVersion, is_event_type, is_stream_name,
@@ -173,6 +173,8 @@ pub(crate) struct Writer {
     /// writes streams, so an entry stays true; it is emptied when it reaches
     /// [`STREAM_HEADS_CACHED_MAX`].
     pub stream_heads: FastMap<String, u64>,
+    /// sled's file and the checkpoint mark, to record a failed write (`sled_file`).
+    pub sled_file: Arc<SledFile>,
     /// The second stage, handed to its own thread when the writer starts.
     pub syncer: Option<Syncer>,
     /// Shared with the syncer: how far sled holds the batches handed over.
@@ -317,8 +319,12 @@ impl Writer {
             }
             // Written to sled while the syncer writes and syncs the frame.
             if let Some(writes) = writes
-                && let Err(reason) =
-                    hold_forgotten_keys(&self.trees, &writes).and_then(|()| apply(&self.trees, &writes))
+                && let Err(reason) = hold_forgotten_keys(&self.trees, &writes).and_then(|()| {
+                    apply(&self.trees, &writes).map_err(|failed| {
+                        self.sled_file.write_failed(&failed.0);
+                        failed.to_string()
+                    })
+                })
             {
                 // The syncer answers none of this batch (nor any after it).
                 self.health.fail(reason);
@@ -531,12 +537,22 @@ fn hold_forgotten_keys(trees: &Trees, writes: &BatchWrites) -> Result<(), String
 
 /// Write a batch to sled: key by key with the stored head last (see the module's
 /// doc), or in one transaction when it forgets a subject.
-pub(crate) fn apply(trees: &Trees, writes: &BatchWrites) -> Result<(), String> {
+pub(crate) fn apply(trees: &Trees, writes: &BatchWrites) -> Result<(), WriteFailed> {
     if writes.forgets { transact(trees, writes) } else { insert_in_order(trees, writes) }
 }
 
-fn insert_in_order(trees: &Trees, writes: &BatchWrites) -> Result<(), String> {
-    let failed = |error: sled::Error| format!("writing the batch failed: {error}");
+/// A batch's write to sled that failed, with sled's error.
+#[derive(Debug)]
+pub(crate) struct WriteFailed(pub sled::Error);
+
+impl std::fmt::Display for WriteFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "writing the batch failed: {}", self.0)
+    }
+}
+
+fn insert_in_order(trees: &Trees, writes: &BatchWrites) -> Result<(), WriteFailed> {
+    let failed = WriteFailed;
     let mut marker = Vec::with_capacity(8 + 32 * writes.idempotency.len());
     marker.extend_from_slice(&writes.first.to_be_bytes());
     for (key, _) in &writes.idempotency {
@@ -558,7 +574,7 @@ fn insert_in_order(trees: &Trees, writes: &BatchWrites) -> Result<(), String> {
     write_tail(&trees.meta, &writes.tail).map_err(failed)
 }
 
-fn transact(trees: &Trees, writes: &BatchWrites) -> Result<(), String> {
+fn transact(trees: &Trees, writes: &BatchWrites) -> Result<(), WriteFailed> {
     let all = trees.all();
     let tail = writes.tail;
     let written: Result<(), sled::transaction::TransactionError<()>> = all.as_slice().transaction(|tx| {
@@ -579,7 +595,12 @@ fn transact(trees: &Trees, writes: &BatchWrites) -> Result<(), String> {
         tx[trees::META].insert(trees::META_LAST_RECORDED_AT, &tail.last_recorded_micros.to_be_bytes())?;
         Ok::<(), ConflictableTransactionError<()>>(())
     });
-    written.map_err(|error| format!("transaction failed: {error:?}"))
+    written.map_err(|error| match error {
+        sled::transaction::TransactionError::Storage(error) => WriteFailed(error),
+        sled::transaction::TransactionError::Abort(()) => {
+            WriteFailed(sled::Error::ReportableBug("the batch's transaction aborted".to_owned()))
+        }
+    })
 }
 
 /// The batches of the write-ahead log's frames that sled lost in a crash, to
@@ -643,10 +664,13 @@ pub(crate) fn frames_to_replay(trees: &Trees, files: &[WalFrames]) -> Result<Vec
 }
 
 /// Write the batches [`frames_to_replay`] gave back; returns how many there were.
-pub(crate) fn replay(trees: &Trees, batches: Vec<BatchWrites>) -> Result<u64, StoreError> {
+pub(crate) fn replay(trees: &Trees, sled_file: &SledFile, batches: Vec<BatchWrites>) -> Result<u64, StoreError> {
     let replayed = batches.len() as u64;
     for writes in batches {
-        apply(trees, &writes).map_err(StoreError::Storage)?;
+        apply(trees, &writes).map_err(|failed| {
+            sled_file.write_failed(&failed.0);
+            StoreError::Storage(failed.to_string())
+        })?;
     }
     Ok(replayed)
 }
@@ -746,13 +770,11 @@ pub(crate) fn drop_torn_batch(trees: &Trees) -> Result<Option<u64>, StoreError> 
 /// The second stage: makes written batches durable, then answers their appenders
 /// and moves the durable head, strictly in order.
 pub(crate) struct Syncer {
-    /// The data directory, where a checkpoint records how far sled is durable (`mark`).
-    pub dir: Arc<std::path::Path>,
     pub db: sled::Db,
     pub trees: Trees,
-    /// Our own handle to sled's log file, to `fdatasync` it after sled's flush
-    /// at a checkpoint.
-    pub db_file: Arc<File>,
+    /// sled's log file, to `fdatasync` it after sled's flush at a checkpoint,
+    /// and the checkpoint mark (`sled_file`).
+    pub sled_file: Arc<SledFile>,
     pub wal: Wals,
     /// The checkpoint running beside the appends, if one was started: it covers
     /// the file written before the current one.
@@ -835,10 +857,16 @@ impl Syncer {
                 appends += next.appends;
                 pending.push(next);
             }
+            // A failure recorded before (a write or sync, or damage read back)
+            // is this group's answer as it is; one of this group's own sync is
+            // recorded as a failed write.
             let synced = match self.health.failure() {
                 Some(reason) => Err(reason),
                 None if appends == 0 => Ok(()),
-                None => self.sync(&pending),
+                None => self.sync(&pending).inspect_err(|reason| {
+                    tracing::error!(%reason, "append batch not durable; refusing appends from now on");
+                    self.health.fail(reason.clone());
+                }),
             };
             let synced = synced.and_then(|()| self.written_to_sled(pending.last().map_or(0, |last| last.head)));
             match synced {
@@ -865,11 +893,6 @@ impl Syncer {
                     }
                 }
                 Err(reason) => {
-                    // Once: the groups behind the failed one fail with its reason.
-                    if self.health.failure().is_none() {
-                        tracing::error!(%reason, "append batch not durable; refusing appends from now on");
-                    }
-                    self.health.fail(reason.clone());
                     for (reply, outcome) in pending.into_iter().flat_map(|written| written.outcomes) {
                         // What was written may reach the disk yet; what was refused
                         // (a version, a key reused, a record too long) was not
@@ -900,7 +923,7 @@ impl Syncer {
             && !self.wal.holds_frames()
             && self.unindexed.is_empty()
             && self.checkpointing.is_none()
-            && let Err(error) = crate::mark::write(&self.dir, self.received_head, crate::mark::State::Closed)
+            && let Err(error) = self.sled_file.mark(self.received_head, crate::mark::State::Closed)
         {
             tracing::warn!(%error, "could not record the clean close in {}", crate::mark::FILE);
         }
@@ -981,10 +1004,9 @@ impl Syncer {
     /// A checkpoint of every batch handed over, which takes the index groups kept out of sled.
     fn next_checkpoint(&mut self) -> Checkpoint {
         Checkpoint {
-            dir: Arc::clone(&self.dir),
             db: self.db.clone(),
             trees: self.trees.clone(),
-            db_file: Arc::clone(&self.db_file),
+            sled_file: Arc::clone(&self.sled_file),
             groups: std::mem::take(&mut self.unindexed),
             head: self.received_head,
         }
@@ -1040,10 +1062,9 @@ fn written_to_sled(applied: &Applied, health: &Health, head: u64) -> Result<(), 
 /// What a checkpoint makes durable in sled: every batch up to `head`, which
 /// sled holds unflushed, and the stream index groups kept out of sled until then.
 struct Checkpoint {
-    dir: Arc<std::path::Path>,
     db: sled::Db,
     trees: Trees,
-    db_file: Arc<File>,
+    sled_file: Arc<SledFile>,
     groups: HashMap<IVec, IVec>,
     head: u64,
 }
@@ -1054,20 +1075,28 @@ impl Checkpoint {
     /// sled holds the batches up to `head`. The groups then leave the recent
     /// ones, unless a later batch continued them.
     fn run(self) -> Result<(), String> {
-        let failed = |error: sled::Error| format!("writing the stream index failed: {error}");
+        // A failed write or sync of sled's is recorded in the mark (`sled_file`):
+        // its file may lack what it held unsynced, and the WAL holds every batch
+        // after the last checkpoint.
+        let sled_file = &self.sled_file;
+        let failed = |what: &'static str| {
+            move |error: sled::Error| {
+                sled_file.write_failed(&error);
+                format!("{what} failed: {error}")
+            }
+        };
         for (key, group) in &self.groups {
-            self.trees.streams.insert(key, group.clone()).map_err(failed)?;
+            self.trees.streams.insert(key, group.clone()).map_err(failed("writing the stream index"))?;
         }
         // After the groups: sled recovers a prefix of its writes.
-        self.trees.meta.insert(trees::META_INDEXED, &self.head.to_be_bytes()).map_err(failed)?;
-        crate::log::flush_sled(&self.db).map_err(|error| format!("flush failed: {error}"))?;
-        self.db_file.sync_data().map_err(|error| {
-            // sled's file may lack what it held unsynced; the mark keeps the
-            // last checkpoint's head, and the WAL every batch after it (see `mark`).
-            crate::mark::sync_failed(&self.dir);
-            format!("fdatasync of sled's log failed: {error}")
-        })?;
-        crate::mark::write(&self.dir, self.head, crate::mark::State::Open)
+        self.trees
+            .meta
+            .insert(trees::META_INDEXED, &self.head.to_be_bytes())
+            .map_err(failed("writing the index mark"))?;
+        crate::log::flush_sled(&self.db).map_err(failed("flush"))?;
+        self.sled_file.sync(false)?;
+        self.sled_file
+            .mark(self.head, crate::mark::State::Open)
             .map_err(|error| format!("recording the checkpoint in {} failed: {error}", crate::mark::FILE))?;
         self.trees.recent.settle(&self.groups);
         Ok(())

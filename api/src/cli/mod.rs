@@ -323,6 +323,10 @@ fn run(cli: Cli, given: Option<&ArgMatches>) -> anyhow::Result<ExitCode> {
             let log = match open_offline(&data) {
                 Ok(log) => log,
                 Err(error) => {
+                    if let Some(sync_failed @ store::StoreError::SyncFailed { .. }) = error.downcast_ref() {
+                        say!("{sync_failed}");
+                        return Ok(ExitCode::from(1));
+                    }
                     let Some(store::StoreError::Corrupt { position, reason }) = error.downcast_ref() else {
                         return Err(error);
                     };
