@@ -11,14 +11,20 @@
 //! - `K` per data subject of those events: subject (16 bytes) ‖ key (32 bytes), or
 //!   the subject alone once forgotten, so a forgotten subject stays forgotten;
 //! - `S` per named secret (the email and token keys): name ‖ 32 bytes;
+//! - `I` per idempotency key whose append is in the backup (since version 2): the
+//!   key (32 bytes) ‖ its stored answer, as in the log;
 //! - `T` once: event count (u64 BE) ‖ last position (u64 BE) ‖ last hash (32) ‖
 //!   checksum (32): blake3 of every byte of the file before the checksum.
 //!
 //! Nothing may follow the trailer. Reading checks all of it: the magic, the version,
 //! each frame's kind, order and size, every record's position and hash chain, the
 //! trailer against what was read, and the checksum. A backup holds the subjects'
-//! keys, so it must be kept like the data directory itself. Idempotency keys are
-//! not in it: they are a retry window, not history.
+//! keys, so it must be kept like the data directory itself. It holds the
+//! idempotency keys too: a command whose outcome a failure left unknown is sent
+//! again with its key, and the log restored from a backup (the salvage of one
+//! whose sync failed, or of a disaster) must answer it as the log would have, not
+//! append it a second time. A restore up to a point keeps the keys of the appends
+//! it keeps. Version 1 files (no `I` frames) still restore.
 
 use std::collections::BTreeSet;
 use std::io::{BufReader, Read, Write};
@@ -38,13 +44,14 @@ use crate::trees::{self, be_u64};
 
 /// The first bytes of every backup file.
 pub const BACKUP_MAGIC: &[u8; 8] = b"SHOPLOGB";
-/// The backup format this build writes and reads.
-pub const BACKUP_VERSION: u16 = 1;
+/// The backup format this build writes (it reads 1 too).
+pub const BACKUP_VERSION: u16 = 2;
 
 const HEADER: u8 = b'H';
 const RECORD: u8 = b'R';
 const KEY: u8 = b'K';
 const SECRET: u8 = b'S';
+const IDEMPOTENCY: u8 = b'I';
 const TRAILER: u8 = b'T';
 
 /// The largest frame body: a record at the cap, with room to spare.
@@ -270,6 +277,15 @@ impl EventLog {
             out.frame(SECRET, &[name, &value[..]].concat())?;
             tally.secrets += 1;
         }
+        // Entries of appends past `head` (an online backup's) are left out.
+        for item in trees.idempotency.iter() {
+            let (key, value) = item?;
+            let last = crate::writer::idempotency_last_position(&value)
+                .ok_or_else(|| StoreError::corrupt(0, "an idempotency entry does not read"))?;
+            if last <= head {
+                out.frame(IDEMPOTENCY, &[&key[..], &value[..]].concat())?;
+            }
+        }
 
         let mut trailer = Vec::with_capacity(TRAILER_LEN);
         trailer.extend_from_slice(&tally.events.to_be_bytes());
@@ -304,6 +320,11 @@ enum Item<'a> {
     Secret {
         name: &'a str,
         value: [u8; 32],
+    },
+    Idempotency {
+        key: &'a [u8],
+        value: &'a [u8],
+        last_position: u64,
     },
 }
 
@@ -363,6 +384,11 @@ pub fn restore_backup(
                 filler.put_secret(name, &value)?;
                 restored.secrets += 1;
             }
+            // The records all came before: the restored head is known.
+            Item::Idempotency { key, value, last_position } if last_position <= restored.events => {
+                filler.put_idempotency(key, value)?;
+            }
+            Item::Idempotency { .. } => {}
         }
         Ok(())
     })?;
@@ -453,9 +479,9 @@ fn read_linked(
     let mut version = [0; 2];
     reader.exact(&mut version, true)?;
     let version = u16::from_be_bytes(version);
-    if version != BACKUP_VERSION {
+    if !(1..=BACKUP_VERSION).contains(&version) {
         return Err(bad(format!(
-            "backup format version {version} is not supported (this build reads {BACKUP_VERSION})"
+            "backup format version {version} is not supported (this build reads 1 to {BACKUP_VERSION})"
         )));
     }
 
@@ -469,7 +495,8 @@ fn read_linked(
         reader.exact(&mut kind_len, true)?;
         let kind = kind_len[0];
         let len = u32::from_be_bytes([kind_len[1], kind_len[2], kind_len[3], kind_len[4]]) as usize;
-        let order = |kind: u8| [HEADER, RECORD, KEY, SECRET, TRAILER].iter().position(|known| *known == kind);
+        let order =
+            |kind: u8| [HEADER, RECORD, KEY, SECRET, IDEMPOTENCY, TRAILER].iter().position(|known| *known == kind);
         let (Some(rank), Some(current)) = (order(kind), order(stage)) else {
             return Err(bad(format!("unknown frame kind 0x{kind:02x} at byte {frame_offset}: the file is damaged")));
         };
@@ -514,7 +541,7 @@ fn read_linked(
         }
         body.resize(len, 0);
         reader.exact(&mut body, true)?;
-        if matches!(kind, KEY | SECRET) && tally.events != head {
+        if matches!(kind, KEY | SECRET | IDEMPOTENCY) && tally.events != head {
             let events = tally.events;
             return Err(bad(format!("the backup ends at position {events}, its header says {head}")));
         }
@@ -575,7 +602,77 @@ fn read_linked(
                 tally.secrets += 1;
                 visit(Item::Secret { name, value })?;
             }
+            IDEMPOTENCY => {
+                let damaged = || bad(format!("the idempotency frame at byte {frame_offset} is damaged"));
+                let (key, value) = (body.get(..32).ok_or_else(damaged)?, &body[32..]);
+                let last_position = crate::writer::idempotency_last_position(value).ok_or_else(damaged)?;
+                if version < 2 || last_position > head {
+                    return Err(damaged());
+                }
+                visit(Item::Idempotency { key, value, last_position })?;
+            }
             _ => return Err(bad(format!("unknown frame kind 0x{kind:02x} at byte {frame_offset}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{AppendRequest, ExpectedVersion, Metadata, NewEvent};
+
+    /// A backup of one append, made under an idempotency key when `keyed`.
+    async fn backup_of_one_append(keyed: bool) -> Vec<u8> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = EventLog::open(dir.path()).expect("opens");
+        let id = Uuid::now_v7();
+        let event = NewEvent {
+            event_id: id,
+            event_type: "E".to_owned(),
+            schema_version: 1,
+            subject: None,
+            payload: b"x".to_vec(),
+        };
+        let metadata = Metadata { actor: "test".to_owned(), correlation_id: id, causation_id: id };
+        let mut request = AppendRequest::single("s", ExpectedVersion::Any, vec![event], metadata);
+        if keyed {
+            request = request.with_idempotency("once", [7; 32]);
+        }
+        log.append(request).await.expect("appends");
+        let mut bytes = Vec::new();
+        log.backup(&mut bytes, &mut |_| {}).expect("backs up");
+        bytes
+    }
+
+    /// `bytes` as a backup of format version `version`, its checksum made again.
+    fn as_version(bytes: &[u8], version: u16) -> Vec<u8> {
+        let mut bytes = bytes.to_vec();
+        bytes[8..10].copy_from_slice(&version.to_be_bytes());
+        let body = bytes.len() - 32;
+        let checksum = *blake3::hash(&bytes[..body]).as_bytes();
+        bytes[body..].copy_from_slice(&checksum);
+        bytes
+    }
+
+    /// A file of version 1 (before idempotency keys were kept) still restores;
+    /// one that says version 1 and holds an idempotency key is damaged.
+    #[tokio::test]
+    async fn a_version_1_backup_restores_and_holds_no_idempotency_key() {
+        let unkeyed = backup_of_one_append(false).await;
+        let summary = check_backup(as_version(&unkeyed, 1).as_slice(), &mut |_| {}).expect("version 1 reads");
+        assert_eq!(summary.events, 1);
+        let keyed = backup_of_one_append(true).await;
+        assert!(keyed.len() > unkeyed.len(), "the key is in the backup");
+        check_backup(keyed.as_slice(), &mut |_| {}).expect("version 2 reads");
+        let refused = check_backup(as_version(&keyed, 1).as_slice(), &mut |_| {});
+        assert!(
+            matches!(&refused, Err(StoreError::BadInput { reason }) if reason.contains("idempotency")),
+            "{refused:?}"
+        );
+        let refused = check_backup(as_version(&keyed, 3).as_slice(), &mut |_| {});
+        assert!(
+            matches!(&refused, Err(StoreError::BadInput { reason }) if reason.contains("version 3")),
+            "{refused:?}"
+        );
     }
 }

@@ -104,6 +104,11 @@ impl Filler {
     }
 
     /// A named secret (see [`crate::EventLog::secret`]).
+    pub fn put_idempotency(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.trees.idempotency.insert(key, value)?;
+        Ok(())
+    }
+
     pub fn put_secret(&self, name: &str, value: &[u8; 32]) -> Result<(), StoreError> {
         self.trees.meta.insert([trees::META_SECRET_PREFIX, name.as_bytes()].concat(), &value[..])?;
         Ok(())

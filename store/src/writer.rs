@@ -1117,6 +1117,12 @@ struct StoredIdempotency {
     result: AppendResult,
 }
 
+/// The last position of the append an idempotency entry (as stored) answers
+/// with; `None` when the entry does not read.
+pub(crate) fn idempotency_last_position(bytes: &[u8]) -> Option<u64> {
+    codec::decode::<StoredIdempotency>(bytes).ok().map(|stored| stored.result.last_position)
+}
+
 /// A batch being built: the writes for each tree, and overlays so that later
 /// requests in the batch see what earlier ones staged.
 struct Staged {

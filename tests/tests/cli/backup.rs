@@ -876,3 +876,46 @@ async fn data_on_the_command_line_wins_over_a_server_in_the_environment() {
     let forgotten = events(data.path()).into_iter().filter(|event| event.event_type == "CustomerForgotten").count();
     assert_eq!(forgotten, 1, "the forget went to the data dir");
 }
+
+/// A backup holds the idempotency keys of the appends it holds: a command
+/// answered before it, sent again with its `Idempotency-Key` to the restored
+/// shop (as a client does after a 503 whose outcome was unknown), gets its
+/// first answer and is not appended twice. A restore to before that command
+/// leaves its key free: sent again, it is appended.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restored_log_answers_a_command_sent_again_with_its_key_as_the_first_time() {
+    let app = TestApp::spawn().await;
+    app.create_product("mug-1", 1200, 1).await;
+    async fn restock(app: &TestApp) -> crate::api::Reply {
+        let (headers, body) = ([("idempotency-key", "restock-mug-once")], json!({"quantity": 5}));
+        app.request(reqwest::Method::POST, "/api/v1/products/mug-1/restock", Some(ADMIN), Some(body), &headers).await
+    }
+    let first = restock(&app).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    let position = first.body["position"].as_u64().expect("a position");
+    app.create_product("tea-1", 450, 1).await;
+    let data = app.stop_keeping_dir().await;
+    let work = tests::temp_dir();
+    let file = backup_file(work.path());
+    assert!(shoplog(&["backup", "--data", arg(data.path()), "--out", arg(&file)]).status.success());
+
+    let whole = tests::temp_dir();
+    assert!(shoplog(&["restore", "--in", arg(&file), "--data", arg(whole.path())]).status.success());
+    let app = TestApp::serve_dir(whole).await;
+    let head = app.head();
+    let again = restock(&app).await;
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_eq!((&again.body["position"], &again.body["duplicate"]), (&json!(position), &json!(true)), "{again:?}");
+    assert_eq!(app.head(), head, "nothing was appended again");
+    app.stop().await;
+
+    let before = tests::temp_dir();
+    let to = (position - 1).to_string();
+    let output = shoplog(&["restore", "--in", arg(&file), "--data", arg(before.path()), "--to-position", &to]);
+    assert!(output.status.success(), "{output:?}");
+    let app = TestApp::serve_dir(before).await;
+    let afresh = restock(&app).await;
+    assert_eq!(afresh.status, 200, "{afresh:?}");
+    assert_eq!((&afresh.body["position"], &afresh.body["duplicate"]), (&json!(position), &json!(false)), "{afresh:?}");
+    app.stop().await;
+}
