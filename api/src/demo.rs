@@ -8,8 +8,9 @@
 //! killed while seeding is finished by the next `--demo` start: the steps already
 //! written answer with their first outcome and write nothing, the rest are
 //! written. It does so only while every event of the log is the demo's and the
-//! first step's key is there: a demo restored from a backup or imported (neither
-//! carries idempotency keys) is left as it is, whole or not.
+//! first step's key is there: a demo imported (an export carries no
+//! idempotency keys) is left as it is, whole or not; one restored from a backup
+//! (which carries them) is finished as the log backed up would have been.
 
 use std::fmt;
 
@@ -139,9 +140,9 @@ fn only_demo_events(service: &CommandService, head: u64) -> anyhow::Result<bool>
 }
 
 /// Whether the log holds the demo's first step under its key: a seeding cut
-/// short that the steps' keys can finish. A demo restored from a backup or
-/// imported from an export has its events without their keys (neither carries
-/// idempotency keys), and an older binary's had none: those are left as they are.
+/// short that the steps' keys can finish. A demo imported from an export has
+/// its events without their keys (an export carries no idempotency keys), and
+/// an older binary's had none: those are left as they are.
 async fn first_step_keyed(service: &CommandService) -> anyhow::Result<bool> {
     let ctx = step_context(&CommandContext::new(ACTOR), &mut 0);
     let first = service.first_result(&ctx).await;

@@ -106,6 +106,8 @@ struct Inner {
     writer: Option<JoinHandle<()>>,
     /// sled's file, open since the log was, and the checkpoint mark (`sled_file`).
     sled_file: Arc<SledFile>,
+    /// Opened to be copied (`Options::salvage`): closed without a write.
+    salvage: bool,
     // Dropped last, after the writer has stopped.
     db: sled::Db,
 }
@@ -126,10 +128,17 @@ impl Drop for Inner {
         // nothing more (a batch refused for it would reach the disk whole), the
         // write-ahead log and the checkpoint mark hold what is durable, and the
         // directory's lock goes with the process.
-        let sound = !self.health.written_wrong()
-            && !self.sled_file.has_failed()
-            && flush_sled(&self.db).inspect_err(|error| self.sled_file.write_failed(error)).is_ok()
-            && self.sled_file.sync(true).is_ok();
+        let sound = if self.salvage {
+            false
+        } else if self.health.written_wrong() || self.sled_file.has_failed() {
+            // A write of sled's may have failed in its background unseen: a
+            // sync through the log's handle records it.
+            let _ = self.sled_file.sync(true);
+            false
+        } else {
+            flush_sled(&self.db).inspect_err(|error| self.sled_file.write_failed(error)).is_ok()
+                && self.sled_file.sync(true).is_ok()
+        };
         if !sound {
             tracing::debug!("the log closes without sled's own close, after a failed write or sync");
             std::mem::forget(self.db.clone());
@@ -170,7 +179,8 @@ impl EventLog {
         crate::private::create_private_dir(&path)?;
         let db = open_sled(&path, options.cache_capacity_bytes)?;
         let salvage = options.salvage;
-        Self::open_on(path, db.clone(), options).inspect_err(|error| {
+        let sled_file = SledFile::open(&path).map(Arc::new).inspect_err(|_| std::mem::forget(db.clone()))?;
+        Self::open_on(path, db.clone(), Arc::clone(&sled_file), options).inspect_err(|error| {
             // sled's `Drop` flushes and then `fsync`s its file, and panics if that
             // fails: after a failed write or sync there it would (an EIO seen
             // once by each file handle), in place of this error. Left
@@ -178,17 +188,22 @@ impl EventLog {
             // checkpoint mark hold what is durable. Its lock on the directory
             // goes with the process.
             // Nor after a salvage's: what it read into sled stays unwritten.
-            if salvage || matches!(error, StoreError::Storage(_) | StoreError::Unavailable { .. }) {
+            let io = matches!(error, StoreError::Storage(_) | StoreError::Unavailable { .. });
+            if io && !salvage {
+                // A write of sled's that failed in its background shows as
+                // such an error: a sync through the log's handle records it.
+                let _ = sled_file.sync(true);
+            }
+            if salvage || io {
                 std::mem::forget(db);
             }
         })
     }
 
     /// The open, on sled's database opened in `path`.
-    fn open_on(path: PathBuf, db: sled::Db, options: Options) -> Result<Self, StoreError> {
+    fn open_on(path: PathBuf, db: sled::Db, sled_file: Arc<SledFile>, options: Options) -> Result<Self, StoreError> {
         crate::private::own_log_files(&path)?;
         // sled's log file and the directory entries it just created must survive a power cut too.
-        let sled_file = Arc::new(SledFile::open(&path)?);
         if !options.salvage {
             sled_file.sync(true).map_err(StoreError::Storage)?;
             File::open(&path)?
@@ -360,6 +375,7 @@ impl EventLog {
                 },
                 writer: Some(writer),
                 sled_file,
+                salvage: options.salvage,
                 db,
             }),
         })

@@ -82,11 +82,7 @@ fn state_byte(state: State) -> u8 {
 /// Record, durably, that sled holds every position up to `head` durably, and
 /// how the log is left.
 pub(crate) fn write(dir: &Path, head: u64, state: State) -> io::Result<()> {
-    let mut bytes = Vec::with_capacity(LEN);
-    bytes.extend_from_slice(&MAGIC);
-    bytes.extend_from_slice(&head.to_be_bytes());
-    bytes.push(state_byte(state));
-    bytes.extend_from_slice(hash(&MAGIC, head, Some(state)).as_bytes());
+    let bytes = encode(head, state);
     let path = dir.join(FILE);
     let fresh = dir.join(format!("{FILE}.new"));
     let failed = |what: &'static str| move |error: io::Error| io::Error::new(error.kind(), format!("{what}: {error}"));
@@ -103,6 +99,28 @@ pub(crate) fn write(dir: &Path, head: u64, state: State) -> io::Result<()> {
     }
     std::fs::rename(&fresh, &path).map_err(failed("renaming it into place"))?;
     std::fs::File::open(dir).and_then(|dir| dir.sync_all()).map_err(failed("fsync of the data directory"))
+}
+
+fn encode(head: u64, state: State) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(LEN);
+    bytes.extend_from_slice(&MAGIC);
+    bytes.extend_from_slice(&head.to_be_bytes());
+    bytes.push(state_byte(state));
+    bytes.extend_from_slice(hash(&MAGIC, head, Some(state)).as_bytes());
+    bytes
+}
+
+/// [`write`] where a new file cannot be made (a full or failing disk): the
+/// file there now written over in place, its sync tried. Not atomic, but read
+/// back whole or damaged (its hash), and a damaged mark refuses the open too;
+/// while the machine runs, the next open reads it from the page cache, synced
+/// or not, which is all a failure recorded this way must reach.
+pub(crate) fn write_in_place(dir: &Path, head: u64, state: State) -> io::Result<()> {
+    let file = std::fs::OpenOptions::new().write(true).open(dir.join(FILE))?;
+    io::Write::write_all(&mut &file, &encode(head, state))?;
+    file.set_len(LEN as u64)?;
+    let _ = file.sync_data();
+    Ok(())
 }
 
 /// What the last checkpoint recorded; `None` when none did (a log made by a
@@ -154,6 +172,9 @@ mod tests {
         assert_eq!(read(dir.path()), Ok(Some(Mark { head: 42, state: State::Open })));
         write(dir.path(), 42, State::SyncFailed).expect("writes over");
         assert_eq!(read(dir.path()), Ok(Some(Mark { head: 42, state: State::SyncFailed })));
+        write(dir.path(), 43, State::Open).expect("writes over");
+        write_in_place(dir.path(), 43, State::SyncFailed).expect("writes over in place");
+        assert_eq!(read(dir.path()), Ok(Some(Mark { head: 43, state: State::SyncFailed })));
         assert!(!dir.path().join(format!("{FILE}.new")).exists());
         let mut bytes = std::fs::read(dir.path().join(FILE)).expect("reads");
         bytes[11] ^= 1;

@@ -69,6 +69,9 @@ impl SledFile {
     /// its file holds past the last checkpoint cannot be trusted.
     pub fn write_failed(&self, error: &sled::Error) {
         if matches!(error, sled::Error::Io(io) if io.kind() == io::ErrorKind::StorageFull) {
+            // Refused whole, unless the kernel's write-back ran out of room:
+            // a sync through the log's handle tells.
+            let _ = self.sync(true);
             return;
         }
         let _held = self.locked();
@@ -102,7 +105,9 @@ impl SledFile {
                 return;
             }
         };
-        match mark::write(&self.dir, head, State::SyncFailed) {
+        let recorded = mark::write(&self.dir, head, State::SyncFailed)
+            .or_else(|_| mark::write_in_place(&self.dir, head, State::SyncFailed));
+        match recorded {
             Ok(()) => {
                 tracing::error!(head, "a sync of sled's file failed: the log must be copied (see `shoplog verify`)")
             }
