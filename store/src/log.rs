@@ -124,7 +124,8 @@ impl Drop for Inner {
         }
         // sled's own close flushes and syncs its file, and panics when the
         // sync fails. After a failed write or sync, or when a flush and a sync
-        // through the log's handle fail here, it is not run: sled writes
+        // through the log's handle fail here, or for a salvage (whose reads must
+        // not be written), it is not run: sled writes
         // nothing more (a batch refused for it would reach the disk whole), the
         // write-ahead log and the checkpoint mark hold what is durable, and the
         // directory's lock goes with the process.
